@@ -1,0 +1,19 @@
+//! Plain types shared by the Cirrus client and server.
+//!
+//! - [`error`]: the error codes every API answer uses, and their HTTP statuses.
+//! - [`spec`]: a function's configuration, its limits and validation.
+//! - [`model`]: what the management API returns (functions, versions, aliases,
+//!   invocation records, log lines).
+//! - [`manifest`]: the `cirrus.toml` app manifest.
+//! - [`duration`]: human durations (`"30s"`, `"5m"`) on the wire.
+
+pub mod duration;
+pub mod error;
+pub mod manifest;
+pub mod model;
+pub mod spec;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use manifest::{Manifest, ManifestFunction};
+pub use model::*;
+pub use spec::{FunctionConfig, SpecError};

@@ -1,0 +1,133 @@
+//! `cirrus.toml`: an app manifest declaring functions, like `spin.toml` or `serverless.yml`.
+//!
+//! ```toml
+//! [functions.hello]
+//! source = "hello-c/hello.wasm"   # relative to this file; .wasm or .wat
+//! memory_mb = 64
+//! timeout = "2s"
+//! env = { GREETING = "hi" }
+//! ```
+//!
+//! Every key of [`FunctionConfig`] may appear beside `source`; unknown keys are errors.
+
+use crate::spec::{validate_name, FunctionConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub functions: BTreeMap<String, ManifestFunction>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ManifestFunction {
+    /// Path of the artifact, resolved against the manifest's folder.
+    pub source: PathBuf,
+    pub config: FunctionConfig,
+}
+
+/// The file as written. Function tables are read in two steps (take `source`, then
+/// the rest as a [`FunctionConfig`]) because serde's `flatten` cannot reject unknown keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    functions: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid manifest {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Manifest {
+    /// Reads and validates a manifest; `source` paths come back resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|message| ManifestError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        if raw.functions.is_empty() {
+            return Err("declares no functions (add a [functions.NAME] table)".into());
+        }
+        let mut functions = BTreeMap::new();
+        for (name, mut table) in raw.functions {
+            validate_name(&name).map_err(|e| format!("functions.{name}: {e}"))?;
+            let source = match table.remove("source") {
+                Some(toml::Value::String(s)) => base.join(s),
+                Some(_) => return Err(format!("functions.{name}.source: must be a path string")),
+                None => {
+                    return Err(format!(
+                        "functions.{name}: missing `source` (the .wasm or .wat file)"
+                    ))
+                }
+            };
+            let config: FunctionConfig = table
+                .try_into()
+                .map_err(|e| format!("functions.{name}: {}", e.to_string().trim()))?;
+            config
+                .validate()
+                .map_err(|e| format!("functions.{name}.{}: {}", e.field, e.message))?;
+            functions.insert(name, ManifestFunction { source, config });
+        }
+        Ok(Manifest { functions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn parses_functions_with_config() {
+        let m = Manifest::parse(
+            "[functions.hello]\nsource = \"hello.wasm\"\nmemory_mb = 64\ntimeout = \"2s\"\nenv = { A = \"1\" }\n",
+            Path::new("/app"),
+        )
+        .unwrap();
+        let f = &m.functions["hello"];
+        assert_eq!(f.source, Path::new("/app/hello.wasm"));
+        assert_eq!(f.config.memory_mb, 64);
+        assert_eq!(f.config.timeout, Duration::from_secs(2));
+        assert_eq!(f.config.env["A"], "1");
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let err = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\nmemroy_mb = 1\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.contains("memroy_mb"), "{err}");
+        let err = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\nmemory_mb = 0\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.contains("functions.a.memory_mb"), "{err}");
+        let err =
+            Manifest::parse("[function.a]\nsource = \"a.wasm\"\n", Path::new(".")).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(Manifest::parse("", Path::new("."))
+            .unwrap_err()
+            .contains("no functions"));
+    }
+}

@@ -1,0 +1,250 @@
+//! What the management API returns. Times are RFC 3339 strings in UTC.
+
+use crate::spec::FunctionConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The two guest contracts Cirrus runs (see DESIGN.md, "Function contract").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    /// A component exporting `wasi:http/incoming-handler`.
+    HttpComponent,
+    /// A WASI preview-1 command module (CGI-style: stdin in, stdout out).
+    Command,
+}
+
+impl ArtifactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::HttpComponent => "http_component",
+            ArtifactKind::Command => "command",
+        }
+    }
+}
+
+impl std::str::FromStr for ArtifactKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http_component" => Ok(Self::HttpComponent),
+            "command" => Ok(Self::Command),
+            other => Err(format!("unknown artifact kind {other:?}")),
+        }
+    }
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub function: String,
+    pub version: u32,
+    pub sha256: String,
+    pub kind: ArtifactKind,
+    pub size_bytes: u64,
+    pub config: FunctionConfig,
+    pub created_at: String,
+}
+
+/// A function: its newest version (`$LATEST`), how many versions exist and its aliases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub latest: VersionInfo,
+    pub versions: u32,
+    pub aliases: BTreeMap<String, u32>,
+}
+
+/// The answer to a deploy: the function as it now is, and whether a version was created
+/// (deploying an unchanged artifact and config is a no-op).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployResult {
+    pub function: FunctionInfo,
+    pub version: u32,
+    pub created: bool,
+    /// Time spent compiling the artifact to native code (0 when the cache had it).
+    pub compile_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasInfo {
+    pub function: String,
+    pub alias: String,
+    pub version: u32,
+}
+
+/// Body of `PUT /v1/functions/{name}/aliases/{alias}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasTarget {
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Error,
+}
+
+/// What triggered an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A request to `/fn/{name}/...`.
+    Http,
+    /// `POST /v1/functions/{name}/invoke`.
+    Invoke,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Invoke => "invoke",
+        }
+    }
+}
+
+/// The record every invocation leaves, successful or not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    pub request_id: String,
+    pub function: String,
+    pub version: u32,
+    pub trigger: Trigger,
+    pub started_at: String,
+    /// Wall time from admission to the end of the guest's run, in milliseconds.
+    pub duration_ms: f64,
+    /// Duration rounded up to the next whole millisecond (at least 1), as billed.
+    pub billed_ms: u64,
+    /// Time spent loading the version first (cold starts only).
+    pub init_ms: Option<f64>,
+    pub memory_mb: u32,
+    pub peak_memory_bytes: u64,
+    pub cold_start: bool,
+    pub outcome: Outcome,
+    /// HTTP status the caller received.
+    pub status: u16,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// A page of a newest-first listing; pass `next` back as `?before=` for the following page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Lines the platform writes about an invocation (traps, limits).
+    Platform,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Platform => "platform",
+        }
+    }
+}
+
+impl std::str::FromStr for LogStream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "stderr" => Ok(Self::Stderr),
+            "platform" => Ok(Self::Platform),
+            other => Err(format!("unknown log stream {other:?}")),
+        }
+    }
+}
+
+/// One line a guest (or the platform, about the guest) wrote during an invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub time: String,
+    pub function: String,
+    pub version: u32,
+    pub request_id: String,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// Which version of a function a request names: `name`, `name@3` or `name@prod`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Qualifier {
+    Latest,
+    Version(u32),
+    Alias(String),
+}
+
+impl Qualifier {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "" | "$LATEST" | "latest" => Ok(Qualifier::Latest),
+            t if t.chars().all(|c| c.is_ascii_digit()) => t
+                .parse()
+                .map(Qualifier::Version)
+                .map_err(|_| format!("version {t:?} is out of range")),
+            t => {
+                crate::spec::validate_alias(t).map_err(|e| e.message)?;
+                Ok(Qualifier::Alias(t.to_owned()))
+            }
+        }
+    }
+
+    /// Splits `name@qualifier` into its parts.
+    pub fn split(target: &str) -> Result<(&str, Qualifier), String> {
+        match target.split_once('@') {
+            Some((name, q)) => Ok((name, Qualifier::parse(q)?)),
+            None => Ok((target, Qualifier::Latest)),
+        }
+    }
+}
+
+impl fmt::Display for Qualifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Qualifier::Latest => f.write_str("$LATEST"),
+            Qualifier::Version(v) => write!(f, "{v}"),
+            Qualifier::Alias(a) => f.write_str(a),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qualifiers() {
+        assert_eq!(
+            Qualifier::split("hello").unwrap(),
+            ("hello", Qualifier::Latest)
+        );
+        assert_eq!(
+            Qualifier::split("hello@3").unwrap(),
+            ("hello", Qualifier::Version(3))
+        );
+        assert_eq!(
+            Qualifier::split("hello@prod").unwrap(),
+            ("hello", Qualifier::Alias("prod".into()))
+        );
+        assert_eq!(
+            Qualifier::split("hello@$LATEST").unwrap(),
+            ("hello", Qualifier::Latest)
+        );
+        assert!(Qualifier::split("hello@a/b").is_err());
+        assert!(Qualifier::parse("99999999999").is_err());
+    }
+}

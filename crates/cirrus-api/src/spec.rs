@@ -1,0 +1,211 @@
+//! A function's configuration and the platform limits it is checked against.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Largest linear memory a wasm32 guest can address.
+pub const MAX_MEMORY_MB: u32 = 4096;
+/// Like Lambda: no invocation runs longer than 15 minutes.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_MEMORY_MB: u32 = 128;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Names appear in URLs (`/fn/{name}`) and file names: keep them plain.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Everything about a function except its code. Stored with every version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionConfig {
+    /// Linear memory cap for one invocation, in MiB (all memories of the guest together).
+    pub memory_mb: u32,
+    /// Wall-clock limit of one invocation.
+    #[serde(with = "crate::duration")]
+    pub timeout: Duration,
+    /// Environment variables the guest sees (nothing else of the host's leaks in).
+    pub env: BTreeMap<String, String>,
+    /// Invocations in flight at once; `None` means only the server-wide cap applies.
+    pub max_concurrency: Option<u32>,
+    /// Versions kept loaded from start-up and never unloaded (like provisioned concurrency);
+    /// any value above zero keeps the function's versions warm.
+    pub min_loaded: u32,
+    /// A loaded version not invoked for this long is unloaded (scale to zero).
+    #[serde(with = "crate::duration")]
+    pub idle_timeout: Duration,
+    /// Whether `/fn/{name}` routes answer without the admin token.
+    pub public: bool,
+    /// Hosts the guest may reach with outbound HTTP (`wasi:http/outgoing-handler`).
+    /// Empty denies all outbound requests.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for FunctionConfig {
+    fn default() -> Self {
+        Self {
+            memory_mb: DEFAULT_MEMORY_MB,
+            timeout: DEFAULT_TIMEOUT,
+            env: BTreeMap::new(),
+            max_concurrency: None,
+            min_loaded: 0,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            public: true,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// A configuration or name that cannot be accepted, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field,
+        message: message.into(),
+    }
+}
+
+impl FunctionConfig {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.memory_mb == 0 || self.memory_mb > MAX_MEMORY_MB {
+            return Err(invalid(
+                "memory_mb",
+                format!(
+                    "must be between 1 and {MAX_MEMORY_MB}, got {}",
+                    self.memory_mb
+                ),
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(invalid(
+                "timeout",
+                format!(
+                    "must be above zero and at most 15m, got {}",
+                    crate::duration::format(self.timeout)
+                ),
+            ));
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(invalid(
+                "max_concurrency",
+                "must be at least 1 (omit it for no per-function cap)",
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout", "must be above zero"));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(invalid("env", format!("invalid variable name {key:?}")));
+            }
+            if key.starts_with("CIRRUS_") {
+                return Err(invalid(
+                    "env",
+                    format!("{key}: the CIRRUS_ prefix is reserved for the platform"),
+                ));
+            }
+        }
+        for host in &self.allowed_hosts {
+            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "allowed_hosts",
+                    format!("{host:?} is not a host name (use forms like \"api.example.com\" or \"api.example.com:8443\")"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mb) << 20
+    }
+}
+
+/// Function names: 1–64 of `[A-Za-z0-9_-]`, starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            format!("{name:?} is not a valid name: use 1-{MAX_NAME_LEN} letters, digits, '-' or '_', starting with a letter or digit"),
+        ))
+    }
+}
+
+/// Alias names follow function names but may not look like version numbers.
+pub fn validate_alias(alias: &str) -> Result<(), SpecError> {
+    validate_name(alias).map_err(|e| invalid("alias", e.message))?;
+    if alias.chars().all(|c| c.is_ascii_digit()) {
+        return Err(invalid(
+            "alias",
+            format!("{alias:?} looks like a version number; alias names need a letter"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_lambda_like() {
+        let c = FunctionConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.memory_mb, 128);
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        assert!(c.public);
+    }
+
+    #[test]
+    fn rejects_out_of_range_limits_naming_the_field() {
+        let c = FunctionConfig {
+            memory_mb: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "memory_mb");
+        let c = FunctionConfig {
+            timeout: Duration::from_secs(16 * 60),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "timeout");
+        let c = FunctionConfig {
+            max_concurrency: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "max_concurrency");
+        let mut c = FunctionConfig::default();
+        c.env.insert("CIRRUS_X".into(), "1".into());
+        assert_eq!(c.validate().unwrap_err().field, "env");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = serde_json::from_str::<FunctionConfig>(r#"{"memory":64}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+        let c: FunctionConfig = serde_json::from_str(r#"{"memory_mb":64,"timeout":"2s"}"#).unwrap();
+        assert_eq!((c.memory_mb, c.timeout), (64, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn names() {
+        validate_name("hello-world_2").unwrap();
+        for bad in ["", "-x", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        validate_alias("prod").unwrap();
+        assert!(validate_alias("12").is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! The one `Engine` per process, its linkers and its epoch ticker.
+
+use crate::artifact::{Artifact, ArtifactError};
+use crate::cache::CodeCache;
+use crate::command::CommandState;
+use crate::http::HttpState;
+use crate::{LoadedVersion, Pre};
+use anyhow::Context as _;
+use cirrus_api::ArtifactKind;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
+};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// How often the epoch advances. Guests yield to the scheduler once per tick and
+/// timeouts are checked then, so this bounds timeout overshoot; each tick costs one
+/// atomic increment.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Pool sizes. Slots are reserved as virtual memory up front and made resident only when
+/// used; these fit a small host yet leave room for heavy guests (a componentize-py
+/// component has ~75 core instances and several memories).
+const POOL_COMPONENT_INSTANCES: u32 = 1_000;
+const POOL_CORE_INSTANCES: u32 = 10_000;
+const POOL_MEMORIES: u32 = 2_000;
+const POOL_TABLES: u32 = 4_000;
+const POOL_STACKS: u32 = 1_000;
+const POOL_TABLE_ELEMENTS: usize = 100_000;
+const POOL_TABLES_PER_MODULE: u32 = 4;
+/// Largest linear memory (wasm32's 4 GiB), also the cap of `memory_mb`.
+const POOL_MAX_MEMORY: usize = 1 << 32;
+/// Memory and table pages below these sizes are zeroed in place instead of returned to
+/// the kernel on instance teardown: cheaper than `madvise` + page faults for the small,
+/// frequently reused slots of short invocations.
+const POOL_MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+const POOL_TABLE_KEEP_RESIDENT: usize = 64 << 10;
+/// Returning slots to the kernel in batches amortises TLB shootdowns across instances.
+const POOL_DECOMMIT_BATCH: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled code is cached.
+    pub cache_dir: PathBuf,
+    /// Try the pooling allocator (falls back to on-demand allocation if the host refuses).
+    pub pooling: bool,
+}
+
+/// What [`Runtime::prepare`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    pub kind: ArtifactKind,
+    /// Milliseconds spent compiling; zero when the code cache already had it.
+    pub compile_ms: u64,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    cache: CodeCache,
+    http_linker: ComponentLinker<HttpState>,
+    command_linker: Linker<CommandState>,
+    pooling: bool,
+    _ticker: EpochTicker,
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    config.wasm_component_model(true);
+    config
+}
+
+fn pooling_config() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_COMPONENT_INSTANCES)
+        .total_core_instances(POOL_CORE_INSTANCES)
+        .total_memories(POOL_MEMORIES)
+        .total_tables(POOL_TABLES)
+        .total_stacks(POOL_STACKS)
+        .table_elements(POOL_TABLE_ELEMENTS)
+        .max_tables_per_module(POOL_TABLES_PER_MODULE)
+        .max_memory_size(POOL_MAX_MEMORY)
+        .linear_memory_keep_resident(POOL_MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(POOL_TABLE_KEEP_RESIDENT)
+        .decommit_batch_size(POOL_DECOMMIT_BATCH);
+    pool
+}
+
+/// The pooling allocator reserves its slots when the engine is created; a host with a
+/// low virtual-memory limit refuses, and then on-demand allocation still works.
+fn build_engine(pooling: bool) -> anyhow::Result<(Engine, bool)> {
+    if pooling {
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok((engine, true)),
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable, using on-demand allocation: {e:#}")
+            }
+        }
+    }
+    let engine = Engine::new(&base_config())
+        .map_err(anyhow::Error::from)
+        .context("creating the wasmtime engine")?;
+    Ok((engine, false))
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let (engine, pooling) = build_engine(config.pooling)?;
+        let cache = CodeCache::new(&config.cache_dir, &engine)
+            .with_context(|| format!("creating code cache {}", config.cache_dir.display()))?;
+
+        let mut http_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
+
+        let mut command_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut command_linker, |s: &mut CommandState| {
+            &mut s.wasi
+        })?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self {
+            engine,
+            cache,
+            http_linker,
+            command_linker,
+            pooling,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    pub fn cache(&self) -> &CodeCache {
+        &self.cache
+    }
+
+    /// Deploy-time work, blocking (run it off the async runtime): compile the artifact
+    /// unless the cache has it, prove it links against what Cirrus provides, and store
+    /// the compiled code so no request ever compiles.
+    pub fn prepare(&self, artifact: &Artifact) -> Result<Prepared, ArtifactError> {
+        if self.cache.contains(&artifact.sha256)
+            && self.load_cached(&artifact.sha256, artifact.kind).is_ok()
+        {
+            return Ok(Prepared {
+                kind: artifact.kind,
+                compile_ms: 0,
+            });
+        }
+        let started = Instant::now();
+        let code = match artifact.kind {
+            ArtifactKind::HttpComponent => {
+                let component = Component::new(&self.engine, &artifact.binary)
+                    .map_err(|e| ArtifactError::Compile(format!("{e:#}")))?;
+                self.link_component(&component)?;
+                component.serialize()
+            }
+            ArtifactKind::Command => {
+                let module = Module::new(&self.engine, &artifact.binary)
+                    .map_err(|e| ArtifactError::Compile(format!("{e:#}")))?;
+                self.link_module(&module)?;
+                module.serialize()
+            }
+        }
+        .map_err(|e| ArtifactError::Compile(format!("serializing compiled code: {e:#}")))?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        self.cache
+            .store(&artifact.sha256, &code)
+            .map_err(|e| ArtifactError::Compile(format!("writing the code cache: {e}")))?;
+        Ok(Prepared {
+            kind: artifact.kind,
+            compile_ms,
+        })
+    }
+
+    /// Cold-start work, blocking: load compiled code from the cache (mmap) and pre-link
+    /// it. If the cache lost the entry, recompile from the stored artifact once.
+    /// Returns the loaded version and whether it had to compile.
+    pub fn load(
+        &self,
+        sha256: &str,
+        kind: ArtifactKind,
+        artifact_path: &Path,
+    ) -> anyhow::Result<(LoadedVersion, bool)> {
+        if self.cache.contains(sha256) {
+            match self.load_cached(sha256, kind) {
+                Ok(loaded) => return Ok((loaded, false)),
+                Err(e) => {
+                    tracing::warn!(sha256, "cached code unusable, recompiling: {e:#}");
+                    self.cache.evict(sha256);
+                }
+            }
+        }
+        let bytes = std::fs::read(artifact_path)
+            .with_context(|| format!("reading artifact {}", artifact_path.display()))?;
+        let artifact = Artifact::from_bytes(bytes, usize::MAX)?;
+        anyhow::ensure!(
+            artifact.sha256 == sha256,
+            "artifact {sha256} is corrupt on disk (hash mismatch)"
+        );
+        self.prepare(&artifact)?;
+        Ok((self.load_cached(sha256, kind)?, true))
+    }
+
+    fn load_cached(&self, sha256: &str, kind: ArtifactKind) -> anyhow::Result<LoadedVersion> {
+        let path = self.cache.path(sha256);
+        let pre = match kind {
+            ArtifactKind::HttpComponent => Pre::Http(
+                self.link_component(&crate::cache::deserialize_component(&self.engine, &path)?)?,
+            ),
+            ArtifactKind::Command => Pre::Command(
+                self.link_module(&crate::cache::deserialize_module(&self.engine, &path)?)?,
+            ),
+        };
+        Ok(LoadedVersion { kind, pre })
+    }
+
+    fn link_component(&self, component: &Component) -> Result<ProxyPre<HttpState>, ArtifactError> {
+        let pre = self.http_linker.instantiate_pre(component).map_err(|e| {
+            ArtifactError::Link(format!(
+                "component cannot be linked: {e:#}; Cirrus provides the wasi:http/proxy world and WASI 0.2 interfaces"
+            ))
+        })?;
+        ProxyPre::new(pre).map_err(|e| {
+            ArtifactError::Link(format!(
+                "component does not export wasi:http/incoming-handler ({e:#}); build it for the wasi:http/proxy world"
+            ))
+        })
+    }
+
+    fn link_module(
+        &self,
+        module: &Module,
+    ) -> Result<wasmtime::InstancePre<CommandState>, ArtifactError> {
+        match module.get_export("_start") {
+            Some(wasmtime::ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {}
+            _ => {
+                return Err(ArtifactError::Link(
+                    "module has no `_start` function: build a WASI command module (e.g. clang --target=wasm32-wasi) or a wasi:http component".into(),
+                ))
+            }
+        }
+        self.command_linker.instantiate_pre(module).map_err(|e| {
+            ArtifactError::Link(format!(
+                "module cannot be linked: {e:#}; command modules may import only wasi_snapshot_preview1"
+            ))
+        })
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("cirrus-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Running one invocation of a `wasi:http/proxy` component.
+
+use crate::limits::MemoryLimiter;
+use crate::pipe::CappedPipe;
+use crate::run::{arm_deadline, classify, drain_logs, platform, timeout_error, TIMEOUT_GRACE};
+use crate::{Invocation, InvokeOutput};
+use cirrus_api::{ApiError, ErrorCode, LogStream};
+use http_body_util::{BodyExt, Full, Limited};
+use std::future::Future;
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime::Store;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode as HttpErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Per-invocation host state of a component.
+pub struct HttpState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    outbound: OutboundPolicy,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Outbound HTTP is denied unless the request's host is in the function's `allowed_hosts`.
+struct OutboundPolicy {
+    allowed_hosts: Arc<[String]>,
+}
+
+impl OutboundPolicy {
+    fn allows(&self, authority: &str) -> bool {
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        self.allowed_hosts
+            .iter()
+            .any(|a| a == authority || a == host)
+    }
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    hyper::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        if !self.allows(&authority) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
+    }
+}
+
+pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) -> InvokeOutput {
+    let Invocation {
+        mut request,
+        env,
+        limits,
+        allowed_hosts,
+    } = invocation;
+    let stdout = CappedPipe::logs(limits.max_log_bytes);
+    let stderr = CappedPipe::logs(limits.max_log_bytes);
+    let (limiter, stats) = MemoryLimiter::new(limits.memory_bytes);
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .envs(&env)
+        .build();
+    let mut store = Store::new(
+        pre.engine(),
+        HttpState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter,
+            outbound: OutboundPolicy { allowed_hosts },
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    arm_deadline(&mut store, limits.timeout);
+
+    let mut logs = Vec::new();
+    if !request.headers().contains_key(hyper::header::HOST) {
+        request.headers_mut().insert(
+            hyper::header::HOST,
+            hyper::header::HeaderValue::from_static("localhost"),
+        );
+    }
+    let (response_tx, response_rx) = tokio::sync::oneshot::channel();
+    let prepared = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request.map(Full::new))
+        .and_then(|req| {
+            Ok((
+                req,
+                store.data_mut().http().new_response_outparam(response_tx)?,
+            ))
+        });
+    let (req, out) = match prepared {
+        Ok(handles) => handles,
+        Err(e) => {
+            return InvokeOutput {
+                result: Err(ApiError::bad_request(format!(
+                    "request cannot be passed to the function: {e}"
+                ))),
+                peak_memory_bytes: 0,
+                logs,
+            }
+        }
+    };
+
+    // The guest runs in its own task: it may still be streaming the body after handing
+    // over the response head, and the host must read that body concurrently.
+    let pre = pre.clone();
+    let mut guest = tokio::spawn(async move {
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, req, out)
+            .await
+    });
+
+    let max_body = limits.max_response_bytes;
+    let exchange = async {
+        let head = response_rx.await;
+        let response = match head {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => return Err(Failure::ErrorCode(code)),
+            // The guest finished or failed without answering.
+            Err(_) => return Err(Failure::Guest(guest_result(&mut guest).await)),
+        };
+        let (parts, body) = response.into_parts();
+        let body = match Limited::new(body, max_body).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(Failure::TooLarge)
+            }
+            Err(_) => return Err(Failure::Guest(guest_result(&mut guest).await)),
+        };
+        let finished = guest_result(&mut guest).await;
+        match finished {
+            Ok(()) => Ok(hyper::Response::from_parts(parts, body)),
+            Err(e) => Err(Failure::Guest(Err(e))),
+        }
+    };
+    let outcome = tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, exchange).await;
+    guest.abort();
+
+    let result = match outcome {
+        Ok(Ok(response)) => Ok(response),
+        Err(_elapsed) => {
+            platform(
+                &mut logs,
+                format!(
+                    "timed out after {}",
+                    cirrus_api::duration::format(limits.timeout)
+                ),
+            );
+            Err(timeout_error(&limits))
+        }
+        Ok(Err(Failure::TooLarge)) => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("function response body exceeds the limit of {max_body} bytes"),
+        )),
+        Ok(Err(Failure::ErrorCode(code))) => {
+            platform(&mut logs, format!("function answered with error {code:?}"));
+            Err(ApiError::new(
+                ErrorCode::FunctionError,
+                format!("function answered with error {code:?}"),
+            ))
+        }
+        Ok(Err(Failure::Guest(Ok(())))) => {
+            let msg = "function returned without setting a response (response-outparam::set was never called)";
+            platform(&mut logs, msg.to_owned());
+            Err(ApiError::new(ErrorCode::FunctionError, msg))
+        }
+        Ok(Err(Failure::Guest(Err(e)))) => Err(classify(&e, &stats, &limits, &mut logs)),
+    };
+    let mut all_logs = Vec::new();
+    drain_logs(
+        &stdout,
+        LogStream::Stdout,
+        limits.max_log_bytes,
+        &mut all_logs,
+    );
+    drain_logs(
+        &stderr,
+        LogStream::Stderr,
+        limits.max_log_bytes,
+        &mut all_logs,
+    );
+    all_logs.append(&mut logs);
+    InvokeOutput {
+        result,
+        peak_memory_bytes: stats.peak_bytes(),
+        logs: all_logs,
+    }
+}
+
+enum Failure {
+    ErrorCode(HttpErrorCode),
+    TooLarge,
+    Guest(wasmtime::Result<()>),
+}
+
+async fn guest_result(
+    guest: &mut tokio::task::JoinHandle<wasmtime::Result<()>>,
+) -> wasmtime::Result<()> {
+    match guest.await {
+        Ok(result) => result,
+        Err(join) => Err(wasmtime::Error::msg(format!("guest task failed: {join}"))),
+    }
+}

@@ -1,0 +1,132 @@
+//! Plumbing shared by both guest contracts: deadlines, classifying failures, and turning
+//! captured output into log lines.
+
+use crate::limits::MemoryStats;
+use crate::pipe::CappedPipe;
+use crate::{Limits, LogEntry};
+use cirrus_api::{ApiError, ErrorCode, LogStream};
+use std::time::{Duration, Instant};
+use wasmtime::{Store, UpdateDeadline};
+
+/// Raised from the epoch callback when an invocation outlives its timeout.
+#[derive(Debug)]
+pub(crate) struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invocation exceeded its timeout")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Yields to the scheduler on every epoch tick, so a CPU-bound guest shares its worker
+/// thread with everyone else, and traps once the deadline passes.
+pub(crate) fn arm_deadline<T: 'static>(store: &mut Store<T>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Error::new(DeadlineExceeded))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+/// Grace on top of the epoch deadline for the outer timer, which only matters when the
+/// guest is parked in a host call (never polled, so never interrupted by epochs).
+pub(crate) const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
+
+pub(crate) fn timeout_error(limits: &Limits) -> ApiError {
+    ApiError::new(
+        ErrorCode::Timeout,
+        format!(
+            "function did not finish within its timeout of {}; raise `timeout` or make it faster",
+            cirrus_api::duration::format(limits.timeout)
+        ),
+    )
+}
+
+pub(crate) fn memory_error(limits: &Limits) -> ApiError {
+    ApiError::new(
+        ErrorCode::MemoryLimitExceeded,
+        format!(
+            "function needed more than its memory limit of {} MiB; raise `memory_mb`",
+            limits.memory_bytes >> 20
+        ),
+    )
+}
+
+/// Turns a wasmtime error from instantiating or running a guest into what the caller
+/// sees, writing the full detail (backtrace included) to the invocation's logs.
+pub(crate) fn classify(
+    err: &wasmtime::Error,
+    stats: &MemoryStats,
+    limits: &Limits,
+    logs: &mut Vec<LogEntry>,
+) -> ApiError {
+    if err.downcast_ref::<DeadlineExceeded>().is_some() {
+        platform(
+            logs,
+            format!(
+                "timed out after {}",
+                cirrus_api::duration::format(limits.timeout)
+            ),
+        );
+        return timeout_error(limits);
+    }
+    // `{:#}` gives the cause chain with the guest's wasm backtrace, not the host's.
+    platform(logs, format!("error: {err:#}"));
+    if stats.hit_limit() {
+        return memory_error(limits);
+    }
+    let summary = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("function trapped: {trap}"),
+        None => format!("function failed: {err}"),
+    };
+    if summary.contains("concurrent") && summary.contains("limit") {
+        // The instance pool is exhausted: a host capacity problem, not the guest's.
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            format!("no instance slot free: {err}; retry shortly"),
+        );
+    }
+    ApiError::new(
+        ErrorCode::FunctionError,
+        format!("{summary} (see the function's logs)"),
+    )
+}
+
+pub(crate) fn platform(logs: &mut Vec<LogEntry>, line: String) {
+    logs.push(LogEntry {
+        stream: LogStream::Platform,
+        line,
+    });
+}
+
+/// Splits captured output into log lines (lossy UTF-8), noting truncation.
+pub(crate) fn drain_logs(
+    pipe: &CappedPipe,
+    stream: LogStream,
+    limit: usize,
+    logs: &mut Vec<LogEntry>,
+) {
+    let bytes = pipe.contents();
+    if bytes.is_empty() {
+        return;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    for line in text.lines() {
+        logs.push(LogEntry {
+            stream,
+            line: line.to_owned(),
+        });
+    }
+    if pipe.overflowed() {
+        platform(
+            logs,
+            format!("{} output truncated at {limit} bytes", stream.as_str()),
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The HTTP gateway: the management API under `/v1` and HTTP triggers under `/fn`.
+//! Handlers only parse requests into calls on the registry and the invoker.
+
+mod functions;
+mod invoke;
+mod logs;
+
+use crate::auth::is_authorized;
+use crate::error::{error_response, Failure};
+use crate::invoker::Invoker;
+use crate::records::RecordSink;
+use crate::registry::Registry;
+use crate::scaler::Scaler;
+use crate::store::RecordStore;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get, post, put};
+use axum::Router;
+use cirrus_api::{ApiError, ErrorCode};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Every route the router serves, as `(method, path)`; `docs/openapi.json` must list
+/// exactly these (a test checks both directions).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/health"),
+    ("GET", "/v1/functions"),
+    ("GET", "/v1/functions/{name}"),
+    ("PUT", "/v1/functions/{name}"),
+    ("DELETE", "/v1/functions/{name}"),
+    ("GET", "/v1/functions/{name}/versions"),
+    ("GET", "/v1/functions/{name}/aliases"),
+    ("PUT", "/v1/functions/{name}/aliases/{alias}"),
+    ("DELETE", "/v1/functions/{name}/aliases/{alias}"),
+    ("POST", "/v1/functions/{name}/invoke"),
+    ("GET", "/v1/functions/{name}/invocations"),
+    ("GET", "/v1/functions/{name}/logs"),
+    ("ANY", "/fn/{target}"),
+    ("ANY", "/fn/{target}/{path}"),
+];
+
+/// Everything handlers reach.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub scaler: Arc<Scaler>,
+    pub invoker: Arc<Invoker>,
+    pub records: RecordSink,
+    pub record_store: Arc<dyn RecordStore>,
+    pub token: String,
+    pub max_artifact_bytes: usize,
+    /// Flips to true when the server starts shutting down; long-lived streams end then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub type AppStateRef = Arc<AppState>;
+
+pub fn router(state: AppStateRef) -> Router {
+    // Multipart framing on top of the artifact itself.
+    let deploy_limit = state.max_artifact_bytes + (1 << 20);
+    let management = Router::new()
+        .route("/v1/functions", get(functions::list))
+        .route(
+            "/v1/functions/{name}",
+            get(functions::get)
+                .put(functions::deploy)
+                .delete(functions::delete)
+                .layer(DefaultBodyLimit::max(deploy_limit)),
+        )
+        .route("/v1/functions/{name}/versions", get(functions::versions))
+        .route("/v1/functions/{name}/aliases", get(functions::aliases))
+        .route(
+            "/v1/functions/{name}/aliases/{alias}",
+            put(functions::set_alias).delete(functions::delete_alias),
+        )
+        .route("/v1/functions/{name}/invoke", post(invoke::invoke_api))
+        .route("/v1/functions/{name}/invocations", get(logs::invocations))
+        .route("/v1/functions/{name}/logs", get(logs::logs))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(management)
+        .route("/fn/{target}", any(invoke::http_trigger_root))
+        .route("/fn/{target}/{*path}", any(invoke::http_trigger))
+        // Invocation bodies are limited by the invoker, per its own setting.
+        .layer(DefaultBodyLimit::disable())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn require_token(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
+    if is_authorized(request.headers(), &state.token) {
+        next.run(request).await
+    } else {
+        error_response(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong admin token: send `Authorization: Bearer <token>` (the token is in <data-dir>/admin.token)",
+        ))
+    }
+}
+
+async fn no_route(request: Request) -> Failure {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+    .into()
+}
+
+async fn method_not_allowed(request: Request) -> Failure {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into()
+}
+
+/// Reads a JSON body with errors a user can act on (axum's own rejections are plain text).
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")).into())
+}

@@ -1,0 +1,78 @@
+//! The admin token: created on first start in `<data-dir>/admin.token` (mode 0600) and
+//! required as `Authorization: Bearer <token>` by the management API.
+
+use anyhow::Context as _;
+use axum::http::HeaderMap;
+use rand::RngCore as _;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+pub const TOKEN_FILE: &str = "admin.token";
+
+pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{} is empty: delete it to have a new token created",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    Ok(token)
+}
+
+/// Whether the request carries the admin token (compared in constant time).
+pub fn is_authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn token_is_created_once_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), first);
+        let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn bearer_check() {
+        let mut h = HeaderMap::new();
+        assert!(!is_authorized(&h, "abc"));
+        h.insert("authorization", "Bearer abd".parse().unwrap());
+        assert!(!is_authorized(&h, "abc"));
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert!(is_authorized(&h, "abc"));
+    }
+}

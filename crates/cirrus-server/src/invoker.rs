@@ -1,0 +1,322 @@
+//! One place executes invocations: resolve → read the event → admit → load (cold) or
+//! reuse (warm) → run in a fresh instance → record → answer.
+
+use crate::clock::{rfc3339, Clock};
+use crate::error::error_response;
+use crate::records::RecordSink;
+use crate::registry::Registry;
+use crate::scaler::Scaler;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, Response};
+use bytes::Bytes;
+use cirrus_api::{
+    ApiError, ErrorCode, InvocationRecord, LogLine, Outcome, Qualifier, Trigger, VersionInfo,
+};
+use cirrus_runtime::{Invocation, Limits};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument as _;
+
+/// Size limits that apply to every function (Lambda's synchronous limit is 6 MB).
+#[derive(Debug, Clone)]
+pub struct PayloadLimits {
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    /// Guest stdout/stderr kept per invocation; the rest is dropped and noted.
+    pub max_log_bytes: usize,
+}
+
+impl Default for PayloadLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 6 << 20,
+            max_response_bytes: 6 << 20,
+            max_log_bytes: 256 << 10,
+        }
+    }
+}
+
+/// A request for one invocation, as the gateway parsed it.
+pub struct Call {
+    pub function: String,
+    pub qualifier: Qualifier,
+    pub trigger: Trigger,
+    /// The request as the function sees it: its URI is the path below the function.
+    pub request: Request<Body>,
+    /// Whether the caller presented the admin token (needed for non-public functions).
+    pub authorized: bool,
+}
+
+pub struct Invoker {
+    pub registry: Arc<Registry>,
+    pub scaler: Arc<Scaler>,
+    pub records: RecordSink,
+    pub clock: Arc<dyn Clock>,
+    pub limits: PayloadLimits,
+}
+
+/// What every invocation answer carries, error or not.
+struct Meta {
+    request_id: String,
+    cold: bool,
+    duration: Duration,
+    version: Option<u32>,
+}
+
+impl Invoker {
+    pub async fn invoke(&self, call: Call) -> Response<Body> {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let span =
+            tracing::info_span!("invoke", request_id = %request_id, function = %call.function);
+        let mut meta = Meta {
+            request_id,
+            cold: false,
+            duration: Duration::ZERO,
+            version: None,
+        };
+        let result = self.run(call, &mut meta).instrument(span).await;
+        let mut response = match result {
+            Ok(response) => response.map(Body::from),
+            Err(error) => error_response(error),
+        };
+        stamp(response.headers_mut(), &meta);
+        response
+    }
+
+    async fn run(&self, call: Call, meta: &mut Meta) -> Result<Response<Bytes>, ApiError> {
+        let Call {
+            function,
+            qualifier,
+            trigger,
+            request,
+            authorized,
+        } = call;
+        let version = self.registry.resolve(&function, &qualifier)?;
+        meta.version = Some(version.version);
+        if !version.config.public && !authorized {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("function {function:?} is not public: send `Authorization: Bearer <admin token>`"),
+            ));
+        }
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, self.limits.max_request_bytes)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "request body exceeds the limit of {} bytes",
+                        self.limits.max_request_bytes
+                    ),
+                )
+            })?;
+        let request = Request::from_parts(parts, body);
+
+        let _admission = self.scaler.admit(&version).await?;
+        let started_ms = self.clock.now_ms();
+        let ready = match self.scaler.ready(&version).await {
+            Ok(ready) => ready,
+            Err(error) => {
+                meta.cold = true;
+                self.record(
+                    &version,
+                    trigger,
+                    started_ms,
+                    meta,
+                    None,
+                    0,
+                    &Err(error.clone()),
+                    Vec::new(),
+                )
+                .await;
+                return Err(error);
+            }
+        };
+        meta.cold = ready.init.is_some();
+
+        let env = guest_env(&version, &meta.request_id, trigger, &request);
+        let invocation = Invocation {
+            request,
+            env,
+            limits: Limits {
+                memory_bytes: version.config.memory_bytes(),
+                timeout: version.config.timeout,
+                max_response_bytes: self.limits.max_response_bytes,
+                max_log_bytes: self.limits.max_log_bytes,
+            },
+            allowed_hosts: version.config.allowed_hosts.clone().into(),
+        };
+        let run_started = Instant::now();
+        let output = ready.version.invoke(invocation).await;
+        meta.duration = run_started.elapsed();
+        drop(ready.lease);
+
+        let now = rfc3339(self.clock.now_ms());
+        let logs = output
+            .logs
+            .into_iter()
+            .map(|entry| LogLine {
+                time: now.clone(),
+                function: version.function.clone(),
+                version: version.version,
+                request_id: meta.request_id.clone(),
+                stream: entry.stream,
+                line: entry.line,
+            })
+            .collect();
+        self.record(
+            &version,
+            trigger,
+            started_ms,
+            meta,
+            ready.init,
+            output.peak_memory_bytes,
+            &output.result,
+            logs,
+        )
+        .await;
+        output.result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        version: &VersionInfo,
+        trigger: Trigger,
+        started_ms: u64,
+        meta: &Meta,
+        init: Option<Duration>,
+        peak_memory_bytes: u64,
+        result: &Result<Response<Bytes>, ApiError>,
+        logs: Vec<LogLine>,
+    ) {
+        let (outcome, status, error_code, error_message) = match result {
+            Ok(response) => (Outcome::Success, response.status().as_u16(), None, None),
+            Err(e) => (
+                Outcome::Error,
+                e.code.status(),
+                Some(e.code.as_str().to_owned()),
+                Some(e.message.clone()),
+            ),
+        };
+        let record = InvocationRecord {
+            request_id: meta.request_id.clone(),
+            function: version.function.clone(),
+            version: version.version,
+            trigger,
+            started_at: rfc3339(started_ms),
+            duration_ms: millis(meta.duration),
+            billed_ms: billed_ms(meta.duration),
+            init_ms: init.map(millis),
+            memory_mb: version.config.memory_mb,
+            peak_memory_bytes,
+            cold_start: meta.cold,
+            outcome,
+            status,
+            error_code,
+            error_message,
+        };
+        tracing::info!(
+            version = version.version,
+            cold = meta.cold,
+            duration_ms = record.duration_ms,
+            status,
+            "invoked"
+        );
+        self.records.record(record, logs).await;
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Billed time: the duration rounded up to the next whole millisecond, at least 1 ms.
+pub fn billed_ms(d: Duration) -> u64 {
+    let nanos = d.as_nanos();
+    (nanos.div_ceil(1_000_000) as u64).max(1)
+}
+
+fn stamp(headers: &mut HeaderMap, meta: &Meta) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    set("cirrus-request-id", meta.request_id.clone());
+    set("cirrus-cold-start", meta.cold.to_string());
+    set(
+        "cirrus-duration-ms",
+        format!("{:.3}", millis(meta.duration)),
+    );
+    set("cirrus-billed-ms", billed_ms(meta.duration).to_string());
+    if let Some(v) = meta.version {
+        set("cirrus-version", v.to_string());
+    }
+}
+
+/// The guest's environment: the function's own variables, the platform's `CIRRUS_*`, and
+/// for command modules the CGI variables describing the request.
+fn guest_env(
+    version: &VersionInfo,
+    request_id: &str,
+    trigger: Trigger,
+    request: &Request<Bytes>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = version
+        .config
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("CIRRUS_FUNCTION".into(), version.function.clone()));
+    env.push(("CIRRUS_VERSION".into(), version.version.to_string()));
+    env.push(("CIRRUS_REQUEST_ID".into(), request_id.to_owned()));
+    env.push(("CIRRUS_EVENT_TYPE".into(), trigger.as_str().to_owned()));
+    if version.kind == cirrus_api::ArtifactKind::Command {
+        env.push(("REQUEST_METHOD".into(), request.method().to_string()));
+        env.push(("PATH_INFO".into(), request.uri().path().to_owned()));
+        env.push((
+            "QUERY_STRING".into(),
+            request.uri().query().unwrap_or("").to_owned(),
+        ));
+        env.push(("CONTENT_LENGTH".into(), request.body().len().to_string()));
+        if let Some(ct) = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            env.push(("CONTENT_TYPE".into(), ct.to_owned()));
+        }
+        for (name, value) in request.headers() {
+            if name == axum::http::header::CONTENT_TYPE
+                || name == axum::http::header::CONTENT_LENGTH
+            {
+                continue;
+            }
+            if let Ok(value) = value.to_str() {
+                let var = format!(
+                    "HTTP_{}",
+                    name.as_str().to_ascii_uppercase().replace('-', "_")
+                );
+                env.push((var, value.to_owned()));
+            }
+        }
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billing_rounds_up_to_whole_milliseconds() {
+        assert_eq!(billed_ms(Duration::from_micros(1)), 1);
+        assert_eq!(billed_ms(Duration::ZERO), 1);
+        assert_eq!(billed_ms(Duration::from_micros(1000)), 1);
+        assert_eq!(billed_ms(Duration::from_micros(1001)), 2);
+        assert_eq!(billed_ms(Duration::from_millis(250)), 250);
+    }
+}

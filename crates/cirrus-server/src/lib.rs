@@ -1,0 +1,24 @@
+//! The Cirrus server: everything between a socket and the runtime.
+//!
+//! - [`server`]: assembling the pieces, serving, graceful shutdown.
+//! - [`api`]: the HTTP gateway (management API under `/v1`, HTTP triggers under `/fn`).
+//! - [`invoker`]: the one place an invocation is executed and recorded.
+//! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
+//! - [`registry`]: functions, versions, aliases; deploy logic.
+//! - [`records`]: batched, off-request-path writing of invocation records and logs.
+//! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
+//! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod error;
+pub mod invoker;
+pub mod records;
+pub mod registry;
+pub mod scaler;
+pub mod server;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use server::{Server, ServerConfig};

@@ -1,0 +1,346 @@
+//! Functions, versions and aliases: deploy logic, and the in-memory view every
+//! invocation resolves against (the store is written through, never read per request).
+
+use crate::clock::{rfc3339, Clock};
+use crate::error::Failure;
+use crate::store::{ArtifactStore, FunctionStore};
+use cirrus_api::spec::{validate_alias, validate_name};
+use cirrus_api::{
+    AliasInfo, ApiError, DeployResult, ErrorCode, FunctionConfig, FunctionInfo, Qualifier,
+    VersionInfo,
+};
+use cirrus_runtime::{Artifact, ArtifactError, Runtime};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Clone, Default)]
+struct FunctionEntry {
+    versions: BTreeMap<u32, Arc<VersionInfo>>,
+    aliases: BTreeMap<String, u32>,
+}
+
+impl FunctionEntry {
+    fn latest(&self) -> Option<&Arc<VersionInfo>> {
+        self.versions.values().next_back()
+    }
+
+    fn info(&self, name: &str) -> Option<FunctionInfo> {
+        let latest = self.latest()?;
+        Some(FunctionInfo {
+            name: name.to_owned(),
+            latest: (**latest).clone(),
+            versions: self.versions.len() as u32,
+            aliases: self.aliases.clone(),
+        })
+    }
+}
+
+/// What a deploy brings: a new artifact, or none to keep the current code with new config.
+pub struct DeployRequest {
+    pub name: String,
+    pub config: FunctionConfig,
+    pub artifact: Option<Vec<u8>>,
+}
+
+pub struct Registry {
+    functions: RwLock<HashMap<String, FunctionEntry>>,
+    store: Arc<dyn FunctionStore>,
+    artifacts: Arc<dyn ArtifactStore>,
+    runtime: Arc<Runtime>,
+    clock: Arc<dyn Clock>,
+    max_artifact_bytes: usize,
+    /// Deploys are rare and must number versions without gaps: one at a time.
+    deploy_lock: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn load(
+        store: Arc<dyn FunctionStore>,
+        artifacts: Arc<dyn ArtifactStore>,
+        runtime: Arc<Runtime>,
+        clock: Arc<dyn Clock>,
+        max_artifact_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let mut functions = HashMap::new();
+        for stored in store.load_all()? {
+            let entry = FunctionEntry {
+                versions: stored
+                    .versions
+                    .into_iter()
+                    .map(|v| (v.version, Arc::new(v)))
+                    .collect(),
+                aliases: stored.aliases.into_iter().collect(),
+            };
+            functions.insert(stored.name, entry);
+        }
+        Ok(Self {
+            functions: RwLock::new(functions),
+            store,
+            artifacts,
+            runtime,
+            clock,
+            max_artifact_bytes,
+            deploy_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FunctionEntry>> {
+        self.functions.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, FunctionEntry>> {
+        self.functions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn artifacts(&self) -> &Arc<dyn ArtifactStore> {
+        &self.artifacts
+    }
+
+    /// The hot-path lookup: which version a request names.
+    pub fn resolve(&self, name: &str, qualifier: &Qualifier) -> Result<Arc<VersionInfo>, ApiError> {
+        let functions = self.read();
+        let entry = functions
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("function {name:?} does not exist")))?;
+        let version = match qualifier {
+            Qualifier::Latest => {
+                return entry.latest().cloned().ok_or_else(|| {
+                    ApiError::not_found(format!("function {name:?} has no versions"))
+                })
+            }
+            Qualifier::Version(v) => *v,
+            Qualifier::Alias(alias) => *entry.aliases.get(alias).ok_or_else(|| {
+                ApiError::not_found(format!("function {name:?} has no alias {alias:?}"))
+            })?,
+        };
+        entry.versions.get(&version).cloned().ok_or_else(|| {
+            ApiError::not_found(format!("function {name:?} has no version {version}"))
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<FunctionInfo, ApiError> {
+        self.read()
+            .get(name)
+            .and_then(|e| e.info(name))
+            .ok_or_else(|| ApiError::not_found(format!("function {name:?} does not exist")))
+    }
+
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        let functions = self.read();
+        let mut list: Vec<_> = functions.iter().filter_map(|(n, e)| e.info(n)).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionInfo>, ApiError> {
+        let functions = self.read();
+        let entry = functions
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("function {name:?} does not exist")))?;
+        Ok(entry.versions.values().map(|v| (**v).clone()).collect())
+    }
+
+    /// Every version any qualifier currently points at, for pre-loading.
+    pub fn live_versions(&self) -> Vec<Arc<VersionInfo>> {
+        let functions = self.read();
+        let mut live = Vec::new();
+        for entry in functions.values() {
+            live.extend(entry.latest().cloned());
+            live.extend(
+                entry
+                    .aliases
+                    .values()
+                    .filter_map(|v| entry.versions.get(v).cloned()),
+            );
+        }
+        live
+    }
+
+    /// Validates, compiles (once, into the code cache) and records a new version.
+    /// Deploying the same artifact and config as `$LATEST` creates nothing.
+    pub async fn deploy(&self, request: DeployRequest) -> Result<DeployResult, Failure> {
+        let DeployRequest {
+            name,
+            config,
+            artifact,
+        } = request;
+        validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| ApiError::bad_request(format!("invalid config: {e}")))?;
+
+        let artifact = match artifact {
+            Some(bytes) => {
+                let limit = self.max_artifact_bytes;
+                let artifact =
+                    tokio::task::spawn_blocking(move || Artifact::from_bytes(bytes, limit))
+                        .await
+                        .map_err(|e| Failure::internal(format!("artifact check failed: {e}")))?
+                        .map_err(invalid_artifact)?;
+                Some(artifact)
+            }
+            None => None,
+        };
+
+        let (sha256, kind, size_bytes, compile_ms) = match artifact {
+            Some(artifact) => {
+                let runtime = self.runtime.clone();
+                let artifacts = self.artifacts.clone();
+                tokio::task::spawn_blocking(move || {
+                    let prepared = runtime.prepare(&artifact).map_err(invalid_artifact)?;
+                    artifacts
+                        .put(&artifact.sha256, &artifact.binary)
+                        .map_err(|e| Failure::internal(format!("storing the artifact: {e:#}")))?;
+                    Ok::<_, Failure>((
+                        artifact.sha256,
+                        artifact.kind,
+                        artifact.binary.len() as u64,
+                        prepared.compile_ms,
+                    ))
+                })
+                .await
+                .map_err(|e| Failure::internal(format!("compilation task failed: {e}")))??
+            }
+            None => {
+                let latest = self.resolve(&name, &Qualifier::Latest).map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "function {name:?} does not exist yet: the first deploy needs an artifact"
+                    ))
+                })?;
+                (latest.sha256.clone(), latest.kind, latest.size_bytes, 0)
+            }
+        };
+
+        let _serial = self.deploy_lock.lock().await;
+        let latest = self.resolve(&name, &Qualifier::Latest).ok();
+        if let Some(latest) = &latest {
+            if latest.sha256 == sha256 && latest.config == config {
+                let function = self.get(&name)?;
+                return Ok(DeployResult {
+                    version: latest.version,
+                    function,
+                    created: false,
+                    compile_ms,
+                });
+            }
+        }
+        let version = VersionInfo {
+            function: name.clone(),
+            version: latest.map_or(1, |l| l.version + 1),
+            sha256,
+            kind,
+            size_bytes,
+            config,
+            created_at: rfc3339(self.clock.now_ms()),
+        };
+        let store = self.store.clone();
+        let stored = version.clone();
+        tokio::task::spawn_blocking(move || store.insert_version(&stored))
+            .await
+            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Failure::internal(format!("recording the version: {e:#}")))?;
+        let number = version.version;
+        self.write()
+            .entry(name.clone())
+            .or_default()
+            .versions
+            .insert(number, Arc::new(version));
+        tracing::info!(function = %name, version = number, "deployed");
+        Ok(DeployResult {
+            function: self.get(&name)?,
+            version: number,
+            created: true,
+            compile_ms,
+        })
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<FunctionInfo, Failure> {
+        let _serial = self.deploy_lock.lock().await;
+        let info = self.get(name)?;
+        let store = self.store.clone();
+        let owned = name.to_owned();
+        tokio::task::spawn_blocking(move || store.delete_function(&owned))
+            .await
+            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Failure::internal(format!("deleting {name}: {e:#}")))?;
+        self.write().remove(name);
+        Ok(info)
+    }
+
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: u32,
+    ) -> Result<AliasInfo, Failure> {
+        validate_alias(alias).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let _serial = self.deploy_lock.lock().await;
+        self.resolve(name, &Qualifier::Version(version))?;
+        let store = self.store.clone();
+        let (f, a) = (name.to_owned(), alias.to_owned());
+        tokio::task::spawn_blocking(move || store.set_alias(&f, &a, version))
+            .await
+            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Failure::internal(format!("storing alias: {e:#}")))?;
+        if let Some(entry) = self.write().get_mut(name) {
+            entry.aliases.insert(alias.to_owned(), version);
+        }
+        Ok(AliasInfo {
+            function: name.to_owned(),
+            alias: alias.to_owned(),
+            version,
+        })
+    }
+
+    pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<AliasInfo, Failure> {
+        let _serial = self.deploy_lock.lock().await;
+        let version = self
+            .read()
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("function {name:?} does not exist")))?
+            .aliases
+            .get(alias)
+            .copied()
+            .ok_or_else(|| {
+                ApiError::not_found(format!("function {name:?} has no alias {alias:?}"))
+            })?;
+        let store = self.store.clone();
+        let (f, a) = (name.to_owned(), alias.to_owned());
+        tokio::task::spawn_blocking(move || store.delete_alias(&f, &a))
+            .await
+            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Failure::internal(format!("deleting alias: {e:#}")))?;
+        if let Some(entry) = self.write().get_mut(name) {
+            entry.aliases.remove(alias);
+        }
+        Ok(AliasInfo {
+            function: name.to_owned(),
+            alias: alias.to_owned(),
+            version,
+        })
+    }
+
+    pub fn aliases(&self, name: &str) -> Result<Vec<AliasInfo>, ApiError> {
+        let functions = self.read();
+        let entry = functions
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("function {name:?} does not exist")))?;
+        Ok(entry
+            .aliases
+            .iter()
+            .map(|(alias, &version)| AliasInfo {
+                function: name.to_owned(),
+                alias: alias.clone(),
+                version,
+            })
+            .collect())
+    }
+}
+
+fn invalid_artifact(e: ArtifactError) -> Failure {
+    let code = match e {
+        ArtifactError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+        _ => ErrorCode::InvalidArtifact,
+    };
+    ApiError::new(code, format!("invalid artifact: {e}")).into()
+}

@@ -1,0 +1,312 @@
+//! Admission and loading: per-function and global concurrency caps with bounded wait
+//! queues, loaded versions kept warm, idle versions unloaded (scale to zero).
+
+use crate::clock::Clock;
+use crate::store::ArtifactStore;
+use cirrus_api::{ApiError, ErrorCode, VersionInfo};
+use cirrus_runtime::{LoadedVersion, Runtime};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone)]
+pub struct ScalerSettings {
+    /// Invocations in flight across all functions.
+    pub global_concurrency: usize,
+    /// Callers that may wait for a slot, per function and globally; beyond that, 429.
+    pub queue_depth: usize,
+    /// How long a queued caller waits before getting 429.
+    pub queue_timeout: Duration,
+}
+
+impl Default for ScalerSettings {
+    fn default() -> Self {
+        Self {
+            global_concurrency: 128,
+            queue_depth: 64,
+            queue_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A concurrency cap with a bounded, time-limited wait queue.
+struct Gate {
+    capacity: usize,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// Decrements the wait count however the wait ends (including the caller going away).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Gate {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            permits: Arc::new(Semaphore::new(capacity)),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    async fn enter(
+        &self,
+        settings: &ScalerSettings,
+        what: &str,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let throttled = || {
+            ApiError::new(
+                ErrorCode::Throttled,
+                format!(
+                    "{what} is at its concurrency limit of {}; retry later",
+                    self.capacity
+                ),
+            )
+        };
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= settings.queue_depth {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(throttled());
+        }
+        let _waiting = Waiting(&self.waiting);
+        match tokio::time::timeout(settings.queue_timeout, self.permits.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(throttled()),
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+}
+
+/// Held for the length of one invocation.
+pub struct Admission {
+    _global: OwnedSemaphorePermit,
+    _function: Option<OwnedSemaphorePermit>,
+}
+
+/// A loaded (or loading) version.
+struct Slot {
+    loaded: OnceCell<Arc<LoadedVersion>>,
+    last_used_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    pinned: bool,
+}
+
+/// Keeps a slot's in-flight count and last use up to date for the sweeper.
+pub struct Lease {
+    slot: Arc<Slot>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.slot
+            .last_used_ms
+            .store(self.clock.now_ms(), Ordering::SeqCst);
+        self.slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A loaded version ready to invoke, and whether getting it was a cold start.
+pub struct Ready {
+    pub version: Arc<LoadedVersion>,
+    pub lease: Lease,
+    /// Time spent loading, when this invocation had to load (or wait for a load).
+    pub init: Option<Duration>,
+}
+
+type VersionKey = (String, u32);
+
+pub struct Scaler {
+    runtime: Arc<Runtime>,
+    artifacts: Arc<dyn ArtifactStore>,
+    clock: Arc<dyn Clock>,
+    settings: ScalerSettings,
+    global: Gate,
+    functions: Mutex<HashMap<String, Arc<Gate>>>,
+    slots: Mutex<HashMap<VersionKey, Arc<Slot>>>,
+}
+
+impl Scaler {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        artifacts: Arc<dyn ArtifactStore>,
+        clock: Arc<dyn Clock>,
+        settings: ScalerSettings,
+    ) -> Self {
+        Self {
+            global: Gate::new(settings.global_concurrency),
+            runtime,
+            artifacts,
+            clock,
+            settings,
+            functions: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits (boundedly) for room under the function's and the host's caps.
+    pub async fn admit(&self, version: &VersionInfo) -> Result<Admission, ApiError> {
+        let function = match version.config.max_concurrency {
+            Some(cap) => {
+                let gate = self.function_gate(&version.function, cap as usize);
+                Some(
+                    gate.enter(&self.settings, &format!("function {:?}", version.function))
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        let global = self.global.enter(&self.settings, "the server").await?;
+        Ok(Admission {
+            _global: global,
+            _function: function,
+        })
+    }
+
+    fn function_gate(&self, name: &str, capacity: usize) -> Arc<Gate> {
+        let mut gates = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        match gates.get(name) {
+            Some(gate) if gate.capacity == capacity => gate.clone(),
+            // New or changed cap: permits held under the old gate drain on their own.
+            _ => {
+                let gate = Arc::new(Gate::new(capacity));
+                gates.insert(name.to_owned(), gate.clone());
+                gate
+            }
+        }
+    }
+
+    /// The loaded version, loading it first if needed (a cold start). Concurrent cold
+    /// callers share one load.
+    pub async fn ready(&self, version: &VersionInfo) -> Result<Ready, ApiError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .entry((version.function.clone(), version.version))
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        loaded: OnceCell::new(),
+                        last_used_ms: AtomicU64::new(self.clock.now_ms()),
+                        in_flight: AtomicUsize::new(0),
+                        pinned: version.config.min_loaded > 0,
+                    })
+                })
+                .clone()
+        };
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        slot.last_used_ms
+            .store(self.clock.now_ms(), Ordering::SeqCst);
+        let lease = Lease {
+            slot: slot.clone(),
+            clock: self.clock.clone(),
+        };
+        if let Some(loaded) = slot.loaded.get() {
+            return Ok(Ready {
+                version: loaded.clone(),
+                lease,
+                init: None,
+            });
+        }
+        let started = Instant::now();
+        let loaded = slot
+            .loaded
+            .get_or_try_init(|| self.load(version))
+            .await?
+            .clone();
+        Ok(Ready {
+            version: loaded,
+            lease,
+            init: Some(started.elapsed()),
+        })
+    }
+
+    async fn load(&self, version: &VersionInfo) -> Result<Arc<LoadedVersion>, ApiError> {
+        let runtime = self.runtime.clone();
+        let path = self.artifacts.path(&version.sha256);
+        let (sha256, kind) = (version.sha256.clone(), version.kind);
+        let label = format!("{} version {}", version.function, version.version);
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(&sha256, kind, &path))
+            .await
+            .map_err(|e| ApiError::internal(format!("loading {label}: {e}")))?
+            .map_err(|e| {
+                tracing::error!("loading {label}: {e:#}");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("{label} could not be loaded: {e:#}"),
+                )
+            })?;
+        let (loaded, recompiled) = loaded;
+        tracing::debug!(%label, recompiled, "loaded");
+        Ok(Arc::new(loaded))
+    }
+
+    /// Loads a version ahead of traffic (start-up, `min_loaded`).
+    pub async fn preload(&self, version: &VersionInfo) -> Result<(), ApiError> {
+        self.ready(version).await.map(drop)
+    }
+
+    /// Unloads versions idle for longer than their function's `idle_timeout`. Called
+    /// periodically; `idle_timeout` comes from the version's own config.
+    pub fn sweep(&self, idle_timeout_of: impl Fn(&str, u32) -> Option<Duration>) -> usize {
+        let now = self.clock.now_ms();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let before = slots.len();
+        slots.retain(|(function, version), slot| {
+            let Some(idle) = idle_timeout_of(function, *version) else {
+                return false; // the function or version is gone
+            };
+            if slot.pinned || slot.in_flight.load(Ordering::SeqCst) > 0 {
+                return true;
+            }
+            now.saturating_sub(slot.last_used_ms.load(Ordering::SeqCst)) < idle.as_millis() as u64
+        });
+        before - slots.len()
+    }
+
+    /// Drops every loaded version of a function (it was deleted).
+    pub fn unload_function(&self, function: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(f, _), _| f != function);
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(function);
+    }
+
+    pub fn is_loaded(&self, function: &str, version: u32) -> bool {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(function.to_owned(), version))
+            .is_some_and(|s| s.loaded.initialized())
+    }
+
+    pub fn loaded_count(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.loaded.initialized())
+            .count()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.global.in_flight()
+    }
+}

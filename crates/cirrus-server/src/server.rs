@@ -1,0 +1,246 @@
+//! Assembling and running a server: open the store, build the runtime, load the
+//! registry, pre-load pinned versions, serve until shutdown, then drain.
+
+use crate::api::{self, AppState, AppStateRef};
+use crate::clock::Clock;
+use crate::invoker::{Invoker, PayloadLimits};
+use crate::records::RecordSink;
+use crate::registry::{DeployRequest, Registry};
+use crate::scaler::{Scaler, ScalerSettings};
+use crate::store::{ArtifactStore, FsArtifactStore, FunctionStore, RecordStore, SqliteStore};
+use anyhow::Context as _;
+use cirrus_api::{DeployResult, Manifest, Qualifier};
+use cirrus_runtime::{Runtime, RuntimeConfig};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Default artifact size limit: room for interpreter-based components (a Python
+/// component is ~40 MB).
+pub const DEFAULT_MAX_ARTIFACT_BYTES: usize = 100 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// Try wasmtime's pooling allocator (falls back automatically).
+    pub pooling: bool,
+    pub scaler: ScalerSettings,
+    pub payload: PayloadLimits,
+    pub max_artifact_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// How often idle versions are looked for.
+    pub sweep_interval: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            pooling: true,
+            scaler: ScalerSettings::default(),
+            payload: PayloadLimits::default(),
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            drain_timeout: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Server {
+    state: AppStateRef,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens (or creates) everything under the data dir. Blocking work runs off the
+    /// async runtime.
+    pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let token = crate::auth::load_or_create_token(&data_dir)?;
+        let pooling = config.pooling;
+        let (store, artifacts, runtime) = tokio::task::spawn_blocking(move || {
+            let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
+            let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
+            let runtime = Arc::new(Runtime::new(RuntimeConfig {
+                cache_dir: data_dir.join("compiled"),
+                pooling,
+            })?);
+            anyhow::Ok((store, artifacts, runtime))
+        })
+        .await??;
+        tracing::info!(pooling = runtime.pooling(), "runtime ready");
+        let artifacts: Arc<dyn ArtifactStore> = artifacts;
+        let function_store: Arc<dyn FunctionStore> = store.clone();
+        let record_store: Arc<dyn RecordStore> = store;
+        let registry = Arc::new(Registry::load(
+            function_store,
+            artifacts.clone(),
+            runtime.clone(),
+            clock.clone(),
+            config.max_artifact_bytes,
+        )?);
+        let scaler = Arc::new(Scaler::new(
+            runtime,
+            artifacts,
+            clock.clone(),
+            config.scaler.clone(),
+        ));
+        let records = RecordSink::start(record_store.clone());
+        let invoker = Arc::new(Invoker {
+            registry: registry.clone(),
+            scaler: scaler.clone(),
+            records: records.clone(),
+            clock: clock.clone(),
+            limits: config.payload.clone(),
+        });
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let state = Arc::new(AppState {
+            registry,
+            scaler,
+            invoker,
+            records,
+            record_store,
+            token,
+            max_artifact_bytes: config.max_artifact_bytes,
+            shutdown,
+        });
+        let server = Self {
+            state,
+            config,
+            clock,
+            shutdown_tx,
+        };
+        server.preload_pinned().await;
+        Ok(server)
+    }
+
+    pub fn state(&self) -> &AppStateRef {
+        &self.state
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.state.token
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// Versions of functions with `min_loaded > 0` are loaded before traffic arrives.
+    async fn preload_pinned(&self) {
+        for version in self.state.registry.live_versions() {
+            if version.config.min_loaded > 0 {
+                if let Err(e) = self.state.scaler.preload(&version).await {
+                    tracing::warn!(function = %version.function, version = version.version, "preloading failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Deploys every function of a manifest (unchanged ones are left as they are).
+    pub async fn deploy_manifest(&self, manifest: &Manifest) -> anyhow::Result<Vec<DeployResult>> {
+        let mut results = Vec::new();
+        for (name, function) in &manifest.functions {
+            let bytes = tokio::fs::read(&function.source).await.with_context(|| {
+                format!("functions.{name}: reading {}", function.source.display())
+            })?;
+            let result = self
+                .state
+                .registry
+                .deploy(DeployRequest {
+                    name: name.clone(),
+                    config: function.config.clone(),
+                    artifact: Some(bytes),
+                })
+                .await
+                .map_err(|f| anyhow::anyhow!("functions.{name}: {}", f.0.message))?;
+            if result.function.latest.config.min_loaded > 0 {
+                self.state
+                    .scaler
+                    .preload(&result.function.latest)
+                    .await
+                    .ok();
+            }
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// Unloads idle versions once; the background sweeper calls this periodically.
+    pub fn sweep_idle(&self) -> usize {
+        sweep(&self.state)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, waits for in-flight
+    /// requests (at most `drain_timeout`) and flushes records.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = self.router();
+        let state = self.state.clone();
+        let sweeper = tokio::spawn(sweeper(
+            state.clone(),
+            self.config.sweep_interval,
+            state.shutdown.clone(),
+        ));
+        let shutdown_tx = self.shutdown_tx;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = shutdown_tx.send(true);
+            let _ = stopping_tx.send(());
+        };
+        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
+        let drain_timeout = self.config.drain_timeout;
+        let drained = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(drain_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = serve => result.context("serving HTTP")?,
+            _ = drained => tracing::warn!("drain timeout of {drain_timeout:?} passed with requests still in flight"),
+        }
+        sweeper.abort();
+        state.records.flush().await;
+        let _ = self.clock;
+        Ok(())
+    }
+}
+
+fn sweep(state: &AppState) -> usize {
+    let registry = &state.registry;
+    state.scaler.sweep(|function, version| {
+        registry
+            .resolve(function, &Qualifier::Version(version))
+            .ok()
+            .map(|v| v.config.idle_timeout)
+    })
+}
+
+async fn sweeper(state: AppStateRef, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let unloaded = sweep(&state);
+                if unloaded > 0 {
+                    tracing::debug!(unloaded, "unloaded idle versions");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}

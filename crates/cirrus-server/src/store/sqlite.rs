@@ -1,0 +1,322 @@
+use super::{FunctionStore, RecordStore, StoreResult, StoredFunction};
+use anyhow::Context as _;
+use cirrus_api::{FunctionConfig, InvocationRecord, LogLine, Outcome, Page, Trigger, VersionInfo};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// The stored form of [`FunctionConfig`]; bump when its meaning changes so old rows can
+/// be migrated instead of misread.
+const SPEC_VERSION: i64 = 1;
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS versions (
+    function TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL, kind TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL, spec_version INTEGER NOT NULL, config TEXT NOT NULL,
+    created_at TEXT NOT NULL, PRIMARY KEY (function, version));
+CREATE TABLE IF NOT EXISTS aliases (
+    function TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (function, alias));
+CREATE TABLE IF NOT EXISTS invocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, function TEXT NOT NULL,
+    version INTEGER NOT NULL, trigger TEXT NOT NULL, started_at TEXT NOT NULL,
+    duration_ms REAL NOT NULL, billed_ms INTEGER NOT NULL, init_ms REAL, memory_mb INTEGER NOT NULL,
+    peak_memory_bytes INTEGER NOT NULL, cold_start INTEGER NOT NULL, outcome TEXT NOT NULL,
+    status INTEGER NOT NULL, error_code TEXT, error_message TEXT);
+CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function, seq);
+CREATE INDEX IF NOT EXISTS invocations_by_request ON invocations (request_id);
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, function TEXT NOT NULL, version INTEGER NOT NULL,
+    request_id TEXT NOT NULL, time TEXT NOT NULL, stream TEXT NOT NULL, line TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, seq);
+CREATE INDEX IF NOT EXISTS logs_by_request ON logs (request_id, seq);
+"#;
+
+/// The embedded store: one SQLite database in WAL mode. Metadata and records use separate
+/// connections so the batch writer never waits behind a management read.
+pub struct SqliteStore {
+    meta: Mutex<Connection>,
+    records: Mutex<Connection>,
+}
+
+fn open(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // WAL: readers never block the writer. NORMAL sync is durable across process crashes
+    // (the WAL is fsynced at checkpoints); busy_timeout covers the two connections meeting.
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
+    Ok(conn)
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let meta = open(path)?;
+        meta.execute_batch(SCHEMA).context("creating the schema")?;
+        let records = open(path)?;
+        Ok(Self {
+            meta: Mutex::new(meta),
+            records: Mutex::new(records),
+        })
+    }
+}
+
+fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(VersionInfo, i64)> {
+    let kind: String = row.get(3)?;
+    let config: String = row.get(6)?;
+    let bad = |e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    };
+    let info = VersionInfo {
+        function: row.get(0)?,
+        version: row.get(1)?,
+        sha256: row.get(2)?,
+        kind: kind.parse().map_err(bad)?,
+        size_bytes: row.get(4)?,
+        config: serde_json::from_str::<FunctionConfig>(&config).map_err(|e| bad(e.to_string()))?,
+        created_at: row.get(7)?,
+    };
+    Ok((info, row.get(5)?))
+}
+
+impl FunctionStore for SqliteStore {
+    fn load_all(&self) -> StoreResult<Vec<StoredFunction>> {
+        let conn = lock(&self.meta);
+        let mut functions: Vec<StoredFunction> = Vec::new();
+        let mut stmt = conn.prepare(
+            "SELECT function, version, sha256, kind, size_bytes, spec_version, config, created_at
+             FROM versions ORDER BY function, version",
+        )?;
+        for row in stmt.query_map([], version_from_row)? {
+            let (info, spec_version) = row?;
+            anyhow::ensure!(
+                spec_version <= SPEC_VERSION,
+                "{} version {} was stored by a newer Cirrus (spec version {spec_version})",
+                info.function,
+                info.version
+            );
+            match functions.last_mut() {
+                Some(f) if f.name == info.function => f.versions.push(info),
+                _ => functions.push(StoredFunction {
+                    name: info.function.clone(),
+                    versions: vec![info],
+                    aliases: Vec::new(),
+                }),
+            }
+        }
+        let mut stmt = conn.prepare("SELECT function, alias, version FROM aliases")?;
+        let aliases = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+            ))
+        })?;
+        for alias in aliases {
+            let (function, alias, version) = alias?;
+            if let Some(f) = functions.iter_mut().find(|f| f.name == function) {
+                f.aliases.push((alias, version));
+            }
+        }
+        Ok(functions)
+    }
+
+    fn insert_version(&self, v: &VersionInfo) -> StoreResult<()> {
+        lock(&self.meta).execute(
+            "INSERT INTO versions (function, version, sha256, kind, size_bytes, spec_version, config, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                v.function,
+                v.version,
+                v.sha256,
+                v.kind.as_str(),
+                v.size_bytes,
+                SPEC_VERSION,
+                serde_json::to_string(&v.config)?,
+                v.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_function(&self, name: &str) -> StoreResult<()> {
+        let mut conn = lock(&self.meta);
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM aliases WHERE function = ?1", [name])?;
+        tx.execute("DELETE FROM versions WHERE function = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_alias(&self, function: &str, alias: &str, version: u32) -> StoreResult<()> {
+        lock(&self.meta).execute(
+            "INSERT INTO aliases (function, alias, version) VALUES (?1, ?2, ?3)
+             ON CONFLICT (function, alias) DO UPDATE SET version = excluded.version",
+            params![function, alias, version],
+        )?;
+        Ok(())
+    }
+
+    fn delete_alias(&self, function: &str, alias: &str) -> StoreResult<()> {
+        lock(&self.meta).execute(
+            "DELETE FROM aliases WHERE function = ?1 AND alias = ?2",
+            [function, alias],
+        )?;
+        Ok(())
+    }
+}
+
+impl RecordStore for SqliteStore {
+    fn write_batch(&self, records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<()> {
+        let mut conn = lock(&self.records);
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
+                 billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
+                 error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )?;
+            for r in records {
+                insert.execute(params![
+                    r.request_id,
+                    r.function,
+                    r.version,
+                    r.trigger.as_str(),
+                    r.started_at,
+                    r.duration_ms,
+                    r.billed_ms,
+                    r.init_ms,
+                    r.memory_mb,
+                    r.peak_memory_bytes,
+                    r.cold_start,
+                    match r.outcome {
+                        Outcome::Success => "success",
+                        Outcome::Error => "error",
+                    },
+                    r.status,
+                    r.error_code,
+                    r.error_message
+                ])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO logs (function, version, request_id, time, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for l in logs {
+                insert.execute(params![
+                    l.function,
+                    l.version,
+                    l.request_id,
+                    l.time,
+                    l.stream.as_str(),
+                    l.line
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn invocations(
+        &self,
+        function: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<InvocationRecord>> {
+        let before: i64 = match before {
+            Some(cursor) => cursor.parse().context("invalid `before` cursor")?,
+            None => i64::MAX,
+        };
+        let conn = lock(&self.records);
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms, init_ms,
+             memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message
+             FROM invocations WHERE function = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let mut last_seq = None;
+        let rows = stmt.query_map(params![function, before, limit as i64], |row| {
+            let trigger: String = row.get(4)?;
+            let outcome: String = row.get(12)?;
+            Ok((
+                row.get::<_, i64>(0)?,
+                InvocationRecord {
+                    request_id: row.get(1)?,
+                    function: row.get(2)?,
+                    version: row.get(3)?,
+                    trigger: if trigger == "http" {
+                        Trigger::Http
+                    } else {
+                        Trigger::Invoke
+                    },
+                    started_at: row.get(5)?,
+                    duration_ms: row.get(6)?,
+                    billed_ms: row.get(7)?,
+                    init_ms: row.get(8)?,
+                    memory_mb: row.get(9)?,
+                    peak_memory_bytes: row.get(10)?,
+                    cold_start: row.get(11)?,
+                    outcome: if outcome == "success" {
+                        Outcome::Success
+                    } else {
+                        Outcome::Error
+                    },
+                    status: row.get(13)?,
+                    error_code: row.get(14)?,
+                    error_message: row.get(15)?,
+                },
+            ))
+        })?;
+        let mut items = Vec::new();
+        for row in rows {
+            let (seq, record) = row?;
+            last_seq = Some(seq);
+            items.push(record);
+        }
+        let next = if items.len() == limit {
+            last_seq.filter(|&seq| {
+                conn.query_row(
+                    "SELECT 1 FROM invocations WHERE function = ?1 AND seq < ?2 LIMIT 1",
+                    params![function, seq],
+                    |_| Ok(()),
+                )
+                .optional()
+                .ok()
+                .flatten()
+                .is_some()
+            })
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            next: next.map(|s| s.to_string()),
+        })
+    }
+
+    fn logs(
+        &self,
+        function: &str,
+        request_id: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<LogLine>> {
+        let conn = lock(&self.records);
+        let mut stmt = conn.prepare_cached(
+            "SELECT function, version, request_id, time, stream, line FROM logs
+             WHERE function = ?1 AND (?2 IS NULL OR request_id = ?2) ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![function, request_id, limit as i64], |row| {
+            let stream: String = row.get(4)?;
+            Ok(LogLine {
+                function: row.get(0)?,
+                version: row.get(1)?,
+                request_id: row.get(2)?,
+                time: row.get(3)?,
+                stream: stream.parse().unwrap_or(cirrus_api::LogStream::Platform),
+                line: row.get(5)?,
+            })
+        })?;
+        let mut lines = rows.collect::<Result<Vec<_>, _>>()?;
+        lines.reverse();
+        Ok(lines)
+    }
+}

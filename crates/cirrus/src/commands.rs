@@ -1,0 +1,672 @@
+//! Command-line parsing and one function per command.
+
+use crate::client::{self, Client, Target};
+use crate::output;
+use anyhow::{bail, Context as _};
+use cirrus_api::{
+    AliasInfo, DeployResult, FunctionConfig, FunctionInfo, InvocationRecord, LogLine, Manifest,
+    Page, Qualifier, VersionInfo,
+};
+use cirrus_server::scaler::ScalerSettings;
+use cirrus_server::{Server, ServerConfig, SystemClock};
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt as _;
+use reqwest::Method;
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cirrus",
+    version,
+    about = "Self-hosted serverless functions on WebAssembly"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    target: Target,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the server with the embedded store
+    Up(UpArgs),
+    /// Deploy one function (NAME FILE) or every function of a cirrus.toml
+    Deploy(DeployArgs),
+    /// Invoke a function and print its response
+    Invoke(InvokeArgs),
+    /// List functions
+    Ls,
+    /// Show one function
+    Get { name: String },
+    /// Delete a function (its invocation history stays)
+    Rm { name: String },
+    /// List a function's versions
+    Versions { name: String },
+    /// Manage aliases (named pointers to versions, for rollbacks)
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Show a function's logs; -f follows new lines
+    Logs(LogsArgs),
+    /// List a function's recent invocations
+    Invocations {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Deploy the functions of this manifest on start
+    #[arg(long)]
+    app: Option<PathBuf>,
+    /// Never use wasmtime's pooling allocator
+    #[arg(long)]
+    no_pooling: bool,
+    /// Invocations in flight across all functions
+    #[arg(long, default_value_t = ScalerSettings::default().global_concurrency)]
+    max_in_flight: usize,
+    /// Callers that may queue for a busy function before getting 429
+    #[arg(long, default_value_t = ScalerSettings::default().queue_depth)]
+    queue_depth: usize,
+    /// How long a queued caller waits before getting 429
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    queue_timeout: Duration,
+    /// Largest request body an invocation accepts, in bytes
+    #[arg(long, default_value_t = 6 << 20)]
+    max_request_bytes: usize,
+    /// Largest response body a function may produce, in bytes
+    #[arg(long, default_value_t = 6 << 20)]
+    max_response_bytes: usize,
+    /// Largest artifact a deploy accepts, in bytes
+    #[arg(long, default_value_t = cirrus_server::server::DEFAULT_MAX_ARTIFACT_BYTES)]
+    max_artifact_bytes: usize,
+    /// How long shutdown waits for in-flight requests
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// Function name (omit NAME and FILE to deploy a manifest)
+    name: Option<String>,
+    /// The .wasm or .wat artifact
+    file: Option<PathBuf>,
+    /// Manifest to deploy when no NAME is given
+    #[arg(long, short = 'f', default_value = "cirrus.toml")]
+    manifest: PathBuf,
+    /// Memory limit in MiB [default: 128]
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Timeout, e.g. 2s, 500ms, 5m [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Invocations in flight at once
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Environment variable K=V (repeatable)
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Keep loaded from start-up (like provisioned concurrency)
+    #[arg(long)]
+    min_loaded: Option<u32>,
+    /// Unload after this long without invocations [default: 5m]
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Require the admin token on /fn routes
+    #[arg(long)]
+    private: bool,
+    /// Host the function may reach with outbound HTTP (repeatable)
+    #[arg(long = "allow-host")]
+    allow_hosts: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct InvokeArgs {
+    /// NAME, NAME@VERSION or NAME@ALIAS
+    target: String,
+    /// Event body
+    #[arg(long, short = 'd', conflicts_with = "file")]
+    data: Option<String>,
+    /// Read the event body from a file (- for stdin)
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Content type of the event
+    #[arg(long, default_value = "application/json")]
+    content_type: String,
+    /// Print status and cirrus-* headers on stderr
+    #[arg(long, short = 'v')]
+    verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AliasCommand {
+    /// Create or move an alias
+    Set {
+        name: String,
+        alias: String,
+        version: u32,
+    },
+    /// Delete an alias
+    Rm { name: String, alias: String },
+    /// List aliases
+    Ls { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+struct LogsArgs {
+    name: String,
+    /// Keep streaming new lines
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only this invocation's lines
+    #[arg(long)]
+    request_id: Option<String>,
+    /// How many recent lines
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cirrus_api::duration::parse(s)
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected K=V, got {s:?}"))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    if let Command::Up(args) = cli.command {
+        return up(&cli.target, args).await;
+    }
+    let client = Client::new(&cli.target)?;
+    match cli.command {
+        Command::Up(_) => unreachable!("handled above"),
+        Command::Deploy(args) => deploy(&client, args, json).await,
+        Command::Invoke(args) => invoke(&client, args).await,
+        Command::Ls => {
+            let functions: Vec<FunctionInfo> = client
+                .json(client.request(Method::GET, "/v1/functions"))
+                .await?;
+            if json {
+                return output::json(&functions);
+            }
+            let rows = functions.iter().map(function_row).collect();
+            output::table(
+                &["NAME", "VERSION", "KIND", "MEMORY", "TIMEOUT", "ALIASES"],
+                rows,
+            );
+            Ok(())
+        }
+        Command::Get { name } => {
+            let f: FunctionInfo = client
+                .json(client.request(Method::GET, &format!("/v1/functions/{name}")))
+                .await?;
+            if json {
+                return output::json(&f);
+            }
+            print_function(&f);
+            Ok(())
+        }
+        Command::Rm { name } => {
+            let f: FunctionInfo = client
+                .json(client.request(Method::DELETE, &format!("/v1/functions/{name}")))
+                .await?;
+            if json {
+                return output::json(&f);
+            }
+            println!("deleted {} ({} versions)", f.name, f.versions);
+            Ok(())
+        }
+        Command::Versions { name } => {
+            let versions: Vec<VersionInfo> = client
+                .json(client.request(Method::GET, &format!("/v1/functions/{name}/versions")))
+                .await?;
+            if json {
+                return output::json(&versions);
+            }
+            let rows = versions
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.version.to_string(),
+                        v.kind.as_str().to_owned(),
+                        v.sha256[..12].to_owned(),
+                        format!("{} MiB", v.config.memory_mb),
+                        cirrus_api::duration::format(v.config.timeout),
+                        v.created_at.clone(),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["VERSION", "KIND", "SHA256", "MEMORY", "TIMEOUT", "CREATED"],
+                rows,
+            );
+            Ok(())
+        }
+        Command::Alias(command) => alias(&client, command, json).await,
+        Command::Logs(args) => logs(&client, args, json).await,
+        Command::Invocations { name, limit } => {
+            let page: Page<InvocationRecord> = client
+                .json(client.request(
+                    Method::GET,
+                    &format!("/v1/functions/{name}/invocations?limit={limit}"),
+                ))
+                .await?;
+            if json {
+                return output::json(&page);
+            }
+            let rows = page
+                .items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.started_at.clone(),
+                        r.request_id.clone(),
+                        r.version.to_string(),
+                        if r.cold_start { "cold" } else { "warm" }.to_owned(),
+                        format!("{:.3}", r.duration_ms),
+                        r.billed_ms.to_string(),
+                        format!("{} KiB", r.peak_memory_bytes / 1024),
+                        r.error_code.clone().unwrap_or_else(|| r.status.to_string()),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "STARTED",
+                    "REQUEST ID",
+                    "VER",
+                    "START",
+                    "MS",
+                    "BILLED",
+                    "PEAK MEM",
+                    "RESULT",
+                ],
+                rows,
+            );
+            Ok(())
+        }
+    }
+}
+
+fn function_row(f: &FunctionInfo) -> Vec<String> {
+    let aliases = f
+        .aliases
+        .iter()
+        .map(|(a, v)| format!("{a}→{v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        f.name.clone(),
+        f.latest.version.to_string(),
+        f.latest.kind.as_str().to_owned(),
+        format!("{} MiB", f.latest.config.memory_mb),
+        cirrus_api::duration::format(f.latest.config.timeout),
+        aliases,
+    ]
+}
+
+fn print_function(f: &FunctionInfo) {
+    let c = &f.latest.config;
+    println!("name:            {}", f.name);
+    println!("latest version:  {} (of {})", f.latest.version, f.versions);
+    println!("kind:            {}", f.latest.kind.as_str());
+    println!("sha256:          {}", f.latest.sha256);
+    println!("size:            {} bytes", f.latest.size_bytes);
+    println!("memory:          {} MiB", c.memory_mb);
+    println!(
+        "timeout:         {}",
+        cirrus_api::duration::format(c.timeout)
+    );
+    println!(
+        "max concurrency: {}",
+        c.max_concurrency
+            .map_or("server-wide cap only".to_owned(), |n| n.to_string())
+    );
+    println!("min loaded:      {}", c.min_loaded);
+    println!(
+        "idle timeout:    {}",
+        cirrus_api::duration::format(c.idle_timeout)
+    );
+    println!("public:          {}", c.public);
+    for (k, v) in &c.env {
+        println!("env:             {k}={v}");
+    }
+    for (a, v) in &f.aliases {
+        println!("alias:           {a} → {v}");
+    }
+}
+
+async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,cirrus_server=info,cirrus=info")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let manifest = args.app.as_deref().map(Manifest::load).transpose()?;
+    let mut config = ServerConfig::new(&target.data_dir);
+    config.pooling = !args.no_pooling;
+    config.scaler = ScalerSettings {
+        global_concurrency: args.max_in_flight,
+        queue_depth: args.queue_depth,
+        queue_timeout: args.queue_timeout,
+    };
+    config.payload.max_request_bytes = args.max_request_bytes;
+    config.payload.max_response_bytes = args.max_response_bytes;
+    config.max_artifact_bytes = args.max_artifact_bytes;
+    config.drain_timeout = args.drain_timeout;
+    let server = Server::start(config, Arc::new(SystemClock)).await?;
+    if let Some(manifest) = &manifest {
+        for result in server.deploy_manifest(manifest).await? {
+            let state = if result.created {
+                "deployed"
+            } else {
+                "unchanged"
+            };
+            eprintln!(
+                "{state} {} version {}",
+                result.function.name, result.version
+            );
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    std::fs::write(target.data_dir.join(client::URL_FILE), format!("{url}\n")).with_context(
+        || {
+            format!(
+                "writing {}",
+                target.data_dir.join(client::URL_FILE).display()
+            )
+        },
+    )?;
+    eprintln!("listening on {url}");
+    server.serve(listener, shutdown_signal()).await?;
+    let _ = std::fs::remove_file(target.data_dir.join(client::URL_FILE));
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn flag_config(args: &DeployArgs) -> FunctionConfig {
+    let defaults = FunctionConfig::default();
+    FunctionConfig {
+        memory_mb: args.memory.unwrap_or(defaults.memory_mb),
+        timeout: args.timeout.unwrap_or(defaults.timeout),
+        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        max_concurrency: args.concurrency,
+        min_loaded: args.min_loaded.unwrap_or(0),
+        idle_timeout: args.idle_timeout.unwrap_or(defaults.idle_timeout),
+        public: !args.private,
+        allowed_hosts: args.allow_hosts.clone(),
+    }
+}
+
+async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result<()> {
+    let plan: Vec<(String, PathBuf, FunctionConfig)> = match (&args.name, &args.file) {
+        (Some(name), Some(file)) => vec![(name.clone(), file.clone(), flag_config(&args))],
+        (Some(_), None) => bail!("give the artifact file after the name: cirrus deploy NAME FILE"),
+        _ => {
+            let manifest = Manifest::load(&args.manifest)?;
+            manifest
+                .functions
+                .into_iter()
+                .map(|(name, f)| (name, f.source, f.config))
+                .collect()
+        }
+    };
+    let mut results = Vec::new();
+    for (name, file, config) in plan {
+        let result = deploy_one(client, &name, &file, &config, json).await?;
+        if !json {
+            let what = if result.created {
+                "deployed"
+            } else {
+                "unchanged"
+            };
+            println!(
+                "{what} {name} version {} ({})",
+                result.version,
+                result.function.latest.kind.as_str()
+            );
+        }
+        results.push(result);
+    }
+    if json {
+        output::json(&results)?;
+    }
+    Ok(())
+}
+
+/// Uploads one artifact; compiling a big component takes seconds, so show progress.
+async fn deploy_one(
+    client: &Client,
+    name: &str,
+    file: &Path,
+    config: &FunctionConfig,
+    quiet: bool,
+) -> anyhow::Result<DeployResult> {
+    let bytes = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("reading {}", file.display()))?;
+    let file_name = file
+        .file_name()
+        .map_or("artifact.wasm".into(), |n| n.to_string_lossy().into_owned());
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "config",
+            reqwest::multipart::Part::text(serde_json::to_string(config)?)
+                .mime_str("application/json")?,
+        )
+        .part(
+            "artifact",
+            reqwest::multipart::Part::bytes(bytes).file_name(file_name),
+        );
+    let request = client.json::<DeployResult>(
+        client
+            .request(Method::PUT, &format!("/v1/functions/{name}"))
+            .multipart(form),
+    );
+    tokio::pin!(request);
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            result = &mut request => {
+                if tty && !quiet && started.elapsed() >= Duration::from_secs(1) {
+                    eprintln!();
+                }
+                return result;
+            }
+            _ = ticks.tick() => {
+                if quiet {
+                    continue;
+                }
+                let secs = started.elapsed().as_secs();
+                if tty {
+                    eprint!("\r  compiling {name}... {secs}s");
+                } else if secs % 5 == 0 {
+                    eprintln!("  compiling {name}... {secs}s");
+                }
+            }
+        }
+    }
+}
+
+async fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<()> {
+    let (name, qualifier) = Qualifier::split(&args.target).map_err(|e| anyhow::anyhow!(e))?;
+    let body = match (&args.data, &args.file) {
+        (Some(data), _) => data.clone().into_bytes(),
+        (None, Some(path)) if path == Path::new("-") => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let mut path = format!("/v1/functions/{name}/invoke");
+    if qualifier != Qualifier::Latest {
+        path.push_str(&format!("?qualifier={qualifier}"));
+    }
+    let request = client
+        .request(Method::POST, &path)
+        .header(reqwest::header::CONTENT_TYPE, &args.content_type)
+        .body(body);
+    let response = client.send(request).await?;
+    if args.verbose {
+        eprintln!("status: {}", response.status());
+        for (k, v) in response.headers() {
+            if k.as_str().starts_with("cirrus-") {
+                eprintln!("{k}: {}", v.to_str().unwrap_or("?"));
+            }
+        }
+    }
+    let response = client::ok(response).await?;
+    let body = response.bytes().await?;
+    use std::io::Write as _;
+    std::io::stdout().write_all(&body)?;
+    Ok(())
+}
+
+async fn alias(client: &Client, command: AliasCommand, json: bool) -> anyhow::Result<()> {
+    let (info, verb): (Vec<AliasInfo>, &str) = match command {
+        AliasCommand::Set {
+            name,
+            alias,
+            version,
+        } => {
+            let a: AliasInfo = client
+                .json(
+                    client
+                        .request(
+                            Method::PUT,
+                            &format!("/v1/functions/{name}/aliases/{alias}"),
+                        )
+                        .json(&cirrus_api::AliasTarget { version }),
+                )
+                .await?;
+            (vec![a], "set")
+        }
+        AliasCommand::Rm { name, alias } => {
+            let a: AliasInfo = client
+                .json(client.request(
+                    Method::DELETE,
+                    &format!("/v1/functions/{name}/aliases/{alias}"),
+                ))
+                .await?;
+            (vec![a], "deleted")
+        }
+        AliasCommand::Ls { name } => (
+            client
+                .json(client.request(Method::GET, &format!("/v1/functions/{name}/aliases")))
+                .await?,
+            "",
+        ),
+    };
+    if json {
+        return output::json(&info);
+    }
+    if verb.is_empty() {
+        output::table(
+            &["ALIAS", "VERSION"],
+            info.iter()
+                .map(|a| vec![a.alias.clone(), a.version.to_string()])
+                .collect(),
+        );
+    } else {
+        for a in info {
+            println!(
+                "{verb} alias {}@{} → version {}",
+                a.function, a.alias, a.version
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_log(line: &LogLine, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(line)?);
+    } else {
+        let short = line
+            .request_id
+            .get(line.request_id.len().saturating_sub(8)..)
+            .unwrap_or("");
+        println!(
+            "{} {} v{} {:<8} {}",
+            line.time,
+            short,
+            line.version,
+            line.stream.as_str(),
+            line.line
+        );
+    }
+    Ok(())
+}
+
+async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow::Result<()> {
+    let mut path = format!("/v1/functions/{}/logs?limit={}", args.name, args.limit);
+    if let Some(id) = &args.request_id {
+        path.push_str(&format!("&request_id={id}"));
+    }
+    if !args.follow {
+        let page: Page<LogLine> = client.json(client.request(Method::GET, &path)).await?;
+        for line in &page.items {
+            print_log(line, json)?;
+        }
+        return Ok(());
+    }
+    path.push_str("&follow=true");
+    let response = client::ok(client.send(client.request(Method::GET, &path)).await?).await?;
+    let mut stream = response.bytes_stream();
+    let mut pending = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        pending.extend_from_slice(&chunk?);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line: LogLine = serde_json::from_slice(&line).context("decoding a log line")?;
+            print_log(&line, json)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! `cirrus`: the server (`cirrus up`) and the client commands, in one binary.
+//! Thin by design: it parses flags, calls the library or the API, and prints.
+
+mod client;
+mod commands;
+mod output;
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let cli = commands::Cli::parse();
+    // Guest traps are routine; with RUST_BACKTRACE set, every wasmtime error would also
+    // capture a host backtrace (~20% CPU in trap-heavy load). Panics keep theirs.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
