@@ -522,7 +522,7 @@ async fn deploy_one(
                 let secs = started.elapsed().as_secs();
                 if tty {
                     eprint!("\r  compiling {name}... {secs}s");
-                } else if secs % 5 == 0 {
+                } else if secs.is_multiple_of(5) {
                     eprintln!("  compiling {name}... {secs}s");
                 }
             }

@@ -1,0 +1,1040 @@
+//! The server in-process on an ephemeral port, driven over real HTTP with real wasm
+//! guests. Time-dependent behaviour (idle unloading) uses a manual clock.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use cirrus_api::{
+    DeployResult, ErrorBody, FunctionConfig, FunctionInfo, InvocationRecord, LogLine, Page,
+    VersionInfo,
+};
+use cirrus_server::scaler::ScalerSettings;
+use cirrus_server::{ManualClock, Server, ServerConfig};
+use reqwest::{Method, StatusCode};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+struct Running {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+    clock: Arc<ManualClock>,
+    sweep: Arc<dyn Fn() -> usize + Send + Sync>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn start_with(data_dir: &Path, tune: impl FnOnce(&mut ServerConfig)) -> Running {
+    let mut config = ServerConfig::new(data_dir);
+    config.sweep_interval = Duration::from_secs(3600); // tests sweep explicitly
+    tune(&mut config);
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let server = Server::start(config, clock.clone())
+        .await
+        .expect("server starts");
+    let token = server.admin_token().to_owned();
+    let state = server.state().clone();
+    let sweep: Arc<dyn Fn() -> usize + Send + Sync> = Arc::new(move || {
+        let registry = state.registry.clone();
+        state.scaler.sweep(move |f, v| {
+            registry
+                .resolve(f, &cirrus_api::Qualifier::Version(v))
+                .ok()
+                .map(|v| v.config.idle_timeout)
+        })
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        url: format!("http://{addr}"),
+        token,
+        http: reqwest::Client::new(),
+        clock,
+        sweep,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+async fn start(data_dir: &Path) -> Running {
+    start_with(data_dir, |_| {}).await
+}
+
+impl Running {
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
+    async fn deploy_raw(
+        &self,
+        name: &str,
+        artifact: Option<Vec<u8>>,
+        config: Option<&FunctionConfig>,
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        if let Some(config) = config {
+            form = form.text("config", serde_json::to_string(config).unwrap());
+        }
+        if let Some(bytes) = artifact {
+            form = form.part(
+                "artifact",
+                reqwest::multipart::Part::bytes(bytes).file_name("f.wasm"),
+            );
+        }
+        self.req(Method::PUT, &format!("/v1/functions/{name}"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn deploy(&self, name: &str, fixture_name: &str, config: FunctionConfig) -> DeployResult {
+        let bytes = std::fs::read(fixture(fixture_name)).unwrap();
+        let response = self.deploy_raw(name, Some(bytes), Some(&config)).await;
+        assert!(
+            response.status().is_success(),
+            "deploy {name}: {}",
+            response.text().await.unwrap()
+        );
+        response.json().await.unwrap()
+    }
+
+    async fn call(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn invoke(&self, name: &str, body: &str) -> reqwest::Response {
+        self.req(Method::POST, &format!("/v1/functions/{name}/invoke"))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, String, String) {
+    let status = response.status();
+    let body: ErrorBody = response.json().await.expect("error body is JSON");
+    (
+        status,
+        body.error.code.as_str().to_owned(),
+        body.error.message,
+    )
+}
+
+fn small(memory_mb: u32, timeout_ms: u64) -> FunctionConfig {
+    FunctionConfig {
+        memory_mb,
+        timeout: Duration::from_millis(timeout_ms),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn deploy_invoke_and_response_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let result = s
+        .deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    assert_eq!(result.version, 1);
+    assert!(result.created);
+    assert_eq!(
+        result.function.latest.kind,
+        cirrus_api::ArtifactKind::Command
+    );
+
+    // HTTP trigger: body in, body out; first call is a cold start, the next is warm.
+    let r = s
+        .http
+        .post(format!("{}/fn/echo/some/path?q=1", s.url))
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cirrus-cold-start"], "true");
+    let id = r.headers()["cirrus-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36);
+    let billed: u64 = r.headers()["cirrus-billed-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let duration: f64 = r.headers()["cirrus-duration-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        billed >= 1 && billed as f64 >= duration,
+        "billed {billed} duration {duration}"
+    );
+    assert_eq!(r.text().await.unwrap(), "ping");
+
+    let r = s.invoke("echo", "{\"a\":1}").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cirrus-cold-start"], "false");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.text().await.unwrap(), "{\"a\":1}");
+
+    // The record of the first call.
+    let page: Page<InvocationRecord> = s
+        .req(Method::GET, "/v1/functions/echo/invocations")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    let first = page
+        .items
+        .iter()
+        .find(|r| r.request_id == id)
+        .expect("recorded");
+    assert!(first.cold_start);
+    assert!(first.init_ms.is_some());
+    assert_eq!(first.trigger, cirrus_api::Trigger::Http);
+    assert_eq!(first.memory_mb, 128);
+    assert_eq!(first.outcome, cirrus_api::Outcome::Success);
+    assert!(
+        first.peak_memory_bytes >= 2 * 65536,
+        "echo has two pages: {}",
+        first.peak_memory_bytes
+    );
+    assert_eq!(
+        page.items[0].trigger,
+        cirrus_api::Trigger::Invoke,
+        "newest first"
+    );
+
+    // Guest stderr is in the logs, tagged with the request.
+    let logs: Page<LogLine> = s
+        .req(
+            Method::GET,
+            &format!("/v1/functions/echo/logs?request_id={id}"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(logs.items.len(), 1);
+    assert_eq!(logs.items[0].line, "echo: done");
+    assert_eq!(logs.items[0].stream, cirrus_api::LogStream::Stderr);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn versions_aliases_and_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("f", "echo.wat", FunctionConfig::default()).await;
+    // The same artifact and config again: nothing new.
+    let again = s.deploy("f", "echo.wat", FunctionConfig::default()).await;
+    assert!(!again.created);
+    assert_eq!(again.version, 1);
+    // New code: version 2.
+    let v2 = s.deploy("f", "env.wat", FunctionConfig::default()).await;
+    assert_eq!(v2.version, 2);
+    // Config only: version 3 keeps v2's code.
+    let mut config = FunctionConfig::default();
+    config.env.insert("STAGE".into(), "three".into());
+    let r = s.deploy_raw("f", None, Some(&config)).await;
+    assert_eq!(r.status(), 200);
+    let v3: DeployResult = r.json().await.unwrap();
+    assert_eq!(v3.version, 3);
+    assert_eq!(v3.function.latest.sha256, v2.function.latest.sha256);
+
+    let versions: Vec<VersionInfo> = s
+        .req(Method::GET, "/v1/functions/f/versions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+
+    // $LATEST runs v3; @1 runs the echo code; an alias follows its target.
+    assert!(s
+        .call("/fn/f")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("STAGE=three"));
+    let r = s
+        .http
+        .post(format!("{}/fn/f@1", s.url))
+        .body("v1!")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cirrus-version"], "1");
+    assert_eq!(r.text().await.unwrap(), "v1!");
+    let r = s
+        .req(Method::PUT, "/v1/functions/f/aliases/prod")
+        .json(&serde_json::json!({"version": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(s
+        .call("/fn/f@prod")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("STAGE=three"));
+    // Roll back by moving the alias.
+    s.req(Method::PUT, "/v1/functions/f/aliases/prod")
+        .json(&serde_json::json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    let r = s
+        .http
+        .post(format!("{}/fn/f@prod", s.url))
+        .body("rolled back")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "rolled back");
+    let r = s
+        .req(Method::POST, "/v1/functions/f/invoke?qualifier=prod")
+        .body("via api")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "via api");
+
+    // An alias to a missing version, or a numeric alias name, is refused.
+    let r = s
+        .req(Method::PUT, "/v1/functions/f/aliases/beta")
+        .json(&serde_json::json!({"version": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "not_found");
+    let r = s
+        .req(Method::PUT, "/v1/functions/f/aliases/12")
+        .json(&serde_json::json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "bad_request");
+    let r = s
+        .req(Method::PUT, "/v1/functions/f/aliases/beta")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(r).await;
+    assert_eq!((status.as_u16(), code.as_str()), (400, "bad_request"));
+    assert!(message.contains("invalid alias body"), "{message}");
+
+    let r = s
+        .req(Method::DELETE, "/v1/functions/f/aliases/prod")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(error_of(s.call("/fn/f@prod").await).await.1, "not_found");
+
+    // Delete: gone from listings and routes; history stays readable.
+    let list: Vec<FunctionInfo> = s
+        .req(Method::GET, "/v1/functions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        s.req(Method::DELETE, "/v1/functions/f")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(error_of(s.call("/fn/f").await).await.0, 404);
+    let page: Page<InvocationRecord> = s
+        .req(Method::GET, "/v1/functions/f/invocations")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(page.items.len() >= 5);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_deploys_are_rejected_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| c.max_artifact_bytes = 4096).await;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage",
+            b"this is not wasm".to_vec(),
+            "not a WebAssembly artifact",
+        ),
+        ("badwat", b"(module (func (oops)))".to_vec(), "invalid WAT"),
+        (
+            "nostart",
+            std::fs::read(fixture("no_start.wat")).unwrap(),
+            "no `_start`",
+        ),
+        (
+            "badimport",
+            std::fs::read(fixture("bad_import.wat")).unwrap(),
+            "host_magic",
+        ),
+        (
+            "truncated",
+            b"\0asm\x01\0\0\0\x01\xff".to_vec(),
+            "invalid WebAssembly",
+        ),
+    ];
+    for (name, bytes, expect) in cases {
+        let (status, code, message) = error_of(s.deploy_raw(name, Some(bytes), None).await).await;
+        assert_eq!(
+            (status.as_u16(), code.as_str()),
+            (400, "invalid_artifact"),
+            "{name}: {message}"
+        );
+        assert!(message.contains(expect), "{name}: {message}");
+    }
+    let (status, code, _) = error_of(s.deploy_raw("big", Some(vec![b' '; 8192]), None).await).await;
+    assert_eq!((status.as_u16(), code.as_str()), (413, "payload_too_large"));
+
+    let bytes = std::fs::read(fixture("echo.wat")).unwrap();
+    let r = s
+        .req(Method::PUT, "/v1/functions/cfg")
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("config", r#"{"memory_mb": 64, "memroy": 1}"#)
+                .part("artifact", reqwest::multipart::Part::bytes(bytes.clone())),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, _, message) = error_of(r).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("unknown field `memroy`"), "{message}");
+    let too_long = FunctionConfig {
+        timeout: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let (status, _, message) = error_of(
+        s.deploy_raw("cfg", Some(bytes.clone()), Some(&too_long))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message.contains("timeout"), "{message}");
+    let (status, _, message) =
+        error_of(s.deploy_raw("bad name", Some(bytes.clone()), None).await).await;
+    assert_eq!(status, 400, "{message}");
+    let (status, _, message) = error_of(
+        s.deploy_raw("nothing", None, Some(&FunctionConfig::default()))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message.contains("needs an artifact"), "{message}");
+    // Nothing half-deployed is left behind.
+    let list: Vec<FunctionInfo> = s
+        .req(Method::GET, "/v1/functions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.is_empty(), "{list:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn faults_are_contained_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("healthy", "echo.wat", FunctionConfig::default())
+        .await;
+    let cases = [
+        ("loop", "loop.wat", small(16, 300), 504, "timeout"),
+        (
+            "grow",
+            "grow.wat",
+            small(8, 5_000),
+            502,
+            "memory_limit_exceeded",
+        ),
+        ("trap", "trap.wat", small(16, 5_000), 502, "function_error"),
+        (
+            "overflow",
+            "stack_overflow.wat",
+            small(16, 5_000),
+            502,
+            "function_error",
+        ),
+        (
+            "exit",
+            "exit_fail.wat",
+            small(16, 5_000),
+            502,
+            "function_error",
+        ),
+        (
+            "big",
+            "big_output.wat",
+            small(16, 5_000),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (name, file, config, status, code) in cases {
+        s.deploy(name, file, config).await;
+        let r = s.call(&format!("/fn/{name}")).await;
+        assert!(r.headers().contains_key("cirrus-request-id"));
+        let (got_status, got_code, message) = error_of(r).await;
+        assert_eq!(
+            (got_status.as_u16(), got_code.as_str()),
+            (status, code),
+            "{name}: {message}"
+        );
+        // Everyone else is still served.
+        let r = s
+            .http
+            .post(format!("{}/fn/healthy", s.url))
+            .body(name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "after {name}");
+        assert_eq!(r.text().await.unwrap(), name);
+    }
+    // The detail is in each function's logs.
+    let logs = |name: &str| {
+        let req = s.req(Method::GET, &format!("/v1/functions/{name}/logs"));
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<Page<LogLine>>()
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let trap = logs("trap").await;
+    assert!(
+        trap.iter().any(|l| l.line.contains("unreachable")),
+        "{trap:?}"
+    );
+    let overflow = logs("overflow").await;
+    assert!(
+        overflow
+            .iter()
+            .any(|l| l.line.contains("call stack exhausted")),
+        "{overflow:?}"
+    );
+    let exit = logs("exit").await;
+    assert!(
+        exit.iter()
+            .any(|l| l.line == "database unreachable: giving up"),
+        "{exit:?}"
+    );
+    assert!(exit.iter().any(|l| l.line.contains("status 3")), "{exit:?}");
+    let timeout = logs("loop").await;
+    assert!(
+        timeout.iter().any(|l| l.line.contains("timed out")),
+        "{timeout:?}"
+    );
+    // The memory record shows the guest got right up to its cap.
+    let page: Page<InvocationRecord> = s
+        .req(Method::GET, "/v1/functions/grow/invocations")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rec = &page.items[0];
+    assert_eq!(rec.error_code.as_deref(), Some("memory_limit_exceeded"));
+    assert!(
+        rec.peak_memory_bytes > 7 << 20 && rec.peak_memory_bytes <= 8 << 20,
+        "{}",
+        rec.peak_memory_bytes
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn request_limits_routing_errors_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| c.payload.max_request_bytes = 1024).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    let private = FunctionConfig {
+        public: false,
+        ..Default::default()
+    };
+    s.deploy("secret", "echo.wat", private).await;
+
+    let r = s
+        .http
+        .post(format!("{}/fn/echo", s.url))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "payload_too_large");
+    let r = s
+        .http
+        .post(format!("{}/fn/echo", s.url))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    for path in [
+        "/fn/nope",
+        "/fn/echo@7",
+        "/fn/echo@prod",
+        "/v1/functions/nope",
+    ] {
+        let r = s.req(Method::GET, path).send().await.unwrap();
+        let (status, code, message) = error_of(r).await;
+        assert_eq!(
+            (status.as_u16(), code.as_str()),
+            (404, "not_found"),
+            "{path}: {message}"
+        );
+    }
+    let (status, _, _) = error_of(s.call("/no/such/route").await).await;
+    assert_eq!(status, 404);
+    let r = s.req(Method::PATCH, "/v1/functions").send().await.unwrap();
+    assert_eq!(error_of(r).await.1, "method_not_allowed");
+
+    // The management API needs the token; public HTTP routes do not.
+    let r = s
+        .http
+        .get(format!("{}/v1/functions", s.url))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(r).await;
+    assert_eq!((status.as_u16(), code.as_str()), (401, "unauthorized"));
+    assert!(message.contains("admin.token"), "{message}");
+    let r = s
+        .http
+        .get(format!("{}/v1/functions", s.url))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(s.call("/v1/health").await.status(), 200);
+    assert_eq!(error_of(s.call("/fn/secret").await).await.0, 401);
+    assert_eq!(
+        s.req(Method::GET, "/fn/secret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn concurrency_cap_throttles_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| {
+        c.scaler = ScalerSettings {
+            global_concurrency: 64,
+            queue_depth: 1,
+            queue_timeout: Duration::from_millis(100),
+        }
+    })
+    .await;
+    let config = FunctionConfig {
+        max_concurrency: Some(1),
+        ..Default::default()
+    };
+    s.deploy("sleepy", "sleep.wat", config).await;
+    s.deploy("other", "echo.wat", FunctionConfig::default())
+        .await;
+    // One runs (500 ms), one waits 100 ms in the queue then gets 429, the third finds
+    // the queue full and gets 429 at once.
+    let calls = (0..3).map(|_| s.call("/fn/sleepy"));
+    let responses = futures_util::future::join_all(calls).await;
+    let mut ok = 0;
+    let mut throttled = 0;
+    for r in responses {
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(r.headers()["retry-after"], "1");
+                let (_, code, message) = error_of(r).await;
+                assert_eq!(code, "throttled");
+                assert!(message.contains("concurrency limit of 1"), "{message}");
+                throttled += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, throttled), (1, 2));
+    // The cap is per function: others are unaffected, and sleepy serves again.
+    assert_eq!(s.call("/fn/other").await.status(), 200);
+    assert_eq!(s.call("/fn/sleepy").await.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn global_cap_protects_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| {
+        c.scaler = ScalerSettings {
+            global_concurrency: 1,
+            queue_depth: 0,
+            queue_timeout: Duration::from_millis(10),
+        }
+    })
+    .await;
+    s.deploy("sleepy", "sleep.wat", FunctionConfig::default())
+        .await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    s.call("/fn/sleepy").await; // load it, so the next call is quick to admit
+    let slow = s.call("/fn/sleepy");
+    let fast = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.call("/fn/echo").await
+    };
+    let (slow, fast) = tokio::join!(slow, fast);
+    assert_eq!(slow.status(), 200);
+    let (status, code, message) = error_of(fast).await;
+    assert_eq!((status.as_u16(), code.as_str()), (429, "throttled"));
+    assert!(message.contains("the server"), "{message}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idle_versions_unload_and_pinned_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let idle = FunctionConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let pinned = FunctionConfig {
+        min_loaded: 1,
+        idle_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    s.deploy("idle", "echo.wat", idle).await;
+    s.deploy("pinned", "echo.wat", pinned).await;
+    assert_eq!(
+        s.call("/fn/idle").await.headers()["cirrus-cold-start"],
+        "true"
+    );
+    assert_eq!(
+        s.call("/fn/idle").await.headers()["cirrus-cold-start"],
+        "false"
+    );
+    s.call("/fn/pinned").await;
+
+    s.clock.advance(Duration::from_secs(59));
+    assert_eq!((s.sweep)(), 0, "not idle long enough yet");
+    assert_eq!(
+        s.call("/fn/idle").await.headers()["cirrus-cold-start"],
+        "false"
+    );
+    s.clock.advance(Duration::from_secs(61));
+    assert_eq!((s.sweep)(), 1, "only the unpinned version unloads");
+    assert_eq!(
+        s.call("/fn/idle").await.headers()["cirrus-cold-start"],
+        "true"
+    );
+    assert_eq!(
+        s.call("/fn/pinned").await.headers()["cirrus-cold-start"],
+        "false"
+    );
+    s.stop().await;
+
+    // After a restart, pinned functions are loaded before the first request.
+    let s = start(dir.path()).await;
+    assert_eq!(
+        s.call("/fn/pinned").await.headers()["cirrus-cold-start"],
+        "false"
+    );
+    assert_eq!(
+        s.call("/fn/idle").await.headers()["cirrus-cold-start"],
+        "true"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_everything_and_never_recompiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let first = s
+        .deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    assert!(first.compile_ms > 0 || first.created);
+    s.req(Method::PUT, "/v1/functions/echo/aliases/prod")
+        .json(&serde_json::json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.invoke("echo", "before").await.status(), 200);
+    s.stop().await;
+
+    let compiled = dir.path().join("compiled");
+    let snapshot = |dir: &Path| {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().modified().unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot(&compiled);
+    assert_eq!(before.len(), 1, "one compiled artifact: {before:?}");
+
+    let s = start(dir.path()).await;
+    let r = s
+        .http
+        .post(format!("{}/fn/echo@prod", s.url))
+        .body("after")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cirrus-cold-start"], "true");
+    assert_eq!(r.text().await.unwrap(), "after");
+    assert_eq!(
+        snapshot(&compiled),
+        before,
+        "the cold start deserialized cached code"
+    );
+    // Redeploying the same artifact finds it in the cache: no compilation.
+    let again = s
+        .deploy("echo2", "echo.wat", FunctionConfig::default())
+        .await;
+    assert_eq!(again.compile_ms, 0);
+    let page: Page<InvocationRecord> = s
+        .req(Method::GET, "/v1/functions/echo/invocations")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2, "records survive the restart");
+
+    // A lost cache entry is rebuilt from the stored artifact on the next cold start.
+    std::fs::remove_dir_all(&compiled).unwrap();
+    std::fs::create_dir_all(&compiled).unwrap();
+    s.stop().await;
+    let s = start(dir.path()).await;
+    assert_eq!(
+        s.invoke("echo", "rebuilt").await.text().await.unwrap(),
+        "rebuilt"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invocations_page_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = s.invoke("echo", &i.to_string()).await;
+        ids.push(
+            r.headers()["cirrus-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/functions/echo/invocations?limit=2".to_owned();
+    loop {
+        let page: Page<InvocationRecord> = s
+            .req(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|r| r.request_id.clone()));
+        match page.next {
+            Some(next) => path = format!("/v1/functions/echo/invocations?limit=2&before={next}"),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+    let r = s
+        .req(Method::GET, "/v1/functions/echo/invocations?limit=0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .req(Method::GET, "/v1/functions/echo/invocations?before=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn logs_follow_streams_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    s.invoke("echo", "old").await;
+    let mut stream = s
+        .req(Method::GET, "/v1/functions/echo/logs?follow=true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "application/x-ndjson");
+    let mut buffer = Vec::new();
+    let mut lines = Vec::new();
+    let mut read_line = async || -> LogLine {
+        loop {
+            if let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            buffer.extend_from_slice(&chunk);
+        }
+    };
+    lines.push(read_line().await); // history
+    let r = s.invoke("echo", "new").await;
+    let id = r.headers()["cirrus-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    lines.push(read_line().await); // live
+    assert_eq!(lines[1].request_id, id);
+    assert_ne!(lines[0].request_id, id);
+    assert!(lines.iter().all(|l| l.line == "echo: done"));
+    drop(stream);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_router() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json"),
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("openapi.json is valid JSON");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let ops = ops.as_object().unwrap();
+        let methods: Vec<String> = ops
+            .keys()
+            .filter(|k| *k != "parameters")
+            .map(|m| m.to_uppercase())
+            .collect();
+        let all = ["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+        if all.iter().all(|m| methods.iter().any(|x| x == m)) {
+            documented.push(("ANY".to_owned(), path.clone()));
+        } else {
+            for m in methods {
+                documented.push((m, path.clone()));
+            }
+        }
+    }
+    let mut served: Vec<(String, String)> = cirrus_server::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+
+    // And every listed route really is served (not the fallback).
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    for (method, path) in cirrus_server::api::ROUTES {
+        let method = if *method == "ANY" { "GET" } else { method };
+        let concrete = path
+            .replace("{name}", "nope")
+            .replace("{alias}", "a")
+            .replace("{target}", "nope")
+            .replace("{path}", "x");
+        let r = s
+            .req(Method::from_bytes(method.as_bytes()).unwrap(), &concrete)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("no route for"),
+            "{method} {path} is not routed: {status} {body}"
+        );
+        assert_ne!(status, 405, "{method} {path}");
+    }
+    s.stop().await;
+}

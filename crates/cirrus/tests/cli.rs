@@ -1,0 +1,359 @@
+//! End to end: the real `cirrus` binary on port 0, driven by the CLI itself and by curl.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cirrus");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// A `cirrus up` process, killed when dropped.
+struct Up {
+    child: Child,
+    url: String,
+    data_dir: PathBuf,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Up {
+    fn start(data_dir: &Path, extra: &[&str]) -> Up {
+        let mut child = Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cirrus up starts");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let url = loop {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => match line.strip_prefix("listening on ") {
+                    Some(url) => break url.to_owned(),
+                    None => seen.push(line),
+                },
+                Err(_) => panic!("server did not start; stderr so far: {seen:#?}"),
+            }
+        };
+        Up {
+            child,
+            url,
+            data_dir: data_dir.to_owned(),
+            stderr: rx,
+        }
+    }
+
+    /// Runs the CLI against this server, finding it through the data dir alone.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("CIRRUS_DATA_DIR", &self.data_dir)
+            .env_remove("CIRRUS_URL")
+            .env_remove("CIRRUS_TOKEN")
+            .output()
+            .expect("cli runs")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "cirrus {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.cli_ok(&all)).expect("--json output is JSON")
+    }
+
+    fn curl(&self, args: &[&str]) -> String {
+        let out = Command::new("curl")
+            .args(["-sS"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn quickstart_app_answers_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = repo("examples/cirrus.toml");
+    let up = Up::start(dir.path(), &["--app", manifest.to_str().unwrap()]);
+    assert_eq!(
+        up.curl(&[&format!("{}/fn/hello", up.url)]),
+        "Hello from Cirrus (C)!\n"
+    );
+    assert_eq!(
+        up.curl(&["--data-binary", "12345", &format!("{}/fn/hello", up.url)]),
+        "Hello from Cirrus (C)!\nYou sent 5 bytes.\n"
+    );
+    assert_eq!(
+        up.curl(&[&format!("{}/fn/hello-rust", up.url)]),
+        "Hello from Cirrus (Rust)!\n"
+    );
+    assert_eq!(
+        up.curl(&[
+            "--data-binary",
+            "echo me",
+            &format!("{}/fn/hello-rust", up.url)
+        ]),
+        "Hello from Cirrus (Rust)!\necho me"
+    );
+    let headers = up.curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{}/fn/hello", up.url),
+    ]);
+    for name in [
+        "cirrus-request-id:",
+        "cirrus-cold-start: false",
+        "cirrus-duration-ms:",
+        "cirrus-billed-ms:",
+    ] {
+        assert!(headers.contains(name), "{name} missing in {headers}");
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The management API refuses requests without the token.
+    let status = up.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/v1/functions", up.url),
+    ]);
+    assert_eq!(status, "401");
+}
+
+#[test]
+fn cli_manages_and_invokes_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let echo = repo("fixtures/echo.wat");
+    let env = repo("fixtures/env.wat");
+    let out = up.cli_ok(&[
+        "deploy",
+        "echo",
+        echo.to_str().unwrap(),
+        "--memory",
+        "64",
+        "--timeout",
+        "2s",
+        "--concurrency",
+        "10",
+        "--env",
+        "K=V",
+    ]);
+    assert!(out.contains("deployed echo version 1"), "{out}");
+
+    let list = up.cli_json(&["ls"]);
+    assert_eq!(list[0]["name"], "echo");
+    assert_eq!(list[0]["latest"]["config"]["memory_mb"], 64);
+    assert_eq!(list[0]["latest"]["config"]["timeout"], "2s");
+    assert_eq!(list[0]["latest"]["config"]["max_concurrency"], 10);
+    assert_eq!(list[0]["latest"]["config"]["env"]["K"], "V");
+    let table = up.cli_ok(&["ls"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("echo") && table.contains("64 MiB"),
+        "{table}"
+    );
+
+    assert_eq!(
+        up.cli_ok(&["invoke", "echo", "--data", "hello cli"]),
+        "hello cli"
+    );
+    let body = dir.path().join("event.json");
+    std::fs::write(&body, "{\"from\":\"file\"}").unwrap();
+    assert_eq!(
+        up.cli_ok(&["invoke", "echo", "--file", body.to_str().unwrap()]),
+        "{\"from\":\"file\"}"
+    );
+
+    up.cli_ok(&["deploy", "echo", env.to_str().unwrap()]);
+    let versions = up.cli_json(&["versions", "echo"]);
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    up.cli_ok(&["alias", "set", "echo", "prod", "1"]);
+    assert_eq!(
+        up.cli_ok(&["invoke", "echo@prod", "-d", "still v1"]),
+        "still v1"
+    );
+    assert!(up
+        .cli_ok(&["invoke", "echo"])
+        .contains("CIRRUS_FUNCTION=echo"));
+    let got = up.cli_json(&["get", "echo"]);
+    assert_eq!(got["aliases"]["prod"], 1);
+    assert_eq!(got["versions"], 2);
+    let aliases = up.cli_ok(&["alias", "ls", "echo"]);
+    assert!(aliases.contains("prod"), "{aliases}");
+
+    let logs = up.cli_ok(&["--json", "logs", "echo"]);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["line"] == "echo: done" && l["stream"] == "stderr"),
+        "{logs}"
+    );
+    let text = up.cli_ok(&["logs", "echo"]);
+    assert!(text.contains("echo: done"), "{text}");
+    let invocations = up.cli_json(&["invocations", "echo"]);
+    assert!(invocations["items"].as_array().unwrap().len() >= 4);
+
+    // Errors are clear and the exit status says so.
+    let out = up.cli(&["invoke", "nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not_found") && err.contains("nope"), "{err}");
+    let out = up.cli(&[
+        "deploy",
+        "bad",
+        repo("fixtures/no_start.wat").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_artifact"));
+
+    // A manifest deploy, then removal.
+    let manifest = dir.path().join("cirrus.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[functions.m1]\nsource = {:?}\nmemory_mb = 32\n",
+            echo.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = up.cli_ok(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert!(out.contains("deployed m1 version 1"), "{out}");
+    let out = up.cli_ok(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert!(out.contains("unchanged m1 version 1"), "{out}");
+    std::fs::write(
+        &manifest,
+        "[functions.m1]\nsource = \"x.wasm\"\nmemroy_mb = 32\n",
+    )
+    .unwrap();
+    let out = up.cli(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("memroy_mb"));
+    up.cli_ok(&["rm", "m1"]);
+    assert!(!up.cli_ok(&["ls"]).contains("m1"));
+}
+
+#[test]
+fn cli_without_a_server_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["ls", "--url", "http://127.0.0.1:9", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Cirrus server"));
+}
+
+#[test]
+fn sigterm_drains_in_flight_invocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &[]);
+    up.cli_ok(&[
+        "deploy",
+        "sleepy",
+        repo("fixtures/sleep.wat").to_str().unwrap(),
+    ]);
+    let url = format!("{}/fn/sleepy", up.url);
+    let call =
+        std::thread::spawn(move || Command::new("curl").args(["-sS", &url]).output().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = up.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = call.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "slept\n",
+        "the in-flight call completes"
+    );
+    let status = up.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let rest: Vec<String> = up.stderr.try_iter().collect();
+    assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
+}
+
+#[test]
+fn python_component_built_by_componentize_py_runs() {
+    let wasm = repo("examples/hello-py/hello.wasm");
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run examples/hello-py/build.sh (scripts/test does it)",
+        wasm.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let out = up.cli_ok(&[
+        "deploy",
+        "-f",
+        repo("examples/hello-py/cirrus.toml").to_str().unwrap(),
+    ]);
+    assert!(out.contains("deployed hello-py version 1"), "{out}");
+    assert_eq!(
+        up.curl(&[&format!("{}/fn/hello-py/hi?x=1", up.url)]),
+        "Hello from Cirrus (Python)! method=GET path=/hi?x=1\n"
+    );
+    let posted = up.curl(&["--data-binary", "ping", &format!("{}/fn/hello-py", up.url)]);
+    assert!(
+        posted.contains("method=POST") && posted.contains("echo: ping"),
+        "{posted}"
+    );
+    // Too little memory for CPython is reported as such, and the server carries on.
+    up.cli_ok(&["deploy", "tiny-py", wasm.to_str().unwrap(), "--memory", "4"]);
+    let out = up.curl(&[&format!("{}/fn/tiny-py", up.url)]);
+    assert!(out.contains("memory_limit_exceeded"), "{out}");
+    assert!(up
+        .curl(&[&format!("{}/fn/hello-py", up.url)])
+        .starts_with("Hello from Cirrus (Python)!"));
+}
