@@ -11,6 +11,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MEMORY_MB: u32 = 128;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Names appear in URLs (`/fn/{name}`) and file names: keep them plain.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -96,8 +97,11 @@ impl FunctionConfig {
                 "must be at least 1 (omit it for no per-function cap)",
             ));
         }
-        if self.idle_timeout.is_zero() {
-            return Err(invalid("idle_timeout", "must be above zero"));
+        if self.idle_timeout.is_zero() || self.idle_timeout > MAX_IDLE_TIMEOUT {
+            return Err(invalid(
+                "idle_timeout",
+                "must be above zero and at most 7 days",
+            ));
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -147,6 +151,12 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 /// Alias names follow function names but may not look like version numbers.
 pub fn validate_alias(alias: &str) -> Result<(), SpecError> {
     validate_name(alias).map_err(|e| invalid("alias", e.message))?;
+    if alias.eq_ignore_ascii_case("latest") {
+        return Err(invalid(
+            "alias",
+            "\"latest\" is reserved: it always means the newest version",
+        ));
+    }
     if alias.chars().all(|c| c.is_ascii_digit()) {
         return Err(invalid(
             "alias",
@@ -207,5 +217,6 @@ mod tests {
         }
         validate_alias("prod").unwrap();
         assert!(validate_alias("12").is_err());
+        assert!(validate_alias("latest").is_err());
     }
 }

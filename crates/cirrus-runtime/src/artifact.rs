@@ -24,6 +24,9 @@ pub enum ArtifactError {
     Compile(String),
     #[error("{0}")]
     Link(String),
+    /// The server could not store compiled code: not the artifact's fault.
+    #[error("storing compiled code: {0}")]
+    Storage(String),
 }
 
 /// A validated-looking artifact: binary wasm (WAT already converted), its kind and hash.

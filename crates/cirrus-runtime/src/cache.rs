@@ -36,14 +36,15 @@ impl CodeCache {
         self.path(sha256).is_file()
     }
 
-    /// Writes atomically: a crash leaves either no entry or a whole one.
+    /// Writes atomically through a uniquely named temporary file: a crash leaves either
+    /// no entry or a whole one, and concurrent writers of one entry never share a file.
     pub fn store(&self, sha256: &str, code: &[u8]) -> std::io::Result<()> {
-        let path = self.path(sha256);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(code)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(code)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(self.path(sha256))
+            .map(drop)
+            .map_err(|e| e.error)
     }
 
     /// Drops an entry that failed to load, so the next attempt recompiles.

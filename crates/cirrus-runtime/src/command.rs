@@ -3,7 +3,9 @@
 
 use crate::limits::MemoryLimiter;
 use crate::pipe::CappedPipe;
-use crate::run::{arm_deadline, classify, drain_logs, platform, timeout_error, TIMEOUT_GRACE};
+use crate::run::{
+    arm_deadline, classify, drain_logs, guest_failure, platform, timeout_error, TIMEOUT_GRACE,
+};
 use crate::{Invocation, InvokeOutput};
 use bytes::Bytes;
 use cirrus_api::{ApiError, ErrorCode, LogStream};
@@ -82,13 +84,12 @@ pub(crate) async fn invoke(
                     ),
                 )),
                 Ok(0) => Ok(cgi_response(stdout.contents())),
-                Ok(code) => {
-                    platform(&mut logs, format!("exited with status {code}"));
-                    Err(ApiError::new(
-                        ErrorCode::FunctionError,
-                        format!("function exited with status {code} (its stderr is in the logs)"),
-                    ))
-                }
+                Ok(code) => Err(guest_failure(
+                    format!("function exited with status {code} (its stderr is in the logs)"),
+                    &stats,
+                    &limits,
+                    &mut logs,
+                )),
                 Err(e) => Err(classify(&e, &stats, &limits, &mut logs)),
             }
         }

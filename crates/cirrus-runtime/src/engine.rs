@@ -175,7 +175,7 @@ impl Runtime {
         let compile_ms = started.elapsed().as_millis() as u64;
         self.cache
             .store(&artifact.sha256, &code)
-            .map_err(|e| ArtifactError::Compile(format!("writing the code cache: {e}")))?;
+            .map_err(|e| ArtifactError::Storage(e.to_string()))?;
         Ok(Prepared {
             kind: artifact.kind,
             compile_ms,
@@ -200,6 +200,17 @@ impl Runtime {
                 }
             }
         }
+        let compiled = self.ensure_compiled(sha256, artifact_path)?;
+        Ok((self.load_cached(sha256, kind)?, compiled))
+    }
+
+    /// Compiles a stored artifact into the code cache unless it is there already (it is
+    /// not after a wasmtime upgrade changes the engine fingerprint). Blocking. Returns
+    /// whether it compiled.
+    pub fn ensure_compiled(&self, sha256: &str, artifact_path: &Path) -> anyhow::Result<bool> {
+        if self.cache.contains(sha256) {
+            return Ok(false);
+        }
         let bytes = std::fs::read(artifact_path)
             .with_context(|| format!("reading artifact {}", artifact_path.display()))?;
         let artifact = Artifact::from_bytes(bytes, usize::MAX)?;
@@ -208,7 +219,7 @@ impl Runtime {
             "artifact {sha256} is corrupt on disk (hash mismatch)"
         );
         self.prepare(&artifact)?;
-        Ok((self.load_cached(sha256, kind)?, true))
+        Ok(true)
     }
 
     fn load_cached(&self, sha256: &str, kind: ArtifactKind) -> anyhow::Result<LoadedVersion> {

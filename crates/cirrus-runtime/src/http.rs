@@ -2,7 +2,9 @@
 
 use crate::limits::MemoryLimiter;
 use crate::pipe::CappedPipe;
-use crate::run::{arm_deadline, classify, drain_logs, platform, timeout_error, TIMEOUT_GRACE};
+use crate::run::{
+    arm_deadline, classify, drain_logs, guest_failure, platform, timeout_error, TIMEOUT_GRACE,
+};
 use crate::{Invocation, InvokeOutput};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
 use http_body_util::{BodyExt, Full, Limited};
@@ -14,6 +16,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode as HttpErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Resources one invocation may hold at once; real handlers use a few dozen.
+const MAX_RESOURCES: usize = 10_000;
 
 /// Per-invocation host state of a component.
 pub struct HttpState {
@@ -98,12 +103,16 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
         .stderr(stderr.clone())
         .envs(&env)
         .build();
+    let mut table = ResourceTable::new();
+    // Host-side resources (headers, bodies, pollables) are memory the guest's cap does
+    // not see; bound how many it may hold.
+    table.set_max_capacity(MAX_RESOURCES);
     let mut store = Store::new(
         pre.engine(),
         HttpState {
             wasi,
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table,
             limiter,
             outbound: OutboundPolicy { allowed_hosts },
         },
@@ -145,13 +154,13 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
     // The guest runs in its own task: it may still be streaming the body after handing
     // over the response head, and the host must read that body concurrently.
     let pre = pre.clone();
-    let mut guest = tokio::spawn(async move {
+    let mut guest = AbortOnDrop(tokio::spawn(async move {
         let proxy = pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, req, out)
             .await
-    });
+    }));
 
     let max_body = limits.max_response_bytes;
     let exchange = async {
@@ -180,7 +189,7 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
         }
     };
     let outcome = tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, exchange).await;
-    guest.abort();
+    drop(guest);
 
     let result = match outcome {
         Ok(Ok(response)) => Ok(response),
@@ -198,18 +207,18 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
             ErrorCode::PayloadTooLarge,
             format!("function response body exceeds the limit of {max_body} bytes"),
         )),
-        Ok(Err(Failure::ErrorCode(code))) => {
-            platform(&mut logs, format!("function answered with error {code:?}"));
-            Err(ApiError::new(
-                ErrorCode::FunctionError,
-                format!("function answered with error {code:?}"),
-            ))
-        }
-        Ok(Err(Failure::Guest(Ok(())))) => {
-            let msg = "function returned without setting a response (response-outparam::set was never called)";
-            platform(&mut logs, msg.to_owned());
-            Err(ApiError::new(ErrorCode::FunctionError, msg))
-        }
+                Ok(Err(Failure::ErrorCode(code))) => Err(guest_failure(
+            format!("function answered with error {code:?}"),
+            &stats,
+            &limits,
+            &mut logs,
+        )),
+        Ok(Err(Failure::Guest(Ok(())))) => Err(guest_failure(
+            "function returned without setting a response (response-outparam::set was never called)".to_owned(),
+            &stats,
+            &limits,
+            &mut logs,
+        )),
         Ok(Err(Failure::Guest(Err(e)))) => Err(classify(&e, &stats, &limits, &mut logs)),
     };
     let mut all_logs = Vec::new();
@@ -239,10 +248,18 @@ enum Failure {
     Guest(wasmtime::Result<()>),
 }
 
-async fn guest_result(
-    guest: &mut tokio::task::JoinHandle<wasmtime::Result<()>>,
-) -> wasmtime::Result<()> {
-    match guest.await {
+/// The guest's task, stopped whenever the invocation ends, however it ends: finished,
+/// timed out, or dropped because the caller went away.
+struct AbortOnDrop(tokio::task::JoinHandle<wasmtime::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn guest_result(guest: &mut AbortOnDrop) -> wasmtime::Result<()> {
+    match (&mut guest.0).await {
         Ok(result) => result,
         Err(join) => Err(wasmtime::Error::msg(format!("guest task failed: {join}"))),
     }

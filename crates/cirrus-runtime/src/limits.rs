@@ -49,8 +49,13 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Wasmtime asks before checking the memory's own declared maximum; growth it will
+        // refuse anyway must not count against (or be reported as hitting) our cap.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         let growth = desired.saturating_sub(current) as u64;
         let total = self.total.saturating_add(growth);
         if total > self.cap {
@@ -87,5 +92,13 @@ mod tests {
         assert!(!l.memory_growing(40, 41, None).unwrap());
         assert!(stats.hit_limit());
         assert_eq!(stats.peak_bytes(), 100);
+    }
+
+    #[test]
+    fn growth_past_the_memorys_own_maximum_is_not_counted() {
+        let (mut l, stats) = MemoryLimiter::new(100);
+        assert!(!l.memory_growing(10, 50, Some(20)).unwrap());
+        assert!(!stats.hit_limit());
+        assert!(l.memory_growing(0, 100, None).unwrap());
     }
 }

@@ -81,21 +81,37 @@ pub(crate) fn classify(
     if stats.hit_limit() {
         return memory_error(limits);
     }
-    let summary = match err.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("function trapped: {trap}"),
-        None => format!("function failed: {err}"),
-    };
-    if summary.contains("concurrent") && summary.contains("limit") {
+    if err.is::<wasmtime::PoolConcurrencyLimitError>() {
         // The instance pool is exhausted: a host capacity problem, not the guest's.
         return ApiError::new(
             ErrorCode::Unavailable,
             format!("no instance slot free: {err}; retry shortly"),
         );
     }
+    let summary = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("function trapped: {trap}"),
+        None => format!("function failed: {err}"),
+    };
     ApiError::new(
         ErrorCode::FunctionError,
         format!("{summary} (see the function's logs)"),
     )
+}
+
+/// A guest failure that is not a wasmtime error (non-zero exit, no response): still
+/// reported as running out of memory when the guest hit its cap on the way, since that
+/// is how guests usually react to a refused allocation.
+pub(crate) fn guest_failure(
+    message: String,
+    stats: &MemoryStats,
+    limits: &Limits,
+    logs: &mut Vec<LogEntry>,
+) -> ApiError {
+    platform(logs, message.clone());
+    if stats.hit_limit() {
+        return memory_error(limits);
+    }
+    ApiError::new(ErrorCode::FunctionError, message)
 }
 
 pub(crate) fn platform(logs: &mut Vec<LogEntry>, line: String) {

@@ -59,18 +59,41 @@ pub struct Invoker {
 struct Meta {
     request_id: String,
     cold: bool,
+    /// Whether the guest ran at all; only then is anything billed.
+    ran: bool,
     duration: Duration,
     version: Option<u32>,
 }
 
+impl Meta {
+    fn billed_ms(&self) -> u64 {
+        if self.ran {
+            billed_ms(self.duration)
+        } else {
+            0
+        }
+    }
+}
+
 impl Invoker {
-    pub async fn invoke(&self, call: Call) -> Response<Body> {
+    /// Runs one invocation to its end in its own task: a caller that disconnects does
+    /// not cut it short, so its record is written and its permits are released in order.
+    pub async fn invoke(self: &Arc<Self>, call: Call) -> Response<Body> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.invoke_here(call).await }).await {
+            Ok(response) => response,
+            Err(e) => error_response(ApiError::internal(format!("invocation task failed: {e}"))),
+        }
+    }
+
+    async fn invoke_here(&self, call: Call) -> Response<Body> {
         let request_id = uuid::Uuid::now_v7().to_string();
         let span =
             tracing::info_span!("invoke", request_id = %request_id, function = %call.function);
         let mut meta = Meta {
             request_id,
             cold: false,
+            ran: false,
             duration: Duration::ZERO,
             version: None,
         };
@@ -99,6 +122,8 @@ impl Invoker {
                 format!("function {function:?} is not public: send `Authorization: Bearer <admin token>`"),
             ));
         }
+        // Admission first: buffered request bodies are then bounded by the caps too.
+        let _admission = self.scaler.admit(&version).await?;
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.limits.max_request_bytes)
             .await
@@ -112,8 +137,6 @@ impl Invoker {
                 )
             })?;
         let request = Request::from_parts(parts, body);
-
-        let _admission = self.scaler.admit(&version).await?;
         let started_ms = self.clock.now_ms();
         let ready = match self.scaler.ready(&version).await {
             Ok(ready) => ready,
@@ -150,6 +173,7 @@ impl Invoker {
         let run_started = Instant::now();
         let output = ready.version.invoke(invocation).await;
         meta.duration = run_started.elapsed();
+        meta.ran = true;
         drop(ready.lease);
 
         let now = rfc3339(self.clock.now_ms());
@@ -207,7 +231,7 @@ impl Invoker {
             trigger,
             started_at: rfc3339(started_ms),
             duration_ms: millis(meta.duration),
-            billed_ms: billed_ms(meta.duration),
+            billed_ms: meta.billed_ms(),
             init_ms: init.map(millis),
             memory_mb: version.config.memory_mb,
             peak_memory_bytes,
@@ -250,7 +274,7 @@ fn stamp(headers: &mut HeaderMap, meta: &Meta) {
         "cirrus-duration-ms",
         format!("{:.3}", millis(meta.duration)),
     );
-    set("cirrus-billed-ms", billed_ms(meta.duration).to_string());
+    set("cirrus-billed-ms", meta.billed_ms().to_string());
     if let Some(v) = meta.version {
         set("cirrus-version", v.to_string());
     }

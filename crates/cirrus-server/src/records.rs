@@ -43,10 +43,13 @@ impl RecordSink {
 
     /// Hands a record and its log lines to the writer; waits only if the queue is full.
     pub async fn record(&self, record: InvocationRecord, logs: Vec<LogLine>) {
-        for line in &logs {
-            // No followers is the normal case, not an error.
-            let _ = self.live.send(Arc::new(line.clone()));
-        }
+        // Followers subscribe before reading history; queueing before broadcasting means
+        // a line is always in one or the other for them.
+        let live: Vec<Arc<LogLine>> = if self.live.receiver_count() > 0 {
+            logs.iter().cloned().map(Arc::new).collect()
+        } else {
+            Vec::new()
+        };
         if self
             .tx
             .send(Message::Record(Box::new(record), logs))
@@ -54,6 +57,9 @@ impl RecordSink {
             .is_err()
         {
             tracing::error!("record writer has stopped; an invocation record was dropped");
+        }
+        for line in live {
+            let _ = self.live.send(line);
         }
     }
 

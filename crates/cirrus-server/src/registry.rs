@@ -140,6 +140,14 @@ impl Registry {
         Ok(entry.versions.values().map(|v| (**v).clone()).collect())
     }
 
+    /// Whether `$LATEST` or an alias points at this version.
+    pub fn is_live(&self, name: &str, version: u32) -> bool {
+        self.read().get(name).is_some_and(|e| {
+            e.latest().is_some_and(|l| l.version == version)
+                || e.aliases.values().any(|&v| v == version)
+        })
+    }
+
     /// Every version any qualifier currently points at, for pre-loading.
     pub fn live_versions(&self) -> Vec<Arc<VersionInfo>> {
         let functions = self.read();
@@ -338,9 +346,8 @@ impl Registry {
 }
 
 fn invalid_artifact(e: ArtifactError) -> Failure {
-    let code = match e {
-        ArtifactError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
-        _ => ErrorCode::InvalidArtifact,
-    };
-    ApiError::new(code, format!("invalid artifact: {e}")).into()
+    match e {
+        ArtifactError::Storage(_) => Failure::internal(e),
+        _ => ApiError::new(ErrorCode::InvalidArtifact, format!("invalid artifact: {e}")).into(),
+    }
 }

@@ -102,7 +102,6 @@ struct Slot {
     loaded: OnceCell<Arc<LoadedVersion>>,
     last_used_ms: AtomicU64,
     in_flight: AtomicUsize,
-    pinned: bool,
 }
 
 /// Keeps a slot's in-flight count and last use up to date for the sweeper.
@@ -128,7 +127,16 @@ pub struct Ready {
     pub init: Option<Duration>,
 }
 
-type VersionKey = (String, u32);
+/// Loaded code is identified by its artifact too: a function deleted and re-created
+/// starts again at version 1, and must never find the old code under that number.
+type SlotKey = (String, u32, String);
+
+/// What the sweeper needs to know about a loaded version.
+pub struct Retention {
+    pub idle_timeout: Duration,
+    /// Kept loaded whatever its idleness (`min_loaded` on a version still in use).
+    pub pinned: bool,
+}
 
 pub struct Scaler {
     runtime: Arc<Runtime>,
@@ -136,8 +144,14 @@ pub struct Scaler {
     clock: Arc<dyn Clock>,
     settings: ScalerSettings,
     global: Gate,
-    functions: Mutex<HashMap<String, Arc<Gate>>>,
-    slots: Mutex<HashMap<VersionKey, Arc<Slot>>>,
+    /// Keyed by function and cap, so versions with different caps never replace each
+    /// other's gate (which would reset its count); versions sharing a cap share a gate.
+    functions: Mutex<HashMap<(String, usize), Arc<Gate>>>,
+    slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Scaler {
@@ -156,6 +170,10 @@ impl Scaler {
             functions: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// Waits (boundedly) for room under the function's and the host's caps.
@@ -178,38 +196,37 @@ impl Scaler {
     }
 
     fn function_gate(&self, name: &str, capacity: usize) -> Arc<Gate> {
-        let mut gates = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        match gates.get(name) {
-            Some(gate) if gate.capacity == capacity => gate.clone(),
-            // New or changed cap: permits held under the old gate drain on their own.
-            _ => {
-                let gate = Arc::new(Gate::new(capacity));
-                gates.insert(name.to_owned(), gate.clone());
-                gate
-            }
-        }
+        lock(&self.functions)
+            .entry((name.to_owned(), capacity))
+            .or_insert_with(|| Arc::new(Gate::new(capacity)))
+            .clone()
     }
 
     /// The loaded version, loading it first if needed (a cold start). Concurrent cold
     /// callers share one load.
     pub async fn ready(&self, version: &VersionInfo) -> Result<Ready, ApiError> {
         let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots
-                .entry((version.function.clone(), version.version))
+            let mut slots = lock(&self.slots);
+            let slot = slots
+                .entry((
+                    version.function.clone(),
+                    version.version,
+                    version.sha256.clone(),
+                ))
                 .or_insert_with(|| {
                     Arc::new(Slot {
                         loaded: OnceCell::new(),
-                        last_used_ms: AtomicU64::new(self.clock.now_ms()),
+                        last_used_ms: AtomicU64::new(0),
                         in_flight: AtomicUsize::new(0),
-                        pinned: version.config.min_loaded > 0,
                     })
                 })
-                .clone()
+                .clone();
+            // Under the lock, so the sweeper never drops a slot being leased.
+            slot.in_flight.fetch_add(1, Ordering::SeqCst);
+            slot.last_used_ms
+                .store(self.clock.now_ms(), Ordering::SeqCst);
+            slot
         };
-        slot.in_flight.fetch_add(1, Ordering::SeqCst);
-        slot.last_used_ms
-            .store(self.clock.now_ms(), Ordering::SeqCst);
         let lease = Lease {
             slot: slot.clone(),
             clock: self.clock.clone(),
@@ -239,17 +256,17 @@ impl Scaler {
         let path = self.artifacts.path(&version.sha256);
         let (sha256, kind) = (version.sha256.clone(), version.kind);
         let label = format!("{} version {}", version.function, version.version);
-        let loaded = tokio::task::spawn_blocking(move || runtime.load(&sha256, kind, &path))
-            .await
-            .map_err(|e| ApiError::internal(format!("loading {label}: {e}")))?
-            .map_err(|e| {
-                tracing::error!("loading {label}: {e:#}");
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("{label} could not be loaded: {e:#}"),
-                )
-            })?;
-        let (loaded, recompiled) = loaded;
+        let (loaded, recompiled) =
+            tokio::task::spawn_blocking(move || runtime.load(&sha256, kind, &path))
+                .await
+                .map_err(|e| ApiError::internal(format!("loading {label}: {e}")))?
+                .map_err(|e| {
+                    tracing::error!("loading {label}: {e:#}");
+                    ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("{label} could not be loaded: {e:#}"),
+                    )
+                })?;
         tracing::debug!(%label, recompiled, "loaded");
         Ok(Arc::new(loaded))
     }
@@ -259,48 +276,40 @@ impl Scaler {
         self.ready(version).await.map(drop)
     }
 
-    /// Unloads versions idle for longer than their function's `idle_timeout`. Called
-    /// periodically; `idle_timeout` comes from the version's own config.
-    pub fn sweep(&self, idle_timeout_of: impl Fn(&str, u32) -> Option<Duration>) -> usize {
+    /// Unloads versions idle for longer than their `idle_timeout`, keeping pinned and
+    /// busy ones. `retention` answers for a (function, version); `None` means it no
+    /// longer exists. Returns how many versions were unloaded.
+    pub fn sweep(&self, retention: impl Fn(&str, u32) -> Option<Retention>) -> usize {
         let now = self.clock.now_ms();
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = lock(&self.slots);
         let before = slots.len();
-        slots.retain(|(function, version), slot| {
-            let Some(idle) = idle_timeout_of(function, *version) else {
-                return false; // the function or version is gone
+        slots.retain(|(function, version, _), slot| {
+            let Some(retention) = retention(function, *version) else {
+                return false;
             };
-            if slot.pinned || slot.in_flight.load(Ordering::SeqCst) > 0 {
+            if retention.pinned || slot.in_flight.load(Ordering::SeqCst) > 0 {
                 return true;
             }
-            now.saturating_sub(slot.last_used_ms.load(Ordering::SeqCst)) < idle.as_millis() as u64
+            let idle_ms = u64::try_from(retention.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+            now.saturating_sub(slot.last_used_ms.load(Ordering::SeqCst)) < idle_ms
         });
         before - slots.len()
     }
 
     /// Drops every loaded version of a function (it was deleted).
     pub fn unload_function(&self, function: &str) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(f, _), _| f != function);
-        self.functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(function);
+        lock(&self.slots).retain(|(f, _, _), _| f != function);
+        lock(&self.functions).retain(|(f, _), _| f != function);
     }
 
     pub fn is_loaded(&self, function: &str, version: u32) -> bool {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(function.to_owned(), version))
-            .is_some_and(|s| s.loaded.initialized())
+        lock(&self.slots)
+            .iter()
+            .any(|((f, v, _), s)| f == function && *v == version && s.loaded.initialized())
     }
 
     pub fn loaded_count(&self) -> usize {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.slots)
             .values()
             .filter(|s| s.loaded.initialized())
             .count()

@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::invoker::{Invoker, PayloadLimits};
 use crate::records::RecordSink;
 use crate::registry::{DeployRequest, Registry};
-use crate::scaler::{Scaler, ScalerSettings};
+use crate::scaler::{Retention, Scaler, ScalerSettings};
 use crate::store::{ArtifactStore, FsArtifactStore, FunctionStore, RecordStore, SqliteStore};
 use anyhow::Context as _;
 use cirrus_api::{DeployResult, Manifest, Qualifier};
@@ -117,6 +117,7 @@ impl Server {
             clock,
             shutdown_tx,
         };
+        server.compile_missing();
         server.preload_pinned().await;
         Ok(server)
     }
@@ -131,6 +132,35 @@ impl Server {
 
     pub fn router(&self) -> axum::Router {
         api::router(self.state.clone())
+    }
+
+    /// Compiles, in the background, live versions whose code is not in the cache (after
+    /// a wasmtime upgrade, or a cleared cache), so requests do not pay for it.
+    fn compile_missing(&self) {
+        let runtime = self.state.scaler.runtime().clone();
+        let artifacts = self.state.registry.artifacts().clone();
+        let missing: Vec<_> = self
+            .state
+            .registry
+            .live_versions()
+            .into_iter()
+            .filter(|v| !runtime.cache().contains(&v.sha256))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            for v in missing {
+                match runtime.ensure_compiled(&v.sha256, &artifacts.path(&v.sha256)) {
+                    Ok(_) => {
+                        tracing::info!(function = %v.function, version = v.version, "compiled into the code cache")
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %v.function, version = v.version, "compiling failed: {e:#}")
+                    }
+                }
+            }
+        });
     }
 
     /// Versions of functions with `min_loaded > 0` are loaded before traffic arrives.
@@ -171,11 +201,6 @@ impl Server {
             results.push(result);
         }
         Ok(results)
-    }
-
-    /// Unloads idle versions once; the background sweeper calls this periodically.
-    pub fn sweep_idle(&self) -> usize {
-        sweep(&self.state)
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, waits for in-flight
@@ -220,13 +245,18 @@ impl Server {
     }
 }
 
-fn sweep(state: &AppState) -> usize {
+/// Unloads versions idle past their function's `idle_timeout`, once. The background
+/// sweeper calls this periodically; tests and benchmarks call it with a manual clock.
+pub fn sweep_idle(state: &AppState) -> usize {
     let registry = &state.registry;
     state.scaler.sweep(|function, version| {
-        registry
+        let v = registry
             .resolve(function, &Qualifier::Version(version))
-            .ok()
-            .map(|v| v.config.idle_timeout)
+            .ok()?;
+        Some(Retention {
+            idle_timeout: v.config.idle_timeout,
+            pinned: v.config.min_loaded > 0 && registry.is_live(function, version),
+        })
     })
 }
 
@@ -235,7 +265,7 @@ async fn sweeper(state: AppStateRef, every: Duration, mut shutdown: watch::Recei
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                let unloaded = sweep(&state);
+                let unloaded = sweep_idle(&state);
                 if unloaded > 0 {
                     tracing::debug!(unloaded, "unloaded idle versions");
                 }

@@ -42,15 +42,8 @@ async fn start_with(data_dir: &Path, tune: impl FnOnce(&mut ServerConfig)) -> Ru
         .expect("server starts");
     let token = server.admin_token().to_owned();
     let state = server.state().clone();
-    let sweep: Arc<dyn Fn() -> usize + Send + Sync> = Arc::new(move || {
-        let registry = state.registry.clone();
-        state.scaler.sweep(move |f, v| {
-            registry
-                .resolve(f, &cirrus_api::Qualifier::Version(v))
-                .ok()
-                .map(|v| v.config.idle_timeout)
-        })
-    });
+    let sweep: Arc<dyn Fn() -> usize + Send + Sync> =
+        Arc::new(move || cirrus_server::server::sweep_idle(&state));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -440,8 +433,22 @@ async fn bad_deploys_are_rejected_with_reasons() {
         );
         assert!(message.contains(expect), "{name}: {message}");
     }
-    let (status, code, _) = error_of(s.deploy_raw("big", Some(vec![b' '; 8192]), None).await).await;
-    assert_eq!((status.as_u16(), code.as_str()), (413, "payload_too_large"));
+    let (status, code, message) =
+        error_of(s.deploy_raw("big", Some(vec![b' '; 8192]), None).await).await;
+    assert_eq!((status.as_u16(), code.as_str()), (400, "invalid_artifact"));
+    assert!(
+        message.contains("over the limit of 4096 bytes"),
+        "{message}"
+    );
+    let r = s
+        .req(Method::PUT, "/v1/functions/raw")
+        .body("not a form")
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(r).await;
+    assert_eq!((status.as_u16(), code.as_str()), (400, "bad_request"));
+    assert!(message.contains("multipart/form-data"), "{message}");
 
     let bytes = std::fs::read(fixture("echo.wat")).unwrap();
     let r = s
@@ -1036,5 +1043,114 @@ async fn openapi_document_matches_the_router() {
         );
         assert_ne!(status, 405, "{method} {path}");
     }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn guests_see_raw_paths_and_never_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let private = FunctionConfig {
+        public: false,
+        ..Default::default()
+    };
+    s.deploy("env", "env.wat", private).await;
+    let r = s
+        .req(Method::GET, "/fn/env/a%20b%2Fc/%FF?x=%3F")
+        .header("x-trace", "t1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let env = r.text().await.unwrap();
+    assert!(env.contains("PATH_INFO=/a%20b%2Fc/%FF\n"), "{env}");
+    assert!(env.contains("QUERY_STRING=x=%3F\n"), "{env}");
+    assert!(env.contains("HTTP_X_TRACE=t1\n"), "{env}");
+    assert!(
+        !env.contains(&s.token),
+        "the admin token leaked into the guest: {env}"
+    );
+    assert!(!env.contains("HTTP_AUTHORIZATION"), "{env}");
+    // An escaped qualifier works too.
+    assert_eq!(
+        s.req(Method::GET, "/fn/env%40%24LATEST")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_billed_when_nothing_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let r = s.call("/fn/missing").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["cirrus-billed-ms"], "0");
+    assert!(r.headers().contains_key("cirrus-request-id"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_recreated_function_never_runs_the_old_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("f", "echo.wat", FunctionConfig::default()).await;
+    let r = s
+        .http
+        .post(format!("{}/fn/f", s.url))
+        .body("old")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "old");
+    s.req(Method::DELETE, "/v1/functions/f")
+        .send()
+        .await
+        .unwrap();
+    let v = s.deploy("f", "env.wat", FunctionConfig::default()).await;
+    assert_eq!(v.version, 1, "numbering restarts after a delete");
+    assert!(s
+        .call("/fn/f")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("CIRRUS_FUNCTION=f"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_still_leaves_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("sleepy", "sleep.wat", FunctionConfig::default())
+        .await;
+    let impatient = s
+        .http
+        .get(format!("{}/fn/sleepy", s.url))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up first");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let page: Page<InvocationRecord> = s
+        .req(Method::GET, "/v1/functions/sleepy/invocations")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].outcome, cirrus_api::Outcome::Success);
+    assert!(
+        page.items[0].duration_ms >= 450.0,
+        "{}",
+        page.items[0].duration_ms
+    );
     s.stop().await;
 }

@@ -12,7 +12,6 @@ use cirrus_server::{Server, ServerConfig, SystemClock};
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt as _;
 use reqwest::Method;
-use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -126,8 +125,11 @@ struct DeployArgs {
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
     /// Require the admin token on /fn routes
-    #[arg(long)]
+    #[arg(long, conflicts_with = "public")]
     private: bool,
+    /// Answer /fn routes without the admin token (the default for new functions)
+    #[arg(long)]
+    public: bool,
     /// Host the function may reach with outbound HTTP (repeatable)
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
@@ -246,7 +248,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     vec![
                         v.version.to_string(),
                         v.kind.as_str().to_owned(),
-                        v.sha256[..12].to_owned(),
+                        v.sha256.get(..12).unwrap_or(&v.sha256).to_owned(),
                         format!("{} MiB", v.config.memory_mb),
                         cirrus_api::duration::format(v.config.timeout),
                         v.created_at.clone(),
@@ -423,23 +425,51 @@ async fn shutdown_signal() {
     }
 }
 
-fn flag_config(args: &DeployArgs) -> FunctionConfig {
-    let defaults = FunctionConfig::default();
-    FunctionConfig {
-        memory_mb: args.memory.unwrap_or(defaults.memory_mb),
-        timeout: args.timeout.unwrap_or(defaults.timeout),
-        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
-        max_concurrency: args.concurrency,
-        min_loaded: args.min_loaded.unwrap_or(0),
-        idle_timeout: args.idle_timeout.unwrap_or(defaults.idle_timeout),
-        public: !args.private,
-        allowed_hosts: args.allow_hosts.clone(),
+/// The flags given, laid over `base` (the function's current config when it exists, so
+/// a redeploy changes only what the flags name; `--env` adds or replaces variables).
+fn flag_config(args: &DeployArgs, mut config: FunctionConfig) -> FunctionConfig {
+    if let Some(memory) = args.memory {
+        config.memory_mb = memory;
     }
+    if let Some(timeout) = args.timeout {
+        config.timeout = timeout;
+    }
+    config.env.extend(args.env.iter().cloned());
+    if args.concurrency.is_some() {
+        config.max_concurrency = args.concurrency;
+    }
+    if let Some(min_loaded) = args.min_loaded {
+        config.min_loaded = min_loaded;
+    }
+    if let Some(idle) = args.idle_timeout {
+        config.idle_timeout = idle;
+    }
+    if args.private || args.public {
+        config.public = args.public;
+    }
+    if !args.allow_hosts.is_empty() {
+        config.allowed_hosts = args.allow_hosts.clone();
+    }
+    config
+}
+
+async fn current_config(client: &Client, name: &str) -> anyhow::Result<FunctionConfig> {
+    let response = client
+        .send(client.request(Method::GET, &format!("/v1/functions/{name}")))
+        .await?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(FunctionConfig::default());
+    }
+    let info: FunctionInfo = client::ok(response).await?.json().await?;
+    Ok(info.latest.config)
 }
 
 async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result<()> {
     let plan: Vec<(String, PathBuf, FunctionConfig)> = match (&args.name, &args.file) {
-        (Some(name), Some(file)) => vec![(name.clone(), file.clone(), flag_config(&args))],
+        (Some(name), Some(file)) => {
+            let config = flag_config(&args, current_config(client, name).await?);
+            vec![(name.clone(), file.clone(), config)]
+        }
         (Some(_), None) => bail!("give the artifact file after the name: cirrus deploy NAME FILE"),
         _ => {
             let manifest = Manifest::load(&args.manifest)?;

@@ -210,7 +210,11 @@ fn cli_manages_and_invokes_functions() {
         "{\"from\":\"file\"}"
     );
 
+    // A redeploy without flags keeps the configuration.
     up.cli_ok(&["deploy", "echo", env.to_str().unwrap()]);
+    let got = up.cli_json(&["get", "echo"]);
+    assert_eq!(got["latest"]["config"]["memory_mb"], 64);
+    assert_eq!(got["latest"]["config"]["env"]["K"], "V");
     let versions = up.cli_json(&["versions", "echo"]);
     assert_eq!(versions.as_array().unwrap().len(), 2);
     up.cli_ok(&["alias", "set", "echo", "prod", "1"]);

@@ -26,8 +26,14 @@ pub async fn get(
 pub async fn deploy(
     State(state): State<AppStateRef>,
     Path(name): Path<String>,
-    mut form: Multipart,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, Failure> {
+    let mut form = form.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}: send multipart/form-data with an `artifact` part and/or a `config` part",
+            e.body_text()
+        ))
+    })?;
     let mut config = None;
     let mut artifact = None;
     loop {
@@ -93,8 +99,8 @@ pub async fn deploy(
 fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> Failure {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("artifact exceeds the limit of {limit} bytes"),
+            ErrorCode::InvalidArtifact,
+            format!("invalid artifact: the upload exceeds the artifact limit of {limit} bytes"),
         )
         .into()
     } else {

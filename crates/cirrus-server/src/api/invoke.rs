@@ -12,24 +12,22 @@ use axum::response::Response;
 use cirrus_api::{ApiError, Qualifier, Trigger};
 use serde::Deserialize;
 
-pub async fn http_trigger_root(
-    State(state): State<AppStateRef>,
-    Path(target): Path<String>,
-    request: Request,
-) -> Response {
-    trigger(state, &target, "", request).await
-}
-
-pub async fn http_trigger(
-    State(state): State<AppStateRef>,
-    Path((target, path)): Path<(String, String)>,
-    request: Request,
-) -> Response {
-    trigger(state, &target, &path, request).await
-}
-
-async fn trigger(state: AppStateRef, target: &str, path: &str, request: Request) -> Response {
-    let (function, qualifier) = match Qualifier::split(target) {
+/// `ANY /fn/{target}` and `ANY /fn/{target}/{*path}`. The path is taken from the raw
+/// URI, not axum's decoded parameters, so the function sees exactly what was sent
+/// (`%2F`, `%3F` and non-UTF-8 escapes included).
+pub async fn http_trigger(State(state): State<AppStateRef>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let raw = parts.uri.path().strip_prefix("/fn/").unwrap_or_default();
+    let (target, rest) = raw.split_once('/').unwrap_or((raw, ""));
+    let target = match percent_decode(target) {
+        Some(target) => target,
+        None => {
+            return error_response(ApiError::bad_request(format!(
+                "invalid function target {target:?}"
+            )))
+        }
+    };
+    let (function, qualifier) = match Qualifier::split(&target) {
         Ok(split) => split,
         Err(e) => {
             return error_response(ApiError::bad_request(format!(
@@ -37,17 +35,20 @@ async fn trigger(state: AppStateRef, target: &str, path: &str, request: Request)
             )))
         }
     };
-    let (mut parts, body) = request.into_parts();
     // The function sees the path below its own prefix, query included.
     let uri = match parts.uri.query() {
-        Some(q) => format!("/{path}?{q}"),
-        None => format!("/{path}"),
+        Some(q) => format!("/{rest}?{q}"),
+        None => format!("/{rest}"),
     };
     parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
         Err(e) => return error_response(ApiError::bad_request(format!("invalid path: {e}"))),
     };
     let authorized = is_authorized(&parts.headers, &state.token);
+    if authorized {
+        // The admin token opens private functions; it is never handed to guest code.
+        parts.headers.remove(axum::http::header::AUTHORIZATION);
+    }
     state
         .invoker
         .invoke(Call {
@@ -58,6 +59,24 @@ async fn trigger(state: AppStateRef, target: &str, path: &str, request: Request)
             authorized,
         })
         .await
+}
+
+/// Decodes `%XX` escapes; `None` for malformed escapes or non-UTF-8 results.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[derive(Deserialize)]
@@ -107,4 +126,22 @@ pub async fn invoke_api(
             authorized: true,
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_escapes_and_refuses_broken_ones() {
+        assert_eq!(
+            percent_decode("hello%40prod").as_deref(),
+            Some("hello@prod")
+        );
+        assert_eq!(percent_decode("f%24LATEST").as_deref(), Some("f$LATEST"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%4"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
 }

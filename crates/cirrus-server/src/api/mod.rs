@@ -80,7 +80,7 @@ pub fn router(state: AppStateRef) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .merge(management)
-        .route("/fn/{target}", any(invoke::http_trigger_root))
+        .route("/fn/{target}", any(invoke::http_trigger))
         .route("/fn/{target}/{*path}", any(invoke::http_trigger))
         // Invocation bodies are limited by the invoker, per its own setting.
         .layer(DefaultBodyLimit::disable())

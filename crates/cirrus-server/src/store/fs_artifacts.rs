@@ -24,14 +24,12 @@ impl ArtifactStore for FsArtifactStore {
             return Ok(());
         }
         // fsync then rename: a crash never leaves a partial artifact under its final name.
-        let tmp = self
-            .dir
-            .join(format!(".{sha256}.tmp{}", std::process::id()));
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("storing artifact {sha256}"))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
+            .with_context(|| format!("writing into {}", self.dir.display()))?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path)
+            .with_context(|| format!("storing artifact {sha256}"))?;
         Ok(())
     }
 

@@ -1,0 +1,175 @@
+//! `cargo bench -p cirrus-server --bench invoke`: cold start, warm latency and
+//! throughput for the hello functions, over real HTTP on loopback. Prints figures;
+//! asserts nothing (targets live in BENCHMARKS.md, not in tests).
+//!
+//! Client and server share the machine, so throughput is what both together reach.
+
+#![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
+
+use cirrus_api::{FunctionConfig, Qualifier};
+use cirrus_server::{ManualClock, Server, ServerConfig};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const COLD_SAMPLES: usize = 200;
+const WARM_SAMPLES: usize = 5_000;
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(3);
+const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:>8.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn report(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{label:<44} p50 {}  p99 {}  (n={})",
+        micros(percentile(&samples, 0.50)),
+        micros(percentile(&samples, 0.99)),
+        samples.len()
+    );
+}
+
+fn main() {
+    // Benchmarks measure the platform, not backtrace capture on errors.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path());
+    config.sweep_interval = Duration::from_secs(3600);
+    config.scaler.global_concurrency = 1024;
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let server = Server::start(config, clock.clone()).await.unwrap();
+    let state = server.state().clone();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let functions = [
+        (
+            "hello-rust",
+            "wasi:http component (Rust)",
+            examples.join("hello-rust/hello.wasm"),
+        ),
+        (
+            "hello-c",
+            "WASI command module (C)",
+            examples.join("hello-c/hello.wasm"),
+        ),
+    ];
+    for (name, _, path) in &functions {
+        let manifest = format!(
+            "[functions.{name}]\nsource = {:?}\n",
+            path.to_str().unwrap()
+        );
+        let manifest = cirrus_api::Manifest::parse(&manifest, Path::new("/")).unwrap();
+        server.deploy_manifest(&manifest).await.unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+
+    println!(
+        "cirrus invoke benchmark — pooling allocator: see server log; {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let health = format!("{url}/v1/health");
+    let mut baseline = Vec::with_capacity(WARM_SAMPLES);
+    for _ in 0..WARM_SAMPLES {
+        let t = Instant::now();
+        client
+            .get(&health)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        baseline.push(t.elapsed());
+    }
+    report("HTTP baseline (GET /v1/health, no wasm)", baseline);
+
+    for (name, label, _) in &functions {
+        let target = format!("{url}/fn/{name}");
+        let version = state.registry.resolve(name, &Qualifier::Latest).unwrap();
+        let idle = FunctionConfig::default().idle_timeout + Duration::from_secs(1);
+
+        // Cold: unload (scale to zero), then the first request loads compiled code from
+        // the on-disk cache and answers.
+        let mut cold = Vec::with_capacity(COLD_SAMPLES);
+        for _ in 0..COLD_SAMPLES {
+            clock.advance(idle);
+            cirrus_server::server::sweep_idle(&state);
+            assert!(!state.scaler.is_loaded(name, version.version));
+            let t = Instant::now();
+            let r = client.get(&target).send().await.unwrap();
+            assert_eq!(r.headers()["cirrus-cold-start"], "true");
+            r.bytes().await.unwrap();
+            cold.push(t.elapsed());
+        }
+        report(&format!("{name}: cold start to first response"), cold);
+
+        // Warm, sequential, one keep-alive connection.
+        let mut warm = Vec::with_capacity(WARM_SAMPLES);
+        let mut guest = Vec::with_capacity(WARM_SAMPLES);
+        for _ in 0..WARM_SAMPLES {
+            let t = Instant::now();
+            let r = client.get(&target).send().await.unwrap();
+            let ms: f64 = r.headers()["cirrus-duration-ms"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            r.bytes().await.unwrap();
+            warm.push(t.elapsed());
+            guest.push(Duration::from_secs_f64(ms / 1000.0));
+        }
+        report(&format!("{name}: warm request, client-side"), warm);
+        report(&format!("{name}: warm, instantiate + run ({label})"), guest);
+
+        for concurrency in CONCURRENCY {
+            let done = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + THROUGHPUT_WINDOW;
+            let workers: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let (client, target, done) = (client.clone(), target.clone(), done.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < deadline {
+                            let r = client.get(&target).send().await.unwrap();
+                            assert!(r.status().is_success());
+                            r.bytes().await.unwrap();
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await.unwrap();
+            }
+            let rps = done.load(Ordering::Relaxed) as f64 / THROUGHPUT_WINDOW.as_secs_f64();
+            println!(
+                "{:<44} {rps:>10.0} req/s",
+                format!("{name}: throughput at concurrency {concurrency}")
+            );
+        }
+    }
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}
