@@ -54,11 +54,14 @@ struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
-    fn allows(&self, authority: &str) -> bool {
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    /// An entry matches the host alone (any port) or `host:port` exactly.
+    fn allows(&self, uri: &hyper::Uri) -> bool {
+        let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
+            return false;
+        };
         self.allowed_hosts
             .iter()
-            .any(|a| a == authority || a == host)
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(authority.as_str()))
     }
 }
 
@@ -76,12 +79,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 )>,
             > + Send,
     > {
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        if !self.allows(&authority) {
+        if !self.allows(request.uri()) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
@@ -262,5 +260,34 @@ async fn guest_result(guest: &mut AbortOnDrop) -> wasmtime::Result<()> {
     match (&mut guest.0).await {
         Ok(result) => result,
         Err(join) => Err(wasmtime::Error::msg(format!("guest task failed: {join}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_policy_matches_hosts_and_exact_authorities() {
+        let policy = OutboundPolicy {
+            allowed_hosts: vec![
+                "api.example.com".to_owned(),
+                "10.0.0.1:8443".to_owned(),
+                "[::1]".to_owned(),
+            ]
+            .into(),
+        };
+        let allows = |u: &str| policy.allows(&u.parse().unwrap());
+        assert!(allows("https://api.example.com/x"));
+        assert!(allows("http://API.example.com:8080/x"));
+        assert!(allows("https://10.0.0.1:8443/"));
+        assert!(!allows("https://10.0.0.1:9000/"));
+        assert!(allows("http://[::1]:3000/"));
+        assert!(!allows("https://evil.example.com/"));
+        assert!(!allows("/relative"));
+        let none = OutboundPolicy {
+            allowed_hosts: Vec::new().into(),
+        };
+        assert!(!none.allows(&"https://api.example.com/".parse().unwrap()));
     }
 }

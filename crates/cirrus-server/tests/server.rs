@@ -1154,3 +1154,92 @@ async fn a_caller_that_goes_away_still_leaves_a_record() {
     );
     s.stop().await;
 }
+
+fn example(path: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(path),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn components_answer_and_their_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| {
+        c.payload.max_request_bytes = 2 << 20;
+        c.payload.max_response_bytes = 1 << 20;
+    })
+    .await;
+    let r = s
+        .deploy_raw("web", Some(example("hello-rust/hello.wasm")), None)
+        .await;
+    assert_eq!(r.status(), 201);
+    let deployed: DeployResult = r.json().await.unwrap();
+    assert_eq!(
+        deployed.function.latest.kind,
+        cirrus_api::ArtifactKind::HttpComponent
+    );
+
+    let r = s.call("/fn/web/anything").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cirrus-cold-start"], "true");
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.text().await.unwrap(), "Hello from Cirrus (Rust)!\n");
+    let r = s
+        .http
+        .post(format!("{}/fn/web", s.url))
+        .body("echo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cirrus-cold-start"], "false");
+    assert_eq!(r.text().await.unwrap(), "Hello from Cirrus (Rust)!\necho");
+
+    // The guest echoes 1.5 MiB: within the request limit, over the response limit.
+    let r = s
+        .http
+        .post(format!("{}/fn/web", s.url))
+        .body(vec![b'z'; 3 << 19])
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(r).await;
+    assert_eq!(
+        (status.as_u16(), code.as_str()),
+        (413, "payload_too_large"),
+        "{message}"
+    );
+    assert!(message.contains("response"), "{message}");
+    assert_eq!(s.call("/fn/web").await.status(), 200, "still serving");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn on_demand_allocation_works_when_pooling_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| c.pooling = false).await;
+    s.deploy_raw("web", Some(example("hello-rust/hello.wasm")), None)
+        .await;
+    s.deploy("grow", "grow.wat", small(8, 5_000)).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    assert_eq!(
+        s.call("/fn/web").await.text().await.unwrap(),
+        "Hello from Cirrus (Rust)!\n"
+    );
+    assert_eq!(
+        error_of(s.call("/fn/grow").await).await.1,
+        "memory_limit_exceeded"
+    );
+    let r = s
+        .http
+        .post(format!("{}/fn/echo", s.url))
+        .body("fine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "fine");
+    s.stop().await;
+}
