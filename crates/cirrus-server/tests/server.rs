@@ -106,6 +106,14 @@ impl Running {
         response.json().await.unwrap()
     }
 
+    async fn send(&self, method: Method, path: &str) -> reqwest::Response {
+        self.req(method, path).send().await.unwrap()
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.send(Method::GET, path).await.json().await.unwrap()
+    }
+
     async fn call(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.url))
@@ -198,14 +206,7 @@ async fn deploy_invoke_and_response_headers() {
     assert_eq!(r.text().await.unwrap(), "{\"a\":1}");
 
     // The record of the first call.
-    let page: Page<InvocationRecord> = s
-        .req(Method::GET, "/v1/functions/echo/invocations")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/echo/invocations").await;
     assert_eq!(page.items.len(), 2);
     let first = page
         .items
@@ -230,16 +231,8 @@ async fn deploy_invoke_and_response_headers() {
 
     // Guest stderr is in the logs, tagged with the request.
     let logs: Page<LogLine> = s
-        .req(
-            Method::GET,
-            &format!("/v1/functions/echo/logs?request_id={id}"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/functions/echo/logs?request_id={id}"))
+        .await;
     assert_eq!(logs.items.len(), 1);
     assert_eq!(logs.items[0].line, "echo: done");
     assert_eq!(logs.items[0].stream, cirrus_api::LogStream::Stderr);
@@ -267,14 +260,7 @@ async fn versions_aliases_and_rollback() {
     assert_eq!(v3.version, 3);
     assert_eq!(v3.function.latest.sha256, v2.function.latest.sha256);
 
-    let versions: Vec<VersionInfo> = s
-        .req(Method::GET, "/v1/functions/f/versions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions: Vec<VersionInfo> = s.get_json("/v1/functions/f/versions").await;
     assert_eq!(
         versions.iter().map(|v| v.version).collect::<Vec<_>>(),
         vec![1, 2, 3]
@@ -358,41 +344,19 @@ async fn versions_aliases_and_rollback() {
     assert_eq!((status.as_u16(), code.as_str()), (400, "bad_request"));
     assert!(message.contains("invalid alias body"), "{message}");
 
-    let r = s
-        .req(Method::DELETE, "/v1/functions/f/aliases/prod")
-        .send()
-        .await
-        .unwrap();
+    let r = s.send(Method::DELETE, "/v1/functions/f/aliases/prod").await;
     assert_eq!(r.status(), 200);
     assert_eq!(error_of(s.call("/fn/f@prod").await).await.1, "not_found");
 
     // Delete: gone from listings and routes; history stays readable.
-    let list: Vec<FunctionInfo> = s
-        .req(Method::GET, "/v1/functions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<FunctionInfo> = s.get_json("/v1/functions").await;
     assert_eq!(list.len(), 1);
     assert_eq!(
-        s.req(Method::DELETE, "/v1/functions/f")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        s.send(Method::DELETE, "/v1/functions/f").await.status(),
         200
     );
     assert_eq!(error_of(s.call("/fn/f").await).await.0, 404);
-    let page: Page<InvocationRecord> = s
-        .req(Method::GET, "/v1/functions/f/invocations")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/f/invocations").await;
     assert!(page.items.len() >= 5);
     s.stop().await;
 }
@@ -486,14 +450,7 @@ async fn bad_deploys_are_rejected_with_reasons() {
     assert_eq!(status, 400);
     assert!(message.contains("needs an artifact"), "{message}");
     // Nothing half-deployed is left behind.
-    let list: Vec<FunctionInfo> = s
-        .req(Method::GET, "/v1/functions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<FunctionInfo> = s.get_json("/v1/functions").await;
     assert!(list.is_empty(), "{list:?}");
     s.stop().await;
 }
@@ -595,14 +552,7 @@ async fn faults_are_contained_and_reported() {
         "{timeout:?}"
     );
     // The memory record shows the guest got right up to its cap.
-    let page: Page<InvocationRecord> = s
-        .req(Method::GET, "/v1/functions/grow/invocations")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/grow/invocations").await;
     let rec = &page.items[0];
     assert_eq!(rec.error_code.as_deref(), Some("memory_limit_exceeded"));
     assert!(
@@ -648,7 +598,7 @@ async fn request_limits_routing_errors_and_auth() {
         "/fn/echo@prod",
         "/v1/functions/nope",
     ] {
-        let r = s.req(Method::GET, path).send().await.unwrap();
+        let r = s.send(Method::GET, path).await;
         let (status, code, message) = error_of(r).await;
         assert_eq!(
             (status.as_u16(), code.as_str()),
@@ -658,7 +608,7 @@ async fn request_limits_routing_errors_and_auth() {
     }
     let (status, _, _) = error_of(s.call("/no/such/route").await).await;
     assert_eq!(status, 404);
-    let r = s.req(Method::PATCH, "/v1/functions").send().await.unwrap();
+    let r = s.send(Method::PATCH, "/v1/functions").await;
     assert_eq!(error_of(r).await.1, "method_not_allowed");
 
     // The management API needs the token; public HTTP routes do not.
@@ -681,14 +631,7 @@ async fn request_limits_routing_errors_and_auth() {
     assert_eq!(r.status(), 401);
     assert_eq!(s.call("/v1/health").await.status(), 200);
     assert_eq!(error_of(s.call("/fn/secret").await).await.0, 401);
-    assert_eq!(
-        s.req(Method::GET, "/fn/secret")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.send(Method::GET, "/fn/secret").await.status(), 200);
     s.stop().await;
 }
 
@@ -872,14 +815,7 @@ async fn restart_keeps_everything_and_never_recompiles() {
         .deploy("echo2", "echo.wat", FunctionConfig::default())
         .await;
     assert_eq!(again.compile_ms, 0);
-    let page: Page<InvocationRecord> = s
-        .req(Method::GET, "/v1/functions/echo/invocations")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/echo/invocations").await;
     assert_eq!(page.items.len(), 2, "records survive the restart");
 
     // A lost cache entry is rebuilt from the stored artifact on the next cold start.
@@ -913,14 +849,7 @@ async fn invocations_page_newest_first() {
     let mut seen = Vec::new();
     let mut path = "/v1/functions/echo/invocations?limit=2".to_owned();
     loop {
-        let page: Page<InvocationRecord> = s
-            .req(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Page<InvocationRecord> = s.get_json(&path).await;
         seen.extend(page.items.iter().map(|r| r.request_id.clone()));
         match page.next {
             Some(next) => path = format!("/v1/functions/echo/invocations?limit=2&before={next}"),
@@ -930,16 +859,12 @@ async fn invocations_page_newest_first() {
     ids.reverse();
     assert_eq!(seen, ids);
     let r = s
-        .req(Method::GET, "/v1/functions/echo/invocations?limit=0")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, "/v1/functions/echo/invocations?limit=0")
+        .await;
     assert_eq!(r.status(), 400);
     let r = s
-        .req(Method::GET, "/v1/functions/echo/invocations?before=x")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, "/v1/functions/echo/invocations?before=x")
+        .await;
     assert_eq!(r.status(), 400);
     s.stop().await;
 }
@@ -952,10 +877,8 @@ async fn logs_follow_streams_new_lines() {
         .await;
     s.invoke("echo", "old").await;
     let mut stream = s
-        .req(Method::GET, "/v1/functions/echo/logs?follow=true")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, "/v1/functions/echo/logs?follow=true")
+        .await;
     assert_eq!(stream.headers()["content-type"], "application/x-ndjson");
     let mut buffer = Vec::new();
     let mut lines = Vec::new();
@@ -1073,11 +996,7 @@ async fn guests_see_raw_paths_and_never_the_admin_token() {
     assert!(!env.contains("HTTP_AUTHORIZATION"), "{env}");
     // An escaped qualifier works too.
     assert_eq!(
-        s.req(Method::GET, "/fn/env%40%24LATEST")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        s.send(Method::GET, "/fn/env%40%24LATEST").await.status(),
         200
     );
     s.stop().await;
@@ -1107,10 +1026,7 @@ async fn a_recreated_function_never_runs_the_old_code() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "old");
-    s.req(Method::DELETE, "/v1/functions/f")
-        .send()
-        .await
-        .unwrap();
+    s.send(Method::DELETE, "/v1/functions/f").await;
     let v = s.deploy("f", "env.wat", FunctionConfig::default()).await;
     assert_eq!(v.version, 1, "numbering restarts after a delete");
     assert!(s
@@ -1137,14 +1053,7 @@ async fn a_caller_that_goes_away_still_leaves_a_record() {
         .await;
     assert!(impatient.is_err(), "the client gave up first");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let page: Page<InvocationRecord> = s
-        .req(Method::GET, "/v1/functions/sleepy/invocations")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/sleepy/invocations").await;
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].outcome, cirrus_api::Outcome::Success);
     assert!(
