@@ -149,45 +149,23 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
         }
     };
 
-    // The guest runs in its own task: it may still be streaming the body after handing
-    // over the response head, and the host must read that body concurrently.
-    let pre = pre.clone();
-    let mut guest = AbortOnDrop(tokio::spawn(async move {
+    // The guest and the host's reading of its response run concurrently in this one
+    // task: the guest may still be streaming the body after handing over the response
+    // head. No extra task means no cross-thread hand-offs on the hot path, and dropping
+    // this future (timeout, caller gone) stops the guest with it.
+    let guest = async move {
         let proxy = pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, req, out)
             .await
-    }));
-
-    let max_body = limits.max_response_bytes;
-    let exchange = async {
-        let head = response_rx.await;
-        let response = match head {
-            Ok(Ok(response)) => response,
-            Ok(Err(code)) => return Err(Failure::ErrorCode(code)),
-            // The guest finished or failed without answering.
-            Err(_) => return Err(Failure::Guest(guest_result(&mut guest).await)),
-        };
-        let (parts, body) = response.into_parts();
-        let body = match Limited::new(body, max_body).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(Failure::TooLarge)
-            }
-            Err(_) => return Err(Failure::Guest(guest_result(&mut guest).await)),
-        };
-        let finished = guest_result(&mut guest).await;
-        match finished {
-            Ok(()) => Ok(hyper::Response::from_parts(parts, body)),
-            Err(e) => Err(Failure::Guest(Err(e))),
-        }
     };
-    let outcome = tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, exchange).await;
-    drop(guest);
+    let max_body = limits.max_response_bytes;
+    let outcome = tokio::time::timeout(
+        limits.timeout + TIMEOUT_GRACE,
+        exchange(guest, response_rx, max_body),
+    )
+    .await;
 
     let result = match outcome {
         Ok(Ok(response)) => Ok(response),
@@ -246,20 +224,67 @@ enum Failure {
     Guest(wasmtime::Result<()>),
 }
 
-/// The guest's task, stopped whenever the invocation ends, however it ends: finished,
-/// timed out, or dropped because the caller went away.
-struct AbortOnDrop(tokio::task::JoinHandle<wasmtime::Result<()>>);
+type ResponseHead =
+    Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, HttpErrorCode>;
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn guest_result(guest: &mut AbortOnDrop) -> wasmtime::Result<()> {
-    match (&mut guest.0).await {
-        Ok(result) => result,
-        Err(join) => Err(wasmtime::Error::msg(format!("guest task failed: {join}"))),
+/// Drives the guest until it has answered, its body is read (within `max_body`) and it
+/// has returned.
+async fn exchange(
+    guest: impl Future<Output = wasmtime::Result<()>>,
+    mut head: tokio::sync::oneshot::Receiver<ResponseHead>,
+    max_body: usize,
+) -> Result<hyper::Response<bytes::Bytes>, Failure> {
+    tokio::pin!(guest);
+    let mut finished = None;
+    let head = tokio::select! {
+        head = &mut head => head.ok(),
+        result = &mut guest => {
+            finished = Some(result);
+            // It may have answered just before returning.
+            head.try_recv().ok()
+        }
+    };
+    let response = match head {
+        Some(Ok(response)) => response,
+        Some(Err(code)) => return Err(Failure::ErrorCode(code)),
+        None => {
+            let result = match finished {
+                Some(result) => result,
+                None => guest.await,
+            };
+            return Err(Failure::Guest(result));
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let collect = Limited::new(body, max_body).collect();
+    tokio::pin!(collect);
+    let body = loop {
+        tokio::select! {
+            body = &mut collect => break body,
+            result = &mut guest, if finished.is_none() => finished = Some(result),
+        }
+    };
+    let body = match body {
+        Ok(body) => Some(body.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(Failure::TooLarge)
+        }
+        // The body broke off: the guest's own result says why.
+        Err(_) => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => guest.await,
+    };
+    match (body, result) {
+        (Some(body), Ok(())) => Ok(hyper::Response::from_parts(parts, body)),
+        (_, Err(e)) => Err(Failure::Guest(Err(e))),
+        (None, Ok(())) => Err(Failure::Guest(Err(wasmtime::Error::msg(
+            "the response body was cut off before its end",
+        )))),
     }
 }
 

@@ -241,7 +241,7 @@ impl Invoker {
             error_code,
             error_message,
         };
-        tracing::info!(
+        tracing::debug!(
             version = version.version,
             cold = meta.cold,
             duration_ms = record.duration_ms,
