@@ -123,6 +123,11 @@ pub struct InvocationRecord {
     pub init_ms: Option<f64>,
     pub memory_mb: u32,
     pub peak_memory_bytes: u64,
+    /// CPU time the invocation took on the host's threads, in milliseconds.
+    pub cpu_ms: f64,
+    /// Size of the event (request body) and of the response body.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
     pub cold_start: bool,
     pub outcome: Outcome,
     /// HTTP status the caller received.

@@ -4,7 +4,8 @@
 use crate::limits::MemoryLimiter;
 use crate::pipe::CappedPipe;
 use crate::run::{
-    arm_deadline, classify, drain_logs, guest_failure, platform, timeout_error, TIMEOUT_GRACE,
+    arm_deadline, classify, drain_logs, guest_failure, metered, platform, timeout_error,
+    TIMEOUT_GRACE,
 };
 use crate::{Invocation, InvokeOutput};
 use bytes::Bytes;
@@ -53,7 +54,9 @@ pub(crate) async fn invoke(
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     };
-    let finished = tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, run).await;
+    let mut cpu_time = std::time::Duration::ZERO;
+    let finished =
+        tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, metered(run, &mut cpu_time)).await;
 
     let mut logs = Vec::new();
     let result = match finished {
@@ -105,6 +108,7 @@ pub(crate) async fn invoke(
     InvokeOutput {
         result,
         peak_memory_bytes: stats.peak_bytes(),
+        cpu_time,
         logs: all_logs,
     }
 }

@@ -3,13 +3,15 @@
 use crate::limits::MemoryLimiter;
 use crate::pipe::CappedPipe;
 use crate::run::{
-    arm_deadline, classify, drain_logs, guest_failure, platform, timeout_error, TIMEOUT_GRACE,
+    arm_deadline, classify, drain_logs, guest_failure, metered, platform, timeout_error,
+    TIMEOUT_GRACE,
 };
 use crate::{Invocation, InvokeOutput};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
 use http_body_util::{BodyExt, Full, Limited};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -144,6 +146,7 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
                     "request cannot be passed to the function: {e}"
                 ))),
                 peak_memory_bytes: 0,
+                cpu_time: Duration::ZERO,
                 logs,
             }
         }
@@ -161,9 +164,10 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
             .await
     };
     let max_body = limits.max_response_bytes;
+    let mut cpu_time = Duration::ZERO;
     let outcome = tokio::time::timeout(
         limits.timeout + TIMEOUT_GRACE,
-        exchange(guest, response_rx, max_body),
+        metered(exchange(guest, response_rx, max_body), &mut cpu_time),
     )
     .await;
 
@@ -214,6 +218,7 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
     InvokeOutput {
         result,
         peak_memory_bytes: stats.peak_bytes(),
+        cpu_time,
         logs: all_logs,
     }
 }

@@ -71,6 +71,9 @@ pub struct LogEntry {
 pub struct InvokeOutput {
     pub result: Result<hyper::Response<Bytes>, ApiError>,
     pub peak_memory_bytes: u64,
+    /// CPU time the invocation's polls took on their threads: instantiation, guest code
+    /// and the host calls it makes (thread CPU time, not fuel: see ARCHITECTURE.md).
+    pub cpu_time: Duration,
     pub logs: Vec<LogEntry>,
 }
 

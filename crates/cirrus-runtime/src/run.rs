@@ -146,3 +146,48 @@ pub(crate) fn drain_logs(
         );
     }
 }
+
+/// CPU time of the calling thread (user + system).
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Runs `future`, adding the CPU time its polls take to `cpu`. The guest may move between
+/// worker threads at every yield, so each poll is measured on the thread running it.
+pub(crate) async fn metered<F: std::future::Future>(future: F, cpu: &mut Duration) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let start = thread_cpu_time();
+        let poll = future.as_mut().poll(cx);
+        *cpu += thread_cpu_time().saturating_sub(start);
+        poll
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metering_counts_cpu_spent_in_polls_but_not_sleep() {
+        let mut cpu = Duration::ZERO;
+        metered(
+            async {
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_millis(30) {
+                    std::hint::black_box(0u64);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            },
+            &mut cpu,
+        )
+        .await;
+        assert!(cpu >= Duration::from_millis(20), "{cpu:?}");
+        assert!(
+            cpu < Duration::from_millis(60),
+            "sleeping is not CPU: {cpu:?}"
+        );
+    }
+}

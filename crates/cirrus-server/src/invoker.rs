@@ -55,6 +55,15 @@ pub struct Invoker {
     pub limits: PayloadLimits,
 }
 
+/// What an invocation consumed, besides time.
+#[derive(Default)]
+struct Usage {
+    init: Option<Duration>,
+    peak_memory_bytes: u64,
+    cpu_time: Duration,
+    request_bytes: u64,
+}
+
 /// What every invocation answer carries, error or not.
 struct Meta {
     request_id: String,
@@ -136,19 +145,23 @@ impl Invoker {
                     ),
                 )
             })?;
+        let request_bytes = body.len() as u64;
         let request = Request::from_parts(parts, body);
         let started_ms = self.clock.now_ms();
         let ready = match self.scaler.ready(&version).await {
             Ok(ready) => ready,
             Err(error) => {
                 meta.cold = true;
+                let usage = Usage {
+                    request_bytes,
+                    ..Usage::default()
+                };
                 self.record(
                     &version,
                     trigger,
                     started_ms,
                     meta,
-                    None,
-                    0,
+                    usage,
                     &Err(error.clone()),
                     Vec::new(),
                 )
@@ -189,13 +202,18 @@ impl Invoker {
                 line: entry.line,
             })
             .collect();
+        let usage = Usage {
+            init: ready.init,
+            peak_memory_bytes: output.peak_memory_bytes,
+            cpu_time: output.cpu_time,
+            request_bytes,
+        };
         self.record(
             &version,
             trigger,
             started_ms,
             meta,
-            ready.init,
-            output.peak_memory_bytes,
+            usage,
             &output.result,
             logs,
         )
@@ -203,15 +221,13 @@ impl Invoker {
         output.result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
         version: &VersionInfo,
         trigger: Trigger,
         started_ms: u64,
         meta: &Meta,
-        init: Option<Duration>,
-        peak_memory_bytes: u64,
+        usage: Usage,
         result: &Result<Response<Bytes>, ApiError>,
         logs: Vec<LogLine>,
     ) {
@@ -232,9 +248,12 @@ impl Invoker {
             started_at: rfc3339(started_ms),
             duration_ms: millis(meta.duration),
             billed_ms: meta.billed_ms(),
-            init_ms: init.map(millis),
+            init_ms: usage.init.map(millis),
             memory_mb: version.config.memory_mb,
-            peak_memory_bytes,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            cpu_ms: millis(usage.cpu_time),
+            request_bytes: usage.request_bytes,
+            response_bytes: result.as_ref().map_or(0, |r| r.body().len() as u64),
             cold_start: meta.cold,
             outcome,
             status,

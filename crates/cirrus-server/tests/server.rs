@@ -228,6 +228,12 @@ async fn deploy_invoke_and_response_headers() {
         cirrus_api::Trigger::Invoke,
         "newest first"
     );
+    assert_eq!((first.request_bytes, first.response_bytes), (4, 4));
+    assert!(
+        first.cpu_ms > 0.0 && first.cpu_ms <= first.duration_ms + 1.0,
+        "cpu {} ms",
+        first.cpu_ms
+    );
 
     // Guest stderr is in the logs, tagged with the request.
     let logs: Page<LogLine> = s
@@ -546,6 +552,13 @@ async fn faults_are_contained_and_reported() {
         "{exit:?}"
     );
     assert!(exit.iter().any(|l| l.line.contains("status 3")), "{exit:?}");
+    // A CPU-bound loop burns CPU for its whole timeout.
+    let looped: Page<InvocationRecord> = s.get_json("/v1/functions/loop/invocations").await;
+    assert!(
+        looped.items[0].cpu_ms > 150.0,
+        "cpu {} ms",
+        looped.items[0].cpu_ms
+    );
     let timeout = logs("loop").await;
     assert!(
         timeout.iter().any(|l| l.line.contains("timed out")),
@@ -555,6 +568,7 @@ async fn faults_are_contained_and_reported() {
     let page: Page<InvocationRecord> = s.get_json("/v1/functions/grow/invocations").await;
     let rec = &page.items[0];
     assert_eq!(rec.error_code.as_deref(), Some("memory_limit_exceeded"));
+    assert_eq!(rec.response_bytes, 0);
     assert!(
         rec.peak_memory_bytes > 7 << 20 && rec.peak_memory_bytes <= 8 << 20,
         "{}",
@@ -1060,6 +1074,12 @@ async fn a_caller_that_goes_away_still_leaves_a_record() {
         page.items[0].duration_ms >= 450.0,
         "{}",
         page.items[0].duration_ms
+    );
+    // Waiting is wall time, not CPU time.
+    assert!(
+        page.items[0].cpu_ms < 100.0,
+        "cpu {} ms",
+        page.items[0].cpu_ms
     );
     s.stop().await;
 }

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS invocations (
     peak_memory_bytes INTEGER NOT NULL, cold_start INTEGER NOT NULL, outcome TEXT NOT NULL,
     status INTEGER NOT NULL, error_code TEXT, error_message TEXT);
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function, seq);
+CREATE INDEX IF NOT EXISTS invocations_by_start ON invocations (started_at);
 CREATE INDEX IF NOT EXISTS invocations_by_request ON invocations (request_id);
 CREATE TABLE IF NOT EXISTS logs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, function TEXT NOT NULL, version INTEGER NOT NULL,
@@ -46,6 +47,33 @@ fn open(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Columns added after the first schema, with their definitions; added to older
+/// databases on open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("invocations", "cpu_us", "INTEGER NOT NULL DEFAULT 0"),
+    ("invocations", "request_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    (
+        "invocations",
+        "response_bytes",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let exists = stmt
+            .query_map([], |row| row.get::<_, String>(1))?
+            .any(|name| name.as_deref() == Ok(column));
+        if !exists {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -54,6 +82,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let meta = open(path)?;
         meta.execute_batch(SCHEMA).context("creating the schema")?;
+        migrate(&meta).context("migrating the schema")?;
         let records = open(path)?;
         Ok(Self {
             meta: Mutex::new(meta),
@@ -174,9 +203,9 @@ impl RecordStore for SqliteStore {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
-                 billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
-                 error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?;
+                                  billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
+                 error_message, cpu_us, request_bytes, response_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",)?;
             for r in records {
                 insert.execute(params![
                     r.request_id,
@@ -196,7 +225,10 @@ impl RecordStore for SqliteStore {
                     },
                     r.status,
                     r.error_code,
-                    r.error_message
+                    r.error_message,
+                    (r.cpu_ms * 1000.0).round() as i64,
+                    r.request_bytes,
+                    r.response_bytes
                 ])?;
             }
             let mut insert = tx.prepare_cached(
@@ -230,7 +262,8 @@ impl RecordStore for SqliteStore {
         let conn = lock(&self.records);
         let mut stmt = conn.prepare_cached(
             "SELECT seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms, init_ms,
-             memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message
+                          memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message,
+             cpu_us, request_bytes, response_bytes
              FROM invocations WHERE function = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
         )?;
         let mut last_seq = None;
@@ -263,6 +296,9 @@ impl RecordStore for SqliteStore {
                     status: row.get(13)?,
                     error_code: row.get(14)?,
                     error_message: row.get(15)?,
+                    cpu_ms: row.get::<_, i64>(16)? as f64 / 1000.0,
+                    request_bytes: row.get(17)?,
+                    response_bytes: row.get(18)?,
                 },
             ))
         })?;
