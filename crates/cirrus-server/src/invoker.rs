@@ -55,9 +55,10 @@ pub struct Invoker {
     pub limits: PayloadLimits,
 }
 
-/// What an invocation consumed, besides time.
+/// What was measured of an invocation, besides its duration.
 #[derive(Default)]
-struct Usage {
+struct Measured {
+    started_ms: u64,
     init: Option<Duration>,
     peak_memory_bytes: u64,
     cpu_time: Duration,
@@ -152,14 +153,14 @@ impl Invoker {
             Ok(ready) => ready,
             Err(error) => {
                 meta.cold = true;
-                let usage = Usage {
+                let usage = Measured {
+                    started_ms,
                     request_bytes,
-                    ..Usage::default()
+                    ..Measured::default()
                 };
                 self.record(
                     &version,
                     trigger,
-                    started_ms,
                     meta,
                     usage,
                     &Err(error.clone()),
@@ -202,22 +203,15 @@ impl Invoker {
                 line: entry.line,
             })
             .collect();
-        let usage = Usage {
+        let usage = Measured {
+            started_ms,
             init: ready.init,
             peak_memory_bytes: output.peak_memory_bytes,
             cpu_time: output.cpu_time,
             request_bytes,
         };
-        self.record(
-            &version,
-            trigger,
-            started_ms,
-            meta,
-            usage,
-            &output.result,
-            logs,
-        )
-        .await;
+        self.record(&version, trigger, meta, usage, &output.result, logs)
+            .await;
         output.result
     }
 
@@ -225,9 +219,8 @@ impl Invoker {
         &self,
         version: &VersionInfo,
         trigger: Trigger,
-        started_ms: u64,
         meta: &Meta,
-        usage: Usage,
+        usage: Measured,
         result: &Result<Response<Bytes>, ApiError>,
         logs: Vec<LogLine>,
     ) {
@@ -245,7 +238,7 @@ impl Invoker {
             function: version.function.clone(),
             version: version.version,
             trigger,
-            started_at: rfc3339(started_ms),
+            started_at: rfc3339(usage.started_ms),
             duration_ms: millis(meta.duration),
             billed_ms: meta.billed_ms(),
             init_ms: usage.init.map(millis),
