@@ -6,12 +6,14 @@
 //!   invocation records, log lines).
 //! - [`manifest`]: the `cirrus.toml` app manifest.
 //! - [`duration`]: human durations (`"30s"`, `"5m"`) on the wire.
+//! - [`usage`]: usage and cost reports, with exact decimal money.
 
 pub mod duration;
 pub mod error;
 pub mod manifest;
 pub mod model;
 pub mod spec;
+pub mod usage;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use manifest::{Manifest, ManifestFunction};

@@ -5,12 +5,14 @@
 //! - [`invoker`]: the one place an invocation is executed and recorded.
 //! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
 //! - [`registry`]: functions, versions, aliases; deploy logic.
+//! - [`billing`]: price tables and usage reports (exact decimals).
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
 //! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
 
 pub mod api;
 pub mod auth;
+pub mod billing;
 pub mod clock;
 pub mod error;
 pub mod invoker;

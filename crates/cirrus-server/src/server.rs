@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub scaler: ScalerSettings,
     pub payload: PayloadLimits,
     pub max_artifact_bytes: usize,
+    /// The price table usage reports are costed with.
+    pub prices: cirrus_api::usage::Prices,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// How often idle versions are looked for.
@@ -43,6 +45,7 @@ impl ServerConfig {
             scaler: ScalerSettings::default(),
             payload: PayloadLimits::default(),
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            prices: crate::billing::default_prices(),
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
         }
@@ -109,6 +112,7 @@ impl Server {
             record_store,
             token,
             max_artifact_bytes: config.max_artifact_bytes,
+            prices: config.prices.clone(),
             shutdown,
         });
         let server = Self {

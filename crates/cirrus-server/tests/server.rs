@@ -1172,3 +1172,106 @@ async fn on_demand_allocation_works_when_pooling_is_off() {
     assert_eq!(r.text().await.unwrap(), "fine");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn usage_reports_cost_exactly_and_keep_deleted_functions() {
+    use cirrus_api::usage::UsageReport;
+    use rust_decimal::Decimal;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    s.deploy("trap", "trap.wat", small(256, 5_000)).await;
+    for _ in 0..3 {
+        assert_eq!(s.invoke("echo", "x").await.status(), 200);
+    }
+    assert_eq!(s.call("/fn/trap").await.status(), 502);
+    let echo: Page<InvocationRecord> = s.get_json("/v1/functions/echo/invocations").await;
+    let trap: Page<InvocationRecord> = s.get_json("/v1/functions/trap/invocations").await;
+    assert_eq!(
+        s.send(Method::DELETE, "/v1/functions/trap").await.status(),
+        200
+    );
+
+    let report: UsageReport = s.get_json("/v1/usage").await;
+    assert_eq!(
+        report
+            .rows
+            .iter()
+            .map(|r| r.key.as_str())
+            .collect::<Vec<_>>(),
+        ["echo", "trap"]
+    );
+    let (e, t) = (&report.rows[0], &report.rows[1]);
+    assert_eq!((e.requests, e.errors, e.cold_starts), (3, 0, 1));
+    assert_eq!((t.requests, t.errors), (1, 1));
+    // GB-s and cost follow from the records, exactly.
+    let mib_ms = |p: &Page<InvocationRecord>| {
+        p.items
+            .iter()
+            .map(|r| r.billed_ms * r.memory_mb as u64)
+            .sum::<u64>()
+    };
+    let gbs = |mib_ms: u64| Decimal::from(mib_ms) / Decimal::from(1_024_000);
+    assert_eq!(e.gb_seconds, gbs(mib_ms(&echo)).normalize());
+    let price = |requests: u64, gb_s: Decimal| {
+        Decimal::new(2, 7) * Decimal::from(requests) + Decimal::new(166_667, 10) * gb_s
+    };
+    assert_eq!(e.cost, price(3, gbs(mib_ms(&echo))).normalize());
+    assert_eq!(report.total.requests, 4);
+    assert_eq!(
+        report.total_cost,
+        price(4, gbs(mib_ms(&echo) + mib_ms(&trap))).normalize()
+    );
+    assert_eq!(report.free_tier_discount, Decimal::ZERO);
+
+    let by_day: UsageReport = s
+        .get_json("/v1/usage?group_by=day&from=2023-11-01&to=2023-12-01")
+        .await;
+    assert_eq!(by_day.rows.len(), 1);
+    assert_eq!(by_day.rows[0].key, "2023-11-14", "the manual clock's day");
+    let empty: UsageReport = s.get_json("/v1/usage?from=2020-01-01&to=2020-02-01").await;
+    assert!(empty.rows.is_empty());
+    assert_eq!(empty.total_cost, Decimal::ZERO);
+
+    for (query, field) in [
+        ("group_by=week", "group_by"),
+        ("from=yesterday", "from"),
+        ("to=2023-13-45", "to"),
+        ("from=2024-01-01&to=2023-01-01", "must be before"),
+        ("bogus=1", "unknown field"),
+    ] {
+        let (status, code, message) =
+            error_of(s.send(Method::GET, &format!("/v1/usage?{query}")).await).await;
+        assert_eq!(
+            (status.as_u16(), code.as_str()),
+            (400, "bad_request"),
+            "{query}"
+        );
+        assert!(message.contains(field), "{query}: {message}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn free_tier_from_the_price_table_is_discounted() {
+    use cirrus_api::usage::UsageReport;
+    use rust_decimal::Decimal;
+    let dir = tempfile::tempdir().unwrap();
+    let prices = cirrus_server::billing::parse_prices(
+        "per_million_requests = 1000000\nper_gb_second = 0\n[free_tier]\nrequests = 2\ngb_seconds = 0\n",
+    )
+    .unwrap();
+    let s = start_with(dir.path(), |c| c.prices = prices).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    for _ in 0..5 {
+        s.invoke("echo", "x").await;
+    }
+    let report: UsageReport = s.get_json("/v1/usage").await;
+    // A dollar a request, two free.
+    assert_eq!(report.total.cost, Decimal::from(5));
+    assert_eq!(report.free_tier_discount, Decimal::from(2));
+    assert_eq!(report.total_cost, Decimal::from(3));
+    s.stop().await;
+}

@@ -3,6 +3,7 @@
 use crate::client::{self, Client, Target};
 use crate::output;
 use anyhow::{bail, Context as _};
+use cirrus_api::usage::{UsageReport, UsageRow};
 use cirrus_api::{
     AliasInfo, DeployResult, FunctionConfig, FunctionInfo, InvocationRecord, LogLine, Manifest,
     Page, Qualifier, VersionInfo,
@@ -55,6 +56,8 @@ enum Command {
     Alias(AliasCommand),
     /// Show a function's logs; -f follows new lines
     Logs(LogsArgs),
+    /// Usage and cost per function, hour or day
+    Usage(UsageArgs),
     /// List a function's recent invocations
     Invocations {
         name: String,
@@ -95,6 +98,9 @@ struct UpArgs {
     /// How long shutdown waits for in-flight requests
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Price table (TOML) for usage reports [default: AWS Lambda's x86 price]
+    #[arg(long)]
+    prices: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,6 +171,22 @@ enum AliasCommand {
     Rm { name: String, alias: String },
     /// List aliases
     Ls { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+struct UsageArgs {
+    /// Start (RFC 3339 or YYYY-MM-DD) [default: start of this month]
+    #[arg(long)]
+    from: Option<String>,
+    /// End, exclusive [default: now]
+    #[arg(long)]
+    to: Option<String>,
+    /// function, hour or day
+    #[arg(long, default_value = "function")]
+    group_by: String,
+    /// Print CSV instead of a table
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -263,6 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Alias(command) => alias(&client, command, json).await,
         Command::Logs(args) => logs(&client, args, json).await,
+        Command::Usage(args) => usage(&client, args, json).await,
         Command::Invocations { name, limit } => {
             let page: Page<InvocationRecord> = client
                 .json(client.request(
@@ -376,6 +399,9 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     config.payload.max_response_bytes = args.max_response_bytes;
     config.max_artifact_bytes = args.max_artifact_bytes;
     config.drain_timeout = args.drain_timeout;
+    if let Some(path) = &args.prices {
+        config.prices = cirrus_server::billing::load_prices(path)?;
+    }
     let server = Server::start(config, Arc::new(SystemClock)).await?;
     if let Some(manifest) = &manifest {
         for result in server.deploy_manifest(manifest).await? {
@@ -698,5 +724,66 @@ async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow::Result<()>
             print_log(&line, json)?;
         }
     }
+    Ok(())
+}
+
+async fn usage(client: &Client, args: UsageArgs, json: bool) -> anyhow::Result<()> {
+    let mut query = vec![("group_by", args.group_by.clone())];
+    query.extend(args.from.clone().map(|f| ("from", f)));
+    query.extend(args.to.clone().map(|t| ("to", t)));
+    let report: UsageReport = client
+        .json(client.request(Method::GET, "/v1/usage").query(&query))
+        .await?;
+    if json {
+        return output::json(&report);
+    }
+    let header = [
+        args.group_by.as_str(),
+        "requests",
+        "errors",
+        "cold_starts",
+        "billed_ms",
+        "gb_seconds",
+        "cpu_seconds",
+        "cost",
+    ];
+    let cells = |r: &UsageRow| {
+        vec![
+            r.key.clone(),
+            r.requests.to_string(),
+            r.errors.to_string(),
+            r.cold_starts.to_string(),
+            r.billed_ms.to_string(),
+            r.gb_seconds.to_string(),
+            r.cpu_seconds.to_string(),
+            r.cost.to_string(),
+        ]
+    };
+    if args.csv {
+        println!("{}", header.join(","));
+        for row in &report.rows {
+            println!(
+                "{}",
+                cells(row)
+                    .iter()
+                    .map(|c| output::csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        return Ok(());
+    }
+    let mut rows: Vec<Vec<String>> = report.rows.iter().map(cells).collect();
+    rows.push(cells(&report.total));
+    let upper: Vec<String> = header.iter().map(|h| h.to_uppercase()).collect();
+    output::table(&upper.iter().map(String::as_str).collect::<Vec<_>>(), rows);
+    println!(
+        "{} to {}: {} {} after a free-tier discount of {}",
+        report.from,
+        report.to,
+        report.total_cost,
+        report.prices.currency,
+        report.free_tier_discount
+    );
     Ok(())
 }

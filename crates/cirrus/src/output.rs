@@ -31,3 +31,12 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+/// One CSV field, quoted when it holds a comma, quote or line break.
+pub fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}

@@ -247,6 +247,28 @@ fn cli_manages_and_invokes_functions() {
     let invocations = up.cli_json(&["invocations", "echo"]);
     assert!(invocations["items"].as_array().unwrap().len() >= 4);
 
+    // Usage and cost, as CSV, a table and JSON.
+    let csv = up.cli_ok(&["usage", "--csv"]);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("function,requests,errors,cold_starts,billed_ms,gb_seconds,cpu_seconds,cost")
+    );
+    let echo_row = lines.next().unwrap();
+    assert!(echo_row.starts_with("echo,"), "{csv}");
+    let requests: u64 = echo_row.split(',').nth(1).unwrap().parse().unwrap();
+    assert!(requests >= 4, "{csv}");
+    let table = up.cli_ok(&["usage", "--group-by", "day"]);
+    assert!(
+        table.contains("TOTAL") || table.contains("total"),
+        "{table}"
+    );
+    assert!(table.contains("USD"), "{table}");
+    let report = up.cli_json(&["usage"]);
+    assert_eq!(report["prices"]["per_gb_second"], "0.0000166667");
+    let out = up.cli(&["usage", "--group-by", "week"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("group_by"));
+
     // Errors are clear and the exit status says so.
     let out = up.cli(&["invoke", "nope"]);
     assert!(!out.status.success());
@@ -360,4 +382,28 @@ fn python_component_built_by_componentize_py_runs() {
     assert!(up
         .curl(&[&format!("{}/fn/hello-py", up.url)])
         .starts_with("Hello from Cirrus (Python)!"));
+}
+
+#[test]
+fn a_malformed_price_table_stops_start_up_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "per_million_requests = \"0.20\"\nper_gb_second = \"lots\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--prices")
+        .arg(&prices)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("per_gb_second") && err.contains("lots"),
+        "{err}"
+    );
 }

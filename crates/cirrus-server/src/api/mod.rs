@@ -4,6 +4,7 @@
 mod functions;
 mod invoke;
 mod logs;
+mod usage;
 
 use crate::auth::is_authorized;
 use crate::error::{error_response, Failure};
@@ -36,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/functions/{name}/invoke"),
     ("GET", "/v1/functions/{name}/invocations"),
     ("GET", "/v1/functions/{name}/logs"),
+    ("GET", "/v1/usage"),
     ("ANY", "/fn/{target}"),
     ("ANY", "/fn/{target}/{path}"),
 ];
@@ -49,6 +51,7 @@ pub struct AppState {
     pub record_store: Arc<dyn RecordStore>,
     pub token: String,
     pub max_artifact_bytes: usize,
+    pub prices: cirrus_api::usage::Prices,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -76,6 +79,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/invoke", post(invoke::invoke_api))
         .route("/v1/functions/{name}/invocations", get(logs::invocations))
         .route("/v1/functions/{name}/logs", get(logs::logs))
+        .route("/v1/usage", get(usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/health", get(health))

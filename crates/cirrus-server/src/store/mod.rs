@@ -44,6 +44,21 @@ pub trait ArtifactStore: Send + Sync + 'static {
     fn path(&self, sha256: &str) -> PathBuf;
 }
 
+/// Usage of one function in one hour (UTC), summed by the store in integers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyUsage {
+    pub function: String,
+    /// `YYYY-MM-DDTHH`
+    pub hour: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub cold_starts: u64,
+    pub billed_ms: u64,
+    /// Billed milliseconds × configured MiB, summed: GB-seconds × 1,024,000.
+    pub mib_ms: u64,
+    pub cpu_us: u64,
+}
+
 /// Invocation records and logs. Written in batches by the record writer, never on a
 /// request path; read by the management API.
 pub trait RecordStore: Send + Sync + 'static {
@@ -63,4 +78,7 @@ pub trait RecordStore: Send + Sync + 'static {
         request_id: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<LogLine>>;
+    /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,
+    /// UTC, milliseconds), including functions since deleted.
+    fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>>;
 }

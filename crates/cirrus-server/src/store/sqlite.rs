@@ -1,4 +1,4 @@
-use super::{FunctionStore, RecordStore, StoreResult, StoredFunction};
+use super::{FunctionStore, HourlyUsage, RecordStore, StoreResult, StoredFunction};
 use anyhow::Context as _;
 use cirrus_api::{FunctionConfig, InvocationRecord, LogLine, Outcome, Page, Trigger, VersionInfo};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -354,5 +354,28 @@ impl RecordStore for SqliteStore {
         let mut lines = rows.collect::<Result<Vec<_>, _>>()?;
         lines.reverse();
         Ok(lines)
+    }
+
+    fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>> {
+        let conn = lock(&self.records);
+        let mut stmt = conn.prepare_cached(
+            "SELECT function, substr(started_at, 1, 13) AS hour, count(*), sum(outcome = 'error'),
+             sum(cold_start), sum(billed_ms), sum(billed_ms * memory_mb), sum(cpu_us)
+             FROM invocations WHERE started_at >= ?1 AND started_at < ?2
+             GROUP BY function, hour ORDER BY hour, function",
+        )?;
+        let rows = stmt.query_map(params![from, to], |row| {
+            Ok(HourlyUsage {
+                function: row.get(0)?,
+                hour: row.get(1)?,
+                requests: row.get(2)?,
+                errors: row.get(3)?,
+                cold_starts: row.get(4)?,
+                billed_ms: row.get(5)?,
+                mib_ms: row.get(6)?,
+                cpu_us: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
