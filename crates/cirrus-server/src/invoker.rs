@@ -53,6 +53,7 @@ pub struct Invoker {
     pub records: RecordSink,
     pub clock: Arc<dyn Clock>,
     pub limits: PayloadLimits,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What was measured of an invocation, besides its duration.
@@ -133,7 +134,11 @@ impl Invoker {
             ));
         }
         // Admission first: buffered request bodies are then bounded by the caps too.
-        let _admission = self.scaler.admit(&version).await?;
+        let _admission = self.scaler.admit(&version).await.inspect_err(|e| {
+            if e.code == ErrorCode::Throttled {
+                self.metrics.throttled(&version.function);
+            }
+        })?;
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.limits.max_request_bytes)
             .await
@@ -260,6 +265,7 @@ impl Invoker {
             status,
             "invoked"
         );
+        self.metrics.observe(&record);
         self.records.record(record, logs).await;
     }
 }

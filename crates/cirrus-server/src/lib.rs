@@ -6,6 +6,7 @@
 //! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
 //! - [`registry`]: functions, versions, aliases; deploy logic.
 //! - [`billing`]: price tables and usage reports (exact decimals).
+//! - [`metrics`]: Prometheus metrics.
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
 //! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
@@ -16,6 +17,7 @@ pub mod billing;
 pub mod clock;
 pub mod error;
 pub mod invoker;
+pub mod metrics;
 pub mod records;
 pub mod registry;
 pub mod scaler;

@@ -102,6 +102,7 @@ impl Server {
             records: records.clone(),
             clock: clock.clone(),
             limits: config.payload.clone(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {

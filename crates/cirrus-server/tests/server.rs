@@ -1275,3 +1275,115 @@ async fn free_tier_from_the_price_table_is_discounted() {
     assert_eq!(report.total_cost, Decimal::from(3));
     s.stop().await;
 }
+
+/// `name{labels} value` lines of an OpenMetrics exposition whose name starts with `metric`.
+fn samples(text: &str, metric: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.starts_with(metric))
+        .map(|(series, value)| (series.to_owned(), value.parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_declared_metric_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| {
+        c.scaler = ScalerSettings {
+            global_concurrency: 64,
+            queue_depth: 0,
+            queue_timeout: Duration::from_millis(10),
+        }
+    })
+    .await;
+    let scrape = || async {
+        let r = s.send(Method::GET, "/metrics").await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"));
+        r.text().await.unwrap()
+    };
+    let before = scrape().await;
+    assert!(before.trim_end().ends_with("# EOF"));
+    assert_eq!(
+        s.http
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    s.deploy("trap", "trap.wat", FunctionConfig::default())
+        .await;
+    let capped = FunctionConfig {
+        max_concurrency: Some(1),
+        ..Default::default()
+    };
+    s.deploy("sleepy", "sleep.wat", capped).await;
+    s.invoke("echo", "a").await;
+    s.invoke("echo", "b").await;
+    s.call("/fn/trap").await;
+    // While one sleepy call runs: it is in flight, and a second is throttled.
+    let (running, during) = tokio::join!(s.call("/fn/sleepy"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let throttled = s.call("/fn/sleepy").await.status();
+        (throttled, scrape().await)
+    });
+    assert_eq!(running.status(), 200);
+    assert_eq!(during.0, 429);
+    let in_flight = samples(&during.1, "cirrus_in_flight");
+    assert_eq!(
+        in_flight,
+        vec![("cirrus_in_flight".to_owned(), 1.0)],
+        "{}",
+        during.1
+    );
+
+    let after = scrape().await;
+    for name in cirrus_server::metrics::NAMES {
+        if *name == "cirrus_in_flight" {
+            continue; // proved above, while a call ran
+        }
+        let moved = samples(&after, name).iter().any(|(_, v)| *v > 0.0)
+            && samples(&before, name)
+                .iter()
+                .all(|(_, v)| *v == 0.0 || name.contains("resident"));
+        assert!(moved, "{name} did not move:\n{after}");
+    }
+    let count = |series: &str| samples(&after, series).first().map(|(_, v)| *v);
+    assert_eq!(
+        count("cirrus_invocations_total{function=\"echo\",outcome=\"success\",start=\"cold\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("cirrus_invocations_total{function=\"echo\",outcome=\"success\",start=\"warm\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(
+            "cirrus_invocations_total{function=\"trap\",outcome=\"function_error\",start=\"cold\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("cirrus_throttled_total{function=\"sleepy\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("cirrus_invocation_duration_seconds_count{function=\"echo\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        count("cirrus_cold_start_seconds_count{function=\"echo\"}"),
+        Some(1.0)
+    );
+    assert_eq!(count("cirrus_loaded_versions"), Some(3.0));
+    s.stop().await;
+}

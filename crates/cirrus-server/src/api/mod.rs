@@ -15,7 +15,7 @@ use crate::scaler::Scaler;
 use crate::store::RecordStore;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::Router;
 use cirrus_api::{ApiError, ErrorCode};
@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/functions/{name}/invocations"),
     ("GET", "/v1/functions/{name}/logs"),
     ("GET", "/v1/usage"),
+    ("GET", "/metrics"),
     ("ANY", "/fn/{target}"),
     ("ANY", "/fn/{target}/{path}"),
 ];
@@ -80,6 +81,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/invocations", get(logs::invocations))
         .route("/v1/functions/{name}/logs", get(logs::logs))
         .route("/v1/usage", get(usage::usage))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/health", get(health))
@@ -95,6 +97,21 @@ pub fn router(state: AppStateRef) -> Router {
 
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(state): State<AppStateRef>) -> Response {
+    let text = state
+        .invoker
+        .metrics
+        .render(state.scaler.in_flight(), state.scaler.loaded_count());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn require_token(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {

@@ -1,0 +1,201 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text). Families are updated where
+//! the thing happens (the invoker); gauges of current state are read at scrape time.
+
+use cirrus_api::{InvocationRecord, Outcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Every metric name Cirrus exports (without the `_total`/`_bucket` suffixes the format
+/// adds); a test proves each moves.
+pub const NAMES: &[&str] = &[
+    "cirrus_invocations",
+    "cirrus_invocation_duration_seconds",
+    "cirrus_cold_start_seconds",
+    "cirrus_invocation_cpu_seconds",
+    "cirrus_invocation_peak_memory_bytes",
+    "cirrus_throttled",
+    "cirrus_in_flight",
+    "cirrus_loaded_versions",
+    "cirrus_process_resident_memory_bytes",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    function: String,
+    outcome: String,
+    start: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: String,
+}
+
+type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<InvocationLabels, Counter>,
+    duration: HistogramFamily,
+    cold_start: HistogramFamily,
+    cpu: Family<FunctionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    peak_memory: HistogramFamily,
+    throttled: Family<FunctionLabels, Counter>,
+    in_flight: Gauge,
+    loaded: Gauge,
+    resident: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+/// 50 µs to ~26 s, doubling.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// 64 KiB to 4 GiB, quadrupling.
+fn bytes_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(65_536.0, 4.0, 9))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let invocations = Family::<InvocationLabels, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(seconds_histogram);
+        let cold_start: HistogramFamily = Family::new_with_constructor(seconds_histogram);
+        let cpu = Family::<FunctionLabels, Counter<f64, AtomicU64>>::default();
+        let peak_memory: HistogramFamily = Family::new_with_constructor(bytes_histogram);
+        let throttled = Family::<FunctionLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        let loaded = Gauge::default();
+        let resident = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "cirrus_invocations",
+            "Invocations by function, outcome and cold/warm start",
+            invocations.clone(),
+        );
+        registry.register(
+            "cirrus_invocation_duration_seconds",
+            "Wall time of invocations (instantiation and run)",
+            duration.clone(),
+        );
+        registry.register(
+            "cirrus_cold_start_seconds",
+            "Time spent loading a version on cold starts",
+            cold_start.clone(),
+        );
+        registry.register(
+            "cirrus_invocation_cpu_seconds",
+            "CPU time spent by invocations",
+            cpu.clone(),
+        );
+        registry.register(
+            "cirrus_invocation_peak_memory_bytes",
+            "Peak linear memory of invocations",
+            peak_memory.clone(),
+        );
+        registry.register(
+            "cirrus_throttled",
+            "Requests refused with 429 by a concurrency cap",
+            throttled.clone(),
+        );
+        registry.register(
+            "cirrus_in_flight",
+            "Invocations running now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "cirrus_loaded_versions",
+            "Function versions loaded (warm) now",
+            loaded.clone(),
+        );
+        registry.register(
+            "cirrus_process_resident_memory_bytes",
+            "Resident memory of the server process",
+            resident.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            duration,
+            cold_start,
+            cpu,
+            peak_memory,
+            throttled,
+            in_flight,
+            loaded,
+            resident,
+        }
+    }
+
+    /// Called once per recorded invocation.
+    pub fn observe(&self, r: &InvocationRecord) {
+        let function = FunctionLabels {
+            function: r.function.clone(),
+        };
+        self.invocations
+            .get_or_create(&InvocationLabels {
+                function: r.function.clone(),
+                outcome: match r.outcome {
+                    Outcome::Success => "success".into(),
+                    Outcome::Error => r.error_code.clone().unwrap_or_else(|| "error".into()),
+                },
+                start: if r.cold_start { "cold" } else { "warm" }.into(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&function)
+            .observe(r.duration_ms / 1000.0);
+        if let Some(init) = r.init_ms {
+            self.cold_start
+                .get_or_create(&function)
+                .observe(init / 1000.0);
+        }
+        self.cpu.get_or_create(&function).inc_by(r.cpu_ms / 1000.0);
+        self.peak_memory
+            .get_or_create(&function)
+            .observe(r.peak_memory_bytes as f64);
+    }
+
+    pub fn throttled(&self, function: &str) {
+        self.throttled
+            .get_or_create(&FunctionLabels {
+                function: function.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The exposition, with current-state gauges refreshed first.
+    pub fn render(&self, in_flight: usize, loaded: usize) -> String {
+        self.in_flight.set(in_flight as i64);
+        self.loaded.set(loaded as i64);
+        self.resident.set(resident_bytes());
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Resident set size from /proc (0 where that is not available).
+fn resident_bytes() -> i64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i64>().ok())
+        })
+        .unwrap_or(0);
+    pages * 4096
+}
