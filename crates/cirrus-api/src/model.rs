@@ -129,6 +129,10 @@ pub struct InvocationRecord {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub cold_start: bool,
+    /// W3C trace this invocation belongs to, and the caller's span in it (if it sent a
+    /// `traceparent`).
+    pub trace_id: String,
+    pub parent_span_id: Option<String>,
     pub outcome: Outcome,
     /// HTTP status the caller received.
     pub status: u16,

@@ -6,6 +6,7 @@ use crate::error::error_response;
 use crate::records::RecordSink;
 use crate::registry::Registry;
 use crate::scaler::Scaler;
+use crate::trace::TraceContext;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, Response};
 use bytes::Bytes;
@@ -69,6 +70,7 @@ struct Measured {
 /// What every invocation answer carries, error or not.
 struct Meta {
     request_id: String,
+    trace: TraceContext,
     cold: bool,
     /// Whether the guest ran at all; only then is anything billed.
     ran: bool,
@@ -99,16 +101,33 @@ impl Invoker {
 
     async fn invoke_here(&self, call: Call) -> Response<Body> {
         let request_id = uuid::Uuid::now_v7().to_string();
-        let span =
-            tracing::info_span!("invoke", request_id = %request_id, function = %call.function);
+        let trace = TraceContext::from_header(
+            call.request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let span = tracing::info_span!(
+            "invoke",
+            request_id = %request_id,
+            function = %call.function,
+            trace_id = %trace.trace_id,
+            version = tracing::field::Empty,
+            cold = tracing::field::Empty,
+        );
         let mut meta = Meta {
             request_id,
             cold: false,
             ran: false,
             duration: Duration::ZERO,
             version: None,
+            trace,
         };
-        let result = self.run(call, &mut meta).instrument(span).await;
+        let result = self.run(call, &mut meta).instrument(span.clone()).await;
+        if let Some(version) = meta.version {
+            span.record("version", version);
+        }
+        span.record("cold", meta.cold);
         let mut response = match result {
             Ok(response) => response.map(Body::from),
             Err(error) => error_response(error),
@@ -177,6 +196,11 @@ impl Invoker {
         };
         meta.cold = ready.init.is_some();
 
+        let mut request = request;
+        // The guest's outgoing calls are children of this invocation's span.
+        if let Ok(value) = HeaderValue::from_str(&meta.trace.traceparent()) {
+            request.headers_mut().insert("traceparent", value);
+        }
         let env = guest_env(&version, &meta.request_id, trigger, &request);
         let invocation = Invocation {
             request,
@@ -253,6 +277,8 @@ impl Invoker {
             request_bytes: usage.request_bytes,
             response_bytes: result.as_ref().map_or(0, |r| r.body().len() as u64),
             cold_start: meta.cold,
+            trace_id: meta.trace.trace_id.clone(),
+            parent_span_id: meta.trace.parent_id.clone(),
             outcome,
             status,
             error_code,
@@ -287,6 +313,7 @@ fn stamp(headers: &mut HeaderMap, meta: &Meta) {
         }
     };
     set("cirrus-request-id", meta.request_id.clone());
+    set("cirrus-trace-id", meta.trace.trace_id.clone());
     set("cirrus-cold-start", meta.cold.to_string());
     set(
         "cirrus-duration-ms",

@@ -9,6 +9,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
 //! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
+//! - [`trace`]: W3C trace context.
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod registry;
 pub mod scaler;
 pub mod server;
 pub mod store;
+pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use server::{Server, ServerConfig};

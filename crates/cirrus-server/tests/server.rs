@@ -1387,3 +1387,45 @@ async fn every_declared_metric_moves() {
     assert_eq!(count("cirrus_loaded_versions"), Some(3.0));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn traceparent_is_continued_into_the_guest_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("env", "env.wat", FunctionConfig::default()).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = s
+        .http
+        .get(format!("{}/fn/env", s.url))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cirrus-trace-id"], trace);
+    let id = r.headers()["cirrus-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let env = r.text().await.unwrap();
+    let passed = env
+        .lines()
+        .find_map(|l| l.strip_prefix("HTTP_TRACEPARENT="))
+        .expect("guest got a traceparent");
+    let parts: Vec<&str> = passed.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace, "01"));
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "the guest's parent is this invocation"
+    );
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/env/invocations").await;
+    let rec = page.items.iter().find(|r| r.request_id == id).unwrap();
+    assert_eq!(rec.trace_id, trace);
+    assert_eq!(rec.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+
+    // Without one, a new trace starts.
+    let r = s.call("/fn/env").await;
+    let fresh = r.headers()["cirrus-trace-id"].to_str().unwrap().to_owned();
+    assert_eq!(fresh.len(), 32);
+    assert_ne!(fresh, trace);
+    s.stop().await;
+}

@@ -101,6 +101,15 @@ struct UpArgs {
     /// Price table (TOML) for usage reports [default: AWS Lambda's x86 price]
     #[arg(long)]
     prices: Option<PathBuf>,
+    /// Server log format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -379,14 +388,22 @@ fn print_function(f: &FunctionInfo) {
 }
 
 async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,cirrus_server=info,cirrus=info")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,cirrus_server=info,cirrus=info")
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        // One JSON object per line, with the fields of the enclosing span (request id,
+        // function, trace id) for log shippers.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => logs.init(),
+    }
     let manifest = args.app.as_deref().map(Manifest::load).transpose()?;
     let mut config = ServerConfig::new(&target.data_dir);
     config.pooling = !args.no_pooling;

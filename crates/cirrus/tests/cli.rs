@@ -30,7 +30,7 @@ impl Up {
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,cirrus_server=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -406,4 +406,29 @@ fn a_malformed_price_table_stops_start_up_naming_the_field() {
         err.contains("per_gb_second") && err.contains("lots"),
         "{err}"
     );
+}
+
+#[test]
+fn server_logs_can_be_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &["--log-format", "json"]);
+    up.cli_ok(&[
+        "deploy",
+        "echo",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    let pid = up.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    up.child.wait().unwrap();
+    let lines: Vec<String> = up.stderr.try_iter().collect();
+    let json: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let deployed = json
+        .iter()
+        .find(|v| v["fields"]["message"] == "deployed")
+        .unwrap_or_else(|| panic!("no JSON 'deployed' event in {lines:#?}"));
+    assert_eq!(deployed["fields"]["function"], "echo");
+    assert_eq!(deployed["level"], "INFO");
 }

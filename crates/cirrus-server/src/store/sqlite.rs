@@ -57,6 +57,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
         "response_bytes",
         "INTEGER NOT NULL DEFAULT 0",
     ),
+    ("invocations", "trace_id", "TEXT NOT NULL DEFAULT ''"),
+    ("invocations", "parent_span_id", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -204,8 +206,8 @@ impl RecordStore for SqliteStore {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
                                   billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
-                 error_message, cpu_us, request_bytes, response_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",)?;
+                                  error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",)?;
             for r in records {
                 insert.execute(params![
                     r.request_id,
@@ -228,7 +230,9 @@ impl RecordStore for SqliteStore {
                     r.error_message,
                     (r.cpu_ms * 1000.0).round() as i64,
                     r.request_bytes,
-                    r.response_bytes
+                    r.response_bytes,
+                    r.trace_id,
+                    r.parent_span_id
                 ])?;
             }
             let mut insert = tx.prepare_cached(
@@ -263,7 +267,7 @@ impl RecordStore for SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms, init_ms,
                           memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message,
-             cpu_us, request_bytes, response_bytes
+                          cpu_us, request_bytes, response_bytes, trace_id, parent_span_id
              FROM invocations WHERE function = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
         )?;
         let mut last_seq = None;
@@ -299,6 +303,8 @@ impl RecordStore for SqliteStore {
                     cpu_ms: row.get::<_, i64>(16)? as f64 / 1000.0,
                     request_bytes: row.get(17)?,
                     response_bytes: row.get(18)?,
+                    trace_id: row.get(19)?,
+                    parent_span_id: row.get(20)?,
                 },
             ))
         })?;

@@ -1,0 +1,106 @@
+//! W3C Trace Context (`traceparent`): continue a caller's trace or start one, and hand
+//! the guest a `traceparent` naming this invocation as the parent of what it calls.
+
+use rand::RngCore as _;
+
+/// The trace position of one invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits, shared by every span of the trace.
+    pub trace_id: String,
+    /// The caller's span, when the request carried a valid `traceparent`.
+    pub parent_id: Option<String>,
+    /// This invocation's own span: 16 lowercase hex digits.
+    pub span_id: String,
+    /// Trace flags (`01` = sampled).
+    pub flags: String,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+impl TraceContext {
+    /// Continues the trace of a valid `traceparent` header, or starts a new one.
+    /// Invalid headers are ignored, as the specification asks.
+    pub fn from_header(traceparent: Option<&str>) -> Self {
+        let parsed = traceparent.and_then(|value| {
+            let mut parts = value.trim().split('-');
+            let (version, trace, parent, flags) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            let valid = is_hex(version, 2)
+                && version != "ff"
+                && is_hex(trace, 32)
+                && trace.bytes().any(|b| b != b'0')
+                && is_hex(parent, 16)
+                && parent.bytes().any(|b| b != b'0')
+                && is_hex(flags, 2)
+                && (version != "00" || parts.next().is_none());
+            valid.then(|| (trace.to_owned(), parent.to_owned(), flags.to_owned()))
+        });
+        let span_id = random_hex(8);
+        match parsed {
+            Some((trace_id, parent_id, flags)) => Self {
+                trace_id,
+                parent_id: Some(parent_id),
+                span_id,
+                flags,
+            },
+            None => Self {
+                trace_id: random_hex(16),
+                parent_id: None,
+                span_id,
+                flags: "01".into(),
+            },
+        }
+    }
+
+    /// The header the guest receives: this invocation is the parent of its calls.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_trace() {
+        let t = TraceContext::from_header(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(t.span_id.len(), 16);
+        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(
+            t.traceparent(),
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", t.span_id)
+        );
+    }
+
+    #[test]
+    fn starts_a_new_trace_for_missing_or_invalid_headers() {
+        for bad in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"),
+        ] {
+            let t = TraceContext::from_header(bad);
+            assert!(t.parent_id.is_none(), "{bad:?}");
+            assert!(is_hex(&t.trace_id, 32), "{bad:?}");
+            assert_eq!(t.flags, "01");
+        }
+    }
+}
