@@ -257,3 +257,20 @@ mod tests {
         assert!(Qualifier::parse("99999999999").is_err());
     }
 }
+
+/// Live state of the server (`GET /v1/status`), for dashboards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub in_flight: usize,
+    pub loaded_versions: usize,
+    pub pooling_allocator: bool,
+    pub functions: Vec<FunctionStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionStatus {
+    pub name: String,
+    /// Versions loaded now (warm); empty means scaled to zero.
+    pub loaded: Vec<u32>,
+    pub in_flight: usize,
+}

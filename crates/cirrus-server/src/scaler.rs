@@ -302,6 +302,22 @@ impl Scaler {
         lock(&self.functions).retain(|(f, _), _| f != function);
     }
 
+    /// Per function: loaded versions (sorted) and invocations in flight.
+    pub fn function_states(&self) -> HashMap<String, (Vec<u32>, usize)> {
+        let mut states: HashMap<String, (Vec<u32>, usize)> = HashMap::new();
+        for ((function, version, _), slot) in lock(&self.slots).iter() {
+            let state = states.entry(function.clone()).or_default();
+            if slot.loaded.initialized() {
+                state.0.push(*version);
+            }
+            state.1 += slot.in_flight.load(Ordering::SeqCst);
+        }
+        for state in states.values_mut() {
+            state.0.sort_unstable();
+        }
+        states
+    }
+
     pub fn is_loaded(&self, function: &str, version: u32) -> bool {
         lock(&self.slots)
             .iter()

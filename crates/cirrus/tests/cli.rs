@@ -432,3 +432,277 @@ fn server_logs_can_be_json_lines() {
     assert_eq!(deployed["fields"]["function"], "echo");
     assert_eq!(deployed["level"], "INFO");
 }
+
+/// A minimal W3C WebDriver client over chromedriver, enough to log in, wait and screenshot.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    driver: Child,
+}
+
+impl Browser {
+    async fn start() -> (Browser, String) {
+        assert!(
+            Path::new("/usr/bin/chromedriver").exists(),
+            "chromedriver is missing: apt-get install chromium chromium-driver (scripts/test does it)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let browser = Browser {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+            driver,
+        };
+        let profile = tempfile::tempdir().unwrap().keep();
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-quic", "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let mut session = None;
+        for _ in 0..100 {
+            if let Ok(r) = browser
+                .http
+                .post(format!("{}/session", browser.base))
+                .json(&capabilities)
+                .send()
+                .await
+            {
+                let v: serde_json::Value = r.json().await.unwrap();
+                session = Some(
+                    v["value"]["sessionId"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("no session: {v}"))
+                        .to_owned(),
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (browser, session.expect("chromedriver answers"))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let r = request.send().await.unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["value"]["error"].is_null(), "webdriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn element(&self, session: &str, css: &str) -> String {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/session/{session}/element"),
+                serde_json::json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        v.as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Polls a script until it returns true (the page refreshes itself every 2 s).
+    async fn wait_for(&self, session: &str, script: &str, what: &str) {
+        for _ in 0..100 {
+            let v = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/session/{session}/execute/sync"),
+                    serde_json::json!({"script": script, "args": []}),
+                )
+                .await;
+            if v == serde_json::Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test]
+async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
+    use base64::Engine as _;
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = repo("examples/cirrus.toml");
+    let up = Up::start(dir.path(), &["--app", manifest.to_str().unwrap()]);
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (browser, session) = Browser::start().await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/url"),
+            serde_json::json!({"url": format!("{}/ui", up.url)}),
+        )
+        .await;
+
+    // A wrong token is refused, the right one signs in.
+    let input = browser.element(&session, "#token").await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/element/{input}/value"),
+            serde_json::json!({"text": "wrong"}),
+        )
+        .await;
+    let button = browser.element(&session, "#login-button").await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/element/{button}/click"),
+            serde_json::json!({}),
+        )
+        .await;
+    browser
+        .wait_for(
+            &session,
+            "return document.getElementById('login-error').textContent.includes('refused')",
+            "the refusal",
+        )
+        .await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/element/{input}/clear"),
+            serde_json::json!({}),
+        )
+        .await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/element/{input}/value"),
+            serde_json::json!({"text": token}),
+        )
+        .await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/element/{button}/click"),
+            serde_json::json!({}),
+        )
+        .await;
+    browser
+        .wait_for(
+            &session,
+            "return !document.getElementById('app').hidden",
+            "sign-in",
+        )
+        .await;
+
+    // Invoke after signing in: the live page picks it up without a reload.
+    assert_eq!(
+        up.curl(&[&format!("{}/fn/hello", up.url)]),
+        "Hello from Cirrus (C)!\n"
+    );
+    browser
+        .wait_for(
+            &session,
+            "const row = document.getElementById('fn-hello'); return !!row && row.textContent.includes('loaded v1');",
+            "the function row showing hello loaded",
+        )
+        .await;
+    browser
+        .wait_for(
+            &session,
+            "return document.querySelectorAll('#chart rect.bar').length > 0",
+            "a bar in the usage chart",
+        )
+        .await;
+    let row = browser.element(&session, "#fn-hello").await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/element/{row}/click"),
+            serde_json::json!({}),
+        )
+        .await;
+    browser
+        .wait_for(
+            &session,
+            "const rows = document.querySelectorAll('#invocations tr.invocation'); return rows.length > 0 && rows[0].textContent.includes('cold');",
+            "hello's invocation listed as a cold start",
+        )
+        .await;
+    let first = browser
+        .element(&session, "#invocations tr.invocation")
+        .await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/session/{session}/element/{first}/click"),
+            serde_json::json!({}),
+        )
+        .await;
+    browser
+        .wait_for(
+            &session,
+            "return document.getElementById('logs').textContent.includes('hello-c: handled')",
+            "the invocation's logs",
+        )
+        .await;
+
+    let png = browser
+        .call(
+            Method::GET,
+            &format!("/session/{session}/screenshot"),
+            serde_json::Value::Null,
+        )
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(png.as_str().unwrap())
+        .unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "a real screenshot"
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&shot, &png).unwrap();
+    eprintln!("dashboard screenshot: {}", shot.display());
+    browser
+        .call(
+            Method::DELETE,
+            &format!("/session/{session}"),
+            serde_json::Value::Null,
+        )
+        .await;
+}

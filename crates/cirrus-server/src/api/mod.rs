@@ -26,6 +26,7 @@ use tokio::sync::watch;
 /// exactly these (a test checks both directions).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/ui"),
     ("GET", "/v1/functions"),
     ("GET", "/v1/functions/{name}"),
     ("PUT", "/v1/functions/{name}"),
@@ -38,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/functions/{name}/invocations"),
     ("GET", "/v1/functions/{name}/logs"),
     ("GET", "/v1/usage"),
+    ("GET", "/v1/status"),
     ("GET", "/metrics"),
     ("ANY", "/fn/{target}"),
     ("ANY", "/fn/{target}/{path}"),
@@ -81,10 +83,14 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/invocations", get(logs::invocations))
         .route("/v1/functions/{name}/logs", get(logs::logs))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/health", get(health))
+        // The page is static and holds no data; it asks for the admin token and every
+        // API call it makes carries it.
+        .route("/ui", get(dashboard))
         .merge(management)
         .route("/fn/{target}", any(invoke::http_trigger))
         .route("/fn/{target}/{*path}", any(invoke::http_trigger))
@@ -95,8 +101,45 @@ pub fn router(state: AppStateRef) -> Router {
         .with_state(state)
 }
 
+/// The dashboard: one static page, embedded in the binary.
+const DASHBOARD: &str = include_str!("../../ui/index.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn status(State(state): State<AppStateRef>) -> axum::Json<cirrus_api::ServerStatus> {
+    let mut live = state.scaler.function_states();
+    let functions = state
+        .registry
+        .list()
+        .into_iter()
+        .map(|f| {
+            let (loaded, in_flight) = live.remove(&f.name).unwrap_or_default();
+            cirrus_api::FunctionStatus {
+                name: f.name,
+                loaded,
+                in_flight,
+            }
+        })
+        .collect();
+    axum::Json(cirrus_api::ServerStatus {
+        in_flight: state.scaler.in_flight(),
+        loaded_versions: state.scaler.loaded_count(),
+        pooling_allocator: state.scaler.runtime().pooling(),
+        functions,
+    })
 }
 
 async fn metrics(State(state): State<AppStateRef>) -> Response {
