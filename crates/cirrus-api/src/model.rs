@@ -132,6 +132,8 @@ pub struct InvocationRecord {
     /// W3C trace this invocation belongs to, and the caller's span in it (if it sent a
     /// `traceparent`).
     pub trace_id: String,
+    /// This invocation's own span in the trace (the parent of what the guest calls).
+    pub span_id: String,
     pub parent_span_id: Option<String>,
     pub outcome: Outcome,
     /// HTTP status the caller received.

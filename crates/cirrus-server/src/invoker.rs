@@ -55,6 +55,8 @@ pub struct Invoker {
     pub clock: Arc<dyn Clock>,
     pub limits: PayloadLimits,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where spans go, when an OTLP endpoint is configured.
+    pub otlp: Option<crate::otlp::OtlpSink>,
 }
 
 /// What was measured of an invocation, besides its duration.
@@ -279,6 +281,7 @@ impl Invoker {
             cold_start: meta.cold,
             trace_id: meta.trace.trace_id.clone(),
             parent_span_id: meta.trace.parent_id.clone(),
+            span_id: meta.trace.span_id.clone(),
             outcome,
             status,
             error_code,
@@ -292,6 +295,9 @@ impl Invoker {
             "invoked"
         );
         self.metrics.observe(&record);
+        if let Some(otlp) = &self.otlp {
+            otlp.export(&record);
+        }
         self.records.record(record, logs).await;
     }
 }

@@ -9,7 +9,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
 //! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
-//! - [`trace`]: W3C trace context.
+//! - [`trace`]: W3C trace context; [`otlp`]: optional span export.
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
 
 pub mod api;
@@ -19,6 +19,7 @@ pub mod clock;
 pub mod error;
 pub mod invoker;
 pub mod metrics;
+pub mod otlp;
 pub mod records;
 pub mod registry;
 pub mod scaler;

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub scaler: ScalerSettings,
     pub payload: PayloadLimits,
     pub max_artifact_bytes: usize,
+    /// An OpenTelemetry collector (OTLP/HTTP) to send a span per invocation to.
+    pub otlp_endpoint: Option<String>,
     /// The price table usage reports are costed with.
     pub prices: cirrus_api::usage::Prices,
     /// How long shutdown waits for in-flight requests.
@@ -46,6 +48,7 @@ impl ServerConfig {
             payload: PayloadLimits::default(),
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             prices: crate::billing::default_prices(),
+            otlp_endpoint: None,
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
         }
@@ -103,6 +106,11 @@ impl Server {
             clock: clock.clone(),
             limits: config.payload.clone(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            otlp: config
+                .otlp_endpoint
+                .as_deref()
+                .map(crate::otlp::OtlpSink::start)
+                .transpose()?,
         });
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {

@@ -1429,3 +1429,96 @@ async fn traceparent_is_continued_into_the_guest_and_recorded() {
     assert_ne!(fresh, trace);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn spans_are_exported_to_an_otlp_collector() {
+    // A collector endpoint that keeps what it receives.
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let got_tx = got_tx.clone();
+            async move {
+                let content_type = headers["content-type"].to_str().unwrap().to_owned();
+                got_tx
+                    .send((content_type, serde_json::from_str(&body).unwrap()))
+                    .unwrap();
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| c.otlp_endpoint = Some(endpoint)).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    s.deploy("trap", "trap.wat", FunctionConfig::default())
+        .await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let r = s
+        .http
+        .post(format!("{}/fn/echo", s.url))
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["cirrus-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    s.call("/fn/trap").await;
+
+    let mut spans = Vec::new();
+    while spans.len() < 2 {
+        let (content_type, doc) = tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(content_type, "application/json");
+        let resource = &doc["resourceSpans"][0];
+        assert_eq!(
+            resource["resource"]["attributes"][0]["value"]["stringValue"],
+            "cirrus"
+        );
+        spans.extend(
+            resource["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned(),
+        );
+    }
+    let attr = |span: &serde_json::Value, key: &str| {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+    };
+    let echo = spans.iter().find(|s| s["name"] == "invoke echo").unwrap();
+    assert_eq!(echo["traceId"], trace);
+    assert_eq!(echo["parentSpanId"], "b7ad6b7169203331");
+    assert_eq!(echo["spanId"].as_str().unwrap().len(), 16);
+    assert_eq!(echo["status"]["code"], 1);
+    assert_eq!(
+        attr(echo, "faas.invocation_id").unwrap()["stringValue"],
+        id.as_str()
+    );
+    assert_eq!(attr(echo, "faas.coldstart").unwrap()["boolValue"], true);
+    let start: u128 = echo["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    let end: u128 = echo["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert!(end > start && start > 1_600_000_000_000_000_000);
+    let trap = spans.iter().find(|s| s["name"] == "invoke trap").unwrap();
+    assert_eq!(trap["status"]["code"], 2);
+    assert_eq!(
+        attr(trap, "error.type").unwrap()["stringValue"],
+        "function_error"
+    );
+    assert!(trap.get("parentSpanId").is_none());
+    s.stop().await;
+}

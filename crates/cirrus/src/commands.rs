@@ -101,6 +101,10 @@ struct UpArgs {
     /// Price table (TOML) for usage reports [default: AWS Lambda's x86 price]
     #[arg(long)]
     prices: Option<PathBuf>,
+    /// OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318) to send a span
+    /// per invocation to
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Server log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -416,6 +420,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     config.payload.max_response_bytes = args.max_response_bytes;
     config.max_artifact_bytes = args.max_artifact_bytes;
     config.drain_timeout = args.drain_timeout;
+    config.otlp_endpoint = args.otlp_endpoint.clone();
     if let Some(path) = &args.prices {
         config.prices = cirrus_server::billing::load_prices(path)?;
     }

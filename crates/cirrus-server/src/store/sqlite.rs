@@ -59,6 +59,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ),
     ("invocations", "trace_id", "TEXT NOT NULL DEFAULT ''"),
     ("invocations", "parent_span_id", "TEXT"),
+    ("invocations", "span_id", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -206,8 +207,8 @@ impl RecordStore for SqliteStore {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
                                   billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
-                                  error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",)?;
+                                                   error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",)?;
             for r in records {
                 insert.execute(params![
                     r.request_id,
@@ -232,7 +233,8 @@ impl RecordStore for SqliteStore {
                     r.request_bytes,
                     r.response_bytes,
                     r.trace_id,
-                    r.parent_span_id
+                    r.parent_span_id,
+                    r.span_id
                 ])?;
             }
             let mut insert = tx.prepare_cached(
@@ -267,7 +269,7 @@ impl RecordStore for SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms, init_ms,
                           memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message,
-                          cpu_us, request_bytes, response_bytes, trace_id, parent_span_id
+                                       cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id
              FROM invocations WHERE function = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
         )?;
         let mut last_seq = None;
@@ -305,6 +307,7 @@ impl RecordStore for SqliteStore {
                     response_bytes: row.get(18)?,
                     trace_id: row.get(19)?,
                     parent_span_id: row.get(20)?,
+                    span_id: row.get(21)?,
                 },
             ))
         })?;
