@@ -644,8 +644,8 @@ async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
     browser
         .wait_for(
             &session,
-            "return document.querySelectorAll('#chart rect.bar').length > 0",
-            "a bar in the usage chart",
+            "return document.querySelectorAll('#chart rect.bar').length > 0 && document.querySelectorAll('#cost-chart rect.bar').length > 0",
+            "bars in the requests and cost charts",
         )
         .await;
     let row = browser.element(&session, "#fn-hello").await;
