@@ -96,6 +96,20 @@ pub enum Trigger {
     Http,
     /// `POST /v1/functions/{name}/invoke`.
     Invoke,
+    /// An asynchronous event from the durable queue (`X-Cirrus-Invocation-Type: Event`).
+    Async,
+}
+
+impl std::str::FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http" => Ok(Self::Http),
+            "invoke" => Ok(Self::Invoke),
+            "async" => Ok(Self::Async),
+            other => Err(format!("unknown trigger {other:?}")),
+        }
+    }
 }
 
 impl Trigger {
@@ -103,6 +117,7 @@ impl Trigger {
         match self {
             Trigger::Http => "http",
             Trigger::Invoke => "invoke",
+            Trigger::Async => "async",
         }
     }
 }
@@ -114,6 +129,8 @@ pub struct InvocationRecord {
     pub function: String,
     pub version: u32,
     pub trigger: Trigger,
+    /// 1 for the first try of an event; every retry of it shares the request id.
+    pub attempt: u32,
     pub started_at: String,
     /// Wall time from admission to the end of the guest's run, in milliseconds.
     pub duration_ms: f64,
@@ -266,6 +283,9 @@ pub struct ServerStatus {
     pub in_flight: usize,
     pub loaded_versions: usize,
     pub pooling_allocator: bool,
+    /// Asynchronous events waiting or being delivered, and in the dead-letter queue.
+    pub queued_events: u64,
+    pub dead_events: u64,
     pub functions: Vec<FunctionStatus>,
 }
 
@@ -275,4 +295,35 @@ pub struct FunctionStatus {
     /// Versions loaded now (warm); empty means scaled to zero.
     pub loaded: Vec<u32>,
     pub in_flight: usize,
+}
+
+/// The answer to an asynchronous invoke: the event is durable and will be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub request_id: String,
+    /// True when an idempotency key matched an event accepted earlier.
+    pub duplicate: bool,
+}
+
+/// An event in the dead-letter queue, with why it got there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadEvent {
+    pub request_id: String,
+    pub function: String,
+    pub qualifier: String,
+    pub attempts: u32,
+    pub accepted_at: String,
+    pub failed_at: String,
+    pub last_error: String,
+    pub content_type: Option<String>,
+    pub size_bytes: u64,
+    /// The event body, when it is UTF-8 text (in `GET /v1/dlq/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+/// How many events an operation touched (redrive, purge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Affected {
+    pub count: u64,
 }

@@ -12,6 +12,11 @@ pub const DEFAULT_MEMORY_MB: u32 = 128;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS: u32 = 100;
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(6 * 3600);
+pub const MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Names appear in URLs (`/fn/{name}`) and file names: keep them plain.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -39,6 +44,17 @@ pub struct FunctionConfig {
     /// Hosts the guest may reach with outbound HTTP (`wasi:http/outgoing-handler`).
     /// Empty denies all outbound requests.
     pub allowed_hosts: Vec<String>,
+    /// Asynchronous events: attempts in total before an event goes to the dead-letter
+    /// queue (Lambda's default: the first try and two retries).
+    pub max_attempts: u32,
+    /// Asynchronous events: delay before the first retry; it doubles with each further
+    /// attempt, with jitter.
+    #[serde(with = "crate::duration")]
+    pub retry_delay: Duration,
+    /// Asynchronous events older than this are not tried again: they go to the
+    /// dead-letter queue.
+    #[serde(with = "crate::duration")]
+    pub max_event_age: Duration,
 }
 
 impl Default for FunctionConfig {
@@ -52,6 +68,9 @@ impl Default for FunctionConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             public: true,
             allowed_hosts: Vec::new(),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_delay: DEFAULT_RETRY_DELAY,
+            max_event_age: DEFAULT_MAX_EVENT_AGE,
         }
     }
 }
@@ -100,6 +119,24 @@ impl FunctionConfig {
         if self.idle_timeout.is_zero() || self.idle_timeout > MAX_IDLE_TIMEOUT {
             return Err(invalid(
                 "idle_timeout",
+                "must be above zero and at most 7 days",
+            ));
+        }
+        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS {
+            return Err(invalid(
+                "max_attempts",
+                format!(
+                    "must be between 1 and {MAX_ATTEMPTS}, got {}",
+                    self.max_attempts
+                ),
+            ));
+        }
+        if self.retry_delay > Duration::from_secs(3600) {
+            return Err(invalid("retry_delay", "must be at most 1h"));
+        }
+        if self.max_event_age.is_zero() || self.max_event_age > MAX_EVENT_AGE {
+            return Err(invalid(
+                "max_event_age",
                 "must be above zero and at most 7 days",
             ));
         }

@@ -170,7 +170,7 @@ async fn bench() {
             );
         }
     }
-        metering_costs(&state);
+    metering_costs(&state);
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
 }
@@ -181,10 +181,15 @@ fn metering_costs(state: &cirrus_server::api::AppStateRef) {
     const N: u32 = 200_000;
     let t = Instant::now();
     for _ in 0..N {
-        std::hint::black_box(rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime));
+        std::hint::black_box(rustix::time::clock_gettime(
+            rustix::time::ClockId::ThreadCPUTime,
+        ));
     }
     let clock_ns = t.elapsed().as_nanos() as f64 / f64::from(N);
-    println!("{:<44} {:>8.0} ns per read (2 per poll)", "metering: thread CPU clock", clock_ns);
+    println!(
+        "{:<44} {:>8.0} ns per read (2 per poll)",
+        "metering: thread CPU clock", clock_ns
+    );
     let record: cirrus_api::InvocationRecord = serde_json::from_value(serde_json::json!({
         "request_id": "r", "function": "hello-c", "version": 1, "trigger": "http",
         "started_at": "2026-11-22T00:00:00.000Z", "duration_ms": 0.1, "billed_ms": 1, "init_ms": null,
@@ -198,5 +203,8 @@ fn metering_costs(state: &cirrus_server::api::AppStateRef) {
         state.invoker.metrics.observe(&record);
     }
     let observe_ns = t.elapsed().as_nanos() as f64 / f64::from(N);
-    println!("{:<44} {:>8.0} ns per invocation", "metering: metric families update", observe_ns);
+    println!(
+        "{:<44} {:>8.0} ns per invocation",
+        "metering: metric families update", observe_ns
+    );
 }

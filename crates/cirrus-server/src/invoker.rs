@@ -46,6 +46,31 @@ pub struct Call {
     pub request: Request<Body>,
     /// Whether the caller presented the admin token (needed for non-public functions).
     pub authorized: bool,
+    /// Set for queued events: every attempt shares the event's request id.
+    pub request_id: Option<String>,
+    /// 1 for a first try.
+    pub attempt: u32,
+}
+
+impl Call {
+    /// A synchronous call: a fresh request id, first attempt.
+    pub fn new(
+        function: String,
+        qualifier: Qualifier,
+        trigger: Trigger,
+        request: Request<Body>,
+        authorized: bool,
+    ) -> Self {
+        Self {
+            function,
+            qualifier,
+            trigger,
+            request,
+            authorized,
+            request_id: None,
+            attempt: 1,
+        }
+    }
 }
 
 pub struct Invoker {
@@ -72,6 +97,7 @@ struct Measured {
 /// What every invocation answer carries, error or not.
 struct Meta {
     request_id: String,
+    attempt: u32,
     trace: TraceContext,
     cold: bool,
     /// Whether the guest ran at all; only then is anything billed.
@@ -95,14 +121,35 @@ impl Invoker {
     /// not cut it short, so its record is written and its permits are released in order.
     pub async fn invoke(self: &Arc<Self>, call: Call) -> Response<Body> {
         let this = self.clone();
-        match tokio::spawn(async move { this.invoke_here(call).await }).await {
+        let outcome = tokio::spawn(async move {
+            let (meta, result) = this.execute(call).await;
+            let mut response = match result {
+                Ok(response) => response.map(Body::from),
+                Err(error) => error_response(error),
+            };
+            stamp(response.headers_mut(), &meta);
+            response
+        });
+        match outcome.await {
             Ok(response) => response,
             Err(e) => error_response(ApiError::internal(format!("invocation task failed: {e}"))),
         }
     }
 
-    async fn invoke_here(&self, call: Call) -> Response<Body> {
-        let request_id = uuid::Uuid::now_v7().to_string();
+    /// Runs a queued event's attempt (to its end, in its own task) and says how it went.
+    pub async fn invoke_event(self: &Arc<Self>, call: Call) -> Result<(), ApiError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.execute(call).await.1 }).await {
+            Ok(result) => result.map(drop),
+            Err(e) => Err(ApiError::internal(format!("invocation task failed: {e}"))),
+        }
+    }
+
+    async fn execute(&self, mut call: Call) -> (Meta, Result<Response<Bytes>, ApiError>) {
+        let request_id = call
+            .request_id
+            .take()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let trace = TraceContext::from_header(
             call.request
                 .headers()
@@ -119,6 +166,7 @@ impl Invoker {
         );
         let mut meta = Meta {
             request_id,
+            attempt: call.attempt,
             cold: false,
             ran: false,
             duration: Duration::ZERO,
@@ -130,12 +178,7 @@ impl Invoker {
             span.record("version", version);
         }
         span.record("cold", meta.cold);
-        let mut response = match result {
-            Ok(response) => response.map(Body::from),
-            Err(error) => error_response(error),
-        };
-        stamp(response.headers_mut(), &meta);
-        response
+        (meta, result)
     }
 
     async fn run(&self, call: Call, meta: &mut Meta) -> Result<Response<Bytes>, ApiError> {
@@ -145,6 +188,7 @@ impl Invoker {
             trigger,
             request,
             authorized,
+            ..
         } = call;
         let version = self.registry.resolve(&function, &qualifier)?;
         meta.version = Some(version.version);
@@ -269,6 +313,7 @@ impl Invoker {
             function: version.function.clone(),
             version: version.version,
             trigger,
+            attempt: meta.attempt,
             started_at: rfc3339(usage.started_ms),
             duration_ms: millis(meta.duration),
             billed_ms: meta.billed_ms(),

@@ -3,6 +3,8 @@
 //! - [`server`]: assembling the pieces, serving, graceful shutdown.
 //! - [`api`]: the HTTP gateway (management API under `/v1`, HTTP triggers under `/fn`).
 //! - [`invoker`]: the one place an invocation is executed and recorded.
+//! - [`queue`]: durable asynchronous invocation: group-committed enqueue, dispatcher,
+//!   retries with backoff, dead-letter queue.
 //! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
 //! - [`registry`]: functions, versions, aliases; deploy logic.
 //! - [`billing`]: price tables and usage reports (exact decimals).
@@ -20,6 +22,7 @@ pub mod error;
 pub mod invoker;
 pub mod metrics;
 pub mod otlp;
+pub mod queue;
 pub mod records;
 pub mod registry;
 pub mod scaler;

@@ -7,7 +7,9 @@ use crate::invoker::{Invoker, PayloadLimits};
 use crate::records::RecordSink;
 use crate::registry::{DeployRequest, Registry};
 use crate::scaler::{Retention, Scaler, ScalerSettings};
-use crate::store::{ArtifactStore, FsArtifactStore, FunctionStore, RecordStore, SqliteStore};
+use crate::store::{
+    ArtifactStore, EventQueue, FsArtifactStore, FunctionStore, RecordStore, SqliteStore,
+};
 use anyhow::Context as _;
 use cirrus_api::{DeployResult, Manifest, Qualifier};
 use cirrus_runtime::{Runtime, RuntimeConfig};
@@ -29,6 +31,8 @@ pub struct ServerConfig {
     pub scaler: ScalerSettings,
     pub payload: PayloadLimits,
     pub max_artifact_bytes: usize,
+    /// Asynchronous invocation: event size, prefetch, idempotency window.
+    pub queue: crate::queue::QueueSettings,
     /// An OpenTelemetry collector (OTLP/HTTP) to send a span per invocation to.
     pub otlp_endpoint: Option<String>,
     /// The price table usage reports are costed with.
@@ -49,6 +53,7 @@ impl ServerConfig {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             prices: crate::billing::default_prices(),
             otlp_endpoint: None,
+            queue: crate::queue::QueueSettings::default(),
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
         }
@@ -84,7 +89,16 @@ impl Server {
         tracing::info!(pooling = runtime.pooling(), "runtime ready");
         let artifacts: Arc<dyn ArtifactStore> = artifacts;
         let function_store: Arc<dyn FunctionStore> = store.clone();
+        let event_queue: Arc<dyn EventQueue> = store.clone();
         let record_store: Arc<dyn RecordStore> = store;
+        let queue = event_queue.clone();
+        let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
+        if recovered > 0 {
+            tracing::warn!(
+                events = recovered,
+                "events interrupted by the last stop will be delivered again"
+            );
+        }
         let registry = Arc::new(Registry::load(
             function_store,
             artifacts.clone(),
@@ -112,6 +126,13 @@ impl Server {
                 .map(crate::otlp::OtlpSink::start)
                 .transpose()?,
         });
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let events = crate::queue::start_sink(
+            event_queue.clone(),
+            clock.clone(),
+            &config.queue,
+            wake.clone(),
+        );
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
             registry,
@@ -122,6 +143,10 @@ impl Server {
             token,
             max_artifact_bytes: config.max_artifact_bytes,
             prices: config.prices.clone(),
+            events,
+            event_queue,
+            wake,
+            max_event_bytes: config.queue.max_event_bytes,
             shutdown,
         });
         let server = Self {
@@ -225,6 +250,15 @@ impl Server {
     ) -> anyhow::Result<()> {
         let router = self.router();
         let state = self.state.clone();
+        let dispatcher = Arc::new(crate::queue::Dispatcher {
+            queue: state.event_queue.clone(),
+            invoker: state.invoker.clone(),
+            registry: state.registry.clone(),
+            clock: self.clock.clone(),
+            wake: state.wake.clone(),
+            prefetch: self.config.queue.prefetch,
+        });
+        let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));
         let sweeper = tokio::spawn(sweeper(
             state.clone(),
             self.config.sweep_interval,
@@ -252,8 +286,8 @@ impl Server {
             _ = drained => tracing::warn!("drain timeout of {drain_timeout:?} passed with requests still in flight"),
         }
         sweeper.abort();
+        dispatching.abort();
         state.records.flush().await;
-        let _ = self.clock;
         Ok(())
     }
 }

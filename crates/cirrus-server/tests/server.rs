@@ -1522,3 +1522,277 @@ async fn spans_are_exported_to_an_otlp_collector() {
     assert!(trap.get("parentSpanId").is_none());
     s.stop().await;
 }
+
+/// Polls `check` until it returns `Some`, advancing the manual clock so that retries
+/// scheduled in the future come due.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    s: &Running,
+    what: &str,
+    check: impl Fn() -> F,
+) -> T {
+    for _ in 0..200 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        s.clock.advance(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn invoke_async(s: &Running, name: &str, body: &str, key: Option<&str>) -> reqwest::Response {
+    let mut request = s
+        .req(Method::POST, &format!("/v1/functions/{name}/invoke"))
+        .header("x-cirrus-invocation-type", "Event")
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.header("x-cirrus-idempotency-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn async_events_are_acknowledged_then_delivered_as_cloudevents() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("envlog", "env_log.wat", FunctionConfig::default())
+        .await;
+    let r = invoke_async(&s, "envlog", "{\"order\":1}", None).await;
+    assert_eq!(r.status(), 202);
+    let header_id = r.headers()["cirrus-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let accepted: cirrus_api::Accepted = r.json().await.unwrap();
+    assert_eq!(accepted.request_id, header_id);
+    assert!(!accepted.duplicate);
+    let id = accepted.request_id;
+    let record = eventually(&s, "the event's invocation", || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/envlog/invocations").await;
+        page.items.into_iter().find(|r| r.request_id == id)
+    })
+    .await;
+    assert_eq!(record.trigger, cirrus_api::Trigger::Async);
+    assert_eq!(record.attempt, 1);
+    assert_eq!(record.outcome, cirrus_api::Outcome::Success);
+    assert_eq!(record.request_bytes, 11);
+    let logs: Page<LogLine> = s
+        .get_json(&format!("/v1/functions/envlog/logs?request_id={id}"))
+        .await;
+    let lines: Vec<&str> = logs.items.iter().map(|l| l.line.as_str()).collect();
+    for expected in [
+        "HTTP_CE_SPECVERSION=1.0".to_owned(),
+        format!("HTTP_CE_ID={id}"),
+        "HTTP_CE_TYPE=dev.cirrus.invoke".to_owned(),
+        "HTTP_CE_SOURCE=/functions/envlog".to_owned(),
+        "CONTENT_TYPE=application/json".to_owned(),
+        "CIRRUS_EVENT_TYPE=async".to_owned(),
+        format!("CIRRUS_REQUEST_ID={id}"),
+    ] {
+        assert!(
+            lines.contains(&expected.as_str()),
+            "{expected} missing from {lines:#?}"
+        );
+    }
+    let status: cirrus_api::ServerStatus = s.get_json("/v1/status").await;
+    assert_eq!((status.queued_events, status.dead_events), (0, 0));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn failing_events_retry_then_wait_in_the_dead_letter_queue() {
+    use cirrus_api::DeadEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let config = FunctionConfig {
+        max_attempts: 3,
+        retry_delay: Duration::from_millis(100),
+        ..Default::default()
+    };
+    s.deploy("trap", "trap.wat", config).await;
+    let accepted: cirrus_api::Accepted = invoke_async(&s, "trap", "{\"n\":7}", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = accepted.request_id;
+    let dead = eventually(&s, "the event in the DLQ", || async {
+        let page: Page<DeadEvent> = s.get_json("/v1/dlq?function=trap").await;
+        page.items.into_iter().find(|e| e.request_id == id)
+    })
+    .await;
+    assert_eq!(dead.attempts, 3);
+    assert!(
+        dead.last_error.contains("function_error") && dead.last_error.contains("after 3 attempts"),
+        "{}",
+        dead.last_error
+    );
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/trap/invocations").await;
+    let mut attempts: Vec<u32> = page
+        .items
+        .iter()
+        .filter(|r| r.request_id == id)
+        .map(|r| r.attempt)
+        .collect();
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        vec![1, 2, 3],
+        "every attempt recorded under one request id"
+    );
+    let shown: DeadEvent = s.get_json(&format!("/v1/dlq/{id}")).await;
+    assert_eq!(shown.data.as_deref(), Some("{\"n\":7}"));
+    let status: cirrus_api::ServerStatus = s.get_json("/v1/status").await;
+    assert_eq!((status.queued_events, status.dead_events), (0, 1));
+
+    // Redrive: three fresh attempts, then back in the DLQ.
+    let r = s.send(Method::POST, &format!("/v1/dlq/{id}/redrive")).await;
+    assert_eq!(r.json::<cirrus_api::Affected>().await.unwrap().count, 1);
+    eventually(&s, "six attempts in all", || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/trap/invocations").await;
+        let dead: Page<DeadEvent> = s.get_json("/v1/dlq").await;
+        (page.items.iter().filter(|r| r.request_id == id).count() == 6 && dead.items.len() == 1)
+            .then_some(())
+    })
+    .await;
+    // Purge: gone.
+    assert_eq!(
+        s.send(Method::DELETE, &format!("/v1/dlq/{id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        error_of(s.send(Method::GET, &format!("/v1/dlq/{id}")).await)
+            .await
+            .1,
+        "not_found"
+    );
+    assert_eq!(
+        error_of(s.send(Method::POST, &format!("/v1/dlq/{id}/redrive")).await)
+            .await
+            .1,
+        "not_found"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn events_past_their_age_are_not_retried() {
+    use cirrus_api::DeadEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let config = FunctionConfig {
+        max_attempts: 10,
+        retry_delay: Duration::from_secs(120),
+        max_event_age: Duration::from_secs(60),
+        ..Default::default()
+    };
+    s.deploy("trap", "trap.wat", config).await;
+    invoke_async(&s, "trap", "{}", None).await;
+    let dead = eventually(&s, "the expired event", || async {
+        let page: Page<DeadEvent> = s.get_json("/v1/dlq").await;
+        page.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(dead.attempts, 1);
+    assert!(
+        dead.last_error.contains("max_event_age"),
+        "{}",
+        dead.last_error
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_deduplicate_and_bad_events_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| c.queue.max_event_bytes = 1024).await;
+    s.deploy("echo", "echo.wat", FunctionConfig::default())
+        .await;
+    let first: cirrus_api::Accepted = invoke_async(&s, "echo", "1", Some("order-42"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: cirrus_api::Accepted = invoke_async(&s, "echo", "2", Some("order-42"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second.request_id, first.request_id);
+    assert!(second.duplicate && !first.duplicate);
+    let other: cirrus_api::Accepted = invoke_async(&s, "echo", "3", Some("order-43"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(other.request_id, first.request_id);
+    eventually(&s, "two deliveries", || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/echo/invocations").await;
+        (page.items.len() == 2).then_some(())
+    })
+    .await;
+
+    let (status, code, _) = error_of(invoke_async(&s, "nope", "{}", None).await).await;
+    assert_eq!((status.as_u16(), code.as_str()), (404, "not_found"));
+    let (status, code, message) =
+        error_of(invoke_async(&s, "echo", &"x".repeat(2048), None).await).await;
+    assert_eq!((status.as_u16(), code.as_str()), (413, "payload_too_large"));
+    assert!(message.contains("1024"), "{message}");
+    let (status, _, message) =
+        error_of(invoke_async(&s, "echo", "{}", Some("has space")).await).await;
+    assert_eq!(status, 400, "{message}");
+    let r = s
+        .req(Method::POST, "/v1/functions/echo/invoke")
+        .header("x-cirrus-invocation-type", "Later")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.0, 400);
+    let status: cirrus_api::ServerStatus = s.get_json("/v1/status").await;
+    assert_eq!(status.queued_events, 0, "refused events are not queued");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn busy_functions_delay_events_without_spending_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| {
+        c.scaler = ScalerSettings {
+            global_concurrency: 64,
+            queue_depth: 0,
+            queue_timeout: Duration::from_millis(10),
+        }
+    })
+    .await;
+    let config = FunctionConfig {
+        max_concurrency: Some(1),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    s.deploy("sleepy", "sleep.wat", config).await;
+    for i in 0..3 {
+        assert_eq!(
+            invoke_async(&s, "sleepy", &i.to_string(), None)
+                .await
+                .status(),
+            202
+        );
+    }
+    eventually(&s, "three deliveries", || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/sleepy/invocations").await;
+        (page
+            .items
+            .iter()
+            .filter(|r| r.outcome == cirrus_api::Outcome::Success)
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+    let status: cirrus_api::ServerStatus = s.get_json("/v1/status").await;
+    assert_eq!(status.dead_events, 0, "throttling is not a failure");
+    s.stop().await;
+}

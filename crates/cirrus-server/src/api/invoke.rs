@@ -5,11 +5,15 @@ use super::AppStateRef;
 use crate::auth::is_authorized;
 use crate::error::error_response;
 use crate::invoker::Call;
+use crate::store::{Enqueued, NewEvent};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::http::{Method, Uri};
+use axum::response::IntoResponse;
 use axum::response::Response;
-use cirrus_api::{ApiError, Qualifier, Trigger};
+use axum::Json;
+use cirrus_api::{Accepted, ApiError, ErrorCode, Qualifier, Trigger};
 use serde::Deserialize;
 
 /// `ANY /fn/{target}` and `ANY /fn/{target}/{*path}`. The path is taken from the raw
@@ -51,13 +55,13 @@ pub async fn http_trigger(State(state): State<AppStateRef>, request: Request) ->
     }
     state
         .invoker
-        .invoke(Call {
-            function: function.to_owned(),
+        .invoke(Call::new(
+            function.to_owned(),
             qualifier,
-            trigger: Trigger::Http,
-            request: Request::from_parts(parts, body),
+            Trigger::Http,
+            Request::from_parts(parts, body),
             authorized,
-        })
+        ))
         .await
 }
 
@@ -107,6 +111,15 @@ pub async fn invoke_api(
             )))
         }
     };
+    match request.headers().get("x-cirrus-invocation-type").map(|v| v.to_str().unwrap_or("")) {
+        None | Some("RequestResponse") => {}
+        Some("Event") => return accept_event(&state, name, qualifier, request).await.unwrap_or_else(|e| error_response(e)),
+        Some(other) => {
+            return error_response(ApiError::bad_request(format!(
+                "X-Cirrus-Invocation-Type {other:?}: use RequestResponse (wait for the result) or Event (asynchronous)"
+            )))
+        }
+    }
     let (parts, body) = request.into_parts();
     let mut event = Request::new(body);
     *event.method_mut() = Method::POST;
@@ -118,14 +131,84 @@ pub async fn invoke_api(
     }
     state
         .invoker
-        .invoke(Call {
-            function: name,
+        .invoke(Call::new(
+            name,
             qualifier,
-            trigger: Trigger::Invoke,
-            request: event.map(Body::new),
-            authorized: true,
-        })
+            Trigger::Invoke,
+            event.map(Body::new),
+            true,
+        ))
         .await
+}
+
+/// Idempotency keys: printable ASCII, at most this long.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// `X-Cirrus-Invocation-Type: Event`: the event is committed to the durable queue, then
+/// acknowledged with 202 and the request id every attempt will carry.
+async fn accept_event(
+    state: &AppStateRef,
+    name: String,
+    qualifier: Qualifier,
+    request: Request,
+) -> Result<Response, ApiError> {
+    state.registry.resolve(&name, &qualifier)?;
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let idempotency_key = header("x-cirrus-idempotency-key");
+    if let Some(key) = &idempotency_key {
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ApiError::bad_request(format!(
+                "X-Cirrus-Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            )));
+        }
+    }
+    let data = axum::body::to_bytes(body, state.max_event_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "event exceeds the asynchronous limit of {} bytes",
+                    state.max_event_bytes
+                ),
+            )
+        })?;
+    let event = NewEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        function: name,
+        qualifier: qualifier.to_string(),
+        content_type: header("content-type"),
+        traceparent: header("traceparent"),
+        data: data.to_vec(),
+        created_ms: state.invoker.clock.now_ms(),
+        idempotency_key,
+    };
+    let id = event.id.clone();
+    let accepted = match state.events.enqueue(event).await? {
+        Enqueued::New => Accepted {
+            request_id: id,
+            duplicate: false,
+        },
+        Enqueued::Duplicate(earlier) => Accepted {
+            request_id: earlier,
+            duplicate: true,
+        },
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(&accepted)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&accepted.request_id) {
+        response.headers_mut().insert("cirrus-request-id", value);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The HTTP gateway: the management API under `/v1` and HTTP triggers under `/fn`.
 //! Handlers only parse requests into calls on the registry and the invoker.
 
+mod dlq;
 mod functions;
 mod invoke;
 mod logs;
@@ -40,6 +41,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/functions/{name}/logs"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/status"),
+    ("GET", "/v1/dlq"),
+    ("DELETE", "/v1/dlq"),
+    ("POST", "/v1/dlq/redrive"),
+    ("GET", "/v1/dlq/{id}"),
+    ("DELETE", "/v1/dlq/{id}"),
+    ("POST", "/v1/dlq/{id}/redrive"),
     ("GET", "/metrics"),
     ("ANY", "/fn/{target}"),
     ("ANY", "/fn/{target}/{path}"),
@@ -55,6 +62,12 @@ pub struct AppState {
     pub token: String,
     pub max_artifact_bytes: usize,
     pub prices: cirrus_api::usage::Prices,
+    /// Accepts asynchronous events (committed before acknowledged).
+    pub events: crate::queue::EventSink,
+    pub event_queue: Arc<dyn crate::store::EventQueue>,
+    /// Wakes the dispatcher (new events, redrives).
+    pub wake: Arc<tokio::sync::Notify>,
+    pub max_event_bytes: usize,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -84,6 +97,10 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/logs", get(logs::logs))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/status", get(status))
+        .route("/v1/dlq", get(dlq::list).delete(dlq::purge_all))
+        .route("/v1/dlq/redrive", post(dlq::redrive_all))
+        .route("/v1/dlq/{id}", get(dlq::show).delete(dlq::purge_one))
+        .route("/v1/dlq/{id}/redrive", post(dlq::redrive_one))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -119,7 +136,14 @@ async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn status(State(state): State<AppStateRef>) -> axum::Json<cirrus_api::ServerStatus> {
+async fn status(
+    State(state): State<AppStateRef>,
+) -> Result<axum::Json<cirrus_api::ServerStatus>, Failure> {
+    let queue = state.event_queue.clone();
+    let (queued_events, dead_events) = tokio::task::spawn_blocking(move || queue.depth())
+        .await
+        .map_err(Failure::internal)?
+        .map_err(Failure::internal)?;
     let mut live = state.scaler.function_states();
     let functions = state
         .registry
@@ -134,12 +158,14 @@ async fn status(State(state): State<AppStateRef>) -> axum::Json<cirrus_api::Serv
             }
         })
         .collect();
-    axum::Json(cirrus_api::ServerStatus {
+    Ok(axum::Json(cirrus_api::ServerStatus {
         in_flight: state.scaler.in_flight(),
         loaded_versions: state.scaler.loaded_count(),
         pooling_allocator: state.scaler.runtime().pooling(),
+        queued_events,
+        dead_events,
         functions,
-    })
+    }))
 }
 
 async fn metrics(State(state): State<AppStateRef>) -> Response {

@@ -8,7 +8,7 @@ mod sqlite;
 pub use fs_artifacts::FsArtifactStore;
 pub use sqlite::SqliteStore;
 
-use cirrus_api::{InvocationRecord, LogLine, Page, VersionInfo};
+use cirrus_api::{DeadEvent, InvocationRecord, LogLine, Page, VersionInfo};
 use std::path::PathBuf;
 
 pub type StoreResult<T> = anyhow::Result<T>;
@@ -81,4 +81,80 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,
     /// UTC, milliseconds), including functions since deleted.
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>>;
+}
+
+/// An event accepted for asynchronous delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The request id every attempt's invocation record carries; also the CloudEvent id.
+    pub id: String,
+    pub function: String,
+    /// `$LATEST`, a version number or an alias, resolved at each attempt.
+    pub qualifier: String,
+    pub content_type: Option<String>,
+    pub traceparent: Option<String>,
+    pub data: Vec<u8>,
+    pub created_ms: u64,
+    pub idempotency_key: Option<String>,
+}
+
+/// An event claimed for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEvent {
+    pub event: NewEvent,
+    /// Attempts including the one now starting.
+    pub attempts: u32,
+}
+
+/// What enqueueing one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    New,
+    /// The idempotency key matched this earlier event, which stands.
+    Duplicate(String),
+}
+
+/// The durable queue of asynchronous events. Writes are committed before they return:
+/// an event is acknowledged only once it is on disk.
+pub trait EventQueue: Send + Sync + 'static {
+    /// Called by the enqueue writer with a batch, committed in one transaction; keys
+    /// seen within `idempotency_window_ms` are duplicates.
+    fn enqueue(
+        &self,
+        events: &[NewEvent],
+        now_ms: u64,
+        idempotency_window_ms: u64,
+    ) -> StoreResult<Vec<Enqueued>>;
+    /// Called once at start-up: events that were running when the server stopped are
+    /// ready again (at-least-once delivery). Returns how many.
+    fn recover(&self) -> StoreResult<u64>;
+    /// Called by the dispatcher: marks up to `limit` events ready at `now_ms` as running,
+    /// counting an attempt, oldest first.
+    fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>>;
+    /// The event was delivered: it leaves the queue (its records remain).
+    fn complete(&self, id: &str) -> StoreResult<()>;
+    /// Try again at `not_before_ms`; `count_attempt = false` gives back the attempt
+    /// (the function was only busy).
+    fn retry(
+        &self,
+        id: &str,
+        not_before_ms: u64,
+        error: &str,
+        count_attempt: bool,
+    ) -> StoreResult<()>;
+    /// Attempts are exhausted or the event expired: park it in the dead-letter queue.
+    fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()>;
+    /// When the earliest waiting event becomes ready, if any is waiting.
+    fn next_ready_ms(&self) -> StoreResult<Option<u64>>;
+    /// Events waiting or running, and events in the dead-letter queue.
+    fn depth(&self) -> StoreResult<(u64, u64)>;
+    /// Dead-letter queue, newest failure first.
+    fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>>;
+    /// One dead event with its body.
+    fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>>;
+    /// Dead events (one, or all of a function, or all) go back to the queue with fresh
+    /// attempts and age.
+    fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64>;
+    /// Dead events (one, or all of a function, or all) are deleted.
+    fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64>;
 }

@@ -1,6 +1,11 @@
-use super::{FunctionStore, HourlyUsage, RecordStore, StoreResult, StoredFunction};
+use super::{
+    Enqueued, EventQueue, FunctionStore, HourlyUsage, NewEvent, QueuedEvent, RecordStore,
+    StoreResult, StoredFunction,
+};
 use anyhow::Context as _;
-use cirrus_api::{FunctionConfig, InvocationRecord, LogLine, Outcome, Page, Trigger, VersionInfo};
+use cirrus_api::{
+    DeadEvent, FunctionConfig, InvocationRecord, LogLine, Outcome, Page, Trigger, VersionInfo,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -30,6 +35,16 @@ CREATE TABLE IF NOT EXISTS logs (
     request_id TEXT NOT NULL, time TEXT NOT NULL, stream TEXT NOT NULL, line TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, seq);
 CREATE INDEX IF NOT EXISTS logs_by_request ON logs (request_id, seq);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, function TEXT NOT NULL,
+    qualifier TEXT NOT NULL, content_type TEXT, traceparent TEXT, data BLOB NOT NULL,
+    created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    not_before_ms INTEGER NOT NULL, state TEXT NOT NULL, last_error TEXT, failed_ms INTEGER);
+CREATE INDEX IF NOT EXISTS events_ready ON events (state, not_before_ms, seq);
+CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state);
+CREATE TABLE IF NOT EXISTS idempotency (
+    function TEXT NOT NULL, key TEXT NOT NULL, request_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    PRIMARY KEY (function, key));
 "#;
 
 /// The embedded store: one SQLite database in WAL mode. Metadata and records use separate
@@ -37,6 +52,7 @@ CREATE INDEX IF NOT EXISTS logs_by_request ON logs (request_id, seq);
 pub struct SqliteStore {
     meta: Mutex<Connection>,
     records: Mutex<Connection>,
+    queue: Mutex<Connection>,
 }
 
 fn open(path: &Path) -> StoreResult<Connection> {
@@ -60,6 +76,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("invocations", "trace_id", "TEXT NOT NULL DEFAULT ''"),
     ("invocations", "parent_span_id", "TEXT"),
     ("invocations", "span_id", "TEXT NOT NULL DEFAULT ''"),
+    ("invocations", "attempt", "INTEGER NOT NULL DEFAULT 1"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -87,9 +104,14 @@ impl SqliteStore {
         meta.execute_batch(SCHEMA).context("creating the schema")?;
         migrate(&meta).context("migrating the schema")?;
         let records = open(path)?;
+        let queue = open(path)?;
+        // An acknowledged event must survive power loss too, not only a crash: the
+        // queue's commits are fsynced (batched by the enqueue writer).
+        queue.execute_batch("PRAGMA synchronous=FULL;")?;
         Ok(Self {
             meta: Mutex::new(meta),
             records: Mutex::new(records),
+            queue: Mutex::new(queue),
         })
     }
 }
@@ -206,9 +228,9 @@ impl RecordStore for SqliteStore {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
-                                  billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
-                                                   error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",)?;
+                 billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
+                 error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",)?;
             for r in records {
                 insert.execute(params![
                     r.request_id,
@@ -234,7 +256,8 @@ impl RecordStore for SqliteStore {
                     r.response_bytes,
                     r.trace_id,
                     r.parent_span_id,
-                    r.span_id
+                    r.span_id,
+                    r.attempt
                 ])?;
             }
             let mut insert = tx.prepare_cached(
@@ -268,8 +291,8 @@ impl RecordStore for SqliteStore {
         let conn = lock(&self.records);
         let mut stmt = conn.prepare_cached(
             "SELECT seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms, init_ms,
-                          memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message,
-                                       cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id
+             memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message,
+             cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt
              FROM invocations WHERE function = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
         )?;
         let mut last_seq = None;
@@ -282,11 +305,8 @@ impl RecordStore for SqliteStore {
                     request_id: row.get(1)?,
                     function: row.get(2)?,
                     version: row.get(3)?,
-                    trigger: if trigger == "http" {
-                        Trigger::Http
-                    } else {
-                        Trigger::Invoke
-                    },
+                    trigger: trigger.parse().unwrap_or(Trigger::Invoke),
+                    attempt: row.get(22)?,
                     started_at: row.get(5)?,
                     duration_ms: row.get(6)?,
                     billed_ms: row.get(7)?,
@@ -386,5 +406,215 @@ impl RecordStore for SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+const EVENT_COLUMNS: &str =
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts";
+
+fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
+    Ok(QueuedEvent {
+        event: NewEvent {
+            id: row.get(0)?,
+            function: row.get(1)?,
+            qualifier: row.get(2)?,
+            content_type: row.get(3)?,
+            traceparent: row.get(4)?,
+            data: row.get(5)?,
+            created_ms: row.get(6)?,
+            idempotency_key: None,
+        },
+        attempts: row.get(7)?,
+    })
+}
+
+fn dead_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadEvent> {
+    Ok(DeadEvent {
+        request_id: row.get(0)?,
+        function: row.get(1)?,
+        qualifier: row.get(2)?,
+        content_type: row.get(3)?,
+        size_bytes: row.get(4)?,
+        accepted_at: crate::clock::rfc3339(row.get(5)?),
+        attempts: row.get(6)?,
+        last_error: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+        failed_at: crate::clock::rfc3339(row.get::<_, Option<u64>>(8)?.unwrap_or(0)),
+        data: None,
+    })
+}
+
+const DEAD_COLUMNS: &str =
+    "id, function, qualifier, content_type, length(data), created_ms, attempts, last_error, failed_ms";
+
+/// `WHERE` clause and parameters selecting dead events by id and/or function.
+fn dead_filter(id: Option<&str>, function: Option<&str>) -> (String, Vec<String>) {
+    let mut clause = String::from("state = 'dead'");
+    let mut params = Vec::new();
+    if let Some(id) = id {
+        clause.push_str(" AND id = ?");
+        params.push(id.to_owned());
+    }
+    if let Some(function) = function {
+        clause.push_str(" AND function = ?");
+        params.push(function.to_owned());
+    }
+    (clause, params)
+}
+
+impl EventQueue for SqliteStore {
+    fn enqueue(
+        &self,
+        events: &[NewEvent],
+        now_ms: u64,
+        idempotency_window_ms: u64,
+    ) -> StoreResult<Vec<Enqueued>> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction()?;
+        let mut results = Vec::with_capacity(events.len());
+        {
+            let mut seen = tx.prepare_cached(
+                "SELECT request_id, created_ms FROM idempotency WHERE function = ?1 AND key = ?2",
+            )?;
+            let mut remember = tx.prepare_cached(
+                "INSERT INTO idempotency (function, key, request_id, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (function, key) DO UPDATE SET request_id = excluded.request_id, created_ms = excluded.created_ms",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending')",
+            )?;
+            for e in events {
+                if let Some(key) = &e.idempotency_key {
+                    let earlier: Option<(String, u64)> = seen
+                        .query_row(params![e.function, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    if let Some((id, at)) = earlier {
+                        if now_ms.saturating_sub(at) < idempotency_window_ms {
+                            results.push(Enqueued::Duplicate(id));
+                            continue;
+                        }
+                    }
+                    remember.execute(params![e.function, key, e.id, e.created_ms])?;
+                }
+                insert.execute(params![
+                    e.id,
+                    e.function,
+                    e.qualifier,
+                    e.content_type,
+                    e.traceparent,
+                    e.data,
+                    e.created_ms
+                ])?;
+                results.push(Enqueued::New);
+            }
+            tx.execute(
+                "DELETE FROM idempotency WHERE created_ms < ?1",
+                [now_ms.saturating_sub(idempotency_window_ms) as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    fn recover(&self) -> StoreResult<u64> {
+        Ok(lock(&self.queue).execute(
+            "UPDATE events SET state = 'pending' WHERE state = 'running'",
+            [],
+        )? as u64)
+    }
+
+    fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
+        let conn = lock(&self.queue);
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE events SET state = 'running', attempts = attempts + 1
+             WHERE seq IN (SELECT seq FROM events WHERE state = 'pending' AND not_before_ms <= ?1
+                           ORDER BY not_before_ms, seq LIMIT ?2)
+             RETURNING {EVENT_COLUMNS}"
+        ))?;
+        let rows = stmt.query_map(params![now_ms, limit as i64], queued_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn complete(&self, id: &str) -> StoreResult<()> {
+        lock(&self.queue).execute("DELETE FROM events WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    fn retry(
+        &self,
+        id: &str,
+        not_before_ms: u64,
+        error: &str,
+        count_attempt: bool,
+    ) -> StoreResult<()> {
+        lock(&self.queue).execute(
+            "UPDATE events SET state = 'pending', not_before_ms = ?2, last_error = ?3,
+             attempts = attempts - ?4 WHERE id = ?1",
+            params![id, not_before_ms, error, if count_attempt { 0 } else { 1 }],
+        )?;
+        Ok(())
+    }
+
+    fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()> {
+        lock(&self.queue).execute(
+            "UPDATE events SET state = 'dead', last_error = ?2, failed_ms = ?3 WHERE id = ?1",
+            params![id, error, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn next_ready_ms(&self) -> StoreResult<Option<u64>> {
+        Ok(lock(&self.queue).query_row(
+            "SELECT min(not_before_ms) FROM events WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn depth(&self) -> StoreResult<(u64, u64)> {
+        Ok(lock(&self.queue).query_row(
+            "SELECT coalesce(sum(state != 'dead'), 0), coalesce(sum(state = 'dead'), 0) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>> {
+        let (clause, params) = dead_filter(None, function);
+        let conn = lock(&self.queue);
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DEAD_COLUMNS} FROM events WHERE {clause} ORDER BY failed_ms DESC, seq DESC LIMIT {limit}"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), dead_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>> {
+        let conn = lock(&self.queue);
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT {DEAD_COLUMNS}, data FROM events WHERE state = 'dead' AND id = ?1"
+                ),
+                [id],
+                |row| Ok((dead_from_row(row)?, row.get(9)?)),
+            )
+            .optional()?)
+    }
+
+    fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64> {
+        let (clause, mut params) = dead_filter(id, function);
+        params.insert(0, now_ms.to_string());
+        let sql = format!(
+            "UPDATE events SET state = 'pending', attempts = 0, created_ms = ?1, not_before_ms = ?1,
+             failed_ms = NULL WHERE {clause}"
+        );
+        Ok(lock(&self.queue).execute(&sql, rusqlite::params_from_iter(params))? as u64)
+    }
+
+    fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64> {
+        let (clause, params) = dead_filter(id, function);
+        let sql = format!("DELETE FROM events WHERE {clause}");
+        Ok(lock(&self.queue).execute(&sql, rusqlite::params_from_iter(params))? as u64)
     }
 }

@@ -1,0 +1,344 @@
+//! Asynchronous invocation: events are committed to the durable queue before they are
+//! acknowledged (group commit), then a dispatcher delivers them at least once, within
+//! each function's concurrency cap, retrying with exponential backoff and jitter, and
+//! parks the ones that exhaust their attempts or age in the dead-letter queue.
+
+use crate::clock::{rfc3339, Clock};
+use crate::invoker::{Call, Invoker};
+use crate::registry::Registry;
+use crate::store::{Enqueued, EventQueue, NewEvent, QueuedEvent};
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, Uri};
+use cirrus_api::{ApiError, ErrorCode, Qualifier, Trigger};
+use rand::Rng as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+
+/// Events accepted but not yet committed. Past this, accepting waits (back-pressure).
+const ENQUEUE_BACKLOG: usize = 16_384;
+/// Events committed in one transaction at most.
+const MAX_COMMIT_BATCH: usize = 1_024;
+/// How soon a busy (throttled) function's event is tried again; not counted as an attempt.
+const BUSY_RETRY: Duration = Duration::from_millis(250);
+/// The longest a retry waits, whatever the backoff says.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// The dispatcher looks for due retries at least this often.
+const POLL: Duration = Duration::from_millis(200);
+/// CloudEvents `type` of an asynchronous invoke.
+pub const ASYNC_EVENT_TYPE: &str = "dev.cirrus.invoke";
+
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Largest asynchronous event body (Lambda's limit is 256 KiB).
+    pub max_event_bytes: usize,
+    /// Events being delivered at once, at most: the rest wait on disk, not in memory.
+    pub prefetch: usize,
+    /// Idempotency keys are remembered this long.
+    pub idempotency_window: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 256 << 10,
+            prefetch: 64,
+            idempotency_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Enqueued, String>>;
+
+/// The accepting side: cheap to clone.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<(NewEvent, Reply)>,
+    wake: Arc<Notify>,
+}
+
+impl EventSink {
+    /// Returns once the event is committed (or found to duplicate an earlier one).
+    pub async fn enqueue(&self, event: NewEvent) -> Result<Enqueued, ApiError> {
+        let (reply, committed) = oneshot::channel();
+        self.tx.send((event, reply)).await.map_err(|_| {
+            ApiError::new(ErrorCode::Unavailable, "the event queue is shutting down")
+        })?;
+        let result = committed
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the event queue stopped"))?
+            .map_err(|e| {
+                tracing::error!("committing events failed: {e}");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the event could not be stored; retry",
+                )
+            })?;
+        self.wake.notify_one();
+        Ok(result)
+    }
+}
+
+/// Starts the enqueue writer thread (group commit) and returns its sink.
+pub fn start_sink(
+    queue: Arc<dyn EventQueue>,
+    clock: Arc<dyn Clock>,
+    settings: &QueueSettings,
+    wake: Arc<Notify>,
+) -> EventSink {
+    let (tx, mut rx) = mpsc::channel::<(NewEvent, Reply)>(ENQUEUE_BACKLOG);
+    let window = settings.idempotency_window.as_millis() as u64;
+    let spawned = std::thread::Builder::new()
+        .name("cirrus-enqueue".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH);
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first);
+                while batch.len() < MAX_COMMIT_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.drain(..).unzip();
+                match queue.enqueue(&events, clock.now_ms(), window) {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        let message = format!("{e:#}");
+                        for reply in replies {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the enqueue writer: {e}");
+    }
+    EventSink { tx, wake }
+}
+
+/// Delivers queued events until shutdown.
+pub struct Dispatcher {
+    pub queue: Arc<dyn EventQueue>,
+    pub invoker: Arc<Invoker>,
+    pub registry: Arc<Registry>,
+    pub clock: Arc<dyn Clock>,
+    pub wake: Arc<Notify>,
+    pub prefetch: usize,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+impl Dispatcher {
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.prefetch));
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let free = slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                let (queue, now) = (self.queue.clone(), self.clock.now_ms());
+                match blocking(move || queue.claim(now, free)).await {
+                    Ok(events) => {
+                        claimed = events.len();
+                        for event in events {
+                            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            let this = self.clone();
+                            tokio::spawn(async move {
+                                this.deliver(event).await;
+                                drop(permit);
+                                this.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!("claiming events failed: {e:#}"),
+                }
+            }
+            if claimed > 0 && claimed == free {
+                continue; // there may be more ready right now
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn deliver(&self, queued: QueuedEvent) {
+        let QueuedEvent { event, attempts } = queued;
+        let id = event.id.clone();
+        let outcome = self.attempt(&event, attempts).await;
+        let now = self.clock.now_ms();
+        let queue = self.queue.clone();
+        let result = match outcome {
+            Ok(()) => blocking(move || queue.complete(&id)).await,
+            Err(Next::Busy(error)) => {
+                let at = now + BUSY_RETRY.as_millis() as u64;
+                blocking(move || queue.retry(&id, at, &error, false)).await
+            }
+            Err(Next::Retry { at, error }) => {
+                blocking(move || queue.retry(&id, at, &error, true)).await
+            }
+            Err(Next::Dead(error)) => {
+                tracing::warn!(request_id = %id, function = %event.function, "event moved to the dead-letter queue: {error}");
+                blocking(move || queue.kill(&id, now, &error)).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(request_id = %event.id, "updating the event queue failed: {e:#}");
+        }
+    }
+
+    /// One delivery attempt, and what should happen next if it failed.
+    async fn attempt(&self, event: &NewEvent, attempts: u32) -> Result<(), Next> {
+        let qualifier = Qualifier::parse(&event.qualifier)
+            .map_err(|e| Next::Dead(format!("invalid qualifier: {e}")))?;
+        let version = match self.registry.resolve(&event.function, &qualifier) {
+            Ok(version) => version,
+            Err(e) => return Err(Next::Dead(format!("{}: {}", e.code, e.message))),
+        };
+        let config = &version.config;
+        let now = self.clock.now_ms();
+        let age = Duration::from_millis(now.saturating_sub(event.created_ms));
+        if age > config.max_event_age {
+            return Err(Next::Dead(format!(
+                "event expired: older than max_event_age ({}) before attempt {attempts}",
+                cirrus_api::duration::format(config.max_event_age)
+            )));
+        }
+        let call = Call {
+            request_id: Some(event.id.clone()),
+            attempt: attempts,
+            ..Call::new(
+                event.function.clone(),
+                qualifier,
+                Trigger::Async,
+                cloud_event_request(event),
+                true,
+            )
+        };
+        let error = match self.invoker.invoke_event(call).await {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.code, ErrorCode::Throttled | ErrorCode::Unavailable) => {
+                return Err(Next::Busy(format!("{}: {}", e.code, e.message)))
+            }
+            Err(e) => format!("{}: {}", e.code, e.message),
+        };
+        if attempts >= config.max_attempts {
+            return Err(Next::Dead(format!("{error} (after {attempts} attempts)")));
+        }
+        let delay = backoff(config.retry_delay, attempts);
+        if age + delay > config.max_event_age {
+            return Err(Next::Dead(format!(
+                "{error} (attempt {attempts}; the next would pass max_event_age {})",
+                cirrus_api::duration::format(config.max_event_age)
+            )));
+        }
+        Err(Next::Retry {
+            at: now + delay.as_millis() as u64,
+            error,
+        })
+    }
+}
+
+enum Next {
+    Busy(String),
+    Retry { at: u64, error: String },
+    Dead(String),
+}
+
+/// Exponential backoff with jitter: `base × 2^(attempt-1)`, scaled by a random factor in
+/// [0.5, 1.5) so retries of many failed events spread out, capped at 15 minutes.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exponential = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let jitter = rand::rng().random_range(0.5..1.5);
+    exponential.mul_f64(jitter).min(MAX_BACKOFF)
+}
+
+/// The event as the guest receives it: a CloudEvents 1.0 `POST` in binary mode.
+fn cloud_event_request(event: &NewEvent) -> Request<Body> {
+    let mut request = Request::new(Body::from(event.data.clone()));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = Uri::from_static("/");
+    let headers = request.headers_mut();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set("ce-specversion", "1.0");
+    set("ce-id", &event.id);
+    set("ce-type", ASYNC_EVENT_TYPE);
+    set("ce-source", &format!("/functions/{}", event.function));
+    set("ce-time", &rfc3339(event.created_ms));
+    set(
+        "content-type",
+        event
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream"),
+    );
+    if let Some(traceparent) = &event.traceparent {
+        set("traceparent", traceparent);
+    }
+    set("host", "localhost");
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for _ in 0..100 {
+            let first = backoff(Duration::from_secs(1), 1);
+            assert!(
+                first >= Duration::from_millis(500) && first < Duration::from_millis(1500),
+                "{first:?}"
+            );
+            let third = backoff(Duration::from_secs(1), 3);
+            assert!(
+                third >= Duration::from_secs(2) && third < Duration::from_secs(6),
+                "{third:?}"
+            );
+            assert!(backoff(Duration::from_secs(60), 30) <= MAX_BACKOFF);
+        }
+    }
+
+    #[test]
+    fn events_reach_guests_as_binary_cloudevents() {
+        let event = NewEvent {
+            id: "abc".into(),
+            function: "f".into(),
+            qualifier: "$LATEST".into(),
+            content_type: Some("application/json".into()),
+            traceparent: None,
+            data: b"{}".to_vec(),
+            created_ms: 0,
+            idempotency_key: None,
+        };
+        let r = cloud_event_request(&event);
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(r.headers()["ce-specversion"], "1.0");
+        assert_eq!(r.headers()["ce-id"], "abc");
+        assert_eq!(r.headers()["ce-type"], ASYNC_EVENT_TYPE);
+        assert_eq!(r.headers()["ce-source"], "/functions/f");
+        assert_eq!(r.headers()["ce-time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(r.headers()["content-type"], "application/json");
+    }
+}
