@@ -113,7 +113,7 @@ pub async fn invoke_api(
     };
     match request.headers().get("x-cirrus-invocation-type").map(|v| v.to_str().unwrap_or("")) {
         None | Some("RequestResponse") => {}
-        Some("Event") => return accept_event(&state, name, qualifier, request).await.unwrap_or_else(|e| error_response(e)),
+        Some("Event") => return accept_event(&state, name, qualifier, request).await.unwrap_or_else(error_response),
         Some(other) => {
             return error_response(ApiError::bad_request(format!(
                 "X-Cirrus-Invocation-Type {other:?}: use RequestResponse (wait for the result) or Event (asynchronous)"
