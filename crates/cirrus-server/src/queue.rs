@@ -182,6 +182,10 @@ impl Dispatcher {
         let QueuedEvent { event, attempts } = queued;
         let id = event.id.clone();
         let outcome = self.attempt(&event, attempts).await;
+        // The attempt's record must be on disk before the queue forgets the event, or a
+        // crash in between would leave a delivered event with no trace of it (and unbilled).
+        // Concurrent deliveries share the writer's next commit.
+        self.invoker.records.flush().await;
         let now = self.clock.now_ms();
         let queue = self.queue.clone();
         let result = match outcome {

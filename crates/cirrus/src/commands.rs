@@ -56,6 +56,9 @@ enum Command {
     Alias(AliasCommand),
     /// Show a function's logs; -f follows new lines
     Logs(LogsArgs),
+    /// The dead-letter queue of asynchronous events
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Usage and cost per function, hour or day
     Usage(UsageArgs),
     /// List a function's recent invocations
@@ -152,6 +155,15 @@ struct DeployArgs {
     /// Host the function may reach with outbound HTTP (repeatable)
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
+    /// Asynchronous events: attempts in total before the dead-letter queue [default: 3]
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Asynchronous events: first retry delay, doubling [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    retry_delay: Option<Duration>,
+    /// Asynchronous events: not retried past this age [default: 6h]
+    #[arg(long, value_parser = parse_duration)]
+    max_event_age: Option<Duration>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,6 +182,13 @@ struct InvokeArgs {
     /// Print status and cirrus-* headers on stderr
     #[arg(long, short = 'v')]
     verbose: bool,
+    /// Queue the event and return at once with its request id (delivered at least once,
+    /// with retries, then the dead-letter queue)
+    #[arg(long = "async")]
+    asynchronous: bool,
+    /// With --async: an event with a key seen in the last hour is not queued again
+    #[arg(long, requires = "asynchronous")]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +203,35 @@ enum AliasCommand {
     Rm { name: String, alias: String },
     /// List aliases
     Ls { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead events, newest failure first
+    Ls {
+        #[arg(long)]
+        function: Option<String>,
+    },
+    /// Show one dead event, its body and last error
+    Show { request_id: String },
+    /// Put events back in the queue with fresh attempts: one, or --all (of --function)
+    Redrive {
+        #[arg(required_unless_present = "all")]
+        request_id: Option<String>,
+        #[arg(long, conflicts_with = "request_id")]
+        all: bool,
+        #[arg(long, requires = "all")]
+        function: Option<String>,
+    },
+    /// Delete events: one, or --all (of --function)
+    Purge {
+        #[arg(required_unless_present = "all")]
+        request_id: Option<String>,
+        #[arg(long, conflicts_with = "request_id")]
+        all: bool,
+        #[arg(long, requires = "all")]
+        function: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -235,7 +283,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(_) => unreachable!("handled above"),
         Command::Deploy(args) => deploy(&client, args, json).await,
-        Command::Invoke(args) => invoke(&client, args).await,
+        Command::Invoke(args) => invoke(&client, args, json).await,
+        Command::Dlq(command) => dlq(&client, command, json).await,
         Command::Ls => {
             let functions: Vec<FunctionInfo> = client
                 .json(client.request(Method::GET, "/v1/functions"))
@@ -498,6 +547,15 @@ fn flag_config(args: &DeployArgs, mut config: FunctionConfig) -> FunctionConfig 
     if !args.allow_hosts.is_empty() {
         config.allowed_hosts = args.allow_hosts.clone();
     }
+    if let Some(n) = args.max_attempts {
+        config.max_attempts = n;
+    }
+    if let Some(d) = args.retry_delay {
+        config.retry_delay = d;
+    }
+    if let Some(d) = args.max_event_age {
+        config.max_event_age = d;
+    }
     config
 }
 
@@ -608,7 +666,7 @@ async fn deploy_one(
     }
 }
 
-async fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<()> {
+async fn invoke(client: &Client, args: InvokeArgs, json: bool) -> anyhow::Result<()> {
     let (name, qualifier) = Qualifier::split(&args.target).map_err(|e| anyhow::anyhow!(e))?;
     let body = match (&args.data, &args.file) {
         (Some(data), _) => data.clone().into_bytes(),
@@ -626,10 +684,27 @@ async fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<()> {
     if qualifier != Qualifier::Latest {
         path.push_str(&format!("?qualifier={qualifier}"));
     }
-    let request = client
+    let mut request = client
         .request(Method::POST, &path)
         .header(reqwest::header::CONTENT_TYPE, &args.content_type)
         .body(body);
+    if args.asynchronous {
+        request = request.header("x-cirrus-invocation-type", "Event");
+        if let Some(key) = &args.idempotency_key {
+            request = request.header("x-cirrus-idempotency-key", key);
+        }
+        let accepted: cirrus_api::Accepted = client.json(request).await?;
+        if json {
+            return output::json(&accepted);
+        }
+        let note = if accepted.duplicate {
+            " (duplicate of an earlier event)"
+        } else {
+            ""
+        };
+        println!("{}{note}", accepted.request_id);
+        return Ok(());
+    }
     let response = client.send(request).await?;
     if args.verbose {
         eprintln!("status: {}", response.status());
@@ -808,4 +883,103 @@ async fn usage(client: &Client, args: UsageArgs, json: bool) -> anyhow::Result<(
         report.free_tier_discount
     );
     Ok(())
+}
+
+async fn dlq(client: &Client, command: DlqCommand, json: bool) -> anyhow::Result<()> {
+    let affected = |verb: &'static str| {
+        move |a: cirrus_api::Affected| {
+            if json {
+                output::json(&a)
+            } else {
+                println!("{verb} {} event(s)", a.count);
+                Ok(())
+            }
+        }
+    };
+    let scope = |function: &Option<String>| {
+        function
+            .as_ref()
+            .map(|f| vec![("function", f.clone())])
+            .unwrap_or_default()
+    };
+    match command {
+        DlqCommand::Ls { function } => {
+            let page: Page<cirrus_api::DeadEvent> = client
+                .json(
+                    client
+                        .request(Method::GET, "/v1/dlq")
+                        .query(&scope(&function)),
+                )
+                .await?;
+            if json {
+                return output::json(&page.items);
+            }
+            let rows = page
+                .items
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.failed_at.clone(),
+                        e.request_id.clone(),
+                        e.function.clone(),
+                        e.attempts.to_string(),
+                        e.size_bytes.to_string(),
+                        e.last_error.clone(),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "FAILED",
+                    "REQUEST ID",
+                    "FUNCTION",
+                    "ATTEMPTS",
+                    "BYTES",
+                    "LAST ERROR",
+                ],
+                rows,
+            );
+            Ok(())
+        }
+        DlqCommand::Show { request_id } => {
+            let event: cirrus_api::DeadEvent = client
+                .json(client.request(Method::GET, &format!("/v1/dlq/{request_id}")))
+                .await?;
+            output::json(&event)
+        }
+        DlqCommand::Redrive {
+            request_id: Some(id),
+            ..
+        } => affected("redrove")(
+            client
+                .json(client.request(Method::POST, &format!("/v1/dlq/{id}/redrive")))
+                .await?,
+        ),
+        DlqCommand::Redrive { function, .. } => affected("redrove")(
+            client
+                .json(
+                    client
+                        .request(Method::POST, "/v1/dlq/redrive")
+                        .query(&scope(&function)),
+                )
+                .await?,
+        ),
+        DlqCommand::Purge {
+            request_id: Some(id),
+            ..
+        } => affected("purged")(
+            client
+                .json(client.request(Method::DELETE, &format!("/v1/dlq/{id}")))
+                .await?,
+        ),
+        DlqCommand::Purge { function, .. } => affected("purged")(
+            client
+                .json(
+                    client
+                        .request(Method::DELETE, "/v1/dlq")
+                        .query(&scope(&function)),
+                )
+                .await?,
+        ),
+    }
 }

@@ -706,3 +706,228 @@ async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
         )
         .await;
 }
+
+/// Every invocation record of a function, all pages.
+async fn all_records(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    function: &str,
+) -> Vec<serde_json::Value> {
+    let mut records = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut path = format!("{url}/v1/functions/{function}/invocations?limit=1000");
+        if let Some(cursor) = &next {
+            path.push_str(&format!("&before={cursor}"));
+        }
+        let page: serde_json::Value = http
+            .get(path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        records.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(cursor) => next = Some(cursor.to_owned()),
+            None => return records,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_sigkill() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+    const EVENTS: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &[]);
+    up.cli_ok(&[
+        "deploy",
+        "echo",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let url = format!("{}/v1/functions/echo/invoke", up.url);
+
+    // 16 clients enqueue as fast as they can; the server is killed part-way through.
+    let senders: Vec<_> = (0..16)
+        .map(|worker| {
+            let (http, url, token, acked) =
+                (http.clone(), url.clone(), token.clone(), acked.clone());
+            tokio::spawn(async move {
+                for i in 0..EVENTS / 16 {
+                    let sent = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("x-cirrus-invocation-type", "Event")
+                        .body(format!("{worker}-{i}"))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 202 => {
+                            let id = r.headers()["cirrus-request-id"]
+                                .to_str()
+                                .unwrap()
+                                .to_owned();
+                            acked.lock().unwrap().push(id);
+                        }
+                        _ => return, // the server is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().unwrap().len() < EVENTS / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    up.child.kill().unwrap(); // SIGKILL: no drain, no flush
+    up.child.wait().unwrap();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(acked.len() >= EVENTS / 3);
+
+    let up = Up::start(dir.path(), &[]);
+    let mut drained = false;
+    for _ in 0..600 {
+        let status: serde_json::Value = http
+            .get(format!("{}/v1/status", up.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["queued_events"] == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(drained, "the queue drained after the restart");
+    let records = all_records(&http, &up.url, &token, "echo").await;
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        if r["outcome"] == "success" {
+            *delivered
+                .entry(r["request_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    let dead: serde_json::Value = http
+        .get(format!("{}/v1/dlq", up.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dead: HashSet<&str> = dead["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request_id"].as_str().unwrap())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !delivered.contains_key(*id) && !dead.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged events were lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let duplicates = delivered.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "{} acknowledged, {} delivered, {} delivered more than once, {} dead",
+        acked.len(),
+        delivered.len(),
+        duplicates,
+        dead.len()
+    );
+}
+
+#[test]
+fn cli_invokes_asynchronously_and_manages_the_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let trap = repo("fixtures/trap.wat");
+    up.cli_ok(&[
+        "deploy",
+        "trap",
+        trap.to_str().unwrap(),
+        "--max-attempts",
+        "2",
+        "--retry-delay",
+        "10ms",
+    ]);
+    let got = up.cli_json(&["get", "trap"]);
+    assert_eq!(got["latest"]["config"]["max_attempts"], 2);
+    let id = up
+        .cli_ok(&["invoke", "trap", "--async", "-d", "{\"x\":1}"])
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 36, "{id}");
+    let again = up.cli_json(&["invoke", "trap", "--async", "--idempotency-key", "k1"]);
+    let dup = up.cli_json(&["invoke", "trap", "--async", "--idempotency-key", "k1"]);
+    assert_eq!(again["request_id"], dup["request_id"]);
+    assert_eq!(dup["duplicate"], true);
+
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..100 {
+        listed = up.cli_json(&["dlq", "ls", "--function", "trap"]);
+        if listed.as_array().unwrap().len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let items = listed.as_array().unwrap();
+    assert_eq!(items.len(), 2, "{listed}");
+    assert!(items.iter().all(|e| e["attempts"] == 2));
+    let table = up.cli_ok(&["dlq", "ls"]);
+    assert!(
+        table.contains(&id) && table.contains("function_error"),
+        "{table}"
+    );
+    let shown = up.cli_json(&["dlq", "show", &id]);
+    assert_eq!(shown["data"], "{\"x\":1}");
+    assert_eq!(
+        up.cli_ok(&["dlq", "redrive", &id]).trim(),
+        "redrove 1 event(s)"
+    );
+    let out = up.cli(&["dlq", "redrive"]);
+    assert!(!out.status.success(), "a request id or --all is required");
+    assert_eq!(
+        up.cli_ok(&["dlq", "purge", "--all", "--function", "nobody"])
+            .trim(),
+        "purged 0 event(s)"
+    );
+    // The redriven event fails again and returns; then everything is purged.
+    for _ in 0..100 {
+        if up.cli_json(&["dlq", "ls"]).as_array().unwrap().len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        up.cli_ok(&["dlq", "purge", "--all"]).trim(),
+        "purged 2 event(s)"
+    );
+    assert!(up.cli_json(&["dlq", "ls"]).as_array().unwrap().is_empty());
+    let out = up.cli(&["dlq", "show", &id]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}
