@@ -22,6 +22,9 @@ pub const NAMES: &[&str] = &[
     "cirrus_in_flight",
     "cirrus_loaded_versions",
     "cirrus_process_resident_memory_bytes",
+    "cirrus_queued_events",
+    "cirrus_dead_letter_events",
+    "cirrus_event_retries",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +52,9 @@ pub struct Metrics {
     in_flight: Gauge,
     loaded: Gauge,
     resident: Gauge<i64, std::sync::atomic::AtomicI64>,
+    queued: Gauge,
+    dead: Gauge,
+    retries: Family<FunctionLabels, Counter>,
 }
 
 /// 50 µs to ~26 s, doubling.
@@ -79,6 +85,24 @@ impl Metrics {
         let in_flight = Gauge::default();
         let loaded = Gauge::default();
         let resident = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let queued = Gauge::default();
+        let dead = Gauge::default();
+        let retries = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "cirrus_queued_events",
+            "Asynchronous events waiting or being delivered",
+            queued.clone(),
+        );
+        registry.register(
+            "cirrus_dead_letter_events",
+            "Events in the dead-letter queue",
+            dead.clone(),
+        );
+        registry.register(
+            "cirrus_event_retries",
+            "Failed event attempts scheduled for a retry",
+            retries.clone(),
+        );
         registry.register(
             "cirrus_invocations",
             "Invocations by function, outcome and cold/warm start",
@@ -135,6 +159,9 @@ impl Metrics {
             in_flight,
             loaded,
             resident,
+            queued,
+            dead,
+            retries,
         }
     }
 
@@ -167,6 +194,14 @@ impl Metrics {
             .observe(r.peak_memory_bytes as f64);
     }
 
+    pub fn retried(&self, function: &str) {
+        self.retries
+            .get_or_create(&FunctionLabels {
+                function: function.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn throttled(&self, function: &str) {
         self.throttled
             .get_or_create(&FunctionLabels {
@@ -176,9 +211,11 @@ impl Metrics {
     }
 
     /// The exposition, with current-state gauges refreshed first.
-    pub fn render(&self, in_flight: usize, loaded: usize) -> String {
+    pub fn render(&self, in_flight: usize, loaded: usize, (queued, dead): (u64, u64)) -> String {
         self.in_flight.set(in_flight as i64);
         self.loaded.set(loaded as i64);
+        self.queued.set(queued as i64);
+        self.dead.set(dead as i64);
         self.resident.set(resident_bytes());
         let mut out = String::new();
         // Writing into a String cannot fail.

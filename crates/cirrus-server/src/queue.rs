@@ -195,6 +195,7 @@ impl Dispatcher {
                 blocking(move || queue.retry(&id, at, &error, false)).await
             }
             Err(Next::Retry { at, error }) => {
+                self.invoker.metrics.retried(&event.function);
                 blocking(move || queue.retry(&id, at, &error, true)).await
             }
             Err(Next::Dead(error)) => {

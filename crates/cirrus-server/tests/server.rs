@@ -1327,6 +1327,14 @@ async fn every_declared_metric_moves() {
         ..Default::default()
     };
     s.deploy("sleepy", "sleep.wat", capped).await;
+    s.deploy("slow", "sleep.wat", FunctionConfig::default())
+        .await;
+    let flaky = FunctionConfig {
+        max_attempts: 2,
+        retry_delay: Duration::from_millis(10),
+        ..Default::default()
+    };
+    s.deploy("flaky", "trap.wat", flaky).await;
     s.invoke("echo", "a").await;
     s.invoke("echo", "b").await;
     s.call("/fn/trap").await;
@@ -1334,22 +1342,37 @@ async fn every_declared_metric_moves() {
     let (running, during) = tokio::join!(s.call("/fn/sleepy"), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let throttled = s.call("/fn/sleepy").await.status();
+        assert_eq!(invoke_async(&s, "slow", "{}", None).await.status(), 202);
         (throttled, scrape().await)
     });
     assert_eq!(running.status(), 200);
     assert_eq!(during.0, 429);
     let in_flight = samples(&during.1, "cirrus_in_flight");
-    assert_eq!(
-        in_flight,
-        vec![("cirrus_in_flight".to_owned(), 1.0)],
+    // The sleepy call (and the slow event, if its delivery has already begun).
+    assert!(
+        matches!(in_flight.as_slice(), [(_, v)] if *v >= 1.0),
         "{}",
         during.1
     );
+    let queued = samples(&during.1, "cirrus_queued_events");
+    assert_eq!(
+        queued,
+        vec![("cirrus_queued_events".to_owned(), 1.0)],
+        "{}",
+        during.1
+    );
+    // An event that fails twice: one retry, then the dead-letter queue.
+    invoke_async(&s, "flaky", "{}", None).await;
+    eventually(&s, "the flaky event in the DLQ", || async {
+        let status: cirrus_api::ServerStatus = s.get_json("/v1/status").await;
+        (status.dead_events == 1).then_some(())
+    })
+    .await;
 
     let after = scrape().await;
     for name in cirrus_server::metrics::NAMES {
-        if *name == "cirrus_in_flight" {
-            continue; // proved above, while a call ran
+        if *name == "cirrus_in_flight" || *name == "cirrus_queued_events" {
+            continue; // proved above, while a call ran and an event waited
         }
         let moved = samples(&after, name).iter().any(|(_, v)| *v > 0.0)
             && samples(&before, name)
@@ -1384,7 +1407,12 @@ async fn every_declared_metric_moves() {
         count("cirrus_cold_start_seconds_count{function=\"echo\"}"),
         Some(1.0)
     );
-    assert_eq!(count("cirrus_loaded_versions"), Some(3.0));
+    assert_eq!(count("cirrus_loaded_versions"), Some(5.0));
+    assert_eq!(
+        count("cirrus_event_retries_total{function=\"flaky\"}"),
+        Some(1.0)
+    );
+    assert_eq!(count("cirrus_dead_letter_events"), Some(1.0));
     s.stop().await;
 }
 

@@ -168,19 +168,25 @@ async fn status(
     }))
 }
 
-async fn metrics(State(state): State<AppStateRef>) -> Response {
-    let text = state
-        .invoker
-        .metrics
-        .render(state.scaler.in_flight(), state.scaler.loaded_count());
-    (
+async fn metrics(State(state): State<AppStateRef>) -> Result<Response, Failure> {
+    let queue = state.event_queue.clone();
+    let depth = tokio::task::spawn_blocking(move || queue.depth())
+        .await
+        .map_err(Failure::internal)?
+        .map_err(Failure::internal)?;
+    let text =
+        state
+            .invoker
+            .metrics
+            .render(state.scaler.in_flight(), state.scaler.loaded_count(), depth);
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
-        .into_response()
+        .into_response())
 }
 
 async fn require_token(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {

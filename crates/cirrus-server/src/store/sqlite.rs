@@ -196,7 +196,9 @@ impl FunctionStore for SqliteStore {
 
     fn delete_function(&self, name: &str) -> StoreResult<()> {
         let mut conn = lock(&self.meta);
-        let tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock up front, so a concurrent commit on another
+        // connection makes us wait (busy_timeout) instead of failing a read-to-write upgrade.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM aliases WHERE function = ?1", [name])?;
         tx.execute("DELETE FROM versions WHERE function = ?1", [name])?;
         tx.commit()?;
@@ -224,7 +226,9 @@ impl FunctionStore for SqliteStore {
 impl RecordStore for SqliteStore {
     fn write_batch(&self, records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<()> {
         let mut conn = lock(&self.records);
-        let tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock up front, so a concurrent commit on another
+        // connection makes us wait (busy_timeout) instead of failing a read-to-write upgrade.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
@@ -469,7 +473,9 @@ impl EventQueue for SqliteStore {
         idempotency_window_ms: u64,
     ) -> StoreResult<Vec<Enqueued>> {
         let mut conn = lock(&self.queue);
-        let tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock up front, so a concurrent commit on another
+        // connection makes us wait (busy_timeout) instead of failing a read-to-write upgrade.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(events.len());
         {
             let mut seen = tx.prepare_cached(
