@@ -170,6 +170,7 @@ async fn bench() {
             );
         }
     }
+        events(&state, &client, &url).await;
     metering_costs(&state);
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
@@ -207,4 +208,73 @@ fn metering_costs(state: &cirrus_server::api::AppStateRef) {
         "{:<44} {:>8.0} ns per invocation",
         "metering: metric families update", observe_ns
     );
+}
+
+/// Asynchronous events: event → function latency on an idle server (acknowledged POST to
+/// the guest's log line arriving, which includes the ~15 µs run), and the rate at which
+/// durable events are accepted (each one committed before its 202).
+async fn events(state: &cirrus_server::api::AppStateRef, client: &reqwest::Client, url: &str) {
+    let target = format!("{url}/v1/functions/hello-c/invoke");
+    let post = |body: String| {
+        client
+            .post(&target)
+            .bearer_auth(&state.token)
+            .header("x-cirrus-invocation-type", "Event")
+            .body(body)
+            .send()
+    };
+    let mut live = state.records.follow();
+    let mut latency = Vec::with_capacity(COLD_SAMPLES);
+    for i in 0..COLD_SAMPLES {
+        let t = Instant::now();
+        let r = post(i.to_string()).await.unwrap();
+        assert_eq!(r.status(), 202);
+        let id = r.headers()["cirrus-request-id"].to_str().unwrap().to_owned();
+        loop {
+            match live.recv().await {
+                Ok(line) if line.request_id == id => break,
+                _ => continue,
+            }
+        }
+        latency.push(t.elapsed());
+    }
+    report("event → function ran (idle server)", latency);
+
+    for concurrency in [16, 64] {
+        let accepted = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + THROUGHPUT_WINDOW;
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, target, token, accepted) = (client.clone(), target.clone(), state.token.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let r = client
+                            .post(&target)
+                            .bearer_auth(&token)
+                            .header("x-cirrus-invocation-type", "Event")
+                            .body("{}")
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 202);
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let rate = accepted.load(Ordering::Relaxed) as f64 / THROUGHPUT_WINDOW.as_secs_f64();
+        println!("{:<44} {rate:>10.0} events/s", format!("durable enqueue, {concurrency} clients"));
+        // Let the dispatcher drain before the next round.
+        loop {
+            let queue = state.event_queue.clone();
+            let (queued, _) = tokio::task::spawn_blocking(move || queue.depth()).await.unwrap().unwrap();
+            if queued == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
