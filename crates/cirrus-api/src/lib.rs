@@ -4,6 +4,7 @@
 //! - [`spec`]: a function's configuration, its limits and validation.
 //! - [`model`]: what the management API returns (functions, versions, aliases,
 //!   invocation records, log lines).
+//! - [`trigger`]: HTTP routes and topics that fire functions.
 //! - [`manifest`]: the `cirrus.toml` app manifest.
 //! - [`duration`]: human durations (`"30s"`, `"5m"`) on the wire.
 //! - [`usage`]: usage and cost reports, with exact decimal money.
@@ -13,9 +14,11 @@ pub mod error;
 pub mod manifest;
 pub mod model;
 pub mod spec;
+pub mod trigger;
 pub mod usage;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use manifest::{Manifest, ManifestFunction};
 pub use model::*;
 pub use spec::{FunctionConfig, SpecError};
+pub use trigger::{TriggerInfo, TriggerSpec};

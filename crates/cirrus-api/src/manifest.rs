@@ -25,6 +25,8 @@ pub struct ManifestFunction {
     /// Path of the artifact, resolved against the manifest's folder.
     pub source: PathBuf,
     pub config: FunctionConfig,
+    /// The function's triggers; deploying the manifest makes them exactly these.
+    pub triggers: Vec<crate::trigger::TriggerSpec>,
 }
 
 /// The file as written. Function tables are read in two steps (take `source`, then
@@ -78,13 +80,30 @@ impl Manifest {
                     ))
                 }
             };
+            let triggers: Vec<crate::trigger::TriggerSpec> = match table.remove("triggers") {
+                Some(value) => value
+                    .try_into()
+                    .map_err(|e| format!("functions.{name}.triggers: {}", e.to_string().trim()))?,
+                None => Vec::new(),
+            };
+            for t in &triggers {
+                t.validate()
+                    .map_err(|e| format!("functions.{name}.triggers: {e}"))?;
+            }
             let config: FunctionConfig = table
                 .try_into()
                 .map_err(|e| format!("functions.{name}: {}", e.to_string().trim()))?;
             config
                 .validate()
                 .map_err(|e| format!("functions.{name}.{}: {}", e.field, e.message))?;
-            functions.insert(name, ManifestFunction { source, config });
+            functions.insert(
+                name,
+                ManifestFunction {
+                    source,
+                    config,
+                    triggers,
+                },
+            );
         }
         Ok(Manifest { functions })
     }
@@ -129,5 +148,17 @@ mod tests {
         assert!(Manifest::parse("", Path::new("."))
             .unwrap_err()
             .contains("no functions"));
+        let err = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\ntriggers = [{ route = \"/v1/x\" }]\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.contains("reserved"), "{err}");
+        let m = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\ntriggers = [{ route = \"GET /o/{id}\" }, { topic = \"orders\" }]\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(m.functions["a"].triggers.len(), 2);
     }
 }

@@ -54,6 +54,8 @@ pub struct FunctionInfo {
     pub latest: VersionInfo,
     pub versions: u32,
     pub aliases: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub triggers: Vec<crate::trigger::TriggerInfo>,
 }
 
 /// The answer to a deploy: the function as it now is, and whether a version was created

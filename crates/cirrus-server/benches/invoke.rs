@@ -170,7 +170,7 @@ async fn bench() {
             );
         }
     }
-        events(&state, &client, &url).await;
+    events(&state, &client, &url).await;
     metering_costs(&state);
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
@@ -192,7 +192,7 @@ fn metering_costs(state: &cirrus_server::api::AppStateRef) {
         "metering: thread CPU clock", clock_ns
     );
     let record: cirrus_api::InvocationRecord = serde_json::from_value(serde_json::json!({
-        "request_id": "r", "function": "hello-c", "version": 1, "trigger": "http",
+        "request_id": "r", "function": "hello-c", "version": 1, "trigger": "http", "attempt": 1,
         "started_at": "2026-11-22T00:00:00.000Z", "duration_ms": 0.1, "billed_ms": 1, "init_ms": null,
         "memory_mb": 128, "peak_memory_bytes": 65536, "cpu_ms": 0.05, "request_bytes": 0,
         "response_bytes": 10, "cold_start": false, "trace_id": "t", "span_id": "s",
@@ -229,7 +229,10 @@ async fn events(state: &cirrus_server::api::AppStateRef, client: &reqwest::Clien
         let t = Instant::now();
         let r = post(i.to_string()).await.unwrap();
         assert_eq!(r.status(), 202);
-        let id = r.headers()["cirrus-request-id"].to_str().unwrap().to_owned();
+        let id = r.headers()["cirrus-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         loop {
             match live.recv().await {
                 Ok(line) if line.request_id == id => break,
@@ -245,7 +248,12 @@ async fn events(state: &cirrus_server::api::AppStateRef, client: &reqwest::Clien
         let deadline = Instant::now() + THROUGHPUT_WINDOW;
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
-                let (client, target, token, accepted) = (client.clone(), target.clone(), state.token.clone(), accepted.clone());
+                let (client, target, token, accepted) = (
+                    client.clone(),
+                    target.clone(),
+                    state.token.clone(),
+                    accepted.clone(),
+                );
                 tokio::spawn(async move {
                     while Instant::now() < deadline {
                         let r = client
@@ -266,11 +274,17 @@ async fn events(state: &cirrus_server::api::AppStateRef, client: &reqwest::Clien
             w.await.unwrap();
         }
         let rate = accepted.load(Ordering::Relaxed) as f64 / THROUGHPUT_WINDOW.as_secs_f64();
-        println!("{:<44} {rate:>10.0} events/s", format!("durable enqueue, {concurrency} clients"));
+        println!(
+            "{:<44} {rate:>10.0} events/s",
+            format!("durable enqueue, {concurrency} clients")
+        );
         // Let the dispatcher drain before the next round.
         loop {
             let queue = state.event_queue.clone();
-            let (queued, _) = tokio::task::spawn_blocking(move || queue.depth()).await.unwrap().unwrap();
+            let (queued, _) = tokio::task::spawn_blocking(move || queue.depth())
+                .await
+                .unwrap()
+                .unwrap();
             if queued == 0 {
                 break;
             }

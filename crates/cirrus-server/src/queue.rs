@@ -27,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const POLL: Duration = Duration::from_millis(200);
 /// CloudEvents `type` of an asynchronous invoke.
 pub const ASYNC_EVENT_TYPE: &str = "dev.cirrus.invoke";
+/// CloudEvents `type` of a message published to a topic.
+pub const TOPIC_EVENT_TYPE: &str = "dev.cirrus.topic";
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -287,8 +289,12 @@ fn cloud_event_request(event: &NewEvent) -> Request<Body> {
     };
     set("ce-specversion", "1.0");
     set("ce-id", &event.id);
-    set("ce-type", ASYNC_EVENT_TYPE);
-    set("ce-source", &format!("/functions/{}", event.function));
+    set(
+        "ce-type",
+        event.event_type.as_deref().unwrap_or(ASYNC_EVENT_TYPE),
+    );
+    let source = format!("/functions/{}", event.function);
+    set("ce-source", event.source.as_deref().unwrap_or(&source));
     set("ce-time", &rfc3339(event.created_ms));
     set(
         "content-type",
@@ -333,6 +339,8 @@ mod tests {
             qualifier: "$LATEST".into(),
             content_type: Some("application/json".into()),
             traceparent: None,
+            event_type: None,
+            source: None,
             data: b"{}".to_vec(),
             created_ms: 0,
             idempotency_key: None,

@@ -5,9 +5,10 @@ use crate::clock::{rfc3339, Clock};
 use crate::error::Failure;
 use crate::store::{ArtifactStore, FunctionStore};
 use cirrus_api::spec::{validate_alias, validate_name};
+use cirrus_api::trigger::RoutePattern;
 use cirrus_api::{
     AliasInfo, ApiError, DeployResult, ErrorCode, FunctionConfig, FunctionInfo, Qualifier,
-    VersionInfo,
+    TriggerInfo, TriggerSpec, VersionInfo,
 };
 use cirrus_runtime::{Artifact, ArtifactError, Runtime};
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use std::sync::{Arc, RwLock};
 struct FunctionEntry {
     versions: BTreeMap<u32, Arc<VersionInfo>>,
     aliases: BTreeMap<String, u32>,
+    triggers: Vec<TriggerInfo>,
 }
 
 impl FunctionEntry {
@@ -31,6 +33,7 @@ impl FunctionEntry {
             latest: (**latest).clone(),
             versions: self.versions.len() as u32,
             aliases: self.aliases.clone(),
+            triggers: self.triggers.clone(),
         })
     }
 }
@@ -70,6 +73,7 @@ impl Registry {
                     .map(|v| (v.version, Arc::new(v)))
                     .collect(),
                 aliases: stored.aliases.into_iter().collect(),
+                triggers: stored.triggers,
             };
             functions.insert(stored.name, entry);
         }
@@ -342,6 +346,134 @@ impl Registry {
                 version,
             })
             .collect())
+    }
+}
+
+impl Registry {
+    /// Adds a trigger after checking it and, for routes, that no other route of any
+    /// function has the same shape and an overlapping method.
+    pub async fn add_trigger(
+        &self,
+        function: &str,
+        spec: TriggerSpec,
+    ) -> Result<TriggerInfo, Failure> {
+        spec.validate().map_err(ApiError::bad_request)?;
+        let _serial = self.deploy_lock.lock().await;
+        self.get(function)?;
+        if let TriggerSpec::Route(route) = &spec {
+            let pattern = RoutePattern::parse(route).map_err(ApiError::bad_request)?;
+            for existing in self.read().values().flat_map(|e| &e.triggers) {
+                if let TriggerSpec::Route(other) = &existing.spec {
+                    if RoutePattern::parse(other).is_ok_and(|o| o.conflicts_with(&pattern)) {
+                        return Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!("route {route:?} conflicts with {other:?} of function {:?} (trigger {})", existing.function, existing.id),
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
+        if let Some(same) = self
+            .read()
+            .get(function)
+            .and_then(|e| e.triggers.iter().find(|t| t.spec == spec).cloned())
+        {
+            return Ok(same);
+        }
+        let trigger = TriggerInfo {
+            id: uuid::Uuid::now_v7().to_string(),
+            function: function.to_owned(),
+            spec,
+            created_at: rfc3339(self.clock.now_ms()),
+        };
+        let (store, stored) = (self.store.clone(), trigger.clone());
+        tokio::task::spawn_blocking(move || store.insert_trigger(&stored))
+            .await
+            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Failure::internal(format!("storing trigger: {e:#}")))?;
+        if let Some(entry) = self.write().get_mut(function) {
+            entry.triggers.push(trigger.clone());
+        }
+        Ok(trigger)
+    }
+
+    pub async fn remove_trigger(&self, id: &str) -> Result<TriggerInfo, Failure> {
+        let _serial = self.deploy_lock.lock().await;
+        let trigger = self
+            .read()
+            .values()
+            .flat_map(|e| &e.triggers)
+            .find(|t| t.id == id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no trigger {id:?}")))?;
+        let (store, key) = (self.store.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || store.delete_trigger(&key))
+            .await
+            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Failure::internal(format!("deleting trigger: {e:#}")))?;
+        if let Some(entry) = self.write().get_mut(&trigger.function) {
+            entry.triggers.retain(|t| t.id != id);
+        }
+        Ok(trigger)
+    }
+
+    /// Makes a function's triggers exactly `specs` (for manifests).
+    pub async fn sync_triggers(
+        &self,
+        function: &str,
+        specs: &[TriggerSpec],
+    ) -> Result<(), Failure> {
+        let current = self.get(function)?.triggers;
+        for stale in current.iter().filter(|t| !specs.contains(&t.spec)) {
+            self.remove_trigger(&stale.id).await?;
+        }
+        for spec in specs {
+            self.add_trigger(function, spec.clone()).await?;
+        }
+        Ok(())
+    }
+
+    pub fn triggers(&self, function: Option<&str>) -> Vec<TriggerInfo> {
+        let functions = self.read();
+        let mut all: Vec<TriggerInfo> = functions
+            .values()
+            .flat_map(|e| e.triggers.iter().cloned())
+            .filter(|t| function.is_none_or(|f| t.function == f))
+            .collect();
+        all.sort_by(|a, b| (&a.function, &a.created_at).cmp(&(&b.function, &b.created_at)));
+        all
+    }
+
+    /// The function whose route matches, preferring routes with more literal segments.
+    pub fn route(&self, method: &str, path: &str) -> Option<String> {
+        let functions = self.read();
+        functions
+            .values()
+            .flat_map(|e| &e.triggers)
+            .filter_map(|t| match &t.spec {
+                TriggerSpec::Route(route) => {
+                    let (_, score) = RoutePattern::parse(route).ok()?.matches(method, path)?;
+                    Some((score, t.function.clone()))
+                }
+                TriggerSpec::Topic(_) => None,
+            })
+            .max_by_key(|(score, _)| *score)
+            .map(|(_, function)| function)
+    }
+
+    /// Functions subscribed to a topic.
+    pub fn subscribers(&self, topic: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .read()
+            .values()
+            .flat_map(|e| &e.triggers)
+            .filter(|t| matches!(&t.spec, TriggerSpec::Topic(name) if name == topic))
+            .map(|t| t.function.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 

@@ -229,6 +229,11 @@ impl Server {
                 })
                 .await
                 .map_err(|f| anyhow::anyhow!("functions.{name}: {}", f.0.message))?;
+            self.state
+                .registry
+                .sync_triggers(name, &function.triggers)
+                .await
+                .map_err(|f| anyhow::anyhow!("functions.{name}.triggers: {}", f.0.message))?;
             if result.function.latest.config.min_loaded > 0 {
                 self.state
                     .scaler

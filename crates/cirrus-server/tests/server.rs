@@ -1824,3 +1824,194 @@ async fn busy_functions_delay_events_without_spending_attempts() {
     assert_eq!(status.dead_events, 0, "throttling is not a failure");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn custom_routes_reach_their_function_and_conflicts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("orders", "env.wat", FunctionConfig::default())
+        .await;
+    s.deploy("new-order", "echo.wat", FunctionConfig::default())
+        .await;
+    let add = |function: &str, spec: serde_json::Value| {
+        s.req(Method::POST, &format!("/v1/functions/{function}/triggers"))
+            .json(&spec)
+            .send()
+    };
+    let r = add("orders", serde_json::json!({"route": "GET /orders/{id}"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let route: cirrus_api::TriggerInfo = r.json().await.unwrap();
+    assert_eq!(
+        route.spec,
+        cirrus_api::TriggerSpec::Route("GET /orders/{id}".into())
+    );
+    assert_eq!(
+        add(
+            "new-order",
+            serde_json::json!({"route": "POST /orders/new"})
+        )
+        .await
+        .unwrap()
+        .status(),
+        201
+    );
+    // Same shape, overlapping method: refused, naming the other route.
+    let (status, code, message) = error_of(
+        add("new-order", serde_json::json!({"route": "/orders/{order}"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status.as_u16(), code.as_str()), (409, "conflict"));
+    assert!(
+        message.contains("GET /orders/{id}") && message.contains("orders"),
+        "{message}"
+    );
+    for bad in [
+        serde_json::json!({"route": "/v1/functions"}),
+        serde_json::json!({"route": "FETCH /x"}),
+        serde_json::json!({"topic": "no spaces"}),
+        serde_json::json!({"queue": "x"}),
+    ] {
+        let (status, _, message) = error_of(add("orders", bad.clone()).await.unwrap()).await;
+        assert_eq!(status, 400, "{bad}: {message}");
+    }
+    assert_eq!(
+        error_of(
+            add("nobody", serde_json::json!({"topic": "t"}))
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        404
+    );
+
+    // The routed request reaches the function with its whole path.
+    let env = s.call("/orders/42?full=1").await.text().await.unwrap();
+    assert!(
+        env.contains("PATH_INFO=/orders/42\n") && env.contains("QUERY_STRING=full=1\n"),
+        "{env}"
+    );
+    let r = s
+        .http
+        .post(format!("{}/orders/new", s.url))
+        .body("created")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "created");
+    assert_eq!(error_of(s.call("/orders").await).await.0, 404);
+    let r = s
+        .http
+        .delete(format!("{}/orders/42", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.0, 404);
+
+    // Listed with the function and globally; removed by id.
+    let info: FunctionInfo = s.get_json("/v1/functions/orders").await;
+    assert_eq!(info.triggers.len(), 1);
+    let all: Vec<cirrus_api::TriggerInfo> = s.get_json("/v1/triggers").await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        s.send(Method::DELETE, &format!("/v1/triggers/{}", route.id))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(error_of(s.call("/orders/42").await).await.0, 404);
+    assert_eq!(
+        error_of(
+            s.send(Method::DELETE, &format!("/v1/triggers/{}", route.id))
+                .await
+        )
+        .await
+        .0,
+        404
+    );
+    s.stop().await;
+
+    // Triggers survive a restart.
+    let s = start(dir.path()).await;
+    let r = s
+        .http
+        .post(format!("{}/orders/new", s.url))
+        .body("again")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "again");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn topics_fan_out_to_every_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("audit", "env_log.wat", FunctionConfig::default())
+        .await;
+    s.deploy("mailer", "env_log.wat", FunctionConfig::default())
+        .await;
+    s.deploy("other", "env_log.wat", FunctionConfig::default())
+        .await;
+    for f in ["audit", "mailer"] {
+        let r = s
+            .req(Method::POST, &format!("/v1/functions/{f}/triggers"))
+            .json(&serde_json::json!({"topic": "orders.created"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = s
+        .req(Method::POST, "/v1/topics/orders.created")
+        .header("content-type", "application/json")
+        .body("{\"id\":7}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let published: serde_json::Value = r.json().await.unwrap();
+    let ids: Vec<String> = published["request_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    for (f, id) in ["audit", "mailer"].iter().zip(&ids) {
+        let lines = eventually(&s, "the topic event's delivery", || async {
+            let logs: Page<LogLine> = s
+                .get_json(&format!("/v1/functions/{f}/logs?request_id={id}"))
+                .await;
+            (!logs.items.is_empty()).then_some(logs.items)
+        })
+        .await;
+        let lines: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        assert!(
+            lines.contains(&"HTTP_CE_TYPE=dev.cirrus.topic"),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"HTTP_CE_SOURCE=/topics/orders.created"),
+            "{lines:?}"
+        );
+    }
+    let other: Page<InvocationRecord> = s.get_json("/v1/functions/other/invocations").await;
+    assert!(other.items.is_empty(), "not subscribed");
+    let (status, _, message) =
+        error_of(s.send(Method::POST, "/v1/topics/nobody-listens").await).await;
+    assert_eq!(status, 404);
+    assert!(message.contains("trigger add"), "{message}");
+    assert_eq!(
+        error_of(s.send(Method::POST, "/v1/topics/bad%20name").await)
+            .await
+            .0,
+        400
+    );
+    s.stop().await;
+}

@@ -8,6 +8,7 @@ use cirrus_api::{
     AliasInfo, DeployResult, FunctionConfig, FunctionInfo, InvocationRecord, LogLine, Manifest,
     Page, Qualifier, VersionInfo,
 };
+use cirrus_api::{TriggerInfo, TriggerSpec};
 use cirrus_server::scaler::ScalerSettings;
 use cirrus_server::{Server, ServerConfig, SystemClock};
 use clap::{Parser, Subcommand};
@@ -59,6 +60,17 @@ enum Command {
     /// The dead-letter queue of asynchronous events
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// HTTP routes and topic subscriptions that fire functions
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
+    /// Publish a message to a topic: every subscribed function gets it as an event
+    Publish {
+        topic: String,
+        #[arg(long, short = 'd')]
+        data: Option<String>,
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+    },
     /// Usage and cost per function, hour or day
     Usage(UsageArgs),
     /// List a function's recent invocations
@@ -206,6 +218,24 @@ enum AliasCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TriggerCommand {
+    /// Add a trigger to a function
+    Add {
+        function: String,
+        /// An HTTP route, e.g. 'GET /orders/{id}' (method optional)
+        #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+        route: Option<String>,
+        /// A topic to subscribe to
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// List triggers (of one function)
+    Ls { function: Option<String> },
+    /// Remove a trigger by id
+    Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// List dead events, newest failure first
     Ls {
@@ -285,6 +315,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy(&client, args, json).await,
         Command::Invoke(args) => invoke(&client, args, json).await,
         Command::Dlq(command) => dlq(&client, command, json).await,
+        Command::Trigger(command) => trigger(&client, command, json).await,
+        Command::Publish {
+            topic,
+            data,
+            content_type,
+        } => {
+            let published: serde_json::Value = client
+                .json(
+                    client
+                        .request(Method::POST, &format!("/v1/topics/{topic}"))
+                        .header(reqwest::header::CONTENT_TYPE, content_type)
+                        .body(data.unwrap_or_default()),
+                )
+                .await?;
+            if json {
+                return output::json(&published);
+            }
+            for id in published["request_ids"].as_array().into_iter().flatten() {
+                println!("{}", id.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
         Command::Ls => {
             let functions: Vec<FunctionInfo> = client
                 .json(client.request(Method::GET, "/v1/functions"))
@@ -571,10 +623,12 @@ async fn current_config(client: &Client, name: &str) -> anyhow::Result<FunctionC
 }
 
 async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result<()> {
-    let plan: Vec<(String, PathBuf, FunctionConfig)> = match (&args.name, &args.file) {
+    // A manifest also sets each function's triggers; a single deploy leaves them alone.
+    type Plan = Vec<(String, PathBuf, FunctionConfig, Option<Vec<TriggerSpec>>)>;
+    let plan: Plan = match (&args.name, &args.file) {
         (Some(name), Some(file)) => {
             let config = flag_config(&args, current_config(client, name).await?);
-            vec![(name.clone(), file.clone(), config)]
+            vec![(name.clone(), file.clone(), config, None)]
         }
         (Some(_), None) => bail!("give the artifact file after the name: cirrus deploy NAME FILE"),
         _ => {
@@ -582,13 +636,16 @@ async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result
             manifest
                 .functions
                 .into_iter()
-                .map(|(name, f)| (name, f.source, f.config))
+                .map(|(name, f)| (name, f.source, f.config, Some(f.triggers)))
                 .collect()
         }
     };
     let mut results = Vec::new();
-    for (name, file, config) in plan {
+    for (name, file, config, triggers) in plan {
         let result = deploy_one(client, &name, &file, &config, json).await?;
+        if let Some(triggers) = triggers {
+            sync_triggers(client, &name, &triggers).await?;
+        }
         if !json {
             let what = if result.created {
                 "deployed"
@@ -982,4 +1039,96 @@ async fn dlq(client: &Client, command: DlqCommand, json: bool) -> anyhow::Result
                 .await?,
         ),
     }
+}
+
+/// Makes a function's triggers exactly `wanted`.
+async fn sync_triggers(
+    client: &Client,
+    function: &str,
+    wanted: &[TriggerSpec],
+) -> anyhow::Result<()> {
+    let current: Vec<TriggerInfo> = client
+        .json(
+            client
+                .request(Method::GET, "/v1/triggers")
+                .query(&[("function", function)]),
+        )
+        .await?;
+    for stale in current.iter().filter(|t| !wanted.contains(&t.spec)) {
+        client::ok(
+            client
+                .send(client.request(Method::DELETE, &format!("/v1/triggers/{}", stale.id)))
+                .await?,
+        )
+        .await?;
+    }
+    for spec in wanted
+        .iter()
+        .filter(|s| !current.iter().any(|t| &t.spec == *s))
+    {
+        let _: TriggerInfo = client
+            .json(
+                client
+                    .request(Method::POST, &format!("/v1/functions/{function}/triggers"))
+                    .json(spec),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn describe(spec: &TriggerSpec) -> (String, String) {
+    match spec {
+        TriggerSpec::Route(r) => ("route".into(), r.clone()),
+        TriggerSpec::Topic(t) => ("topic".into(), t.clone()),
+    }
+}
+
+async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow::Result<()> {
+    let triggers: Vec<TriggerInfo> = match command {
+        TriggerCommand::Add {
+            function,
+            route,
+            topic,
+        } => {
+            let spec = match (route, topic) {
+                (Some(r), _) => TriggerSpec::Route(r),
+                (None, Some(t)) => TriggerSpec::Topic(t),
+                (None, None) => bail!("give --route or --topic"),
+            };
+            vec![
+                client
+                    .json(
+                        client
+                            .request(Method::POST, &format!("/v1/functions/{function}/triggers"))
+                            .json(&spec),
+                    )
+                    .await?,
+            ]
+        }
+        TriggerCommand::Ls { function } => {
+            let query: Vec<(&str, String)> =
+                function.map(|f| vec![("function", f)]).unwrap_or_default();
+            client
+                .json(client.request(Method::GET, "/v1/triggers").query(&query))
+                .await?
+        }
+        TriggerCommand::Rm { id } => vec![
+            client
+                .json(client.request(Method::DELETE, &format!("/v1/triggers/{id}")))
+                .await?,
+        ],
+    };
+    if json {
+        return output::json(&triggers);
+    }
+    let rows = triggers
+        .iter()
+        .map(|t| {
+            let (kind, what) = describe(&t.spec);
+            vec![t.id.clone(), t.function.clone(), kind, what]
+        })
+        .collect();
+    output::table(&["ID", "FUNCTION", "KIND", "TRIGGER"], rows);
+    Ok(())
 }

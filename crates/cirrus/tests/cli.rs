@@ -931,3 +931,54 @@ fn cli_invokes_asynchronously_and_manages_the_dead_letter_queue() {
     let out = up.cli(&["dlq", "show", &id]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
 }
+
+#[test]
+fn manifests_declare_triggers_and_the_cli_manages_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("cirrus.toml");
+    let env = repo("fixtures/env.wat");
+    let env_log = repo("fixtures/env_log.wat");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[functions.orders]\nsource = {:?}\ntriggers = [{{ route = \"GET /orders/{{id}}\" }}]\n\n[functions.audit]\nsource = {:?}\ntriggers = [{{ topic = \"orders\" }}]\n",
+            env.to_str().unwrap(),
+            env_log.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let up = Up::start(dir.path(), &["--app", manifest.to_str().unwrap()]);
+    assert!(up
+        .curl(&[&format!("{}/orders/7", up.url)])
+        .contains("PATH_INFO=/orders/7"));
+    let listed = up.cli_json(&["trigger", "ls"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let table = up.cli_ok(&["trigger", "ls", "audit"]);
+    assert!(
+        table.contains("topic") && table.contains("orders") && !table.contains("route"),
+        "{table}"
+    );
+    let ids = up.cli_ok(&["publish", "orders", "-d", "{\"id\":7}"]);
+    assert_eq!(ids.lines().count(), 1, "{ids}");
+
+    // Redeploying the manifest with a changed trigger replaces the old one.
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("GET /orders/{id}", "GET /v2/orders/{id}");
+    std::fs::write(&manifest, text).unwrap();
+    up.cli_ok(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert!(up
+        .curl(&[&format!("{}/v2/orders/8", up.url)])
+        .contains("PATH_INFO=/v2/orders/8"));
+    assert!(up
+        .curl(&[&format!("{}/orders/8", up.url)])
+        .contains("not_found"));
+
+    // By hand: add, conflict, remove.
+    let added = up.cli_json(&["trigger", "add", "audit", "--route", "POST /audit"]);
+    let out = up.cli(&["trigger", "add", "orders", "--route", "/audit"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"));
+    up.cli_ok(&["trigger", "rm", added[0]["id"].as_str().unwrap()]);
+    let out = up.cli(&["publish", "nobody"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}

@@ -189,6 +189,8 @@ async fn accept_event(
         qualifier: qualifier.to_string(),
         content_type: header("content-type"),
         traceparent: header("traceparent"),
+        event_type: None,
+        source: None,
         data: data.to_vec(),
         created_ms: state.invoker.clock.now_ms(),
         idempotency_key,

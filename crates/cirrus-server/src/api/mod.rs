@@ -5,6 +5,7 @@ mod dlq;
 mod functions;
 mod invoke;
 mod logs;
+mod triggers;
 mod usage;
 
 use crate::auth::is_authorized;
@@ -41,6 +42,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/functions/{name}/logs"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/status"),
+    ("GET", "/v1/triggers"),
+    ("POST", "/v1/functions/{name}/triggers"),
+    ("DELETE", "/v1/triggers/{id}"),
+    ("POST", "/v1/topics/{topic}"),
     ("GET", "/v1/dlq"),
     ("DELETE", "/v1/dlq"),
     ("POST", "/v1/dlq/redrive"),
@@ -97,6 +102,10 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/logs", get(logs::logs))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/status", get(status))
+        .route("/v1/triggers", get(triggers::list))
+        .route("/v1/functions/{name}/triggers", post(triggers::add))
+        .route("/v1/triggers/{id}", axum::routing::delete(triggers::remove))
+        .route("/v1/topics/{topic}", post(triggers::publish))
         .route("/v1/dlq", get(dlq::list).delete(dlq::purge_all))
         .route("/v1/dlq/redrive", post(dlq::redrive_all))
         .route("/v1/dlq/{id}", get(dlq::show).delete(dlq::purge_one))
@@ -113,7 +122,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/fn/{target}/{*path}", any(invoke::http_trigger))
         // Invocation bodies are limited by the invoker, per its own setting.
         .layer(DefaultBodyLimit::disable())
-        .fallback(no_route)
+        .fallback(triggers::custom_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
@@ -198,15 +207,6 @@ async fn require_token(State(state): State<AppStateRef>, request: Request, next:
             "missing or wrong admin token: send `Authorization: Bearer <token>` (the token is in <data-dir>/admin.token)",
         ))
     }
-}
-
-async fn no_route(request: Request) -> Failure {
-    ApiError::not_found(format!(
-        "no route for {} {}",
-        request.method(),
-        request.uri().path()
-    ))
-    .into()
 }
 
 async fn method_not_allowed(request: Request) -> Failure {

@@ -19,6 +19,7 @@ pub struct StoredFunction {
     pub name: String,
     pub versions: Vec<VersionInfo>,
     pub aliases: Vec<(String, u32)>,
+    pub triggers: Vec<cirrus_api::TriggerInfo>,
 }
 
 /// Function metadata. Read whole at start-up (the registry serves reads from memory);
@@ -34,6 +35,10 @@ pub trait FunctionStore: Send + Sync + 'static {
     fn set_alias(&self, function: &str, alias: &str, version: u32) -> StoreResult<()>;
     /// Called when an alias is deleted.
     fn delete_alias(&self, function: &str, alias: &str) -> StoreResult<()>;
+    /// Called when a trigger is added.
+    fn insert_trigger(&self, trigger: &cirrus_api::TriggerInfo) -> StoreResult<()>;
+    /// Called when a trigger is removed.
+    fn delete_trigger(&self, id: &str) -> StoreResult<()>;
 }
 
 /// Uploaded artifacts, content-addressed by sha256.
@@ -93,6 +98,9 @@ pub struct NewEvent {
     pub qualifier: String,
     pub content_type: Option<String>,
     pub traceparent: Option<String>,
+    /// CloudEvents `type` and `source`; default to an asynchronous invoke's.
+    pub event_type: Option<String>,
+    pub source: Option<String>,
     pub data: Vec<u8>,
     pub created_ms: u64,
     pub idempotency_key: Option<String>,

@@ -18,8 +18,9 @@ CREATE TABLE IF NOT EXISTS versions (
     function TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL, kind TEXT NOT NULL,
     size_bytes INTEGER NOT NULL, spec_version INTEGER NOT NULL, config TEXT NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (function, version));
-CREATE TABLE IF NOT EXISTS aliases (
-    function TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS triggers (
+    id TEXT PRIMARY KEY, function TEXT NOT NULL, spec TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS aliases (function TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
     PRIMARY KEY (function, alias));
 CREATE TABLE IF NOT EXISTS invocations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, function TEXT NOT NULL,
@@ -37,8 +38,8 @@ CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, seq);
 CREATE INDEX IF NOT EXISTS logs_by_request ON logs (request_id, seq);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, function TEXT NOT NULL,
-    qualifier TEXT NOT NULL, content_type TEXT, traceparent TEXT, data BLOB NOT NULL,
-    created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        qualifier TEXT NOT NULL, content_type TEXT, traceparent TEXT, event_type TEXT, source TEXT,
+    data BLOB NOT NULL,created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     not_before_ms INTEGER NOT NULL, state TEXT NOT NULL, last_error TEXT, failed_ms INTEGER);
 CREATE INDEX IF NOT EXISTS events_ready ON events (state, not_before_ms, seq);
 CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state);
@@ -156,6 +157,7 @@ impl FunctionStore for SqliteStore {
                     name: info.function.clone(),
                     versions: vec![info],
                     aliases: Vec::new(),
+                    triggers: Vec::new(),
                 }),
             }
         }
@@ -173,7 +175,49 @@ impl FunctionStore for SqliteStore {
                 f.aliases.push((alias, version));
             }
         }
+        let mut stmt = conn.prepare(
+            "SELECT id, function, spec, created_at FROM triggers ORDER BY created_at, id",
+        )?;
+        let triggers = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for trigger in triggers {
+            let (id, function, spec, created_at) = trigger?;
+            let spec = serde_json::from_str(&spec)
+                .with_context(|| format!("trigger {id} is unreadable"))?;
+            if let Some(f) = functions.iter_mut().find(|f| f.name == function) {
+                f.triggers.push(cirrus_api::TriggerInfo {
+                    id,
+                    function,
+                    spec,
+                    created_at,
+                });
+            }
+        }
         Ok(functions)
+    }
+
+    fn insert_trigger(&self, t: &cirrus_api::TriggerInfo) -> StoreResult<()> {
+        lock(&self.meta).execute(
+            "INSERT INTO triggers (id, function, spec, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                t.id,
+                t.function,
+                serde_json::to_string(&t.spec)?,
+                t.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_trigger(&self, id: &str) -> StoreResult<()> {
+        lock(&self.meta).execute("DELETE FROM triggers WHERE id = ?1", [id])?;
+        Ok(())
     }
 
     fn insert_version(&self, v: &VersionInfo) -> StoreResult<()> {
@@ -200,6 +244,7 @@ impl FunctionStore for SqliteStore {
         // connection makes us wait (busy_timeout) instead of failing a read-to-write upgrade.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM aliases WHERE function = ?1", [name])?;
+        tx.execute("DELETE FROM triggers WHERE function = ?1", [name])?;
         tx.execute("DELETE FROM versions WHERE function = ?1", [name])?;
         tx.commit()?;
         Ok(())
@@ -414,7 +459,7 @@ impl RecordStore for SqliteStore {
 }
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -426,6 +471,8 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             traceparent: row.get(4)?,
             data: row.get(5)?,
             created_ms: row.get(6)?,
+            event_type: row.get(8)?,
+            source: row.get(9)?,
             idempotency_key: None,
         },
         attempts: row.get(7)?,
@@ -486,9 +533,8 @@ impl EventQueue for SqliteStore {
                  ON CONFLICT (function, key) DO UPDATE SET request_id = excluded.request_id, created_ms = excluded.created_ms",
             )?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending')",
-            )?;
+                                "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
+                 state, event_type, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9)",)?;
             for e in events {
                 if let Some(key) = &e.idempotency_key {
                     let earlier: Option<(String, u64)> = seen
@@ -509,7 +555,9 @@ impl EventQueue for SqliteStore {
                     e.content_type,
                     e.traceparent,
                     e.data,
-                    e.created_ms
+                    e.created_ms,
+                    e.event_type,
+                    e.source
                 ])?;
                 results.push(Enqueued::New);
             }

@@ -1,0 +1,239 @@
+//! Triggers: what fires a function besides `/fn/{name}` and the invoke API.
+
+use serde::{Deserialize, Serialize};
+
+/// Path prefixes of the platform itself; custom routes may not shadow them.
+pub const RESERVED_PREFIXES: &[&str] = &["/v1/", "/v1", "/fn/", "/fn", "/ui", "/metrics"];
+const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// `{"route": "GET /orders/{id}"}` or `{"topic": "orders"}` (in `cirrus.toml`:
+/// `triggers = [{ route = "GET /orders/{id}" }, { topic = "orders" }]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TriggerSpec {
+    /// An HTTP route: an optional method, then a path whose segments are literals,
+    /// `{name}` parameters, or a final `{*rest}`.
+    Route(String),
+    /// Every message published to the topic becomes an asynchronous event.
+    Topic(String),
+}
+
+/// A trigger as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerInfo {
+    pub id: String,
+    pub function: String,
+    #[serde(flatten)]
+    pub spec: TriggerSpec,
+    pub created_at: String,
+}
+
+/// A parsed route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    /// `None` matches any method.
+    pub method: Option<String>,
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+    Rest(String),
+}
+
+impl RoutePattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (method, path) = match text.split_once(' ') {
+            Some((m, p)) => (Some(m.to_ascii_uppercase()), p.trim()),
+            None => (None, text),
+        };
+        if let Some(m) = &method {
+            if !HTTP_METHODS.contains(&m.as_str()) {
+                return Err(format!("unknown method {m:?} in route {text:?}"));
+            }
+        }
+        if !path.starts_with('/') {
+            return Err(format!("route path {path:?} must start with '/'"));
+        }
+        if RESERVED_PREFIXES
+            .iter()
+            .any(|p| path == *p || (p.ends_with('/') && path.starts_with(p)))
+        {
+            return Err(format!(
+                "route path {path:?} is reserved by Cirrus (/v1, /fn, /ui, /metrics)"
+            ));
+        }
+        let mut segments = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let parts: Vec<&str> = path[1..].split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let segment = if let Some(inner) =
+                part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
+                let (rest, name) = match inner.strip_prefix('*') {
+                    Some(name) => (true, name),
+                    None => (false, inner),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("invalid parameter {part:?} in route {text:?}"));
+                }
+                if !names.insert(name.to_owned()) {
+                    return Err(format!(
+                        "parameter {name:?} appears twice in route {text:?}"
+                    ));
+                }
+                if rest && i + 1 != parts.len() {
+                    return Err(format!(
+                        "{part:?} must be the last segment of route {text:?}"
+                    ));
+                }
+                if rest {
+                    Segment::Rest(name.to_owned())
+                } else {
+                    Segment::Param(name.to_owned())
+                }
+            } else if part.contains(['{', '}']) {
+                return Err(format!(
+                    "segment {part:?} of route {text:?} mixes text and a parameter"
+                ));
+            } else {
+                Segment::Literal((*part).to_owned())
+            };
+            segments.push(segment);
+        }
+        Ok(Self { method, segments })
+    }
+
+    /// The pattern with parameter names erased: two routes with the same shape and an
+    /// overlapping method conflict.
+    pub fn shape(&self) -> String {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => l.as_str(),
+                Segment::Param(_) => "{}",
+                Segment::Rest(_) => "{*}",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    pub fn conflicts_with(&self, other: &RoutePattern) -> bool {
+        let methods_overlap = match (&self.method, &other.method) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        methods_overlap && self.shape() == other.shape()
+    }
+
+    /// Matches a request; on success the parameters, and a score preferring literal
+    /// segments (so `/orders/new` beats `/orders/{id}`).
+    pub fn matches(&self, method: &str, path: &str) -> Option<(Vec<(String, String)>, usize)> {
+        if self
+            .method
+            .as_deref()
+            .is_some_and(|m| m != method && !(m == "GET" && method == "HEAD"))
+        {
+            return None;
+        }
+        let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        let mut params = Vec::new();
+        let mut literals = 0;
+        for (i, segment) in self.segments.iter().enumerate() {
+            match segment {
+                Segment::Rest(name) => {
+                    params.push((
+                        name.clone(),
+                        parts.get(i..).map(|p| p.join("/")).unwrap_or_default(),
+                    ));
+                    return Some((params, literals));
+                }
+                Segment::Literal(l) => {
+                    if parts.get(i) != Some(&l.as_str()) {
+                        return None;
+                    }
+                    literals += 1;
+                }
+                Segment::Param(name) => match parts.get(i) {
+                    Some(value) if !value.is_empty() => {
+                        params.push((name.clone(), (*value).to_owned()))
+                    }
+                    _ => return None,
+                },
+            }
+        }
+        (parts.len() == self.segments.len()).then_some((params, literals))
+    }
+}
+
+/// Topic names: 1–128 of `[A-Za-z0-9._-]`.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 128
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    ok.then_some(()).ok_or_else(|| {
+        format!("invalid topic {topic:?}: use 1-128 letters, digits, '.', '_' or '-'")
+    })
+}
+
+impl TriggerSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            TriggerSpec::Route(route) => RoutePattern::parse(route).map(drop),
+            TriggerSpec::Topic(topic) => validate_topic(topic),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_match_and_conflict() {
+        let r = RoutePattern::parse("GET /orders/{id}").unwrap();
+        assert_eq!(
+            r.matches("GET", "/orders/42"),
+            Some((vec![("id".into(), "42".into())], 1))
+        );
+        assert_eq!(r.matches("HEAD", "/orders/42").map(|m| m.1), Some(1));
+        assert_eq!(r.matches("POST", "/orders/42"), None);
+        assert_eq!(r.matches("GET", "/orders"), None);
+        assert_eq!(r.matches("GET", "/orders/42/items"), None);
+        let any = RoutePattern::parse("/files/{*path}").unwrap();
+        assert_eq!(
+            any.matches("PUT", "/files/a/b.txt").unwrap().0,
+            vec![("path".to_owned(), "a/b.txt".to_owned())]
+        );
+        assert!(r.conflicts_with(&RoutePattern::parse("GET /orders/{order}").unwrap()));
+        assert!(r.conflicts_with(&RoutePattern::parse("/orders/{x}").unwrap()));
+        assert!(!r.conflicts_with(&RoutePattern::parse("POST /orders/{id}").unwrap()));
+        assert!(!r.conflicts_with(&RoutePattern::parse("GET /orders/new").unwrap()));
+    }
+
+    #[test]
+    fn bad_routes_and_topics_are_refused() {
+        for bad in [
+            "orders",
+            "FETCH /x",
+            "/v1/functions",
+            "/fn/x",
+            "/a/{}",
+            "/a/{x}/{x}",
+            "/a/{*r}/b",
+            "/a/x{y}",
+        ] {
+            assert!(RoutePattern::parse(bad).is_err(), "{bad}");
+        }
+        assert!(validate_topic("orders.created").is_ok());
+        assert!(validate_topic("no spaces").is_err());
+        let spec: TriggerSpec = serde_json::from_str(r#"{"route":"GET /a"}"#).unwrap();
+        assert_eq!(spec, TriggerSpec::Route("GET /a".into()));
+        assert!(serde_json::from_str::<TriggerSpec>(r#"{"queue":"x"}"#).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Triggers (HTTP routes and topic subscriptions), topic publishing, and serving custom
+//! routes.
+
+use super::{parse_json, AppStateRef};
+use crate::auth::is_authorized;
+use crate::error::{error_response, Failure};
+use crate::invoker::Call;
+use crate::queue::TOPIC_EVENT_TYPE;
+use crate::store::{Enqueued, NewEvent};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use cirrus_api::trigger::validate_topic;
+use cirrus_api::{ApiError, ErrorCode, Qualifier, TriggerInfo, TriggerSpec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggersQuery {
+    function: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppStateRef>,
+    q: Result<Query<TriggersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    Ok(Json(state.registry.triggers(q.function.as_deref())).into_response())
+}
+
+pub async fn add(
+    State(state): State<AppStateRef>,
+    Path(function): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let spec: TriggerSpec = parse_json(
+        &body,
+        "trigger (expected {\"route\": \"GET /path\"} or {\"topic\": \"name\"})",
+    )?;
+    let trigger: TriggerInfo = state.registry.add_trigger(&function, spec).await?;
+    Ok((StatusCode::CREATED, Json(trigger)).into_response())
+}
+
+pub async fn remove(
+    State(state): State<AppStateRef>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    Ok(Json(state.registry.remove_trigger(&id).await?).into_response())
+}
+
+/// The answer to a publish: one durable event per subscribed function.
+#[derive(Serialize)]
+struct Published {
+    topic: String,
+    request_ids: Vec<String>,
+}
+
+/// `POST /v1/topics/{topic}`: every subscribed function receives the body as an
+/// asynchronous CloudEvent (`ce-type: dev.cirrus.topic`, `ce-source: /topics/{topic}`).
+pub async fn publish(
+    State(state): State<AppStateRef>,
+    Path(topic): Path<String>,
+    request: Request,
+) -> Result<Response, Failure> {
+    validate_topic(&topic).map_err(ApiError::bad_request)?;
+    let subscribers = state.registry.subscribers(&topic);
+    if subscribers.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no function subscribes to topic {topic:?}: add one with `cirrus trigger add FUNCTION --topic {topic}`"
+        ))
+        .into());
+    }
+    let (parts, body) = request.into_parts();
+    let data = axum::body::to_bytes(body, state.max_event_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "message exceeds the asynchronous limit of {} bytes",
+                    state.max_event_bytes
+                ),
+            )
+        })?;
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let now = state.invoker.clock.now_ms();
+    let mut request_ids = Vec::new();
+    for function in subscribers {
+        let event = NewEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            function,
+            qualifier: Qualifier::Latest.to_string(),
+            content_type: header("content-type"),
+            traceparent: header("traceparent"),
+            event_type: Some(TOPIC_EVENT_TYPE.to_owned()),
+            source: Some(format!("/topics/{topic}")),
+            data: data.to_vec(),
+            created_ms: now,
+            idempotency_key: None,
+        };
+        let id = event.id.clone();
+        if state.events.enqueue(event).await? == Enqueued::New {
+            request_ids.push(id);
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(Published { topic, request_ids })).into_response())
+}
+
+/// Requests no built-in route matched: custom HTTP routes, else 404.
+pub async fn custom_route(State(state): State<AppStateRef>, request: Request) -> Response {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let Some(function) = state.registry.route(&method, &path) else {
+        return error_response(ApiError::not_found(format!("no route for {method} {path}")));
+    };
+    let (mut parts, body) = request.into_parts();
+    let authorized = is_authorized(&parts.headers, &state.token);
+    if authorized {
+        parts.headers.remove(axum::http::header::AUTHORIZATION);
+    }
+    // The function sees the whole path: it was routed by it.
+    state
+        .invoker
+        .invoke(Call::new(
+            function,
+            Qualifier::Latest,
+            cirrus_api::Trigger::Http,
+            Request::from_parts(parts, body),
+            authorized,
+        ))
+        .await
+}
