@@ -165,9 +165,12 @@ impl Sum {
     }
 }
 
-/// Builds a report from hourly sums (hours are `YYYY-MM-DDTHH`, UTC).
+/// Builds a report from hourly sums (hours are `YYYY-MM-DDTHH`, UTC). `earlier` is the
+/// usage of the same month before `from`: it has already used part of that month's free
+/// tier, so a report starting mid-month gets only what is left.
 pub fn report(
     hourly: &[HourlyUsage],
+    earlier: &[HourlyUsage],
     group_by: GroupBy,
     prices: &Prices,
     from: String,
@@ -189,9 +192,23 @@ pub fn report(
             .add(u);
         total.add(u);
     }
+    let mut before: BTreeMap<&str, Sum> = BTreeMap::new();
+    for u in earlier {
+        before
+            .entry(u.hour.get(..7).unwrap_or(&u.hour))
+            .or_default()
+            .add(u);
+    }
     let free_tier_discount: Decimal = months
-        .values()
-        .map(|m| free_tier_discount(prices, m.requests, gb_seconds(m.mib_ms)))
+        .iter()
+        .map(|(month, m)| {
+            let prior = before.get(month).copied().unwrap_or_default();
+            let mut through = prior;
+            through.requests += m.requests;
+            through.mib_ms += m.mib_ms;
+            free_tier_discount(prices, through.requests, gb_seconds(through.mib_ms))
+                - free_tier_discount(prices, prior.requests, gb_seconds(prior.mib_ms))
+        })
         .sum();
     let total = total.row("total".into(), prices);
     UsageReport {
@@ -298,7 +315,7 @@ mod tests {
             hour("b", "2026-11-01T00", 8, 1000, 512),
             hour("a", "2026-11-01T01", 4, 1000, 512),
         ];
-        let by_fn = report(&hourly, GroupBy::Function, &p, "f".into(), "t".into());
+        let by_fn = report(&hourly, &[], GroupBy::Function, &p, "f".into(), "t".into());
         assert_eq!(
             by_fn
                 .rows
@@ -315,7 +332,7 @@ mod tests {
         let expected = p.per_request * Decimal::from(16) + p.per_gb_second * Decimal::from(2);
         assert_eq!(by_fn.free_tier_discount, expected.normalize());
         assert_eq!(by_fn.total_cost, (by_fn.total.cost - expected).normalize());
-        let by_day = report(&hourly, GroupBy::Day, &p, "f".into(), "t".into());
+        let by_day = report(&hourly, &[], GroupBy::Day, &p, "f".into(), "t".into());
         assert_eq!(
             by_day
                 .rows
@@ -324,7 +341,20 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["2026-10-31", "2026-11-01"]
         );
-        let by_hour = report(&hourly, GroupBy::Hour, &p, "f".into(), "t".into());
+        // Starting mid-month: earlier November usage already took 5 free requests.
+        let earlier = vec![hour("a", "2026-11-01T00", 5, 0, 128)];
+        let late = report(
+            &hourly[1..],
+            &earlier,
+            GroupBy::Function,
+            &p,
+            "f".into(),
+            "t".into(),
+        );
+        // 12 requests, 5 of the 10 free ones left; 1 GB-s, all free.
+        let expected_late = p.per_request * Decimal::from(5) + p.per_gb_second * Decimal::from(1);
+        assert_eq!(late.free_tier_discount, expected_late.normalize());
+        let by_hour = report(&hourly, &[], GroupBy::Hour, &p, "f".into(), "t".into());
         assert_eq!(by_hour.rows[0].key, "2026-10-31T23:00Z");
     }
 }

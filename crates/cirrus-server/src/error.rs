@@ -44,3 +44,19 @@ impl IntoResponse for Failure {
         error_response(self.0)
     }
 }
+
+/// Why a request body could not be read: over `limit` (413, naming `what`) or broken off
+/// by the client (400).
+pub fn body_error(error: axum::Error, limit: usize, what: &str) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("{what} exceeds the limit of {limit} bytes"),
+            );
+        }
+        source = e.source();
+    }
+    ApiError::bad_request(format!("the request body could not be read: {error}"))
+}

@@ -2,7 +2,7 @@
 //! reuse (warm) → run in a fresh instance → record → answer.
 
 use crate::clock::{rfc3339, Clock};
-use crate::error::error_response;
+use crate::error::{body_error, error_response};
 use crate::records::RecordSink;
 use crate::registry::Registry;
 use crate::scaler::Scaler;
@@ -140,6 +140,12 @@ impl Invoker {
     pub async fn invoke_event(self: &Arc<Self>, call: Call) -> Result<(), ApiError> {
         let this = self.clone();
         match tokio::spawn(async move { this.execute(call).await.1 }).await {
+            // As with Lambda's asynchronous invocations, a server error answer is a failed
+            // attempt to be retried; 4xx answers are the function's decision and stand.
+            Ok(Ok(response)) if response.status().is_server_error() => Err(ApiError::new(
+                ErrorCode::FunctionError,
+                format!("function answered {}", response.status()),
+            )),
             Ok(result) => result.map(drop),
             Err(e) => Err(ApiError::internal(format!("invocation task failed: {e}"))),
         }
@@ -200,22 +206,14 @@ impl Invoker {
         }
         // Admission first: buffered request bodies are then bounded by the caps too.
         let _admission = self.scaler.admit(&version).await.inspect_err(|e| {
-            if e.code == ErrorCode::Throttled {
+            if e.code == ErrorCode::Throttled && trigger != Trigger::Async {
                 self.metrics.throttled(&version.function);
             }
         })?;
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.limits.max_request_bytes)
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "request body exceeds the limit of {} bytes",
-                        self.limits.max_request_bytes
-                    ),
-                )
-            })?;
+            .map_err(|e| body_error(e, self.limits.max_request_bytes, "request body"))?;
         let request_bytes = body.len() as u64;
         let request = Request::from_parts(parts, body);
         let started_ms = self.clock.now_ms();

@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 /// Events accepted but not yet committed. Past this, accepting waits (back-pressure).
-const ENQUEUE_BACKLOG: usize = 16_384;
+/// (At most 2048 × 256 KiB = 512 MiB of bodies, in the worst case of a stalled disk.)
+const ENQUEUE_BACKLOG: usize = 2_048;
 /// Events committed in one transaction at most.
 const MAX_COMMIT_BATCH: usize = 1_024;
 /// How soon a busy (throttled) function's event is tried again; not counted as an attempt.
@@ -132,6 +133,8 @@ pub struct Dispatcher {
     pub clock: Arc<dyn Clock>,
     pub wake: Arc<Notify>,
     pub prefetch: usize,
+    /// At shutdown, how long deliveries under way may take to finish.
+    pub drain: Duration,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -141,8 +144,28 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Dispatcher {
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Claims and delivers until shutdown, then waits (at most `drain`) for deliveries
+    /// under way, so their records and queue updates are written. Events still running
+    /// after that are delivered again on the next start.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.prefetch));
+        self.dispatch(&slots, shutdown).await;
+        let all = u32::try_from(self.prefetch).unwrap_or(u32::MAX);
+        if tokio::time::timeout(self.drain, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "event deliveries still running at shutdown will be retried on the next start"
+            );
+        }
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             if *shutdown.borrow() {
                 return;
@@ -189,24 +212,40 @@ impl Dispatcher {
         // Concurrent deliveries share the writer's next commit.
         self.invoker.records.flush().await;
         let now = self.clock.now_ms();
-        let queue = self.queue.clone();
-        let result = match outcome {
-            Ok(()) => blocking(move || queue.complete(&id)).await,
-            Err(Next::Busy(error)) => {
-                let at = now + BUSY_RETRY.as_millis() as u64;
-                blocking(move || queue.retry(&id, at, &error, false)).await
-            }
+        let update = match outcome {
+            Ok(()) => Update::Complete,
+            Err(Next::Busy(error)) => Update::Retry {
+                at: now + backoff(BUSY_RETRY, 1).as_millis() as u64,
+                error,
+                counted: false,
+            },
             Err(Next::Retry { at, error }) => {
                 self.invoker.metrics.retried(&event.function);
-                blocking(move || queue.retry(&id, at, &error, true)).await
+                Update::Retry {
+                    at,
+                    error,
+                    counted: true,
+                }
             }
             Err(Next::Dead(error)) => {
                 tracing::warn!(request_id = %id, function = %event.function, "event moved to the dead-letter queue: {error}");
-                blocking(move || queue.kill(&id, now, &error)).await
+                Update::Kill { at: now, error }
             }
         };
-        if let Err(e) = result {
-            tracing::error!(request_id = %event.id, "updating the event queue failed: {e:#}");
+        let update = Arc::new(update);
+        // A failed update is tried again; if it keeps failing, the event's lease runs out
+        // and it is claimed again (at-least-once).
+        for pause_ms in [0, 100, 1_000] {
+            if pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            let (queue, key, update) = (self.queue.clone(), id.clone(), update.clone());
+            match blocking(move || update.apply(queue.as_ref(), &key)).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(request_id = %id, "updating the event queue failed: {e:#}")
+                }
+            }
         }
     }
 
@@ -240,7 +279,9 @@ impl Dispatcher {
         };
         let error = match self.invoker.invoke_event(call).await {
             Ok(()) => return Ok(()),
-            Err(e) if matches!(e.code, ErrorCode::Throttled | ErrorCode::Unavailable) => {
+            // Only a full concurrency cap is "busy"; anything else (a version that cannot
+            // load, an exhausted instance pool) is an attempt, retried with backoff.
+            Err(e) if e.code == ErrorCode::Throttled => {
                 return Err(Next::Busy(format!("{}: {}", e.code, e.message)))
             }
             Err(e) => format!("{}: {}", e.code, e.message),
@@ -259,6 +300,30 @@ impl Dispatcher {
             at: now + delay.as_millis() as u64,
             error,
         })
+    }
+}
+
+/// What the queue records after an attempt.
+enum Update {
+    Complete,
+    Retry {
+        at: u64,
+        error: String,
+        counted: bool,
+    },
+    Kill {
+        at: u64,
+        error: String,
+    },
+}
+
+impl Update {
+    fn apply(&self, queue: &dyn EventQueue, id: &str) -> anyhow::Result<()> {
+        match self {
+            Update::Complete => queue.complete(id),
+            Update::Retry { at, error, counted } => queue.retry(id, *at, error, *counted),
+            Update::Kill { at, error } => queue.kill(id, *at, error),
+        }
     }
 }
 

@@ -262,6 +262,7 @@ impl Server {
             clock: self.clock.clone(),
             wake: state.wake.clone(),
             prefetch: self.config.queue.prefetch,
+            drain: self.config.drain_timeout,
         });
         let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));
         let sweeper = tokio::spawn(sweeper(
@@ -291,7 +292,8 @@ impl Server {
             _ = drained => tracing::warn!("drain timeout of {drain_timeout:?} passed with requests still in flight"),
         }
         sweeper.abort();
-        dispatching.abort();
+        // The dispatcher stopped claiming when shutdown began; wait for its deliveries.
+        let _ = dispatching.await;
         state.records.flush().await;
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use super::AppStateRef;
 use crate::auth::is_authorized;
-use crate::error::error_response;
+use crate::error::{body_error, error_response};
 use crate::invoker::Call;
 use crate::store::{Enqueued, NewEvent};
 use axum::body::Body;
@@ -13,7 +13,7 @@ use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Json;
-use cirrus_api::{Accepted, ApiError, ErrorCode, Qualifier, Trigger};
+use cirrus_api::{Accepted, ApiError, Qualifier, Trigger};
 use serde::Deserialize;
 
 /// `ANY /fn/{target}` and `ANY /fn/{target}/{*path}`. The path is taken from the raw
@@ -174,15 +174,7 @@ async fn accept_event(
     }
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "event exceeds the asynchronous limit of {} bytes",
-                    state.max_event_bytes
-                ),
-            )
-        })?;
+        .map_err(|e| body_error(e, state.max_event_bytes, "event (asynchronous limit)"))?;
     let event = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         function: name,

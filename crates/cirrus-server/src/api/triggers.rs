@@ -3,7 +3,7 @@
 
 use super::{parse_json, AppStateRef};
 use crate::auth::is_authorized;
-use crate::error::{error_response, Failure};
+use crate::error::{body_error, error_response, Failure};
 use crate::invoker::Call;
 use crate::queue::TOPIC_EVENT_TYPE;
 use crate::store::{Enqueued, NewEvent};
@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use cirrus_api::trigger::validate_topic;
-use cirrus_api::{ApiError, ErrorCode, Qualifier, TriggerInfo, TriggerSpec};
+use cirrus_api::{ApiError, Qualifier, TriggerInfo, TriggerSpec};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -76,15 +76,7 @@ pub async fn publish(
     let (parts, body) = request.into_parts();
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "message exceeds the asynchronous limit of {} bytes",
-                    state.max_event_bytes
-                ),
-            )
-        })?;
+        .map_err(|e| body_error(e, state.max_event_bytes, "message (asynchronous limit)"))?;
     let header = |name: &str| {
         parts
             .headers

@@ -67,9 +67,28 @@ pub async fn usage(
     state.records.flush().await;
     let store = state.record_store.clone();
     let (f, t) = (from.clone(), to.clone());
-    let hourly = tokio::task::spawn_blocking(move || store.hourly_usage(&f, &t))
-        .await
-        .map_err(Failure::internal)?
-        .map_err(Failure::internal)?;
-    Ok(Json(billing::report(&hourly, group_by, &state.prices, from, to)).into_response())
+    let free_tier = state.prices.free_tier.is_some();
+    let (hourly, earlier) = tokio::task::spawn_blocking(move || {
+        let hourly = store.hourly_usage(&f, &t)?;
+        // The free tier is per calendar month: usage earlier in `from`'s month counts.
+        let month_start = format!("{}-01T00:00:00.000Z", f.get(..7).unwrap_or("1970-01"));
+        let earlier = if free_tier && month_start < f {
+            store.hourly_usage(&month_start, &f)?
+        } else {
+            Vec::new()
+        };
+        anyhow::Ok((hourly, earlier))
+    })
+    .await
+    .map_err(Failure::internal)?
+    .map_err(Failure::internal)?;
+    Ok(Json(billing::report(
+        &hourly,
+        &earlier,
+        group_by,
+        &state.prices,
+        from,
+        to,
+    ))
+    .into_response())
 }

@@ -39,20 +39,24 @@ CREATE INDEX IF NOT EXISTS logs_by_request ON logs (request_id, seq);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, function TEXT NOT NULL,
         qualifier TEXT NOT NULL, content_type TEXT, traceparent TEXT, event_type TEXT, source TEXT,
-    data BLOB NOT NULL,created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    not_before_ms INTEGER NOT NULL, state TEXT NOT NULL, last_error TEXT, failed_ms INTEGER);
+        data BLOB NOT NULL, lease_until_ms INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,not_before_ms INTEGER NOT NULL, state TEXT NOT NULL, last_error TEXT, failed_ms INTEGER);
 CREATE INDEX IF NOT EXISTS events_ready ON events (state, not_before_ms, seq);
 CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state);
 CREATE TABLE IF NOT EXISTS idempotency (
     function TEXT NOT NULL, key TEXT NOT NULL, request_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
-    PRIMARY KEY (function, key));
+        PRIMARY KEY (function, key));
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_ms);
 "#;
 
 /// The embedded store: one SQLite database in WAL mode. Metadata and records use separate
 /// connections so the batch writer never waits behind a management read.
 pub struct SqliteStore {
     meta: Mutex<Connection>,
+    /// The record writer's connection.
     records: Mutex<Connection>,
+    /// API reads of records, logs and usage: a long scan never holds up the writer.
+    reads: Mutex<Connection>,
     queue: Mutex<Connection>,
 }
 
@@ -78,6 +82,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("invocations", "parent_span_id", "TEXT"),
     ("invocations", "span_id", "TEXT NOT NULL DEFAULT ''"),
     ("invocations", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("events", "lease_until_ms", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -105,6 +110,7 @@ impl SqliteStore {
         meta.execute_batch(SCHEMA).context("creating the schema")?;
         migrate(&meta).context("migrating the schema")?;
         let records = open(path)?;
+        let reads = open(path)?;
         let queue = open(path)?;
         // An acknowledged event must survive power loss too, not only a crash: the
         // queue's commits are fsynced (batched by the enqueue writer).
@@ -112,6 +118,7 @@ impl SqliteStore {
         Ok(Self {
             meta: Mutex::new(meta),
             records: Mutex::new(records),
+            reads: Mutex::new(reads),
             queue: Mutex::new(queue),
         })
     }
@@ -337,7 +344,7 @@ impl RecordStore for SqliteStore {
             Some(cursor) => cursor.parse().context("invalid `before` cursor")?,
             None => i64::MAX,
         };
-        let conn = lock(&self.records);
+        let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(
             "SELECT seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms, init_ms,
              memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message,
@@ -413,7 +420,7 @@ impl RecordStore for SqliteStore {
         request_id: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<LogLine>> {
-        let conn = lock(&self.records);
+        let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(
             "SELECT function, version, request_id, time, stream, line FROM logs
              WHERE function = ?1 AND (?2 IS NULL OR request_id = ?2) ORDER BY seq DESC LIMIT ?3",
@@ -435,7 +442,7 @@ impl RecordStore for SqliteStore {
     }
 
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>> {
-        let conn = lock(&self.records);
+        let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(
             "SELECT function, substr(started_at, 1, 13) AS hour, count(*), sum(outcome = 'error'),
              sum(cold_start), sum(billed_ms), sum(billed_ms * memory_mb), sum(cpu_us)
@@ -457,6 +464,10 @@ impl RecordStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+/// How long a claimed event may stay running before it is presumed lost: longer than the
+/// longest timeout (15 minutes) plus the time to record the outcome.
+const DELIVERY_LEASE_MS: u64 = 20 * 60 * 1000;
 
 const EVENT_COLUMNS: &str =
     "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source";
@@ -579,13 +590,18 @@ impl EventQueue for SqliteStore {
 
     fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
         let conn = lock(&self.queue);
+        // A running event whose lease ran out was lost by its delivery (the queue update
+        // after it failed): it is claimed again, like one interrupted by a restart.
         let mut stmt = conn.prepare_cached(&format!(
-            "UPDATE events SET state = 'running', attempts = attempts + 1
-             WHERE seq IN (SELECT seq FROM events WHERE state = 'pending' AND not_before_ms <= ?1
+            "UPDATE events SET state = 'running', attempts = attempts + 1, lease_until_ms = ?3
+             WHERE seq IN (SELECT seq FROM events
+                           WHERE (state = 'pending' AND not_before_ms <= ?1)
+                              OR (state = 'running' AND lease_until_ms <= ?1)
                            ORDER BY not_before_ms, seq LIMIT ?2)
              RETURNING {EVENT_COLUMNS}"
         ))?;
-        let rows = stmt.query_map(params![now_ms, limit as i64], queued_from_row)?;
+        let lease = now_ms + DELIVERY_LEASE_MS;
+        let rows = stmt.query_map(params![now_ms, limit as i64, lease], queued_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -626,11 +642,18 @@ impl EventQueue for SqliteStore {
     }
 
     fn depth(&self) -> StoreResult<(u64, u64)> {
-        Ok(lock(&self.queue).query_row(
-            "SELECT coalesce(sum(state != 'dead'), 0), coalesce(sum(state = 'dead'), 0) FROM events",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?)
+        let conn = lock(&self.queue);
+        let mut stmt = conn.prepare_cached(
+            "SELECT state = 'dead', count(*) FROM events GROUP BY state = 'dead'",
+        )?;
+        let mut depth = (0, 0);
+        for row in stmt.query_map([], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, u64>(1)?)))? {
+            match row? {
+                (false, n) => depth.0 = n,
+                (true, n) => depth.1 = n,
+            }
+        }
+        Ok(depth)
     }
 
     fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>> {
