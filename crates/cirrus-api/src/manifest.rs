@@ -105,6 +105,16 @@ impl Manifest {
                 },
             );
         }
+        let graph: Vec<(String, Vec<String>)> = functions
+            .iter()
+            .map(|(name, f)| (name.clone(), crate::spec::next_functions(&f.config)))
+            .collect();
+        if let Some(cycle) = crate::spec::find_cycle(&graph) {
+            return Err(format!(
+                "pipeline cycle: {} (on_success destinations must not loop)",
+                cycle.join(" → ")
+            ));
+        }
         Ok(Manifest { functions })
     }
 }

@@ -133,6 +133,9 @@ pub struct InvocationRecord {
     pub trigger: Trigger,
     /// 1 for the first try of an event; every retry of it shares the request id.
     pub attempt: u32,
+    /// For an event a destination created: the request id of the invocation whose result
+    /// (or failure) it carries.
+    pub parent_request_id: Option<String>,
     pub started_at: String,
     /// Wall time from admission to the end of the guest's run, in milliseconds.
     pub duration_ms: f64,

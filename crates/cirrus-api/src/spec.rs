@@ -55,6 +55,64 @@ pub struct FunctionConfig {
     /// dead-letter queue.
     #[serde(with = "crate::duration")]
     pub max_event_age: Duration,
+    /// Asynchronous events: where a successful run's output goes next, as a new event
+    /// (several destinations fan out). This is how pipelines are built.
+    pub on_success: Vec<Destination>,
+    /// Asynchronous events: where an event goes when its attempts are exhausted or it
+    /// expired (default: the dead-letter queue).
+    pub on_failure: Option<Destination>,
+}
+
+/// Where an asynchronous result goes: `function:NAME`, `topic:NAME` or `dlq`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Function(String),
+    Topic(String),
+    DeadLetterQueue,
+}
+
+impl std::str::FromStr for Destination {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("function", name)) => {
+                validate_name(name).map_err(|e| e.message)?;
+                Ok(Destination::Function(name.to_owned()))
+            }
+            Some(("topic", name)) => {
+                crate::trigger::validate_topic(name)?;
+                Ok(Destination::Topic(name.to_owned()))
+            }
+            None if s == "dlq" => Ok(Destination::DeadLetterQueue),
+            _ => Err(format!(
+                "invalid destination {s:?}: use function:NAME, topic:NAME or dlq"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Function(n) => write!(f, "function:{n}"),
+            Destination::Topic(n) => write!(f, "topic:{n}"),
+            Destination::DeadLetterQueue => f.write_str("dlq"),
+        }
+    }
+}
+
+impl Serialize for Destination {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for FunctionConfig {
@@ -71,6 +129,8 @@ impl Default for FunctionConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_delay: DEFAULT_RETRY_DELAY,
             max_event_age: DEFAULT_MAX_EVENT_AGE,
+            on_success: Vec::new(),
+            on_failure: None,
         }
     }
 }
@@ -133,6 +193,9 @@ impl FunctionConfig {
         }
         if self.retry_delay > Duration::from_secs(3600) {
             return Err(invalid("retry_delay", "must be at most 1h"));
+        }
+        if self.on_success.contains(&Destination::DeadLetterQueue) {
+            return Err(invalid("on_success", "dlq is a failure destination"));
         }
         if self.max_event_age.is_zero() || self.max_event_age > MAX_EVENT_AGE {
             return Err(invalid(
@@ -203,6 +266,56 @@ pub fn validate_alias(alias: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The functions a config's `on_success` sends results to.
+pub fn next_functions(config: &FunctionConfig) -> Vec<String> {
+    config
+        .on_success
+        .iter()
+        .filter_map(|d| match d {
+            Destination::Function(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A loop in a pipeline graph (function → functions its results go to), as the path
+/// that closes it, or `None`.
+pub fn find_cycle(graph: &[(String, Vec<String>)]) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &[(String, Vec<String>)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.iter().any(|n| n == node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        let next = graph
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, next)| next.as_slice())
+            .unwrap_or(&[]);
+        for n in next {
+            if let Some(cycle) = visit(n, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.push(node.to_owned());
+        None
+    }
+    let mut done = Vec::new();
+    graph
+        .iter()
+        .find_map(|(node, _)| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +357,53 @@ mod tests {
         assert!(err.to_string().contains("unknown field `memory`"), "{err}");
         let c: FunctionConfig = serde_json::from_str(r#"{"memory_mb":64,"timeout":"2s"}"#).unwrap();
         assert_eq!((c.memory_mb, c.timeout), (64, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn destinations_parse_and_print() {
+        let c: FunctionConfig = serde_json::from_str(
+            r#"{"on_success":["function:b","topic:done"],"on_failure":"dlq"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.on_success,
+            vec![
+                Destination::Function("b".into()),
+                Destination::Topic("done".into())
+            ]
+        );
+        assert_eq!(c.on_failure, Some(Destination::DeadLetterQueue));
+        assert_eq!(
+            serde_json::to_value(&c).unwrap()["on_success"][0],
+            "function:b"
+        );
+        let err =
+            serde_json::from_str::<FunctionConfig>(r#"{"on_success":["queue:x"]}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid destination"), "{err}");
+        let c = FunctionConfig {
+            on_success: vec![Destination::DeadLetterQueue],
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "on_success");
+    }
+
+    #[test]
+    fn pipeline_cycles_are_found() {
+        let g = |edges: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+            edges
+                .iter()
+                .map(|(n, next)| (n.to_string(), next.iter().map(|s| s.to_string()).collect()))
+                .collect()
+        };
+        assert_eq!(
+            find_cycle(&g(&[("a", &["b", "c"]), ("b", &["c"]), ("c", &[])])),
+            None
+        );
+        assert_eq!(
+            find_cycle(&g(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"])])).unwrap(),
+            ["a", "b", "c", "a"]
+        );
+        assert_eq!(find_cycle(&g(&[("a", &["a"])])).unwrap(), ["a", "a"]);
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Call {
     pub request_id: Option<String>,
     /// 1 for a first try.
     pub attempt: u32,
+    /// For events created by a destination: the invocation whose result they carry.
+    pub parent_request_id: Option<String>,
 }
 
 impl Call {
@@ -69,6 +71,7 @@ impl Call {
             authorized,
             request_id: None,
             attempt: 1,
+            parent_request_id: None,
         }
     }
 }
@@ -98,6 +101,7 @@ struct Measured {
 struct Meta {
     request_id: String,
     attempt: u32,
+    parent_request_id: Option<String>,
     trace: TraceContext,
     cold: bool,
     /// Whether the guest ran at all; only then is anything billed.
@@ -136,18 +140,24 @@ impl Invoker {
         }
     }
 
-    /// Runs a queued event's attempt (to its end, in its own task) and says how it went.
-    pub async fn invoke_event(self: &Arc<Self>, call: Call) -> Result<(), ApiError> {
+    /// Runs a queued event's attempt (to its end, in its own task). Returns the outcome
+    /// and the `traceparent` naming this invocation, for events its result leads to.
+    pub async fn invoke_event(
+        self: &Arc<Self>,
+        call: Call,
+    ) -> (String, Result<Response<Bytes>, ApiError>) {
         let this = self.clone();
-        match tokio::spawn(async move { this.execute(call).await.1 }).await {
-            // As with Lambda's asynchronous invocations, a server error answer is a failed
-            // attempt to be retried; 4xx answers are the function's decision and stand.
-            Ok(Ok(response)) if response.status().is_server_error() => Err(ApiError::new(
-                ErrorCode::FunctionError,
-                format!("function answered {}", response.status()),
-            )),
-            Ok(result) => result.map(drop),
-            Err(e) => Err(ApiError::internal(format!("invocation task failed: {e}"))),
+        match tokio::spawn(async move {
+            let (meta, result) = this.execute(call).await;
+            (meta.trace.traceparent(), result)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => (
+                String::new(),
+                Err(ApiError::internal(format!("invocation task failed: {e}"))),
+            ),
         }
     }
 
@@ -173,6 +183,7 @@ impl Invoker {
         let mut meta = Meta {
             request_id,
             attempt: call.attempt,
+            parent_request_id: call.parent_request_id.clone(),
             cold: false,
             ran: false,
             duration: Duration::ZERO,
@@ -312,6 +323,7 @@ impl Invoker {
             version: version.version,
             trigger,
             attempt: meta.attempt,
+            parent_request_id: meta.parent_request_id.clone(),
             started_at: rfc3339(usage.started_ms),
             duration_ms: millis(meta.duration),
             billed_ms: meta.billed_ms(),

@@ -9,6 +9,7 @@ use crate::registry::Registry;
 use crate::store::{Enqueued, EventQueue, NewEvent, QueuedEvent};
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, Uri};
+use cirrus_api::spec::Destination;
 use cirrus_api::{ApiError, ErrorCode, Qualifier, Trigger};
 use rand::Rng as _;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ const POLL: Duration = Duration::from_millis(200);
 pub const ASYNC_EVENT_TYPE: &str = "dev.cirrus.invoke";
 /// CloudEvents `type` of a message published to a topic.
 pub const TOPIC_EVENT_TYPE: &str = "dev.cirrus.topic";
+/// CloudEvents `type` of a function's result sent on by an `on_success` destination.
+pub const RESULT_EVENT_TYPE: &str = "dev.cirrus.result";
+/// CloudEvents `type` of a failure report sent by an `on_failure` destination.
+pub const FAILURE_EVENT_TYPE: &str = "dev.cirrus.failure";
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -132,6 +137,8 @@ pub struct Dispatcher {
     pub registry: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
     pub wake: Arc<Notify>,
+    /// Where destinations put the events they create.
+    pub events: EventSink,
     pub prefetch: usize,
     /// At shutdown, how long deliveries under way may take to finish.
     pub drain: Duration,
@@ -213,7 +220,19 @@ impl Dispatcher {
         self.invoker.records.flush().await;
         let now = self.clock.now_ms();
         let update = match outcome {
-            Ok(()) => Update::Complete,
+            Ok(done) => {
+                // Destinations are queued before the event is completed: a crash in
+                // between repeats the step (at least once), never drops the next one.
+                let next = done.version.config.on_success.clone();
+                match self.forward(&event, &next, Forward::Success(&done)).await {
+                    Ok(()) => Update::Complete,
+                    Err(e) => Update::Retry {
+                        at: now + BUSY_RETRY.as_millis() as u64,
+                        error: format!("forwarding the result failed: {e}"),
+                        counted: false,
+                    },
+                }
+            }
             Err(Next::Busy(error)) => Update::Retry {
                 at: now + backoff(BUSY_RETRY, 1).as_millis() as u64,
                 error,
@@ -227,10 +246,30 @@ impl Dispatcher {
                     counted: true,
                 }
             }
-            Err(Next::Dead(error)) => {
-                tracing::warn!(request_id = %id, function = %event.function, "event moved to the dead-letter queue: {error}");
-                Update::Kill { at: now, error }
-            }
+            Err(Next::Dead {
+                error,
+                on_failure,
+                traceparent,
+            }) => match on_failure {
+                Some(dest @ (Destination::Function(_) | Destination::Topic(_))) => {
+                    let failure = Forward::Failure {
+                        error: &error,
+                        attempts,
+                        traceparent: &traceparent,
+                    };
+                    match self.forward(&event, &[dest], failure).await {
+                        Ok(()) => Update::Complete,
+                        Err(e) => Update::Kill {
+                            at: now,
+                            error: format!("{error}; forwarding to on_failure failed: {e}"),
+                        },
+                    }
+                }
+                _ => {
+                    tracing::warn!(request_id = %id, function = %event.function, "event moved to the dead-letter queue: {error}");
+                    Update::Kill { at: now, error }
+                }
+            },
         };
         let update = Arc::new(update);
         // A failed update is tried again; if it keeps failing, the event's lease runs out
@@ -249,26 +288,108 @@ impl Dispatcher {
         }
     }
 
+    /// Queues the events a destination list asks for: a successful run's output, or a
+    /// failure report, to functions and to every subscriber of topics.
+    async fn forward(
+        &self,
+        event: &NewEvent,
+        destinations: &[Destination],
+        what: Forward<'_>,
+    ) -> Result<(), ApiError> {
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let (data, content_type, event_type, traceparent) = match &what {
+            Forward::Success(done) => (
+                done.response.body().to_vec(),
+                done.response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                RESULT_EVENT_TYPE,
+                done.traceparent.clone(),
+            ),
+            Forward::Failure {
+                error,
+                attempts,
+                traceparent,
+            } => (
+                serde_json::to_vec(&serde_json::json!({
+                    "request_id": event.id,
+                    "function": event.function,
+                    "attempts": attempts,
+                    "error": error,
+                    "event": String::from_utf8_lossy(&event.data),
+                }))
+                .unwrap_or_default(),
+                Some("application/json".to_owned()),
+                FAILURE_EVENT_TYPE,
+                (*traceparent).to_owned(),
+            ),
+        };
+        let mut targets = Vec::new();
+        for destination in destinations {
+            match destination {
+                Destination::Function(name) => targets.push(name.clone()),
+                Destination::Topic(topic) => targets.extend(self.registry.subscribers(topic)),
+                Destination::DeadLetterQueue => {}
+            }
+        }
+        for function in targets {
+            self.events
+                .enqueue(NewEvent {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    function,
+                    qualifier: Qualifier::Latest.to_string(),
+                    content_type: content_type.clone(),
+                    traceparent: (!traceparent.is_empty()).then(|| traceparent.clone()),
+                    event_type: Some(event_type.to_owned()),
+                    source: Some(format!("/functions/{}", event.function)),
+                    parent_id: Some(event.id.clone()),
+                    data: data.clone(),
+                    created_ms: self.clock.now_ms(),
+                    idempotency_key: None,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// One delivery attempt, and what should happen next if it failed.
-    async fn attempt(&self, event: &NewEvent, attempts: u32) -> Result<(), Next> {
+    async fn attempt(&self, event: &NewEvent, attempts: u32) -> Result<Delivered, Next> {
+        let dead = |error: String| Next::Dead {
+            error,
+            on_failure: None,
+            traceparent: String::new(),
+        };
         let qualifier = Qualifier::parse(&event.qualifier)
-            .map_err(|e| Next::Dead(format!("invalid qualifier: {e}")))?;
+            .map_err(|e| dead(format!("invalid qualifier: {e}")))?;
         let version = match self.registry.resolve(&event.function, &qualifier) {
             Ok(version) => version,
-            Err(e) => return Err(Next::Dead(format!("{}: {}", e.code, e.message))),
+            Err(e) => return Err(dead(format!("{}: {}", e.code, e.message))),
         };
         let config = &version.config;
+        let dead = |error: String, traceparent: String| Next::Dead {
+            error,
+            on_failure: config.on_failure.clone(),
+            traceparent,
+        };
         let now = self.clock.now_ms();
         let age = Duration::from_millis(now.saturating_sub(event.created_ms));
         if age > config.max_event_age {
-            return Err(Next::Dead(format!(
-                "event expired: older than max_event_age ({}) before attempt {attempts}",
-                cirrus_api::duration::format(config.max_event_age)
-            )));
+            return Err(dead(
+                format!(
+                    "event expired: older than max_event_age ({}) before attempt {attempts}",
+                    cirrus_api::duration::format(config.max_event_age)
+                ),
+                event.traceparent.clone().unwrap_or_default(),
+            ));
         }
         let call = Call {
             request_id: Some(event.id.clone()),
             attempt: attempts,
+            parent_request_id: event.parent_id.clone(),
             ..Call::new(
                 event.function.clone(),
                 qualifier,
@@ -277,8 +398,20 @@ impl Dispatcher {
                 true,
             )
         };
-        let error = match self.invoker.invoke_event(call).await {
-            Ok(()) => return Ok(()),
+        let (traceparent, result) = self.invoker.invoke_event(call).await;
+        let error = match result {
+            // As with Lambda's asynchronous invocations, a server error answer is a failed
+            // attempt; other answers are the function's own decision and stand.
+            Ok(response) if response.status().is_server_error() => {
+                format!("function_error: function answered {}", response.status())
+            }
+            Ok(response) => {
+                return Ok(Delivered {
+                    response,
+                    traceparent,
+                    version: version.clone(),
+                })
+            }
             // Only a full concurrency cap is "busy"; anything else (a version that cannot
             // load, an exhausted instance pool) is an attempt, retried with backoff.
             Err(e) if e.code == ErrorCode::Throttled => {
@@ -287,20 +420,42 @@ impl Dispatcher {
             Err(e) => format!("{}: {}", e.code, e.message),
         };
         if attempts >= config.max_attempts {
-            return Err(Next::Dead(format!("{error} (after {attempts} attempts)")));
+            return Err(dead(
+                format!("{error} (after {attempts} attempts)"),
+                traceparent,
+            ));
         }
         let delay = backoff(config.retry_delay, attempts);
         if age + delay > config.max_event_age {
-            return Err(Next::Dead(format!(
-                "{error} (attempt {attempts}; the next would pass max_event_age {})",
-                cirrus_api::duration::format(config.max_event_age)
-            )));
+            return Err(dead(
+                format!(
+                    "{error} (attempt {attempts}; the next would pass max_event_age {})",
+                    cirrus_api::duration::format(config.max_event_age)
+                ),
+                traceparent,
+            ));
         }
         Err(Next::Retry {
             at: now + delay.as_millis() as u64,
             error,
         })
     }
+}
+
+/// A successful attempt.
+struct Delivered {
+    response: axum::http::Response<bytes::Bytes>,
+    traceparent: String,
+    version: Arc<cirrus_api::VersionInfo>,
+}
+
+enum Forward<'a> {
+    Success(&'a Delivered),
+    Failure {
+        error: &'a str,
+        attempts: u32,
+        traceparent: &'a str,
+    },
 }
 
 /// What the queue records after an attempt.
@@ -329,8 +484,15 @@ impl Update {
 
 enum Next {
     Busy(String),
-    Retry { at: u64, error: String },
-    Dead(String),
+    Retry {
+        at: u64,
+        error: String,
+    },
+    Dead {
+        error: String,
+        on_failure: Option<Destination>,
+        traceparent: String,
+    },
 }
 
 /// Exponential backoff with jitter: `base × 2^(attempt-1)`, scaled by a random factor in
@@ -406,6 +568,7 @@ mod tests {
             traceparent: None,
             event_type: None,
             source: None,
+            parent_id: None,
             data: b"{}".to_vec(),
             created_ms: 0,
             idempotency_key: None,

@@ -4,7 +4,7 @@
 use crate::clock::{rfc3339, Clock};
 use crate::error::Failure;
 use crate::store::{ArtifactStore, FunctionStore};
-use cirrus_api::spec::{validate_alias, validate_name};
+use cirrus_api::spec::{find_cycle, next_functions, validate_alias, validate_name};
 use cirrus_api::trigger::RoutePattern;
 use cirrus_api::{
     AliasInfo, ApiError, DeployResult, ErrorCode, FunctionConfig, FunctionInfo, Qualifier,
@@ -224,6 +224,23 @@ impl Registry {
         };
 
         let _serial = self.deploy_lock.lock().await;
+        let graph: Vec<(String, Vec<String>)> = {
+            let functions = self.read();
+            let mut graph: Vec<(String, Vec<String>)> = functions
+                .iter()
+                .filter(|(n, _)| **n != name)
+                .filter_map(|(n, e)| e.latest().map(|v| (n.clone(), next_functions(&v.config))))
+                .collect();
+            graph.push((name.clone(), next_functions(&config)));
+            graph
+        };
+        if let Some(cycle) = find_cycle(&graph) {
+            return Err(ApiError::bad_request(format!(
+                "invalid config: on_success would make a pipeline cycle: {}",
+                cycle.join(" → ")
+            ))
+            .into());
+        }
         let latest = self.resolve(&name, &Qualifier::Latest).ok();
         if let Some(latest) = &latest {
             if latest.sha256 == sha256 && latest.config == config {

@@ -261,6 +261,7 @@ impl Server {
             registry: state.registry.clone(),
             clock: self.clock.clone(),
             wake: state.wake.clone(),
+            events: state.events.clone(),
             prefetch: self.config.queue.prefetch,
             drain: self.config.drain_timeout,
         });

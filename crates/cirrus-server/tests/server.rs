@@ -2023,3 +2023,148 @@ async fn topics_fan_out_to_every_subscriber() {
     );
     s.stop().await;
 }
+
+fn then(destinations: &[&str]) -> FunctionConfig {
+    FunctionConfig {
+        on_success: destinations.iter().map(|d| d.parse().unwrap()).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn pipelines_carry_results_through_destinations_with_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    // a → b → (c, topic done → audit); a and b echo their input on.
+    s.deploy("c", "env_log.wat", FunctionConfig::default())
+        .await;
+    s.deploy("audit", "env_log.wat", FunctionConfig::default())
+        .await;
+    let r = s
+        .req(Method::POST, "/v1/functions/audit/triggers")
+        .json(&serde_json::json!({"topic": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    s.deploy("b", "echo.wat", then(&["function:c", "topic:done"]))
+        .await;
+    s.deploy("a", "echo.wat", then(&["function:b"])).await;
+
+    let accepted: cirrus_api::Accepted = invoke_async(&s, "a", "{\"photo\":1}", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let root = accepted.request_id;
+    let trace = eventually(&s, "the whole pipeline", || async {
+        let trace: serde_json::Value = s.get_json(&format!("/v1/trace/{root}")).await;
+        trace["invocations"]
+            .as_array()
+            .is_some_and(|a| a.len() == 4)
+            .then_some(trace)
+    })
+    .await;
+    let records: Vec<InvocationRecord> =
+        serde_json::from_value(trace["invocations"].clone()).unwrap();
+    let by = |f: &str| records.iter().find(|r| r.function == f).unwrap();
+    assert!(records
+        .iter()
+        .all(|r| r.trace_id == trace["trace_id"].as_str().unwrap()
+            && r.outcome == cirrus_api::Outcome::Success));
+    assert_eq!(by("a").parent_request_id, None);
+    assert_eq!(by("b").parent_request_id.as_deref(), Some(root.as_str()));
+    assert_eq!(
+        by("c").parent_request_id.as_ref(),
+        Some(&by("b").request_id)
+    );
+    assert_eq!(
+        by("audit").parent_request_id.as_ref(),
+        Some(&by("b").request_id)
+    );
+    // c got b's output (a's input, echoed twice) as a result event.
+    assert_eq!(by("c").request_bytes, 11);
+    let logs: Page<LogLine> = s
+        .get_json(&format!(
+            "/v1/functions/c/logs?request_id={}",
+            by("c").request_id
+        ))
+        .await;
+    let lines: Vec<&str> = logs.items.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines.contains(&"HTTP_CE_TYPE=dev.cirrus.result"),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"HTTP_CE_SOURCE=/functions/b"), "{lines:?}");
+    assert_eq!(
+        error_of(s.send(Method::GET, "/v1/trace/no-such-request").await)
+            .await
+            .0,
+        404
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn failures_go_to_on_failure_destinations_and_cycles_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("report", "env_log.wat", FunctionConfig::default())
+        .await;
+    let failing = FunctionConfig {
+        max_attempts: 1,
+        on_failure: Some("function:report".parse().unwrap()),
+        ..Default::default()
+    };
+    s.deploy("trap", "trap.wat", failing).await;
+    let accepted: cirrus_api::Accepted = invoke_async(&s, "trap", "{\"x\":1}", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let report = eventually(&s, "the failure report", || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/report/invocations").await;
+        page.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        report.parent_request_id.as_deref(),
+        Some(accepted.request_id.as_str())
+    );
+    let logs: Page<LogLine> = s
+        .get_json(&format!(
+            "/v1/functions/report/logs?request_id={}",
+            report.request_id
+        ))
+        .await;
+    assert!(logs
+        .items
+        .iter()
+        .any(|l| l.line == "HTTP_CE_TYPE=dev.cirrus.failure"));
+    let dead: Page<cirrus_api::DeadEvent> = s.get_json("/v1/dlq").await;
+    assert!(
+        dead.items.is_empty(),
+        "sent to on_failure instead of the DLQ"
+    );
+
+    // x → y, then y → x would loop forever: refused, naming the cycle.
+    s.deploy("x", "echo.wat", then(&["function:y"])).await;
+    let bytes = std::fs::read(fixture("echo.wat")).unwrap();
+    let (status, _, message) = error_of(
+        s.deploy_raw("y", Some(bytes.clone()), Some(&then(&["function:x"])))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("cycle") && message.contains("x → y → x") || message.contains("y → x → y"),
+        "{message}"
+    );
+    let (status, _, message) = error_of(
+        s.deploy_raw("z", Some(bytes), Some(&then(&["function:z"])))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{message}");
+    s.stop().await;
+}

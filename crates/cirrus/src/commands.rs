@@ -60,6 +60,8 @@ enum Command {
     /// The dead-letter queue of asynchronous events
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Follow one request through retries and pipelines: every invocation of its trace
+    Trace { request_id: String },
     /// HTTP routes and topic subscriptions that fire functions
     #[command(subcommand)]
     Trigger(TriggerCommand),
@@ -316,6 +318,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invoke(args) => invoke(&client, args, json).await,
         Command::Dlq(command) => dlq(&client, command, json).await,
         Command::Trigger(command) => trigger(&client, command, json).await,
+        Command::Trace { request_id } => {
+            let trace: serde_json::Value = client
+                .json(client.request(Method::GET, &format!("/v1/trace/{request_id}")))
+                .await?;
+            if json {
+                return output::json(&trace);
+            }
+            let records: Vec<InvocationRecord> =
+                serde_json::from_value(trace["invocations"].clone())?;
+            println!("trace {}", trace["trace_id"].as_str().unwrap_or_default());
+            let depth = |r: &InvocationRecord| {
+                let mut depth = 0;
+                let mut parent = r.parent_request_id.clone();
+                while let Some(p) = parent {
+                    depth += 1;
+                    parent = records
+                        .iter()
+                        .find(|x| x.request_id == p)
+                        .and_then(|x| x.parent_request_id.clone());
+                    if depth > 64 {
+                        break;
+                    }
+                }
+                depth
+            };
+            for r in &records {
+                let result = r.error_code.clone().unwrap_or_else(|| r.status.to_string());
+                println!(
+                    "{}{} {} v{} attempt {} {} {:.3} ms {}",
+                    "  ".repeat(depth(r)),
+                    r.started_at,
+                    r.function,
+                    r.version,
+                    r.attempt,
+                    r.request_id,
+                    r.duration_ms,
+                    result
+                );
+            }
+            Ok(())
+        }
         Command::Publish {
             topic,
             data,

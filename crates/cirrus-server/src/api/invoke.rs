@@ -183,6 +183,7 @@ async fn accept_event(
         traceparent: header("traceparent"),
         event_type: None,
         source: None,
+        parent_id: None,
         data: data.to_vec(),
         created_ms: state.invoker.clock.now_ms(),
         idempotency_key,

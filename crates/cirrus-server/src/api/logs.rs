@@ -160,3 +160,31 @@ fn ndjson(line: &LogLine) -> Bytes {
     bytes.push(b'\n');
     Bytes::from(bytes)
 }
+
+/// `GET /v1/trace/{request_id}`: every invocation of the request's trace: the request,
+/// its retries, and the events its results led to through destinations, oldest first.
+pub async fn trace(
+    State(state): State<AppStateRef>,
+    Path(request_id): Path<String>,
+) -> Result<Response, Failure> {
+    state.records.flush().await;
+    let store = state.record_store.clone();
+    let id = request_id.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let Some(trace_id) = store.trace_of(&id)? else {
+            return anyhow::Ok(None);
+        };
+        let invocations = store.trace(&trace_id)?;
+        anyhow::Ok(Some((trace_id, invocations)))
+    })
+    .await
+    .map_err(Failure::internal)?
+    .map_err(Failure::internal)?;
+    let (trace_id, invocations) = found.ok_or_else(|| {
+        ApiError::not_found(format!("no invocation with request id {request_id:?}"))
+    })?;
+    Ok(
+        Json(serde_json::json!({ "trace_id": trace_id, "invocations": invocations }))
+            .into_response(),
+    )
+}

@@ -42,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/functions/{name}/logs"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/status"),
+    ("GET", "/v1/trace/{request_id}"),
     ("GET", "/v1/triggers"),
     ("POST", "/v1/functions/{name}/triggers"),
     ("DELETE", "/v1/triggers/{id}"),
@@ -102,6 +103,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/logs", get(logs::logs))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/status", get(status))
+        .route("/v1/trace/{request_id}", get(logs::trace))
         .route("/v1/triggers", get(triggers::list))
         .route("/v1/functions/{name}/triggers", post(triggers::add))
         .route("/v1/triggers/{id}", axum::routing::delete(triggers::remove))

@@ -95,6 +95,7 @@ pub async fn publish(
             traceparent: header("traceparent"),
             event_type: Some(TOPIC_EVENT_TYPE.to_owned()),
             source: Some(format!("/topics/{topic}")),
+            parent_id: None,
             data: data.to_vec(),
             created_ms: now,
             idempotency_key: None,

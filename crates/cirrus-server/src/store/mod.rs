@@ -83,8 +83,11 @@ pub trait RecordStore: Send + Sync + 'static {
         request_id: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<LogLine>>;
-    /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,
-    /// UTC, milliseconds), including functions since deleted.
+    /// Every invocation of a trace (a request and the events it led to), oldest first.
+    fn trace(&self, trace_id: &str) -> StoreResult<Vec<InvocationRecord>>;
+    /// The trace a request id belongs to.
+    fn trace_of(&self, request_id: &str) -> StoreResult<Option<String>>;
+    /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,/// UTC, milliseconds), including functions since deleted.
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>>;
 }
 
@@ -101,6 +104,8 @@ pub struct NewEvent {
     /// CloudEvents `type` and `source`; default to an asynchronous invoke's.
     pub event_type: Option<String>,
     pub source: Option<String>,
+    /// The request id whose result (or failure) this event carries, for lineage.
+    pub parent_id: Option<String>,
     pub data: Vec<u8>,
     pub created_ms: u64,
     pub idempotency_key: Option<String>,

@@ -68,6 +68,47 @@ fn open(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+const RECORD_COLUMNS: &str = "seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms,
+    init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message, cpu_us,
+    request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt, parent_request_id";
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, InvocationRecord)> {
+    let trigger: String = row.get(4)?;
+    let outcome: String = row.get(12)?;
+    Ok((
+        row.get(0)?,
+        InvocationRecord {
+            request_id: row.get(1)?,
+            function: row.get(2)?,
+            version: row.get(3)?,
+            trigger: trigger.parse().unwrap_or(Trigger::Invoke),
+            attempt: row.get(22)?,
+            parent_request_id: row.get(23)?,
+            started_at: row.get(5)?,
+            duration_ms: row.get(6)?,
+            billed_ms: row.get(7)?,
+            init_ms: row.get(8)?,
+            memory_mb: row.get(9)?,
+            peak_memory_bytes: row.get(10)?,
+            cold_start: row.get(11)?,
+            outcome: if outcome == "success" {
+                Outcome::Success
+            } else {
+                Outcome::Error
+            },
+            status: row.get(13)?,
+            error_code: row.get(14)?,
+            error_message: row.get(15)?,
+            cpu_ms: row.get::<_, i64>(16)? as f64 / 1000.0,
+            request_bytes: row.get(17)?,
+            response_bytes: row.get(18)?,
+            trace_id: row.get(19)?,
+            parent_span_id: row.get(20)?,
+            span_id: row.get(21)?,
+        },
+    ))
+}
+
 /// Columns added after the first schema, with their definitions; added to older
 /// databases on open.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -83,6 +124,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("invocations", "span_id", "TEXT NOT NULL DEFAULT ''"),
     ("invocations", "attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("events", "lease_until_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("events", "parent_id", "TEXT"),
+    ("invocations", "parent_request_id", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -109,6 +152,10 @@ impl SqliteStore {
         let meta = open(path)?;
         meta.execute_batch(SCHEMA).context("creating the schema")?;
         migrate(&meta).context("migrating the schema")?;
+        // Indexes on added columns come after the migration that adds them.
+        meta.execute_batch(
+            "CREATE INDEX IF NOT EXISTS invocations_by_trace ON invocations (trace_id);",
+        )?;
         let records = open(path)?;
         let reads = open(path)?;
         let queue = open(path)?;
@@ -285,8 +332,9 @@ impl RecordStore for SqliteStore {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
                  billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
-                 error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",)?;
+                                  error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt,
+                 parent_request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",)?;
             for r in records {
                 insert.execute(params![
                     r.request_id,
@@ -313,7 +361,8 @@ impl RecordStore for SqliteStore {
                     r.trace_id,
                     r.parent_span_id,
                     r.span_id,
-                    r.attempt
+                    r.attempt,
+                    r.parent_request_id
                 ])?;
             }
             let mut insert = tx.prepare_cached(
@@ -345,48 +394,11 @@ impl RecordStore for SqliteStore {
             None => i64::MAX,
         };
         let conn = lock(&self.reads);
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, request_id, function, version, trigger, started_at, duration_ms, billed_ms, init_ms,
-             memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code, error_message,
-             cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt
-             FROM invocations WHERE function = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM invocations WHERE function = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        ))?;
         let mut last_seq = None;
-        let rows = stmt.query_map(params![function, before, limit as i64], |row| {
-            let trigger: String = row.get(4)?;
-            let outcome: String = row.get(12)?;
-            Ok((
-                row.get::<_, i64>(0)?,
-                InvocationRecord {
-                    request_id: row.get(1)?,
-                    function: row.get(2)?,
-                    version: row.get(3)?,
-                    trigger: trigger.parse().unwrap_or(Trigger::Invoke),
-                    attempt: row.get(22)?,
-                    started_at: row.get(5)?,
-                    duration_ms: row.get(6)?,
-                    billed_ms: row.get(7)?,
-                    init_ms: row.get(8)?,
-                    memory_mb: row.get(9)?,
-                    peak_memory_bytes: row.get(10)?,
-                    cold_start: row.get(11)?,
-                    outcome: if outcome == "success" {
-                        Outcome::Success
-                    } else {
-                        Outcome::Error
-                    },
-                    status: row.get(13)?,
-                    error_code: row.get(14)?,
-                    error_message: row.get(15)?,
-                    cpu_ms: row.get::<_, i64>(16)? as f64 / 1000.0,
-                    request_bytes: row.get(17)?,
-                    response_bytes: row.get(18)?,
-                    trace_id: row.get(19)?,
-                    parent_span_id: row.get(20)?,
-                    span_id: row.get(21)?,
-                },
-            ))
-        })?;
+        let rows = stmt.query_map(params![function, before, limit as i64], record_from_row)?;
         let mut items = Vec::new();
         for row in rows {
             let (seq, record) = row?;
@@ -441,6 +453,27 @@ impl RecordStore for SqliteStore {
         Ok(lines)
     }
 
+    fn trace(&self, trace_id: &str) -> StoreResult<Vec<InvocationRecord>> {
+        let conn = lock(&self.reads);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM invocations WHERE trace_id = ?1 ORDER BY seq LIMIT 10000"
+        ))?;
+        let rows = stmt.query_map([trace_id], record_from_row)?;
+        Ok(rows
+            .map(|r| r.map(|(_, record)| record))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn trace_of(&self, request_id: &str) -> StoreResult<Option<String>> {
+        Ok(lock(&self.reads)
+            .query_row(
+                "SELECT trace_id FROM invocations WHERE request_id = ?1 LIMIT 1",
+                [request_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>> {
         let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(
@@ -470,7 +503,7 @@ impl RecordStore for SqliteStore {
 const DELIVERY_LEASE_MS: u64 = 20 * 60 * 1000;
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -484,6 +517,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             created_ms: row.get(6)?,
             event_type: row.get(8)?,
             source: row.get(9)?,
+            parent_id: row.get(10)?,
             idempotency_key: None,
         },
         attempts: row.get(7)?,
@@ -544,8 +578,8 @@ impl EventQueue for SqliteStore {
                  ON CONFLICT (function, key) DO UPDATE SET request_id = excluded.request_id, created_ms = excluded.created_ms",
             )?;
             let mut insert = tx.prepare_cached(
-                                "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-                 state, event_type, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9)",)?;
+                                                "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
+                 state, event_type, source, parent_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10)",)?;
             for e in events {
                 if let Some(key) = &e.idempotency_key {
                     let earlier: Option<(String, u64)> = seen
@@ -568,7 +602,8 @@ impl EventQueue for SqliteStore {
                     e.data,
                     e.created_ms,
                     e.event_type,
-                    e.source
+                    e.source,
+                    e.parent_id
                 ])?;
                 results.push(Enqueued::New);
             }
