@@ -4,7 +4,8 @@
 //! - [`spec`]: a function's configuration, its limits and validation.
 //! - [`model`]: what the management API returns (functions, versions, aliases,
 //!   invocation records, log lines).
-//! - [`trigger`]: HTTP routes and topics that fire functions.
+//! - [`trigger`]: HTTP routes, topics and schedules that fire functions; [`schedule`]:
+//!   rate and cron expressions.
 //! - [`manifest`]: the `cirrus.toml` app manifest.
 //! - [`duration`]: human durations (`"30s"`, `"5m"`) on the wire.
 //! - [`usage`]: usage and cost reports, with exact decimal money.
@@ -13,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod manifest;
 pub mod model;
+pub mod schedule;
 pub mod spec;
 pub mod trigger;
 pub mod usage;

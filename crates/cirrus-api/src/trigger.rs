@@ -16,6 +16,9 @@ pub enum TriggerSpec {
     Route(String),
     /// Every message published to the topic becomes an asynchronous event.
     Topic(String),
+    /// `rate(N minutes)` or a cron expression (`TZ=Zone` prefix for a time zone); each
+    /// tick becomes an asynchronous event.
+    Schedule(String),
 }
 
 /// A trigger as stored.
@@ -186,6 +189,7 @@ impl TriggerSpec {
         match self {
             TriggerSpec::Route(route) => RoutePattern::parse(route).map(drop),
             TriggerSpec::Topic(topic) => validate_topic(topic),
+            TriggerSpec::Schedule(s) => crate::schedule::Schedule::parse(s).map(drop),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`invoker`]: the one place an invocation is executed and recorded.
 //! - [`queue`]: durable asynchronous invocation: group-committed enqueue, dispatcher,
 //!   retries with backoff, dead-letter queue.
+//! - [`scheduler`]: schedule triggers (rate and cron) firing durable events.
 //! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
 //! - [`registry`]: functions, versions, aliases; deploy logic.
 //! - [`billing`]: price tables and usage reports (exact decimals).
@@ -26,6 +27,7 @@ pub mod queue;
 pub mod records;
 pub mod registry;
 pub mod scaler;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod trace;

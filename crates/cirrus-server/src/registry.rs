@@ -96,6 +96,10 @@ impl Registry {
         self.functions.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn store(&self) -> &Arc<dyn FunctionStore> {
+        &self.store
+    }
+
     pub fn artifacts(&self) -> &Arc<dyn ArtifactStore> {
         &self.artifacts
     }
@@ -473,7 +477,7 @@ impl Registry {
                     let (_, score) = RoutePattern::parse(route).ok()?.matches(method, path)?;
                     Some((score, t.function.clone()))
                 }
-                TriggerSpec::Topic(_) => None,
+                TriggerSpec::Topic(_) | TriggerSpec::Schedule(_) => None,
             })
             .max_by_key(|(score, _)| *score)
             .map(|(_, function)| function)

@@ -266,6 +266,13 @@ impl Server {
             drain: self.config.drain_timeout,
         });
         let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));
+        let scheduler = crate::scheduler::Scheduler {
+            registry: state.registry.clone(),
+            store: state.registry.store().clone(),
+            events: state.events.clone(),
+            clock: self.clock.clone(),
+        };
+        let scheduling = tokio::spawn(scheduler.run(state.shutdown.clone()));
         let sweeper = tokio::spawn(sweeper(
             state.clone(),
             self.config.sweep_interval,
@@ -293,6 +300,7 @@ impl Server {
             _ = drained => tracing::warn!("drain timeout of {drain_timeout:?} passed with requests still in flight"),
         }
         sweeper.abort();
+        scheduling.abort();
         // The dispatcher stopped claiming when shutdown began; wait for its deliveries.
         let _ = dispatching.await;
         state.records.flush().await;

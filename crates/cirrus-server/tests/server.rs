@@ -2168,3 +2168,89 @@ async fn failures_go_to_on_failure_destinations_and_cycles_are_refused() {
     assert_eq!(status, 400, "{message}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn schedules_fire_on_time_and_missed_ticks_fire_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("tick", "env_log.wat", FunctionConfig::default())
+        .await;
+    let add = |spec: serde_json::Value| {
+        s.req(Method::POST, "/v1/functions/tick/triggers")
+            .json(&spec)
+            .send()
+    };
+    for bad in ["0 25 * * *", "rate(0 minutes)", "TZ=Nowhere/City 0 9 * * *"] {
+        let (status, _, message) =
+            error_of(add(serde_json::json!({ "schedule": bad })).await.unwrap()).await;
+        assert_eq!(status, 400, "{bad}: {message}");
+    }
+    assert_eq!(
+        add(serde_json::json!({"schedule": "rate(1 minute)"}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let count = || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/tick/invocations").await;
+        page.items
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(count().await.is_empty(), "not due yet");
+
+    s.clock.advance(Duration::from_secs(61));
+    let first = eventually(&s, "the first tick", || async {
+        count().await.into_iter().next()
+    })
+    .await;
+    assert_eq!(first.trigger, cirrus_api::Trigger::Async);
+    let logs: Page<LogLine> = s
+        .get_json(&format!(
+            "/v1/functions/tick/logs?request_id={}",
+            first.request_id
+        ))
+        .await;
+    assert!(
+        logs.items
+            .iter()
+            .any(|l| l.line == "HTTP_CE_TYPE=dev.cirrus.schedule"),
+        "{:?}",
+        logs.items
+    );
+    assert!(logs
+        .items
+        .iter()
+        .any(|l| l.line.starts_with("HTTP_CE_SOURCE=/schedules/")));
+
+    // Ten minutes pass at once: one tick, not ten.
+    s.clock.advance(Duration::from_secs(600));
+    eventually(&s, "the second tick", || async {
+        (count().await.len() == 2).then_some(())
+    })
+    .await;
+    s.stop().await;
+
+    // The server was down past several ticks: on start-up, the missed ones fire once.
+    let s = start(dir.path()).await;
+    s.clock.advance(Duration::from_secs(3600));
+    let count = || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/tick/invocations").await;
+        page.items.len()
+    };
+    let mut seen = 0;
+    for _ in 0..40 {
+        seen = count().await;
+        if seen >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        (seen, count().await),
+        (3, 3),
+        "one catch-up tick after the restart"
+    );
+    s.stop().await;
+}

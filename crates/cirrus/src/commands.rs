@@ -225,11 +225,15 @@ enum TriggerCommand {
     Add {
         function: String,
         /// An HTTP route, e.g. 'GET /orders/{id}' (method optional)
-        #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+        #[arg(long, group = "kind")]
         route: Option<String>,
         /// A topic to subscribe to
-        #[arg(long)]
+        #[arg(long, group = "kind")]
         topic: Option<String>,
+        /// A schedule: 'rate(5 minutes)', a cron expression like '0 9 * * MON-FRI', or
+        /// 'TZ=Europe/Paris 0 9 * * *'
+        #[arg(long, group = "kind")]
+        schedule: Option<String>,
     },
     /// List triggers (of one function)
     Ls { function: Option<String> },
@@ -1124,6 +1128,7 @@ fn describe(spec: &TriggerSpec) -> (String, String) {
     match spec {
         TriggerSpec::Route(r) => ("route".into(), r.clone()),
         TriggerSpec::Topic(t) => ("topic".into(), t.clone()),
+        TriggerSpec::Schedule(s) => ("schedule".into(), s.clone()),
     }
 }
 
@@ -1133,11 +1138,13 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
             function,
             route,
             topic,
+            schedule,
         } => {
-            let spec = match (route, topic) {
-                (Some(r), _) => TriggerSpec::Route(r),
-                (None, Some(t)) => TriggerSpec::Topic(t),
-                (None, None) => bail!("give --route or --topic"),
+            let spec = match (route, topic, schedule) {
+                (Some(r), _, _) => TriggerSpec::Route(r),
+                (None, Some(t), _) => TriggerSpec::Topic(t),
+                (None, None, Some(s)) => TriggerSpec::Schedule(s),
+                (None, None, None) => bail!("give --route, --topic or --schedule"),
             };
             vec![
                 client

@@ -39,6 +39,10 @@ pub trait FunctionStore: Send + Sync + 'static {
     fn insert_trigger(&self, trigger: &cirrus_api::TriggerInfo) -> StoreResult<()>;
     /// Called when a trigger is removed.
     fn delete_trigger(&self, id: &str) -> StoreResult<()>;
+    /// When each schedule last fired (by trigger id); read at start-up.
+    fn schedule_marks(&self) -> StoreResult<Vec<(String, u64)>>;
+    /// Called after a schedule fired (its event is already durable).
+    fn set_schedule_mark(&self, trigger_id: &str, fired_ms: u64) -> StoreResult<()>;
 }
 
 /// Uploaded artifacts, content-addressed by sha256.

@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS versions (
     created_at TEXT NOT NULL, PRIMARY KEY (function, version));
 CREATE TABLE IF NOT EXISTS triggers (
     id TEXT PRIMARY KEY, function TEXT NOT NULL, spec TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS schedule_marks (trigger_id TEXT PRIMARY KEY, fired_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS aliases (function TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
     PRIMARY KEY (function, alias));
 CREATE TABLE IF NOT EXISTS invocations (
@@ -270,7 +271,25 @@ impl FunctionStore for SqliteStore {
     }
 
     fn delete_trigger(&self, id: &str) -> StoreResult<()> {
-        lock(&self.meta).execute("DELETE FROM triggers WHERE id = ?1", [id])?;
+        let conn = lock(&self.meta);
+        conn.execute("DELETE FROM triggers WHERE id = ?1", [id])?;
+        conn.execute("DELETE FROM schedule_marks WHERE trigger_id = ?1", [id])?;
+        Ok(())
+    }
+
+    fn schedule_marks(&self) -> StoreResult<Vec<(String, u64)>> {
+        let conn = lock(&self.meta);
+        let mut stmt = conn.prepare("SELECT trigger_id, fired_ms FROM schedule_marks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_schedule_mark(&self, trigger_id: &str, fired_ms: u64) -> StoreResult<()> {
+        lock(&self.meta).execute(
+            "INSERT INTO schedule_marks (trigger_id, fired_ms) VALUES (?1, ?2)
+             ON CONFLICT (trigger_id) DO UPDATE SET fired_ms = excluded.fired_ms",
+            params![trigger_id, fired_ms],
+        )?;
         Ok(())
     }
 
