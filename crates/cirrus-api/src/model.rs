@@ -100,6 +100,12 @@ pub enum Trigger {
     Invoke,
     /// An asynchronous event from the durable queue (`X-Cirrus-Invocation-Type: Event`).
     Async,
+    /// A message published to a topic the function subscribes to.
+    Topic,
+    /// A tick of a schedule.
+    Schedule,
+    /// Another function's result or failure, sent by its `on_success`/`on_failure`.
+    Destination,
 }
 
 impl std::str::FromStr for Trigger {
@@ -109,6 +115,9 @@ impl std::str::FromStr for Trigger {
             "http" => Ok(Self::Http),
             "invoke" => Ok(Self::Invoke),
             "async" => Ok(Self::Async),
+            "topic" => Ok(Self::Topic),
+            "schedule" => Ok(Self::Schedule),
+            "destination" => Ok(Self::Destination),
             other => Err(format!("unknown trigger {other:?}")),
         }
     }
@@ -120,6 +129,9 @@ impl Trigger {
             Trigger::Http => "http",
             Trigger::Invoke => "invoke",
             Trigger::Async => "async",
+            Trigger::Topic => "topic",
+            Trigger::Schedule => "schedule",
+            Trigger::Destination => "destination",
         }
     }
 }

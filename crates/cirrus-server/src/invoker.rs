@@ -217,7 +217,8 @@ impl Invoker {
         }
         // Admission first: buffered request bodies are then bounded by the caps too.
         let _admission = self.scaler.admit(&version).await.inspect_err(|e| {
-            if e.code == ErrorCode::Throttled && trigger != Trigger::Async {
+            if e.code == ErrorCode::Throttled && matches!(trigger, Trigger::Http | Trigger::Invoke)
+            {
                 self.metrics.throttled(&version.function);
             }
         })?;

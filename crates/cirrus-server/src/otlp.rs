@@ -101,10 +101,11 @@ pub fn traces_document(records: &[InvocationRecord]) -> Value {
                 attribute("faas.coldstart", json!(r.cold_start)),
                 attribute(
                     "faas.trigger",
-                    json!(if r.trigger == cirrus_api::Trigger::Http {
-                        "http"
-                    } else {
-                        "other"
+                    json!(match r.trigger {
+                        cirrus_api::Trigger::Http => "http",
+                        cirrus_api::Trigger::Topic => "pubsub",
+                        cirrus_api::Trigger::Schedule => "timer",
+                        _ => "other",
                     }),
                 ),
                 attribute("http.response.status_code", json!(r.status)),

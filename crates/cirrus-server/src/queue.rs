@@ -393,7 +393,7 @@ impl Dispatcher {
             ..Call::new(
                 event.function.clone(),
                 qualifier,
-                Trigger::Async,
+                trigger_of(event),
                 cloud_event_request(event),
                 true,
             )
@@ -493,6 +493,16 @@ enum Next {
         on_failure: Option<Destination>,
         traceparent: String,
     },
+}
+
+/// What kind of event this is, for the invocation record.
+fn trigger_of(event: &NewEvent) -> Trigger {
+    match event.event_type.as_deref() {
+        Some(TOPIC_EVENT_TYPE) => Trigger::Topic,
+        Some(crate::scheduler::SCHEDULE_EVENT_TYPE) => Trigger::Schedule,
+        Some(RESULT_EVENT_TYPE | FAILURE_EVENT_TYPE) => Trigger::Destination,
+        _ => Trigger::Async,
+    }
 }
 
 /// Exponential backoff with jitter: `base × 2^(attempt-1)`, scaled by a random factor in

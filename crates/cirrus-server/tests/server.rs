@@ -2072,6 +2072,9 @@ async fn pipelines_carry_results_through_destinations_with_lineage() {
         .iter()
         .all(|r| r.trace_id == trace["trace_id"].as_str().unwrap()
             && r.outcome == cirrus_api::Outcome::Success));
+    assert_eq!(by("a").trigger, cirrus_api::Trigger::Async);
+    assert_eq!(by("c").trigger, cirrus_api::Trigger::Destination);
+    assert_eq!(by("audit").trigger, cirrus_api::Trigger::Destination);
     assert_eq!(by("a").parent_request_id, None);
     assert_eq!(by("b").parent_request_id.as_deref(), Some(root.as_str()));
     assert_eq!(
@@ -2204,7 +2207,7 @@ async fn schedules_fire_on_time_and_missed_ticks_fire_once() {
         count().await.into_iter().next()
     })
     .await;
-    assert_eq!(first.trigger, cirrus_api::Trigger::Async);
+    assert_eq!(first.trigger, cirrus_api::Trigger::Schedule);
     let logs: Page<LogLine> = s
         .get_json(&format!(
             "/v1/functions/tick/logs?request_id={}",

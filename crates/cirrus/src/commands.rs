@@ -178,6 +178,13 @@ struct DeployArgs {
     /// Asynchronous events: not retried past this age [default: 6h]
     #[arg(long, value_parser = parse_duration)]
     max_event_age: Option<Duration>,
+    /// Asynchronous events: send a successful run's output on (repeatable):
+    /// function:NAME or topic:NAME
+    #[arg(long = "on-success")]
+    on_success: Vec<cirrus_api::spec::Destination>,
+    /// Asynchronous events: where a failed event goes: function:NAME, topic:NAME or dlq
+    #[arg(long)]
+    on_failure: Option<cirrus_api::spec::Destination>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -654,6 +661,12 @@ fn flag_config(args: &DeployArgs, mut config: FunctionConfig) -> FunctionConfig 
     }
     if let Some(d) = args.max_event_age {
         config.max_event_age = d;
+    }
+    if !args.on_success.is_empty() {
+        config.on_success = args.on_success.clone();
+    }
+    if let Some(d) = &args.on_failure {
+        config.on_failure = Some(d.clone());
     }
     config
 }

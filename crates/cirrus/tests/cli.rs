@@ -982,3 +982,56 @@ fn manifests_declare_triggers_and_the_cli_manages_them() {
     let out = up.cli(&["publish", "nobody"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
 }
+
+#[test]
+fn cli_builds_a_pipeline_and_traces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let echo = repo("fixtures/echo.wat");
+    up.cli_ok(&["deploy", "second", echo.to_str().unwrap()]);
+    up.cli_ok(&[
+        "deploy",
+        "first",
+        echo.to_str().unwrap(),
+        "--on-success",
+        "function:second",
+        "--on-failure",
+        "dlq",
+    ]);
+    let got = up.cli_json(&["get", "first"]);
+    assert_eq!(got["latest"]["config"]["on_success"][0], "function:second");
+    let out = up.cli(&[
+        "deploy",
+        "second",
+        echo.to_str().unwrap(),
+        "--on-success",
+        "function:first",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cycle"),
+        "a loop is refused"
+    );
+    let id = up
+        .cli_ok(&["invoke", "first", "--async", "-d", "hello"])
+        .trim()
+        .to_owned();
+    let mut trace = String::new();
+    for _ in 0..100 {
+        trace = up.cli_ok(&["trace", &id]);
+        if trace.lines().count() == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines: Vec<&str> = trace.lines().collect();
+    assert_eq!(lines.len(), 3, "{trace}");
+    assert!(lines[0].starts_with("trace "));
+    assert!(
+        lines[1].contains(" first ") && lines[1].contains(&id),
+        "{trace}"
+    );
+    assert!(
+        lines[2].starts_with("  ") && lines[2].contains(" second "),
+        "the second step is indented under the first: {trace}"
+    );
+}
