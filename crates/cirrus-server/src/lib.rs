@@ -19,6 +19,7 @@ pub mod api;
 pub mod auth;
 pub mod billing;
 pub mod clock;
+pub mod cloudevents;
 pub mod error;
 pub mod invoker;
 pub mod metrics;

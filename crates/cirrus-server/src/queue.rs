@@ -347,6 +347,7 @@ impl Dispatcher {
                     event_type: Some(event_type.to_owned()),
                     source: Some(format!("/functions/{}", event.function)),
                     parent_id: Some(event.id.clone()),
+                    trigger: Trigger::Destination,
                     data: data.clone(),
                     created_ms: self.clock.now_ms(),
                     idempotency_key: None,
@@ -393,7 +394,7 @@ impl Dispatcher {
             ..Call::new(
                 event.function.clone(),
                 qualifier,
-                trigger_of(event),
+                event.trigger,
                 cloud_event_request(event),
                 true,
             )
@@ -495,16 +496,6 @@ enum Next {
     },
 }
 
-/// What kind of event this is, for the invocation record.
-fn trigger_of(event: &NewEvent) -> Trigger {
-    match event.event_type.as_deref() {
-        Some(TOPIC_EVENT_TYPE) => Trigger::Topic,
-        Some(crate::scheduler::SCHEDULE_EVENT_TYPE) => Trigger::Schedule,
-        Some(RESULT_EVENT_TYPE | FAILURE_EVENT_TYPE) => Trigger::Destination,
-        _ => Trigger::Async,
-    }
-}
-
 /// Exponential backoff with jitter: `base × 2^(attempt-1)`, scaled by a random factor in
 /// [0.5, 1.5) so retries of many failed events spread out, capped at 15 minutes.
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -579,6 +570,7 @@ mod tests {
             event_type: None,
             source: None,
             parent_id: None,
+            trigger: Trigger::Async,
             data: b"{}".to_vec(),
             created_ms: 0,
             idempotency_key: None,

@@ -2257,3 +2257,85 @@ async fn schedules_fire_on_time_and_missed_ticks_fire_once() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn cloudevents_are_accepted_in_both_modes_and_malformed_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("sink", "env_log.wat", FunctionConfig::default())
+        .await;
+    let structured = serde_json::json!({
+        "specversion": "1.0", "id": "evt-1", "source": "/shop", "type": "order.created", "data": {"n": 1}
+    });
+    let r = s
+        .req(Method::POST, "/v1/functions/sink/invoke")
+        .header("x-cirrus-invocation-type", "Event")
+        .header("content-type", "application/cloudevents+json")
+        .body(structured.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<cirrus_api::Accepted>().await.unwrap().request_id;
+    let lines = eventually(&s, "the structured event's delivery", || async {
+        let logs: Page<LogLine> = s
+            .get_json(&format!("/v1/functions/sink/logs?request_id={id}"))
+            .await;
+        (!logs.items.is_empty()).then_some(logs.items)
+    })
+    .await;
+    let lines: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines.contains(&"HTTP_CE_TYPE=order.created") && lines.contains(&"HTTP_CE_SOURCE=/shop"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"CONTENT_TYPE=application/json") && lines.contains(&"CONTENT_LENGTH=7"),
+        "{lines:?}"
+    );
+
+    // Malformed: refused with the attribute at fault, nothing queued.
+    for (content_type, body, expect) in [
+        ("application/cloudevents+json", "{oops", "not JSON"),
+        (
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"1","type":"t"}"#,
+            "`source`",
+        ),
+    ] {
+        let r = s
+            .req(Method::POST, "/v1/functions/sink/invoke")
+            .header("x-cirrus-invocation-type", "Event")
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, message) = error_of(r).await;
+        assert_eq!(status, 400);
+        assert!(message.contains(expect), "{message}");
+    }
+    s.req(Method::POST, "/v1/functions/sink/triggers")
+        .json(&serde_json::json!({"topic": "t"}))
+        .send()
+        .await
+        .unwrap();
+    let r = s
+        .req(Method::POST, "/v1/topics/t")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "x")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, message) = error_of(r).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("ce-source"), "{message}");
+    eventually(&s, "an empty queue", || async {
+        let status: cirrus_api::ServerStatus = s.get_json("/v1/status").await;
+        (status.queued_events == 0).then_some(())
+    })
+    .await;
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/sink/invocations").await;
+    assert_eq!(page.items.len(), 1, "only the valid event ran");
+    s.stop().await;
+}

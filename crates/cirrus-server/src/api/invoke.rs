@@ -175,16 +175,18 @@ async fn accept_event(
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
         .map_err(|e| body_error(e, state.max_event_bytes, "event (asynchronous limit)"))?;
+    let incoming = crate::cloudevents::incoming(&parts.headers, data)?;
     let event = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         function: name,
         qualifier: qualifier.to_string(),
-        content_type: header("content-type"),
+        content_type: incoming.content_type,
         traceparent: header("traceparent"),
-        event_type: None,
-        source: None,
+        event_type: incoming.event_type,
+        source: incoming.source,
         parent_id: None,
-        data: data.to_vec(),
+        trigger: cirrus_api::Trigger::Async,
+        data: incoming.data,
         created_ms: state.invoker.clock.now_ms(),
         idempotency_key,
     };

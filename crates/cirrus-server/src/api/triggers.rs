@@ -84,6 +84,7 @@ pub async fn publish(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let incoming = crate::cloudevents::incoming(&parts.headers, data)?;
     let now = state.invoker.clock.now_ms();
     let mut request_ids = Vec::new();
     for function in subscribers {
@@ -91,12 +92,24 @@ pub async fn publish(
             id: uuid::Uuid::now_v7().to_string(),
             function,
             qualifier: Qualifier::Latest.to_string(),
-            content_type: header("content-type"),
+            content_type: incoming.content_type.clone(),
             traceparent: header("traceparent"),
-            event_type: Some(TOPIC_EVENT_TYPE.to_owned()),
-            source: Some(format!("/topics/{topic}")),
+            // A CloudEvent published keeps its own type and source.
+            event_type: Some(
+                incoming
+                    .event_type
+                    .clone()
+                    .unwrap_or_else(|| TOPIC_EVENT_TYPE.to_owned()),
+            ),
+            source: Some(
+                incoming
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| format!("/topics/{topic}")),
+            ),
             parent_id: None,
-            data: data.to_vec(),
+            trigger: cirrus_api::Trigger::Topic,
+            data: incoming.data.clone(),
             created_ms: now,
             idempotency_key: None,
         };

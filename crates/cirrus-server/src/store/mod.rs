@@ -110,6 +110,8 @@ pub struct NewEvent {
     pub source: Option<String>,
     /// The request id whose result (or failure) this event carries, for lineage.
     pub parent_id: Option<String>,
+    /// What produced the event: async invoke, topic, schedule or destination.
+    pub trigger: cirrus_api::Trigger,
     pub data: Vec<u8>,
     pub created_ms: u64,
     pub idempotency_key: Option<String>,

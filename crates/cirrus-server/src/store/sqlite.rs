@@ -126,6 +126,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("invocations", "attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("events", "lease_until_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("events", "parent_id", "TEXT"),
+    ("events", "trigger", "TEXT NOT NULL DEFAULT 'async'"),
     ("invocations", "parent_request_id", "TEXT"),
 ];
 
@@ -522,7 +523,7 @@ impl RecordStore for SqliteStore {
 const DELIVERY_LEASE_MS: u64 = 20 * 60 * 1000;
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -537,6 +538,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             event_type: row.get(8)?,
             source: row.get(9)?,
             parent_id: row.get(10)?,
+            trigger: row.get::<_, String>(11)?.parse().unwrap_or(Trigger::Async),
             idempotency_key: None,
         },
         attempts: row.get(7)?,
@@ -598,7 +600,8 @@ impl EventQueue for SqliteStore {
             )?;
             let mut insert = tx.prepare_cached(
                                                 "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-                 state, event_type, source, parent_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10)",)?;
+                 state, event_type, source, parent_id, trigger)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10, ?11)",)?;
             for e in events {
                 if let Some(key) = &e.idempotency_key {
                     let earlier: Option<(String, u64)> = seen
@@ -622,7 +625,8 @@ impl EventQueue for SqliteStore {
                     e.created_ms,
                     e.event_type,
                     e.source,
-                    e.parent_id
+                    e.parent_id,
+                    e.trigger.as_str()
                 ])?;
                 results.push(Enqueued::New);
             }
