@@ -109,7 +109,7 @@ struct UpArgs {
     /// Largest response body a function may produce, in bytes
     #[arg(long, default_value_t = 6 << 20)]
     max_response_bytes: usize,
-        /// Largest asynchronous event (or topic message) body, in bytes
+    /// Largest asynchronous event (or topic message) body, in bytes
     #[arg(long, default_value_t = 256 << 10)]
     max_event_bytes: usize,
     /// Largest artifact a deploy accepts, in bytes
@@ -576,7 +576,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     };
     config.payload.max_request_bytes = args.max_request_bytes;
     config.payload.max_response_bytes = args.max_response_bytes;
-        config.max_artifact_bytes = args.max_artifact_bytes;
+    config.max_artifact_bytes = args.max_artifact_bytes;
     config.queue.max_event_bytes = args.max_event_bytes;
     config.drain_timeout = args.drain_timeout;
     config.otlp_endpoint = args.otlp_endpoint.clone();

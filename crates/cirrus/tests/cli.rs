@@ -1040,7 +1040,11 @@ fn cli_builds_a_pipeline_and_traces_it() {
 fn schedules_survive_sigkill_without_repeating_a_tick() {
     let dir = tempfile::tempdir().unwrap();
     let mut up = Up::start(dir.path(), &[]);
-    up.cli_ok(&["deploy", "tick", repo("fixtures/log_input.wat").to_str().unwrap()]);
+    up.cli_ok(&[
+        "deploy",
+        "tick",
+        repo("fixtures/log_input.wat").to_str().unwrap(),
+    ]);
     up.cli_ok(&["trigger", "add", "tick", "--schedule", "rate(1 second)"]);
     std::thread::sleep(Duration::from_millis(2500));
     up.child.kill().unwrap(); // SIGKILL
@@ -1052,7 +1056,8 @@ fn schedules_survive_sigkill_without_repeating_a_tick() {
     let logs = up.cli_ok(&["--json", "logs", "tick", "--limit", "1000"]);
     let mut times: Vec<String> = logs
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())        .filter_map(|l| {
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| {
             // The body has no newline of its own: the guest's closing line follows it.
             let line = l["line"].as_str()?;
             serde_json::from_str::<serde_json::Value>(&line[..=line.rfind('}')?]).ok()
