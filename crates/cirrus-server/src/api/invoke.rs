@@ -48,15 +48,26 @@ pub async fn http_trigger(State(state): State<AppStateRef>, request: Request) ->
         Ok(uri) => uri,
         Err(e) => return error_response(ApiError::bad_request(format!("invalid path: {e}"))),
     };
+    invoke_http(&state, function.to_owned(), qualifier, parts, body).await
+}
+
+/// Runs an HTTP-triggered invocation (`/fn/…` or a custom route). The admin token, if
+/// the caller sent it, opens private functions; it is never handed to guest code.
+pub(crate) async fn invoke_http(
+    state: &AppStateRef,
+    function: String,
+    qualifier: Qualifier,
+    mut parts: axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Response {
     let authorized = is_authorized(&parts.headers, &state.token);
     if authorized {
-        // The admin token opens private functions; it is never handed to guest code.
         parts.headers.remove(axum::http::header::AUTHORIZATION);
     }
     state
         .invoker
         .invoke(Call::new(
-            function.to_owned(),
+            function,
             qualifier,
             Trigger::Http,
             Request::from_parts(parts, body),
@@ -154,13 +165,7 @@ async fn accept_event(
 ) -> Result<Response, ApiError> {
     state.registry.resolve(&name, &qualifier)?;
     let (parts, body) = request.into_parts();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| super::header(&parts.headers, name);
     let idempotency_key = header("x-cirrus-idempotency-key");
     if let Some(key) = &idempotency_key {
         if key.is_empty()

@@ -223,6 +223,14 @@ async fn method_not_allowed(request: Request) -> Failure {
     .into()
 }
 
+/// A header's value as text, if present and printable.
+pub(crate) fn header(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Reads a JSON body with errors a user can act on (axum's own rejections are plain text).
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     body: &[u8],

@@ -2,9 +2,7 @@
 //! routes.
 
 use super::{parse_json, AppStateRef};
-use crate::auth::is_authorized;
 use crate::error::{body_error, error_response, Failure};
-use crate::invoker::Call;
 use crate::queue::TOPIC_EVENT_TYPE;
 use crate::store::{Enqueued, NewEvent};
 use axum::extract::{Path, Query, Request, State};
@@ -77,13 +75,7 @@ pub async fn publish(
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
         .map_err(|e| body_error(e, state.max_event_bytes, "message (asynchronous limit)"))?;
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| super::header(&parts.headers, name);
     let incoming = crate::cloudevents::incoming(&parts.headers, data)?;
     let now = state.invoker.clock.now_ms();
     let mut request_ids = Vec::new();
@@ -128,20 +120,7 @@ pub async fn custom_route(State(state): State<AppStateRef>, request: Request) ->
     let Some(function) = state.registry.route(&method, &path) else {
         return error_response(ApiError::not_found(format!("no route for {method} {path}")));
     };
-    let (mut parts, body) = request.into_parts();
-    let authorized = is_authorized(&parts.headers, &state.token);
-    if authorized {
-        parts.headers.remove(axum::http::header::AUTHORIZATION);
-    }
+    let (parts, body) = request.into_parts();
     // The function sees the whole path: it was routed by it.
-    state
-        .invoker
-        .invoke(Call::new(
-            function,
-            Qualifier::Latest,
-            cirrus_api::Trigger::Http,
-            Request::from_parts(parts, body),
-            authorized,
-        ))
-        .await
+    super::invoke::invoke_http(&state, function, Qualifier::Latest, parts, body).await
 }
