@@ -106,6 +106,8 @@ pub enum Trigger {
     Schedule,
     /// Another function's result or failure, sent by its `on_success`/`on_failure`.
     Destination,
+    /// A change of a KV table.
+    Table,
 }
 
 impl std::str::FromStr for Trigger {
@@ -118,6 +120,7 @@ impl std::str::FromStr for Trigger {
             "topic" => Ok(Self::Topic),
             "schedule" => Ok(Self::Schedule),
             "destination" => Ok(Self::Destination),
+            "table" => Ok(Self::Table),
             other => Err(format!("unknown trigger {other:?}")),
         }
     }
@@ -132,6 +135,7 @@ impl Trigger {
             Trigger::Topic => "topic",
             Trigger::Schedule => "schedule",
             Trigger::Destination => "destination",
+            Trigger::Table => "table",
         }
     }
 }
@@ -343,4 +347,17 @@ pub struct DeadEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Affected {
     pub count: u64,
+}
+
+/// A row of a KV table (`GET /v1/kv/{table}` lists these; the value itself is the body of
+/// `GET /v1/kv/{table}/{key}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub table: String,
+    pub key: String,
+    /// Starts at 1 and grows by one with every write; conditional writes name it.
+    pub version: u64,
+    pub content_type: Option<String>,
+    pub size_bytes: u64,
+    pub updated_at: String,
 }

@@ -19,6 +19,9 @@ pub enum TriggerSpec {
     /// `rate(N minutes)` or a cron expression (`TZ=Zone` prefix for a time zone); each
     /// tick becomes an asynchronous event.
     Schedule(String),
+    /// Every change of a KV table (insert, update, delete) becomes an asynchronous event,
+    /// delivered in commit order per key.
+    Table(String),
 }
 
 /// A trigger as stored.
@@ -190,6 +193,9 @@ impl TriggerSpec {
             TriggerSpec::Route(route) => RoutePattern::parse(route).map(drop),
             TriggerSpec::Topic(topic) => validate_topic(topic),
             TriggerSpec::Schedule(s) => crate::schedule::Schedule::parse(s).map(drop),
+            TriggerSpec::Table(t) => {
+                crate::spec::validate_name(t).map_err(|e| e.message.replace("name", "table"))
+            }
         }
     }
 }

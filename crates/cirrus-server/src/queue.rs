@@ -31,6 +31,8 @@ const POLL: Duration = Duration::from_millis(200);
 pub const ASYNC_EVENT_TYPE: &str = "dev.cirrus.invoke";
 /// CloudEvents `type` of a message published to a topic.
 pub const TOPIC_EVENT_TYPE: &str = "dev.cirrus.topic";
+/// CloudEvents `type` of a change to a KV table.
+pub const TABLE_EVENT_TYPE: &str = "dev.cirrus.kv.change";
 /// CloudEvents `type` of a function's result sent on by an `on_success` destination.
 pub const RESULT_EVENT_TYPE: &str = "dev.cirrus.result";
 /// CloudEvents `type` of a failure report sent by an `on_failure` destination.
@@ -347,6 +349,7 @@ impl Dispatcher {
                     event_type: Some(event_type.to_owned()),
                     source: Some(format!("/functions/{}", event.function)),
                     parent_id: Some(event.id.clone()),
+                    ordering_key: None,
                     trigger: Trigger::Destination,
                     data: data.clone(),
                     created_ms: self.clock.now_ms(),
@@ -570,6 +573,7 @@ mod tests {
             event_type: None,
             source: None,
             parent_id: None,
+            ordering_key: None,
             trigger: Trigger::Async,
             data: b"{}".to_vec(),
             created_ms: 0,

@@ -477,10 +477,24 @@ impl Registry {
                     let (_, score) = RoutePattern::parse(route).ok()?.matches(method, path)?;
                     Some((score, t.function.clone()))
                 }
-                TriggerSpec::Topic(_) | TriggerSpec::Schedule(_) => None,
+                _ => None,
             })
             .max_by_key(|(score, _)| *score)
             .map(|(_, function)| function)
+    }
+
+    /// Functions with a trigger on a KV table.
+    pub fn table_subscribers(&self, table: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .read()
+            .values()
+            .flat_map(|e| &e.triggers)
+            .filter(|t| matches!(&t.spec, TriggerSpec::Table(name) if name == table))
+            .map(|t| t.function.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Functions subscribed to a topic.

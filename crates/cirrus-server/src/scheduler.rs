@@ -87,6 +87,7 @@ impl Scheduler {
                 event_type: Some(SCHEDULE_EVENT_TYPE.into()),
                 source: Some(format!("/schedules/{}", trigger.id)),
                 parent_id: None,
+                ordering_key: None,
                 trigger: cirrus_api::Trigger::Schedule,
                 data: serde_json::to_vec(&serde_json::json!({
                     "trigger": trigger.id,

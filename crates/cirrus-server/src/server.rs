@@ -90,6 +90,7 @@ impl Server {
         let artifacts: Arc<dyn ArtifactStore> = artifacts;
         let function_store: Arc<dyn FunctionStore> = store.clone();
         let event_queue: Arc<dyn EventQueue> = store.clone();
+        let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let record_store: Arc<dyn RecordStore> = store;
         let queue = event_queue.clone();
         let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
@@ -147,6 +148,7 @@ impl Server {
             event_queue,
             wake,
             max_event_bytes: config.queue.max_event_bytes,
+            kv,
             shutdown,
         });
         let server = Self {

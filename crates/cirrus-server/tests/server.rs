@@ -2339,3 +2339,147 @@ async fn cloudevents_are_accepted_in_both_modes_and_malformed_ones_refused() {
     assert_eq!(page.items.len(), 1, "only the valid event ran");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn kv_tables_store_values_conditionally_and_emit_ordered_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("watch", "log_input.wat", FunctionConfig::default())
+        .await;
+    let r = s
+        .req(Method::POST, "/v1/functions/watch/triggers")
+        .json(&serde_json::json!({"table": "photos"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let put = |key: &str, body: &str, if_match: Option<&str>| {
+        let mut r = s
+            .req(Method::PUT, &format!("/v1/kv/photos/{key}"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(tag) = if_match {
+            r = r.header("if-match", tag);
+        }
+        r.send()
+    };
+    let first: cirrus_api::KvEntry = put("cat.ppm", r#"{"w":4}"#, None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1);
+    let second: cirrus_api::KvEntry = put("cat.ppm", r#"{"w":2}"#, Some("\"1\""))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    // A stale version is a conflict and writes nothing.
+    let (status, code, message) =
+        error_of(put("cat.ppm", r#"{"w":9}"#, Some("1")).await.unwrap()).await;
+    assert_eq!((status.as_u16(), code.as_str()), (409, "conflict"));
+    assert!(message.contains("version 2"), "{message}");
+    let create_only = s
+        .req(Method::PUT, "/v1/kv/photos/cat.ppm")
+        .header("if-none-match", "*")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create_only.status(), 409);
+    let r = s.send(Method::GET, "/v1/kv/photos/cat.ppm").await;
+    assert_eq!(r.headers()["etag"], "\"2\"");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.text().await.unwrap(), r#"{"w":2}"#);
+    put("dog.ppm", "{}", None).await.unwrap();
+    put("z/other", "{}", None).await.unwrap();
+    let listed: Page<cirrus_api::KvEntry> = s.get_json("/v1/kv/photos?prefix=&limit=2").await;
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect::<Vec<_>>(),
+        ["cat.ppm", "dog.ppm"]
+    );
+    let rest: Page<cirrus_api::KvEntry> = s
+        .get_json(&format!(
+            "/v1/kv/photos?limit=2&after={}",
+            listed.next.unwrap()
+        ))
+        .await;
+    assert_eq!(
+        rest.items
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect::<Vec<_>>(),
+        ["z/other"]
+    );
+    let prefixed: Page<cirrus_api::KvEntry> = s.get_json("/v1/kv/photos?prefix=d").await;
+    assert_eq!(prefixed.items.len(), 1);
+    assert_eq!(
+        s.send(Method::DELETE, "/v1/kv/photos/cat.ppm")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        error_of(s.send(Method::GET, "/v1/kv/photos/cat.ppm").await)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        error_of(s.send(Method::DELETE, "/v1/kv/photos/cat.ppm").await)
+            .await
+            .0,
+        404
+    );
+    let (status, _, message) = error_of(put("bad", "{not json", None).await.unwrap()).await;
+    assert_eq!(status, 400, "{message}");
+    assert_eq!(
+        error_of(s.send(Method::GET, "/v1/kv/bad%20table/x").await)
+            .await
+            .0,
+        400
+    );
+
+    // The watcher saw cat.ppm's changes in commit order: insert, update, delete.
+    let ops = eventually(&s, "five change events", || async {
+        let logs: Page<LogLine> = s.get_json("/v1/functions/watch/logs?limit=1000").await;
+        let changes: Vec<serde_json::Value> = logs
+            .items
+            .iter()
+            .filter_map(|l| serde_json::from_str(&l.line[..=l.line.rfind('}')?]).ok())
+            .collect();
+        (changes.len() == 5).then_some(changes)
+    })
+    .await;
+    let cat: Vec<(String, u64)> = ops
+        .iter()
+        .filter(|c| c["key"] == "cat.ppm")
+        .map(|c| {
+            (
+                c["op"].as_str().unwrap().to_owned(),
+                c["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cat,
+        [
+            ("insert".to_owned(), 1),
+            ("update".to_owned(), 2),
+            ("delete".to_owned(), 2)
+        ]
+    );
+    let update = ops.iter().find(|c| c["op"] == "update").unwrap();
+    assert_eq!(
+        (update["old"]["w"].as_u64(), update["new"]["w"].as_u64()),
+        (Some(4), Some(2))
+    );
+    s.stop().await;
+}

@@ -60,6 +60,9 @@ enum Command {
     /// The dead-letter queue of asynchronous events
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The built-in KV tables
+    #[command(subcommand)]
+    Kv(KvCommand),
     /// Follow one request through retries and pipelines: every invocation of its trace
     Trace { request_id: String },
     /// HTTP routes and topic subscriptions that fire functions
@@ -230,6 +233,32 @@ enum AliasCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Print a value
+    Get { table: String, key: String },
+    /// Write a value (JSON by default); --if-version N writes only at that version
+    Put {
+        table: String,
+        key: String,
+        value: String,
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// List keys (by prefix)
+    Ls {
+        table: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Delete a key
+    Rm { table: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum TriggerCommand {
     /// Add a trigger to a function
     Add {
@@ -244,6 +273,9 @@ enum TriggerCommand {
         /// 'TZ=Europe/Paris 0 9 * * *'
         #[arg(long, group = "kind")]
         schedule: Option<String>,
+        /// A KV table whose changes become events
+        #[arg(long, group = "kind")]
+        table: Option<String>,
     },
     /// List triggers (of one function)
     Ls { function: Option<String> },
@@ -332,6 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invoke(args) => invoke(&client, args, json).await,
         Command::Dlq(command) => dlq(&client, command, json).await,
         Command::Trigger(command) => trigger(&client, command, json).await,
+        Command::Kv(command) => kv(&client, command, json).await,
         Command::Trace { request_id } => {
             let trace: serde_json::Value = client
                 .json(client.request(Method::GET, &format!("/v1/trace/{request_id}")))
@@ -1146,6 +1179,7 @@ fn describe(spec: &TriggerSpec) -> (String, String) {
         TriggerSpec::Route(r) => ("route".into(), r.clone()),
         TriggerSpec::Topic(t) => ("topic".into(), t.clone()),
         TriggerSpec::Schedule(s) => ("schedule".into(), s.clone()),
+        TriggerSpec::Table(t) => ("table".into(), t.clone()),
     }
 }
 
@@ -1156,12 +1190,14 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
             route,
             topic,
             schedule,
+            table,
         } => {
-            let spec = match (route, topic, schedule) {
-                (Some(r), _, _) => TriggerSpec::Route(r),
-                (None, Some(t), _) => TriggerSpec::Topic(t),
-                (None, None, Some(s)) => TriggerSpec::Schedule(s),
-                (None, None, None) => bail!("give --route, --topic or --schedule"),
+            let spec = match (route, topic, schedule, table) {
+                (Some(r), ..) => TriggerSpec::Route(r),
+                (None, Some(t), ..) => TriggerSpec::Topic(t),
+                (None, None, Some(s), _) => TriggerSpec::Schedule(s),
+                (None, None, None, Some(t)) => TriggerSpec::Table(t),
+                (None, None, None, None) => bail!("give --route, --topic, --schedule or --table"),
             };
             vec![
                 client
@@ -1198,4 +1234,91 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
         .collect();
     output::table(&["ID", "FUNCTION", "KIND", "TRIGGER"], rows);
     Ok(())
+}
+
+async fn kv(client: &Client, command: KvCommand, json: bool) -> anyhow::Result<()> {
+    let path = |table: &str, key: &str| format!("/v1/kv/{table}/{}", encode_segment(key));
+    let entry = match command {
+        KvCommand::Get { table, key } => {
+            let response = client::ok(
+                client
+                    .send(client.request(Method::GET, &path(&table, &key)))
+                    .await?,
+            )
+            .await?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(&response.bytes().await?)?;
+            return Ok(());
+        }
+        KvCommand::Put {
+            table,
+            key,
+            value,
+            content_type,
+            if_version,
+        } => {
+            let mut request = client
+                .request(Method::PUT, &path(&table, &key))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(value);
+            if let Some(v) = if_version {
+                request = request.header(reqwest::header::IF_MATCH, format!("\"{v}\""));
+            }
+            client.json::<cirrus_api::KvEntry>(request).await?
+        }
+        KvCommand::Rm { table, key } => {
+            client
+                .json::<cirrus_api::KvEntry>(client.request(Method::DELETE, &path(&table, &key)))
+                .await?
+        }
+        KvCommand::Ls {
+            table,
+            prefix,
+            limit,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(prefix.map(|p| ("prefix", p)));
+            let page: Page<cirrus_api::KvEntry> = client
+                .json(
+                    client
+                        .request(Method::GET, &format!("/v1/kv/{table}"))
+                        .query(&query),
+                )
+                .await?;
+            if json {
+                return output::json(&page);
+            }
+            let rows = page
+                .items
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.key.clone(),
+                        e.version.to_string(),
+                        e.size_bytes.to_string(),
+                        e.updated_at.clone(),
+                    ]
+                })
+                .collect();
+            output::table(&["KEY", "VERSION", "BYTES", "UPDATED"], rows);
+            return Ok(());
+        }
+    };
+    if json {
+        return output::json(&entry);
+    }
+    println!("{}/{} version {}", entry.table, entry.key, entry.version);
+    Ok(())
+}
+
+/// Percent-encodes a key for one URL path segment.
+fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

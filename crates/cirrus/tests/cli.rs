@@ -1070,3 +1070,38 @@ fn schedules_survive_sigkill_without_repeating_a_tick() {
     assert_eq!(times.len(), fired, "a tick fired twice: {logs}");
     assert!(fired >= 3, "ticks before and after the kill: {fired}");
 }
+
+#[test]
+fn cli_reads_and_writes_kv_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    assert_eq!(
+        up.cli_ok(&["kv", "put", "feedback", "msg/1", "{\"text\":\"hi\"}"])
+            .trim(),
+        "feedback/msg/1 version 1"
+    );
+    assert_eq!(
+        up.cli_ok(&["kv", "get", "feedback", "msg/1"]),
+        "{\"text\":\"hi\"}"
+    );
+    let out = up.cli(&["kv", "put", "feedback", "msg/1", "{}", "--if-version", "7"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"));
+    up.cli_ok(&[
+        "kv",
+        "put",
+        "feedback",
+        "msg/1",
+        "{\"text\":\"bye\"}",
+        "--if-version",
+        "1",
+    ]);
+    let listed = up.cli_json(&["kv", "ls", "feedback", "--prefix", "msg/"]);
+    assert_eq!(listed["items"][0]["version"], 2);
+    assert!(up.cli_ok(&["kv", "ls", "feedback"]).contains("msg/1"));
+    up.cli_ok(&["kv", "rm", "feedback", "msg/1"]);
+    let out = up.cli(&["kv", "get", "feedback", "msg/1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+    up.cli_ok(&["deploy", "w", repo("fixtures/echo.wat").to_str().unwrap()]);
+    let added = up.cli_json(&["trigger", "add", "w", "--table", "feedback"]);
+    assert_eq!(added[0]["table"], "feedback");
+}

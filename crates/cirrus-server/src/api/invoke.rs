@@ -190,6 +190,7 @@ async fn accept_event(
         event_type: incoming.event_type,
         source: incoming.source,
         parent_id: None,
+        ordering_key: None,
         trigger: cirrus_api::Trigger::Async,
         data: incoming.data,
         created_ms: state.invoker.clock.now_ms(),

@@ -4,6 +4,7 @@
 mod dlq;
 mod functions;
 mod invoke;
+mod kv;
 mod logs;
 mod triggers;
 mod usage;
@@ -43,6 +44,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/usage"),
     ("GET", "/v1/status"),
     ("GET", "/v1/trace/{request_id}"),
+    ("GET", "/v1/kv/{table}"),
+    ("GET", "/v1/kv/{table}/{key}"),
+    ("PUT", "/v1/kv/{table}/{key}"),
+    ("DELETE", "/v1/kv/{table}/{key}"),
     ("GET", "/v1/triggers"),
     ("POST", "/v1/functions/{name}/triggers"),
     ("DELETE", "/v1/triggers/{id}"),
@@ -74,6 +79,7 @@ pub struct AppState {
     /// Wakes the dispatcher (new events, redrives).
     pub wake: Arc<tokio::sync::Notify>,
     pub max_event_bytes: usize,
+    pub kv: Arc<dyn crate::store::KvStore>,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -104,6 +110,12 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/usage", get(usage::usage))
         .route("/v1/status", get(status))
         .route("/v1/trace/{request_id}", get(logs::trace))
+        .route("/v1/kv/{table}", get(kv::list))
+        .route(
+            // Keys may contain '/': the rest of the path is the key.
+            "/v1/kv/{table}/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/triggers", get(triggers::list))
         .route("/v1/functions/{name}/triggers", post(triggers::add))
         .route("/v1/triggers/{id}", axum::routing::delete(triggers::remove))

@@ -100,6 +100,7 @@ pub async fn publish(
                     .unwrap_or_else(|| format!("/topics/{topic}")),
             ),
             parent_id: None,
+            ordering_key: None,
             trigger: cirrus_api::Trigger::Topic,
             data: incoming.data.clone(),
             created_ms: now,

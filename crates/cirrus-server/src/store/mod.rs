@@ -8,7 +8,7 @@ mod sqlite;
 pub use fs_artifacts::FsArtifactStore;
 pub use sqlite::SqliteStore;
 
-use cirrus_api::{DeadEvent, InvocationRecord, LogLine, Page, VersionInfo};
+use cirrus_api::{DeadEvent, InvocationRecord, KvEntry, LogLine, Page, VersionInfo};
 use std::path::PathBuf;
 
 pub type StoreResult<T> = anyhow::Result<T>;
@@ -110,6 +110,8 @@ pub struct NewEvent {
     pub source: Option<String>,
     /// The request id whose result (or failure) this event carries, for lineage.
     pub parent_id: Option<String>,
+    /// Events with the same ordering key are delivered one at a time, in order.
+    pub ordering_key: Option<String>,
     /// What produced the event: async invoke, topic, schedule or destination.
     pub trigger: cirrus_api::Trigger,
     pub data: Vec<u8>,
@@ -176,4 +178,51 @@ pub trait EventQueue: Send + Sync + 'static {
     fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64>;
     /// Dead events (one, or all of a function, or all) are deleted.
     fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64>;
+}
+
+/// A KV write: the precondition it needs and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvCondition {
+    /// Unconditional.
+    Any,
+    /// Only if the key does not exist.
+    Absent,
+    /// Only if the key is at this version.
+    Version(u64),
+}
+
+/// The outcome of a KV write: the entry now (or as deleted), its old value, and its
+/// change events, already committed in the same transaction.
+#[derive(Debug, Clone)]
+pub enum KvWrite {
+    Done(KvEntry),
+    /// The precondition failed; the current version, if the key exists.
+    Conflict(Option<u64>),
+    /// Delete of a missing key.
+    Missing,
+}
+
+/// KV tables, in the same database as the event queue so that a change and the events
+/// it causes commit together.
+pub trait KvStore: Send + Sync + 'static {
+    /// Writes (or deletes, with `value = None`) and queues `events(old, new)` atomically.
+    #[allow(clippy::type_complexity)]
+    fn kv_write(
+        &self,
+        table: &str,
+        key: &str,
+        value: Option<(&[u8], Option<&str>)>,
+        condition: KvCondition,
+        now_ms: u64,
+        events: &dyn Fn(Option<(&KvEntry, &[u8])>, Option<(&KvEntry, &[u8])>) -> Vec<NewEvent>,
+    ) -> StoreResult<KvWrite>;
+    fn kv_get(&self, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>>;
+    /// Keys in order, after `after`, starting with `prefix`.
+    fn kv_list(
+        &self,
+        table: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntry>>;
 }

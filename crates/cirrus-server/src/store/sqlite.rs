@@ -1,10 +1,11 @@
 use super::{
-    Enqueued, EventQueue, FunctionStore, HourlyUsage, NewEvent, QueuedEvent, RecordStore,
-    StoreResult, StoredFunction,
+    Enqueued, EventQueue, FunctionStore, HourlyUsage, KvCondition, KvStore, KvWrite, NewEvent,
+    QueuedEvent, RecordStore, StoreResult, StoredFunction,
 };
 use anyhow::Context as _;
 use cirrus_api::{
-    DeadEvent, FunctionConfig, InvocationRecord, LogLine, Outcome, Page, Trigger, VersionInfo,
+    DeadEvent, FunctionConfig, InvocationRecord, KvEntry, LogLine, Outcome, Page, Trigger,
+    VersionInfo,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -44,6 +45,9 @@ CREATE TABLE IF NOT EXISTS events (
     created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,not_before_ms INTEGER NOT NULL, state TEXT NOT NULL, last_error TEXT, failed_ms INTEGER);
 CREATE INDEX IF NOT EXISTS events_ready ON events (state, not_before_ms, seq);
 CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state);
+CREATE TABLE IF NOT EXISTS kv (
+    tbl TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, content_type TEXT,
+    value BLOB NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (tbl, key));
 CREATE TABLE IF NOT EXISTS idempotency (
     function TEXT NOT NULL, key TEXT NOT NULL, request_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
         PRIMARY KEY (function, key));
@@ -127,6 +131,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("events", "lease_until_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("events", "parent_id", "TEXT"),
     ("events", "trigger", "TEXT NOT NULL DEFAULT 'async'"),
+    ("events", "ordering_key", "TEXT"),
     ("invocations", "parent_request_id", "TEXT"),
 ];
 
@@ -522,6 +527,30 @@ impl RecordStore for SqliteStore {
 /// longest timeout (15 minutes) plus the time to record the outcome.
 const DELIVERY_LEASE_MS: u64 = 20 * 60 * 1000;
 
+/// Queues one event inside the caller's transaction.
+fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
+         state, event_type, source, parent_id, trigger, ordering_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        e.id,
+        e.function,
+        e.qualifier,
+        e.content_type,
+        e.traceparent,
+        e.data,
+        e.created_ms,
+        e.event_type,
+        e.source,
+        e.parent_id,
+        e.trigger.as_str(),
+        e.ordering_key
+    ])?;
+    Ok(())
+}
+
 const EVENT_COLUMNS: &str =
     "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger";
 
@@ -538,6 +567,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             event_type: row.get(8)?,
             source: row.get(9)?,
             parent_id: row.get(10)?,
+            ordering_key: None,
             trigger: row.get::<_, String>(11)?.parse().unwrap_or(Trigger::Async),
             idempotency_key: None,
         },
@@ -598,10 +628,6 @@ impl EventQueue for SqliteStore {
                 "INSERT INTO idempotency (function, key, request_id, created_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (function, key) DO UPDATE SET request_id = excluded.request_id, created_ms = excluded.created_ms",
             )?;
-            let mut insert = tx.prepare_cached(
-                                                "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-                 state, event_type, source, parent_id, trigger)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10, ?11)",)?;
             for e in events {
                 if let Some(key) = &e.idempotency_key {
                     let earlier: Option<(String, u64)> = seen
@@ -615,19 +641,7 @@ impl EventQueue for SqliteStore {
                     }
                     remember.execute(params![e.function, key, e.id, e.created_ms])?;
                 }
-                insert.execute(params![
-                    e.id,
-                    e.function,
-                    e.qualifier,
-                    e.content_type,
-                    e.traceparent,
-                    e.data,
-                    e.created_ms,
-                    e.event_type,
-                    e.source,
-                    e.parent_id,
-                    e.trigger.as_str()
-                ])?;
+                insert_event(&tx, e)?;
                 results.push(Enqueued::New);
             }
             tx.execute(
@@ -653,8 +667,13 @@ impl EventQueue for SqliteStore {
         let mut stmt = conn.prepare_cached(&format!(
             "UPDATE events SET state = 'running', attempts = attempts + 1, lease_until_ms = ?3
              WHERE seq IN (SELECT seq FROM events
-                           WHERE (state = 'pending' AND not_before_ms <= ?1)
-                              OR (state = 'running' AND lease_until_ms <= ?1)
+                           WHERE ((state = 'pending' AND not_before_ms <= ?1)
+                                  OR (state = 'running' AND lease_until_ms <= ?1))
+                             -- per ordering key, one at a time and oldest first
+                             AND (ordering_key IS NULL OR NOT EXISTS (
+                                  SELECT 1 FROM events AS earlier
+                                  WHERE earlier.ordering_key = events.ordering_key
+                                    AND earlier.seq < events.seq AND earlier.state != 'dead'))
                            ORDER BY not_before_ms, seq LIMIT ?2)
              RETURNING {EVENT_COLUMNS}"
         ))?;
@@ -751,5 +770,135 @@ impl EventQueue for SqliteStore {
         let (clause, params) = dead_filter(id, function);
         let sql = format!("DELETE FROM events WHERE {clause}");
         Ok(lock(&self.queue).execute(&sql, rusqlite::params_from_iter(params))? as u64)
+    }
+}
+
+fn kv_entry(
+    table: &str,
+    key: &str,
+    version: u64,
+    content_type: Option<String>,
+    size: usize,
+    updated_ms: u64,
+) -> KvEntry {
+    KvEntry {
+        table: table.to_owned(),
+        key: key.to_owned(),
+        version,
+        content_type,
+        size_bytes: size as u64,
+        updated_at: crate::clock::rfc3339(updated_ms),
+    }
+}
+
+impl KvStore for SqliteStore {
+    fn kv_write(
+        &self,
+        table: &str,
+        key: &str,
+        value: Option<(&[u8], Option<&str>)>,
+        condition: KvCondition,
+        now_ms: u64,
+        events: &dyn Fn(Option<(&KvEntry, &[u8])>, Option<(&KvEntry, &[u8])>) -> Vec<NewEvent>,
+    ) -> StoreResult<KvWrite> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let old: Option<(KvEntry, Vec<u8>)> = tx
+            .query_row(
+                "SELECT version, content_type, value, updated_ms FROM kv WHERE tbl = ?1 AND key = ?2",
+                params![table, key],
+                |r| {
+                    let value: Vec<u8> = r.get(2)?;
+                    Ok((kv_entry(table, key, r.get(0)?, r.get(1)?, value.len(), r.get(3)?), value))
+                },
+            )
+            .optional()?;
+        let current = old.as_ref().map(|(e, _)| e.version);
+        let allowed = match condition {
+            KvCondition::Any => true,
+            KvCondition::Absent => current.is_none(),
+            KvCondition::Version(v) => current == Some(v),
+        };
+        if !allowed {
+            return Ok(KvWrite::Conflict(current));
+        }
+        let old_ref = old.as_ref().map(|(e, v)| (e, v.as_slice()));
+        let (written, queued) = match value {
+            Some((bytes, content_type)) => {
+                let entry = kv_entry(
+                    table,
+                    key,
+                    current.unwrap_or(0) + 1,
+                    content_type.map(str::to_owned),
+                    bytes.len(),
+                    now_ms,
+                );
+                tx.execute(
+                    "INSERT INTO kv (tbl, key, version, content_type, value, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version,
+                     content_type = excluded.content_type, value = excluded.value, updated_ms = excluded.updated_ms",
+                    params![table, key, entry.version, entry.content_type, bytes, now_ms],
+                )?;
+                let queued = events(old_ref, Some((&entry, bytes)));
+                (entry, queued)
+            }
+            None => {
+                let Some((entry, _)) = &old else {
+                    return Ok(KvWrite::Missing);
+                };
+                tx.execute(
+                    "DELETE FROM kv WHERE tbl = ?1 AND key = ?2",
+                    params![table, key],
+                )?;
+                (entry.clone(), events(old_ref, None))
+            }
+        };
+        for e in &queued {
+            insert_event(&tx, e)?;
+        }
+        tx.commit()?;
+        Ok(KvWrite::Done(written))
+    }
+
+    fn kv_get(&self, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>> {
+        Ok(lock(&self.reads)
+            .query_row(
+                "SELECT version, content_type, value, updated_ms FROM kv WHERE tbl = ?1 AND key = ?2",
+                params![table, key],
+                |r| {
+                    let value: Vec<u8> = r.get(2)?;
+                    Ok((kv_entry(table, key, r.get(0)?, r.get(1)?, value.len(), r.get(3)?), value))
+                },
+            )
+            .optional()?)
+    }
+
+    fn kv_list(
+        &self,
+        table: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntry>> {
+        let conn = lock(&self.reads);
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, version, content_type, length(value), updated_ms FROM kv
+             WHERE tbl = ?1 AND substr(key, 1, length(?2)) = ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![table, prefix, after.unwrap_or(""), limit as i64],
+            |r| {
+                let key: String = r.get(0)?;
+                Ok(kv_entry(
+                    table,
+                    &key,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)? as usize,
+                    r.get(4)?,
+                ))
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
