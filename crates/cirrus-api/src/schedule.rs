@@ -5,6 +5,9 @@ use chrono::TimeZone as _;
 use std::str::FromStr as _;
 use std::time::Duration;
 
+/// The longest rate accepted: a year.
+const MAX_RATE_SECS: u64 = 366 * 86_400;
+
 #[derive(Debug, Clone)]
 pub enum Schedule {
     Rate(Duration),
@@ -35,7 +38,11 @@ impl Schedule {
                     ))
                 }
             };
-            return Ok(Schedule::Rate(Duration::from_secs(n.saturating_mul(unit))));
+            let secs = n
+                .checked_mul(unit)
+                .filter(|s| *s <= MAX_RATE_SECS)
+                .ok_or_else(|| format!("invalid rate {text:?}: at most one year between runs"))?;
+            return Ok(Schedule::Rate(Duration::from_secs(secs)));
         }
         let (zone, expression) = match text
             .strip_prefix("TZ=")
@@ -56,16 +63,23 @@ impl Schedule {
         };
         let cron = croner::Cron::from_str(expression.trim())
             .map_err(|e| format!("invalid cron expression {expression:?}: {e}"))?;
-        Ok(Schedule::Cron {
+        let schedule = Schedule::Cron {
             cron: Box::new(cron),
             zone,
-        })
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if schedule.next_after(now).is_none() {
+            return Err(format!("cron expression {expression:?} never fires"));
+        }
+        Ok(schedule)
     }
 
     /// The first occurrence strictly after `after_ms` (Unix milliseconds).
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
         match self {
-            Schedule::Rate(every) => Some(after_ms + every.as_millis() as u64),
+            Schedule::Rate(every) => after_ms.checked_add(u64::try_from(every.as_millis()).ok()?),
             Schedule::Cron { cron, zone } => {
                 let start = zone.timestamp_millis_opt(after_ms as i64).single()?;
                 let next = cron.find_next_occurrence(&start, false).ok()?;
@@ -88,6 +102,8 @@ mod tests {
         assert!(Schedule::parse("rate(0 minutes)").is_err());
         assert!(Schedule::parse("rate(5 fortnights)").is_err());
         assert!(Schedule::parse("rate(five minutes)").is_err());
+        assert!(Schedule::parse("rate(18446744073709551615 seconds)").is_err());
+        assert!(Schedule::parse("rate(400 days)").is_err());
     }
 
     #[test]
@@ -111,5 +127,8 @@ mod tests {
             .unwrap_err()
             .contains("invalid cron"));
         assert!(Schedule::parse("every day").is_err());
+        assert!(Schedule::parse("0 0 30 2 *")
+            .unwrap_err()
+            .contains("never fires"));
     }
 }

@@ -228,10 +228,13 @@ impl Dispatcher {
                 let next = done.version.config.on_success.clone();
                 match self.forward(&event, &next, Forward::Success(&done)).await {
                     Ok(()) => Update::Complete,
+                    // Counted, so a destination that keeps failing ends in the DLQ rather
+                    // than re-running the function forever.
                     Err(e) => Update::Retry {
-                        at: now + BUSY_RETRY.as_millis() as u64,
+                        at: now
+                            + backoff(done.version.config.retry_delay, attempts).as_millis() as u64,
                         error: format!("forwarding the result failed: {e}"),
-                        counted: false,
+                        counted: true,
                     },
                 }
             }
@@ -322,7 +325,13 @@ impl Dispatcher {
                     "function": event.function,
                     "attempts": attempts,
                     "error": error,
-                    "event": String::from_utf8_lossy(&event.data),
+                    "event": match std::str::from_utf8(&event.data) {
+                        Ok(text) => serde_json::Value::String(text.to_owned()),
+                        Err(_) => {
+                            use base64::Engine as _;
+                            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&event.data) })
+                        }
+                    },
                 }))
                 .unwrap_or_default(),
                 Some("application/json".to_owned()),
@@ -338,7 +347,13 @@ impl Dispatcher {
                 Destination::DeadLetterQueue => {}
             }
         }
-        for function in targets {
+        if targets.is_empty() && matches!(what, Forward::Failure { .. }) {
+            // A failure nobody receives must not vanish: the dead-letter queue keeps it.
+            return Err(ApiError::not_found(
+                "no function receives this failure (topic without subscribers)",
+            ));
+        }
+        for (index, function) in targets.into_iter().enumerate() {
             self.events
                 .enqueue(NewEvent {
                     id: uuid::Uuid::now_v7().to_string(),
@@ -353,7 +368,13 @@ impl Dispatcher {
                     trigger: Trigger::Destination,
                     data: data.clone(),
                     created_ms: self.clock.now_ms(),
-                    idempotency_key: None,
+                    // If this step is delivered again (a crash, a failed forward), the
+                    // events it already sent on are not sent twice.
+                    idempotency_key: Some(format!(
+                        "dest:{}:{}:{index}",
+                        event.id,
+                        attempts_key(&what)
+                    )),
                 })
                 .await?;
         }
@@ -460,6 +481,14 @@ enum Forward<'a> {
         attempts: u32,
         traceparent: &'a str,
     },
+}
+
+/// Distinguishes a step's results from its failure report in idempotency keys.
+fn attempts_key(what: &Forward<'_>) -> &'static str {
+    match what {
+        Forward::Success(_) => "ok",
+        Forward::Failure { .. } => "failed",
+    }
 }
 
 /// What the queue records after an attempt.

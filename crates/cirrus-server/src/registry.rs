@@ -381,6 +381,14 @@ impl Registry {
         spec.validate().map_err(ApiError::bad_request)?;
         let _serial = self.deploy_lock.lock().await;
         self.get(function)?;
+        // Adding what is already there is a no-op (manifests re-declare their triggers).
+        if let Some(same) = self
+            .read()
+            .get(function)
+            .and_then(|e| e.triggers.iter().find(|t| t.spec == spec).cloned())
+        {
+            return Ok(same);
+        }
         if let TriggerSpec::Route(route) = &spec {
             let pattern = RoutePattern::parse(route).map_err(ApiError::bad_request)?;
             for existing in self.read().values().flat_map(|e| &e.triggers) {
@@ -394,13 +402,6 @@ impl Registry {
                     }
                 }
             }
-        }
-        if let Some(same) = self
-            .read()
-            .get(function)
-            .and_then(|e| e.triggers.iter().find(|t| t.spec == spec).cloned())
-        {
-            return Ok(same);
         }
         let trigger = TriggerInfo {
             id: uuid::Uuid::now_v7().to_string(),
@@ -474,13 +475,20 @@ impl Registry {
             .flat_map(|e| &e.triggers)
             .filter_map(|t| match &t.spec {
                 TriggerSpec::Route(route) => {
-                    let (_, score) = RoutePattern::parse(route).ok()?.matches(method, path)?;
-                    Some((score, t.function.clone()))
+                    let pattern = RoutePattern::parse(route).ok()?;
+                    let (params, literals) = pattern.matches(method, path)?;
+                    // More literal segments win, then an exact method, then the older trigger.
+                    let exact = usize::from(pattern.method.as_deref() == Some(method));
+                    Some((
+                        (literals, exact, params.len()),
+                        t.created_at.clone(),
+                        t.function.clone(),
+                    ))
                 }
                 _ => None,
             })
-            .max_by_key(|(score, _)| *score)
-            .map(|(_, function)| function)
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
+            .map(|(_, _, function)| function)
     }
 
     /// Functions with a trigger on a KV table.

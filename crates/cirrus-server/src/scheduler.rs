@@ -102,13 +102,23 @@ impl Scheduler {
                 tracing::error!(trigger = %trigger.id, "queueing a schedule tick failed: {e}");
                 continue;
             }
-            // Missed ticks collapse into this one: the next is the first after now.
-            marks.insert(trigger.id.clone(), now);
+            // On time, the mark is the tick itself (no drift); after missed ticks it is
+            // now, so they collapse into this one.
+            let mark = if schedule.next_after(due).is_some_and(|n| n > now) {
+                due
+            } else {
+                now
+            };
+            marks.insert(trigger.id.clone(), mark);
             let (store, id) = (self.store.clone(), trigger.id.clone());
-            if let Err(e) =
-                tokio::task::spawn_blocking(move || store.set_schedule_mark(&id, now)).await
-            {
-                tracing::error!(trigger = %trigger.id, "storing schedule state failed: {e}");
+            match tokio::task::spawn_blocking(move || store.set_schedule_mark(&id, mark)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(trigger = %trigger.id, "storing schedule state failed: {e:#}")
+                }
+                Err(e) => {
+                    tracing::error!(trigger = %trigger.id, "storing schedule state failed: {e}")
+                }
             }
         }
     }

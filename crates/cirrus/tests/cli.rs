@@ -981,6 +981,18 @@ fn manifests_declare_triggers_and_the_cli_manages_them() {
     up.cli_ok(&["trigger", "rm", added[0]["id"].as_str().unwrap()]);
     let out = up.cli(&["publish", "nobody"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+
+    // Starting again with the same manifest finds its triggers already there.
+    drop(up);
+    let up = Up::start(dir.path(), &["--app", manifest.to_str().unwrap()]);
+    assert!(up
+        .curl(&[&format!("{}/v2/orders/9", up.url)])
+        .contains("PATH_INFO=/v2/orders/9"));
+    assert_eq!(up.cli_json(&["trigger", "ls"]).as_array().unwrap().len(), 2);
+    // Reserved paths never reach a function, whatever its routes.
+    assert!(up
+        .curl(&[&format!("{}/v1/nothing/here", up.url)])
+        .contains("not_found"));
 }
 
 #[test]

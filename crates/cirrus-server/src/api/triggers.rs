@@ -118,7 +118,13 @@ pub async fn publish(
 pub async fn custom_route(State(state): State<AppStateRef>, request: Request) -> Response {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
-    let Some(function) = state.registry.route(&method, &path) else {
+    let reserved = cirrus_api::trigger::RESERVED_PREFIXES
+        .iter()
+        .any(|p| path == *p || (p.ends_with('/') && path.starts_with(p)));
+    let Some(function) = (!reserved)
+        .then(|| state.registry.route(&method, &path))
+        .flatten()
+    else {
         return error_response(ApiError::not_found(format!("no route for {method} {path}")));
     };
     let (parts, body) = request.into_parts();

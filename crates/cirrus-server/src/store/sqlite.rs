@@ -323,6 +323,10 @@ impl FunctionStore for SqliteStore {
         // connection makes us wait (busy_timeout) instead of failing a read-to-write upgrade.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM aliases WHERE function = ?1", [name])?;
+        tx.execute(
+            "DELETE FROM schedule_marks WHERE trigger_id IN (SELECT id FROM triggers WHERE function = ?1)",
+            [name],
+        )?;
         tx.execute("DELETE FROM triggers WHERE function = ?1", [name])?;
         tx.execute("DELETE FROM versions WHERE function = ?1", [name])?;
         tx.commit()?;
