@@ -1102,39 +1102,35 @@ async fn dlq(client: &Client, command: DlqCommand, json: bool) -> anyhow::Result
             output::json(&event)
         }
         DlqCommand::Redrive {
-            request_id: Some(id),
+            request_id,
+            function,
             ..
-        } => affected("redrove")(
-            client
-                .json(client.request(Method::POST, &format!("/v1/dlq/{id}/redrive")))
-                .await?,
-        ),
-        DlqCommand::Redrive { function, .. } => affected("redrove")(
-            client
-                .json(
-                    client
-                        .request(Method::POST, "/v1/dlq/redrive")
-                        .query(&scope(&function)),
-                )
-                .await?,
-        ),
+        } => {
+            let path = request_id.map_or("/v1/dlq/redrive".to_owned(), |id| {
+                format!("/v1/dlq/{id}/redrive")
+            });
+            affected("redrove")(
+                client
+                    .json(client.request(Method::POST, &path).query(&scope(&function)))
+                    .await?,
+            )
+        }
         DlqCommand::Purge {
-            request_id: Some(id),
+            request_id,
+            function,
             ..
-        } => affected("purged")(
-            client
-                .json(client.request(Method::DELETE, &format!("/v1/dlq/{id}")))
-                .await?,
-        ),
-        DlqCommand::Purge { function, .. } => affected("purged")(
-            client
-                .json(
-                    client
-                        .request(Method::DELETE, "/v1/dlq")
-                        .query(&scope(&function)),
-                )
-                .await?,
-        ),
+        } => {
+            let path = request_id.map_or("/v1/dlq".to_owned(), |id| format!("/v1/dlq/{id}"));
+            affected("purged")(
+                client
+                    .json(
+                        client
+                            .request(Method::DELETE, &path)
+                            .query(&scope(&function)),
+                    )
+                    .await?,
+            )
+        }
     }
 }
 

@@ -147,9 +147,15 @@ const DASHBOARD: &str = include_str!("../../ui/index.html");
 async fn dashboard() -> Response {
     (
         [
-            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (axum::http::header::CACHE_CONTROL, "no-cache"),
-        ],
+            // The page talks only to this server and may not be framed.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
+            (axum::http::header::REFERRER_POLICY, "no-referrer"),],
         DASHBOARD,
     )
         .into_response()
