@@ -119,6 +119,35 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// Function names in the order to deploy them: every function after the functions
+    /// its `on_success` sends to, so re-pointing a pipeline never passes through a state
+    /// that looks like a cycle against the functions' previous configs.
+    pub fn deploy_order(&self) -> Vec<String> {
+        fn visit(name: &str, m: &Manifest, done: &mut Vec<String>) {
+            if done.iter().any(|d| d == name) {
+                return;
+            }
+            done.push(name.to_owned()); // (the graph has no cycles; see parse)
+            let at = done.len() - 1;
+            if let Some(f) = m.functions.get(name) {
+                for next in crate::spec::next_functions(&f.config) {
+                    visit(&next, m, done);
+                }
+            }
+            // Move this function after what it sends to.
+            let me = done.remove(at);
+            done.push(me);
+        }
+        let mut order = Vec::new();
+        for name in self.functions.keys() {
+            visit(name, self, &mut order);
+        }
+        order.retain(|n| self.functions.contains_key(n));
+        order
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +199,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.functions["a"].triggers.len(), 2);
+        let m = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\non_success = [\"function:c\"]\n[functions.b]\nsource = \"b.wasm\"\n[functions.c]\nsource = \"c.wasm\"\non_success = [\"function:b\"]\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(m.deploy_order(), ["b", "c", "a"]);
     }
 }

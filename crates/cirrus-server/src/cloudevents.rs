@@ -9,6 +9,9 @@ use cirrus_api::ApiError;
 /// What an incoming event contributes to the queued one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {
+    /// For a CloudEvent: `source` and `id` together identify it; resending the same
+    /// event must not queue it twice.
+    pub dedup_key: Option<String>,
     pub event_type: Option<String>,
     pub source: Option<String>,
     pub content_type: Option<String>,
@@ -45,6 +48,11 @@ pub fn incoming(headers: &HeaderMap, body: Bytes) -> Result<Incoming, ApiError> 
             }
         }
         return Ok(Incoming {
+            dedup_key: Some(format!(
+                "ce:{}:{}",
+                header("ce-source").unwrap_or_default(),
+                header("ce-id").unwrap_or_default()
+            )),
             event_type: header("ce-type"),
             source: header("ce-source"),
             content_type,
@@ -52,6 +60,7 @@ pub fn incoming(headers: &HeaderMap, body: Bytes) -> Result<Incoming, ApiError> 
         });
     }
     Ok(Incoming {
+        dedup_key: None,
         event_type: None,
         source: None,
         content_type,
@@ -104,6 +113,11 @@ fn structured(body: &[u8]) -> Result<Incoming, ApiError> {
         (None, None) => Vec::new(),
     };
     Ok(Incoming {
+        dedup_key: Some(format!(
+            "ce:{}:{}",
+            text("source").unwrap_or_default(),
+            text("id").unwrap_or_default()
+        )),
         event_type: text("type").map(str::to_owned),
         source: text("source").map(str::to_owned),
         content_type: content_type.or_else(|| Some("application/json".into())),

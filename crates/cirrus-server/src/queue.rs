@@ -31,6 +31,9 @@ const POLL: Duration = Duration::from_millis(200);
 pub const ASYNC_EVENT_TYPE: &str = "dev.cirrus.invoke";
 /// CloudEvents `type` of a message published to a topic.
 pub const TOPIC_EVENT_TYPE: &str = "dev.cirrus.topic";
+/// Destination steps one pipeline may take: a loop through topics or `on_failure`
+/// (which deploy-time checks cannot see) stops here.
+const MAX_PIPELINE_DEPTH: u32 = 32;
 /// CloudEvents `type` of a change to a KV table.
 pub const TABLE_EVENT_TYPE: &str = "dev.cirrus.kv.change";
 /// CloudEvents `type` of a function's result sent on by an `on_success` destination.
@@ -228,7 +231,10 @@ impl Dispatcher {
                 let next = done.version.config.on_success.clone();
                 match self.forward(&event, &next, Forward::Success(&done)).await {
                     Ok(()) => Update::Complete,
-                    // Counted, so a destination that keeps failing ends in the DLQ rather
+                    Err(e) if e.code == ErrorCode::BadRequest => Update::Kill {
+                        at: now,
+                        error: format!("not forwarded: {}", e.message),
+                    }, // Counted, so a destination that keeps failing ends in the DLQ rather
                     // than re-running the function forever.
                     Err(e) => Update::Retry {
                         at: now
@@ -304,6 +310,11 @@ impl Dispatcher {
         if destinations.is_empty() {
             return Ok(());
         }
+        if event.hops >= MAX_PIPELINE_DEPTH {
+            return Err(ApiError::bad_request(format!(
+                "pipeline deeper than {MAX_PIPELINE_DEPTH} steps: is there a loop through a topic or on_failure?"
+            )));
+        }
         let (data, content_type, event_type, traceparent) = match &what {
             Forward::Success(done) => (
                 done.response.body().to_vec(),
@@ -365,6 +376,7 @@ impl Dispatcher {
                     source: Some(format!("/functions/{}", event.function)),
                     parent_id: Some(event.id.clone()),
                     ordering_key: None,
+                    hops: event.hops + 1,
                     trigger: Trigger::Destination,
                     data: data.clone(),
                     created_ms: self.clock.now_ms(),
@@ -603,6 +615,7 @@ mod tests {
             source: None,
             parent_id: None,
             ordering_key: None,
+            hops: 0,
             trigger: Trigger::Async,
             data: b"{}".to_vec(),
             created_ms: 0,

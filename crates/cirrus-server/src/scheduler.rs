@@ -88,6 +88,7 @@ impl Scheduler {
                 source: Some(format!("/schedules/{}", trigger.id)),
                 parent_id: None,
                 ordering_key: None,
+                hops: 0,
                 trigger: cirrus_api::Trigger::Schedule,
                 data: serde_json::to_vec(&serde_json::json!({
                     "trigger": trigger.id,

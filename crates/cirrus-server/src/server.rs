@@ -217,7 +217,11 @@ impl Server {
     /// Deploys every function of a manifest (unchanged ones are left as they are).
     pub async fn deploy_manifest(&self, manifest: &Manifest) -> anyhow::Result<Vec<DeployResult>> {
         let mut results = Vec::new();
-        for (name, function) in &manifest.functions {
+        for name in manifest.deploy_order() {
+            let Some(function) = manifest.functions.get(&name) else {
+                continue;
+            };
+            let name = &name;
             let bytes = tokio::fs::read(&function.source).await.with_context(|| {
                 format!("functions.{name}: reading {}", function.source.display())
             })?;

@@ -2483,3 +2483,55 @@ async fn kv_tables_store_values_conditionally_and_emit_ordered_changes() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn loops_through_topics_stop_at_the_depth_limit_and_resent_cloudevents_are_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    // echo's output goes to a topic it subscribes to itself: a loop no deploy check sees.
+    s.deploy("loop", "echo.wat", then(&["topic:again"])).await;
+    s.req(Method::POST, "/v1/functions/loop/triggers")
+        .json(&serde_json::json!({"topic": "again"}))
+        .send()
+        .await
+        .unwrap();
+    invoke_async(&s, "loop", "{}", None).await;
+    let dead = eventually(&s, "the loop stopped", || async {
+        let page: Page<cirrus_api::DeadEvent> = s.get_json("/v1/dlq").await;
+        page.items.into_iter().next()
+    })
+    .await;
+    assert!(
+        dead.last_error.contains("deeper than 32"),
+        "{}",
+        dead.last_error
+    );
+    let page: Page<InvocationRecord> = s.get_json("/v1/functions/loop/invocations?limit=100").await;
+    assert_eq!(page.items.len(), 33, "the first run and 32 steps");
+
+    // The same CloudEvent (source + id) published twice is queued once.
+    s.deploy("sink", "echo.wat", FunctionConfig::default())
+        .await;
+    s.req(Method::POST, "/v1/functions/sink/triggers")
+        .json(&serde_json::json!({"topic": "orders"}))
+        .send()
+        .await
+        .unwrap();
+    let publish = || {
+        s.req(Method::POST, "/v1/topics/orders")
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "order-7")
+            .header("ce-source", "/shop")
+            .header("ce-type", "order.created")
+            .body("{}")
+            .send()
+    };
+    let first: serde_json::Value = publish().await.unwrap().json().await.unwrap();
+    let again: serde_json::Value = publish().await.unwrap().json().await.unwrap();
+    assert_eq!(first["request_ids"].as_array().unwrap().len(), 1);
+    assert!(
+        again["request_ids"].as_array().unwrap().is_empty(),
+        "{again}"
+    );
+    s.stop().await;
+}

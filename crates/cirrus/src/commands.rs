@@ -729,11 +729,14 @@ async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result
         }
         (Some(_), None) => bail!("give the artifact file after the name: cirrus deploy NAME FILE"),
         _ => {
-            let manifest = Manifest::load(&args.manifest)?;
+            let mut manifest = Manifest::load(&args.manifest)?;
             manifest
-                .functions
+                .deploy_order()
                 .into_iter()
-                .map(|(name, f)| (name, f.source, f.config, Some(f.triggers)))
+                .filter_map(|name| {
+                    let f = manifest.functions.remove(&name)?;
+                    Some((name, f.source, f.config, Some(f.triggers)))
+                })
                 .collect()
         }
     };

@@ -155,6 +155,22 @@ pub async fn invoke_api(
 /// Idempotency keys: printable ASCII, at most this long.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
+/// `X-Cirrus-Idempotency-Key`, checked.
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let key = super::header(headers, "x-cirrus-idempotency-key");
+    if let Some(key) = &key {
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ApiError::bad_request(format!(
+                "X-Cirrus-Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            )));
+        }
+    }
+    Ok(key)
+}
+
 /// `X-Cirrus-Invocation-Type: Event`: the event is committed to the durable queue, then
 /// acknowledged with 202 and the request id every attempt will carry.
 async fn accept_event(
@@ -166,17 +182,7 @@ async fn accept_event(
     state.registry.resolve(&name, &qualifier)?;
     let (parts, body) = request.into_parts();
     let header = |name: &str| super::header(&parts.headers, name);
-    let idempotency_key = header("x-cirrus-idempotency-key");
-    if let Some(key) = &idempotency_key {
-        if key.is_empty()
-            || key.len() > MAX_IDEMPOTENCY_KEY
-            || !key.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(ApiError::bad_request(format!(
-                "X-Cirrus-Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
-            )));
-        }
-    }
+    let idempotency_key = idempotency_key(&parts.headers)?;
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
         .map_err(|e| body_error(e, state.max_event_bytes, "event (asynchronous limit)"))?;
@@ -191,10 +197,11 @@ async fn accept_event(
         source: incoming.source,
         parent_id: None,
         ordering_key: None,
+        hops: 0,
         trigger: cirrus_api::Trigger::Async,
         data: incoming.data,
         created_ms: state.invoker.clock.now_ms(),
-        idempotency_key,
+        idempotency_key: idempotency_key.or(incoming.dedup_key),
     };
     let id = event.id.clone();
     let accepted = match state.events.enqueue(event).await? {

@@ -121,6 +121,7 @@ async fn write(
                         source: Some(format!("/kv/{t}")),
                         parent_id: None,
                         ordering_key: Some(format!("kv:{t}:{k}:{function}")),
+                        hops: 0,
                         trigger: Trigger::Table,
                         data: data.clone(),
                         created_ms: now,

@@ -77,6 +77,8 @@ pub async fn publish(
         .map_err(|e| body_error(e, state.max_event_bytes, "message (asynchronous limit)"))?;
     let header = |name: &str| super::header(&parts.headers, name);
     let incoming = crate::cloudevents::incoming(&parts.headers, data)?;
+    // Keys are per function, so one key deduplicates the message for every subscriber.
+    let key = super::invoke::idempotency_key(&parts.headers)?.or(incoming.dedup_key.clone());
     let now = state.invoker.clock.now_ms();
     let mut request_ids = Vec::new();
     for function in subscribers {
@@ -101,10 +103,11 @@ pub async fn publish(
             ),
             parent_id: None,
             ordering_key: None,
+            hops: 0,
             trigger: cirrus_api::Trigger::Topic,
             data: incoming.data.clone(),
             created_ms: now,
-            idempotency_key: None,
+            idempotency_key: key.clone(),
         };
         let id = event.id.clone();
         if state.events.enqueue(event).await? == Enqueued::New {

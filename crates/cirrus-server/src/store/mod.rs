@@ -112,6 +112,8 @@ pub struct NewEvent {
     pub parent_id: Option<String>,
     /// Events with the same ordering key are delivered one at a time, in order.
     pub ordering_key: Option<String>,
+    /// Destination steps between this event and the request that started its pipeline.
+    pub hops: u32,
     /// What produced the event: async invoke, topic, schedule or destination.
     pub trigger: cirrus_api::Trigger,
     pub data: Vec<u8>,

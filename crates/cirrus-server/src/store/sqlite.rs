@@ -132,6 +132,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("events", "parent_id", "TEXT"),
     ("events", "trigger", "TEXT NOT NULL DEFAULT 'async'"),
     ("events", "ordering_key", "TEXT"),
+    ("events", "hops", "INTEGER NOT NULL DEFAULT 0"),
     ("invocations", "parent_request_id", "TEXT"),
 ];
 
@@ -535,8 +536,8 @@ const DELIVERY_LEASE_MS: u64 = 20 * 60 * 1000;
 fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-         state, event_type, source, parent_id, trigger, ordering_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10, ?11, ?12)",
+         state, event_type, source, parent_id, trigger, ordering_key, hops)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         e.id,
@@ -550,13 +551,14 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent) -> rusqlite::Resul
         e.source,
         e.parent_id,
         e.trigger.as_str(),
-        e.ordering_key
+        e.ordering_key,
+        e.hops
     ])?;
     Ok(())
 }
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -573,6 +575,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             parent_id: row.get(10)?,
             ordering_key: None,
             trigger: row.get::<_, String>(11)?.parse().unwrap_or(Trigger::Async),
+            hops: row.get(12)?,
             idempotency_key: None,
         },
         attempts: row.get(7)?,
