@@ -68,6 +68,9 @@ pub struct FunctionConfig {
 pub enum Destination {
     Function(String),
     Topic(String),
+    /// A row of a KV table, keyed by the request id of the step that produced it, so a
+    /// command module without HTTP can feed a table (and its triggers).
+    Kv(String),
     DeadLetterQueue,
 }
 
@@ -83,9 +86,13 @@ impl std::str::FromStr for Destination {
                 crate::trigger::validate_topic(name)?;
                 Ok(Destination::Topic(name.to_owned()))
             }
+            Some(("kv", table)) => {
+                validate_name(table).map_err(|e| e.message.replace("name", "table name"))?;
+                Ok(Destination::Kv(table.to_owned()))
+            }
             None if s == "dlq" => Ok(Destination::DeadLetterQueue),
             _ => Err(format!(
-                "invalid destination {s:?}: use function:NAME, topic:NAME or dlq"
+                "invalid destination {s:?}: use function:NAME, topic:NAME, kv:TABLE or dlq"
             )),
         }
     }
@@ -96,6 +103,7 @@ impl std::fmt::Display for Destination {
         match self {
             Destination::Function(n) => write!(f, "function:{n}"),
             Destination::Topic(n) => write!(f, "topic:{n}"),
+            Destination::Kv(t) => write!(f, "kv:{t}"),
             Destination::DeadLetterQueue => f.write_str("dlq"),
         }
     }

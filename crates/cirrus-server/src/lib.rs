@@ -22,6 +22,7 @@ pub mod clock;
 pub mod cloudevents;
 pub mod error;
 pub mod invoker;
+pub mod kv;
 pub mod metrics;
 pub mod otlp;
 pub mod queue;

@@ -144,6 +144,8 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
     /// Where destinations put the events they create.
     pub events: EventSink,
+    /// Where `kv:TABLE` destinations write rows.
+    pub kv: Arc<crate::kv::KvWriter>,
     pub prefetch: usize,
     /// At shutdown, how long deliveries under way may take to finish.
     pub drain: Duration,
@@ -262,7 +264,9 @@ impl Dispatcher {
                 on_failure,
                 traceparent,
             }) => match on_failure {
-                Some(dest @ (Destination::Function(_) | Destination::Topic(_))) => {
+                Some(
+                    dest @ (Destination::Function(_) | Destination::Topic(_) | Destination::Kv(_)),
+                ) => {
                     let failure = Forward::Failure {
                         error: &error,
                         attempts,
@@ -351,12 +355,35 @@ impl Dispatcher {
             ),
         };
         let mut targets = Vec::new();
+        let mut wrote_rows = false;
         for destination in destinations {
             match destination {
                 Destination::Function(name) => targets.push(name.clone()),
                 Destination::Topic(topic) => targets.extend(self.registry.subscribers(topic)),
+                Destination::Kv(table) => {
+                    // Keyed by the step's request id: a repeated step rewrites its own row.
+                    self.kv
+                        .write(
+                            table,
+                            &event.id,
+                            Some((data.clone(), content_type.clone())),
+                            crate::store::KvCondition::Any,
+                            Some((event.id.clone(), event.hops)),
+                        )
+                        .await
+                        .map_err(|e| {
+                            ApiError::new(
+                                ErrorCode::Unavailable,
+                                format!("writing {table}/{}: {e:#}", event.id),
+                            )
+                        })?;
+                    wrote_rows = true;
+                }
                 Destination::DeadLetterQueue => {}
             }
+        }
+        if wrote_rows && targets.is_empty() {
+            return Ok(());
         }
         if targets.is_empty() && matches!(what, Forward::Failure { .. }) {
             // A failure nobody receives must not vanish: the dead-letter queue keeps it.

@@ -134,6 +134,12 @@ impl Server {
             &config.queue,
             wake.clone(),
         );
+        let kv_writer = Arc::new(crate::kv::KvWriter {
+            kv: kv.clone(),
+            registry: registry.clone(),
+            clock: clock.clone(),
+            wake: wake.clone(),
+        });
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
             registry,
@@ -148,6 +154,7 @@ impl Server {
             event_queue,
             wake,
             max_event_bytes: config.queue.max_event_bytes,
+            kv_writer,
             kv,
             shutdown,
         });
@@ -268,6 +275,7 @@ impl Server {
             clock: self.clock.clone(),
             wake: state.wake.clone(),
             events: state.events.clone(),
+            kv: state.kv_writer.clone(),
             prefetch: self.config.queue.prefetch,
             drain: self.config.drain_timeout,
         });

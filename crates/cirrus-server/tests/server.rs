@@ -2535,3 +2535,46 @@ async fn loops_through_topics_stop_at_the_depth_limit_and_resent_cloudevents_are
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn kv_destinations_write_results_as_rows_and_their_triggers_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("watch", "log_input.wat", FunctionConfig::default())
+        .await;
+    s.req(Method::POST, "/v1/functions/watch/triggers")
+        .json(&serde_json::json!({"table": "results"}))
+        .send()
+        .await
+        .unwrap();
+    // A command module (no HTTP of its own) feeds a table through its destination.
+    s.deploy("produce", "echo.wat", then(&["kv:results"])).await;
+    let accepted: cirrus_api::Accepted = invoke_async(&s, "produce", "{\"answer\":42}", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = accepted.request_id;
+    let row = eventually(&s, "the result row", || async {
+        let r = s.send(Method::GET, &format!("/v1/kv/results/{id}")).await;
+        if r.status() == 200 {
+            Some(r.text().await.unwrap())
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(row, "{\"answer\":42}");
+    let change = eventually(&s, "the table trigger", || async {
+        let page: Page<InvocationRecord> = s.get_json("/v1/functions/watch/invocations").await;
+        page.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(change.trigger, cirrus_api::Trigger::Table);
+    assert_eq!(
+        change.parent_request_id.as_deref(),
+        Some(id.as_str()),
+        "lineage through the table"
+    );
+    s.stop().await;
+}

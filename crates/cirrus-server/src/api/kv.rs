@@ -1,19 +1,17 @@
 //! KV tables: the built-in database. `PUT/GET/DELETE /v1/kv/{table}/{key}`, listing by
 //! prefix with paging, conditional writes by version (`If-Match: "N"`, or
-//! `If-None-Match: *` to create only), and change events to functions with a `table`
-//! trigger, committed with the change and delivered in commit order per key.
+//! `If-None-Match: *` to create only); change events come from [`crate::kv`].
 
 use super::{header, AppStateRef};
 use crate::error::{body_error, Failure};
-use crate::queue::TABLE_EVENT_TYPE;
-use crate::store::{KvCondition, KvWrite, NewEvent};
+use crate::store::{KvCondition, KvWrite};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header as h, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cirrus_api::spec::validate_name;
-use cirrus_api::{ApiError, ErrorCode, KvEntry, Page, Qualifier, Trigger};
+use cirrus_api::{ApiError, ErrorCode, Page};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -51,44 +49,6 @@ fn condition(headers: &HeaderMap) -> Result<KvCondition, ApiError> {
     }
 }
 
-/// The change event's body: what happened, with the old and new values (JSON values
-/// inline, text as strings, bytes as base64).
-fn change(
-    op: &str,
-    old: Option<(&KvEntry, &[u8])>,
-    new: Option<(&KvEntry, &[u8])>,
-    table: &str,
-    key: &str,
-) -> Vec<u8> {
-    let value = |v: Option<(&KvEntry, &[u8])>| -> serde_json::Value {
-        let Some((entry, bytes)) = v else {
-            return serde_json::Value::Null;
-        };
-        let json = entry
-            .content_type
-            .as_deref()
-            .is_some_and(|c| c.contains("json"));
-        if json {
-            if let Ok(v) = serde_json::from_slice(bytes) {
-                return v;
-            }
-        }
-        match std::str::from_utf8(bytes) {
-            Ok(text) => serde_json::Value::String(text.to_owned()),
-            Err(_) => {
-                use base64::Engine as _;
-                serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
-            }
-        }
-    };
-    let version = new.or(old).map(|(e, _)| e.version);
-    serde_json::to_vec(&serde_json::json!({
-        "table": table, "key": key, "op": op, "version": version,
-        "old": value(old), "new": value(new),
-    }))
-    .unwrap_or_default()
-}
-
 async fn write(
     state: &AppStateRef,
     table: String,
@@ -96,46 +56,11 @@ async fn write(
     value: Option<(Vec<u8>, Option<String>)>,
     cond: KvCondition,
 ) -> Result<Response, Failure> {
-    let subscribers = state.registry.table_subscribers(&table);
-    let now = state.invoker.clock.now_ms();
-    let kv = state.kv.clone();
-    let (t, k) = (table.clone(), key.clone());
-    let written = tokio::task::spawn_blocking(move || {
-        let events =
-            |old: Option<(&KvEntry, &[u8])>, new: Option<(&KvEntry, &[u8])>| -> Vec<NewEvent> {
-                let op = match (old, new) {
-                    (None, Some(_)) => "insert",
-                    (Some(_), Some(_)) => "update",
-                    _ => "delete",
-                };
-                let data = change(op, old, new, &t, &k);
-                subscribers
-                    .iter()
-                    .map(|function| NewEvent {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        function: function.clone(),
-                        qualifier: Qualifier::Latest.to_string(),
-                        content_type: Some("application/json".into()),
-                        traceparent: None,
-                        event_type: Some(TABLE_EVENT_TYPE.into()),
-                        source: Some(format!("/kv/{t}")),
-                        parent_id: None,
-                        ordering_key: Some(format!("kv:{t}:{k}:{function}")),
-                        hops: 0,
-                        trigger: Trigger::Table,
-                        data: data.clone(),
-                        created_ms: now,
-                        idempotency_key: None,
-                    })
-                    .collect()
-            };
-        let value = value.as_ref().map(|(v, ct)| (v.as_slice(), ct.as_deref()));
-        kv.kv_write(&t, &k, value, cond, now, &events)
-    })
-    .await
-    .map_err(Failure::internal)?
-    .map_err(Failure::internal)?;
-    state.wake.notify_one();
+    let written = state
+        .kv_writer
+        .write(&table, &key, value, cond, None)
+        .await
+        .map_err(Failure::internal)?;
     match written {
         KvWrite::Done(entry) => Ok(Json(entry).into_response()),
         KvWrite::Conflict(current) => Err(ApiError::new(

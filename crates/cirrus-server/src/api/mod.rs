@@ -80,6 +80,8 @@ pub struct AppState {
     pub wake: Arc<tokio::sync::Notify>,
     pub max_event_bytes: usize,
     pub kv: Arc<dyn crate::store::KvStore>,
+    /// KV writes with their change events.
+    pub kv_writer: Arc<crate::kv::KvWriter>,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -1,0 +1,110 @@
+//! Writing KV rows together with their change events: for the API and for `kv:TABLE`
+//! destinations alike.
+
+use crate::clock::Clock;
+use crate::queue::TABLE_EVENT_TYPE;
+use crate::registry::Registry;
+use crate::store::{KvCondition, KvStore, KvWrite, NewEvent};
+use cirrus_api::{KvEntry, Qualifier, Trigger};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub struct KvWriter {
+    pub kv: Arc<dyn KvStore>,
+    pub registry: Arc<Registry>,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the dispatcher for the change events.
+    pub wake: Arc<Notify>,
+}
+
+impl KvWriter {
+    /// Writes (or deletes, with `value = None`) a row and queues a change event for every
+    /// function with a trigger on the table, in one transaction. `lineage` is the request
+    /// id and pipeline depth of a destination step that wrote the row.
+    pub async fn write(
+        &self,
+        table: &str,
+        key: &str,
+        value: Option<(Vec<u8>, Option<String>)>,
+        cond: KvCondition,
+        lineage: Option<(String, u32)>,
+    ) -> anyhow::Result<KvWrite> {
+        let subscribers = self.registry.table_subscribers(table);
+        let now = self.clock.now_ms();
+        let kv = self.kv.clone();
+        let (t, k) = (table.to_owned(), key.to_owned());
+        let written = tokio::task::spawn_blocking(move || {
+            let events =
+                |old: Option<(&KvEntry, &[u8])>, new: Option<(&KvEntry, &[u8])>| -> Vec<NewEvent> {
+                    let op = match (old, new) {
+                        (None, Some(_)) => "insert",
+                        (Some(_), Some(_)) => "update",
+                        _ => "delete",
+                    };
+                    let data = change(op, old, new, &t, &k);
+                    subscribers
+                        .iter()
+                        .map(|function| NewEvent {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            function: function.clone(),
+                            qualifier: Qualifier::Latest.to_string(),
+                            content_type: Some("application/json".into()),
+                            traceparent: None,
+                            event_type: Some(TABLE_EVENT_TYPE.into()),
+                            source: Some(format!("/kv/{t}")),
+                            parent_id: lineage.as_ref().map(|(id, _)| id.clone()),
+                            ordering_key: Some(format!("kv:{t}:{k}:{function}")),
+                            hops: lineage.as_ref().map_or(0, |(_, hops)| hops + 1),
+                            trigger: Trigger::Table,
+                            data: data.clone(),
+                            created_ms: now,
+                            idempotency_key: None,
+                        })
+                        .collect()
+                };
+            let value = value.as_ref().map(|(v, ct)| (v.as_slice(), ct.as_deref()));
+            kv.kv_write(&t, &k, value, cond, now, &events)
+        })
+        .await??;
+        self.wake.notify_one();
+        Ok(written)
+    }
+}
+
+/// The change event's body: what happened, with the old and new values (JSON values
+/// inline, text as strings, bytes as base64).
+pub fn change(
+    op: &str,
+    old: Option<(&KvEntry, &[u8])>,
+    new: Option<(&KvEntry, &[u8])>,
+    table: &str,
+    key: &str,
+) -> Vec<u8> {
+    let value = |v: Option<(&KvEntry, &[u8])>| -> serde_json::Value {
+        let Some((entry, bytes)) = v else {
+            return serde_json::Value::Null;
+        };
+        let json = entry
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.contains("json"));
+        if json {
+            if let Ok(v) = serde_json::from_slice(bytes) {
+                return v;
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::Value::String(text.to_owned()),
+            Err(_) => {
+                use base64::Engine as _;
+                serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+            }
+        }
+    };
+    let version = new.or(old).map(|(e, _)| e.version);
+    serde_json::to_vec(&serde_json::json!({
+        "table": table, "key": key, "op": op, "version": version,
+        "old": value(old), "new": value(new),
+    }))
+    .unwrap_or_default()
+}
