@@ -493,25 +493,21 @@ impl Registry {
 
     /// Functions with a trigger on a KV table.
     pub fn table_subscribers(&self, table: &str) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .read()
-            .values()
-            .flat_map(|e| &e.triggers)
-            .filter(|t| matches!(&t.spec, TriggerSpec::Table(name) if name == table))
-            .map(|t| t.function.clone())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        self.functions_triggered_by(&TriggerSpec::Table(table.to_owned()))
     }
 
     /// Functions subscribed to a topic.
     pub fn subscribers(&self, topic: &str) -> Vec<String> {
+        self.functions_triggered_by(&TriggerSpec::Topic(topic.to_owned()))
+    }
+
+    /// Functions with exactly this trigger, sorted, once each.
+    fn functions_triggered_by(&self, spec: &TriggerSpec) -> Vec<String> {
         let mut names: Vec<String> = self
             .read()
             .values()
             .flat_map(|e| &e.triggers)
-            .filter(|t| matches!(&t.spec, TriggerSpec::Topic(name) if name == topic))
+            .filter(|t| &t.spec == spec)
             .map(|t| t.function.clone())
             .collect();
         names.sort();
