@@ -798,6 +798,23 @@ fn kv_entry(
     }
 }
 
+/// One row with its value, on any connection or transaction.
+fn read_kv(conn: &Connection, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>> {
+    Ok(conn
+        .query_row(
+            "SELECT version, content_type, value, updated_ms FROM kv WHERE tbl = ?1 AND key = ?2",
+            params![table, key],
+            |r| {
+                let value: Vec<u8> = r.get(2)?;
+                Ok((
+                    kv_entry(table, key, r.get(0)?, r.get(1)?, value.len(), r.get(3)?),
+                    value,
+                ))
+            },
+        )
+        .optional()?)
+}
+
 impl KvStore for SqliteStore {
     fn kv_write(
         &self,
@@ -810,16 +827,7 @@ impl KvStore for SqliteStore {
     ) -> StoreResult<KvWrite> {
         let mut conn = lock(&self.queue);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let old: Option<(KvEntry, Vec<u8>)> = tx
-            .query_row(
-                "SELECT version, content_type, value, updated_ms FROM kv WHERE tbl = ?1 AND key = ?2",
-                params![table, key],
-                |r| {
-                    let value: Vec<u8> = r.get(2)?;
-                    Ok((kv_entry(table, key, r.get(0)?, r.get(1)?, value.len(), r.get(3)?), value))
-                },
-            )
-            .optional()?;
+        let old = read_kv(&tx, table, key)?;
         let current = old.as_ref().map(|(e, _)| e.version);
         let allowed = match condition {
             KvCondition::Any => true,
@@ -868,16 +876,7 @@ impl KvStore for SqliteStore {
     }
 
     fn kv_get(&self, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>> {
-        Ok(lock(&self.reads)
-            .query_row(
-                "SELECT version, content_type, value, updated_ms FROM kv WHERE tbl = ?1 AND key = ?2",
-                params![table, key],
-                |r| {
-                    let value: Vec<u8> = r.get(2)?;
-                    Ok((kv_entry(table, key, r.get(0)?, r.get(1)?, value.len(), r.get(3)?), value))
-                },
-            )
-            .optional()?)
+        read_kv(&lock(&self.reads), table, key)
     }
 
     fn kv_list(
