@@ -10,6 +10,8 @@ pub enum ErrorCode {
     BadRequest,
     InvalidArtifact,
     Unauthorized,
+    /// Authenticated, but not allowed this (a function token beyond its grants).
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -27,6 +29,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidArtifact => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
@@ -44,6 +47,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::InvalidArtifact => "invalid_artifact",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",

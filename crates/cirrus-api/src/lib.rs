@@ -12,6 +12,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod grant;
 pub mod manifest;
 pub mod model;
 pub mod schedule;

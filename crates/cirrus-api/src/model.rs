@@ -108,6 +108,8 @@ pub enum Trigger {
     Destination,
     /// A change of a KV table.
     Table,
+    /// An object created in or removed from a bucket.
+    Bucket,
 }
 
 impl std::str::FromStr for Trigger {
@@ -121,6 +123,7 @@ impl std::str::FromStr for Trigger {
             "schedule" => Ok(Self::Schedule),
             "destination" => Ok(Self::Destination),
             "table" => Ok(Self::Table),
+            "bucket" => Ok(Self::Bucket),
             other => Err(format!("unknown trigger {other:?}")),
         }
     }
@@ -136,6 +139,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Destination => "destination",
             Trigger::Table => "table",
+            Trigger::Bucket => "bucket",
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct FunctionConfig {
     /// Hosts the guest may reach with outbound HTTP (`wasi:http/outgoing-handler`).
     /// Empty denies all outbound requests.
     pub allowed_hosts: Vec<String>,
+    /// Storage the function may reach through the platform API with the short-lived
+    /// token it receives in `CIRRUS_TOKEN` (`bucket:NAME:read|write`, `kv:TABLE:read|write`).
+    pub storage: Vec<crate::grant::Grant>,
     /// Asynchronous events: attempts in total before an event goes to the dead-letter
     /// queue (Lambda's default: the first try and two retries).
     pub max_attempts: u32,
@@ -71,6 +74,13 @@ pub enum Destination {
     /// A row of a KV table, keyed by the request id of the step that produced it, so a
     /// command module without HTTP can feed a table (and its triggers).
     Kv(String),
+    /// An object: `bucket:NAME/KEY-TEMPLATE`, where the template may hold `{key}` (the
+    /// key of the object whose notification started the step, else the request id) and
+    /// `{request_id}`. Without a template the key is the request id.
+    Bucket {
+        bucket: String,
+        key: String,
+    },
     DeadLetterQueue,
 }
 
@@ -90,9 +100,24 @@ impl std::str::FromStr for Destination {
                 validate_name(table).map_err(|e| e.message.replace("name", "table name"))?;
                 Ok(Destination::Kv(table.to_owned()))
             }
+            Some(("bucket", rest)) => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, "{request_id}"));
+                if !crate::trigger::valid_bucket_name(bucket) {
+                    return Err(format!(
+                        "invalid bucket {bucket:?} in destination {s:?}: use 3-63 lowercase letters, digits, '.' or '-'"
+                    ));
+                }
+                if key.is_empty() || key.len() > 900 {
+                    return Err(format!("destination {s:?}: the key template must be 1-900 bytes"));
+                }
+                Ok(Destination::Bucket {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                })
+            }
             None if s == "dlq" => Ok(Destination::DeadLetterQueue),
             _ => Err(format!(
-                "invalid destination {s:?}: use function:NAME, topic:NAME, kv:TABLE or dlq"
+                "invalid destination {s:?}: use function:NAME, topic:NAME, kv:TABLE, bucket:NAME/KEY or dlq"
             )),
         }
     }
@@ -104,6 +129,7 @@ impl std::fmt::Display for Destination {
             Destination::Function(n) => write!(f, "function:{n}"),
             Destination::Topic(n) => write!(f, "topic:{n}"),
             Destination::Kv(t) => write!(f, "kv:{t}"),
+            Destination::Bucket { bucket, key } => write!(f, "bucket:{bucket}/{key}"),
             Destination::DeadLetterQueue => f.write_str("dlq"),
         }
     }
@@ -134,6 +160,7 @@ impl Default for FunctionConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             public: true,
             allowed_hosts: Vec::new(),
+            storage: Vec::new(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_delay: DEFAULT_RETRY_DELAY,
             max_event_age: DEFAULT_MAX_EVENT_AGE,

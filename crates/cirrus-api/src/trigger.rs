@@ -22,6 +22,71 @@ pub enum TriggerSpec {
     /// Every change of a KV table (insert, update, delete) becomes an asynchronous event,
     /// delivered in commit order per key.
     Table(String),
+    /// Objects created in or removed from a bucket of the object API become asynchronous
+    /// events carrying an S3 event notification document.
+    Bucket(BucketTrigger),
+}
+
+/// Which object changes of a bucket fire a function: `{ name = "uploads", events =
+/// ["created"], prefix = "photos/", suffix = ".ppm" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketTrigger {
+    pub name: String,
+    #[serde(default = "all_bucket_events")]
+    pub events: Vec<BucketEvent>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub suffix: String,
+}
+
+/// `created` is S3's `ObjectCreated:*`, `removed` its `ObjectRemoved:*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BucketEvent {
+    Created,
+    Removed,
+}
+
+impl std::str::FromStr for BucketEvent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "created" | "ObjectCreated:*" => Ok(Self::Created),
+            "removed" | "ObjectRemoved:*" => Ok(Self::Removed),
+            other => Err(format!(
+                "unknown bucket event {other:?}: use created or removed"
+            )),
+        }
+    }
+}
+
+fn all_bucket_events() -> Vec<BucketEvent> {
+    vec![BucketEvent::Created, BucketEvent::Removed]
+}
+
+impl BucketTrigger {
+    /// Whether a change of `key` of kind `event` in `bucket` fires this trigger.
+    pub fn matches(&self, bucket: &str, key: &str, event: BucketEvent) -> bool {
+        self.name == bucket
+            && self.events.contains(&event)
+            && key.starts_with(&self.prefix)
+            && key.ends_with(&self.suffix)
+    }
+}
+
+/// Bucket names as S3 allows them: 3–63 of lowercase letters, digits, `.` and `-`,
+/// starting and ending with a letter or digit.
+pub fn valid_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
 }
 
 /// A trigger as stored.
@@ -195,6 +260,20 @@ impl TriggerSpec {
             TriggerSpec::Schedule(s) => crate::schedule::Schedule::parse(s).map(drop),
             TriggerSpec::Table(t) => {
                 crate::spec::validate_name(t).map_err(|e| e.message.replace("name", "table"))
+            }
+            TriggerSpec::Bucket(b) => {
+                if !valid_bucket_name(&b.name) {
+                    return Err(format!(
+                        "invalid bucket name {:?}: use 3-63 lowercase letters, digits, '.' or '-'",
+                        b.name
+                    ));
+                }
+                if b.events.is_empty() {
+                    return Err(
+                        "a bucket trigger needs at least one event (created, removed)".into(),
+                    );
+                }
+                Ok(())
             }
         }
     }

@@ -85,7 +85,21 @@ pub struct Invoker {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where spans go, when an OTLP endpoint is configured.
     pub otlp: Option<crate::otlp::OtlpSink>,
+    /// Tokens and the API address for functions with storage grants.
+    pub platform: PlatformAccess,
 }
+
+/// How a function with storage grants reaches the platform: `CIRRUS_API` and a token
+/// scoped to its grants in `CIRRUS_TOKEN`, and outbound HTTP to that address.
+pub struct PlatformAccess {
+    pub issuer: crate::function_token::TokenIssuer,
+    /// The management API's address (`127.0.0.1:8080`), known once the server listens.
+    pub api_authority: std::sync::OnceLock<String>,
+}
+
+/// A token outlives the invocation's timeout by this much (its last request may start
+/// just before the deadline).
+const TOKEN_GRACE: Duration = Duration::from_secs(60);
 
 /// What was measured of an invocation, besides its duration.
 #[derive(Default)]
@@ -257,7 +271,24 @@ impl Invoker {
         if let Ok(value) = HeaderValue::from_str(&meta.trace.traceparent()) {
             request.headers_mut().insert("traceparent", value);
         }
-        let env = guest_env(&version, &meta.request_id, trigger, &request);
+        let mut env = guest_env(&version, &meta.request_id, trigger, &request);
+        let mut allowed_hosts: Arc<[String]> = version.config.allowed_hosts.clone().into();
+        if let (false, Some(authority)) = (
+            version.config.storage.is_empty(),
+            self.platform.api_authority.get(),
+        ) {
+            let token = self.platform.issuer.issue(&crate::function_token::Claims {
+                function: version.function.clone(),
+                grants: version.config.storage.clone(),
+                expires_ms: self.clock.now_ms()
+                    + (version.config.timeout + TOKEN_GRACE).as_millis() as u64,
+            });
+            env.push(("CIRRUS_API".into(), format!("http://{authority}")));
+            env.push(("CIRRUS_TOKEN".into(), token));
+            let mut hosts = version.config.allowed_hosts.clone();
+            hosts.push(authority.clone());
+            allowed_hosts = hosts.into();
+        }
         let invocation = Invocation {
             request,
             env,
@@ -267,7 +298,7 @@ impl Invoker {
                 max_response_bytes: self.limits.max_response_bytes,
                 max_log_bytes: self.limits.max_log_bytes,
             },
-            allowed_hosts: version.config.allowed_hosts.clone().into(),
+            allowed_hosts,
         };
         let run_started = Instant::now();
         let output = ready.version.invoke(invocation).await;

@@ -10,6 +10,7 @@
 //! - [`registry`]: functions, versions, aliases; deploy logic.
 //! - [`billing`]: price tables and usage reports (exact decimals).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`s3`]: the S3-compatible object API on its own listener, and bucket notifications.
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
 //! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
 //! - [`trace`]: W3C trace context; [`otlp`]: optional span export.
@@ -21,6 +22,7 @@ pub mod billing;
 pub mod clock;
 pub mod cloudevents;
 pub mod error;
+pub mod function_token;
 pub mod invoker;
 pub mod kv;
 pub mod metrics;
@@ -28,6 +30,7 @@ pub mod otlp;
 pub mod queue;
 pub mod records;
 pub mod registry;
+pub mod s3;
 pub mod scaler;
 pub mod scheduler;
 pub mod server;

@@ -105,6 +105,7 @@ pub fn traces_document(records: &[InvocationRecord]) -> Value {
                         cirrus_api::Trigger::Http => "http",
                         cirrus_api::Trigger::Topic => "pubsub",
                         cirrus_api::Trigger::Schedule => "timer",
+                        cirrus_api::Trigger::Table | cirrus_api::Trigger::Bucket => "datasource",
                         _ => "other",
                     }),
                 ),

@@ -36,6 +36,8 @@ pub const TOPIC_EVENT_TYPE: &str = "dev.cirrus.topic";
 const MAX_PIPELINE_DEPTH: u32 = 32;
 /// CloudEvents `type` of a change to a KV table.
 pub const TABLE_EVENT_TYPE: &str = "dev.cirrus.kv.change";
+/// CloudEvents `type` of a bucket notification: an object was created or removed.
+pub const BUCKET_EVENT_TYPE: &str = "dev.cirrus.bucket.notification";
 /// CloudEvents `type` of a function's result sent on by an `on_success` destination.
 pub const RESULT_EVENT_TYPE: &str = "dev.cirrus.result";
 /// CloudEvents `type` of a failure report sent by an `on_failure` destination.
@@ -146,6 +148,8 @@ pub struct Dispatcher {
     pub events: EventSink,
     /// Where `kv:TABLE` destinations write rows.
     pub kv: Arc<crate::kv::KvWriter>,
+    /// Where `bucket:NAME/KEY` destinations write objects.
+    pub s3: Arc<crate::s3::S3>,
     pub prefetch: usize,
     /// At shutdown, how long deliveries under way may take to finish.
     pub drain: Duration,
@@ -265,7 +269,10 @@ impl Dispatcher {
                 traceparent,
             }) => match on_failure {
                 Some(
-                    dest @ (Destination::Function(_) | Destination::Topic(_) | Destination::Kv(_)),
+                    dest @ (Destination::Function(_)
+                    | Destination::Topic(_)
+                    | Destination::Kv(_)
+                    | Destination::Bucket { .. }),
                 ) => {
                     let failure = Forward::Failure {
                         error: &error,
@@ -377,6 +384,33 @@ impl Dispatcher {
                                 format!("writing {table}/{}: {e:#}", event.id),
                             )
                         })?;
+                    wrote_rows = true;
+                }
+                Destination::Bucket { bucket, key } => {
+                    let key = object_key(key, event);
+                    let mut headers = axum::http::HeaderMap::new();
+                    if let Some(v) = content_type
+                        .as_deref()
+                        .and_then(|c| axum::http::HeaderValue::from_str(c).ok())
+                    {
+                        headers.insert(axum::http::header::CONTENT_TYPE, v);
+                    }
+                    crate::s3::objects::store(
+                        &self.s3,
+                        bucket,
+                        &key,
+                        &headers,
+                        None,
+                        axum::body::Body::from(data.clone()),
+                        Some((event.id.clone(), event.hops)),
+                    )
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("writing object {bucket}/{key}: {}: {}", e.code, e.message),
+                        )
+                    })?;
                     wrote_rows = true;
                 }
                 Destination::DeadLetterQueue => {}
@@ -607,6 +641,26 @@ fn cloud_event_request(event: &NewEvent) -> Request<Body> {
     }
     set("host", "localhost");
     request
+}
+
+/// A `bucket:` destination's key: `{request_id}` is the step's request id; `{key}` the
+/// key of the object whose notification the step handled (else the request id).
+fn object_key(template: &str, event: &NewEvent) -> String {
+    let source_key = (event.trigger == Trigger::Bucket)
+        .then(|| {
+            let doc: serde_json::Value = serde_json::from_slice(&event.data).ok()?;
+            let encoded = doc["Records"][0]["s3"]["object"]["key"]
+                .as_str()?
+                .replace('+', " ");
+            percent_encoding::percent_decode_str(&encoded)
+                .decode_utf8()
+                .ok()
+                .map(|k| k.into_owned())
+        })
+        .flatten();
+    template
+        .replace("{request_id}", &event.id)
+        .replace("{key}", source_key.as_deref().unwrap_or(&event.id))
 }
 
 #[cfg(test)]

@@ -496,6 +496,24 @@ impl Registry {
         self.functions_triggered_by(&TriggerSpec::Table(table.to_owned()))
     }
 
+    /// Functions (with the trigger's id) that a change of `key` in `bucket` fires.
+    pub fn bucket_subscribers(
+        &self,
+        bucket: &str,
+        key: &str,
+        event: cirrus_api::trigger::BucketEvent,
+    ) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = self
+            .read()
+            .values()
+            .flat_map(|e| &e.triggers)
+            .filter(|t| matches!(&t.spec, TriggerSpec::Bucket(b) if b.matches(bucket, key, event)))
+            .map(|t| (t.function.clone(), t.id.clone()))
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Functions subscribed to a topic.
     pub fn subscribers(&self, topic: &str) -> Vec<String> {
         self.functions_triggered_by(&TriggerSpec::Topic(topic.to_owned()))

@@ -13,7 +13,7 @@ use crate::store::{
 use anyhow::Context as _;
 use cirrus_api::{DeployResult, Manifest, Qualifier};
 use cirrus_runtime::{Runtime, RuntimeConfig};
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// How often idle versions are looked for.
     pub sweep_interval: Duration,
+    /// Size limits of the S3-compatible object API.
+    pub s3: crate::s3::S3Limits,
 }
 
 impl ServerConfig {
@@ -56,12 +58,15 @@ impl ServerConfig {
             queue: crate::queue::QueueSettings::default(),
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
+            s3: crate::s3::S3Limits::default(),
         }
     }
 }
 
 pub struct Server {
     state: AppStateRef,
+    s3: Arc<crate::s3::S3>,
+    s3_listener: Option<tokio::net::TcpListener>,
     config: ServerConfig,
     clock: Arc<dyn Clock>,
     shutdown_tx: watch::Sender<bool>,
@@ -76,21 +81,32 @@ impl Server {
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let token = crate::auth::load_or_create_token(&data_dir)?;
         let pooling = config.pooling;
-        let (store, artifacts, runtime) = tokio::task::spawn_blocking(move || {
-            let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
-            let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
-            let runtime = Arc::new(Runtime::new(RuntimeConfig {
-                cache_dir: data_dir.join("compiled"),
-                pooling,
-            })?);
-            anyhow::Ok((store, artifacts, runtime))
-        })
-        .await??;
+        let (store, artifacts, runtime, blobs, credentials) =
+            tokio::task::spawn_blocking(move || {
+                let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
+                let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
+                let runtime = Arc::new(Runtime::new(RuntimeConfig {
+                    cache_dir: data_dir.join("compiled"),
+                    pooling,
+                })?);
+                let blobs = Arc::new(crate::s3::blobs::Blobs::open(&data_dir.join("objects"))?);
+                let leftovers = blobs.sweep(&crate::store::ObjectStore::live_blobs(&*store)?)?;
+                if leftovers > 0 {
+                    tracing::info!(
+                        blobs = leftovers,
+                        "removed object data of uploads interrupted by the last stop"
+                    );
+                }
+                let credentials = crate::s3::credentials::load_or_create(&data_dir)?;
+                anyhow::Ok((store, artifacts, runtime, blobs, credentials))
+            })
+            .await??;
         tracing::info!(pooling = runtime.pooling(), "runtime ready");
         let artifacts: Arc<dyn ArtifactStore> = artifacts;
         let function_store: Arc<dyn FunctionStore> = store.clone();
         let event_queue: Arc<dyn EventQueue> = store.clone();
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
+        let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
         let record_store: Arc<dyn RecordStore> = store;
         let queue = event_queue.clone();
         let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
@@ -126,6 +142,10 @@ impl Server {
                 .as_deref()
                 .map(crate::otlp::OtlpSink::start)
                 .transpose()?,
+            platform: crate::invoker::PlatformAccess {
+                issuer: crate::function_token::TokenIssuer::new(&token),
+                api_authority: std::sync::OnceLock::new(),
+            },
         });
         let wake = Arc::new(tokio::sync::Notify::new());
         let events = crate::queue::start_sink(
@@ -139,6 +159,17 @@ impl Server {
             registry: registry.clone(),
             clock: clock.clone(),
             wake: wake.clone(),
+        });
+        let s3 = Arc::new(crate::s3::S3 {
+            store: objects,
+            blobs,
+            credentials,
+            notifier: crate::s3::notify::Notifier {
+                registry: registry.clone(),
+                wake: wake.clone(),
+            },
+            clock: clock.clone(),
+            limits: config.s3.clone(),
         });
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
@@ -156,10 +187,13 @@ impl Server {
             max_event_bytes: config.queue.max_event_bytes,
             kv_writer,
             kv,
+            s3: s3.clone(),
             shutdown,
         });
         let server = Self {
             state,
+            s3,
+            s3_listener: None,
             config,
             clock,
             shutdown_tx,
@@ -171,6 +205,16 @@ impl Server {
 
     pub fn state(&self) -> &AppStateRef {
         &self.state
+    }
+
+    /// Serves the S3-compatible object API on this listener too.
+    pub fn with_s3_listener(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.s3_listener = Some(listener);
+        self
+    }
+
+    pub fn s3(&self) -> &Arc<crate::s3::S3> {
+        &self.s3
     }
 
     pub fn admin_token(&self) -> &str {
@@ -268,6 +312,12 @@ impl Server {
     ) -> anyhow::Result<()> {
         let router = self.router();
         let state = self.state.clone();
+        if let Ok(mut addr) = listener.local_addr() {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let _ = state.invoker.platform.api_authority.set(addr.to_string());
+        }
         let dispatcher = Arc::new(crate::queue::Dispatcher {
             queue: state.event_queue.clone(),
             invoker: state.invoker.clone(),
@@ -276,6 +326,7 @@ impl Server {
             wake: state.wake.clone(),
             events: state.events.clone(),
             kv: state.kv_writer.clone(),
+            s3: state.s3.clone(),
             prefetch: self.config.queue.prefetch,
             drain: self.config.drain_timeout,
         });
@@ -292,6 +343,16 @@ impl Server {
             self.config.sweep_interval,
             state.shutdown.clone(),
         ));
+        let objects = self.s3_listener.map(|listener| {
+            let mut stop = state.shutdown.clone();
+            tokio::spawn(
+                axum::serve(listener, crate::s3::router(self.s3.clone()))
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .into_future(),
+            )
+        });
         let shutdown_tx = self.shutdown_tx;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let graceful = async move {
@@ -315,6 +376,10 @@ impl Server {
         }
         sweeper.abort();
         scheduling.abort();
+        if let Some(objects) = objects {
+            // Uploads in flight finish (or the drain timeout above has passed).
+            let _ = tokio::time::timeout(drain_timeout, objects).await;
+        }
         // The dispatcher stopped claiming when shutdown began; wait for its deliveries.
         let _ = dispatching.await;
         state.records.flush().await;

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 /// `cirrus up` writes its address here so local clients find a server on any port.
 pub const URL_FILE: &str = "server.url";
+/// Where `cirrus up` writes the object API's address.
+pub const S3_URL_FILE: &str = "s3.url";
 
 /// Where the client finds the server: flags, then environment, then the data dir.
 #[derive(Debug, Clone, clap::Args)]

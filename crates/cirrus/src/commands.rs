@@ -91,6 +91,12 @@ struct UpArgs {
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the S3-compatible object API (port 0 picks a free port)
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    s3_listen: SocketAddr,
+    /// Largest part of a multipart upload to the object API, in bytes
+    #[arg(long, default_value_t = cirrus_server::s3::S3Limits::default().max_part_bytes)]
+    s3_max_part_bytes: u64,
     /// Deploy the functions of this manifest on start
     #[arg(long)]
     app: Option<PathBuf>,
@@ -276,6 +282,18 @@ enum TriggerCommand {
         /// A KV table whose changes become events
         #[arg(long, group = "kind")]
         table: Option<String>,
+        /// A bucket of the object API whose object changes become events
+        #[arg(long, group = "kind")]
+        bucket: Option<String>,
+        /// With --bucket: which changes (created, removed) [default: both]
+        #[arg(long, value_delimiter = ',', requires = "bucket")]
+        events: Vec<cirrus_api::trigger::BucketEvent>,
+        /// With --bucket: only keys starting with this
+        #[arg(long, requires = "bucket")]
+        prefix: Option<String>,
+        /// With --bucket: only keys ending with this
+        #[arg(long, requires = "bucket")]
+        suffix: Option<String>,
     },
     /// List triggers (of one function)
     Ls { function: Option<String> },
@@ -613,6 +631,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     config.queue.max_event_bytes = args.max_event_bytes;
     config.drain_timeout = args.drain_timeout;
     config.otlp_endpoint = args.otlp_endpoint.clone();
+    config.s3.max_part_bytes = args.s3_max_part_bytes;
     if let Some(path) = &args.prices {
         config.prices = cirrus_server::billing::load_prices(path)?;
     }
@@ -630,6 +649,33 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let s3_listener = tokio::net::TcpListener::bind(args.s3_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the S3 API to {} (choose another with --s3-listen)",
+                args.s3_listen
+            )
+        })?;
+    let s3_url = format!("http://{}", s3_listener.local_addr()?);
+    std::fs::write(
+        target.data_dir.join(client::S3_URL_FILE),
+        format!("{s3_url}\n"),
+    )
+    .with_context(|| {
+        format!(
+            "writing {}",
+            target.data_dir.join(client::S3_URL_FILE).display()
+        )
+    })?;
+    eprintln!(
+        "S3 API on {s3_url} (keys: {})",
+        target
+            .data_dir
+            .join(cirrus_server::s3::credentials::CREDENTIALS_FILE)
+            .display()
+    );
+    let server = server.with_s3_listener(s3_listener);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -646,6 +692,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     eprintln!("listening on {url}");
     server.serve(listener, shutdown_signal()).await?;
     let _ = std::fs::remove_file(target.data_dir.join(client::URL_FILE));
+    let _ = std::fs::remove_file(target.data_dir.join(client::S3_URL_FILE));
     eprintln!("stopped");
     Ok(())
 }
@@ -1179,6 +1226,21 @@ fn describe(spec: &TriggerSpec) -> (String, String) {
         TriggerSpec::Topic(t) => ("topic".into(), t.clone()),
         TriggerSpec::Schedule(s) => ("schedule".into(), s.clone()),
         TriggerSpec::Table(t) => ("table".into(), t.clone()),
+        TriggerSpec::Bucket(b) => {
+            let events: Vec<String> = b
+                .events
+                .iter()
+                .map(|e| format!("{e:?}").to_lowercase())
+                .collect();
+            let mut text = format!("{} {}", b.name, events.join(","));
+            if !b.prefix.is_empty() {
+                text.push_str(&format!(" prefix={}", b.prefix));
+            }
+            if !b.suffix.is_empty() {
+                text.push_str(&format!(" suffix={}", b.suffix));
+            }
+            ("bucket".into(), text)
+        }
     }
 }
 
@@ -1190,13 +1252,34 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
             topic,
             schedule,
             table,
+            bucket,
+            events,
+            prefix,
+            suffix,
         } => {
-            let spec = match (route, topic, schedule, table) {
+            let spec = match (route, topic, schedule, table, bucket) {
                 (Some(r), ..) => TriggerSpec::Route(r),
                 (None, Some(t), ..) => TriggerSpec::Topic(t),
-                (None, None, Some(s), _) => TriggerSpec::Schedule(s),
-                (None, None, None, Some(t)) => TriggerSpec::Table(t),
-                (None, None, None, None) => bail!("give --route, --topic, --schedule or --table"),
+                (None, None, Some(s), ..) => TriggerSpec::Schedule(s),
+                (None, None, None, Some(t), _) => TriggerSpec::Table(t),
+                (None, None, None, None, Some(name)) => {
+                    TriggerSpec::Bucket(cirrus_api::trigger::BucketTrigger {
+                        name,
+                        events: if events.is_empty() {
+                            vec![
+                                cirrus_api::trigger::BucketEvent::Created,
+                                cirrus_api::trigger::BucketEvent::Removed,
+                            ]
+                        } else {
+                            events
+                        },
+                        prefix: prefix.unwrap_or_default(),
+                        suffix: suffix.unwrap_or_default(),
+                    })
+                }
+                (None, None, None, None, None) => {
+                    bail!("give --route, --topic, --schedule, --table or --bucket")
+                }
             };
             vec![
                 client

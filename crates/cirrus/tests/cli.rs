@@ -27,7 +27,14 @@ struct Up {
 impl Up {
     fn start(data_dir: &Path, extra: &[&str]) -> Up {
         let mut child = Command::new(BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn,cirrus_server=info")
@@ -394,7 +401,14 @@ fn a_malformed_price_table_stops_start_up_naming_the_field() {
     )
     .unwrap();
     let out = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--s3-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .arg("--prices")
         .arg(&prices)

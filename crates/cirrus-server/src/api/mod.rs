@@ -6,6 +6,7 @@ mod functions;
 mod invoke;
 mod kv;
 mod logs;
+mod objects;
 mod triggers;
 mod usage;
 
@@ -48,6 +49,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/kv/{table}/{key}"),
     ("PUT", "/v1/kv/{table}/{key}"),
     ("DELETE", "/v1/kv/{table}/{key}"),
+    ("GET", "/v1/buckets/{bucket}/objects"),
+    ("GET", "/v1/buckets/{bucket}/objects/{key}"),
+    ("HEAD", "/v1/buckets/{bucket}/objects/{key}"),
+    ("PUT", "/v1/buckets/{bucket}/objects/{key}"),
+    ("DELETE", "/v1/buckets/{bucket}/objects/{key}"),
     ("GET", "/v1/triggers"),
     ("POST", "/v1/functions/{name}/triggers"),
     ("DELETE", "/v1/triggers/{id}"),
@@ -82,6 +88,8 @@ pub struct AppState {
     pub kv: Arc<dyn crate::store::KvStore>,
     /// KV writes with their change events.
     pub kv_writer: Arc<crate::kv::KvWriter>,
+    /// The object store, for `/v1/buckets` (the same one the S3 listener serves).
+    pub s3: Arc<crate::s3::S3>,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -112,12 +120,6 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/usage", get(usage::usage))
         .route("/v1/status", get(status))
         .route("/v1/trace/{request_id}", get(logs::trace))
-        .route("/v1/kv/{table}", get(kv::list))
-        .route(
-            // Keys may contain '/': the rest of the path is the key.
-            "/v1/kv/{table}/{*key}",
-            get(kv::get).put(kv::put).delete(kv::delete),
-        )
         .route("/v1/triggers", get(triggers::list))
         .route("/v1/functions/{name}/triggers", post(triggers::add))
         .route("/v1/triggers/{id}", axum::routing::delete(triggers::remove))
@@ -128,12 +130,30 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/dlq/{id}/redrive", post(dlq::redrive_one))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Storage also answers functions presenting a token within their grants.
+    let storage = Router::new()
+        .route("/v1/kv/{table}", get(kv::list))
+        .route(
+            // Keys may contain '/': the rest of the path is the key.
+            "/v1/kv/{table}/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/buckets/{bucket}/objects", get(objects::list))
+        .route(
+            "/v1/buckets/{bucket}/objects/{*key}",
+            get(objects::get)
+                .head(objects::get)
+                .put(objects::put)
+                .delete(objects::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_grant));
     Router::new()
         .route("/v1/health", get(health))
         // The page is static and holds no data; it asks for the admin token and every
         // API call it makes carries it.
         .route("/ui", get(dashboard))
         .merge(management)
+        .merge(storage)
         .route("/fn/{target}", any(invoke::http_trigger))
         .route("/fn/{target}/{*path}", any(invoke::http_trigger))
         // Invocation bodies are limited by the invoker, per its own setting.
@@ -229,6 +249,68 @@ async fn require_token(State(state): State<AppStateRef>, request: Request, next:
             "missing or wrong admin token: send `Authorization: Bearer <token>` (the token is in <data-dir>/admin.token)",
         ))
     }
+}
+
+/// The admin token, or a function token whose grants cover the table or bucket the
+/// request names (reads: GET and HEAD; writes: the rest).
+async fn require_grant(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
+    if is_authorized(request.headers(), &state.token) {
+        return next.run(request).await;
+    }
+    let bearer = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if !crate::function_token::TokenIssuer::is_function_token(bearer) {
+        return require_token(State(state), request, next).await;
+    }
+    let Some(claims) = state
+        .invoker
+        .platform
+        .issuer
+        .verify(bearer, state.invoker.clock.now_ms())
+    else {
+        return error_response(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the function token is invalid or has expired (tokens last an invocation's timeout plus a minute)",
+        ));
+    };
+    let mut segments = request.uri().path().trim_start_matches('/').split('/');
+    let resource = match (segments.next(), segments.next(), segments.next()) {
+        (Some("v1"), Some("kv"), Some(table)) => cirrus_api::grant::Resource::Kv(table.to_owned()),
+        (Some("v1"), Some("buckets"), Some(bucket)) => {
+            cirrus_api::grant::Resource::Bucket(bucket.to_owned())
+        }
+        _ => {
+            return error_response(ApiError::new(
+                ErrorCode::Forbidden,
+                "function tokens reach only /v1/kv and /v1/buckets",
+            ))
+        }
+    };
+    let access = match *request.method() {
+        axum::http::Method::GET | axum::http::Method::HEAD => cirrus_api::grant::Access::Read,
+        _ => cirrus_api::grant::Access::Write,
+    };
+    if claims.allows(&resource, access) {
+        return next.run(request).await;
+    }
+    let wanted = cirrus_api::grant::Grant { resource, access };
+    error_response(ApiError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "function {} may not do this: it needs the storage grant \"{wanted}\" (it has {:?})",
+            claims.function,
+            claims
+                .grants
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        ),
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> Failure {

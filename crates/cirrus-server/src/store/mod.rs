@@ -228,3 +228,113 @@ pub trait KvStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<KvEntry>>;
 }
+
+/// An object's metadata as stored; its bytes are in the blob file `blob`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    /// Without quotes: the MD5 in hex, or `md5-of-part-md5s-N` for multipart objects.
+    pub etag: String,
+    pub content_type: Option<String>,
+    /// `x-amz-meta-*` headers, names without the prefix.
+    pub metadata: Vec<(String, String)>,
+    /// The checksum the client sent and the server verified: `(algorithm, base64)`.
+    pub checksum: Option<(String, String)>,
+    pub modified_ms: u64,
+    pub blob: String,
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub bucket: String,
+    pub key: String,
+    pub content_type: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub checksum_algorithm: Option<String>,
+    pub created_ms: u64,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub number: u32,
+    pub size: u64,
+    pub etag: String,
+    pub checksum: Option<(String, String)>,
+    pub modified_ms: u64,
+    pub blob: String,
+}
+
+/// What deleting a bucket found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketDelete {
+    Deleted,
+    Missing,
+    NotEmpty,
+}
+
+/// Bucket and object metadata, in the same database as the event queue so an object
+/// change and its notifications commit together. Object bytes live in blob files the
+/// caller has made durable before it records them here.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// `false` when the bucket already exists.
+    fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool>;
+    fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete>;
+    /// Every bucket with its creation time, by name.
+    fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>>;
+    fn bucket_exists(&self, name: &str) -> StoreResult<bool>;
+    /// Records an object (replacing any under its key) and queues `events(new)` in one
+    /// transaction. Returns the replaced object, whose blob the caller removes.
+    fn put_object(
+        &self,
+        object: &ObjectMeta,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Result<Option<ObjectMeta>, NoSuchBucket>>;
+    fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>>;
+    /// Removes an object and queues `events(old)` in one transaction; the removed object
+    /// (whose blob the caller removes), if there was one.
+    fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Option<ObjectMeta>>;
+    /// Objects in key order with keys after `after` (when given) and at or after `from`.
+    fn list_objects(
+        &self,
+        bucket: &str,
+        from: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ObjectMeta>>;
+    fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>>;
+    fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>>;
+    /// Uploads of a bucket in progress, by key then start.
+    fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>>;
+    /// Records a part; the part it replaced (same number), whose blob the caller removes.
+    /// `NoSuchUpload` when the upload is gone (completed or aborted meanwhile).
+    fn put_part(
+        &self,
+        upload_id: &str,
+        part: &Part,
+    ) -> StoreResult<Result<Option<Part>, NoSuchUpload>>;
+    /// Parts by number.
+    fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>>;
+    /// Removes the upload and its parts; returns the parts (whose blobs the caller
+    /// removes once it no longer needs them), or `None` when it was gone already.
+    fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>>;
+    /// Every blob an object or part refers to; the rest are leftovers of interrupted writes.
+    fn live_blobs(&self) -> StoreResult<std::collections::HashSet<String>>;
+}
+
+/// The bucket named does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoSuchBucket;
+
+/// The multipart upload named does not exist (any more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoSuchUpload;

@@ -11,6 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+mod objects;
+
 /// The stored form of [`FunctionConfig`]; bump when its meaning changes so old rows can
 /// be migrated instead of misread.
 const SPEC_VERSION: i64 = 1;
@@ -52,6 +54,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
     function TEXT NOT NULL, key TEXT NOT NULL, request_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
         PRIMARY KEY (function, key));
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_ms);
+CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
+    content_type TEXT, metadata TEXT NOT NULL, checksum TEXT, modified_ms INTEGER NOT NULL,
+    blob TEXT NOT NULL, PRIMARY KEY (bucket, key));
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, content_type TEXT,
+    metadata TEXT NOT NULL, checksum_algorithm TEXT, created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS uploads_by_bucket ON uploads (bucket, key, created_ms);
+CREATE TABLE IF NOT EXISTS upload_parts (
+    upload_id TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
+    checksum TEXT, modified_ms INTEGER NOT NULL, blob TEXT NOT NULL, PRIMARY KEY (upload_id, number));
 "#;
 
 /// The embedded store: one SQLite database in WAL mode. Metadata and records use separate

@@ -1,0 +1,153 @@
+//! Objects through the management API: `GET/HEAD/PUT/DELETE
+//! /v1/buckets/{bucket}/objects/{key}` and listing by prefix. This is how functions with
+//! `bucket:` grants reach the object store (with `CIRRUS_TOKEN`); the S3 listener serves
+//! the same buckets to SDKs.
+
+use super::AppStateRef;
+use crate::error::Failure;
+use crate::s3::error::S3Error;
+use crate::s3::{blocking, objects, Target};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cirrus_api::{ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+
+/// An S3 error in the JSON API's terms.
+fn failure(e: S3Error) -> Failure {
+    let code = match e.status.as_u16() {
+        404 => ErrorCode::NotFound,
+        409 => ErrorCode::Conflict,
+        413 => ErrorCode::PayloadTooLarge,
+        403 => ErrorCode::Forbidden,
+        s if s >= 500 => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let message = match e.code {
+        "EntityTooLarge" => e.message,
+        code => format!("{code}: {}", e.message),
+    };
+    Failure(ApiError::new(code, message))
+}
+
+#[derive(Debug, Serialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub content_type: Option<String>,
+    pub last_modified: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ObjectList {
+    pub items: Vec<ObjectInfo>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(state): State<AppStateRef>,
+    Path(bucket): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ObjectList>, Failure> {
+    crate::s3::buckets::exists(&state.s3, &bucket)
+        .await
+        .map_err(failure)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let store = state.s3.store.clone();
+    let (b, prefix, after) = (bucket.clone(), q.prefix.clone(), q.after.clone());
+    let mut found = blocking(move || store.list_objects(&b, &prefix, after.as_deref(), limit + 1))
+        .await
+        .map_err(failure)?;
+    found.retain(|o| o.key.starts_with(&q.prefix));
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next = more.then(|| found.last().map(|o| o.key.clone())).flatten();
+    Ok(Json(ObjectList {
+        items: found
+            .into_iter()
+            .map(|o| ObjectInfo {
+                key: o.key,
+                size: o.size,
+                etag: o.etag,
+                content_type: o.content_type,
+                last_modified: crate::s3::iso_time(o.modified_ms),
+            })
+            .collect(),
+        next,
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppStateRef>,
+    method: Method,
+    Path((bucket, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    objects::get(
+        &state.s3,
+        &Target::object(&bucket, &key),
+        &headers,
+        method == Method::HEAD,
+    )
+    .await
+    .map_err(failure)
+}
+
+pub async fn put(
+    State(state): State<AppStateRef>,
+    Path((bucket, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
+    if key.len() > 1024 {
+        return Err(Failure(ApiError::bad_request(
+            "keys are at most 1024 bytes",
+        )));
+    }
+    let object = objects::store(&state.s3, &bucket, &key, &headers, None, body, None)
+        .await
+        .map_err(failure)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ObjectInfo {
+            key: object.key,
+            size: object.size,
+            etag: object.etag,
+            content_type: object.content_type,
+            last_modified: crate::s3::iso_time(object.modified_ms),
+        }),
+    )
+        .into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppStateRef>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    crate::s3::buckets::exists(&state.s3, &bucket)
+        .await
+        .map_err(failure)?;
+    if objects::remove(&state.s3, &bucket, &key)
+        .await
+        .map_err(failure)?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Failure(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no object {key:?} in bucket {bucket:?}"),
+        )))
+    }
+}

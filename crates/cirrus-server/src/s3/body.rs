@@ -1,0 +1,513 @@
+//! Request bodies as SDKs send them, streamed to a blob while being checked: plain
+//! (with `x-amz-content-sha256` a hash or `UNSIGNED-PAYLOAD`) or `aws-chunked`
+//! (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`, `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` and its
+//! `-TRAILER` form), with checksums in headers or trailers.
+
+use super::blobs::Blobs;
+use super::checksum::{Algorithm, Hasher};
+use super::error::{S3Error, S3Result};
+use super::sigv4::{constant_time_eq, Signing, Verified};
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use md5::Digest as _;
+use std::sync::Arc;
+
+/// What a stored body turned out to be.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    pub blob: String,
+    pub size: u64,
+    pub md5: [u8; 16],
+    /// The client's checksum, verified: `(algorithm, base64)`.
+    pub checksum: Option<(String, String)>,
+}
+
+/// How the body is framed and what proves it intact.
+#[derive(Debug, Clone)]
+enum Framing {
+    Plain { sha256: Option<String> },
+    Chunked { signing: Option<Signing> },
+}
+
+/// What the headers promise about the body.
+struct Expectations {
+    framing: Framing,
+    /// The checksum algorithm and, unless it comes in a trailer, its value.
+    checksum: Option<(Algorithm, Option<String>)>,
+    md5: Option<[u8; 16]>,
+    decoded_length: Option<u64>,
+    /// The checksum's value comes in the body's trailer.
+    trailer: bool,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn expectations(headers: &HeaderMap, verified: Option<&Verified>) -> S3Result<Expectations> {
+    let content_sha = header(headers, "x-amz-content-sha256");
+    let framing = match content_sha {
+        None | Some("UNSIGNED-PAYLOAD") => Framing::Plain { sha256: None },
+        Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER") => Framing::Chunked { signing: None },
+        Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        | Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER") => match verified {
+            Some(v) if !v.presigned => Framing::Chunked {
+                signing: Some(v.signing.clone()),
+            },
+            _ => {
+                return Err(S3Error::bad_request(
+                    "InvalidRequest",
+                    "signed aws-chunked bodies need a SigV4 Authorization header",
+                ))
+            }
+        },
+        Some(hash) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Framing::Plain {
+                sha256: Some(hash.to_ascii_lowercase()),
+            }
+        }
+        Some(other) => {
+            return Err(S3Error::bad_request(
+                "InvalidArgument",
+                format!(
+                    "x-amz-content-sha256 {other:?} is not a SHA-256 hash or a known payload type"
+                ),
+            ))
+        }
+    };
+    let mut checksum = None;
+    let mut trailer_declared = false;
+    for algorithm in super::checksum::ALL {
+        if let Some(value) = header(headers, algorithm.header()) {
+            checksum = Some((algorithm, Some(value.to_owned())));
+        }
+    }
+    if let Some(trailer) = header(headers, "x-amz-trailer") {
+        let algorithm = super::checksum::ALL
+            .into_iter()
+            .find(|a| a.header().eq_ignore_ascii_case(trailer.trim()))
+            .ok_or_else(|| {
+                S3Error::invalid_argument(format!(
+                    "x-amz-trailer {trailer:?} is not a supported checksum"
+                ))
+            })?;
+        if !matches!(framing, Framing::Chunked { .. }) {
+            return Err(S3Error::invalid_argument(
+                "x-amz-trailer needs an aws-chunked body",
+            ));
+        }
+        checksum = Some((algorithm, None));
+        trailer_declared = true;
+    } else if checksum.is_none() {
+        if let Some(name) = header(headers, "x-amz-sdk-checksum-algorithm") {
+            // Declared without a value: nothing to verify against, but it is what S3
+            // would compute and report.
+            let algorithm = Algorithm::parse(name).ok_or_else(|| {
+                S3Error::invalid_argument(format!("unknown checksum algorithm {name:?}"))
+            })?;
+            checksum = Some((algorithm, None));
+        }
+    }
+    let md5 = match header(headers, "content-md5") {
+        None => None,
+        Some(text) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    S3Error::bad_request(
+                        "InvalidDigest",
+                        "The Content-MD5 you specified was invalid.",
+                    )
+                })?;
+            Some(raw)
+        }
+    };
+    let decoded_length = header(headers, "x-amz-decoded-content-length")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                S3Error::invalid_argument("x-amz-decoded-content-length must be a number")
+            })
+        })
+        .transpose()?;
+    Ok(Expectations {
+        framing,
+        checksum,
+        md5,
+        decoded_length,
+        trailer: trailer_declared,
+    })
+}
+
+fn incomplete(detail: &str) -> S3Error {
+    S3Error::bad_request(
+        "IncompleteBody",
+        format!("You did not provide the number of bytes specified by the Content-Length HTTP header: {detail}"),
+    )
+}
+
+fn bad_chunk(detail: impl std::fmt::Display) -> S3Error {
+    S3Error::bad_request(
+        "InvalidChunkSizeError",
+        format!("malformed aws-chunked body: {detail}"),
+    )
+}
+
+fn chunk_signature_mismatch() -> S3Error {
+    S3Error::new(
+        "SignatureDoesNotMatch",
+        StatusCode::FORBIDDEN,
+        "The chunk signature we calculated does not match the signature you provided.",
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Header,
+    Data,
+    DataEnd,
+    Trailer,
+    Done,
+}
+
+const MAX_LINE: usize = 4096;
+
+/// An incremental `aws-chunked` decoder: raw bytes in, payload bytes out, chunk
+/// signatures checked as each chunk ends.
+pub struct ChunkedDecoder {
+    signing: Option<Signing>,
+    previous: String,
+    state: State,
+    line: Vec<u8>,
+    remaining: u64,
+    chunk_hash: sha2::Sha256,
+    chunk_signature: Option<String>,
+    pub trailers: Vec<(String, String)>,
+    trailer_signature: Option<String>,
+}
+
+impl ChunkedDecoder {
+    pub fn new(signing: Option<Signing>) -> Self {
+        Self {
+            previous: signing.as_ref().map(|s| s.seed.clone()).unwrap_or_default(),
+            signing,
+            state: State::Header,
+            line: Vec::new(),
+            remaining: 0,
+            chunk_hash: sha2::Sha256::new(),
+            chunk_signature: None,
+            trailers: Vec::new(),
+            trailer_signature: None,
+        }
+    }
+
+    /// Takes bytes up to the end of a line into `self.line`; true once a line is complete.
+    fn take_line(&mut self, input: &mut &[u8]) -> S3Result<bool> {
+        match input.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                self.line.extend_from_slice(&input[..i]);
+                *input = &input[i + 1..];
+                if self.line.last() == Some(&b'\r') {
+                    self.line.pop();
+                }
+                Ok(true)
+            }
+            None => {
+                self.line.extend_from_slice(input);
+                *input = &[];
+                if self.line.len() > MAX_LINE {
+                    return Err(bad_chunk("a chunk header is too long"));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn end_chunk(&mut self) -> S3Result<()> {
+        if let Some(signing) = &self.signing {
+            let hash = hex::encode(std::mem::take(&mut self.chunk_hash).finalize());
+            let expected = signing.chunk_signature(&self.previous, &hash);
+            let given = self.chunk_signature.take().unwrap_or_default();
+            if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+                return Err(chunk_signature_mismatch());
+            }
+            self.previous = expected;
+        }
+        Ok(())
+    }
+
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        out: &mut dyn FnMut(&[u8]) -> S3Result<()>,
+    ) -> S3Result<()> {
+        while !input.is_empty() {
+            match self.state {
+                State::Header => {
+                    if !self.take_line(&mut input)? {
+                        continue;
+                    }
+                    let line = String::from_utf8(std::mem::take(&mut self.line))
+                        .map_err(|_| bad_chunk("a chunk header is not text"))?;
+                    let (size, ext) = line.split_once(';').unwrap_or((&line, ""));
+                    let size = u64::from_str_radix(size.trim(), 16).map_err(|_| {
+                        bad_chunk(format!("chunk size {size:?} is not hexadecimal"))
+                    })?;
+                    if self.signing.is_some() {
+                        let sig = ext
+                            .trim()
+                            .strip_prefix("chunk-signature=")
+                            .ok_or_else(|| bad_chunk("a signed chunk lacks chunk-signature"))?;
+                        self.chunk_signature = Some(sig.to_owned());
+                    }
+                    self.remaining = size;
+                    if size == 0 {
+                        self.end_chunk()?;
+                        self.state = State::Trailer;
+                    } else {
+                        self.state = State::Data;
+                    }
+                }
+                State::Data => {
+                    let n = (self.remaining as usize).min(input.len());
+                    let (data, rest) = input.split_at(n);
+                    if self.signing.is_some() {
+                        self.chunk_hash.update(data);
+                    }
+                    out(data)?;
+                    input = rest;
+                    self.remaining -= n as u64;
+                    if self.remaining == 0 {
+                        self.state = State::DataEnd;
+                    }
+                }
+                State::DataEnd => {
+                    if !self.take_line(&mut input)? {
+                        continue;
+                    }
+                    if !self.line.is_empty() {
+                        return Err(bad_chunk("chunk data is longer than its declared size"));
+                    }
+                    self.end_chunk()?;
+                    self.state = State::Header;
+                }
+                State::Trailer => {
+                    if !self.take_line(&mut input)? {
+                        continue;
+                    }
+                    let line = String::from_utf8(std::mem::take(&mut self.line))
+                        .map_err(|_| bad_chunk("a trailer is not text"))?;
+                    if line.is_empty() {
+                        self.state = State::Done;
+                        continue;
+                    }
+                    let (name, value) = line
+                        .split_once(':')
+                        .ok_or_else(|| bad_chunk(format!("trailer {line:?} is not name:value")))?;
+                    let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                    if name == "x-amz-trailer-signature" {
+                        self.trailer_signature = Some(value);
+                    } else {
+                        self.trailers.push((name, value));
+                    }
+                }
+                State::Done => return Err(bad_chunk("bytes after the end of the body")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the body ended where it should (and the trailer's signature, if signed).
+    pub fn finish(&mut self) -> S3Result<()> {
+        // A body may end right after the final chunk's CRLF without an empty line.
+        if self.state == State::Trailer && self.line.is_empty() && self.trailers.is_empty() {
+            self.state = State::Done;
+        }
+        if self.state != State::Done {
+            return Err(incomplete("the aws-chunked body ended early"));
+        }
+        if let (Some(signing), false) = (&self.signing, self.trailers.is_empty()) {
+            let canonical: String = self
+                .trailers
+                .iter()
+                .map(|(n, v)| format!("{n}:{v}\n"))
+                .collect();
+            let expected = signing.trailer_signature(&self.previous, &canonical);
+            let given = self.trailer_signature.as_deref().unwrap_or("");
+            if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+                return Err(chunk_signature_mismatch());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the blocking writer receives: body bytes, or word that the client went away.
+type Frame = Result<Bytes, String>;
+
+/// Streams a request body into a new blob, checking everything the headers promise.
+/// Nothing is visible until the returned blob is recorded by the caller.
+pub async fn ingest(
+    body: Body,
+    headers: &HeaderMap,
+    verified: Option<&Verified>,
+    blobs: Arc<Blobs>,
+    max_bytes: u64,
+) -> S3Result<Ingested> {
+    let expect = expectations(headers, verified)?;
+    if let Some(len) = expect.decoded_length.or_else(|| {
+        matches!(expect.framing, Framing::Plain { .. })
+            .then(|| header(headers, "content-length").and_then(|v| v.parse().ok()))
+            .flatten()
+    }) {
+        if len > max_bytes {
+            return Err(too_large(max_bytes));
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(16);
+    let worker = tokio::task::spawn_blocking(move || write_blob(rx, expect, &blobs, max_bytes));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let sent = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => tx.send(Ok(data)).await,
+                Err(_) => continue, // HTTP trailers: S3 clients put theirs in the body
+            },
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string())).await;
+                break;
+            }
+        };
+        if sent.is_err() {
+            break; // the writer stopped: its error says why
+        }
+    }
+    drop(tx);
+    worker.await.map_err(S3Error::internal)?
+}
+
+fn too_large(max: u64) -> S3Error {
+    S3Error::bad_request(
+        "EntityTooLarge",
+        format!("Your proposed upload exceeds the maximum allowed size of {max} bytes"),
+    )
+}
+
+fn write_blob(
+    mut rx: tokio::sync::mpsc::Receiver<Frame>,
+    expect: Expectations,
+    blobs: &Blobs,
+    max_bytes: u64,
+) -> S3Result<Ingested> {
+    let mut writer = blobs.writer().map_err(S3Error::internal)?;
+    let mut size = 0u64;
+    let mut md5 = md5::Md5::new();
+    let mut checksum: Option<Hasher> = expect.checksum.as_ref().map(|(a, _)| a.hasher());
+    let mut sha256 = match &expect.framing {
+        Framing::Plain { sha256: Some(_) } => Some(sha2::Sha256::new()),
+        _ => None,
+    };
+    let mut io_error: Option<std::io::Error> = None;
+    let mut sink = |data: &[u8]| -> S3Result<()> {
+        size += data.len() as u64;
+        if size > max_bytes {
+            return Err(too_large(max_bytes));
+        }
+        md5.update(data);
+        if let Some(h) = &mut checksum {
+            h.update(data);
+        }
+        if let Some(h) = &mut sha256 {
+            h.update(data);
+        }
+        if let Err(e) = writer.write(data) {
+            io_error = Some(e);
+            return Err(S3Error::internal("writing a blob failed"));
+        }
+        Ok(())
+    };
+    let mut decoder = match &expect.framing {
+        Framing::Chunked { signing } => Some(ChunkedDecoder::new(signing.clone())),
+        Framing::Plain { .. } => None,
+    };
+    while let Some(frame) = rx.blocking_recv() {
+        let data = frame.map_err(|e| incomplete(&e))?;
+        match &mut decoder {
+            Some(d) => d.feed(&data, &mut sink)?,
+            None => sink(&data)?,
+        }
+    }
+    if let Some(e) = io_error {
+        return Err(S3Error::internal(e));
+    }
+    let trailers = match &mut decoder {
+        Some(d) => {
+            d.finish()?;
+            std::mem::take(&mut d.trailers)
+        }
+        None => Vec::new(),
+    };
+    if let (
+        Framing::Plain {
+            sha256: Some(expected),
+        },
+        Some(h),
+    ) = (&expect.framing, sha256)
+    {
+        if hex::encode(h.finalize()) != *expected {
+            return Err(S3Error::bad_request(
+                "XAmzContentSHA256Mismatch",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            ));
+        }
+    }
+    if let Some(len) = expect.decoded_length {
+        if len != size {
+            return Err(incomplete(&format!(
+                "x-amz-decoded-content-length is {len} but the body has {size} bytes"
+            )));
+        }
+    }
+    let md5: [u8; 16] = md5.finalize().into();
+    if let Some(expected) = expect.md5 {
+        if expected != md5 {
+            return Err(S3Error::bad_digest("Content-MD5"));
+        }
+    }
+    let checksum = match (expect.checksum, checksum) {
+        (Some((algorithm, value)), Some(hasher)) => {
+            let computed = hasher.finish();
+            let given = value.or_else(|| {
+                trailers
+                    .iter()
+                    .find(|(n, _)| n == algorithm.header())
+                    .map(|(_, v)| v.clone())
+            });
+            match given {
+                Some(given) if given != computed => {
+                    return Err(S3Error::bad_digest(algorithm.name()))
+                }
+                None if expect.trailer => {
+                    return Err(S3Error::invalid_argument(format!(
+                        "the trailer {} was declared but not sent",
+                        algorithm.header()
+                    )))
+                }
+                _ => {}
+            }
+            Some((algorithm.name().to_owned(), computed))
+        }
+        _ => None,
+    };
+    let blob = writer.finish(blobs).map_err(S3Error::internal)?;
+    Ok(Ingested {
+        blob,
+        size,
+        md5,
+        checksum,
+    })
+}

@@ -1,0 +1,272 @@
+//! Bucket operations and listing objects (ListObjects and ListObjectsV2).
+
+use super::error::{S3Error, S3Result};
+use super::xml::{self, NAMESPACE, OWNER};
+use super::{blocking, iso_time, quoted, url_encode, valid_bucket_name, xml_response, Target, S3};
+use crate::store::BucketDelete;
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use std::sync::Arc;
+
+pub async fn list_buckets(s3: &Arc<S3>) -> S3Result<Response> {
+    let store = s3.store.clone();
+    let buckets = blocking(move || store.list_buckets()).await?;
+    let doc = xml::document(
+        "ListAllMyBucketsResult",
+        &xml::ListAllMyBucketsResult {
+            xmlns: NAMESPACE,
+            owner: OWNER,
+            buckets: xml::Buckets {
+                bucket: buckets
+                    .into_iter()
+                    .map(|(name, created)| xml::BucketEntry {
+                        name,
+                        creation_date: iso_time(created),
+                    })
+                    .collect(),
+            },
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+pub async fn create(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response> {
+    if !valid_bucket_name(&t.bucket) {
+        return Err(S3Error::bad_request(
+            "InvalidBucketName",
+            "The specified bucket is not valid.",
+        )
+        .with_resource(&t.bucket));
+    }
+    // A CreateBucketConfiguration (the region) may come along; it must at least be XML.
+    let bytes = axum::body::to_bytes(body, 64 << 10).await.map_err(|_| {
+        S3Error::malformed_xml("the bucket configuration is too large or broken off")
+    })?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let text = std::str::from_utf8(&bytes).map_err(S3Error::malformed_xml)?;
+        let mut reader = quick_xml::Reader::from_str(text);
+        loop {
+            match reader.read_event() {
+                Ok(quick_xml::events::Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => return Err(S3Error::malformed_xml(e)),
+            }
+        }
+    }
+    let (store, name, now) = (s3.store.clone(), t.bucket.clone(), s3.clock.now_ms());
+    if !blocking(move || store.create_bucket(&name, now)).await? {
+        return Err(S3Error::new(
+            "BucketAlreadyOwnedByYou",
+            StatusCode::CONFLICT,
+            "Your previous request to create the named bucket succeeded and you already own it.",
+        )
+        .with_resource(&t.bucket));
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::LOCATION, format!("/{}", t.bucket))],
+    )
+        .into_response())
+}
+
+pub async fn delete(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    let (store, name) = (s3.store.clone(), t.bucket.clone());
+    match blocking(move || store.delete_bucket(&name)).await? {
+        BucketDelete::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        BucketDelete::Missing => Err(S3Error::no_such_bucket(&t.bucket)),
+        BucketDelete::NotEmpty => Err(S3Error::new(
+            "BucketNotEmpty",
+            StatusCode::CONFLICT,
+            "The bucket you tried to delete is not empty",
+        )
+        .with_resource(&t.bucket)),
+    }
+}
+
+pub async fn exists(s3: &Arc<S3>, bucket: &str) -> S3Result<()> {
+    let (store, name) = (s3.store.clone(), bucket.to_owned());
+    if blocking(move || store.bucket_exists(&name)).await? {
+        Ok(())
+    } else {
+        Err(S3Error::no_such_bucket(bucket))
+    }
+}
+
+pub async fn head(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    Ok((
+        StatusCode::OK,
+        [("x-amz-bucket-region", super::notify::REGION)],
+    )
+        .into_response())
+}
+
+pub async fn location(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    let doc = xml::document(
+        "LocationConstraint",
+        &xml::LocationConstraint {
+            xmlns: NAMESPACE,
+            region: String::new(),
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// A cursor past every key under a common prefix (no UTF-8 key continues past it).
+fn past(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+fn max_keys(t: &Target) -> S3Result<usize> {
+    match t.param("max-keys") {
+        None => Ok(1000),
+        Some(v) => v
+            .parse::<usize>()
+            .map(|n| n.min(1000))
+            .map_err(|_| S3Error::invalid_argument("max-keys must be a non-negative integer")),
+    }
+}
+
+pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    let v2 = t.param("list-type") == Some("2");
+    let prefix = t.param("prefix").unwrap_or("").to_owned();
+    let delimiter = t
+        .param("delimiter")
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned);
+    let url = match t.param("encoding-type") {
+        None => false,
+        Some("url") => true,
+        Some(_) => {
+            return Err(S3Error::invalid_argument(
+                "Invalid Encoding Method specified in Request",
+            ))
+        }
+    };
+    let limit = max_keys(t)?;
+    let token = t.param("continuation-token").map(str::to_owned);
+    let start_after = t.param("start-after").map(str::to_owned);
+    let marker = t.param("marker").map(str::to_owned);
+    let mut after: Option<String> = if v2 {
+        match &token {
+            Some(token) => Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(token)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        S3Error::invalid_argument("The continuation token provided is incorrect")
+                    })?,
+            ),
+            None => start_after.clone(),
+        }
+    } else {
+        marker.clone().map(|m| match &delimiter {
+            Some(d) if m.ends_with(d.as_str()) => past(&m),
+            _ => m,
+        })
+    };
+    let mut contents = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
+    let mut truncated = false;
+    let mut last_cursor: Option<String> = None;
+    let mut last_returned: Option<String> = None;
+    'scan: loop {
+        let (store, bucket, from, cursor) = (
+            s3.store.clone(),
+            t.bucket.clone(),
+            prefix.clone(),
+            after.clone(),
+        );
+        let batch =
+            blocking(move || store.list_objects(&bucket, &from, cursor.as_deref(), 1000)).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for object in batch {
+            if !object.key.starts_with(&prefix) {
+                break 'scan;
+            }
+            if contents.len() + prefixes.len() >= limit {
+                truncated = true;
+                break 'scan;
+            }
+            let common = delimiter.as_ref().and_then(|d| {
+                object.key[prefix.len()..]
+                    .find(d.as_str())
+                    .map(|i| object.key[..prefix.len() + i + d.len()].to_owned())
+            });
+            match common {
+                Some(common) => {
+                    let cursor = past(&common);
+                    after = Some(cursor.clone());
+                    last_cursor = Some(cursor);
+                    last_returned = Some(common.clone());
+                    prefixes.push(common);
+                    continue 'scan; // the next query starts past this prefix
+                }
+                None => {
+                    after = Some(object.key.clone());
+                    last_cursor = Some(object.key.clone());
+                    last_returned = Some(object.key.clone());
+                    contents.push(object);
+                }
+            }
+        }
+    }
+    let enc = |s: &str| if url { url_encode(s) } else { s.to_owned() };
+    let count = contents.len() + prefixes.len();
+    let result = xml::ListBucketResult {
+        xmlns: NAMESPACE,
+        name: t.bucket.clone(),
+        prefix: enc(&prefix),
+        delimiter: delimiter.as_deref().map(enc),
+        max_keys: limit,
+        encoding_type: url.then_some("url"),
+        is_truncated: truncated,
+        key_count: v2.then_some(count),
+        continuation_token: if v2 { token } else { None },
+        next_continuation_token: if v2 && truncated {
+            last_cursor.map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c))
+        } else {
+            None
+        },
+        start_after: if v2 {
+            start_after.as_deref().map(enc)
+        } else {
+            None
+        },
+        marker: if v2 {
+            None
+        } else {
+            Some(enc(marker.as_deref().unwrap_or("")))
+        },
+        next_marker: if !v2 && truncated && delimiter.is_some() {
+            last_returned.as_deref().map(enc)
+        } else {
+            None
+        },
+        contents: contents
+            .into_iter()
+            .map(|o| xml::ObjectEntry {
+                key: enc(&o.key),
+                last_modified: iso_time(o.modified_ms),
+                etag: quoted(&o.etag),
+                size: o.size,
+                storage_class: "STANDARD",
+            })
+            .collect(),
+        common_prefixes: prefixes
+            .into_iter()
+            .map(|p| xml::CommonPrefix { prefix: enc(&p) })
+            .collect(),
+    };
+    Ok(xml_response(
+        StatusCode::OK,
+        xml::document("ListBucketResult", &result)?,
+    ))
+}

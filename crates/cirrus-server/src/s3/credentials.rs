@@ -1,0 +1,126 @@
+//! S3 access keys: `<data-dir>/s3-credentials` in the AWS shared-credentials format,
+//! written with a fresh key pair (profile `default`) on first start. Every profile in
+//! the file is accepted, so more keys can be added by hand.
+
+use anyhow::Context as _;
+use rand::Rng as _;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+pub const CREDENTIALS_FILE: &str = "s3-credentials";
+
+/// Access key id → secret key.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    keys: HashMap<String, String>,
+}
+
+impl Credentials {
+    pub fn secret(&self, access_key: &str) -> Option<&str> {
+        self.keys.get(access_key).map(String::as_str)
+    }
+
+    /// The first key pair (the `default` profile's when present).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut keys = HashMap::new();
+        let mut profile = String::new();
+        let mut current: (Option<String>, Option<String>) = (None, None);
+        let mut flush =
+            |current: &mut (Option<String>, Option<String>), profile: &str| -> anyhow::Result<()> {
+                match std::mem::take(current) {
+                    (Some(id), Some(secret)) => {
+                        keys.insert(id, secret);
+                        Ok(())
+                    }
+                    (None, None) => Ok(()),
+                    _ => anyhow::bail!(
+                    "profile [{profile}] needs both aws_access_key_id and aws_secret_access_key"
+                ),
+                }
+            };
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                flush(&mut current, &profile)?;
+                profile = name.trim().to_owned();
+                continue;
+            }
+            let Some((name, value)) = line.split_once('=') else {
+                anyhow::bail!("line {line:?} is not `name = value`");
+            };
+            match name.trim() {
+                "aws_access_key_id" => current.0 = Some(value.trim().to_owned()),
+                "aws_secret_access_key" => current.1 = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+        flush(&mut current, &profile)?;
+        if keys.is_empty() {
+            anyhow::bail!("no key pair in the file");
+        }
+        Ok(Self { keys })
+    }
+}
+
+fn random_string(alphabet: &[u8], len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Credentials> {
+    let path = data_dir.join(CREDENTIALS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return Credentials::parse(&text).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!(
+        "CIRRUS{}",
+        random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 14)
+    );
+    let secret = random_string(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        40,
+    );
+    let text = format!(
+        "# Cirrus S3 API keys (AWS shared-credentials format). Every profile here is accepted.\n[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Credentials::parse(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_and_every_profile_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path()).unwrap();
+        let again = load_or_create(dir.path()).unwrap();
+        assert_eq!(first.keys, again.keys);
+        let parsed = Credentials::parse(
+            "[default]\naws_access_key_id = A\naws_secret_access_key = s1\n\n[other]\naws_access_key_id=B\naws_secret_access_key=s2\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.secret("A"), Some("s1"));
+        assert_eq!(parsed.secret("B"), Some("s2"));
+        assert!(Credentials::parse("[x]\naws_access_key_id = A\n").is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! The S3-compatible object API, served on its own listener (path-style addressing):
+//! buckets, objects, listing, copies and multipart uploads, authenticated with SigV4.
+//! Object changes become bucket notifications through the durable queue.
+//!
+//! - [`sigv4`] and [`credentials`]: who may call.
+//! - [`body`] and [`checksum`]: request bodies as SDKs frame them, checked as they stream.
+//! - [`blobs`]: object bytes on disk; [`crate::store::ObjectStore`]: their metadata.
+//! - [`buckets`], [`objects`], [`multipart`]: the operations; [`xml`]: their documents.
+//! - [`notify`]: S3 event notification documents for bucket triggers.
+
+pub mod blobs;
+pub mod body;
+pub mod buckets;
+pub mod checksum;
+pub mod credentials;
+pub mod error;
+mod multipart;
+pub mod notify;
+pub mod objects;
+pub mod sigv4;
+pub mod xml;
+
+use crate::clock::Clock;
+use crate::store::{ObjectMeta, ObjectStore};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use error::{S3Error, S3Result};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::sync::Arc;
+
+/// Size limits of the object API.
+#[derive(Debug, Clone)]
+pub struct S3Limits {
+    /// Largest single PUT (S3: 5 GiB).
+    pub max_object_bytes: u64,
+    /// Largest part of a multipart upload (S3: 5 GiB).
+    pub max_part_bytes: u64,
+    /// Smallest part but the last (S3: 5 MiB).
+    pub min_part_bytes: u64,
+}
+
+impl Default for S3Limits {
+    fn default() -> Self {
+        Self {
+            max_object_bytes: 5 << 30,
+            max_part_bytes: 5 << 30,
+            min_part_bytes: 5 << 20,
+        }
+    }
+}
+
+/// Everything the object API's handlers reach.
+pub struct S3 {
+    pub store: Arc<dyn ObjectStore>,
+    pub blobs: Arc<blobs::Blobs>,
+    pub credentials: credentials::Credentials,
+    pub notifier: notify::Notifier,
+    pub clock: Arc<dyn Clock>,
+    pub limits: S3Limits,
+}
+
+pub fn router(s3: Arc<S3>) -> Router {
+    Router::new().fallback(handle).with_state(s3)
+}
+
+/// The longest key S3 accepts, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// A request's target and sub-resources, decoded.
+pub struct Target {
+    pub bucket: String,
+    pub key: String,
+    query: Vec<(String, String)>,
+}
+
+impl Target {
+    /// An object, without sub-resources.
+    pub fn object(bucket: &str, key: &str) -> Self {
+        Self {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            query: Vec::new(),
+        }
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.param(name).is_some()
+    }
+}
+
+fn decode(text: &str) -> S3Result<String> {
+    percent_decode_str(text)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| S3Error::invalid_argument("the request path is not valid UTF-8"))
+}
+
+fn target(path: &str, query: Option<&str>) -> S3Result<Target> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect::<S3Result<_>>()?;
+    let key = decode(key)?;
+    if key.len() > MAX_KEY_BYTES {
+        return Err(S3Error::bad_request(
+            "KeyTooLongError",
+            "Your key is too long",
+        ));
+    }
+    Ok(Target {
+        bucket: decode(bucket)?,
+        key,
+        query,
+    })
+}
+
+async fn handle(State(s3): State<Arc<S3>>, request: Request) -> Response {
+    let method = request.method().clone();
+    match dispatch(&s3, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(code = e.code, "s3 request failed: {}", e.message);
+            }
+            let mut response = e.into_response();
+            if method == Method::HEAD {
+                *response.body_mut() = Body::empty();
+            }
+            response
+        }
+    }
+}
+
+async fn dispatch(s3: &Arc<S3>, request: Request) -> S3Result<Response> {
+    let (parts, body) = request.into_parts();
+    let verified = sigv4::verify(
+        &s3.credentials,
+        &sigv4::SignedRequest {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        },
+        std::time::SystemTime::now(),
+    )?;
+    let t = target(parts.uri.path(), parts.uri.query())?;
+    let h = &parts.headers;
+    let m = &parts.method;
+    if t.bucket.is_empty() {
+        return match *m {
+            Method::GET => buckets::list_buckets(s3).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if t.key.is_empty() {
+        return match *m {
+            Method::PUT => buckets::create(s3, &t, body).await,
+            Method::DELETE => buckets::delete(s3, &t).await,
+            Method::HEAD => buckets::head(s3, &t).await,
+            Method::GET if t.has("location") => buckets::location(s3, &t).await,
+            Method::GET if t.has("uploads") => multipart::list_uploads(s3, &t).await,
+            Method::GET => {
+                for unsupported in [
+                    "versioning",
+                    "policy",
+                    "acl",
+                    "cors",
+                    "lifecycle",
+                    "tagging",
+                    "notification",
+                    "versions",
+                    "website",
+                    "encryption",
+                    "object-lock",
+                ] {
+                    if t.has(unsupported) {
+                        return Err(S3Error::not_implemented(&format!(
+                            "the ?{unsupported} sub-resource"
+                        )));
+                    }
+                }
+                buckets::list_objects(s3, &t).await
+            }
+            Method::POST if t.has("delete") => objects::delete_many(s3, &t, h, body).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
+    match *m {
+        Method::PUT if t.has("uploadId") => {
+            if h.contains_key("x-amz-copy-source") {
+                return Err(S3Error::not_implemented("UploadPartCopy"));
+            }
+            multipart::upload_part(s3, &t, h, &verified, body).await
+        }
+        Method::PUT if h.contains_key("x-amz-copy-source") => objects::copy(s3, &t, h).await,
+        Method::PUT => objects::put(s3, &t, h, &verified, body).await,
+        Method::GET if t.has("uploadId") => multipart::list_parts(s3, &t).await,
+        Method::GET => objects::get(s3, &t, h, false).await,
+        Method::HEAD => objects::get(s3, &t, h, true).await,
+        Method::DELETE if t.has("uploadId") => multipart::abort(s3, &t).await,
+        Method::DELETE => objects::delete(s3, &t).await,
+        Method::POST if t.has("uploads") => multipart::create(s3, &t, h).await,
+        Method::POST if t.has("uploadId") => multipart::complete(s3, &t, body).await,
+        _ => Err(method_not_allowed()),
+    }
+}
+
+fn method_not_allowed() -> S3Error {
+    S3Error::new(
+        "MethodNotAllowed",
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The specified method is not allowed against this resource.",
+    )
+}
+
+/// Keys and prefixes in listings with `encoding-type=url` (what SDKs ask for).
+const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+pub fn url_encode(text: &str) -> String {
+    utf8_percent_encode(text, URL_ENCODE).to_string()
+}
+
+/// `2006-02-03T16:45:09.000Z`, as listings show times.
+pub fn iso_time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// `Fri, 03 Feb 2006 16:45:09 GMT`, as `Last-Modified` shows them.
+pub fn http_time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+pub fn quoted(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+pub fn xml_response(status: StatusCode, document: String) -> Response {
+    let mut response = (status, document).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    response
+}
+
+/// `x-amz-meta-*` headers, names without the prefix.
+pub fn user_metadata(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut metadata: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str().strip_prefix("x-amz-meta-")?;
+            Some((name.to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    metadata.sort();
+    metadata
+}
+
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// An object's headers on GET and HEAD.
+pub fn object_headers(object: &ObjectMeta, headers: &mut HeaderMap) {
+    let mut set = |name: &str, value: &str| {
+        if let (Ok(n), Ok(v)) = (
+            axum::http::HeaderName::try_from(name),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    };
+    set("etag", &quoted(&object.etag));
+    set("last-modified", &http_time(object.modified_ms));
+    set("accept-ranges", "bytes");
+    set(
+        "content-type",
+        object
+            .content_type
+            .as_deref()
+            .unwrap_or("binary/octet-stream"),
+    );
+    for (name, value) in &object.metadata {
+        set(&format!("x-amz-meta-{name}"), value);
+    }
+}
+
+pub use cirrus_api::trigger::valid_bucket_name;
+
+/// Runs store work off the async runtime; its failures are internal errors.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> S3Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(S3Error::internal)?
+        .map_err(S3Error::internal)
+}
+
+/// Removes blobs off the async runtime.
+pub fn remove_blobs(s3: &Arc<S3>, names: Vec<String>) {
+    if names.is_empty() {
+        return;
+    }
+    let blobs = s3.blobs.clone();
+    tokio::task::spawn_blocking(move || {
+        for name in names {
+            blobs.remove(&name);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_decode_opaque_keys() {
+        let t = target("/b/a%20b/..%2F../c+d", Some("uploadId=x&partNumber=2")).unwrap();
+        assert_eq!(t.bucket, "b");
+        assert_eq!(t.key, "a b/../../c+d");
+        assert_eq!(t.param("partNumber"), Some("2"));
+        assert!(valid_bucket_name("my-bucket.1"));
+        assert!(!valid_bucket_name("My_Bucket"));
+        assert!(!valid_bucket_name("ab"));
+        assert_eq!(url_encode("a b+c/d"), "a%20b%2Bc/d");
+    }
+}

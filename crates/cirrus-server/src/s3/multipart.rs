@@ -1,0 +1,364 @@
+//! Multipart uploads: create, upload part (parts may arrive concurrently and in any
+//! order), complete, abort, list parts, list uploads.
+
+use super::body::ingest;
+use super::buckets::exists;
+use super::error::{S3Error, S3Result};
+use super::objects::record;
+use super::sigv4::Verified;
+use super::xml::{self, NAMESPACE};
+use super::{
+    blocking, content_type, iso_time, quoted, remove_blobs, user_metadata, xml_response, Target, S3,
+};
+use crate::store::{ObjectMeta, Part, Upload};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use md5::Digest as _;
+use std::sync::Arc;
+
+const MAX_PARTS: u32 = 10_000;
+
+pub async fn create(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
+    let checksum_algorithm = match headers
+        .get("x-amz-checksum-algorithm")
+        .and_then(|v| v.to_str().ok())
+    {
+        None => None,
+        Some(name) => Some(
+            super::checksum::Algorithm::parse(name)
+                .ok_or_else(|| {
+                    S3Error::invalid_argument(format!("unknown checksum algorithm {name:?}"))
+                })?
+                .name()
+                .to_owned(),
+        ),
+    };
+    let upload = Upload {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        bucket: t.bucket.clone(),
+        key: t.key.clone(),
+        content_type: content_type(headers),
+        metadata: user_metadata(headers),
+        checksum_algorithm,
+        created_ms: s3.clock.now_ms(),
+    };
+    let (store, u) = (s3.store.clone(), upload.clone());
+    if blocking(move || store.create_upload(&u)).await?.is_err() {
+        return Err(S3Error::no_such_bucket(&t.bucket));
+    }
+    let doc = xml::document(
+        "InitiateMultipartUploadResult",
+        &xml::InitiateMultipartUploadResult {
+            xmlns: NAMESPACE,
+            bucket: upload.bucket,
+            key: upload.key,
+            upload_id: upload.id,
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// The upload a request names, which must be for its bucket and key.
+async fn upload_of(s3: &Arc<S3>, t: &Target) -> S3Result<Upload> {
+    let id = t.param("uploadId").unwrap_or("").to_owned();
+    let (store, i) = (s3.store.clone(), id.clone());
+    match blocking(move || store.get_upload(&i)).await? {
+        Some(u) if u.bucket == t.bucket && u.key == t.key => Ok(u),
+        _ => {
+            exists(s3, &t.bucket).await?;
+            Err(S3Error::no_such_upload(&id))
+        }
+    }
+}
+
+fn part_number(t: &Target) -> S3Result<u32> {
+    t.param("partNumber")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_PARTS).contains(n))
+        .ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })
+}
+
+pub async fn upload_part(
+    s3: &Arc<S3>,
+    t: &Target,
+    headers: &HeaderMap,
+    verified: &Verified,
+    body: Body,
+) -> S3Result<Response> {
+    let number = part_number(t)?;
+    let upload = upload_of(s3, t).await?;
+    let ingested = ingest(
+        body,
+        headers,
+        Some(verified),
+        s3.blobs.clone(),
+        s3.limits.max_part_bytes,
+    )
+    .await?;
+    let etag = hex::encode(ingested.md5);
+    let part = Part {
+        number,
+        size: ingested.size,
+        etag: etag.clone(),
+        checksum: ingested.checksum.clone(),
+        modified_ms: s3.clock.now_ms(),
+        blob: ingested.blob.clone(),
+    };
+    let (store, id) = (s3.store.clone(), upload.id.clone());
+    match blocking(move || store.put_part(&id, &part)).await {
+        Ok(Ok(replaced)) => {
+            if let Some(old) = replaced {
+                remove_blobs(s3, vec![old.blob]);
+            }
+        }
+        Ok(Err(_)) => {
+            remove_blobs(s3, vec![ingested.blob]);
+            return Err(S3Error::no_such_upload(&upload.id));
+        }
+        Err(e) => {
+            remove_blobs(s3, vec![ingested.blob]);
+            return Err(e);
+        }
+    }
+    let mut response = StatusCode::OK.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&quoted(&etag)).map_err(S3Error::internal)?,
+    );
+    if let Some((algorithm, value)) = &ingested.checksum {
+        if let (Some(a), Ok(v)) = (
+            super::checksum::Algorithm::parse(algorithm),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(a.header(), v);
+        }
+    }
+    Ok(response)
+}
+
+fn invalid_part(number: u32) -> S3Error {
+    S3Error::bad_request(
+        "InvalidPart",
+        format!("One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag. (part {number})"),
+    )
+}
+
+pub async fn complete(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response> {
+    let upload = upload_of(s3, t).await?;
+    let bytes = axum::body::to_bytes(body, 4 << 20).await.map_err(|_| {
+        S3Error::malformed_xml("the CompleteMultipartUpload document is too large or broken off")
+    })?;
+    let request: xml::CompleteMultipartUpload = xml::parse(&bytes)?;
+    if request.parts.is_empty() {
+        return Err(S3Error::malformed_xml(
+            "CompleteMultipartUpload lists no parts",
+        ));
+    }
+    if request.parts.windows(2).any(|w| w[0].number >= w[1].number) {
+        return Err(S3Error::bad_request(
+            "InvalidPartOrder",
+            "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
+        ));
+    }
+    let (store, id) = (s3.store.clone(), upload.id.clone());
+    let stored = blocking(move || store.parts(&id)).await?;
+    let mut chosen: Vec<Part> = Vec::with_capacity(request.parts.len());
+    for wanted in &request.parts {
+        match stored.iter().find(|p| p.number == wanted.number) {
+            Some(part) if wanted.etag.trim().trim_matches('"') == part.etag => {
+                chosen.push(part.clone())
+            }
+            _ => return Err(invalid_part(wanted.number)),
+        }
+    }
+    if let Some(small) = chosen[..chosen.len() - 1]
+        .iter()
+        .find(|p| p.size < s3.limits.min_part_bytes)
+    {
+        return Err(S3Error::bad_request(
+            "EntityTooSmall",
+            format!(
+                "Your proposed upload is smaller than the minimum allowed object size: part {} has {} bytes; every part but the last needs {}",
+                small.number, small.size, s3.limits.min_part_bytes
+            ),
+        ));
+    }
+    let size: u64 = chosen.iter().map(|p| p.size).sum();
+    if size > s3.limits.max_object_bytes {
+        return Err(S3Error::bad_request(
+            "EntityTooLarge",
+            format!(
+                "Your proposed upload exceeds the maximum allowed size of {} bytes",
+                s3.limits.max_object_bytes
+            ),
+        ));
+    }
+    // S3's multipart ETag: the MD5 of the parts' MD5s, then the number of parts.
+    let mut md5s = md5::Md5::new();
+    for p in &chosen {
+        md5s.update(hex::decode(&p.etag).map_err(S3Error::internal)?);
+    }
+    let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
+    let checksum = composite_checksum(&upload, &chosen);
+    let (blobs, part_blobs) = (
+        s3.blobs.clone(),
+        chosen.iter().map(|p| p.blob.clone()).collect::<Vec<_>>(),
+    );
+    let blob = tokio::task::spawn_blocking(move || {
+        let mut writer = blobs.writer()?;
+        for b in &part_blobs {
+            writer.append_file(&blobs.path(b))?;
+        }
+        writer.finish(&blobs)
+    })
+    .await
+    .map_err(S3Error::internal)?
+    .map_err(S3Error::internal)?;
+    let object = ObjectMeta {
+        bucket: upload.bucket.clone(),
+        key: upload.key.clone(),
+        size,
+        etag: etag.clone(),
+        content_type: upload.content_type.clone(),
+        metadata: upload.metadata.clone(),
+        checksum,
+        modified_ms: s3.clock.now_ms(),
+        blob,
+    };
+    record(s3, object, "ObjectCreated:CompleteMultipartUpload", None).await?;
+    // The object is durable; the upload and every part it held go.
+    let (store, id) = (s3.store.clone(), upload.id.clone());
+    if let Some(parts) = blocking(move || store.finish_upload(&id)).await? {
+        remove_blobs(s3, parts.into_iter().map(|p| p.blob).collect());
+    }
+    let doc = xml::document(
+        "CompleteMultipartUploadResult",
+        &xml::CompleteMultipartUploadResult {
+            xmlns: NAMESPACE,
+            location: format!("/{}/{}", upload.bucket, super::url_encode(&upload.key)),
+            bucket: upload.bucket,
+            key: upload.key,
+            etag: quoted(&etag),
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// S3's checksum of a multipart object: the checksum of the parts' checksums, then the
+/// number of parts (only when every part carried one of the upload's algorithm).
+fn composite_checksum(upload: &Upload, parts: &[Part]) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let algorithm = super::checksum::Algorithm::parse(upload.checksum_algorithm.as_deref()?)?;
+    let mut h = algorithm.hasher();
+    for p in parts {
+        let (a, v) = p.checksum.as_ref()?;
+        if a != algorithm.name() {
+            return None;
+        }
+        h.update(&base64::engine::general_purpose::STANDARD.decode(v).ok()?);
+    }
+    Some((
+        algorithm.name().to_owned(),
+        format!("{}-{}", h.finish(), parts.len()),
+    ))
+}
+
+pub async fn abort(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    let upload = upload_of(s3, t).await?;
+    let (store, id) = (s3.store.clone(), upload.id.clone());
+    match blocking(move || store.finish_upload(&id)).await? {
+        Some(parts) => {
+            remove_blobs(s3, parts.into_iter().map(|p| p.blob).collect());
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        None => Err(S3Error::no_such_upload(&upload.id)),
+    }
+}
+
+pub async fn list_parts(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    let upload = upload_of(s3, t).await?;
+    let marker: u32 = t
+        .param("part-number-marker")
+        .map(|m| {
+            m.parse()
+                .map_err(|_| S3Error::invalid_argument("part-number-marker must be an integer"))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let max: usize = t
+        .param("max-parts")
+        .map(|m| {
+            m.parse()
+                .map_err(|_| S3Error::invalid_argument("max-parts must be an integer"))
+        })
+        .transpose()?
+        .unwrap_or(1000)
+        .min(1000);
+    let (store, id) = (s3.store.clone(), upload.id.clone());
+    let parts: Vec<Part> = blocking(move || store.parts(&id))
+        .await?
+        .into_iter()
+        .filter(|p| p.number > marker)
+        .collect();
+    let truncated = parts.len() > max;
+    let parts: Vec<Part> = parts.into_iter().take(max).collect();
+    let doc = xml::document(
+        "ListPartsResult",
+        &xml::ListPartsResult {
+            xmlns: NAMESPACE,
+            bucket: upload.bucket,
+            key: upload.key,
+            upload_id: upload.id,
+            part_number_marker: marker,
+            next_part_number_marker: parts.last().map_or(marker, |p| p.number),
+            max_parts: max,
+            is_truncated: truncated,
+            parts: parts
+                .into_iter()
+                .map(|p| xml::PartEntry {
+                    number: p.number,
+                    last_modified: iso_time(p.modified_ms),
+                    etag: quoted(&p.etag),
+                    size: p.size,
+                })
+                .collect(),
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+pub async fn list_uploads(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    let prefix = t.param("prefix").unwrap_or("").to_owned();
+    let (store, bucket, p) = (s3.store.clone(), t.bucket.clone(), prefix.clone());
+    let uploads = blocking(move || store.list_uploads(&bucket, &p)).await?;
+    let max = 1000;
+    let truncated = uploads.len() > max;
+    let doc = xml::document(
+        "ListMultipartUploadsResult",
+        &xml::ListMultipartUploadsResult {
+            xmlns: NAMESPACE,
+            bucket: t.bucket.clone(),
+            prefix,
+            max_uploads: max,
+            is_truncated: truncated,
+            uploads: uploads
+                .into_iter()
+                .take(max)
+                .map(|u| xml::UploadEntry {
+                    key: u.key,
+                    upload_id: u.id,
+                    initiated: iso_time(u.created_ms),
+                    storage_class: "STANDARD",
+                })
+                .collect(),
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}

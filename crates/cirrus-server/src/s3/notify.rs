@@ -1,0 +1,149 @@
+//! Bucket notifications: each object change that a function's bucket trigger matches
+//! becomes an event in the durable queue, committed with the change, whose data is the
+//! S3 event notification document Lambda functions read (`Records[0].s3.object.key`).
+
+use crate::queue::BUCKET_EVENT_TYPE;
+use crate::registry::Registry;
+use crate::store::{NewEvent, ObjectMeta};
+use cirrus_api::trigger::BucketEvent;
+use cirrus_api::{Qualifier, Trigger};
+use std::sync::Arc;
+
+/// The region notification documents name.
+pub const REGION: &str = "us-east-1";
+
+pub struct Notifier {
+    pub registry: Arc<Registry>,
+    /// Wakes the dispatcher once a change with events has committed.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// The events one change causes, built inside the store's transaction.
+pub struct Pending {
+    subscribers: Vec<(String, String)>,
+    name: &'static str,
+    now_ms: u64,
+    lineage: Option<(String, u32)>,
+}
+
+impl Notifier {
+    /// Who a change of `key` fires; `name` is S3's event name, e.g. `ObjectCreated:Put`.
+    /// `lineage` is the request id and pipeline depth of a destination step that made
+    /// the change (so a loop through a bucket stops at the depth limit).
+    pub fn prepare(
+        &self,
+        bucket: &str,
+        key: &str,
+        name: &'static str,
+        now_ms: u64,
+        lineage: Option<(String, u32)>,
+    ) -> Pending {
+        let kind = if name.starts_with("ObjectRemoved") {
+            BucketEvent::Removed
+        } else {
+            BucketEvent::Created
+        };
+        Pending {
+            subscribers: self.registry.bucket_subscribers(bucket, key, kind),
+            name,
+            now_ms,
+            lineage,
+        }
+    }
+
+    pub fn committed(&self, pending: &Pending) {
+        if !pending.subscribers.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Pending {
+    pub fn events(&self, object: &ObjectMeta) -> Vec<NewEvent> {
+        self.subscribers
+            .iter()
+            .map(|(function, trigger_id)| {
+                let id = uuid::Uuid::now_v7().to_string();
+                NewEvent {
+                    data: document(self.name, object, trigger_id, &id, self.now_ms),
+                    id,
+                    function: function.clone(),
+                    qualifier: Qualifier::Latest.to_string(),
+                    content_type: Some("application/json".into()),
+                    traceparent: None,
+                    event_type: Some(BUCKET_EVENT_TYPE.into()),
+                    source: Some(format!("/buckets/{}", object.bucket)),
+                    parent_id: self.lineage.as_ref().map(|(id, _)| id.clone()),
+                    // Changes of one key reach each function in commit order.
+                    ordering_key: Some(format!(
+                        "bucket:{}:{}:{function}",
+                        object.bucket, object.key
+                    )),
+                    hops: self.lineage.as_ref().map_or(0, |(_, hops)| hops + 1),
+                    trigger: Trigger::Bucket,
+                    created_ms: self.now_ms,
+                    idempotency_key: None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// S3 encodes keys in notifications like HTML form values (space as `+`).
+fn form_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' | b'/' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn document(name: &str, object: &ObjectMeta, trigger_id: &str, id: &str, now_ms: u64) -> Vec<u8> {
+    let removed = name.starts_with("ObjectRemoved");
+    let mut obj = serde_json::json!({
+        "key": form_encode(&object.key),
+        "sequencer": format!("{:016X}", now_ms),
+    });
+    if !removed {
+        obj["size"] = serde_json::json!(object.size);
+        obj["eTag"] = serde_json::json!(object.etag);
+    }
+    let record = serde_json::json!({
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": REGION,
+        "eventTime": super::iso_time(now_ms),
+        "eventName": name,
+        "userIdentity": { "principalId": "cirrus" },
+        "requestParameters": { "sourceIPAddress": "127.0.0.1" },
+        "responseElements": { "x-amz-request-id": id },
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": trigger_id,
+            "bucket": {
+                "name": object.bucket,
+                "ownerIdentity": { "principalId": "cirrus" },
+                "arn": format!("arn:aws:s3:::{}", object.bucket),
+            },
+            "object": obj,
+        },
+    });
+    serde_json::to_vec(&serde_json::json!({ "Records": [record] })).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_form_encoded() {
+        assert_eq!(form_encode("photos/a b+c.ppm"), "photos/a+b%2Bc.ppm");
+        assert_eq!(form_encode("é"), "%C3%A9");
+    }
+}

@@ -1,0 +1,489 @@
+//! Object operations: PUT, GET (with `Range`), HEAD, DELETE, DeleteObjects, CopyObject.
+
+use super::body::ingest;
+use super::buckets::exists;
+use super::error::{S3Error, S3Result};
+use super::sigv4::Verified;
+use super::xml::{self, NAMESPACE};
+use super::{
+    blocking, content_type, iso_time, object_headers, quoted, remove_blobs, user_metadata,
+    xml_response, Target, S3,
+};
+use crate::store::ObjectMeta;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// Objects up to this size are read in one go; larger ones stream.
+const READ_WHOLE_BYTES: u64 = 1 << 20;
+/// Streaming reads move this much at a time.
+const STREAM_CHUNK: usize = 256 << 10;
+
+/// Records an object with its notifications; the replaced object's blob goes.
+pub async fn record(
+    s3: &Arc<S3>,
+    object: ObjectMeta,
+    event: &'static str,
+    lineage: Option<(String, u32)>,
+) -> S3Result<()> {
+    let pending = Arc::new(s3.notifier.prepare(
+        &object.bucket,
+        &object.key,
+        event,
+        object.modified_ms,
+        lineage,
+    ));
+    let (store, p) = (s3.store.clone(), pending.clone());
+    let blob = object.blob.clone();
+    let bucket = object.bucket.clone();
+    let outcome = blocking(move || store.put_object(&object, &|o| p.events(o))).await;
+    match outcome {
+        Ok(Ok(replaced)) => {
+            s3.notifier.committed(&pending);
+            if let Some(old) = replaced {
+                remove_blobs(s3, vec![old.blob]);
+            }
+            Ok(())
+        }
+        Ok(Err(_)) => {
+            remove_blobs(s3, vec![blob]);
+            Err(S3Error::no_such_bucket(&bucket))
+        }
+        Err(e) => {
+            remove_blobs(s3, vec![blob]);
+            Err(e)
+        }
+    }
+}
+
+fn checksum_header(headers: &mut HeaderMap, checksum: &Option<(String, String)>) {
+    if let Some((algorithm, value)) = checksum {
+        if let (Some(a), Ok(v)) = (
+            super::checksum::Algorithm::parse(algorithm),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(a.header(), v);
+        }
+    }
+}
+
+/// Streams a body into an object (checking what its headers promise), records it and
+/// queues its notifications. `verified` is the SigV4 signature, when there is one;
+/// `lineage` as for [`record`].
+pub async fn store(
+    s3: &Arc<S3>,
+    bucket: &str,
+    key: &str,
+    headers: &HeaderMap,
+    verified: Option<&Verified>,
+    body: Body,
+    lineage: Option<(String, u32)>,
+) -> S3Result<ObjectMeta> {
+    exists(s3, bucket).await?;
+    let ingested = ingest(
+        body,
+        headers,
+        verified,
+        s3.blobs.clone(),
+        s3.limits.max_object_bytes,
+    )
+    .await?;
+    let object = ObjectMeta {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        size: ingested.size,
+        etag: hex::encode(ingested.md5),
+        content_type: content_type(headers),
+        metadata: user_metadata(headers),
+        checksum: ingested.checksum,
+        modified_ms: s3.clock.now_ms(),
+        blob: ingested.blob,
+    };
+    record(s3, object.clone(), "ObjectCreated:Put", lineage).await?;
+    Ok(object)
+}
+
+pub async fn put(
+    s3: &Arc<S3>,
+    t: &Target,
+    headers: &HeaderMap,
+    verified: &Verified,
+    body: Body,
+) -> S3Result<Response> {
+    let object = store(s3, &t.bucket, &t.key, headers, Some(verified), body, None).await?;
+    let mut response = StatusCode::OK.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&quoted(&object.etag)).map_err(S3Error::internal)?,
+    );
+    checksum_header(h, &object.checksum);
+    Ok(response)
+}
+
+pub async fn lookup(s3: &Arc<S3>, bucket: &str, key: &str) -> S3Result<ObjectMeta> {
+    let (store, b, k) = (s3.store.clone(), bucket.to_owned(), key.to_owned());
+    match blocking(move || store.get_object(&b, &k)).await? {
+        Some(o) => Ok(o),
+        None => {
+            exists(s3, bucket).await?;
+            Err(S3Error::no_such_key(key))
+        }
+    }
+}
+
+/// An inclusive byte range of an object of `size` bytes, from a `Range` header.
+fn parse_range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>> {
+    let unsatisfiable = || {
+        S3Error::new(
+            "InvalidRange",
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "The requested range is not satisfiable",
+        )
+    };
+    let Some(spec) = text.trim().strip_prefix("bytes=") else {
+        return Ok(None); // other units are ignored, as S3 does
+    };
+    if spec.contains(',') {
+        return Ok(None); // several ranges: S3 answers with the whole object
+    }
+    let Some((start, end)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (start, end) = (start.trim(), end.trim());
+    let range = if start.is_empty() {
+        let n: u64 = end.parse().map_err(|_| unsatisfiable())?;
+        if n == 0 {
+            return Err(unsatisfiable());
+        }
+        (size.saturating_sub(n), size.saturating_sub(1))
+    } else {
+        let s: u64 = start.parse().map_err(|_| unsatisfiable())?;
+        let e: u64 = if end.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            end.parse::<u64>()
+                .map_err(|_| unsatisfiable())?
+                .min(size.saturating_sub(1))
+        };
+        if s > e {
+            return Err(unsatisfiable());
+        }
+        (s, e)
+    };
+    if size == 0 || range.0 >= size {
+        return Err(unsatisfiable());
+    }
+    Ok(Some(range))
+}
+
+fn etag_matches(condition: &str, etag: &str) -> bool {
+    condition
+        .split(',')
+        .map(|c| c.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|c| c == "*" || c == etag)
+}
+
+pub async fn get(
+    s3: &Arc<S3>,
+    t: &Target,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> S3Result<Response> {
+    // A concurrent overwrite may remove the blob between the lookup and the open: look
+    // again (the new object is then the answer).
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let object = lookup(s3, &t.bucket, &t.key).await?;
+        if let Some(cond) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+            if !etag_matches(cond, &object.etag) {
+                return Err(S3Error::new(
+                    "PreconditionFailed",
+                    StatusCode::PRECONDITION_FAILED,
+                    "At least one of the pre-conditions you specified did not hold",
+                ));
+            }
+        }
+        if let Some(cond) = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+        {
+            if etag_matches(cond, &object.etag) {
+                let mut response = StatusCode::NOT_MODIFIED.into_response();
+                object_headers(&object, response.headers_mut());
+                return Ok(response);
+            }
+        }
+        let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+            Some(r) => parse_range(r, object.size).map_err(|e| {
+                let mut e = e;
+                e.resource = Some(t.key.clone());
+                e
+            })?,
+            None => None,
+        };
+        let (start, end) = range.unwrap_or((0, object.size.saturating_sub(1)));
+        let length = if object.size == 0 { 0 } else { end - start + 1 };
+        let body = if head_only {
+            Body::empty()
+        } else {
+            match open_body(s3, &object.blob, start, length).await {
+                Ok(body) => body,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
+                Err(e) => return Err(S3Error::internal(e)),
+            }
+        };
+        let mut response = Response::new(body);
+        let h = response.headers_mut();
+        object_headers(&object, h);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if range.is_some() {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let value = format!("bytes {start}-{end}/{}", object.size);
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).map_err(S3Error::internal)?,
+            );
+        } else if headers
+            .get("x-amz-checksum-mode")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"))
+        {
+            checksum_header(response.headers_mut(), &object.checksum);
+        }
+        return Ok(response);
+    }
+}
+
+async fn open_body(s3: &Arc<S3>, blob: &str, start: u64, length: u64) -> std::io::Result<Body> {
+    use std::io::{Read as _, Seek as _};
+    let path = s3.blobs.path(blob);
+    if length <= READ_WHOLE_BYTES {
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::open(path)?;
+            file.seek(std::io::SeekFrom::Start(start))?;
+            let mut buf = Vec::with_capacity(length as usize);
+            file.take(length).read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        return Ok(Body::from(bytes));
+    }
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), STREAM_CHUNK);
+    Ok(Body::from_stream(stream))
+}
+
+/// Deletes an object with its notifications; `false` when there was none.
+pub async fn remove(s3: &Arc<S3>, bucket: &str, key: &str) -> S3Result<bool> {
+    let pending =
+        Arc::new(
+            s3.notifier
+                .prepare(bucket, key, "ObjectRemoved:Delete", s3.clock.now_ms(), None),
+        );
+    let (store, b, k, p) = (
+        s3.store.clone(),
+        bucket.to_owned(),
+        key.to_owned(),
+        pending.clone(),
+    );
+    match blocking(move || store.delete_object(&b, &k, &|o| p.events(o))).await? {
+        Some(old) => {
+            s3.notifier.committed(&pending);
+            remove_blobs(s3, vec![old.blob]);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+pub async fn delete(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    remove(s3, &t.bucket, &t.key).await?;
+    // Deleting a missing key succeeds, as in S3.
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// DeleteObjects: at most 1,000 keys, each deleted on its own.
+pub async fn delete_many(
+    s3: &Arc<S3>,
+    t: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    let bytes = axum::body::to_bytes(body, 2 << 20)
+        .await
+        .map_err(|_| S3Error::malformed_xml("the Delete document is too large or broken off"))?;
+    verify_small_body(headers, &bytes)?;
+    let request: xml::Delete = xml::parse(&bytes)?;
+    if request.objects.len() > 1000 || request.objects.is_empty() {
+        return Err(S3Error::malformed_xml("a Delete names 1 to 1000 objects"));
+    }
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for o in request.objects {
+        match remove(s3, &t.bucket, &o.key).await {
+            Ok(_) => {
+                if !request.quiet {
+                    deleted.push(xml::Deleted { key: o.key });
+                }
+            }
+            Err(e) => errors.push(xml::DeleteError {
+                key: o.key,
+                code: e.code.to_owned(),
+                message: e.message,
+            }),
+        }
+    }
+    let doc = xml::document(
+        "DeleteResult",
+        &xml::DeleteResult {
+            xmlns: NAMESPACE,
+            deleted,
+            errors,
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// Checks what a small, buffered body's headers promise: `Content-MD5`, a checksum
+/// header, or the signed payload hash.
+pub fn verify_small_body(headers: &HeaderMap, bytes: &[u8]) -> S3Result<()> {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    if let Some(given) = headers.get("content-md5").and_then(|v| v.to_str().ok()) {
+        let computed = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes));
+        if computed != given.trim() {
+            return Err(S3Error::bad_digest("Content-MD5"));
+        }
+    }
+    for algorithm in super::checksum::ALL {
+        if let Some(given) = headers
+            .get(algorithm.header())
+            .and_then(|v| v.to_str().ok())
+        {
+            let mut h = algorithm.hasher();
+            h.update(bytes);
+            if h.finish() != given.trim() {
+                return Err(S3Error::bad_digest(algorithm.name()));
+            }
+        }
+    }
+    if let Some(hash) = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+    {
+        if hash.len() == 64 && !hash.eq_ignore_ascii_case(&super::sigv4::sha256_hex(bytes)) {
+            return Err(S3Error::bad_request(
+                "XAmzContentSHA256Mismatch",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    let source = headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let source = source.split_once("?versionId=").map_or(source, |(s, _)| s);
+    let source = percent_encoding::percent_decode_str(source.trim_start_matches('/'))
+        .decode_utf8()
+        .map_err(|_| S3Error::invalid_argument("x-amz-copy-source is not valid UTF-8"))?
+        .into_owned();
+    let Some((src_bucket, src_key)) = source
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+    else {
+        return Err(S3Error::invalid_argument(
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+        ));
+    };
+    let from = lookup(s3, src_bucket, src_key).await?;
+    let replace = match headers
+        .get("x-amz-metadata-directive")
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("COPY") => false,
+        Some("REPLACE") => true,
+        Some(other) => {
+            return Err(S3Error::invalid_argument(format!(
+                "Unknown metadata directive {other:?}"
+            )))
+        }
+    };
+    let (blobs, from_blob) = (s3.blobs.clone(), from.blob.clone());
+    let blob = tokio::task::spawn_blocking(move || {
+        let mut writer = blobs.writer()?;
+        writer.append_file(&blobs.path(&from_blob))?;
+        writer.finish(&blobs)
+    })
+    .await
+    .map_err(S3Error::internal)?
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            S3Error::no_such_key(src_key) // overwritten or deleted meanwhile
+        } else {
+            S3Error::internal(e)
+        }
+    })?;
+    let object = ObjectMeta {
+        bucket: t.bucket.clone(),
+        key: t.key.clone(),
+        size: from.size,
+        etag: from.etag.clone(),
+        content_type: if replace {
+            content_type(headers)
+        } else {
+            from.content_type.clone()
+        },
+        metadata: if replace {
+            user_metadata(headers)
+        } else {
+            from.metadata.clone()
+        },
+        checksum: from.checksum.clone(),
+        modified_ms: s3.clock.now_ms(),
+        blob,
+    };
+    let modified = object.modified_ms;
+    record(s3, object, "ObjectCreated:Copy", None).await?;
+    let doc = xml::document(
+        "CopyObjectResult",
+        &xml::CopyObjectResult {
+            etag: quoted(&from.etag),
+            last_modified: iso_time(modified),
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100).unwrap(), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100).unwrap(), Some((90, 99)));
+        assert_eq!(parse_range("bytes=95-200", 100).unwrap(), Some((95, 99)));
+        assert_eq!(
+            parse_range("bytes=100-", 100).unwrap_err().code,
+            "InvalidRange"
+        );
+        assert_eq!(
+            parse_range("bytes=5-2", 100).unwrap_err().code,
+            "InvalidRange"
+        );
+        assert_eq!(parse_range("bytes=0-1,3-4", 100).unwrap(), None);
+    }
+}

@@ -1,0 +1,591 @@
+//! AWS Signature Version 4, as S3 uses it: the `Authorization` header form, the
+//! presigned-URL (query) form, and the signing material `aws-chunked` bodies need to
+//! check each chunk's signature.
+
+use super::credentials::Credentials;
+use super::error::{S3Error, S3Result};
+use axum::http::{HeaderMap, Method, StatusCode};
+use hmac::{Hmac, Mac as _};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use sha2::{Digest as _, Sha256};
+use std::time::{Duration, SystemTime};
+
+const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+/// How far a request's date may be from the server's clock.
+const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+/// The longest validity a presigned URL may ask for (S3's limit: 7 days).
+const MAX_EXPIRES_SECS: u64 = 7 * 24 * 3600;
+
+/// Everything except unreserved characters is encoded (RFC 3986, as SigV4 requires).
+const STRICT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+const PATH: &AsciiSet = &STRICT.remove(b'/');
+
+pub fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The per-request signing material; `aws-chunked` bodies chain chunk signatures from
+/// `seed`.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    pub key: [u8; 32],
+    /// `YYYYMMDDTHHMMSSZ`
+    pub amz_date: String,
+    /// `date/region/s3/aws4_request`
+    pub scope: String,
+    /// The request's own signature.
+    pub seed: String,
+}
+
+impl Signing {
+    /// The signature of one chunk of a `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` body.
+    pub fn chunk_signature(&self, previous: &str, chunk_sha256_hex: &str) -> String {
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{previous}\n{}\n{chunk_sha256_hex}",
+            self.amz_date,
+            self.scope,
+            sha256_hex(b"")
+        );
+        hex::encode(hmac(&self.key, to_sign.as_bytes()))
+    }
+
+    /// The signature of the trailing headers of a signed `aws-chunked` body.
+    pub fn trailer_signature(&self, previous: &str, trailer: &str) -> String {
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256-TRAILER\n{}\n{}\n{previous}\n{}",
+            self.amz_date,
+            self.scope,
+            sha256_hex(trailer.as_bytes())
+        );
+        hex::encode(hmac(&self.key, to_sign.as_bytes()))
+    }
+}
+
+/// The key of one day, region and service.
+pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
+    let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let k = hmac(&k, region.as_bytes());
+    let k = hmac(&k, service.as_bytes());
+    hmac(&k, b"aws4_request")
+}
+
+/// A request, as far as its signature is concerned.
+pub struct SignedRequest<'a> {
+    pub method: &'a Method,
+    /// As received (percent-encoded).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// Who signed a request, and the material to check its body's chunk signatures.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub access_key: String,
+    pub signing: Signing,
+    /// Presigned requests carry no payload hash: the body is unsigned.
+    pub presigned: bool,
+}
+
+fn decode(text: &str) -> String {
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+/// The query as SigV4 canonicalises it: decoded pairs re-encoded strictly, sorted.
+fn canonical_query(query: Option<&str>, skip_signature: bool) -> String {
+    let mut pairs: Vec<(String, String)> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .filter(|(k, _)| !(skip_signature && k == "X-Amz-Signature"))
+        .map(|(k, v)| {
+            (
+                utf8_percent_encode(&k, STRICT).to_string(),
+                utf8_percent_encode(&v, STRICT).to_string(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn canonical_headers(headers: &HeaderMap, signed: &[&str]) -> S3Result<String> {
+    let mut out = String::new();
+    for name in signed {
+        let values: Vec<String> = headers
+            .get_all(*name)
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        if values.is_empty() {
+            return Err(S3Error::access_denied(format!(
+                "signed header {name} is missing from the request"
+            )));
+        }
+        out.push_str(name);
+        out.push(':');
+        out.push_str(&values.join(","));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `YYYYMMDDTHHMMSSZ` → seconds since the epoch.
+fn parse_amz_date(text: &str) -> Option<SystemTime> {
+    let t = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%dT%H%M%SZ").ok()?;
+    let secs = u64::try_from(t.and_utc().timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| decode(v))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+struct Credential {
+    access_key: String,
+    date: String,
+    region: String,
+    service: String,
+}
+
+fn parse_credential(text: &str) -> S3Result<Credential> {
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts.as_slice() {
+        [key, date, region, service, "aws4_request"] => Ok(Credential {
+            access_key: (*key).to_owned(),
+            date: (*date).to_owned(),
+            region: (*region).to_owned(),
+            service: (*service).to_owned(),
+        }),
+        _ => Err(S3Error::bad_request(
+            "AuthorizationHeaderMalformed",
+            format!("the credential {text:?} is not KEY/DATE/REGION/SERVICE/aws4_request"),
+        )),
+    }
+}
+
+/// Checks the request's signature (header or presigned form) against the configured
+/// keys at wall-clock time `now`.
+pub fn verify(
+    credentials: &Credentials,
+    request: &SignedRequest<'_>,
+    now: SystemTime,
+) -> S3Result<Verified> {
+    if query_param(request.query, "Signature").is_some()
+        && query_param(request.query, "AWSAccessKeyId").is_some()
+    {
+        return verify_v2_presigned(credentials, request, now);
+    }
+    let presigned = query_param(request.query, "X-Amz-Algorithm").is_some();
+    let (credential, signed_headers, signature, amz_date, payload_hash) = if presigned {
+        let get = |name: &str| {
+            query_param(request.query, name).ok_or_else(|| {
+                S3Error::bad_request(
+                    "AuthorizationQueryParametersError",
+                    format!("the presigned URL lacks {name}"),
+                )
+            })
+        };
+        if get("X-Amz-Algorithm")? != ALGORITHM {
+            return Err(S3Error::bad_request(
+                "AuthorizationQueryParametersError",
+                "X-Amz-Algorithm must be AWS4-HMAC-SHA256",
+            ));
+        }
+        let expires: u64 = get("X-Amz-Expires")?.parse().map_err(|_| {
+            S3Error::bad_request(
+                "AuthorizationQueryParametersError",
+                "X-Amz-Expires must be a number of seconds",
+            )
+        })?;
+        if expires > MAX_EXPIRES_SECS {
+            return Err(S3Error::bad_request(
+                "AuthorizationQueryParametersError",
+                "X-Amz-Expires must be less than a week (in seconds) that is 604800",
+            ));
+        }
+        let amz_date = get("X-Amz-Date")?;
+        let signed_at = parse_amz_date(&amz_date).ok_or_else(|| {
+            S3Error::bad_request(
+                "AuthorizationQueryParametersError",
+                "X-Amz-Date is malformed",
+            )
+        })?;
+        if now > signed_at + Duration::from_secs(expires) {
+            return Err(S3Error::access_denied("Request has expired"));
+        }
+        if signed_at > now + MAX_SKEW {
+            return Err(S3Error::access_denied("Request is not valid yet"));
+        }
+        (
+            get("X-Amz-Credential")?,
+            get("X-Amz-SignedHeaders")?,
+            get("X-Amz-Signature")?,
+            amz_date,
+            header(request.headers, "x-amz-content-sha256")
+                .unwrap_or("UNSIGNED-PAYLOAD")
+                .to_owned(),
+        )
+    } else {
+        let Some(auth) = header(request.headers, "authorization") else {
+            return Err(S3Error::access_denied(
+                "Anonymous access is not allowed: sign requests with SigV4 (keys are in <data-dir>/s3-credentials)",
+            ));
+        };
+        let Some(fields) = auth.strip_prefix(ALGORITHM) else {
+            return Err(S3Error::bad_request(
+                "AuthorizationHeaderMalformed",
+                "only AWS4-HMAC-SHA256 (SigV4) signatures are supported",
+            ));
+        };
+        let mut credential = None;
+        let mut signed = None;
+        let mut signature = None;
+        for field in fields.split(',') {
+            match field.trim().split_once('=') {
+                Some(("Credential", v)) => credential = Some(v.to_owned()),
+                Some(("SignedHeaders", v)) => signed = Some(v.to_owned()),
+                Some(("Signature", v)) => signature = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature)
+        else {
+            return Err(S3Error::bad_request(
+                "AuthorizationHeaderMalformed",
+                "the Authorization header needs Credential, SignedHeaders and Signature",
+            ));
+        };
+        let amz_date = header(request.headers, "x-amz-date")
+            .ok_or_else(|| S3Error::access_denied("the request lacks X-Amz-Date"))?
+            .to_owned();
+        let signed_at = parse_amz_date(&amz_date)
+            .ok_or_else(|| S3Error::access_denied("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?;
+        let skew = now
+            .duration_since(signed_at)
+            .or_else(|_| signed_at.duration_since(now))
+            .unwrap_or_default();
+        if skew > MAX_SKEW {
+            return Err(S3Error::new(
+                "RequestTimeTooSkewed",
+                StatusCode::FORBIDDEN,
+                "The difference between the request time and the server's time is too large.",
+            ));
+        }
+        let payload = header(request.headers, "x-amz-content-sha256")
+            .ok_or_else(|| {
+                S3Error::bad_request(
+                    "InvalidRequest",
+                    "Missing required header for this request: x-amz-content-sha256",
+                )
+            })?
+            .to_owned();
+        (credential, signed, signature, amz_date, payload)
+    };
+    let credential = parse_credential(&credential)?;
+    let Some(secret) = credentials.secret(&credential.access_key) else {
+        return Err(S3Error::new(
+            "InvalidAccessKeyId",
+            StatusCode::FORBIDDEN,
+            "The AWS Access Key Id you provided does not exist in our records.",
+        ));
+    };
+    if !amz_date.starts_with(&credential.date) {
+        return Err(S3Error::bad_request(
+            "AuthorizationHeaderMalformed",
+            "the credential's date does not match X-Amz-Date",
+        ));
+    }
+    let signed: Vec<&str> = signed_headers.split(';').collect();
+    if !signed.contains(&"host") {
+        return Err(S3Error::access_denied("the host header must be signed"));
+    }
+    let canonical_uri = utf8_percent_encode(&decode(request.path), PATH).to_string();
+    let canonical = format!(
+        "{}\n{canonical_uri}\n{}\n{}\n{signed_headers}\n{payload_hash}",
+        request.method,
+        canonical_query(request.query, presigned),
+        canonical_headers(request.headers, &signed)?,
+    );
+    let scope = format!(
+        "{}/{}/{}/aws4_request",
+        credential.date, credential.region, credential.service
+    );
+    let to_sign = format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        sha256_hex(canonical.as_bytes())
+    );
+    let key = signing_key(
+        secret,
+        &credential.date,
+        &credential.region,
+        &credential.service,
+    );
+    let expected = hex::encode(hmac(&key, to_sign.as_bytes()));
+    if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+        return Err(S3Error::new(
+            "SignatureDoesNotMatch",
+            StatusCode::FORBIDDEN,
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+        ));
+    }
+    Ok(Verified {
+        access_key: credential.access_key,
+        signing: Signing {
+            key,
+            amz_date,
+            scope,
+            seed: signature,
+        },
+        presigned,
+    })
+}
+
+/// Sub-resources that are part of a SigV2 string to sign.
+const V2_SUBRESOURCES: &[&str] = &[
+    "acl",
+    "delete",
+    "location",
+    "partNumber",
+    "tagging",
+    "torrent",
+    "uploadId",
+    "uploads",
+    "versionId",
+    "versioning",
+    "versions",
+    "response-cache-control",
+    "response-content-disposition",
+    "response-content-encoding",
+    "response-content-language",
+    "response-content-type",
+    "response-expires",
+];
+
+/// A presigned URL in the older SigV2 form (`AWSAccessKeyId`, `Expires`, `Signature`),
+/// which boto3's `generate_presigned_url` still produces unless told `s3v4`.
+fn verify_v2_presigned(
+    credentials: &Credentials,
+    request: &SignedRequest<'_>,
+    now: SystemTime,
+) -> S3Result<Verified> {
+    let param = |name: &str| query_param(request.query, name).unwrap_or_default();
+    let access_key = param("AWSAccessKeyId");
+    let Some(secret) = credentials.secret(&access_key) else {
+        return Err(S3Error::new(
+            "InvalidAccessKeyId",
+            StatusCode::FORBIDDEN,
+            "The AWS Access Key Id you provided does not exist in our records.",
+        ));
+    };
+    let expires: u64 = param("Expires")
+        .parse()
+        .map_err(|_| S3Error::access_denied("Expires must be a Unix time"))?;
+    if now > SystemTime::UNIX_EPOCH + Duration::from_secs(expires) {
+        return Err(S3Error::access_denied("Request has expired"));
+    }
+    let header_text = |name: &str| {
+        header(request.headers, name)
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    let mut amz: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("x-amz-"))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).trim().to_owned(),
+            )
+        })
+        .collect();
+    amz.sort();
+    let mut sub: Vec<(String, String)> = request
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').map_or((p, None), |(k, v)| (k, Some(v)));
+            V2_SUBRESOURCES.contains(&k).then(|| {
+                (
+                    k.to_owned(),
+                    v.map(|v| format!("={}", decode(v))).unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    sub.sort();
+    let mut resource = request.path.to_owned();
+    if !sub.is_empty() {
+        resource.push('?');
+        resource.push_str(
+            &sub.iter()
+                .map(|(k, v)| format!("{k}{v}"))
+                .collect::<Vec<_>>()
+                .join("&"),
+        );
+    }
+    let to_sign = format!(
+        "{}\n{}\n{}\n{expires}\n{}{resource}",
+        request.method,
+        header_text("content-md5"),
+        header_text("content-type"),
+        amz.iter()
+            .map(|(n, v)| format!("{n}:{v}\n"))
+            .collect::<String>(),
+    );
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(to_sign.as_bytes());
+    use base64::Engine as _;
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    if !constant_time_eq(expected.as_bytes(), param("Signature").as_bytes()) {
+        return Err(S3Error::new(
+            "SignatureDoesNotMatch",
+            StatusCode::FORBIDDEN,
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+        ));
+    }
+    Ok(Verified {
+        access_key,
+        signing: Signing {
+            key: [0; 32],
+            amz_date: String::new(),
+            scope: String::new(),
+            seed: String::new(),
+        },
+        presigned: true,
+    })
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of AWS's "Signature Calculations for the Authorization Header:
+    /// Transferring Payload in Multiple Chunks" page.
+    #[test]
+    fn aws_streaming_example_signatures() {
+        let key = signing_key(
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "20130524",
+            "us-east-1",
+            "s3",
+        );
+        let signing = Signing {
+            key,
+            amz_date: "20130524T000000Z".into(),
+            scope: "20130524/us-east-1/s3/aws4_request".into(),
+            seed: "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9".into(),
+        };
+        let first = signing.chunk_signature(&signing.seed, &sha256_hex(&[b'a'; 65536]));
+        assert_eq!(
+            first,
+            "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648"
+        );
+        let second = signing.chunk_signature(&first, &sha256_hex(&[b'a'; 1024]));
+        assert_eq!(
+            second,
+            "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497"
+        );
+        let last = signing.chunk_signature(&second, &sha256_hex(b""));
+        assert_eq!(
+            last,
+            "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9"
+        );
+    }
+
+    /// The seed signature of the same example: the header form over its request.
+    #[test]
+    fn aws_streaming_example_seed() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("host", "s3.amazonaws.com"),
+            ("x-amz-date", "20130524T000000Z"),
+            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "66560"),
+            ("content-length", "66824"),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"),
+        ] {
+            headers.insert(k, v.parse().unwrap());
+        }
+        let credentials = Credentials::parse(
+            "[default]\naws_access_key_id=AKIAIOSFODNN7EXAMPLE\naws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+        )
+        .unwrap();
+        let request = SignedRequest {
+            method: &Method::PUT,
+            path: "/examplebucket/chunkObject.txt",
+            query: None,
+            headers: &headers,
+        };
+        let at = parse_amz_date("20130524T000000Z").unwrap();
+        let verified = verify(&credentials, &request, at).unwrap();
+        assert_eq!(verified.access_key, "AKIAIOSFODNN7EXAMPLE");
+        // One changed header breaks it; so does a time far from the signing time.
+        headers.insert("x-amz-storage-class", "STANDARD".parse().unwrap());
+        let request = SignedRequest {
+            method: &Method::PUT,
+            path: "/examplebucket/chunkObject.txt",
+            query: None,
+            headers: &headers,
+        };
+        assert_eq!(
+            verify(&credentials, &request, at).unwrap_err().code,
+            "SignatureDoesNotMatch"
+        );
+        let later = at + Duration::from_secs(3600);
+        assert_eq!(
+            verify(&credentials, &request, later).unwrap_err().code,
+            "RequestTimeTooSkewed"
+        );
+    }
+
+    #[test]
+    fn query_is_canonicalised() {
+        assert_eq!(
+            canonical_query(Some("prefix=a%20b&list-type=2&delimiter=%2F&x"), false),
+            "delimiter=%2F&list-type=2&prefix=a%20b&x="
+        );
+    }
+}

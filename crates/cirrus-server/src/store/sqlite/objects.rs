@@ -1,0 +1,336 @@
+//! Buckets, objects and multipart uploads in the embedded store.
+
+use super::{insert_event, lock, SqliteStore};
+use crate::store::{
+    BucketDelete, NewEvent, NoSuchBucket, NoSuchUpload, ObjectMeta, ObjectStore, Part, StoreResult,
+    Upload,
+};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::HashSet;
+
+const OBJECT_COLUMNS: &str =
+    "bucket, key, size, etag, content_type, metadata, checksum, modified_ms, blob";
+
+fn encode_checksum(c: &Option<(String, String)>) -> Option<String> {
+    c.as_ref().map(|(alg, value)| format!("{alg}:{value}"))
+}
+
+fn decode_checksum(text: Option<String>) -> Option<(String, String)> {
+    let text = text?;
+    let (alg, value) = text.split_once(':')?;
+    Some((alg.to_owned(), value.to_owned()))
+}
+
+fn encode_metadata(m: &[(String, String)]) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "[]".into())
+}
+
+fn decode_metadata(text: &str) -> Vec<(String, String)> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn object_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        bucket: row.get(0)?,
+        key: row.get(1)?,
+        size: row.get(2)?,
+        etag: row.get(3)?,
+        content_type: row.get(4)?,
+        metadata: decode_metadata(&row.get::<_, String>(5)?),
+        checksum: decode_checksum(row.get(6)?),
+        modified_ms: row.get(7)?,
+        blob: row.get(8)?,
+    })
+}
+
+fn part_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Part> {
+    Ok(Part {
+        number: row.get(0)?,
+        size: row.get(1)?,
+        etag: row.get(2)?,
+        checksum: decode_checksum(row.get(3)?),
+        modified_ms: row.get(4)?,
+        blob: row.get(5)?,
+    })
+}
+
+fn upload_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
+    Ok(Upload {
+        id: row.get(0)?,
+        bucket: row.get(1)?,
+        key: row.get(2)?,
+        content_type: row.get(3)?,
+        metadata: decode_metadata(&row.get::<_, String>(4)?),
+        checksum_algorithm: row.get(5)?,
+        created_ms: row.get(6)?,
+    })
+}
+
+const UPLOAD_COLUMNS: &str =
+    "id, bucket, key, content_type, metadata, checksum_algorithm, created_ms";
+
+fn bucket_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM buckets WHERE name = ?1")?
+        .exists(params![name])
+}
+
+fn read_object(conn: &Connection, bucket: &str, key: &str) -> rusqlite::Result<Option<ObjectMeta>> {
+    conn.prepare_cached(&format!(
+        "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND key = ?2"
+    ))?
+    .query_row(params![bucket, key], object_from_row)
+    .optional()
+}
+
+impl ObjectStore for SqliteStore {
+    fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool> {
+        let conn = lock(&self.queue);
+        let added = conn.execute(
+            "INSERT INTO buckets (name, created_ms) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            params![name, now_ms],
+        )?;
+        Ok(added == 1)
+    }
+
+    fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !bucket_exists(&tx, name)? {
+            return Ok(BucketDelete::Missing);
+        }
+        let has_objects = tx
+            .prepare_cached("SELECT 1 FROM objects WHERE bucket = ?1 LIMIT 1")?
+            .exists(params![name])?;
+        let has_uploads = tx
+            .prepare_cached("SELECT 1 FROM uploads WHERE bucket = ?1 LIMIT 1")?
+            .exists(params![name])?;
+        if has_objects || has_uploads {
+            return Ok(BucketDelete::NotEmpty);
+        }
+        tx.execute("DELETE FROM buckets WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(BucketDelete::Deleted)
+    }
+
+    fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>> {
+        let conn = lock(&self.reads);
+        let mut stmt = conn.prepare_cached("SELECT name, created_ms FROM buckets ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
+        Ok(bucket_exists(&lock(&self.reads), name)?)
+    }
+
+    fn put_object(
+        &self,
+        object: &ObjectMeta,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Result<Option<ObjectMeta>, NoSuchBucket>> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !bucket_exists(&tx, &object.bucket)? {
+            return Ok(Err(NoSuchBucket));
+        }
+        let old = read_object(&tx, &object.bucket, &object.key)?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO objects ({OBJECT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
+             content_type = excluded.content_type, metadata = excluded.metadata,
+             checksum = excluded.checksum, modified_ms = excluded.modified_ms, blob = excluded.blob"
+        ))?
+        .execute(params![
+            object.bucket,
+            object.key,
+            object.size,
+            object.etag,
+            object.content_type,
+            encode_metadata(&object.metadata),
+            encode_checksum(&object.checksum),
+            object.modified_ms,
+            object.blob,
+        ])?;
+        for e in events(object) {
+            insert_event(&tx, &e)?;
+        }
+        tx.commit()?;
+        Ok(Ok(old))
+    }
+
+    fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        Ok(read_object(&lock(&self.reads), bucket, key)?)
+    }
+
+    fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Option<ObjectMeta>> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(old) = read_object(&tx, bucket, key)? else {
+            return Ok(None);
+        };
+        tx.execute(
+            "DELETE FROM objects WHERE bucket = ?1 AND key = ?2",
+            params![bucket, key],
+        )?;
+        for e in events(&old) {
+            insert_event(&tx, &e)?;
+        }
+        tx.commit()?;
+        Ok(Some(old))
+    }
+
+    fn list_objects(
+        &self,
+        bucket: &str,
+        from: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ObjectMeta>> {
+        let conn = lock(&self.reads);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND key >= ?2
+             AND (?3 IS NULL OR key > ?3) ORDER BY key LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(params![bucket, from, after, limit as i64], object_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !bucket_exists(&tx, &upload.bucket)? {
+            return Ok(Err(NoSuchBucket));
+        }
+        tx.execute(
+            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                upload.id,
+                upload.bucket,
+                upload.key,
+                upload.content_type,
+                encode_metadata(&upload.metadata),
+                upload.checksum_algorithm,
+                upload.created_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>> {
+        let conn = lock(&self.reads);
+        let upload = conn
+            .prepare_cached(&format!(
+                "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"
+            ))?
+            .query_row(params![id], upload_from_row)
+            .optional()?;
+        Ok(upload)
+    }
+
+    fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>> {
+        let conn = lock(&self.reads);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE bucket = ?1 AND key >= ?2 ORDER BY key, created_ms, id"
+        ))?;
+        let rows = stmt.query_map(params![bucket, prefix], upload_from_row)?;
+        let mut uploads = Vec::new();
+        for u in rows {
+            let u = u?;
+            if !u.key.starts_with(prefix) {
+                break;
+            }
+            uploads.push(u);
+        }
+        Ok(uploads)
+    }
+
+    fn put_part(
+        &self,
+        upload_id: &str,
+        part: &Part,
+    ) -> StoreResult<Result<Option<Part>, NoSuchUpload>> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM uploads WHERE id = ?1")?
+            .exists(params![upload_id])?;
+        if !exists {
+            return Ok(Err(NoSuchUpload));
+        }
+        let old = tx
+            .prepare_cached(
+                "SELECT number, size, etag, checksum, modified_ms, blob FROM upload_parts
+                 WHERE upload_id = ?1 AND number = ?2",
+            )?
+            .query_row(params![upload_id, part.number], part_from_row)
+            .optional()?;
+        tx.execute(
+            "INSERT INTO upload_parts (upload_id, number, size, etag, checksum, modified_ms, blob)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (upload_id, number) DO UPDATE SET size = excluded.size, etag = excluded.etag,
+             checksum = excluded.checksum, modified_ms = excluded.modified_ms, blob = excluded.blob",
+            params![
+                upload_id,
+                part.number,
+                part.size,
+                part.etag,
+                encode_checksum(&part.checksum),
+                part.modified_ms,
+                part.blob
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Ok(old))
+    }
+
+    fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>> {
+        let conn = lock(&self.reads);
+        let mut stmt = conn.prepare_cached(
+            "SELECT number, size, etag, checksum, modified_ms, blob FROM upload_parts
+             WHERE upload_id = ?1 ORDER BY number",
+        )?;
+        let rows = stmt.query_map(params![upload_id], part_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let parts: Vec<Part> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT number, size, etag, checksum, modified_ms, blob FROM upload_parts
+                 WHERE upload_id = ?1 ORDER BY number",
+            )?;
+            let rows = stmt.query_map(params![upload_id], part_from_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let removed = tx.execute("DELETE FROM uploads WHERE id = ?1", params![upload_id])?;
+        if removed == 0 {
+            return Ok(None);
+        }
+        tx.execute(
+            "DELETE FROM upload_parts WHERE upload_id = ?1",
+            params![upload_id],
+        )?;
+        tx.commit()?;
+        Ok(Some(parts))
+    }
+
+    fn live_blobs(&self) -> StoreResult<HashSet<String>> {
+        let conn = lock(&self.reads);
+        let mut blobs = HashSet::new();
+        for sql in ["SELECT blob FROM objects", "SELECT blob FROM upload_parts"] {
+            let mut stmt = conn.prepare(sql)?;
+            for b in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                blobs.insert(b?);
+            }
+        }
+        Ok(blobs)
+    }
+}

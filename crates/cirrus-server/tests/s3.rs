@@ -1,0 +1,408 @@
+//! The S3-compatible object API, driven by the real clients people use: the `aws` CLI
+//! and boto3 (installed from PyPI by scripts/test), path-style.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use cirrus_server::{ManualClock, Server, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+struct Running {
+    url: String,
+    s3: String,
+    token: String,
+    data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+async fn start(data_dir: &Path, tune: impl FnOnce(&mut ServerConfig)) -> Running {
+    let mut config = ServerConfig::new(data_dir);
+    config.sweep_interval = Duration::from_secs(3600);
+    tune(&mut config);
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let server = Server::start(config, clock).await.expect("server starts");
+    let token = server.admin_token().to_owned();
+    let s3 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s3_url = format!("http://{}", s3.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.with_s3_listener(s3).serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        url,
+        s3: s3_url,
+        token,
+        data_dir: data_dir.to_owned(),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+fn python_has_boto3() {
+    let ok = Command::new("python3")
+        .args(["-c", "import boto3, awscli"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "boto3 and awscli are needed: scripts/test installs them (pip install boto3 awscli)"
+    );
+}
+
+/// The aws CLI against the server: its own config (path-style), the server's keys file.
+fn aws(server: &Running, home: &Path, args: &[&str]) -> Output {
+    let config = home.join("aws-config");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n",
+        )
+        .unwrap();
+    }
+    Command::new("aws")
+        .args(["--endpoint-url", &server.s3])
+        .args(args)
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            server.data_dir.join("s3-credentials"),
+        )
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("the aws CLI runs")
+}
+
+fn aws_ok(server: &Running, home: &Path, args: &[&str]) -> String {
+    let out = aws(server, home, args);
+    assert!(
+        out.status.success(),
+        "aws {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_copies_lists_and_removes() {
+    python_has_boto3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), |_| {}).await;
+    let home = dir.path();
+    let small = home.join("small file.txt");
+    std::fs::write(&small, b"small and plain\n").unwrap();
+    // 20 MiB: the CLI uploads it in 8 MiB parts, several at once, and downloads it with
+    // concurrent ranged GETs.
+    let big = home.join("big.bin");
+    let big_bytes = pseudo_random(20 << 20, 7);
+    std::fs::write(&big, &big_bytes).unwrap();
+
+    let s = &server;
+    aws_ok(s, home, &["s3", "mb", "s3://photos"]);
+    aws_ok(
+        s,
+        home,
+        &[
+            "s3",
+            "cp",
+            small.to_str().unwrap(),
+            "s3://photos/docs/small file.txt",
+        ],
+    );
+    aws_ok(
+        s,
+        home,
+        &["s3", "cp", big.to_str().unwrap(), "s3://photos/big.bin"],
+    );
+    let top = aws_ok(s, home, &["s3", "ls", "s3://photos/"]);
+    assert!(top.contains("PRE docs/"), "{top}");
+    assert!(top.contains(&format!("{} big.bin", 20 << 20)), "{top}");
+    let all = aws_ok(s, home, &["s3", "ls", "--recursive", "s3://photos"]);
+    assert!(
+        all.contains("docs/small file.txt") && all.contains("big.bin"),
+        "{all}"
+    );
+    let buckets = aws_ok(s, home, &["s3", "ls"]);
+    assert!(buckets.contains("photos"), "{buckets}");
+
+    let head = aws_ok(
+        s,
+        home,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "big.bin",
+        ],
+    );
+    let head: serde_json::Value = serde_json::from_str(&head).unwrap();
+    assert_eq!(head["ContentLength"], 20 << 20);
+    assert!(head["ETag"].as_str().unwrap().ends_with("-3\""), "{head}");
+
+    let down = home.join("down.bin");
+    aws_ok(
+        s,
+        home,
+        &["s3", "cp", "s3://photos/big.bin", down.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&down).unwrap() == big_bytes,
+        "the download differs"
+    );
+    let down_small = home.join("down.txt");
+    aws_ok(
+        s,
+        home,
+        &[
+            "s3",
+            "cp",
+            "s3://photos/docs/small file.txt",
+            down_small.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(&down_small).unwrap(), b"small and plain\n");
+
+    let refused = aws(s, home, &["s3", "rb", "s3://photos"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("BucketNotEmpty"));
+    aws_ok(s, home, &["s3", "rm", "s3://photos/big.bin"]);
+    aws_ok(s, home, &["s3", "rm", "--recursive", "s3://photos/docs/"]);
+    assert_eq!(
+        aws_ok(s, home, &["s3", "ls", "--recursive", "s3://photos"]).trim(),
+        ""
+    );
+    aws_ok(s, home, &["s3", "rb", "s3://photos"]);
+
+    // A wrong key is told apart from a wrong signature.
+    std::fs::write(
+        home.join("bad-credentials"),
+        "[default]\naws_access_key_id = NOPE\naws_secret_access_key = x\n",
+    )
+    .unwrap();
+    let out = Command::new("aws")
+        .args(["--endpoint-url", &s.s3, "s3", "ls"])
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("bad-credentials"))
+        .env("AWS_CONFIG_FILE", home.join("aws-config"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidAccessKeyId"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_operations_errors_and_durability() {
+    python_has_boto3();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data, |_| {}).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_suite.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&server.s3)
+        .arg(data.join("s3-credentials"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing the keys named became a path: the data dir holds blobs named by the
+    // server, and interrupted uploads left nothing behind.
+    let mut names = Vec::new();
+    for entry in walk(&data) {
+        names.push(
+            entry
+                .strip_prefix(&data)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("escape") && !n.contains("passwd") && !n.contains("space")),
+        "{names:?}"
+    );
+    assert!(!dir.path().join("escape.txt").exists());
+    server.stop().await;
+
+    // Objects survive a restart; blobs nothing refers to are swept.
+    std::fs::write(data.join("objects/blobs/orphan"), b"left by a crash").unwrap();
+    let again = start(&data, |_| {}).await;
+    assert!(!data.join("objects/blobs/orphan").exists());
+    let home = dir.path();
+    let got = home.join("a.txt");
+    aws_ok(
+        &again,
+        home,
+        &["s3", "cp", "s3://box/a.txt", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), b"hello world");
+    again.stop().await;
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_uploads_are_refused_and_nothing_changes() {
+    python_has_boto3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), |c| {
+        c.s3.max_object_bytes = 2 << 20;
+        c.s3.max_part_bytes = 1 << 20;
+    })
+    .await;
+    let home = dir.path();
+    let s = &server;
+    aws_ok(s, home, &["s3", "mb", "s3://limits"]);
+    let fits = home.join("fits.bin");
+    std::fs::write(&fits, pseudo_random(1 << 20, 3)).unwrap();
+    aws_ok(
+        s,
+        home,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "limits",
+            "--key",
+            "k",
+            "--body",
+            fits.to_str().unwrap(),
+        ],
+    );
+    let big = home.join("big.bin");
+    std::fs::write(&big, pseudo_random(3 << 20, 5)).unwrap();
+    let out = aws(
+        s,
+        home,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "limits",
+            "--key",
+            "k",
+            "--body",
+            big.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("EntityTooLarge"),
+        "{out:?}"
+    );
+    let upload = aws_ok(
+        s,
+        home,
+        &[
+            "s3api",
+            "create-multipart-upload",
+            "--bucket",
+            "limits",
+            "--key",
+            "m",
+        ],
+    );
+    let upload: serde_json::Value = serde_json::from_str(&upload).unwrap();
+    let id = upload["UploadId"].as_str().unwrap();
+    let part = home.join("part.bin");
+    std::fs::write(&part, pseudo_random((1 << 20) + 1, 9)).unwrap();
+    let out = aws(
+        s,
+        home,
+        &[
+            "s3api",
+            "upload-part",
+            "--bucket",
+            "limits",
+            "--key",
+            "m",
+            "--upload-id",
+            id,
+            "--part-number",
+            "1",
+            "--body",
+            part.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("EntityTooLarge"),
+        "{out:?}"
+    );
+    let parts = aws_ok(
+        s,
+        home,
+        &[
+            "s3api",
+            "list-parts",
+            "--bucket",
+            "limits",
+            "--key",
+            "m",
+            "--upload-id",
+            id,
+        ],
+    );
+    assert!(!parts.contains("PartNumber"), "{parts}");
+    // The object stored before is unchanged.
+    let got = home.join("got.bin");
+    aws_ok(
+        s,
+        home,
+        &["s3", "cp", "s3://limits/k", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&fits).unwrap());
+    // The management API is untouched by all this.
+    let health = reqwest::Client::new()
+        .get(format!("{}/v1/health", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    server.stop().await;
+}
