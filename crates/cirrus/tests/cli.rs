@@ -2,119 +2,13 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use common::{repo, Up, BIN};
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_cirrus");
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
-
-/// A `cirrus up` process, killed when dropped.
-struct Up {
-    child: Child,
-    url: String,
-    data_dir: PathBuf,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Up {
-    fn start(data_dir: &Path, extra: &[&str]) -> Up {
-        let mut child = Command::new(BIN)
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--s3-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn,cirrus_server=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cirrus up starts");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let url = loop {
-            match rx.recv_timeout(Duration::from_secs(120)) {
-                Ok(line) => match line.strip_prefix("listening on ") {
-                    Some(url) => break url.to_owned(),
-                    None => seen.push(line),
-                },
-                Err(_) => panic!("server did not start; stderr so far: {seen:#?}"),
-            }
-        };
-        Up {
-            child,
-            url,
-            data_dir: data_dir.to_owned(),
-            stderr: rx,
-        }
-    }
-
-    /// Runs the CLI against this server, finding it through the data dir alone.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("CIRRUS_DATA_DIR", &self.data_dir)
-            .env_remove("CIRRUS_URL")
-            .env_remove("CIRRUS_TOKEN")
-            .output()
-            .expect("cli runs")
-    }
-
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "cirrus {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.cli_ok(&all)).expect("--json output is JSON")
-    }
-
-    fn curl(&self, args: &[&str]) -> String {
-        let out = Command::new("curl")
-            .args(["-sS"])
-            .args(args)
-            .output()
-            .expect("curl runs");
-        assert!(
-            out.status.success(),
-            "curl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn quickstart_app_answers_over_http() {

@@ -1,0 +1,128 @@
+//! What the end-to-end test binaries share: the real `cirrus up` on port 0 and the
+//! clients that drive it.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cirrus");
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// A `cirrus up` process, killed when dropped.
+pub struct Up {
+    pub child: Child,
+    pub url: String,
+    /// The S3 API's address.
+    pub s3: String,
+    pub data_dir: PathBuf,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Up {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Up {
+        let mut child = Command::new(BIN)
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn,cirrus_server=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cirrus up starts");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let mut s3 = String::new();
+        let url = loop {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => match line.strip_prefix("listening on ") {
+                    Some(url) => break url.to_owned(),
+                    None => {
+                        if let Some(rest) = line.strip_prefix("S3 API on ") {
+                            s3 = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        }
+                        seen.push(line)
+                    }
+                },
+                Err(_) => panic!("server did not start; stderr so far: {seen:#?}"),
+            }
+        };
+        Up {
+            child,
+            url,
+            s3,
+            data_dir: data_dir.to_owned(),
+            stderr: rx,
+        }
+    }
+
+    /// Runs the CLI against this server, finding it through the data dir alone.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("CIRRUS_DATA_DIR", &self.data_dir)
+            .env_remove("CIRRUS_URL")
+            .env_remove("CIRRUS_TOKEN")
+            .output()
+            .expect("cli runs")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "cirrus {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.cli_ok(&all)).expect("--json output is JSON")
+    }
+
+    pub fn curl(&self, args: &[&str]) -> String {
+        let out = Command::new("curl")
+            .args(["-sS"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+

@@ -1,0 +1,226 @@
+//! The two canonical serverless flows, end to end on the real binary: a photo uploaded
+//! with the aws CLI becomes a thumbnail, a metadata row and a summary; a form posted
+//! with curl becomes a row (or a 400 and nothing).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::{repo, Up};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn aws(up: &Up, home: &Path, args: &[&str]) -> Output {
+    let config = home.join("aws-config");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n",
+        )
+        .unwrap();
+    }
+    Command::new("aws")
+        .args(["--endpoint-url", &up.s3])
+        .args(args)
+        .env("AWS_SHARED_CREDENTIALS_FILE", up.data_dir.join("s3-credentials"))
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("the aws CLI runs (scripts/test installs it)")
+}
+
+fn aws_ok(up: &Up, home: &Path, args: &[&str]) -> Vec<u8> {
+    let out = aws(up, home, args);
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A test photo: a colour gradient.
+fn photo(width: usize, height: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut pixels = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            pixels.extend_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, ((x + y) % 256) as u8]);
+        }
+    }
+    let mut file = format!("P6\n# a comment\n{width} {height}\n255\n").into_bytes();
+    file.extend_from_slice(&pixels);
+    (file, pixels)
+}
+
+/// The thumbnail the example must produce: a box filter by a whole factor so the larger
+/// side fits `size`, rounding to nearest.
+fn expected_thumbnail(pixels: &[u8], width: usize, height: usize, size: usize) -> Vec<u8> {
+    let factor = width.max(height).div_ceil(size);
+    let (w, h) = (width.div_ceil(factor), height.div_ceil(factor));
+    let mut out = format!("P6\n{w} {h}\n255\n").into_bytes();
+    for ty in 0..h {
+        for tx in 0..w {
+            let mut sum = [0u32; 3];
+            let mut n = 0;
+            for y in ty * factor..((ty + 1) * factor).min(height) {
+                for x in tx * factor..((tx + 1) * factor).min(width) {
+                    for c in 0..3 {
+                        sum[c] += u32::from(pixels[(y * width + x) * 3 + c]);
+                    }
+                    n += 1;
+                }
+            }
+            out.extend(sum.iter().map(|s| ((s + n / 2) / n) as u8));
+        }
+    }
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+#[test]
+fn photo_upload_makes_a_thumbnail_a_row_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let manifest = repo("examples/storage/photos.toml");
+    let up = Up::start(&home.join("data"), &["--app", manifest.to_str().unwrap()]);
+    aws_ok(&up, home, &["s3", "mb", "s3://uploads"]);
+    aws_ok(&up, home, &["s3", "mb", "s3://thumbnails"]);
+
+    let (file, pixels) = photo(200, 120);
+    let local = home.join("photo.ppm");
+    std::fs::write(&local, &file).unwrap();
+    // Not a .ppm: the trigger's suffix filter ignores it.
+    std::fs::write(home.join("notes.txt"), b"not a photo").unwrap();
+    aws_ok(&up, home, &["s3", "cp", home.join("notes.txt").to_str().unwrap(), "s3://uploads/notes.txt"]);
+    aws_ok(&up, home, &["s3", "cp", local.to_str().unwrap(), "s3://uploads/"]);
+
+    let thumb = eventually("the thumbnail", || {
+        let out = aws(&up, home, &["s3", "cp", "s3://thumbnails/photo.ppm", "-"]);
+        out.status.success().then_some(out.stdout)
+    });
+    assert!(
+        thumb == expected_thumbnail(&pixels, 200, 120, 64),
+        "the thumbnail's bytes differ from a 4x box filter of the photo"
+    );
+    assert!(thumb.starts_with(b"P6\n50 30\n255\n"));
+
+    let row = up.cli_json(&["kv", "get", "photos", "photo.ppm"]);
+    assert_eq!(row["width"], 200, "{row}");
+    assert_eq!(row["height"], 120);
+    assert_eq!(row["size"], file.len());
+    assert_eq!(row["sha256"], sha256_hex(&file));
+    assert_eq!(row["thumbnail"]["bucket"], "thumbnails");
+    assert_eq!(row["thumbnail"]["size"], thumb.len());
+
+    let summaries = eventually("the summary row", || {
+        let page = up.cli_json(&["kv", "ls", "photo_summaries"]);
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    });
+    assert_eq!(summaries.len(), 1);
+    let key = summaries[0]["key"].as_str().unwrap();
+    let summary = up.cli_json(&["kv", "get", "photo_summaries", key]);
+    assert_eq!(summary["photo"], "photo.ppm");
+    assert_eq!(summary["pixels"], 200 * 120);
+    assert!(
+        summary["text"].as_str().unwrap().contains("photo.ppm is 200x120"),
+        "{summary}"
+    );
+
+    // A broken photo fails loudly (422, its reason logged) and writes nothing.
+    std::fs::write(home.join("bad.ppm"), b"P6\n10 10\n255\nshort").unwrap();
+    aws_ok(&up, home, &["s3", "cp", home.join("bad.ppm").to_str().unwrap(), "s3://uploads/bad.ppm"]);
+    let failed = eventually("the failed invocation", || {
+        let page = up.cli_json(&["invocations", "thumbnail"]);
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["status"] == 422)
+            .cloned()
+    });
+    assert_eq!(failed["trigger"], "bucket");
+    let logs = up.cli_ok(&["logs", "thumbnail"]);
+    assert!(logs.contains("bad.ppm: the PPM needs 300 bytes of pixels"), "{logs}");
+    assert!(!aws(&up, home, &["s3api", "head-object", "--bucket", "thumbnails", "--key", "bad.ppm"]).status.success());
+    // notes.txt never reached the function: every record is about a .ppm.
+    let page = up.cli_json(&["invocations", "thumbnail", "--limit", "100"]);
+    assert!(page["items"].as_array().unwrap().iter().all(|r| r["status"] == 200 || r["status"] == 422));
+}
+
+#[test]
+fn feedback_form_stores_valid_posts_and_refuses_invalid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = repo("examples/storage/feedback.toml");
+    let up = Up::start(&dir.path().join("data"), &["--app", manifest.to_str().unwrap()]);
+    let url = format!("{}/feedback", up.url);
+    let page = up.curl(&[&url]);
+    assert!(page.contains("<form method=\"post\">"), "{page}");
+
+    let answer = up.curl(&[
+        "-w", "\n%{http_code}",
+        "--data-urlencode", "name=Ann Example",
+        "--data-urlencode", "email=ann@example.com",
+        "--data-urlencode", "message=Fast & friendly, thanks!",
+        "--data-urlencode", "rating=5",
+        &url,
+    ]);
+    let (body, status) = answer.rsplit_once('\n').unwrap();
+    assert_eq!(status, "201", "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let row = up.cli_json(&["kv", "get", "feedback", &id]);
+    assert_eq!(row["name"], "Ann Example");
+    assert_eq!(row["email"], "ann@example.com");
+    assert_eq!(row["message"], "Fast & friendly, thanks!");
+    assert_eq!(row["rating"], "5");
+
+    for (form, field) in [
+        (vec!["name=Bob", "email=not-an-address", "message=hi"], "email"),
+        (vec!["name=Bob", "email=bob@example.com", "message="], "message"),
+        (vec!["email=bob@example.com", "message=hi"], "name"),
+        (vec!["name=Bob", "email=bob@example.com", "message=hi", "rating=9"], "rating"),
+    ] {
+        let mut args = vec!["-w", "\n%{http_code}"];
+        for f in &form {
+            args.extend(["--data-urlencode", f]);
+        }
+        args.push(&url);
+        let answer = up.curl(&args);
+        let (body, status) = answer.rsplit_once('\n').unwrap();
+        assert_eq!(status, "400", "{form:?}: {body}");
+        let errors: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(errors["errors"][field].is_string(), "{form:?}: {body}");
+    }
+    let answer = up.curl(&["-w", "\n%{http_code}", "-H", "content-type: application/json", "-d", "{}", &url]);
+    assert!(answer.ends_with("\n400"), "{answer}");
+    let all = up.cli_json(&["kv", "ls", "feedback"]);
+    assert_eq!(all["items"].as_array().unwrap().len(), 1, "only the valid post is stored: {all}");
+}
