@@ -406,3 +406,290 @@ async fn oversized_uploads_are_refused_and_nothing_changes() {
     assert!(health.status().is_success());
     server.stop().await;
 }
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+impl Running {
+    async fn deploy(
+        &self,
+        name: &str,
+        artifact: &str,
+        config: serde_json::Value,
+        triggers: &[serde_json::Value],
+    ) {
+        let form = reqwest::multipart::Form::new()
+            .text("config", config.to_string())
+            .part(
+                "artifact",
+                reqwest::multipart::Part::bytes(std::fs::read(repo(artifact)).unwrap())
+                    .file_name("f.wasm"),
+            );
+        let http = reqwest::Client::new();
+        let response = http
+            .put(format!("{}/v1/functions/{name}", self.url))
+            .bearer_auth(&self.token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap()
+        );
+        for trigger in triggers {
+            let response = http
+                .post(format!("{}/v1/functions/{name}/triggers", self.url))
+                .bearer_auth(&self.token)
+                .json(trigger)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                response.status().is_success(),
+                "{}",
+                response.text().await.unwrap()
+            );
+        }
+    }
+
+    async fn get(&self, path: &str, bearer: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_notifications_reach_functions_as_s3_events() {
+    python_has_boto3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), |_| {}).await;
+    let (s, home) = (&server, dir.path());
+    aws_ok(s, home, &["s3", "mb", "s3://inbox"]);
+    aws_ok(s, home, &["s3", "mb", "s3://outbox"]);
+    // A command module without HTTP takes part through its destination: the event it
+    // echoes becomes an object named after the object that fired it.
+    s.deploy(
+        "copier",
+        "fixtures/echo.wat",
+        serde_json::json!({ "on_success": ["bucket:outbox/copies/{key}"] }),
+        &[serde_json::json!({ "bucket": { "name": "inbox", "events": ["created"], "prefix": "in/", "suffix": ".txt" } })],
+    )
+    .await;
+    s.deploy(
+        "watcher",
+        "fixtures/echo.wat",
+        serde_json::json!({ "on_success": ["kv:removals"] }),
+        &[serde_json::json!({ "bucket": { "name": "inbox", "events": ["removed"] } })],
+    )
+    .await;
+    let file = home.join("a b.txt");
+    std::fs::write(&file, b"twelve bytes").unwrap();
+    aws_ok(
+        s,
+        home,
+        &["s3", "cp", file.to_str().unwrap(), "s3://inbox/in/a b.txt"],
+    );
+    aws_ok(
+        s,
+        home,
+        &["s3", "cp", file.to_str().unwrap(), "s3://inbox/other/a.txt"],
+    );
+    aws_ok(
+        s,
+        home,
+        &["s3", "cp", file.to_str().unwrap(), "s3://inbox/in/a.bin"],
+    );
+
+    let copy = eventually("the copy", || async {
+        let r = s
+            .get("/v1/buckets/outbox/objects/copies/in/a%20b.txt", &s.token)
+            .await;
+        if r.status().is_success() {
+            Some(r.bytes().await.unwrap())
+        } else {
+            None
+        }
+    })
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&copy).unwrap();
+    let record = &event["Records"][0];
+    assert_eq!(record["eventSource"], "aws:s3");
+    assert_eq!(record["eventName"], "ObjectCreated:Put");
+    assert_eq!(record["s3"]["bucket"]["name"], "inbox");
+    assert_eq!(record["s3"]["bucket"]["arn"], "arn:aws:s3:::inbox");
+    assert_eq!(
+        record["s3"]["object"]["key"], "in/a+b.txt",
+        "keys are form-encoded, as S3 does"
+    );
+    assert_eq!(record["s3"]["object"]["size"], 12);
+    assert_eq!(record["s3"]["object"]["eTag"], md5_hex(b"twelve bytes"));
+
+    aws_ok(s, home, &["s3", "rm", "s3://inbox/in/a b.txt"]);
+    let removal = eventually("the removal event", || async {
+        let page: serde_json::Value = s
+            .get("/v1/kv/removals", &s.token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let key = page["items"][0]["key"].as_str()?.to_owned();
+        Some(
+            s.get(&format!("/v1/kv/removals/{key}"), &s.token)
+                .await
+                .json::<serde_json::Value>()
+                .await
+                .unwrap(),
+        )
+    })
+    .await;
+    assert_eq!(removal["Records"][0]["eventName"], "ObjectRemoved:Delete");
+    assert_eq!(removal["Records"][0]["s3"]["object"]["key"], "in/a+b.txt");
+    // Only the object under in/ ending in .txt was copied.
+    let listed: serde_json::Value = s
+        .get("/v1/buckets/outbox/objects", &s.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["copies/in/a b.txt"]);
+    server.stop().await;
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.md5(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_tokens_reach_exactly_their_grants() {
+    python_has_boto3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), |_| {}).await;
+    let (s, home) = (&server, dir.path());
+    aws_ok(s, home, &["s3", "mb", "s3://uploads"]);
+    aws_ok(s, home, &["s3", "mb", "s3://thumbnails"]);
+    // The thumbnail example may read uploads and write photos, but not thumbnails.
+    s.deploy(
+        "thumbnail",
+        "examples/storage/thumbnail.wasm",
+        serde_json::json!({ "storage": ["bucket:uploads:read", "kv:photos:write"], "max_attempts": 1 }),
+        &[serde_json::json!({ "bucket": { "name": "uploads", "events": ["created"] } })],
+    )
+    .await;
+    let mut photo = b"P6\n2 2\n255\n".to_vec();
+    photo.extend_from_slice(&[9; 12]);
+    std::fs::write(home.join("p.ppm"), &photo).unwrap();
+    aws_ok(
+        s,
+        home,
+        &[
+            "s3",
+            "cp",
+            home.join("p.ppm").to_str().unwrap(),
+            "s3://uploads/p.ppm",
+        ],
+    );
+    let logs = eventually("the refused write", || async {
+        let logs: serde_json::Value = s
+            .get("/v1/functions/thumbnail/logs", &s.token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let text = logs.to_string();
+        text.contains("HTTP 403").then_some(text)
+    })
+    .await;
+    assert!(
+        logs.contains("bucket:thumbnails:write"),
+        "the 403 names the missing grant: {logs}"
+    );
+    assert_eq!(s.get("/v1/kv/photos/p.ppm", &s.token).await.status(), 404);
+    assert_eq!(
+        s.get("/v1/buckets/thumbnails/objects/p.ppm", &s.token)
+            .await
+            .status(),
+        404
+    );
+
+    // Tokens are checked: a made-up one is refused, and grants are not the admin's.
+    let forged = s
+        .get(
+            "/v1/buckets/uploads/objects/p.ppm",
+            "cft1.eyJmIjoieCJ9.AAAA",
+        )
+        .await;
+    assert_eq!(forged.status(), 401);
+    let admin = s.get("/v1/buckets/uploads/objects/p.ppm", &s.token).await;
+    assert_eq!(admin.status(), 200);
+    assert_eq!(admin.bytes().await.unwrap().as_ref(), photo.as_slice());
+    let bad_grant = reqwest::Client::new()
+        .put(format!("{}/v1/functions/other", s.url))
+        .bearer_auth(&s.token)
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("config", r#"{"storage": ["bucket:uploads:admin"]}"#)
+                .part(
+                    "artifact",
+                    reqwest::multipart::Part::bytes(
+                        std::fs::read(repo("fixtures/echo.wat")).unwrap(),
+                    )
+                    .file_name("f.wasm"),
+                ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_grant.status(), 400);
+    assert!(bad_grant
+        .text()
+        .await
+        .unwrap()
+        .contains("invalid storage grant"));
+    server.stop().await;
+}

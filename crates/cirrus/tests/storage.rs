@@ -23,7 +23,10 @@ fn aws(up: &Up, home: &Path, args: &[&str]) -> Output {
     Command::new("aws")
         .args(["--endpoint-url", &up.s3])
         .args(args)
-        .env("AWS_SHARED_CREDENTIALS_FILE", up.data_dir.join("s3-credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            up.data_dir.join("s3-credentials"),
+        )
         .env("AWS_CONFIG_FILE", &config)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
@@ -56,7 +59,11 @@ fn photo(width: usize, height: usize) -> (Vec<u8>, Vec<u8>) {
     let mut pixels = Vec::with_capacity(width * height * 3);
     for y in 0..height {
         for x in 0..width {
-            pixels.extend_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, ((x + y) % 256) as u8]);
+            pixels.extend_from_slice(&[
+                (x * 255 / width) as u8,
+                (y * 255 / height) as u8,
+                ((x + y) % 256) as u8,
+            ]);
         }
     }
     let mut file = format!("P6\n# a comment\n{width} {height}\n255\n").into_bytes();
@@ -116,8 +123,21 @@ fn photo_upload_makes_a_thumbnail_a_row_and_a_summary() {
     std::fs::write(&local, &file).unwrap();
     // Not a .ppm: the trigger's suffix filter ignores it.
     std::fs::write(home.join("notes.txt"), b"not a photo").unwrap();
-    aws_ok(&up, home, &["s3", "cp", home.join("notes.txt").to_str().unwrap(), "s3://uploads/notes.txt"]);
-    aws_ok(&up, home, &["s3", "cp", local.to_str().unwrap(), "s3://uploads/"]);
+    aws_ok(
+        &up,
+        home,
+        &[
+            "s3",
+            "cp",
+            home.join("notes.txt").to_str().unwrap(),
+            "s3://uploads/notes.txt",
+        ],
+    );
+    aws_ok(
+        &up,
+        home,
+        &["s3", "cp", local.to_str().unwrap(), "s3://uploads/"],
+    );
 
     let thumb = eventually("the thumbnail", || {
         let out = aws(&up, home, &["s3", "cp", "s3://thumbnails/photo.ppm", "-"]);
@@ -148,13 +168,25 @@ fn photo_upload_makes_a_thumbnail_a_row_and_a_summary() {
     assert_eq!(summary["photo"], "photo.ppm");
     assert_eq!(summary["pixels"], 200 * 120);
     assert!(
-        summary["text"].as_str().unwrap().contains("photo.ppm is 200x120"),
+        summary["text"]
+            .as_str()
+            .unwrap()
+            .contains("photo.ppm is 200x120"),
         "{summary}"
     );
 
     // A broken photo fails loudly (422, its reason logged) and writes nothing.
     std::fs::write(home.join("bad.ppm"), b"P6\n10 10\n255\nshort").unwrap();
-    aws_ok(&up, home, &["s3", "cp", home.join("bad.ppm").to_str().unwrap(), "s3://uploads/bad.ppm"]);
+    aws_ok(
+        &up,
+        home,
+        &[
+            "s3",
+            "cp",
+            home.join("bad.ppm").to_str().unwrap(),
+            "s3://uploads/bad.ppm",
+        ],
+    );
     let failed = eventually("the failed invocation", || {
         let page = up.cli_json(&["invocations", "thumbnail"]);
         page["items"]
@@ -166,28 +198,56 @@ fn photo_upload_makes_a_thumbnail_a_row_and_a_summary() {
     });
     assert_eq!(failed["trigger"], "bucket");
     let logs = up.cli_ok(&["logs", "thumbnail"]);
-    assert!(logs.contains("bad.ppm: the PPM needs 300 bytes of pixels"), "{logs}");
-    assert!(!aws(&up, home, &["s3api", "head-object", "--bucket", "thumbnails", "--key", "bad.ppm"]).status.success());
+    assert!(
+        logs.contains("bad.ppm: the PPM needs 300 bytes of pixels"),
+        "{logs}"
+    );
+    assert!(!aws(
+        &up,
+        home,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "thumbnails",
+            "--key",
+            "bad.ppm"
+        ]
+    )
+    .status
+    .success());
     // notes.txt never reached the function: every record is about a .ppm.
     let page = up.cli_json(&["invocations", "thumbnail", "--limit", "100"]);
-    assert!(page["items"].as_array().unwrap().iter().all(|r| r["status"] == 200 || r["status"] == 422));
+    assert!(page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == 200 || r["status"] == 422));
 }
 
 #[test]
 fn feedback_form_stores_valid_posts_and_refuses_invalid_ones() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = repo("examples/storage/feedback.toml");
-    let up = Up::start(&dir.path().join("data"), &["--app", manifest.to_str().unwrap()]);
+    let up = Up::start(
+        &dir.path().join("data"),
+        &["--app", manifest.to_str().unwrap()],
+    );
     let url = format!("{}/feedback", up.url);
     let page = up.curl(&[&url]);
     assert!(page.contains("<form method=\"post\">"), "{page}");
 
     let answer = up.curl(&[
-        "-w", "\n%{http_code}",
-        "--data-urlencode", "name=Ann Example",
-        "--data-urlencode", "email=ann@example.com",
-        "--data-urlencode", "message=Fast & friendly, thanks!",
-        "--data-urlencode", "rating=5",
+        "-w",
+        "\n%{http_code}",
+        "--data-urlencode",
+        "name=Ann Example",
+        "--data-urlencode",
+        "email=ann@example.com",
+        "--data-urlencode",
+        "message=Fast & friendly, thanks!",
+        "--data-urlencode",
+        "rating=5",
         &url,
     ]);
     let (body, status) = answer.rsplit_once('\n').unwrap();
@@ -203,10 +263,24 @@ fn feedback_form_stores_valid_posts_and_refuses_invalid_ones() {
     assert_eq!(row["rating"], "5");
 
     for (form, field) in [
-        (vec!["name=Bob", "email=not-an-address", "message=hi"], "email"),
-        (vec!["name=Bob", "email=bob@example.com", "message="], "message"),
+        (
+            vec!["name=Bob", "email=not-an-address", "message=hi"],
+            "email",
+        ),
+        (
+            vec!["name=Bob", "email=bob@example.com", "message="],
+            "message",
+        ),
         (vec!["email=bob@example.com", "message=hi"], "name"),
-        (vec!["name=Bob", "email=bob@example.com", "message=hi", "rating=9"], "rating"),
+        (
+            vec![
+                "name=Bob",
+                "email=bob@example.com",
+                "message=hi",
+                "rating=9",
+            ],
+            "rating",
+        ),
     ] {
         let mut args = vec!["-w", "\n%{http_code}"];
         for f in &form {
@@ -219,8 +293,20 @@ fn feedback_form_stores_valid_posts_and_refuses_invalid_ones() {
         let errors: serde_json::Value = serde_json::from_str(body).unwrap();
         assert!(errors["errors"][field].is_string(), "{form:?}: {body}");
     }
-    let answer = up.curl(&["-w", "\n%{http_code}", "-H", "content-type: application/json", "-d", "{}", &url]);
+    let answer = up.curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        &url,
+    ]);
     assert!(answer.ends_with("\n400"), "{answer}");
     let all = up.cli_json(&["kv", "ls", "feedback"]);
-    assert_eq!(all["items"].as_array().unwrap().len(), 1, "only the valid post is stored: {all}");
+    assert_eq!(
+        all["items"].as_array().unwrap().len(),
+        1,
+        "only the valid post is stored: {all}"
+    );
 }

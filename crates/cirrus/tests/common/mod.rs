@@ -125,4 +125,3 @@ impl Drop for Up {
         let _ = self.child.wait();
     }
 }
-
