@@ -16,7 +16,15 @@ pub struct Blobs {
 /// A blob being written; nothing is visible until [`BlobWriter::finish`].
 pub struct BlobWriter {
     file: std::io::BufWriter<tempfile::NamedTempFile>,
+    /// Bytes written since the last background flush started.
+    unflushed: usize,
+    /// A background `fdatasync` of what was written so far: large objects reach the disk
+    /// while the rest of the body still arrives, so the final fsync is short.
+    flushing: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
+
+/// Large bodies start a background flush every this many bytes.
+const FLUSH_EVERY: usize = 2 << 20;
 
 impl Blobs {
     /// Opens the blob directories and removes whatever an interrupted write left in tmp.
@@ -41,6 +49,8 @@ impl Blobs {
                 256 << 10,
                 tempfile::NamedTempFile::new_in(&self.tmp)?,
             ),
+            unflushed: 0,
+            flushing: None,
         })
     }
 
@@ -71,7 +81,25 @@ impl Blobs {
 
 impl BlobWriter {
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)
+        self.file.write_all(bytes)?;
+        self.unflushed += bytes.len();
+        if self.unflushed >= FLUSH_EVERY && self.flushing.as_ref().is_none_or(|f| f.is_finished()) {
+            self.wait_for_flush()?;
+            self.file.flush()?;
+            let handle = self.file.get_ref().as_file().try_clone()?;
+            self.flushing = Some(std::thread::spawn(move || handle.sync_data()));
+            self.unflushed = 0;
+        }
+        Ok(())
+    }
+
+    fn wait_for_flush(&mut self) -> std::io::Result<()> {
+        match self.flushing.take() {
+            Some(flush) => flush
+                .join()
+                .map_err(|_| std::io::Error::other("a blob flush panicked"))?,
+            None => Ok(()),
+        }
     }
 
     /// Appends a stored blob (completing a multipart upload; copying an object).
@@ -83,7 +111,8 @@ impl BlobWriter {
     }
 
     /// Makes the blob durable and gives it its final name.
-    pub fn finish(self, blobs: &Blobs) -> std::io::Result<String> {
+    pub fn finish(mut self, blobs: &Blobs) -> std::io::Result<String> {
+        self.wait_for_flush()?;
         let file = self.file.into_inner().map_err(|e| e.into_error())?;
         file.as_file().sync_all()?;
         let name = uuid::Uuid::now_v7().simple().to_string();

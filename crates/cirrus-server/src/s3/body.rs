@@ -404,46 +404,53 @@ fn write_blob(
     max_bytes: u64,
 ) -> S3Result<Ingested> {
     let mut writer = blobs.writer().map_err(S3Error::internal)?;
-    let mut size = 0u64;
-    let mut md5 = md5::Md5::new();
-    let mut checksum: Option<Hasher> = expect.checksum.as_ref().map(|(a, _)| a.hasher());
-    let mut sha256 = match &expect.framing {
+    // Hashing runs on its own thread, beside the writes: a large body is hashed and
+    // written at the same time.
+    let checksum: Option<Hasher> = expect.checksum.as_ref().map(|(a, _)| a.hasher());
+    let sha256 = match &expect.framing {
         Framing::Plain { sha256: Some(_) } => Some(sha2::Sha256::new()),
         _ => None,
     };
-    let mut io_error: Option<std::io::Error> = None;
-    let mut sink = |data: &[u8]| -> S3Result<()> {
-        size += data.len() as u64;
-        if size > max_bytes {
-            return Err(too_large(max_bytes));
+    let (to_hasher, hasher_rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+    let hashing = std::thread::spawn(move || {
+        let (mut md5, mut checksum, mut sha256) = (md5::Md5::new(), checksum, sha256);
+        for data in hasher_rx {
+            md5.update(&data);
+            if let Some(h) = &mut checksum {
+                h.update(&data);
+            }
+            if let Some(h) = &mut sha256 {
+                h.update(&data);
+            }
         }
-        md5.update(data);
-        if let Some(h) = &mut checksum {
-            h.update(data);
-        }
-        if let Some(h) = &mut sha256 {
-            h.update(data);
-        }
-        if let Err(e) = writer.write(data) {
-            io_error = Some(e);
-            return Err(S3Error::internal("writing a blob failed"));
-        }
-        Ok(())
-    };
+        (md5, checksum, sha256)
+    });
+    let mut size = 0u64;
     let mut decoder = match &expect.framing {
         Framing::Chunked { signing } => Some(ChunkedDecoder::new(signing.clone())),
         Framing::Plain { .. } => None,
     };
     while let Some(frame) = rx.blocking_recv() {
-        let data = frame.map_err(|e| incomplete(&e))?;
+        let frame = frame.map_err(|e| incomplete(&e))?;
+        let mut sink = |data: &[u8]| -> S3Result<()> {
+            size += data.len() as u64;
+            if size > max_bytes {
+                return Err(too_large(max_bytes));
+            }
+            writer.write(data).map_err(S3Error::internal)?;
+            to_hasher
+                .send(frame.slice_ref(data))
+                .map_err(|_| S3Error::internal("the hashing thread stopped"))
+        };
         match &mut decoder {
-            Some(d) => d.feed(&data, &mut sink)?,
-            None => sink(&data)?,
+            Some(d) => d.feed(&frame, &mut sink)?,
+            None => sink(&frame)?,
         }
     }
-    if let Some(e) = io_error {
-        return Err(S3Error::internal(e));
-    }
+    drop(to_hasher);
+    let (md5, checksum, sha256) = hashing
+        .join()
+        .map_err(|_| S3Error::internal("the hashing thread panicked"))?;
     let trailers = match &mut decoder {
         Some(d) => {
             d.finish()?;
