@@ -181,6 +181,10 @@ struct DeployArgs {
     /// Host the function may reach with outbound HTTP (repeatable)
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
+    /// Storage grant, e.g. bucket:uploads:read or kv:photos:write (repeatable): the
+    /// function gets CIRRUS_API and a token scoped to its grants
+    #[arg(long = "storage")]
+    storage: Vec<cirrus_api::grant::Grant>,
     /// Asynchronous events: attempts in total before the dead-letter queue [default: 3]
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -736,6 +740,9 @@ fn flag_config(args: &DeployArgs, mut config: FunctionConfig) -> FunctionConfig 
     }
     if !args.allow_hosts.is_empty() {
         config.allowed_hosts = args.allow_hosts.clone();
+    }
+    if !args.storage.is_empty() {
+        config.storage = args.storage.clone();
     }
     if let Some(n) = args.max_attempts {
         config.max_attempts = n;

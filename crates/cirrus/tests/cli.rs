@@ -887,6 +887,26 @@ fn manifests_declare_triggers_and_the_cli_manages_them() {
     let out = up.cli(&["trigger", "add", "orders", "--route", "/audit"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"));
     up.cli_ok(&["trigger", "rm", added[0]["id"].as_str().unwrap()]);
+    let bucket = up.cli_json(&[
+        "trigger", "add", "audit", "--bucket", "uploads", "--events", "created", "--prefix",
+        "photos/", "--suffix", ".ppm",
+    ]);
+    assert_eq!(
+        bucket[0]["bucket"],
+        serde_json::json!({ "name": "uploads", "events": ["created"], "prefix": "photos/", "suffix": ".ppm" })
+    );
+    let table = up.cli_ok(&["trigger", "ls", "audit"]);
+    assert!(
+        table.contains("uploads created prefix=photos/ suffix=.ppm"),
+        "{table}"
+    );
+    let out = up.cli(&["trigger", "add", "audit", "--bucket", "Not_A_Bucket"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid bucket name"));
+    let out = up.cli(&[
+        "trigger", "add", "audit", "--bucket", "uploads", "--events", "changed",
+    ]);
+    assert!(!out.status.success());
+    up.cli_ok(&["trigger", "rm", bucket[0]["id"].as_str().unwrap()]);
     let out = up.cli(&["publish", "nobody"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
 
