@@ -310,3 +310,92 @@ fn feedback_form_stores_valid_posts_and_refuses_invalid_ones() {
         "only the valid post is stored: {all}"
     );
 }
+
+/// Sends the headers and 8 MiB of a 64 MiB presigned PUT, says "sent", then waits.
+const HALF_UPLOAD: &str = r#"
+import boto3, configparser, socket, sys, time
+from botocore.config import Config
+from urllib.parse import urlparse
+keys = configparser.ConfigParser(); keys.read(sys.argv[2])
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+    aws_access_key_id=keys["default"]["aws_access_key_id"],
+    aws_secret_access_key=keys["default"]["aws_secret_access_key"],
+    config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+url = urlparse(s3.generate_presigned_url("put_object", Params={"Bucket": "crash", "Key": "big.bin"}, ExpiresIn=60))
+sock = socket.create_connection((url.hostname, url.port))
+sock.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {64 << 20}\r\n\r\n".encode())
+sock.sendall(b"x" * (8 << 20))
+print("sent", flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn a_crash_mid_upload_leaves_nothing_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let data = home.join("data");
+    let up = Up::start(&data, &[]);
+    aws_ok(&up, home, &["s3", "mb", "s3://crash"]);
+    let mut client = Command::new("python3")
+        .args(["-c", HALF_UPLOAD, &up.s3])
+        .arg(data.join("s3-credentials"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "sent");
+    std::thread::sleep(Duration::from_millis(300));
+    // Part of the body is on disk in objects/tmp; the server dies without warning.
+    let pid = up.child.id().to_string();
+    Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    let _ = client.kill();
+    drop(up);
+
+    let up = Up::start(&data, &[]);
+    let out = aws(
+        &up,
+        home,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "crash",
+            "--key",
+            "big.bin",
+        ],
+    );
+    assert!(!out.status.success(), "a half-written object is visible");
+    let listed = aws_ok(&up, home, &["s3", "ls", "s3://crash/"]);
+    assert!(listed.is_empty(), "{}", String::from_utf8_lossy(&listed));
+    assert_eq!(
+        std::fs::read_dir(data.join("objects/tmp")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(data.join("objects/blobs"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // And the store works on.
+    std::fs::write(home.join("small"), b"after the crash").unwrap();
+    aws_ok(
+        &up,
+        home,
+        &[
+            "s3",
+            "cp",
+            home.join("small").to_str().unwrap(),
+            "s3://crash/small",
+        ],
+    );
+    assert_eq!(
+        aws_ok(&up, home, &["s3", "cp", "s3://crash/small", "-"]),
+        b"after the crash"
+    );
+}
