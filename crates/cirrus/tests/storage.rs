@@ -354,6 +354,7 @@ fn a_crash_mid_upload_leaves_nothing_visible() {
     let pid = up.child.id().to_string();
     Command::new("kill").args(["-KILL", &pid]).status().unwrap();
     let _ = client.kill();
+    let _ = client.wait();
     drop(up);
 
     let up = Up::start(&data, &[]);
