@@ -14,6 +14,12 @@ const PREFIX: &str = "cft1.";
 pub struct Claims {
     #[serde(rename = "f")]
     pub function: String,
+    /// The invocation the token was minted for, and its pipeline depth: the lineage of
+    /// what the function writes (so a function triggering itself stops at the limit).
+    #[serde(rename = "r")]
+    pub request_id: String,
+    #[serde(rename = "h")]
+    pub hops: u32,
     #[serde(rename = "g")]
     pub grants: Vec<Grant>,
     /// Milliseconds since the epoch.
@@ -24,6 +30,11 @@ pub struct Claims {
 impl Claims {
     pub fn allows(&self, resource: &Resource, access: Access) -> bool {
         self.grants.iter().any(|g| g.allows(resource, access))
+    }
+
+    /// What the token's writes descend from: `(request id, hops)`.
+    pub fn lineage(&self) -> (String, u32) {
+        (self.request_id.clone(), self.hops)
     }
 }
 
@@ -70,6 +81,8 @@ mod tests {
         let issuer = TokenIssuer::new("admin");
         let claims = Claims {
             function: "thumb".into(),
+            request_id: "r1".into(),
+            hops: 2,
             grants: vec!["bucket:uploads:read".parse().unwrap()],
             expires_ms: 1000,
         };

@@ -52,6 +52,9 @@ pub struct Call {
     pub attempt: u32,
     /// For events created by a destination: the invocation whose result they carry.
     pub parent_request_id: Option<String>,
+    /// Pipeline steps between this call and the request that started it; storage
+    /// writes the function makes with its token carry it on, so loops stop.
+    pub hops: u32,
 }
 
 impl Call {
@@ -72,6 +75,7 @@ impl Call {
             request_id: None,
             attempt: 1,
             parent_request_id: None,
+            hops: 0,
         }
     }
 }
@@ -219,6 +223,7 @@ impl Invoker {
             trigger,
             request,
             authorized,
+            hops,
             ..
         } = call;
         let version = self.registry.resolve(&function, &qualifier)?;
@@ -279,6 +284,8 @@ impl Invoker {
         ) {
             let token = self.platform.issuer.issue(&crate::function_token::Claims {
                 function: version.function.clone(),
+                request_id: meta.request_id.clone(),
+                hops,
                 grants: version.config.storage.clone(),
                 expires_ms: self.clock.now_ms()
                     + (version.config.timeout + TOKEN_GRACE).as_millis() as u64,

@@ -388,6 +388,11 @@ impl Dispatcher {
                 }
                 Destination::Bucket { bucket, key } => {
                     let key = object_key(key, event);
+                    if key.len() > 1024 {
+                        return Err(ApiError::bad_request(format!(
+                            "the destination key {key:?} is longer than 1024 bytes"
+                        )));
+                    }
                     let mut headers = axum::http::HeaderMap::new();
                     if let Some(v) = content_type
                         .as_deref()
@@ -461,6 +466,13 @@ impl Dispatcher {
             on_failure: None,
             traceparent: String::new(),
         };
+        // Changes a function makes to storage carry its lineage; one that keeps
+        // triggering itself (writing into its own bucket or table) ends here.
+        if event.hops > MAX_PIPELINE_DEPTH {
+            return Err(dead(format!(
+                "pipeline deeper than {MAX_PIPELINE_DEPTH} steps: does the function write into the bucket or table that triggers it?"
+            )));
+        }
         let qualifier = Qualifier::parse(&event.qualifier)
             .map_err(|e| dead(format!("invalid qualifier: {e}")))?;
         let version = match self.registry.resolve(&event.function, &qualifier) {
@@ -488,6 +500,7 @@ impl Dispatcher {
             request_id: Some(event.id.clone()),
             attempt: attempts,
             parent_request_id: event.parent_id.clone(),
+            hops: event.hops,
             ..Call::new(
                 event.function.clone(),
                 qualifier,

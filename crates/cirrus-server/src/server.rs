@@ -164,10 +164,7 @@ impl Server {
             store: objects,
             blobs,
             credentials,
-            notifier: crate::s3::notify::Notifier {
-                registry: registry.clone(),
-                wake: wake.clone(),
-            },
+            notifier: crate::s3::notify::Notifier::new(registry.clone(), wake.clone()),
             clock: clock.clone(),
             limits: config.s3.clone(),
         });

@@ -691,5 +691,104 @@ async fn function_tokens_reach_exactly_their_grants() {
         .await
         .unwrap()
         .contains("invalid storage grant"));
+
+    // A genuine token (minted as the server mints them) opens exactly its grants.
+    use cirrus_server::function_token::{Claims, TokenIssuer};
+    let mint = |expires_ms: u64| {
+        TokenIssuer::new(&s.token).issue(&Claims {
+            function: "probe".into(),
+            request_id: "r".into(),
+            hops: 0,
+            grants: vec![
+                "kv:photos:write".parse().unwrap(),
+                "bucket:uploads:read".parse().unwrap(),
+            ],
+            expires_ms,
+        })
+    };
+    let token = mint(1_800_000_000_000);
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, token: &str| {
+        http.request(method, format!("{}{path}", s.url))
+            .bearer_auth(token)
+            .body("{}")
+            .header("content-type", "application/json")
+            .send()
+    };
+    use reqwest::Method as M;
+    for (method, path, want) in [
+        (M::PUT, "/v1/kv/photos/k", 200),
+        (M::GET, "/v1/kv/photos/k", 403),
+        (M::PUT, "/v1/kv/secret/k", 403),
+        (M::GET, "/v1/kv/photos%2F..%2Fsecret/k", 403),
+        (M::HEAD, "/v1/buckets/uploads/objects/p.ppm", 200),
+        (M::GET, "/v1/buckets/uploads/objects", 200),
+        (M::PUT, "/v1/buckets/uploads/objects/p.ppm", 403),
+        (M::DELETE, "/v1/buckets/uploads/objects/p.ppm", 403),
+        (M::GET, "/v1/buckets/thumbnails/objects", 403),
+        (M::GET, "/v1/functions", 401),
+        (M::GET, "/metrics", 401),
+    ] {
+        let response = call(method.clone(), path, &token).await.unwrap();
+        assert_eq!(response.status().as_u16(), want, "{method} {path}");
+    }
+    let expired = call(M::PUT, "/v1/kv/photos/k", &mint(1)).await.unwrap();
+    assert_eq!(expired.status(), 401);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_writing_into_its_own_trigger_stops_at_the_depth_limit() {
+    python_has_boto3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), |_| {}).await;
+    let (s, home) = (&server, dir.path());
+    aws_ok(s, home, &["s3", "mb", "s3://loop"]);
+    // The thumbnail example told to write its thumbnails into the bucket it watches.
+    s.deploy(
+        "thumbnail",
+        "examples/storage/thumbnail.wasm",
+        serde_json::json!({
+            "storage": ["bucket:loop:read", "bucket:loop:write", "kv:photos:write"],
+            "env": { "THUMB_BUCKET": "loop" },
+            "max_attempts": 1
+        }),
+        &[serde_json::json!({ "bucket": { "name": "loop", "events": ["created"] } })],
+    )
+    .await;
+    let mut photo = b"P6\n2 2\n255\n".to_vec();
+    photo.extend_from_slice(&[9; 12]);
+    std::fs::write(home.join("p.ppm"), &photo).unwrap();
+    aws_ok(
+        s,
+        home,
+        &[
+            "s3",
+            "cp",
+            home.join("p.ppm").to_str().unwrap(),
+            "s3://loop/p.ppm",
+        ],
+    );
+    let dead = eventually("the loop to be cut", || async {
+        let dead: serde_json::Value = s.get("/v1/dlq", &s.token).await.json().await.unwrap();
+        let text = dead.to_string();
+        text.contains("pipeline deeper than").then_some(text)
+    })
+    .await;
+    assert!(dead.contains("triggers it"), "{dead}");
+    let row: serde_json::Value = s
+        .get("/v1/kv/photos/p.ppm", &s.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again: serde_json::Value = s
+        .get("/v1/kv/photos/p.ppm", &s.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(row, again, "the function stopped running");
     server.stop().await;
 }

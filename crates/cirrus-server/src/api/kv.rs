@@ -55,10 +55,11 @@ async fn write(
     key: String,
     value: Option<(Vec<u8>, Option<String>)>,
     cond: KvCondition,
+    lineage: Option<(String, u32)>,
 ) -> Result<Response, Failure> {
     let written = state
         .kv_writer
-        .write(&table, &key, value, cond, None)
+        .write(&table, &key, value, cond, lineage)
         .await
         .map_err(Failure::internal)?;
     match written {
@@ -75,9 +76,12 @@ async fn write(
     }
 }
 
+/// Writes by a function (with its token) carry its lineage, so a function feeding a
+/// table that triggers it stops at the pipeline depth limit.
 pub async fn put(
     State(state): State<AppStateRef>,
     Path((table, key)): Path<(String, String)>,
+    claims: Option<axum::Extension<crate::function_token::Claims>>,
     request: Request,
 ) -> Result<Response, Failure> {
     check(&table, Some(&key))?;
@@ -98,6 +102,7 @@ pub async fn put(
         key,
         Some((value.to_vec(), content_type)),
         cond,
+        claims.map(|c| c.lineage()),
     )
     .await
 }
@@ -105,11 +110,12 @@ pub async fn put(
 pub async fn delete(
     State(state): State<AppStateRef>,
     Path((table, key)): Path<(String, String)>,
+    claims: Option<axum::Extension<crate::function_token::Claims>>,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     check(&table, Some(&key))?;
     let cond = condition(&headers)?;
-    write(&state, table, key, None, cond).await
+    write(&state, table, key, None, cond, claims.map(|c| c.lineage())).await
 }
 
 pub async fn get(

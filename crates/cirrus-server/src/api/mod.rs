@@ -296,6 +296,8 @@ async fn require_grant(State(state): State<AppStateRef>, request: Request, next:
         _ => cirrus_api::grant::Access::Write,
     };
     if claims.allows(&resource, access) {
+        let mut request = request;
+        request.extensions_mut().insert(claims);
         return next.run(request).await;
     }
     let wanted = cirrus_api::grant::Grant { resource, access };

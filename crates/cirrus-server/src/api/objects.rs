@@ -5,6 +5,7 @@
 
 use super::AppStateRef;
 use crate::error::Failure;
+use crate::function_token::Claims;
 use crate::s3::error::S3Error;
 use crate::s3::{blocking, objects, Target};
 use axum::body::Body;
@@ -108,6 +109,7 @@ pub async fn get(
 pub async fn put(
     State(state): State<AppStateRef>,
     Path((bucket, key)): Path<(String, String)>,
+    claims: Option<axum::Extension<Claims>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Failure> {
@@ -116,9 +118,17 @@ pub async fn put(
             "keys are at most 1024 bytes",
         )));
     }
-    let object = objects::store(&state.s3, &bucket, &key, &headers, None, body, None)
-        .await
-        .map_err(failure)?;
+    let object = objects::store(
+        &state.s3,
+        &bucket,
+        &key,
+        &headers,
+        None,
+        body,
+        claims.map(|c| c.lineage()),
+    )
+    .await
+    .map_err(failure)?;
     Ok((
         StatusCode::CREATED,
         Json(ObjectInfo {
@@ -135,11 +145,12 @@ pub async fn put(
 pub async fn delete(
     State(state): State<AppStateRef>,
     Path((bucket, key)): Path<(String, String)>,
+    claims: Option<axum::Extension<Claims>>,
 ) -> Result<Response, Failure> {
     crate::s3::buckets::exists(&state.s3, &bucket)
         .await
         .map_err(failure)?;
-    if objects::remove(&state.s3, &bucket, &key)
+    if objects::remove(&state.s3, &bucket, &key, claims.map(|c| c.lineage()))
         .await
         .map_err(failure)?
     {

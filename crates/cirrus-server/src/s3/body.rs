@@ -3,7 +3,7 @@
 //! (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`, `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` and its
 //! `-TRAILER` form), with checksums in headers or trailers.
 
-use super::blobs::Blobs;
+use super::blobs::{BlobWriter, Blobs};
 use super::checksum::{Algorithm, Hasher};
 use super::error::{S3Error, S3Result};
 use super::sigv4::{constant_time_eq, Signing, Verified};
@@ -346,8 +346,11 @@ impl ChunkedDecoder {
     }
 }
 
-/// What the blocking writer receives: body bytes, or word that the client went away.
-type Frame = Result<Bytes, String>;
+/// Bodies are handed to blocking code in batches of about this size: no blocking thread
+/// waits on a slow client, and a large body costs one hand-off per batch.
+const BATCH_BYTES: usize = 1 << 20;
+/// A body that sends nothing for this long is abandoned (S3's `RequestTimeout`).
+const IDLE_BODY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Streams a request body into a new blob, checking everything the headers promise.
 /// Nothing is visible until the returned blob is recorded by the caller.
@@ -368,26 +371,75 @@ pub async fn ingest(
             return Err(too_large(max_bytes));
         }
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(16);
-    let worker = tokio::task::spawn_blocking(move || write_blob(rx, expect, &blobs, max_bytes));
+    let b = blobs.clone();
+    let checksum = expect.checksum.as_ref().map(|(a, _)| a.hasher());
+    let sha256 = matches!(expect.framing, Framing::Plain { sha256: Some(_) });
+    let decoder = match &expect.framing {
+        Framing::Chunked { signing } => Some(ChunkedDecoder::new(signing.clone())),
+        Framing::Plain { .. } => None,
+    };
+    let mut sink: Option<Box<Sink>> = Some(
+        tokio::task::spawn_blocking(move || -> S3Result<Box<Sink>> {
+            Ok(Box::new(Sink {
+                writer: b.writer().map_err(S3Error::internal)?,
+                decoder,
+                size: 0,
+                max_bytes,
+                md5: md5::Md5::new(),
+                checksum,
+                sha256: sha256.then(sha2::Sha256::new),
+            }))
+        })
+        .await
+        .map_err(S3Error::internal)??,
+    );
+    // One batch is written while the next is received.
+    let mut writing: Option<tokio::task::JoinHandle<S3Result<Box<Sink>>>> = None;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_bytes = 0;
     let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let sent = match frame {
-            Ok(frame) => match frame.into_data() {
-                Ok(data) => tx.send(Ok(data)).await,
-                Err(_) => continue, // HTTP trailers: S3 clients put theirs in the body
-            },
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string())).await;
+    loop {
+        let frame = match tokio::time::timeout(IDLE_BODY, body.frame()).await {
+            Err(_) => {
+                return Err(S3Error::bad_request(
+                    "RequestTimeout",
+                    "Your socket connection to the server was not read from or written to within the timeout period.",
+                ))
+            }
+            Ok(None) => None,
+            Ok(Some(Err(e))) => return Err(incomplete(&e.to_string())),
+            Ok(Some(Ok(frame))) => Some(frame),
+        };
+        let end = frame.is_none();
+        if let Some(Ok(data)) = frame.map(|f| f.into_data()) {
+            batch_bytes += data.len();
+            batch.push(data);
+        }
+        if batch_bytes >= BATCH_BYTES || end {
+            let mut s = match (writing.take(), sink.take()) {
+                (Some(previous), _) => previous.await.map_err(S3Error::internal)??,
+                (None, Some(s)) => s,
+                (None, None) => return Err(S3Error::internal("the body's sink went missing")),
+            };
+            let frames = std::mem::take(&mut batch);
+            batch_bytes = 0;
+            let handle = tokio::task::spawn_blocking(move || {
+                for frame in &frames {
+                    s.take(frame)?;
+                }
+                Ok(s)
+            });
+            if end {
+                sink = Some(handle.await.map_err(S3Error::internal)??);
                 break;
             }
-        };
-        if sent.is_err() {
-            break; // the writer stopped: its error says why
+            writing = Some(handle);
         }
     }
-    drop(tx);
-    worker.await.map_err(S3Error::internal)?
+    let sink = sink.ok_or_else(|| S3Error::internal("the body's sink went missing"))?;
+    tokio::task::spawn_blocking(move || sink.finish(expect, &blobs))
+        .await
+        .map_err(S3Error::internal)?
 }
 
 fn too_large(max: u64) -> S3Error {
@@ -397,124 +449,123 @@ fn too_large(max: u64) -> S3Error {
     )
 }
 
-fn write_blob(
-    mut rx: tokio::sync::mpsc::Receiver<Frame>,
-    expect: Expectations,
-    blobs: &Blobs,
+/// A body on its way into a blob: decoded, hashed and written batch by batch.
+struct Sink {
+    writer: BlobWriter,
+    decoder: Option<ChunkedDecoder>,
+    size: u64,
     max_bytes: u64,
-) -> S3Result<Ingested> {
-    let mut writer = blobs.writer().map_err(S3Error::internal)?;
-    // Hashing runs on its own thread, beside the writes: a large body is hashed and
-    // written at the same time.
-    let checksum: Option<Hasher> = expect.checksum.as_ref().map(|(a, _)| a.hasher());
-    let sha256 = match &expect.framing {
-        Framing::Plain { sha256: Some(_) } => Some(sha2::Sha256::new()),
-        _ => None,
-    };
-    let (to_hasher, hasher_rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
-    let hashing = std::thread::spawn(move || {
-        let (mut md5, mut checksum, mut sha256) = (md5::Md5::new(), checksum, sha256);
-        for data in hasher_rx {
-            md5.update(&data);
-            if let Some(h) = &mut checksum {
-                h.update(&data);
+    md5: md5::Md5,
+    checksum: Option<Hasher>,
+    sha256: Option<sha2::Sha256>,
+}
+
+impl Sink {
+    fn take(&mut self, frame: &[u8]) -> S3Result<()> {
+        let Sink {
+            writer,
+            decoder,
+            size,
+            max_bytes,
+            md5,
+            checksum,
+            sha256,
+        } = self;
+        let mut emit = |data: &[u8]| -> S3Result<()> {
+            *size += data.len() as u64;
+            if *size > *max_bytes {
+                return Err(too_large(*max_bytes));
             }
-            if let Some(h) = &mut sha256 {
-                h.update(&data);
+            md5.update(data);
+            if let Some(h) = checksum.as_mut() {
+                h.update(data);
             }
-        }
-        (md5, checksum, sha256)
-    });
-    let mut size = 0u64;
-    let mut decoder = match &expect.framing {
-        Framing::Chunked { signing } => Some(ChunkedDecoder::new(signing.clone())),
-        Framing::Plain { .. } => None,
-    };
-    while let Some(frame) = rx.blocking_recv() {
-        let frame = frame.map_err(|e| incomplete(&e))?;
-        let mut sink = |data: &[u8]| -> S3Result<()> {
-            size += data.len() as u64;
-            if size > max_bytes {
-                return Err(too_large(max_bytes));
+            if let Some(h) = sha256.as_mut() {
+                h.update(data);
             }
-            writer.write(data).map_err(S3Error::internal)?;
-            to_hasher
-                .send(frame.slice_ref(data))
-                .map_err(|_| S3Error::internal("the hashing thread stopped"))
+            writer.write(data).map_err(S3Error::internal)
         };
-        match &mut decoder {
-            Some(d) => d.feed(&frame, &mut sink)?,
-            None => sink(&frame)?,
+        match decoder {
+            Some(d) => d.feed(frame, &mut emit),
+            None => emit(frame),
         }
     }
-    drop(to_hasher);
-    let (md5, checksum, sha256) = hashing
-        .join()
-        .map_err(|_| S3Error::internal("the hashing thread panicked"))?;
-    let trailers = match &mut decoder {
-        Some(d) => {
-            d.finish()?;
-            std::mem::take(&mut d.trailers)
-        }
-        None => Vec::new(),
-    };
-    if let (
-        Framing::Plain {
-            sha256: Some(expected),
-        },
-        Some(h),
-    ) = (&expect.framing, sha256)
-    {
-        if hex::encode(h.finalize()) != *expected {
-            return Err(S3Error::bad_request(
-                "XAmzContentSHA256Mismatch",
-                "The provided 'x-amz-content-sha256' header does not match what was computed.",
-            ));
-        }
-    }
-    if let Some(len) = expect.decoded_length {
-        if len != size {
-            return Err(incomplete(&format!(
-                "x-amz-decoded-content-length is {len} but the body has {size} bytes"
-            )));
-        }
-    }
-    let md5: [u8; 16] = md5.finalize().into();
-    if let Some(expected) = expect.md5 {
-        if expected != md5 {
-            return Err(S3Error::bad_digest("Content-MD5"));
-        }
-    }
-    let checksum = match (expect.checksum, checksum) {
-        (Some((algorithm, value)), Some(hasher)) => {
-            let computed = hasher.finish();
-            let given = value.or_else(|| {
-                trailers
-                    .iter()
-                    .find(|(n, _)| n == algorithm.header())
-                    .map(|(_, v)| v.clone())
-            });
-            match given {
-                Some(given) if given != computed => {
-                    return Err(S3Error::bad_digest(algorithm.name()))
-                }
-                None if expect.trailer => {
-                    return Err(S3Error::invalid_argument(format!(
-                        "the trailer {} was declared but not sent",
-                        algorithm.header()
-                    )))
-                }
-                _ => {}
+
+    /// Checks what the headers promised, then makes the blob durable and visible.
+    fn finish(mut self: Box<Self>, expect: Expectations, blobs: &Blobs) -> S3Result<Ingested> {
+        let trailers = match &mut self.decoder {
+            Some(d) => {
+                d.finish()?;
+                std::mem::take(&mut d.trailers)
             }
-            Some((algorithm.name().to_owned(), computed))
+            None => Vec::new(),
+        };
+        let Sink {
+            writer,
+            size,
+            md5,
+            checksum,
+            sha256,
+            ..
+        } = *self;
+        if let (
+            Framing::Plain {
+                sha256: Some(expected),
+            },
+            Some(h),
+        ) = (&expect.framing, sha256)
+        {
+            if hex::encode(h.finalize()) != *expected {
+                return Err(S3Error::bad_request(
+                    "XAmzContentSHA256Mismatch",
+                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                ));
+            }
         }
-        _ => None,
-    };
-    let blob = writer.finish(blobs).map_err(S3Error::internal)?;
-    Ok(Ingested {
-        blob,
-        size,
-        md5,
-        checksum,
-    })
+        if let Some(len) = expect.decoded_length {
+            if len != size {
+                return Err(incomplete(&format!(
+                    "x-amz-decoded-content-length is {len} but the body has {size} bytes"
+                )));
+            }
+        }
+        let md5: [u8; 16] = md5.finalize().into();
+        if let Some(expected) = expect.md5 {
+            if expected != md5 {
+                return Err(S3Error::bad_digest("Content-MD5"));
+            }
+        }
+        let checksum = match (expect.checksum, checksum) {
+            (Some((algorithm, value)), Some(hasher)) => {
+                let computed = hasher.finish();
+                let given = value.or_else(|| {
+                    trailers
+                        .iter()
+                        .find(|(n, _)| n == algorithm.header())
+                        .map(|(_, v)| v.clone())
+                });
+                match given {
+                    Some(given) if given != computed => {
+                        return Err(S3Error::bad_digest(algorithm.name()))
+                    }
+                    None if expect.trailer => {
+                        return Err(S3Error::invalid_argument(format!(
+                            "the trailer {} was declared but not sent",
+                            algorithm.header()
+                        )))
+                    }
+                    _ => {}
+                }
+                Some((algorithm.name().to_owned(), computed))
+            }
+            _ => None,
+        };
+        let blob = writer.finish(blobs).map_err(S3Error::internal)?;
+        Ok(Ingested {
+            blob,
+            size,
+            md5,
+            checksum,
+        })
+    }
 }

@@ -115,9 +115,68 @@ pub async fn location(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     Ok(xml_response(StatusCode::OK, doc))
 }
 
-/// A cursor past every key under a common prefix (no UTF-8 key continues past it).
-fn past(prefix: &str) -> String {
-    format!("{prefix}\u{10FFFF}")
+/// The smallest string greater than every string that starts with `prefix` (the last
+/// character incremented, carrying past U+10FFFF); `None` when nothing is greater.
+fn successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// Where a listing resumes: after a key it returned, or at the first key past a common
+/// prefix it returned. Continuation tokens carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cursor {
+    After(String),
+    From(String),
+    /// Past the end: nothing more.
+    End,
+}
+
+impl Cursor {
+    fn past_prefix(common: &str) -> Self {
+        successor(common).map_or(Cursor::End, Cursor::From)
+    }
+
+    fn token(&self) -> String {
+        let text = match self {
+            Cursor::After(k) => format!("a{k}"),
+            Cursor::From(k) => format!("f{k}"),
+            Cursor::End => "e".to_owned(),
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    fn parse(token: &str) -> Option<Self> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let rest = text.get(1..)?.to_owned();
+        match text.chars().next()? {
+            'a' => Some(Cursor::After(rest)),
+            'f' => Some(Cursor::From(rest)),
+            'e' => Some(Cursor::End),
+            _ => None,
+        }
+    }
+}
+
+/// The common prefix `key` rolls up into, if any.
+fn common_prefix(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
+    let d = delimiter?;
+    let rest = key.strip_prefix(prefix)?;
+    rest.find(d)
+        .map(|i| key[..prefix.len() + i + d.len()].to_owned())
 }
 
 fn max_keys(t: &Target) -> S3Result<usize> {
@@ -151,43 +210,44 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     let token = t.param("continuation-token").map(str::to_owned);
     let start_after = t.param("start-after").map(str::to_owned);
     let marker = t.param("marker").map(str::to_owned);
-    let mut after: Option<String> = if v2 {
+    let resume = |marker: &str| {
+        // A marker that is itself a common prefix resumes past everything under it.
+        if common_prefix(marker, &prefix, delimiter.as_deref()).as_deref() == Some(marker) {
+            Cursor::past_prefix(marker)
+        } else {
+            Cursor::After(marker.to_owned())
+        }
+    };
+    let mut cursor: Option<Cursor> = if v2 {
         match &token {
-            Some(token) => Some(
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(token)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        S3Error::invalid_argument("The continuation token provided is incorrect")
-                    })?,
-            ),
-            None => start_after.clone(),
+            Some(token) => Some(Cursor::parse(token).ok_or_else(|| {
+                S3Error::invalid_argument("The continuation token provided is incorrect")
+            })?),
+            None => start_after.as_deref().map(resume),
         }
     } else {
-        marker.clone().map(|m| match &delimiter {
-            Some(d) if m.ends_with(d.as_str()) => past(&m),
-            _ => m,
-        })
+        marker.as_deref().map(resume)
     };
     let mut contents = Vec::new();
     let mut prefixes: Vec<String> = Vec::new();
     let mut truncated = false;
-    let mut last_cursor: Option<String> = None;
     let mut last_returned: Option<String> = None;
+    // With a delimiter most rows of a batch may roll up into one prefix: fetch less.
+    let batch = if delimiter.is_some() { 100 } else { 1000 };
     'scan: loop {
-        let (store, bucket, from, cursor) = (
-            s3.store.clone(),
-            t.bucket.clone(),
-            prefix.clone(),
-            after.clone(),
-        );
-        let batch =
-            blocking(move || store.list_objects(&bucket, &from, cursor.as_deref(), 1000)).await?;
-        if batch.is_empty() {
+        let (from, after) = match &cursor {
+            Some(Cursor::End) => break,
+            Some(Cursor::From(f)) => (f.clone().max(prefix.clone()), None),
+            Some(Cursor::After(a)) => (prefix.clone(), Some(a.clone())),
+            None => (prefix.clone(), None),
+        };
+        let (store, bucket) = (s3.store.clone(), t.bucket.clone());
+        let found =
+            blocking(move || store.list_objects(&bucket, &from, after.as_deref(), batch)).await?;
+        if found.is_empty() {
             break;
         }
-        for object in batch {
+        for object in found {
             if !object.key.starts_with(&prefix) {
                 break 'scan;
             }
@@ -195,23 +255,15 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
                 truncated = true;
                 break 'scan;
             }
-            let common = delimiter.as_ref().and_then(|d| {
-                object.key[prefix.len()..]
-                    .find(d.as_str())
-                    .map(|i| object.key[..prefix.len() + i + d.len()].to_owned())
-            });
-            match common {
+            match common_prefix(&object.key, &prefix, delimiter.as_deref()) {
                 Some(common) => {
-                    let cursor = past(&common);
-                    after = Some(cursor.clone());
-                    last_cursor = Some(cursor);
+                    cursor = Some(Cursor::past_prefix(&common));
                     last_returned = Some(common.clone());
                     prefixes.push(common);
                     continue 'scan; // the next query starts past this prefix
                 }
                 None => {
-                    after = Some(object.key.clone());
-                    last_cursor = Some(object.key.clone());
+                    cursor = Some(Cursor::After(object.key.clone()));
                     last_returned = Some(object.key.clone());
                     contents.push(object);
                 }
@@ -231,7 +283,7 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
         key_count: v2.then_some(count),
         continuation_token: if v2 { token } else { None },
         next_continuation_token: if v2 && truncated {
-            last_cursor.map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c))
+            cursor.map(|c| c.token())
         } else {
             None
         },
@@ -269,4 +321,32 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
         StatusCode::OK,
         xml::document("ListBucketResult", &result)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successors_bound_every_key_under_a_prefix() {
+        assert_eq!(successor("a/").as_deref(), Some("a0"));
+        let odd = "a/\u{10FFFF}";
+        let next = successor(odd).unwrap();
+        assert!(next.as_str() > "a/\u{10FFFF}\u{10FFFF}z");
+        assert_eq!(next, "a0");
+        assert_eq!(successor("\u{10FFFF}"), None);
+        assert_eq!(successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        for c in [
+            Cursor::After("k".into()),
+            Cursor::From("x/".into()),
+            Cursor::End,
+        ] {
+            assert_eq!(Cursor::parse(&c.token()), Some(c));
+        }
+        assert_eq!(
+            common_prefix("photos/a.jpg", "", Some("/")).as_deref(),
+            Some("photos/")
+        );
+        assert_eq!(common_prefix("photos/", "photos/", Some("/")), None);
+    }
 }

@@ -4,13 +4,12 @@
 use super::body::ingest;
 use super::buckets::exists;
 use super::error::{S3Error, S3Result};
-use super::objects::record;
 use super::sigv4::Verified;
 use super::xml::{self, NAMESPACE};
 use super::{
     blocking, content_type, iso_time, quoted, remove_blobs, user_metadata, xml_response, Target, S3,
 };
-use crate::store::{ObjectMeta, Part, Upload};
+use crate::store::{CompleteConflict, ObjectMeta, Part, Upload};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -206,11 +205,9 @@ pub async fn complete(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response
     }
     let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
     let checksum = composite_checksum(&upload, &chosen);
-    let (blobs, part_blobs) = (
-        s3.blobs.clone(),
-        chosen.iter().map(|p| p.blob.clone()).collect::<Vec<_>>(),
-    );
-    let blob = tokio::task::spawn_blocking(move || {
+    let part_blobs: Vec<String> = chosen.iter().map(|p| p.blob.clone()).collect();
+    let blobs = s3.blobs.clone();
+    let joined = tokio::task::spawn_blocking(move || {
         let mut writer = blobs.writer()?;
         for b in &part_blobs {
             writer.append_file(&blobs.path(b))?;
@@ -218,8 +215,19 @@ pub async fn complete(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response
         writer.finish(&blobs)
     })
     .await
-    .map_err(S3Error::internal)?
     .map_err(S3Error::internal)?;
+    let blob = match joined {
+        Ok(blob) => blob,
+        // A part was replaced or the upload aborted while we read it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            upload_of(s3, t).await?;
+            return Err(S3Error::bad_request(
+                "InvalidPart",
+                "One or more of the specified parts changed while the upload was being completed.",
+            ));
+        }
+        Err(e) => return Err(S3Error::internal(e)),
+    };
     let object = ObjectMeta {
         bucket: upload.bucket.clone(),
         key: upload.key.clone(),
@@ -229,13 +237,41 @@ pub async fn complete(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response
         metadata: upload.metadata.clone(),
         checksum,
         modified_ms: s3.clock.now_ms(),
-        blob,
+        blob: blob.clone(),
     };
-    record(s3, object, "ObjectCreated:CompleteMultipartUpload", None).await?;
-    // The object is durable; the upload and every part it held go.
-    let (store, id) = (s3.store.clone(), upload.id.clone());
-    if let Some(parts) = blocking(move || store.finish_upload(&id)).await? {
-        remove_blobs(s3, parts.into_iter().map(|p| p.blob).collect());
+    // The object, its notifications and the end of the upload commit together, and only
+    // if the parts are still the ones joined: a concurrent Abort, UploadPart or Complete
+    // either happened first (and this one fails) or finds the upload gone.
+    let pending = Arc::new(s3.notifier.prepare(
+        &object.bucket,
+        &object.key,
+        "ObjectCreated:CompleteMultipartUpload",
+        object.modified_ms,
+        None,
+    ));
+    let (store, id, p) = (s3.store.clone(), upload.id.clone(), pending.clone());
+    let parts: Vec<(u32, String)> = chosen.iter().map(|p| (p.number, p.blob.clone())).collect();
+    let outcome =
+        blocking(move || store.complete_upload(&id, &parts, &object, &|o| p.events(o))).await;
+    match outcome {
+        Ok(Ok(done)) => {
+            s3.notifier.committed(&pending);
+            let mut stale = done.part_blobs;
+            stale.extend(done.replaced.map(|o| o.blob));
+            remove_blobs(s3, stale);
+        }
+        Ok(Err(conflict)) => {
+            remove_blobs(s3, vec![blob]);
+            return Err(match conflict {
+                CompleteConflict::NoSuchUpload => S3Error::no_such_upload(&upload.id),
+                CompleteConflict::NoSuchBucket => S3Error::no_such_bucket(&upload.bucket),
+                CompleteConflict::PartChanged(n) => invalid_part(n),
+            });
+        }
+        Err(e) => {
+            remove_blobs(s3, vec![blob]);
+            return Err(e);
+        }
     }
     let doc = xml::document(
         "CompleteMultipartUploadResult",

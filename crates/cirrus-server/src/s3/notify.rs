@@ -16,11 +16,28 @@ pub struct Notifier {
     pub registry: Arc<Registry>,
     /// Wakes the dispatcher once a change with events has committed.
     pub wake: Arc<tokio::sync::Notify>,
+    /// S3's `sequencer`: taken inside the change's transaction, so later commits of a
+    /// key always carry larger values (seeded from the wall clock, so across restarts too).
+    pub sequencer: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Notifier {
+    pub fn new(registry: Arc<Registry>, wake: Arc<tokio::sync::Notify>) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Self {
+            registry,
+            wake,
+            sequencer: Arc::new(std::sync::atomic::AtomicU64::new(seed)),
+        }
+    }
 }
 
 /// The events one change causes, built inside the store's transaction.
 pub struct Pending {
     subscribers: Vec<(String, String)>,
+    sequencer: Arc<std::sync::atomic::AtomicU64>,
     name: &'static str,
     now_ms: u64,
     lineage: Option<(String, u32)>,
@@ -45,6 +62,7 @@ impl Notifier {
         };
         Pending {
             subscribers: self.registry.bucket_subscribers(bucket, key, kind),
+            sequencer: self.sequencer.clone(),
             name,
             now_ms,
             lineage,
@@ -59,13 +77,20 @@ impl Notifier {
 }
 
 impl Pending {
+    /// Called inside the store's transaction.
     pub fn events(&self, object: &ObjectMeta) -> Vec<NewEvent> {
+        if self.subscribers.is_empty() {
+            return Vec::new();
+        }
+        let sequencer = self
+            .sequencer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.subscribers
             .iter()
             .map(|(function, trigger_id)| {
                 let id = uuid::Uuid::now_v7().to_string();
                 NewEvent {
-                    data: document(self.name, object, trigger_id, &id, self.now_ms),
+                    data: document(self.name, object, trigger_id, &id, self.now_ms, sequencer),
                     id,
                     function: function.clone(),
                     qualifier: Qualifier::Latest.to_string(),
@@ -104,11 +129,18 @@ fn form_encode(text: &str) -> String {
     out
 }
 
-fn document(name: &str, object: &ObjectMeta, trigger_id: &str, id: &str, now_ms: u64) -> Vec<u8> {
+fn document(
+    name: &str,
+    object: &ObjectMeta,
+    trigger_id: &str,
+    id: &str,
+    now_ms: u64,
+    sequencer: u64,
+) -> Vec<u8> {
     let removed = name.starts_with("ObjectRemoved");
     let mut obj = serde_json::json!({
         "key": form_encode(&object.key),
-        "sequencer": format!("{:016X}", now_ms),
+        "sequencer": format!("{sequencer:016X}"),
     });
     if !removed {
         obj["size"] = serde_json::json!(object.size);

@@ -332,6 +332,26 @@ pub fn verify(
     if !signed.contains(&"host") {
         return Err(S3Error::access_denied("the host header must be signed"));
     }
+    // Every x-amz-* header changes what a request does (a copy source, metadata, a
+    // checksum): an unsigned one could turn a presigned PUT into a copy of anything.
+    if let Some(unsigned) = request.headers.keys().map(|k| k.as_str()).find(|name| {
+        name.starts_with("x-amz-")
+            && !signed.contains(name)
+            && !(presigned && *name == "x-amz-content-sha256")
+    }) {
+        return Err(S3Error::access_denied(format!(
+            "There were headers present in the request which were not signed: {unsigned}"
+        )));
+    }
+    if credential.service != "s3" {
+        return Err(S3Error::bad_request(
+            "AuthorizationHeaderMalformed",
+            format!(
+                "the credential is for service {:?}, not s3",
+                credential.service
+            ),
+        ));
+    }
     let scope = format!(
         "{}/{}/{}/aws4_request",
         credential.date, credential.region, credential.service

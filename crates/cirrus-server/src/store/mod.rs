@@ -327,8 +327,35 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Removes the upload and its parts; returns the parts (whose blobs the caller
     /// removes once it no longer needs them), or `None` when it was gone already.
     fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>>;
+    /// Completes a multipart upload in one transaction: if the upload still exists and
+    /// each `(number, blob)` is still the part recorded under that number, records the
+    /// object (queueing `events(object)`) and removes the upload and its parts.
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        object: &ObjectMeta,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Result<Completed, CompleteConflict>>;
     /// Every blob an object or part refers to; the rest are leftovers of interrupted writes.
     fn live_blobs(&self) -> StoreResult<std::collections::HashSet<String>>;
+}
+
+/// A completed upload: every part blob it held (the caller removes them) and the object
+/// the new one replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub part_blobs: Vec<String>,
+    pub replaced: Option<ObjectMeta>,
+}
+
+/// Why a multipart upload could not be completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompleteConflict {
+    NoSuchUpload,
+    NoSuchBucket,
+    /// The part was replaced (or is gone) since the caller read it.
+    PartChanged(u32),
 }
 
 /// The bucket named does not exist.

@@ -172,6 +172,16 @@ assert "logs/" in prefixes and "with space/" in prefixes, prefixes
 everything = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket="box") for o in p.get("Contents", [])]
 assert set(odd) <= set(everything), everything  # boto3 asks for encoding-type=url and decodes
 assert everything == sorted(everything, key=lambda k: k.encode())
+# A "folder" object and a key with the highest code point do not derail paging.
+for k in ["dirs/", "dirs/a.jpg", "dirs/b.jpg", "zz/\U0010FFFFz", "zz/x"]:
+    s3.put_object(Bucket="box", Key=k, Body=b"d")
+keys = [o["Key"] for p in s3.get_paginator("list_objects").paginate(
+    Bucket="box", Prefix="dirs/", Delimiter="/", PaginationConfig={"PageSize": 1}) for o in p.get("Contents", [])]
+assert keys == ["dirs/", "dirs/a.jpg", "dirs/b.jpg"], keys
+pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket="box", Prefix="zz", Delimiter="/",
+                                                          PaginationConfig={"PageSize": 1}))
+assert [c["Prefix"] for p in pages for c in p.get("CommonPrefixes", [])] == ["zz/"], pages
+s3.delete_objects(Bucket="box", Delete={"Objects": [{"Key": k} for k in ["dirs/", "dirs/a.jpg", "dirs/b.jpg", "zz/\U0010FFFFz", "zz/x"]]})
 v1 = s3.list_objects(Bucket="box", Prefix="logs/", MaxKeys=3)
 assert v1["IsTruncated"] and len(v1["Contents"]) == 3
 assert code_of(s3.list_objects_v2, Bucket="box", ContinuationToken="!!!")[0] == "InvalidArgument"
@@ -276,6 +286,17 @@ assert code_of(s3.abort_multipart_upload, Bucket="box", Key="small.bin", UploadI
 assert code_of(s3.head_object, Bucket="box", Key="small.bin")[1] == 404
 
 # --- signatures and malformed requests ----------------------------------------------
+# An unsigned x-amz-* header cannot change what a presigned request does.
+url = urlparse(v4.generate_presigned_url("put_object", Params={"Bucket": "box", "Key": "hijack"}, ExpiresIn=60))
+request = urllib.request.Request(f"{ENDPOINT}{url.path}?{url.query}", data=b"", method="PUT",
+                                 headers={"x-amz-copy-source": "box/a.txt"})
+try:
+    urllib.request.urlopen(request)
+    raise AssertionError("an unsigned copy source was obeyed")
+except urllib.error.HTTPError as e:
+    assert e.code == 403 and b"not signed" in e.read()
+assert code_of(s3.head_object, Bucket="box", Key="hijack")[1] == 404
+
 status, text = raw("GET", "/box/a.txt", sign=False)
 assert status == 403 and b"<Code>AccessDenied</Code>" in text, text
 status, text = raw("GET", "/box/a.txt", secret="wrong" + SECRET)

@@ -12,15 +12,20 @@ use wasip2::io::streams::{InputStream, StreamError};
 /// wasi:io output streams accept at most 4096 bytes per blocking write.
 const WRITE_CHUNK: usize = 4096;
 
-fn read_all(stream: &InputStream, limit: usize) -> Vec<u8> {
+/// Reads a stream to its end (or `limit` bytes); a broken stream is an error, never a
+/// short read passed off as the whole.
+fn read_all(stream: &InputStream, limit: usize) -> Result<Vec<u8>, String> {
     let mut data = Vec::new();
     while data.len() < limit {
         match stream.blocking_read(65536) {
             Ok(chunk) => data.extend_from_slice(&chunk),
-            Err(StreamError::Closed) | Err(StreamError::LastOperationFailed(_)) => break,
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(format!("reading a body failed: {}", e.to_debug_string()))
+            }
         }
     }
-    data
+    Ok(data)
 }
 
 /// The request's body (up to `limit` bytes).
@@ -29,7 +34,7 @@ pub fn request_body(request: &IncomingRequest, limit: usize) -> Vec<u8> {
         return Vec::new();
     };
     let data = match body.stream() {
-        Ok(stream) => read_all(&stream, limit),
+        Ok(stream) => read_all(&stream, limit).unwrap_or_default(),
         Err(()) => Vec::new(),
     };
     let _ = IncomingBody::finish(body);
@@ -85,15 +90,13 @@ pub fn decode(text: &str, plus: bool) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' if plus => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(hex(bytes[i + 1]) * 16 + hex(bytes[i + 2]));
+                i += 2;
             }
             b => out.push(b),
         }
@@ -176,7 +179,7 @@ impl Api {
         let status = response.status();
         let body = response.consume().map_err(|_| "response body")?;
         let data = match body.stream() {
-            Ok(stream) => read_all(&stream, usize::MAX),
+            Ok(stream) => read_all(&stream, usize::MAX)?,
             Err(()) => Vec::new(),
         };
         Ok(Reply { status, body: data })

@@ -61,10 +61,17 @@ fn decode_ppm(data: &[u8]) -> Result<Image, String> {
     }
     let start = pos + 1;
     let len = width * height * 3;
-    let pixels = data
+    let raw = data
         .get(start..start + len)
-        .ok_or_else(|| format!("the PPM needs {len} bytes of pixels"))?
-        .to_vec();
+        .ok_or_else(|| format!("the PPM needs {len} bytes of pixels"))?;
+    // Samples are 0..=max; the thumbnail is written with 255 as its maximum.
+    let pixels = if max == 255 {
+        raw.to_vec()
+    } else {
+        raw.iter()
+            .map(|&v| ((usize::from(v).min(max) * 255 + max / 2) / max) as u8)
+            .collect()
+    };
     Ok(Image { width, height, pixels })
 }
 
@@ -109,7 +116,11 @@ fn process(record: &Value, api: &Api) -> Result<Value, (u16, String)> {
         return Err((502, format!("reading {bucket}/{key}: HTTP {}", fetched.status)));
     }
     let photo = decode_ppm(&fetched.body).map_err(|e| (422, format!("{key}: {e}")))?;
-    let size = std::env::var("THUMB_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let size = std::env::var("THUMB_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s: &usize| s > 0)
+        .unwrap_or(64);
     let thumb = thumbnail(&photo, size);
     let thumb_bytes = encode_ppm(&thumb);
     let thumb_bucket = std::env::var("THUMB_BUCKET").unwrap_or_else(|_| "thumbnails".into());

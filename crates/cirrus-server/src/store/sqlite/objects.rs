@@ -2,8 +2,8 @@
 
 use super::{insert_event, lock, SqliteStore};
 use crate::store::{
-    BucketDelete, NewEvent, NoSuchBucket, NoSuchUpload, ObjectMeta, ObjectStore, Part, StoreResult,
-    Upload,
+    BucketDelete, CompleteConflict, Completed, NewEvent, NoSuchBucket, NoSuchUpload, ObjectMeta,
+    ObjectStore, Part, StoreResult, Upload,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
@@ -68,6 +68,27 @@ fn upload_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
 
 const UPLOAD_COLUMNS: &str =
     "id, bucket, key, content_type, metadata, checksum_algorithm, created_ms";
+
+fn insert_object(tx: &rusqlite::Transaction<'_>, object: &ObjectMeta) -> rusqlite::Result<()> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO objects ({OBJECT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
+         content_type = excluded.content_type, metadata = excluded.metadata,
+         checksum = excluded.checksum, modified_ms = excluded.modified_ms, blob = excluded.blob"
+    ))?
+    .execute(params![
+        object.bucket,
+        object.key,
+        object.size,
+        object.etag,
+        object.content_type,
+        encode_metadata(&object.metadata),
+        encode_checksum(&object.checksum),
+        object.modified_ms,
+        object.blob,
+    ])?;
+    Ok(())
+}
 
 fn bucket_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM buckets WHERE name = ?1")?
@@ -134,23 +155,7 @@ impl ObjectStore for SqliteStore {
             return Ok(Err(NoSuchBucket));
         }
         let old = read_object(&tx, &object.bucket, &object.key)?;
-        tx.prepare_cached(&format!(
-            "INSERT INTO objects ({OBJECT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
-             content_type = excluded.content_type, metadata = excluded.metadata,
-             checksum = excluded.checksum, modified_ms = excluded.modified_ms, blob = excluded.blob"
-        ))?
-        .execute(params![
-            object.bucket,
-            object.key,
-            object.size,
-            object.etag,
-            object.content_type,
-            encode_metadata(&object.metadata),
-            encode_checksum(&object.checksum),
-            object.modified_ms,
-            object.blob,
-        ])?;
+        insert_object(&tx, object)?;
         for e in events(object) {
             insert_event(&tx, &e)?;
         }
@@ -320,6 +325,51 @@ impl ObjectStore for SqliteStore {
         )?;
         tx.commit()?;
         Ok(Some(parts))
+    }
+
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        object: &ObjectMeta,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Result<Completed, CompleteConflict>> {
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM uploads WHERE id = ?1")?
+            .exists(params![upload_id])?;
+        if !exists {
+            return Ok(Err(CompleteConflict::NoSuchUpload));
+        }
+        if !bucket_exists(&tx, &object.bucket)? {
+            return Ok(Err(CompleteConflict::NoSuchBucket));
+        }
+        let held: Vec<(u32, String)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT number, blob FROM upload_parts WHERE upload_id = ?1 ORDER BY number",
+            )?;
+            let rows = stmt.query_map(params![upload_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if let Some((number, _)) = parts.iter().find(|p| !held.contains(p)) {
+            return Ok(Err(CompleteConflict::PartChanged(*number)));
+        }
+        let replaced = read_object(&tx, &object.bucket, &object.key)?;
+        insert_object(&tx, object)?;
+        for e in events(object) {
+            insert_event(&tx, &e)?;
+        }
+        tx.execute("DELETE FROM uploads WHERE id = ?1", params![upload_id])?;
+        tx.execute(
+            "DELETE FROM upload_parts WHERE upload_id = ?1",
+            params![upload_id],
+        )?;
+        tx.commit()?;
+        Ok(Ok(Completed {
+            part_blobs: held.into_iter().map(|(_, b)| b).collect(),
+            replaced,
+        }))
     }
 
     fn live_blobs(&self) -> StoreResult<HashSet<String>> {
