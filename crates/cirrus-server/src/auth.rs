@@ -24,15 +24,22 @@ pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
+    create_private_file(&path, format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
+/// Writes a new secret file readable by its owner only (mode 0600), durably; refuses to
+/// replace an existing one.
+pub fn create_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(file, "{token}")?;
+    file.write_all(contents)?;
     file.sync_all()?;
-    Ok(token)
+    Ok(())
 }
 
 /// Whether the request carries the admin token (compared in constant time).

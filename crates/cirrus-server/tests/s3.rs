@@ -587,6 +587,20 @@ async fn bucket_notifications_reach_functions_as_s3_events() {
     server.stop().await;
 }
 
+/// Uploads a 2x2 PPM as `p.ppm` with the aws CLI; returns its bytes.
+fn upload_tiny_photo(s: &Running, home: &Path, bucket: &str) -> Vec<u8> {
+    let mut photo = b"P6\n2 2\n255\n".to_vec();
+    photo.extend_from_slice(&[9; 12]);
+    std::fs::write(home.join("p.ppm"), &photo).unwrap();
+    let target = format!("s3://{bucket}/p.ppm");
+    aws_ok(
+        s,
+        home,
+        &["s3", "cp", home.join("p.ppm").to_str().unwrap(), &target],
+    );
+    photo
+}
+
 fn md5_hex(bytes: &[u8]) -> String {
     let out = Command::new("python3")
         .args([
@@ -621,19 +635,7 @@ async fn function_tokens_reach_exactly_their_grants() {
         &[serde_json::json!({ "bucket": { "name": "uploads", "events": ["created"] } })],
     )
     .await;
-    let mut photo = b"P6\n2 2\n255\n".to_vec();
-    photo.extend_from_slice(&[9; 12]);
-    std::fs::write(home.join("p.ppm"), &photo).unwrap();
-    aws_ok(
-        s,
-        home,
-        &[
-            "s3",
-            "cp",
-            home.join("p.ppm").to_str().unwrap(),
-            "s3://uploads/p.ppm",
-        ],
-    );
+    let photo = upload_tiny_photo(s, home, "uploads");
     let logs = eventually("the refused write", || async {
         let logs: serde_json::Value = s
             .get("/v1/functions/thumbnail/logs", &s.token)
@@ -756,19 +758,7 @@ async fn a_function_writing_into_its_own_trigger_stops_at_the_depth_limit() {
         &[serde_json::json!({ "bucket": { "name": "loop", "events": ["created"] } })],
     )
     .await;
-    let mut photo = b"P6\n2 2\n255\n".to_vec();
-    photo.extend_from_slice(&[9; 12]);
-    std::fs::write(home.join("p.ppm"), &photo).unwrap();
-    aws_ok(
-        s,
-        home,
-        &[
-            "s3",
-            "cp",
-            home.join("p.ppm").to_str().unwrap(),
-            "s3://loop/p.ppm",
-        ],
-    );
+    upload_tiny_photo(s, home, "loop");
     let dead = eventually("the loop to be cut", || async {
         let dead: serde_json::Value = s.get("/v1/dlq", &s.token).await.json().await.unwrap();
         let text = dead.to_string();

@@ -5,8 +5,6 @@
 use anyhow::Context as _;
 use rand::Rng as _;
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 pub const CREDENTIALS_FILE: &str = "s3-credentials";
@@ -94,14 +92,7 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Credentials> {
     let text = format!(
         "# Cirrus S3 API keys (AWS shared-credentials format). Every profile here is accepted.\n[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"
     );
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
+    crate::auth::create_private_file(&path, text.as_bytes())?;
     Credentials::parse(&text)
 }
 

@@ -130,14 +130,7 @@ pub async fn upload_part(
         header::ETAG,
         HeaderValue::from_str(&quoted(&etag)).map_err(S3Error::internal)?,
     );
-    if let Some((algorithm, value)) = &ingested.checksum {
-        if let (Some(a), Ok(v)) = (
-            super::checksum::Algorithm::parse(algorithm),
-            HeaderValue::from_str(value),
-        ) {
-            h.insert(a.header(), v);
-        }
-    }
+    super::objects::checksum_header(h, &ingested.checksum);
     Ok(response)
 }
 

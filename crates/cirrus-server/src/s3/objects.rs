@@ -57,7 +57,8 @@ pub async fn record(
     }
 }
 
-fn checksum_header(headers: &mut HeaderMap, checksum: &Option<(String, String)>) {
+/// `x-amz-checksum-*` for a verified checksum.
+pub fn checksum_header(headers: &mut HeaderMap, checksum: &Option<(String, String)>) {
     if let Some((algorithm, value)) = checksum {
         if let (Some(a), Ok(v)) = (
             super::checksum::Algorithm::parse(algorithm),
