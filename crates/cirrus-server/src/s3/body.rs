@@ -569,3 +569,128 @@ impl Sink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::sigv4::signing_key;
+
+    /// The body of AWS's "Transferring Payload in Multiple Chunks" example: 66,560 bytes
+    /// of `a` in chunks of 64 KiB, 1 KiB and 0, with the documented signatures.
+    fn aws_example() -> (Signing, Vec<u8>) {
+        let signing = Signing {
+            key: signing_key(
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "20130524",
+                "us-east-1",
+                "s3",
+            ),
+            amz_date: "20130524T000000Z".into(),
+            scope: "20130524/us-east-1/s3/aws4_request".into(),
+            seed: "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9".into(),
+        };
+        let mut body = Vec::new();
+        for (size, sig) in [
+            (
+                65536,
+                "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+            ),
+            (
+                1024,
+                "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+            ),
+            (
+                0,
+                "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+            ),
+        ] {
+            body.extend_from_slice(format!("{size:x};chunk-signature={sig}\r\n").as_bytes());
+            body.extend(std::iter::repeat_n(b'a', size));
+            body.extend_from_slice(b"\r\n");
+        }
+        (signing, body)
+    }
+
+    fn decode(signing: Option<Signing>, body: &[u8], step: usize) -> S3Result<Vec<u8>> {
+        let mut decoder = ChunkedDecoder::new(signing);
+        let mut out = Vec::new();
+        for piece in body.chunks(step) {
+            decoder.feed(piece, &mut |d| {
+                out.extend_from_slice(d);
+                Ok(())
+            })?;
+        }
+        decoder.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn signed_chunks_decode_however_the_body_is_split() {
+        let (signing, body) = aws_example();
+        for step in [1, 2, 3, 7, 64, 4096, 65536 + 90, body.len()] {
+            let out = decode(Some(signing.clone()), &body, step).unwrap();
+            assert_eq!(out.len(), 66560, "split every {step} bytes");
+            assert!(out.iter().all(|&b| b == b'a'));
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_or_signature_is_refused() {
+        let (signing, body) = aws_example();
+        let mut tampered = body.clone();
+        tampered[200] = b'b';
+        assert_eq!(
+            decode(Some(signing.clone()), &tampered, 4096)
+                .unwrap_err()
+                .code,
+            "SignatureDoesNotMatch"
+        );
+        let text = String::from_utf8(body.clone())
+            .unwrap()
+            .replace("0055627c", "1055627c");
+        assert_eq!(
+            decode(Some(signing.clone()), text.as_bytes(), 4096)
+                .unwrap_err()
+                .code,
+            "SignatureDoesNotMatch"
+        );
+        // Cut short: not a complete body.
+        assert_eq!(
+            decode(Some(signing), &body[..body.len() - 90], 4096)
+                .unwrap_err()
+                .code,
+            "IncompleteBody"
+        );
+    }
+
+    #[test]
+    fn unsigned_chunks_with_a_trailer() {
+        let body = b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\n";
+        for step in [1, 3, body.len()] {
+            let mut decoder = ChunkedDecoder::new(None);
+            let mut out = Vec::new();
+            for piece in body.chunks(step) {
+                decoder
+                    .feed(piece, &mut |d| {
+                        out.extend_from_slice(d);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            decoder.finish().unwrap();
+            assert_eq!(out, b"hello world");
+            assert_eq!(
+                decoder.trailers,
+                vec![("x-amz-checksum-crc32".to_owned(), "DUoRhQ==".to_owned())]
+            );
+        }
+        let bad = b"zz\r\nhello\r\n";
+        assert_eq!(
+            ChunkedDecoder::new(None)
+                .feed(bad, &mut |_| Ok(()))
+                .unwrap_err()
+                .code,
+            "InvalidChunkSizeError"
+        );
+    }
+}
