@@ -192,11 +192,39 @@ async fn aws_cli_copies_lists_and_removes() {
     );
     assert_eq!(std::fs::read(&down_small).unwrap(), b"small and plain\n");
 
+    // A server-side copy of a large object: the CLI uses UploadPartCopy with ranges.
+    aws_ok(
+        s,
+        home,
+        &[
+            "s3",
+            "cp",
+            "s3://photos/big.bin",
+            "s3://photos/copies/big.bin",
+        ],
+    );
+    let copied = home.join("copied.bin");
+    aws_ok(
+        s,
+        home,
+        &[
+            "s3",
+            "cp",
+            "s3://photos/copies/big.bin",
+            copied.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::read(&copied).unwrap() == big_bytes,
+        "the server-side copy differs"
+    );
+
     let refused = aws(s, home, &["s3", "rb", "s3://photos"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("BucketNotEmpty"));
     aws_ok(s, home, &["s3", "rm", "s3://photos/big.bin"]);
     aws_ok(s, home, &["s3", "rm", "--recursive", "s3://photos/docs/"]);
+    aws_ok(s, home, &["s3", "rm", "--recursive", "s3://photos/copies/"]);
     assert_eq!(
         aws_ok(s, home, &["s3", "ls", "--recursive", "s3://photos"]).trim(),
         ""

@@ -205,7 +205,7 @@ async fn dispatch(s3: &Arc<S3>, request: Request) -> S3Result<Response> {
     match *m {
         Method::PUT if t.has("uploadId") => {
             if h.contains_key("x-amz-copy-source") {
-                return Err(S3Error::not_implemented("UploadPartCopy"));
+                return multipart::upload_part_copy(s3, &t, h).await;
             }
             multipart::upload_part(s3, &t, h, &verified, body).await
         }

@@ -108,22 +108,7 @@ pub async fn upload_part(
         modified_ms: s3.clock.now_ms(),
         blob: ingested.blob.clone(),
     };
-    let (store, id) = (s3.store.clone(), upload.id.clone());
-    match blocking(move || store.put_part(&id, &part)).await {
-        Ok(Ok(replaced)) => {
-            if let Some(old) = replaced {
-                remove_blobs(s3, vec![old.blob]);
-            }
-        }
-        Ok(Err(_)) => {
-            remove_blobs(s3, vec![ingested.blob]);
-            return Err(S3Error::no_such_upload(&upload.id));
-        }
-        Err(e) => {
-            remove_blobs(s3, vec![ingested.blob]);
-            return Err(e);
-        }
-    }
+    record_part(s3, &upload, part).await?;
     let mut response = StatusCode::OK.into_response();
     let h = response.headers_mut();
     h.insert(
@@ -132,6 +117,117 @@ pub async fn upload_part(
     );
     super::objects::checksum_header(h, &ingested.checksum);
     Ok(response)
+}
+
+/// Records a part whose blob is durable; the part it replaces goes. On failure the new
+/// blob goes instead.
+async fn record_part(s3: &Arc<S3>, upload: &Upload, part: Part) -> S3Result<()> {
+    let (store, id, blob) = (s3.store.clone(), upload.id.clone(), part.blob.clone());
+    match blocking(move || store.put_part(&id, &part)).await {
+        Ok(Ok(replaced)) => {
+            if let Some(old) = replaced {
+                remove_blobs(s3, vec![old.blob]);
+            }
+            Ok(())
+        }
+        Ok(Err(_)) => {
+            remove_blobs(s3, vec![blob]);
+            Err(S3Error::no_such_upload(&upload.id))
+        }
+        Err(e) => {
+            remove_blobs(s3, vec![blob]);
+            Err(e)
+        }
+    }
+}
+
+/// UploadPartCopy: a part made of (a range of) an existing object, as `aws s3 cp`
+/// between buckets does for large objects.
+pub async fn upload_part_copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
+    let number = part_number(t)?;
+    let upload = upload_of(s3, t).await?;
+    let (bucket, key) = super::objects::copy_source(headers)?;
+    let from = super::objects::lookup(s3, &bucket, &key).await?;
+    let (start, len) = match headers
+        .get("x-amz-copy-source-range")
+        .and_then(|v| v.to_str().ok())
+    {
+        None => (0, from.size),
+        Some(range) => {
+            let bad = || {
+                S3Error::invalid_argument(format!(
+                    "Range specified is not valid for source object of size: {}",
+                    from.size
+                ))
+            };
+            let (a, b) = range
+                .trim()
+                .strip_prefix("bytes=")
+                .and_then(|r| r.split_once('-'))
+                .ok_or_else(bad)?;
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if a > b || b >= from.size {
+                return Err(bad());
+            }
+            (a, b - a + 1)
+        }
+    };
+    if len > s3.limits.max_part_bytes {
+        return Err(S3Error::bad_request(
+            "EntityTooLarge",
+            format!(
+                "Your proposed upload exceeds the maximum allowed size of {} bytes",
+                s3.limits.max_part_bytes
+            ),
+        ));
+    }
+    let (blobs, source) = (s3.blobs.clone(), from.blob.clone());
+    let copied = tokio::task::spawn_blocking(move || -> std::io::Result<(String, [u8; 16])> {
+        use std::io::{Read as _, Seek as _};
+        let mut file = std::fs::File::open(blobs.path(&source))?;
+        file.seek(std::io::SeekFrom::Start(start))?;
+        let mut reader = file.take(len);
+        let mut writer = blobs.writer()?;
+        let mut md5 = md5::Md5::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+            writer.write(&buf[..n])?;
+        }
+        Ok((writer.finish(&blobs)?, md5.finalize().into()))
+    })
+    .await
+    .map_err(S3Error::internal)?;
+    let (blob, md5) = match copied {
+        Ok(done) => done,
+        // The source was replaced or deleted while it was read.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(S3Error::no_such_key(&key))
+        }
+        Err(e) => return Err(S3Error::internal(e)),
+    };
+    let part = Part {
+        number,
+        size: len,
+        etag: hex::encode(md5),
+        checksum: None,
+        modified_ms: s3.clock.now_ms(),
+        blob,
+    };
+    let (etag, modified) = (part.etag.clone(), part.modified_ms);
+    record_part(s3, &upload, part).await?;
+    let doc = xml::document(
+        "CopyPartResult",
+        &xml::CopyObjectResult {
+            etag: quoted(&etag),
+            last_modified: iso_time(modified),
+        },
+    )?;
+    Ok(xml_response(StatusCode::OK, doc))
 }
 
 fn invalid_part(number: u32) -> S3Error {

@@ -395,8 +395,9 @@ pub fn verify_small_body(headers: &HeaderMap, bytes: &[u8]) -> S3Result<()> {
     Ok(())
 }
 
-pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
-    exists(s3, &t.bucket).await?;
+/// The bucket and key of `x-amz-copy-source` (`bucket/key` or `/bucket/key`,
+/// URL-encoded, perhaps with `?versionId=`).
+pub fn copy_source(headers: &HeaderMap) -> S3Result<(String, String)> {
     let source = headers
         .get("x-amz-copy-source")
         .and_then(|v| v.to_str().ok())
@@ -406,15 +407,18 @@ pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Res
         .decode_utf8()
         .map_err(|_| S3Error::invalid_argument("x-amz-copy-source is not valid UTF-8"))?
         .into_owned();
-    let Some((src_bucket, src_key)) = source
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-    else {
-        return Err(S3Error::invalid_argument(
+    match source.split_once('/') {
+        Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok((b.to_owned(), k.to_owned())),
+        _ => Err(S3Error::invalid_argument(
             "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
-        ));
-    };
-    let from = lookup(s3, src_bucket, src_key).await?;
+        )),
+    }
+}
+
+pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
+    exists(s3, &t.bucket).await?;
+    let (src_bucket, src_key) = copy_source(headers)?;
+    let from = lookup(s3, &src_bucket, &src_key).await?;
     let replace = match headers
         .get("x-amz-metadata-directive")
         .and_then(|v| v.to_str().ok())
@@ -437,7 +441,7 @@ pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Res
     .map_err(S3Error::internal)?
     .map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            S3Error::no_such_key(src_key) // overwritten or deleted meanwhile
+            S3Error::no_such_key(&src_key) // overwritten or deleted meanwhile
         } else {
             S3Error::internal(e)
         }
