@@ -11,6 +11,47 @@ use std::path::{Path, PathBuf};
 pub struct Blobs {
     dir: PathBuf,
     tmp: PathBuf,
+    dir_sync: DirSync,
+}
+
+/// Group commit for the blob directory's fsync: a rename is durable once the directory
+/// is synced after it, so concurrent writers share one sync instead of queueing a sync
+/// each.
+#[derive(Default)]
+struct DirSync {
+    /// (renames announced, renames known durable, a sync is running)
+    state: std::sync::Mutex<(u64, u64, bool)>,
+    done: std::sync::Condvar,
+}
+
+impl DirSync {
+    /// Returns once a directory sync that started after this call has finished.
+    fn sync(&self, dir: &Path) -> std::io::Result<()> {
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock();
+        state.0 += 1;
+        let ticket = state.0;
+        loop {
+            if state.1 >= ticket {
+                return Ok(());
+            }
+            if !state.2 {
+                state.2 = true;
+                let covers = state.0;
+                drop(state);
+                let result = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                state = lock();
+                state.2 = false;
+                if result.is_ok() {
+                    state.1 = state.1.max(covers);
+                }
+                self.done.notify_all();
+                result?;
+                continue;
+            }
+            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// A blob being written; nothing is visible until [`BlobWriter::finish`].
@@ -36,7 +77,11 @@ impl Blobs {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("clearing {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp)?;
-        Ok(Self { dir, tmp })
+        Ok(Self {
+            dir,
+            tmp,
+            dir_sync: DirSync::default(),
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -118,7 +163,40 @@ impl BlobWriter {
         let name = uuid::Uuid::now_v7().simple().to_string();
         file.persist(blobs.path(&name)).map_err(|e| e.error)?;
         // The rename itself is durable once the directory is synced.
-        std::fs::File::open(&blobs.dir)?.sync_all()?;
+        blobs.dir_sync.sync(&blobs.dir)?;
         Ok(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_writers_share_directory_syncs_and_all_land() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs = std::sync::Arc::new(Blobs::open(root.path()).unwrap());
+        let names: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let blobs = blobs.clone();
+                    scope.spawn(move || {
+                        let mut w = blobs.writer().unwrap();
+                        w.write(format!("blob {i}").as_bytes()).unwrap();
+                        w.finish(&blobs).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                std::fs::read(blobs.path(name)).unwrap(),
+                format!("blob {i}").as_bytes()
+            );
+        }
+        let state = blobs.dir_sync.state.lock().unwrap();
+        assert_eq!(state.0, 16);
+        assert_eq!(state.1, 16, "every rename is covered by a finished sync");
     }
 }
