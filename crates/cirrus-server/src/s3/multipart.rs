@@ -461,24 +461,57 @@ pub async fn list_parts(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
 pub async fn list_uploads(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     exists(s3, &t.bucket).await?;
     let prefix = t.param("prefix").unwrap_or("").to_owned();
+    let max: usize = t
+        .param("max-uploads")
+        .map(|m| {
+            m.parse()
+                .map_err(|_| S3Error::invalid_argument("max-uploads must be an integer"))
+        })
+        .transpose()?
+        .unwrap_or(1000)
+        .min(1000);
+    let key_marker = t.param("key-marker").unwrap_or("").to_owned();
+    let id_marker = t
+        .param("upload-id-marker")
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
     let (store, bucket, p) = (s3.store.clone(), t.bucket.clone(), prefix.clone());
-    let uploads = blocking(move || store.list_uploads(&bucket, &p)).await?;
-    let max = 1000;
-    let truncated = uploads.len() > max;
+    let all = blocking(move || store.list_uploads(&bucket, &p)).await?;
+    // Uploads come by key, then start: resume after the marker's key (and, with an
+    // upload-id marker, after that upload of the key).
+    let start = if key_marker.is_empty() {
+        0
+    } else {
+        match &id_marker {
+            Some(id) => all
+                .iter()
+                .position(|u| u.key == key_marker && &u.id == id)
+                .map(|i| i + 1)
+                .unwrap_or_else(|| all.iter().take_while(|u| u.key <= key_marker).count()),
+            None => all.iter().take_while(|u| u.key <= key_marker).count(),
+        }
+    };
+    let rest = &all[start.min(all.len())..];
+    let truncated = rest.len() > max;
+    let page = &rest[..rest.len().min(max)];
+    let last = page.last().filter(|_| truncated);
     let doc = xml::document(
         "ListMultipartUploadsResult",
         &xml::ListMultipartUploadsResult {
             xmlns: NAMESPACE,
             bucket: t.bucket.clone(),
             prefix,
+            key_marker,
+            upload_id_marker: id_marker.unwrap_or_default(),
+            next_key_marker: last.map(|u| u.key.clone()),
+            next_upload_id_marker: last.map(|u| u.id.clone()),
             max_uploads: max,
             is_truncated: truncated,
-            uploads: uploads
-                .into_iter()
-                .take(max)
+            uploads: page
+                .iter()
                 .map(|u| xml::UploadEntry {
-                    key: u.key,
-                    upload_id: u.id,
+                    key: u.key.clone(),
+                    upload_id: u.id.clone(),
                     initiated: iso_time(u.created_ms),
                     storage_class: "STANDARD",
                 })

@@ -205,6 +205,14 @@ pub struct ListMultipartUploadsResult {
     pub bucket: String,
     #[serde(rename = "Prefix")]
     pub prefix: String,
+    #[serde(rename = "KeyMarker")]
+    pub key_marker: String,
+    #[serde(rename = "UploadIdMarker")]
+    pub upload_id_marker: String,
+    #[serde(rename = "NextKeyMarker", skip_serializing_if = "Option::is_none")]
+    pub next_key_marker: Option<String>,
+    #[serde(rename = "NextUploadIdMarker", skip_serializing_if = "Option::is_none")]
+    pub next_upload_id_marker: Option<String>,
     #[serde(rename = "MaxUploads")]
     pub max_uploads: usize,
     #[serde(rename = "IsTruncated")]

@@ -275,6 +275,15 @@ assert s3.get_object(Bucket="box", Key="multi.bin", Range=f"bytes={5 * MiB - 2}-
 assert code_of(s3.list_parts, Bucket="box", Key="multi.bin", UploadId=uid) == ("NoSuchUpload", 404)
 assert s3.list_multipart_uploads(Bucket="box").get("Uploads", []) == []
 
+# Uploads in progress page like everything else.
+open_uploads = [s3.create_multipart_upload(Bucket="box", Key=k)["UploadId"] for k in ["u/a", "u/a", "u/b"]]
+listed = [(u["Key"], u["UploadId"]) for p in s3.get_paginator("list_multipart_uploads").paginate(
+    Bucket="box", Prefix="u/", PaginationConfig={"PageSize": 1}) for u in p.get("Uploads", [])]
+assert sorted(listed) == sorted(zip(["u/a", "u/a", "u/b"], open_uploads)), listed
+assert len(listed) == 3
+for (k, uid) in zip(["u/a", "u/a", "u/b"], open_uploads):
+    s3.abort_multipart_upload(Bucket="box", Key=k, UploadId=uid)
+
 # Too-small parts, bad part numbers, abort.
 uid = s3.create_multipart_upload(Bucket="box", Key="small.bin")["UploadId"]
 e1 = s3.upload_part(Bucket="box", Key="small.bin", UploadId=uid, PartNumber=1, Body=b"tiny")["ETag"]
