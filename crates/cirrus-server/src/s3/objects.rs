@@ -9,7 +9,7 @@ use super::{
     blocking, content_type, iso_time, object_headers, quoted, remove_blobs, user_metadata,
     xml_response, Target, S3,
 };
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, PutCondition, PutRefused};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ const STREAM_CHUNK: usize = 256 << 10;
 pub async fn record(
     s3: &Arc<S3>,
     object: ObjectMeta,
+    condition: PutCondition,
     event: &'static str,
     lineage: Option<(String, u32)>,
 ) -> S3Result<()> {
@@ -36,8 +37,9 @@ pub async fn record(
     ));
     let (store, p) = (s3.store.clone(), pending.clone());
     let blob = object.blob.clone();
-    let bucket = object.bucket.clone();
-    let outcome = blocking(move || store.put_object(&object, &|o| p.events(o))).await;
+    let (bucket, key) = (object.bucket.clone(), object.key.clone());
+    let if_match = matches!(condition, PutCondition::Etag(_));
+    let outcome = blocking(move || store.put_object(&object, &condition, &|o| p.events(o))).await;
     match outcome {
         Ok(Ok(replaced)) => {
             s3.notifier.committed(&pending);
@@ -46,14 +48,46 @@ pub async fn record(
             }
             Ok(())
         }
-        Ok(Err(_)) => {
+        Ok(Err(refused)) => {
             remove_blobs(s3, vec![blob]);
-            Err(S3Error::no_such_bucket(&bucket))
+            Err(match refused {
+                PutRefused::NoSuchBucket => S3Error::no_such_bucket(&bucket),
+                // If-Match on a key with no object: S3 answers 404.
+                PutRefused::PreconditionFailed { missing: true } if if_match => {
+                    S3Error::no_such_key(&key)
+                }
+                PutRefused::PreconditionFailed { .. } => precondition_failed(),
+            })
         }
         Err(e) => {
             remove_blobs(s3, vec![blob]);
             Err(e)
         }
+    }
+}
+
+fn precondition_failed() -> S3Error {
+    S3Error::new(
+        "PreconditionFailed",
+        StatusCode::PRECONDITION_FAILED,
+        "At least one of the pre-conditions you specified did not hold",
+    )
+}
+
+/// `If-None-Match: *` (create only) or `If-Match: "etag"` (replace only that version).
+fn put_condition(headers: &HeaderMap) -> S3Result<PutCondition> {
+    if let Some(etag) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        return Ok(PutCondition::Etag(etag.trim().trim_matches('"').to_owned()));
+    }
+    match headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Ok(PutCondition::Any),
+        Some(v) if v.trim() == "*" => Ok(PutCondition::Absent),
+        Some(_) => Err(S3Error::not_implemented(
+            "If-None-Match on writes other than *",
+        )),
     }
 }
 
@@ -82,6 +116,7 @@ pub async fn store(
     lineage: Option<(String, u32)>,
 ) -> S3Result<ObjectMeta> {
     exists(s3, bucket).await?;
+    let condition = put_condition(headers)?;
     let ingested = ingest(
         body,
         headers,
@@ -101,7 +136,7 @@ pub async fn store(
         modified_ms: s3.clock.now_ms(),
         blob: ingested.blob,
     };
-    record(s3, object.clone(), "ObjectCreated:Put", lineage).await?;
+    record(s3, object.clone(), condition, "ObjectCreated:Put", lineage).await?;
     Ok(object)
 }
 
@@ -466,7 +501,7 @@ pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Res
         blob,
     };
     let modified = object.modified_ms;
-    record(s3, object, "ObjectCreated:Copy", None).await?;
+    record(s3, object, PutCondition::Any, "ObjectCreated:Copy", None).await?;
     let doc = xml::document(
         "CopyObjectResult",
         &xml::CopyObjectResult {

@@ -287,13 +287,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Every bucket with its creation time, by name.
     fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>>;
     fn bucket_exists(&self, name: &str) -> StoreResult<bool>;
-    /// Records an object (replacing any under its key) and queues `events(new)` in one
-    /// transaction. Returns the replaced object, whose blob the caller removes.
+    /// Records an object (replacing any under its key) if `condition` holds, and queues
+    /// `events(new)`, in one transaction. Returns the replaced object, whose blob the
+    /// caller removes.
     fn put_object(
         &self,
         object: &ObjectMeta,
+        condition: &PutCondition,
         events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
-    ) -> StoreResult<Result<Option<ObjectMeta>, NoSuchBucket>>;
+    ) -> StoreResult<Result<Option<ObjectMeta>, PutRefused>>;
     fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>>;
     /// Removes an object and queues `events(old)` in one transaction; the removed object
     /// (whose blob the caller removes), if there was one.
@@ -356,6 +358,26 @@ pub enum CompleteConflict {
     NoSuchBucket,
     /// The part was replaced (or is gone) since the caller read it.
     PartChanged(u32),
+}
+
+/// S3's conditional writes: `If-None-Match: *` and `If-Match: "etag"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    Any,
+    /// Only if no object has the key.
+    Absent,
+    /// Only if the object under the key has this ETag.
+    Etag(String),
+}
+
+/// Why an object was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutRefused {
+    NoSuchBucket,
+    /// The condition did not hold; `true` when there was no object at all.
+    PreconditionFailed {
+        missing: bool,
+    },
 }
 
 /// The bucket named does not exist.

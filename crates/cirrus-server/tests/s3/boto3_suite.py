@@ -147,6 +147,14 @@ status, text = raw("PUT", "/box/trailer-good", body, {
 assert status == 200, (status, text)
 assert s3.get_object(Bucket="box", Key="trailer-good")["Body"].read() == payload
 
+# Conditional writes: create-only and replace-only-this-version.
+first = s3.put_object(Bucket="box", Key="cond", Body=b"v1", IfNoneMatch="*")
+assert code_of(s3.put_object, Bucket="box", Key="cond", Body=b"v2", IfNoneMatch="*") == ("PreconditionFailed", 412)
+assert code_of(s3.put_object, Bucket="box", Key="cond", Body=b"v2", IfMatch='"0000"') == ("PreconditionFailed", 412)
+assert code_of(s3.put_object, Bucket="box", Key="nothing-here", Body=b"v2", IfMatch=first["ETag"])[1] == 404
+s3.put_object(Bucket="box", Key="cond", Body=b"v2", IfMatch=first["ETag"])
+assert s3.get_object(Bucket="box", Key="cond")["Body"].read() == b"v2"
+
 # --- opaque keys: nothing escapes the data dir --------------------------------------
 odd = ["../../escape.txt", "dir/../../../etc/passwd", "with space/é ü/+plus", "/leading", "a//b", "..", "%2e%2e"]
 for k in odd:

@@ -3,7 +3,7 @@
 use super::{insert_event, lock, SqliteStore};
 use crate::store::{
     BucketDelete, CompleteConflict, Completed, NewEvent, NoSuchBucket, NoSuchUpload, ObjectMeta,
-    ObjectStore, Part, StoreResult, Upload,
+    ObjectStore, Part, PutCondition, PutRefused, StoreResult, Upload,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
@@ -147,14 +147,26 @@ impl ObjectStore for SqliteStore {
     fn put_object(
         &self,
         object: &ObjectMeta,
+        condition: &PutCondition,
         events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
-    ) -> StoreResult<Result<Option<ObjectMeta>, NoSuchBucket>> {
+    ) -> StoreResult<Result<Option<ObjectMeta>, PutRefused>> {
         let mut conn = lock(&self.queue);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !bucket_exists(&tx, &object.bucket)? {
-            return Ok(Err(NoSuchBucket));
+            return Ok(Err(PutRefused::NoSuchBucket));
         }
         let old = read_object(&tx, &object.bucket, &object.key)?;
+        let holds = match (condition, &old) {
+            (PutCondition::Any, _) => true,
+            (PutCondition::Absent, current) => current.is_none(),
+            (PutCondition::Etag(etag), Some(current)) => current.etag == *etag,
+            (PutCondition::Etag(_), None) => false,
+        };
+        if !holds {
+            return Ok(Err(PutRefused::PreconditionFailed {
+                missing: old.is_none(),
+            }));
+        }
         insert_object(&tx, object)?;
         for e in events(object) {
             insert_event(&tx, &e)?;
