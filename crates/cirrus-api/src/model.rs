@@ -365,3 +365,22 @@ pub struct KvEntry {
     pub size_bytes: u64,
     pub updated_at: String,
 }
+
+/// A bucket of the object store (`GET /v1/buckets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created_at: String,
+}
+
+/// An object's metadata (`GET /v1/buckets/{bucket}/objects` lists these; the bytes are
+/// the body of `GET /v1/buckets/{bucket}/objects/{key}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// The MD5 of the bytes in hex, or S3's `…-N` form for multipart uploads.
+    pub etag: String,
+    pub content_type: Option<String>,
+    pub last_modified: String,
+}

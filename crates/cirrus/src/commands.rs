@@ -63,6 +63,12 @@ enum Command {
     /// The built-in KV tables
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Buckets of the object store (the same ones the S3 API serves)
+    #[command(subcommand)]
+    Bucket(BucketCommand),
+    /// Objects in a bucket (any S3 client works too: see `cirrus up`'s S3 API)
+    #[command(subcommand)]
+    Object(ObjectCommand),
     /// Follow one request through retries and pipelines: every invocation of its trace
     Trace { request_id: String },
     /// HTTP routes and topic subscriptions that fire functions
@@ -269,6 +275,45 @@ enum KvCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum BucketCommand {
+    /// List buckets
+    Ls,
+    /// Create a bucket
+    Mb { name: String },
+    /// Delete an empty bucket
+    Rb { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ObjectCommand {
+    /// List objects (by prefix)
+    Ls {
+        bucket: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Store a file (or stdin with -) as an object
+    Put {
+        bucket: String,
+        key: String,
+        file: PathBuf,
+        #[arg(long, default_value = "application/octet-stream")]
+        content_type: String,
+    },
+    /// Write an object to stdout (or to --output FILE)
+    Get {
+        bucket: String,
+        key: String,
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Delete an object
+    Rm { bucket: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum TriggerCommand {
     /// Add a trigger to a function
     Add {
@@ -387,6 +432,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => dlq(&client, command, json).await,
         Command::Trigger(command) => trigger(&client, command, json).await,
         Command::Kv(command) => kv(&client, command, json).await,
+        Command::Bucket(command) => bucket(&client, command, json).await,
+        Command::Object(command) => object(&client, command, json).await,
         Command::Trace { request_id } => {
             let trace: serde_json::Value = client
                 .json(client.request(Method::GET, &format!("/v1/trace/{request_id}")))
@@ -1397,6 +1444,149 @@ async fn kv(client: &Client, command: KvCommand, json: bool) -> anyhow::Result<(
         return output::json(&entry);
     }
     println!("{}/{} version {}", entry.table, entry.key, entry.version);
+    Ok(())
+}
+
+async fn bucket(client: &Client, command: BucketCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        BucketCommand::Ls => {
+            let page: Page<cirrus_api::BucketInfo> = client
+                .json(client.request(Method::GET, "/v1/buckets"))
+                .await?;
+            if json {
+                return output::json(&page);
+            }
+            let rows = page
+                .items
+                .into_iter()
+                .map(|b| vec![b.name, b.created_at])
+                .collect();
+            output::table(&["BUCKET", "CREATED"], rows);
+        }
+        BucketCommand::Mb { name } => {
+            let made: cirrus_api::BucketInfo = client
+                .json(client.request(Method::PUT, &format!("/v1/buckets/{name}")))
+                .await?;
+            if json {
+                return output::json(&made);
+            }
+            println!("made bucket {}", made.name);
+        }
+        BucketCommand::Rb { name } => {
+            client::ok(
+                client
+                    .send(client.request(Method::DELETE, &format!("/v1/buckets/{name}")))
+                    .await?,
+            )
+            .await?;
+            if !json {
+                println!("removed bucket {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn object(client: &Client, command: ObjectCommand, json: bool) -> anyhow::Result<()> {
+    let path = |bucket: &str, key: &str| {
+        format!(
+            "/v1/buckets/{bucket}/objects/{}",
+            key.split('/')
+                .map(encode_segment)
+                .collect::<Vec<_>>()
+                .join("/")
+        )
+    };
+    match command {
+        ObjectCommand::Ls {
+            bucket,
+            prefix,
+            limit,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(prefix.map(|p| ("prefix", p)));
+            let page: Page<cirrus_api::ObjectInfo> = client
+                .json(
+                    client
+                        .request(Method::GET, &format!("/v1/buckets/{bucket}/objects"))
+                        .query(&query),
+                )
+                .await?;
+            if json {
+                return output::json(&page);
+            }
+            let rows = page
+                .items
+                .into_iter()
+                .map(|o| vec![o.key, o.size.to_string(), o.last_modified])
+                .collect();
+            output::table(&["KEY", "BYTES", "MODIFIED"], rows);
+        }
+        ObjectCommand::Put {
+            bucket,
+            key,
+            file,
+            content_type,
+        } => {
+            let body = if file.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+                bytes
+            } else {
+                tokio::fs::read(&file)
+                    .await
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let stored: cirrus_api::ObjectInfo = client
+                .json(
+                    client
+                        .request(Method::PUT, &path(&bucket, &key))
+                        .header(reqwest::header::CONTENT_TYPE, content_type)
+                        .body(body),
+                )
+                .await?;
+            if json {
+                return output::json(&stored);
+            }
+            println!(
+                "{bucket}/{} {} bytes etag {}",
+                stored.key, stored.size, stored.etag
+            );
+        }
+        ObjectCommand::Get {
+            bucket,
+            key,
+            output,
+        } => {
+            let response = client::ok(
+                client
+                    .send(client.request(Method::GET, &path(&bucket, &key)))
+                    .await?,
+            )
+            .await?;
+            let bytes = response.bytes().await?;
+            match output {
+                Some(file) => tokio::fs::write(&file, &bytes)
+                    .await
+                    .with_context(|| format!("writing {}", file.display()))?,
+                None => {
+                    use std::io::Write as _;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+            }
+        }
+        ObjectCommand::Rm { bucket, key } => {
+            client::ok(
+                client
+                    .send(client.request(Method::DELETE, &path(&bucket, &key)))
+                    .await?,
+            )
+            .await?;
+            if !json {
+                println!("removed {bucket}/{key}");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -397,3 +397,70 @@ fn a_crash_mid_upload_leaves_nothing_visible() {
         b"after the crash"
     );
 }
+
+#[test]
+fn cli_manages_buckets_and_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let up = Up::start(&home.join("data"), &[]);
+    up.cli_ok(&["bucket", "mb", "docs"]);
+    let out = up.cli(&["bucket", "mb", "docs"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+    let out = up.cli(&["bucket", "mb", "Bad_Name"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid bucket name"));
+    let file = home.join("report final.pdf");
+    std::fs::write(&file, b"%PDF-1.7 pretend").unwrap();
+    let stored = up.cli_json(&[
+        "object",
+        "put",
+        "docs",
+        "2026/report final.pdf",
+        file.to_str().unwrap(),
+        "--content-type",
+        "application/pdf",
+    ]);
+    assert_eq!(stored["size"], 16);
+    // The S3 API sees the same object.
+    let head = aws_ok(
+        &up,
+        home,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "docs",
+            "--key",
+            "2026/report final.pdf",
+        ],
+    );
+    let head: serde_json::Value = serde_json::from_slice(&head).unwrap();
+    assert_eq!(head["ContentType"], "application/pdf");
+    assert_eq!(
+        head["ETag"],
+        format!("\"{}\"", stored["etag"].as_str().unwrap())
+    );
+    let listed = up.cli_ok(&["object", "ls", "docs", "--prefix", "2026/"]);
+    assert!(listed.contains("2026/report final.pdf"), "{listed}");
+    let got = home.join("got.pdf");
+    up.cli_ok(&[
+        "object",
+        "get",
+        "docs",
+        "2026/report final.pdf",
+        "-o",
+        got.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&got).unwrap(), b"%PDF-1.7 pretend");
+    let out = up.cli(&["bucket", "rb", "docs"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    up.cli_ok(&["object", "rm", "docs", "2026/report final.pdf"]);
+    let out = up.cli(&["object", "get", "docs", "2026/report final.pdf"]);
+    assert!(!out.status.success());
+    up.cli_ok(&["bucket", "rb", "docs"]);
+    assert!(up.cli_json(&["bucket", "ls"])["items"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let out = up.cli(&["object", "put", "docs", "x", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NoSuchBucket"));
+}

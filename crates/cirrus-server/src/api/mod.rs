@@ -49,6 +49,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/kv/{table}/{key}"),
     ("PUT", "/v1/kv/{table}/{key}"),
     ("DELETE", "/v1/kv/{table}/{key}"),
+    ("GET", "/v1/buckets"),
+    ("PUT", "/v1/buckets/{bucket}"),
+    ("DELETE", "/v1/buckets/{bucket}"),
     ("GET", "/v1/buckets/{bucket}/objects"),
     ("GET", "/v1/buckets/{bucket}/objects/{key}"),
     ("HEAD", "/v1/buckets/{bucket}/objects/{key}"),
@@ -124,6 +127,11 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/triggers", post(triggers::add))
         .route("/v1/triggers/{id}", axum::routing::delete(triggers::remove))
         .route("/v1/topics/{topic}", post(triggers::publish))
+        .route("/v1/buckets", get(objects::list_buckets))
+        .route(
+            "/v1/buckets/{bucket}",
+            put(objects::create_bucket).delete(objects::delete_bucket),
+        )
         .route("/v1/dlq", get(dlq::list).delete(dlq::purge_all))
         .route("/v1/dlq/redrive", post(dlq::redrive_all))
         .route("/v1/dlq/{id}", get(dlq::show).delete(dlq::purge_one))

@@ -1,4 +1,5 @@
-//! Objects through the management API: `GET/HEAD/PUT/DELETE
+//! Buckets and objects through the management API: `GET /v1/buckets`,
+//! `PUT/DELETE /v1/buckets/{bucket}` (admin only), `GET/HEAD/PUT/DELETE
 //! /v1/buckets/{bucket}/objects/{key}` and listing by prefix. This is how functions with
 //! `bucket:` grants reach the object store (with `CIRRUS_TOKEN`); the S3 listener serves
 //! the same buckets to SDKs.
@@ -14,7 +15,8 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cirrus_api::{ApiError, ErrorCode};
-use serde::{Deserialize, Serialize};
+use cirrus_api::{BucketInfo, ObjectInfo, Page};
+use serde::Deserialize;
 
 /// An S3 error in the JSON API's terms.
 fn failure(e: S3Error) -> Failure {
@@ -33,22 +35,6 @@ fn failure(e: S3Error) -> Failure {
     Failure(ApiError::new(code, message))
 }
 
-#[derive(Debug, Serialize)]
-pub struct ObjectInfo {
-    pub key: String,
-    pub size: u64,
-    pub etag: String,
-    pub content_type: Option<String>,
-    pub last_modified: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ObjectList {
-    pub items: Vec<ObjectInfo>,
-    /// Pass as `after` for the next page.
-    pub next: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
@@ -61,7 +47,7 @@ pub async fn list(
     State(state): State<AppStateRef>,
     Path(bucket): Path<String>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<ObjectList>, Failure> {
+) -> Result<Json<Page<ObjectInfo>>, Failure> {
     crate::s3::buckets::exists(&state.s3, &bucket)
         .await
         .map_err(failure)?;
@@ -75,7 +61,7 @@ pub async fn list(
     let more = found.len() > limit;
     found.truncate(limit);
     let next = more.then(|| found.last().map(|o| o.key.clone())).flatten();
-    Ok(Json(ObjectList {
+    Ok(Json(Page {
         items: found
             .into_iter()
             .map(|o| ObjectInfo {
@@ -160,5 +146,77 @@ pub async fn delete(
             ErrorCode::NotFound,
             format!("no object {key:?} in bucket {bucket:?}"),
         )))
+    }
+}
+
+pub async fn list_buckets(
+    State(state): State<AppStateRef>,
+) -> Result<Json<Page<BucketInfo>>, Failure> {
+    let store = state.s3.store.clone();
+    let buckets = blocking(move || store.list_buckets())
+        .await
+        .map_err(failure)?;
+    Ok(Json(Page {
+        items: buckets
+            .into_iter()
+            .map(|(name, created)| BucketInfo {
+                name,
+                created_at: crate::s3::iso_time(created),
+            })
+            .collect(),
+        next: None,
+    }))
+}
+
+pub async fn create_bucket(
+    State(state): State<AppStateRef>,
+    Path(bucket): Path<String>,
+) -> Result<Response, Failure> {
+    if !crate::s3::valid_bucket_name(&bucket) {
+        return Err(Failure(ApiError::bad_request(format!(
+            "invalid bucket name {bucket:?}: use 3-63 lowercase letters, digits, '.' or '-', starting and ending with a letter or digit"
+        ))));
+    }
+    let (store, name, now) = (
+        state.s3.store.clone(),
+        bucket.clone(),
+        state.s3.clock.now_ms(),
+    );
+    if !blocking(move || store.create_bucket(&name, now))
+        .await
+        .map_err(failure)?
+    {
+        return Err(Failure(ApiError::new(
+            ErrorCode::Conflict,
+            format!("bucket {bucket:?} exists already"),
+        )));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(BucketInfo {
+            name: bucket,
+            created_at: crate::s3::iso_time(now),
+        }),
+    )
+        .into_response())
+}
+
+pub async fn delete_bucket(
+    State(state): State<AppStateRef>,
+    Path(bucket): Path<String>,
+) -> Result<Response, Failure> {
+    let (store, name) = (state.s3.store.clone(), bucket.clone());
+    match blocking(move || store.delete_bucket(&name))
+        .await
+        .map_err(failure)?
+    {
+        crate::store::BucketDelete::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        crate::store::BucketDelete::Missing => Err(Failure(ApiError::not_found(format!(
+            "no bucket {bucket:?}"
+        )))),
+        crate::store::BucketDelete::NotEmpty => Err(Failure(ApiError::new(
+            ErrorCode::Conflict,
+            format!("bucket {bucket:?} is not empty (objects or multipart uploads in progress)"),
+        ))),
     }
 }
