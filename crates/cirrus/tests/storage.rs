@@ -451,6 +451,39 @@ fn cli_manages_buckets_and_objects() {
         got.to_str().unwrap(),
     ]);
     assert_eq!(std::fs::read(&got).unwrap(), b"%PDF-1.7 pretend");
+    // The JSON API speaks its own statuses: 416 for a range past the end, 409 for a
+    // failed create-only write.
+    let token = std::fs::read_to_string(home.join("data/admin.token")).unwrap();
+    let url = format!("{}/v1/buckets/docs/objects/2026/report%20final.pdf", up.url);
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let status = up.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &auth,
+        "-H",
+        "Range: bytes=500-",
+        &url,
+    ]);
+    assert_eq!(status, "416");
+    let status = up.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &auth,
+        "-H",
+        "If-None-Match: *",
+        "-X",
+        "PUT",
+        "--data-binary",
+        "x",
+        &url,
+    ]);
+    assert_eq!(status, "409");
     let out = up.cli(&["bucket", "rb", "docs"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     up.cli_ok(&["object", "rm", "docs", "2026/report final.pdf"]);

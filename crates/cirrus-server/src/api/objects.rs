@@ -22,7 +22,9 @@ use serde::Deserialize;
 fn failure(e: S3Error) -> Failure {
     let code = match e.status.as_u16() {
         404 => ErrorCode::NotFound,
-        409 => ErrorCode::Conflict,
+        // A failed precondition, as for KV writes.
+        409 | 412 => ErrorCode::Conflict,
+        416 => ErrorCode::RangeNotSatisfiable,
         413 => ErrorCode::PayloadTooLarge,
         403 => ErrorCode::Forbidden,
         s if s >= 500 => ErrorCode::Internal,
@@ -104,16 +106,23 @@ pub async fn put(
             "keys are at most 1024 bytes",
         )));
     }
-    let object = objects::store(
-        &state.s3,
-        &bucket,
-        &key,
-        &headers,
-        None,
-        body,
-        claims.map(|c| c.lineage()),
-    )
+    // Runs to its end even if the caller goes away: a stored blob is always recorded or
+    // removed.
+    let s3 = state.s3.clone();
+    let object = tokio::spawn(async move {
+        objects::store(
+            &s3,
+            &bucket,
+            &key,
+            &headers,
+            None,
+            body,
+            claims.map(|c| c.lineage()),
+        )
+        .await
+    })
     .await
+    .map_err(Failure::internal)?
     .map_err(failure)?;
     Ok((
         StatusCode::CREATED,

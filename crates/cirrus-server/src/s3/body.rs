@@ -175,6 +175,8 @@ enum State {
 }
 
 const MAX_LINE: usize = 4096;
+/// Trailing headers a body may carry (SDKs send one checksum, perhaps a signature).
+const MAX_TRAILERS: usize = 16;
 
 /// An incremental `aws-chunked` decoder: raw bytes in, payload bytes out, chunk
 /// signatures checked as each chunk ends.
@@ -311,6 +313,8 @@ impl ChunkedDecoder {
                     let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
                     if name == "x-amz-trailer-signature" {
                         self.trailer_signature = Some(value);
+                    } else if self.trailers.len() >= MAX_TRAILERS {
+                        return Err(bad_chunk("too many trailing headers"));
                     } else {
                         self.trailers.push((name, value));
                     }
@@ -399,7 +403,21 @@ pub async fn ingest(
     let mut batch_bytes = 0;
     let mut body = body;
     loop {
-        let frame = match tokio::time::timeout(IDLE_BODY, body.frame()).await {
+        let next = tokio::time::timeout(IDLE_BODY, body.frame());
+        // While a batch is being written, its failure (too large, a bad chunk
+        // signature) is answered at once, not after the rest of the body.
+        let received = match writing.as_mut() {
+            Some(handle) => tokio::select! {
+                received = next => received,
+                written = handle => {
+                    writing = None;
+                    sink = Some(written.map_err(S3Error::internal)??);
+                    continue;
+                }
+            },
+            None => next.await,
+        };
+        let frame = match received {
             Err(_) => {
                 return Err(S3Error::bad_request(
                     "RequestTimeout",
@@ -684,6 +702,17 @@ mod tests {
                 vec![("x-amz-checksum-crc32".to_owned(), "DUoRhQ==".to_owned())]
             );
         }
+        let mut endless = b"0\r\n".to_vec();
+        for _ in 0..100 {
+            endless.extend_from_slice(b"a:b\r\n");
+        }
+        assert_eq!(
+            ChunkedDecoder::new(None)
+                .feed(&endless, &mut |_| Ok(()))
+                .unwrap_err()
+                .code,
+            "InvalidChunkSizeError"
+        );
         let bad = b"zz\r\nhello\r\n";
         assert_eq!(
             ChunkedDecoder::new(None)

@@ -231,6 +231,10 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     let mut contents = Vec::new();
     let mut prefixes: Vec<String> = Vec::new();
     let mut truncated = false;
+    if limit == 0 {
+        // Nothing asked for: an empty, complete answer (S3's max-keys=0).
+        cursor = Some(Cursor::End);
+    }
     let mut last_returned: Option<String> = None;
     // With a delimiter most rows of a batch may roll up into one prefix: fetch less.
     let batch = if delimiter.is_some() { 100 } else { 1000 };

@@ -133,7 +133,13 @@ fn target(path: &str, query: Option<&str>) -> S3Result<Target> {
 
 async fn handle(State(s3): State<Arc<S3>>, request: Request) -> Response {
     let method = request.method().clone();
-    match dispatch(&s3, request).await {
+    // A request runs to its end even if the client goes away mid-way (hyper then drops
+    // this future): a commit is always followed by its clean-up, and a blob made durable
+    // is always either recorded or removed.
+    let outcome = tokio::spawn(async move { dispatch(&s3, request).await })
+        .await
+        .unwrap_or_else(|e| Err(S3Error::internal(e)));
+    match outcome {
         Ok(response) => response,
         Err(e) => {
             if e.status.is_server_error() {
@@ -217,7 +223,7 @@ async fn dispatch(s3: &Arc<S3>, request: Request) -> S3Result<Response> {
         Method::DELETE if t.has("uploadId") => multipart::abort(s3, &t).await,
         Method::DELETE => objects::delete(s3, &t).await,
         Method::POST if t.has("uploads") => multipart::create(s3, &t, h).await,
-        Method::POST if t.has("uploadId") => multipart::complete(s3, &t, body).await,
+        Method::POST if t.has("uploadId") => multipart::complete(s3, &t, h, body).await,
         _ => Err(method_not_allowed()),
     }
 }

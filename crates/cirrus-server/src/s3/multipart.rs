@@ -237,8 +237,15 @@ fn invalid_part(number: u32) -> S3Error {
     )
 }
 
-pub async fn complete(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response> {
+pub async fn complete(
+    s3: &Arc<S3>,
+    t: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> S3Result<Response> {
     let upload = upload_of(s3, t).await?;
+    let condition = super::objects::put_condition(headers)?;
+    let if_match = matches!(condition, crate::store::PutCondition::Etag(_));
     let bytes = axum::body::to_bytes(body, 4 << 20).await.map_err(|_| {
         S3Error::malformed_xml("the CompleteMultipartUpload document is too large or broken off")
     })?;
@@ -341,7 +348,8 @@ pub async fn complete(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response
     let (store, id, p) = (s3.store.clone(), upload.id.clone(), pending.clone());
     let parts: Vec<(u32, String)> = chosen.iter().map(|p| (p.number, p.blob.clone())).collect();
     let outcome =
-        blocking(move || store.complete_upload(&id, &parts, &object, &|o| p.events(o))).await;
+        blocking(move || store.complete_upload(&id, &parts, &object, &condition, &|o| p.events(o)))
+            .await;
     match outcome {
         Ok(Ok(done)) => {
             s3.notifier.committed(&pending);
@@ -355,6 +363,12 @@ pub async fn complete(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response
                 CompleteConflict::NoSuchUpload => S3Error::no_such_upload(&upload.id),
                 CompleteConflict::NoSuchBucket => S3Error::no_such_bucket(&upload.bucket),
                 CompleteConflict::PartChanged(n) => invalid_part(n),
+                CompleteConflict::PreconditionFailed { missing: true } if if_match => {
+                    S3Error::no_such_key(&upload.key)
+                }
+                CompleteConflict::PreconditionFailed { .. } => {
+                    super::objects::precondition_failed()
+                }
             });
         }
         Err(e) => {

@@ -66,7 +66,7 @@ pub async fn record(
     }
 }
 
-fn precondition_failed() -> S3Error {
+pub fn precondition_failed() -> S3Error {
     S3Error::new(
         "PreconditionFailed",
         StatusCode::PRECONDITION_FAILED,
@@ -75,7 +75,7 @@ fn precondition_failed() -> S3Error {
 }
 
 /// `If-None-Match: *` (create only) or `If-Match: "etag"` (replace only that version).
-fn put_condition(headers: &HeaderMap) -> S3Result<PutCondition> {
+pub fn put_condition(headers: &HeaderMap) -> S3Result<PutCondition> {
     if let Some(etag) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
         return Ok(PutCondition::Etag(etag.trim().trim_matches('"').to_owned()));
     }
@@ -453,6 +453,7 @@ pub fn copy_source(headers: &HeaderMap) -> S3Result<(String, String)> {
 pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
     exists(s3, &t.bucket).await?;
     let (src_bucket, src_key) = copy_source(headers)?;
+    let condition = put_condition(headers)?;
     let from = lookup(s3, &src_bucket, &src_key).await?;
     let replace = match headers
         .get("x-amz-metadata-directive")
@@ -501,7 +502,7 @@ pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Res
         blob,
     };
     let modified = object.modified_ms;
-    record(s3, object, PutCondition::Any, "ObjectCreated:Copy", None).await?;
+    record(s3, object, condition, "ObjectCreated:Copy", None).await?;
     let doc = xml::document(
         "CopyObjectResult",
         &xml::CopyObjectResult {

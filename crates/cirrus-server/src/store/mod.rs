@@ -337,6 +337,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         parts: &[(u32, String)],
         object: &ObjectMeta,
+        condition: &PutCondition,
         events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
     ) -> StoreResult<Result<Completed, CompleteConflict>>;
     /// Every blob an object or part refers to; the rest are leftovers of interrupted writes.
@@ -358,6 +359,10 @@ pub enum CompleteConflict {
     NoSuchBucket,
     /// The part was replaced (or is gone) since the caller read it.
     PartChanged(u32),
+    /// The write's condition did not hold; `true` when there was no object at all.
+    PreconditionFailed {
+        missing: bool,
+    },
 }
 
 /// S3's conditional writes: `If-None-Match: *` and `If-Match: "etag"`.

@@ -192,6 +192,8 @@ pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket="box", Prefix="
                                                           PaginationConfig={"PageSize": 1}))
 assert [c["Prefix"] for p in pages for c in p.get("CommonPrefixes", [])] == ["zz/"], pages
 s3.delete_objects(Bucket="box", Delete={"Objects": [{"Key": k} for k in ["dirs/", "dirs/a.jpg", "dirs/b.jpg", "zz/\U0010FFFFz", "zz/x"]]})
+nothing = s3.list_objects_v2(Bucket="box", MaxKeys=0)
+assert nothing["IsTruncated"] is False and nothing["KeyCount"] == 0, nothing
 v1 = s3.list_objects(Bucket="box", Prefix="logs/", MaxKeys=3)
 assert v1["IsTruncated"] and len(v1["Contents"]) == 3
 assert code_of(s3.list_objects_v2, Bucket="box", ContinuationToken="!!!")[0] == "InvalidArgument"
@@ -271,6 +273,11 @@ assert code_of(s3.complete_multipart_upload, Bucket="box", Key="multi.bin", Uplo
                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etags[2]}]}) == ("InvalidPart", 400)
 assert code_of(s3.complete_multipart_upload, Bucket="box", Key="multi.bin", UploadId=uid,
                MultipartUpload={"Parts": [{"PartNumber": 4, "ETag": etags[4]}, {"PartNumber": 5, "ETag": etags[4]}]}) == ("InvalidPart", 400)
+# A create-only completion of a key that exists is refused, and the upload stays.
+s3.put_object(Bucket="box", Key="multi.bin", Body=b"already here")
+assert code_of(s3.complete_multipart_upload, Bucket="box", Key="multi.bin", UploadId=uid, IfNoneMatch="*",
+               MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in [1, 2, 3, 4]]}) == ("PreconditionFailed", 412)
+assert s3.get_object(Bucket="box", Key="multi.bin")["Body"].read() == b"already here"
 done = s3.complete_multipart_upload(Bucket="box", Key="multi.bin", UploadId=uid,
                                     MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in [1, 2, 3, 4]]})
 digests = b"".join(hashlib.md5(p).digest() for p in parts)

@@ -90,6 +90,15 @@ fn insert_object(tx: &rusqlite::Transaction<'_>, object: &ObjectMeta) -> rusqlit
     Ok(())
 }
 
+fn condition_holds(condition: &PutCondition, current: Option<&ObjectMeta>) -> bool {
+    match (condition, current) {
+        (PutCondition::Any, _) => true,
+        (PutCondition::Absent, current) => current.is_none(),
+        (PutCondition::Etag(etag), Some(current)) => current.etag == *etag,
+        (PutCondition::Etag(_), None) => false,
+    }
+}
+
 fn bucket_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM buckets WHERE name = ?1")?
         .exists(params![name])
@@ -156,13 +165,7 @@ impl ObjectStore for SqliteStore {
             return Ok(Err(PutRefused::NoSuchBucket));
         }
         let old = read_object(&tx, &object.bucket, &object.key)?;
-        let holds = match (condition, &old) {
-            (PutCondition::Any, _) => true,
-            (PutCondition::Absent, current) => current.is_none(),
-            (PutCondition::Etag(etag), Some(current)) => current.etag == *etag,
-            (PutCondition::Etag(_), None) => false,
-        };
-        if !holds {
+        if !condition_holds(condition, old.as_ref()) {
             return Ok(Err(PutRefused::PreconditionFailed {
                 missing: old.is_none(),
             }));
@@ -344,6 +347,7 @@ impl ObjectStore for SqliteStore {
         upload_id: &str,
         parts: &[(u32, String)],
         object: &ObjectMeta,
+        condition: &PutCondition,
         events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
     ) -> StoreResult<Result<Completed, CompleteConflict>> {
         let mut conn = lock(&self.queue);
@@ -368,6 +372,11 @@ impl ObjectStore for SqliteStore {
             return Ok(Err(CompleteConflict::PartChanged(*number)));
         }
         let replaced = read_object(&tx, &object.bucket, &object.key)?;
+        if !condition_holds(condition, replaced.as_ref()) {
+            return Ok(Err(CompleteConflict::PreconditionFailed {
+                missing: replaced.is_none(),
+            }));
+        }
         insert_object(&tx, object)?;
         for e in events(object) {
             insert_event(&tx, &e)?;
