@@ -497,3 +497,73 @@ fn cli_manages_buckets_and_objects() {
     let out = up.cli(&["object", "put", "docs", "x", file.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("NoSuchBucket"));
 }
+
+#[test]
+fn aws_s3_sync_round_trips_and_sees_nothing_to_do_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let up = Up::start(&home.join("data"), &[]);
+    let src = home.join("src");
+    std::fs::create_dir_all(src.join("sub dir")).unwrap();
+    for (name, text) in [
+        ("a.txt", "one"),
+        ("b.txt", "two"),
+        ("sub dir/c d.txt", "three"),
+    ] {
+        std::fs::write(src.join(name), text).unwrap();
+    }
+    aws_ok(&up, home, &["s3", "mb", "s3://mirror"]);
+    let first = aws_ok(
+        &up,
+        home,
+        &["s3", "sync", src.to_str().unwrap(), "s3://mirror/backup"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&first).matches("upload:").count(),
+        3
+    );
+    // Listing sizes and times match the files: nothing is sent again.
+    let again = aws_ok(
+        &up,
+        home,
+        &["s3", "sync", src.to_str().unwrap(), "s3://mirror/backup"],
+    );
+    assert!(
+        !String::from_utf8_lossy(&again).contains("upload:"),
+        "{}",
+        String::from_utf8_lossy(&again)
+    );
+    std::fs::remove_file(src.join("b.txt")).unwrap();
+    std::fs::write(src.join("a.txt"), "one, changed").unwrap();
+    let third = aws_ok(
+        &up,
+        home,
+        &[
+            "s3",
+            "sync",
+            "--delete",
+            src.to_str().unwrap(),
+            "s3://mirror/backup",
+        ],
+    );
+    let third = String::from_utf8_lossy(&third);
+    assert!(
+        third.contains("delete: s3://mirror/backup/b.txt") && third.contains("upload:"),
+        "{third}"
+    );
+    let dst = home.join("dst");
+    aws_ok(
+        &up,
+        home,
+        &["s3", "sync", "s3://mirror/backup", dst.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("a.txt")).unwrap(),
+        "one, changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("sub dir/c d.txt")).unwrap(),
+        "three"
+    );
+    assert!(!dst.join("b.txt").exists());
+}
