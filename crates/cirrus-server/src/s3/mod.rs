@@ -133,6 +133,11 @@ fn target(path: &str, query: Option<&str>) -> S3Result<Target> {
 
 async fn handle(State(s3): State<Arc<S3>>, request: Request) -> Response {
     let method = request.method().clone();
+    let has_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
     // A request runs to its end even if the client goes away mid-way (hyper then drops
     // this future): a commit is always followed by its clean-up, and a blob made durable
     // is always either recorded or removed.
@@ -148,6 +153,14 @@ async fn handle(State(s3): State<Arc<S3>>, request: Request) -> Response {
             let mut response = e.into_response();
             if method == Method::HEAD {
                 *response.body_mut() = Body::empty();
+            }
+            if has_body {
+                // The body may be left unread, so the connection cannot carry another
+                // request: say so, and clients open a new one instead of finding this
+                // one closed under them.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             response
         }

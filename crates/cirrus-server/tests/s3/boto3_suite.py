@@ -36,8 +36,8 @@ s3 = boto3.client(
     aws_access_key_id=ACCESS,
     aws_secret_access_key=SECRET,
     region_name="us-east-1",
-    # A connection the server closed after an early error answer (it does not read a body
-    # it refuses) may be picked from the pool again: real clients retry such requests.
+    # Retries as real clients make them (4xx answers are never retried, so no error code
+    # checked below can be hidden by them).
     config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
 )
 
