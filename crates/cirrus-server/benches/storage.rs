@@ -172,15 +172,8 @@ async fn bench() {
             }),
     );
     let keys = std::fs::read_to_string(dir.path().join("s3-credentials")).unwrap();
-    let field = |name: &str| {
-        keys.lines()
-            .find_map(|l| {
-                l.split_once('=')
-                    .filter(|(k, _)| k.trim() == name)
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap()
-    };
+    let credentials = cirrus_server::s3::credentials::Credentials::parse(&keys).unwrap();
+    let (access, secret) = credentials.default_pair().unwrap();
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -188,8 +181,8 @@ async fn bench() {
             .unwrap(),
         base: format!("http://{s3_addr}"),
         host: s3_addr.to_string(),
-        access: field("aws_access_key_id"),
-        secret: field("aws_secret_access_key"),
+        access: access.to_owned(),
+        secret: secret.to_owned(),
     });
     client.send(Method::PUT, "/bench", Vec::new(), true).await;
     println!(

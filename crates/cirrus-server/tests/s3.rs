@@ -821,16 +821,8 @@ async fn signed_chunked_put(
 ) -> reqwest::Response {
     use cirrus_server::s3::sigv4::{self, sign, signing_key, Signing};
     let keys = std::fs::read_to_string(s.data_dir.join("s3-credentials")).unwrap();
-    let field = |name: &str| {
-        keys.lines()
-            .find_map(|l| {
-                l.split_once('=')
-                    .filter(|(k, _)| k.trim() == name)
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap()
-    };
-    let (access, secret) = (field("aws_access_key_id"), field("aws_secret_access_key"));
+    let credentials = cirrus_server::s3::credentials::Credentials::parse(&keys).unwrap();
+    let (access, secret) = credentials.default_pair().unwrap();
     let chunks: Vec<&[u8]> = data
         .chunks(64 << 10)
         .chain(std::iter::once(&[][..]))
@@ -855,8 +847,8 @@ async fn signed_chunked_put(
         &path,
         None,
         &mut headers,
-        &access,
-        &secret,
+        access,
+        secret,
         "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
         now,
     )
@@ -864,7 +856,7 @@ async fn signed_chunked_put(
     let authorization = headers["authorization"].to_str().unwrap().to_owned();
     let amz_date = headers["x-amz-date"].to_str().unwrap().to_owned();
     let signing = Signing {
-        key: signing_key(&secret, &amz_date[..8], "us-east-1", "s3"),
+        key: signing_key(secret, &amz_date[..8], "us-east-1", "s3"),
         scope: format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]),
         seed: authorization
             .rsplit_once("Signature=")

@@ -1412,8 +1412,7 @@ async fn kv(client: &Client, command: KvCommand, json: bool) -> anyhow::Result<(
             prefix,
             limit,
         } => {
-            let mut query = vec![("limit", limit.to_string())];
-            query.extend(prefix.map(|p| ("prefix", p)));
+            let query = prefix_query(prefix, limit);
             let page: Page<cirrus_api::KvEntry> = client
                 .json(
                     client
@@ -1503,8 +1502,7 @@ async fn object(client: &Client, command: ObjectCommand, json: bool) -> anyhow::
             prefix,
             limit,
         } => {
-            let mut query = vec![("limit", limit.to_string())];
-            query.extend(prefix.map(|p| ("prefix", p)));
+            let query = prefix_query(prefix, limit);
             let page: Page<cirrus_api::ObjectInfo> = client
                 .json(
                     client
@@ -1588,6 +1586,13 @@ async fn object(client: &Client, command: ObjectCommand, json: bool) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// `?limit=&prefix=` of a listing by prefix (KV tables, objects).
+fn prefix_query(prefix: Option<String>, limit: usize) -> Vec<(&'static str, String)> {
+    let mut query = vec![("limit", limit.to_string())];
+    query.extend(prefix.map(|p| ("prefix", p)));
+    query
 }
 
 /// Percent-encodes a key for one URL path segment.

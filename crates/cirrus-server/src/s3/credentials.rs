@@ -13,6 +13,8 @@ pub const CREDENTIALS_FILE: &str = "s3-credentials";
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     keys: HashMap<String, String>,
+    /// The `default` profile's pair (for Cirrus's own clients).
+    default: Option<(String, String)>,
 }
 
 impl Credentials {
@@ -20,15 +22,26 @@ impl Credentials {
         self.keys.get(access_key).map(String::as_str)
     }
 
+    /// The `default` profile's access key and secret.
+    pub fn default_pair(&self) -> Option<(&str, &str)> {
+        self.default
+            .as_ref()
+            .map(|(id, secret)| (id.as_str(), secret.as_str()))
+    }
+
     /// The first key pair (the `default` profile's when present).
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut keys = HashMap::new();
+        let mut default = None;
         let mut profile = String::new();
         let mut current: (Option<String>, Option<String>) = (None, None);
         let mut flush =
             |current: &mut (Option<String>, Option<String>), profile: &str| -> anyhow::Result<()> {
                 match std::mem::take(current) {
                     (Some(id), Some(secret)) => {
+                        if profile == "default" {
+                            default = Some((id.clone(), secret.clone()));
+                        }
                         keys.insert(id, secret);
                         Ok(())
                     }
@@ -61,7 +74,7 @@ impl Credentials {
         if keys.is_empty() {
             anyhow::bail!("no key pair in the file");
         }
-        Ok(Self { keys })
+        Ok(Self { keys, default })
     }
 }
 
@@ -112,6 +125,7 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.secret("A"), Some("s1"));
         assert_eq!(parsed.secret("B"), Some("s2"));
+        assert_eq!(parsed.default_pair(), Some(("A", "s1")));
         assert!(Credentials::parse("[x]\naws_access_key_id = A\n").is_err());
     }
 }
