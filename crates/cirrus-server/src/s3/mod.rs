@@ -290,13 +290,42 @@ pub fn xml_response(status: StatusCode, document: String) -> Response {
     response
 }
 
-/// `x-amz-meta-*` headers, names without the prefix.
+/// Headers an object keeps and answers with, besides its content type (S3's "system
+/// metadata").
+const KEPT_HEADERS: [&str; 5] = [
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+];
+
+/// Stored metadata entries named `header:NAME` are kept headers; the rest are
+/// `x-amz-meta-*` names without the prefix. (A `:` cannot occur in a header name, so the
+/// two never collide.)
+const KEPT_PREFIX: &str = "header:";
+
+/// What an object keeps of a request's headers: `x-amz-meta-*` (names without the
+/// prefix) and the [`KEPT_HEADERS`] (named `header:NAME`).
 pub fn user_metadata(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut metadata: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(name, value)| {
-            let name = name.as_str().strip_prefix("x-amz-meta-")?;
-            Some((name.to_owned(), value.to_str().ok()?.to_owned()))
+            let value = value.to_str().ok()?;
+            if let Some(meta) = name.as_str().strip_prefix("x-amz-meta-") {
+                return Some((meta.to_owned(), value.to_owned()));
+            }
+            if !KEPT_HEADERS.contains(&name.as_str()) {
+                return None;
+            }
+            // aws-chunked is how the body travelled, not how it is stored.
+            let value = value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.eq_ignore_ascii_case("aws-chunked") && !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+            (!value.is_empty()).then(|| (format!("{KEPT_PREFIX}{name}"), value))
         })
         .collect();
     metadata.sort();
@@ -331,7 +360,32 @@ pub fn object_headers(object: &ObjectMeta, headers: &mut HeaderMap) {
             .unwrap_or("binary/octet-stream"),
     );
     for (name, value) in &object.metadata {
-        set(&format!("x-amz-meta-{name}"), value);
+        match name.strip_prefix(KEPT_PREFIX) {
+            Some(kept) => set(kept, value),
+            None => set(&format!("x-amz-meta-{name}"), value),
+        }
+    }
+}
+
+/// GetObject's `response-*` query parameters (used in presigned URLs, e.g. to name a
+/// download): they replace the stored headers in this answer.
+pub fn response_overrides(t: &Target, headers: &mut HeaderMap) {
+    for name in [
+        "content-type",
+        "content-language",
+        "expires",
+        "cache-control",
+        "content-disposition",
+        "content-encoding",
+    ] {
+        if let Some(value) = t.param(&format!("response-{name}")) {
+            if let (Ok(n), Ok(v)) = (
+                axum::http::HeaderName::try_from(name),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
     }
 }
 

@@ -272,6 +272,7 @@ pub async fn get(
         let mut response = Response::new(body);
         let h = response.headers_mut();
         object_headers(&object, h);
+        super::response_overrides(t, h);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         if range.is_some() {
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;

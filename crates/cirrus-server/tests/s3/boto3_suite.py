@@ -102,6 +102,16 @@ assert code_of(s3.get_object, Bucket="box", Key="a.txt", Range="bytes=50-") == (
 assert code_of(s3.get_object, Bucket="box", Key="missing") == ("NoSuchKey", 404)
 assert code_of(s3.head_object, Bucket="box", Key="missing")[1] == 404
 
+# Kept headers and response overrides (how a presigned link names its download).
+s3.put_object(Bucket="box", Key="report.pdf", Body=b"%PDF", ContentType="application/pdf",
+              CacheControl="max-age=60", ContentDisposition="inline", ContentLanguage="en")
+head = s3.head_object(Bucket="box", Key="report.pdf")
+assert (head["CacheControl"], head["ContentDisposition"], head["ContentLanguage"]) == ("max-age=60", "inline", "en"), head
+assert "header:cache-control" not in head["Metadata"] and head["Metadata"] == {}, head["Metadata"]
+got = s3.get_object(Bucket="box", Key="report.pdf", ResponseContentDisposition='attachment; filename="r.pdf"',
+                    ResponseContentType="application/octet-stream")
+assert got["ContentDisposition"] == 'attachment; filename="r.pdf"' and got["ContentType"] == "application/octet-stream"
+
 # SHA256 and CRC32 checksums: sent by boto3, verified and stored, returned on GET.
 s3.put_object(Bucket="box", Key="sum", Body=b"abc", ChecksumAlgorithm="SHA256")
 got = s3.get_object(Bucket="box", Key="sum", ChecksumMode="ENABLED")
