@@ -97,9 +97,10 @@ struct UpArgs {
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Address of the S3-compatible object API (port 0 picks a free port)
-    #[arg(long, default_value = "127.0.0.1:9000")]
-    s3_listen: SocketAddr,
+    /// Address of the S3-compatible object API (port 0 picks a free port; `off` serves
+    /// none: objects stay reachable through /v1/buckets)
+    #[arg(long, default_value = "127.0.0.1:9000", value_parser = parse_listen)]
+    s3_listen: MaybeListen,
     /// Largest part of a multipart upload to the object API, in bytes
     #[arg(long, default_value_t = cirrus_server::s3::S3Limits::default().max_part_bytes)]
     s3_max_part_bytes: u64,
@@ -409,6 +410,19 @@ struct LogsArgs {
     limit: usize,
 }
 
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct MaybeListen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<MaybeListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MaybeListen(None));
+    }
+    s.parse()
+        .map(|a| MaybeListen(Some(a)))
+        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:9000, or off: {e}"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     cirrus_api::duration::parse(s)
 }
@@ -700,33 +714,29 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let s3_listener = tokio::net::TcpListener::bind(args.s3_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the S3 API to {} (choose another with --s3-listen)",
-                args.s3_listen
-            )
-        })?;
-    let s3_url = format!("http://{}", s3_listener.local_addr()?);
-    std::fs::write(
-        target.data_dir.join(client::S3_URL_FILE),
-        format!("{s3_url}\n"),
-    )
-    .with_context(|| {
-        format!(
-            "writing {}",
-            target.data_dir.join(client::S3_URL_FILE).display()
-        )
-    })?;
-    eprintln!(
-        "S3 API on {s3_url} (keys: {})",
-        target
-            .data_dir
-            .join(cirrus_server::s3::credentials::CREDENTIALS_FILE)
-            .display()
-    );
-    let server = server.with_s3_listener(s3_listener);
+    let server = match args.s3_listen.0 {
+        Some(addr) => {
+            let s3_listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("binding the S3 API to {addr} (choose another with --s3-listen, or off)")
+            })?;
+            let s3_url = format!("http://{}", s3_listener.local_addr()?);
+            let url_file = target.data_dir.join(client::S3_URL_FILE);
+            std::fs::write(&url_file, format!("{s3_url}\n"))
+                .with_context(|| format!("writing {}", url_file.display()))?;
+            eprintln!(
+                "S3 API on {s3_url} (keys: {})",
+                target
+                    .data_dir
+                    .join(cirrus_server::s3::credentials::CREDENTIALS_FILE)
+                    .display()
+            );
+            server.with_s3_listener(s3_listener)
+        }
+        None => {
+            let _ = std::fs::remove_file(target.data_dir.join(client::S3_URL_FILE));
+            server
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
