@@ -1422,14 +1422,8 @@ async fn kv(client: &Client, command: KvCommand, json: bool) -> anyhow::Result<(
             prefix,
             limit,
         } => {
-            let query = prefix_query(prefix, limit);
-            let page: Page<cirrus_api::KvEntry> = client
-                .json(
-                    client
-                        .request(Method::GET, &format!("/v1/kv/{table}"))
-                        .query(&query),
-                )
-                .await?;
+            let page: Page<cirrus_api::KvEntry> =
+                list_by_prefix(client, &format!("/v1/kv/{table}"), prefix, limit).await?;
             if json {
                 return output::json(&page);
             }
@@ -1512,14 +1506,13 @@ async fn object(client: &Client, command: ObjectCommand, json: bool) -> anyhow::
             prefix,
             limit,
         } => {
-            let query = prefix_query(prefix, limit);
-            let page: Page<cirrus_api::ObjectInfo> = client
-                .json(
-                    client
-                        .request(Method::GET, &format!("/v1/buckets/{bucket}/objects"))
-                        .query(&query),
-                )
-                .await?;
+            let page: Page<cirrus_api::ObjectInfo> = list_by_prefix(
+                client,
+                &format!("/v1/buckets/{bucket}/objects"),
+                prefix,
+                limit,
+            )
+            .await?;
             if json {
                 return output::json(&page);
             }
@@ -1598,11 +1591,18 @@ async fn object(client: &Client, command: ObjectCommand, json: bool) -> anyhow::
     Ok(())
 }
 
-/// `?limit=&prefix=` of a listing by prefix (KV tables, objects).
-fn prefix_query(prefix: Option<String>, limit: usize) -> Vec<(&'static str, String)> {
+/// One page of a listing by prefix (KV tables, objects).
+async fn list_by_prefix<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    prefix: Option<String>,
+    limit: usize,
+) -> anyhow::Result<Page<T>> {
     let mut query = vec![("limit", limit.to_string())];
     query.extend(prefix.map(|p| ("prefix", p)));
-    query
+    client
+        .json(client.request(Method::GET, path).query(&query))
+        .await
 }
 
 /// Percent-encodes a key for one URL path segment.

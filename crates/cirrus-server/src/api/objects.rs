@@ -145,10 +145,14 @@ pub async fn delete(
     crate::s3::buckets::exists(&state.s3, &bucket)
         .await
         .map_err(failure)?;
-    if objects::remove(&state.s3, &bucket, &key, claims.map(|c| c.lineage()))
+    // Like a PUT, runs to its end: a committed delete always removes its blob.
+    let (s3, b, k) = (state.s3.clone(), bucket.clone(), key.clone());
+    let lineage = claims.map(|c| c.lineage());
+    let removed = tokio::spawn(async move { objects::remove(&s3, &b, &k, lineage).await })
         .await
-        .map_err(failure)?
-    {
+        .map_err(Failure::internal)?
+        .map_err(failure)?;
+    if removed {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(Failure(ApiError::new(
