@@ -16,143 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-struct Running {
-    url: String,
-    token: String,
-    http: reqwest::Client,
-    clock: Arc<ManualClock>,
-    sweep: Arc<dyn Fn() -> usize + Send + Sync>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-async fn start_with(data_dir: &Path, tune: impl FnOnce(&mut ServerConfig)) -> Running {
-    let mut config = ServerConfig::new(data_dir);
-    config.sweep_interval = Duration::from_secs(3600); // tests sweep explicitly
-    tune(&mut config);
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let server = Server::start(config, clock.clone())
-        .await
-        .expect("server starts");
-    let token = server.admin_token().to_owned();
-    let state = server.state().clone();
-    let sweep: Arc<dyn Fn() -> usize + Send + Sync> =
-        Arc::new(move || cirrus_server::server::sweep_idle(&state));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(listener, async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        url: format!("http://{addr}"),
-        token,
-        http: reqwest::Client::new(),
-        clock,
-        sweep,
-        stop: Some(stop),
-        task: Some(task),
-    }
-}
-
-async fn start(data_dir: &Path) -> Running {
-    start_with(data_dir, |_| {}).await
-}
-
-impl Running {
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-    }
-
-    async fn deploy_raw(
-        &self,
-        name: &str,
-        artifact: Option<Vec<u8>>,
-        config: Option<&FunctionConfig>,
-    ) -> reqwest::Response {
-        let mut form = reqwest::multipart::Form::new();
-        if let Some(config) = config {
-            form = form.text("config", serde_json::to_string(config).unwrap());
-        }
-        if let Some(bytes) = artifact {
-            form = form.part(
-                "artifact",
-                reqwest::multipart::Part::bytes(bytes).file_name("f.wasm"),
-            );
-        }
-        self.req(Method::PUT, &format!("/v1/functions/{name}"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn deploy(&self, name: &str, fixture_name: &str, config: FunctionConfig) -> DeployResult {
-        let bytes = std::fs::read(fixture(fixture_name)).unwrap();
-        let response = self.deploy_raw(name, Some(bytes), Some(&config)).await;
-        assert!(
-            response.status().is_success(),
-            "deploy {name}: {}",
-            response.text().await.unwrap()
-        );
-        response.json().await.unwrap()
-    }
-
-    async fn send(&self, method: Method, path: &str) -> reqwest::Response {
-        self.req(method, path).send().await.unwrap()
-    }
-
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.send(Method::GET, path).await.json().await.unwrap()
-    }
-
-    async fn call(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn invoke(&self, name: &str, body: &str) -> reqwest::Response {
-        self.req(Method::POST, &format!("/v1/functions/{name}/invoke"))
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-}
-
-async fn error_of(response: reqwest::Response) -> (StatusCode, String, String) {
-    let status = response.status();
-    let body: ErrorBody = response.json().await.expect("error body is JSON");
-    (
-        status,
-        body.error.code.as_str().to_owned(),
-        body.error.message,
-    )
-}
-
-fn small(memory_mb: u32, timeout_ms: u64) -> FunctionConfig {
-    FunctionConfig {
-        memory_mb,
-        timeout: Duration::from_millis(timeout_ms),
-        ..Default::default()
-    }
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn deploy_invoke_and_response_headers() {
@@ -1084,15 +949,6 @@ async fn a_caller_that_goes_away_still_leaves_a_record() {
     s.stop().await;
 }
 
-fn example(path: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples")
-            .join(path),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn components_answer_and_their_limits_hold() {
     let dir = tempfile::tempdir().unwrap();
@@ -1553,33 +1409,6 @@ async fn spans_are_exported_to_an_otlp_collector() {
 
 /// Polls `check` until it returns `Some`, advancing the manual clock so that retries
 /// scheduled in the future come due.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    s: &Running,
-    what: &str,
-    check: impl Fn() -> F,
-) -> T {
-    for _ in 0..200 {
-        if let Some(value) = check().await {
-            return value;
-        }
-        s.clock.advance(Duration::from_millis(500));
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn invoke_async(s: &Running, name: &str, body: &str, key: Option<&str>) -> reqwest::Response {
-    let mut request = s
-        .req(Method::POST, &format!("/v1/functions/{name}/invoke"))
-        .header("x-cirrus-invocation-type", "Event")
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(key) = key {
-        request = request.header("x-cirrus-idempotency-key", key);
-    }
-    request.send().await.unwrap()
-}
-
 #[tokio::test]
 async fn async_events_are_acknowledged_then_delivered_as_cloudevents() {
     let dir = tempfile::tempdir().unwrap();
