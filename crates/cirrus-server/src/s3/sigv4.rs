@@ -135,7 +135,9 @@ fn canonical_headers(headers: &HeaderMap, signed: &[&str]) -> S3Result<String> {
             .get_all(*name)
             .iter()
             .map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
+                // Non-UTF-8 bytes are ISO-8859-1, as Python's http.client sends a value
+                // botocore signed as text.
+                super::header_text(v.as_bytes())
                     .split_whitespace()
                     .collect::<Vec<_>>()
                     .join(" ")
@@ -288,9 +290,21 @@ pub fn verify(
                 "the Authorization header needs Credential, SignedHeaders and Signature",
             ));
         };
-        let amz_date = header(request.headers, "x-amz-date")
-            .ok_or_else(|| S3Error::access_denied("the request lacks X-Amz-Date"))?
-            .to_owned();
+        // The time may come in `Date` instead (SigV4 allows either; X-Amz-Date wins);
+        // the string to sign then carries it in the same basic ISO 8601 form.
+        let amz_date = match header(request.headers, "x-amz-date") {
+            Some(date) => date.to_owned(),
+            None => header(request.headers, "date")
+                .and_then(|d| chrono::DateTime::parse_from_rfc2822(d.trim()).ok())
+                .map(|d| {
+                    d.with_timezone(&chrono::Utc)
+                        .format("%Y%m%dT%H%M%SZ")
+                        .to_string()
+                })
+                .ok_or_else(|| {
+                    S3Error::access_denied("the request lacks X-Amz-Date (or a valid Date)")
+                })?,
+        };
         let signed_at = parse_amz_date(&amz_date)
             .ok_or_else(|| S3Error::access_denied("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?;
         let skew = now
@@ -496,8 +510,16 @@ fn verify_v2_presigned(
     let expires: u64 = param("Expires")
         .parse()
         .map_err(|_| S3Error::access_denied("Expires must be a Unix time"))?;
-    if now > SystemTime::UNIX_EPOCH + Duration::from_secs(expires) {
+    let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(expires);
+    if now > expires_at {
         return Err(S3Error::access_denied("Request has expired"));
+    }
+    // The same cap as SigV4's X-Amz-Expires: a leaked URL is not good forever.
+    if expires_at > now + Duration::from_secs(MAX_EXPIRES_SECS) {
+        return Err(S3Error::bad_request(
+            "AuthorizationQueryParametersError",
+            "Expires must be less than a week (604800 seconds) from now",
+        ));
     }
     let header_text = |name: &str| {
         header(request.headers, name)

@@ -244,6 +244,9 @@ pub struct ObjectMeta {
     pub checksum: Option<(String, String)>,
     pub modified_ms: u64,
     pub blob: String,
+    /// For an object completed from a multipart upload, the sizes of its parts in order
+    /// (GET `?partNumber=N`); empty otherwise.
+    pub parts: Vec<u64>,
 }
 
 /// A multipart upload in progress.
@@ -255,7 +258,21 @@ pub struct Upload {
     pub content_type: Option<String>,
     pub metadata: Vec<(String, String)>,
     pub checksum_algorithm: Option<String>,
+    /// `COMPOSITE` (a checksum of the parts' checksums) or `FULL_OBJECT`.
+    pub checksum_type: Option<String>,
     pub created_ms: u64,
+}
+
+/// What a completed multipart upload answered, kept for a day so that a client retrying
+/// CompleteMultipartUpload after a lost response gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedUpload {
+    pub bucket: String,
+    pub key: String,
+    /// The completion's part list, `number:etag` joined by `,`.
+    pub parts: String,
+    pub etag: String,
+    pub checksum: Option<(String, String)>,
 }
 
 /// One uploaded part of a multipart upload.
@@ -270,9 +287,11 @@ pub struct Part {
 }
 
 /// What deleting a bucket found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BucketDelete {
-    Deleted,
+    /// With the blobs of the multipart uploads still in progress, which went with it (as
+    /// S3 deletes a bucket that holds only incomplete uploads).
+    Deleted(Vec<String>),
     Missing,
     NotEmpty,
 }
@@ -331,15 +350,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>>;
     /// Completes a multipart upload in one transaction: if the upload still exists and
     /// each `(number, blob)` is still the part recorded under that number, records the
-    /// object (queueing `events(object)`) and removes the upload and its parts.
+    /// object (queueing `events(object)`) and removes the upload and its parts, keeping
+    /// `receipt` (see [`CompletedUpload`]).
     fn complete_upload(
         &self,
         upload_id: &str,
         parts: &[(u32, String)],
         object: &ObjectMeta,
         condition: &PutCondition,
+        receipt: &CompletedUpload,
         events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
     ) -> StoreResult<Result<Completed, CompleteConflict>>;
+    /// The receipt of an upload completed in the last day.
+    fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>>;
     /// Every blob an object or part refers to; the rest are leftovers of interrupted writes.
     fn live_blobs(&self) -> StoreResult<std::collections::HashSet<String>>;
 }

@@ -66,6 +66,10 @@ CREATE INDEX IF NOT EXISTS uploads_by_bucket ON uploads (bucket, key, created_ms
 CREATE TABLE IF NOT EXISTS upload_parts (
     upload_id TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
     checksum TEXT, modified_ms INTEGER NOT NULL, blob TEXT NOT NULL, PRIMARY KEY (upload_id, number));
+CREATE TABLE IF NOT EXISTS completed_uploads (
+    id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, parts TEXT NOT NULL,
+    etag TEXT NOT NULL, checksum TEXT, completed_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS completed_uploads_by_age ON completed_uploads (completed_ms);
 "#;
 
 /// The embedded store: one SQLite database in WAL mode. Metadata and records use separate
@@ -148,6 +152,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("events", "ordering_key", "TEXT"),
     ("events", "hops", "INTEGER NOT NULL DEFAULT 0"),
     ("invocations", "parent_request_id", "TEXT"),
+    ("objects", "parts", "TEXT"),
+    ("uploads", "checksum_type", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
