@@ -416,5 +416,10 @@ mod tests {
         assert!(!valid_bucket_name("My_Bucket"));
         assert!(!valid_bucket_name("ab"));
         assert_eq!(url_encode("a b+c/d"), "a%20b%2Bc/d");
+        // Header bytes: UTF-8 when they are, ISO-8859-1 (as Python sends) otherwise.
+        assert_eq!(header_text("Zürich".as_bytes()), "Zürich");
+        assert_eq!(header_text(b"caf\xe9"), "café");
+        assert_eq!(mail_safe("plain"), "plain");
+        assert_eq!(mail_safe("café"), "=?UTF-8?B?Y2Fmw6k=?=");
     }
 }

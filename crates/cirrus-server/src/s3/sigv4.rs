@@ -725,6 +725,72 @@ mod tests {
         );
     }
 
+    /// SigV4 lets the time come in `Date` instead of `X-Amz-Date` (older SDKs and
+    /// hand-rolled signers do this); the string to sign carries it in ISO 8601 form.
+    #[test]
+    fn requests_dated_by_the_date_header_verify() {
+        let credentials =
+            Credentials::parse("[default]\naws_access_key_id=AK\naws_secret_access_key=secret\n")
+                .unwrap();
+        let now = SystemTime::now();
+        let at = chrono::DateTime::<chrono::Utc>::from(now);
+        let amz_date = at.format("%Y%m%dT%H%M%SZ").to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "127.0.0.1:9000".parse().unwrap());
+        headers.insert(
+            "date",
+            at.format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string()
+                .parse()
+                .unwrap(),
+        );
+        headers.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+        let signed = ["date", "host", "x-amz-content-sha256"];
+        let scope = format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
+        fn request(headers: &HeaderMap) -> SignedRequest<'_> {
+            SignedRequest {
+                method: &Method::GET,
+                path: "/b/k",
+                query: None,
+                headers,
+            }
+        }
+        let to_sign = string_to_sign(
+            &request(&headers),
+            &signed,
+            "UNSIGNED-PAYLOAD",
+            &amz_date,
+            &scope,
+            false,
+        )
+        .unwrap();
+        let key = signing_key("secret", &amz_date[..8], "us-east-1", "s3");
+        let signature = hex::encode(hmac(&key, to_sign.as_bytes()));
+        headers.insert(
+            "authorization",
+            format!(
+                "{ALGORITHM} Credential=AK/{scope}, SignedHeaders={}, Signature={signature}",
+                signed.join(";")
+            )
+            .parse()
+            .unwrap(),
+        );
+        assert_eq!(
+            verify(&credentials, &request(&headers), now)
+                .unwrap()
+                .access_key,
+            "AK"
+        );
+        // Without either, the request is refused.
+        headers.remove("date");
+        assert_eq!(
+            verify(&credentials, &request(&headers), now)
+                .unwrap_err()
+                .code,
+            "AccessDenied"
+        );
+    }
+
     #[test]
     fn query_is_canonicalised() {
         assert_eq!(
