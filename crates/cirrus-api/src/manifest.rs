@@ -96,6 +96,9 @@ impl Manifest {
             config
                 .validate()
                 .map_err(|e| format!("functions.{name}.{}: {}", e.field, e.message))?;
+            if let Some(found) = crate::pipeline::self_loop(&name, &config, &triggers) {
+                return Err(format!("functions.{name}.{}: {found}", found.field));
+            }
             functions.insert(
                 name,
                 ManifestFunction {
@@ -205,5 +208,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.deploy_order(), ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn a_function_feeding_its_own_trigger_is_refused() {
+        let err = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\non_success = [\"topic:t\"]\ntriggers = [{ topic = \"t\" }]\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("functions.a.on_success") && err.contains("one-function loop"),
+            "{err}"
+        );
+        let err = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\non_success = [\"kv:x\", \"kv:x\"]\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.contains("listed twice"), "{err}");
+        // Another function may subscribe to what this one publishes.
+        Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\non_success = [\"topic:t\"]\n[functions.b]\nsource = \"b.wasm\"\ntriggers = [{ topic = \"t\" }]\n",
+            Path::new("."),
+        )
+        .unwrap();
     }
 }

@@ -273,6 +273,12 @@ impl Server {
             let bytes = tokio::fs::read(&function.source).await.with_context(|| {
                 format!("functions.{name}: reading {}", function.source.display())
             })?;
+            // Triggers the manifest drops go first: see `remove_stale_triggers`.
+            self.state
+                .registry
+                .remove_stale_triggers(name, &function.triggers)
+                .await
+                .map_err(|f| anyhow::anyhow!("functions.{name}.triggers: {}", f.0.message))?;
             let result = self
                 .state
                 .registry

@@ -2313,13 +2313,19 @@ async fn kv_tables_store_values_conditionally_and_emit_ordered_changes() {
 async fn loops_through_topics_stop_at_the_depth_limit_and_resent_cloudevents_are_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path()).await;
-    // echo's output goes to a topic it subscribes to itself: a loop no deploy check sees.
+    // Two echoes, each publishing to the topic the other subscribes to: a loop no deploy
+    // check sees (one function feeding its own topic is refused at deploy).
     s.deploy("loop", "echo.wat", then(&["topic:again"])).await;
-    s.req(Method::POST, "/v1/functions/loop/triggers")
-        .json(&serde_json::json!({"topic": "again"}))
-        .send()
-        .await
-        .unwrap();
+    s.deploy("loop2", "echo.wat", then(&["topic:back"])).await;
+    for (function, topic) in [("loop2", "again"), ("loop", "back")] {
+        let added = s
+            .req(Method::POST, &format!("/v1/functions/{function}/triggers"))
+            .json(&serde_json::json!({ "topic": topic }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 201);
+    }
     invoke_async(&s, "loop", "{}", None).await;
     let dead = eventually(&s, "the loop stopped", || async {
         let page: Page<cirrus_api::DeadEvent> = s.get_json("/v1/dlq").await;
@@ -2332,7 +2338,14 @@ async fn loops_through_topics_stop_at_the_depth_limit_and_resent_cloudevents_are
         dead.last_error
     );
     let page: Page<InvocationRecord> = s.get_json("/v1/functions/loop/invocations?limit=100").await;
-    assert_eq!(page.items.len(), 33, "the first run and 32 steps");
+    let page2: Page<InvocationRecord> = s
+        .get_json("/v1/functions/loop2/invocations?limit=100")
+        .await;
+    assert_eq!(
+        page.items.len() + page2.items.len(),
+        33,
+        "the first run and 32 steps"
+    );
 
     // The same CloudEvent (source + id) published twice is queued once.
     s.deploy("sink", "echo.wat", FunctionConfig::default())

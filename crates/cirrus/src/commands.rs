@@ -1,6 +1,7 @@
 //! Command-line parsing and one function per command.
 
 use crate::client::{self, Client, Target};
+use crate::config_edits::{self, Carried, Named, Reset};
 use crate::output;
 use anyhow::{bail, Context as _};
 use cirrus_api::usage::{UsageReport, UsageRow};
@@ -41,7 +42,7 @@ enum Command {
     /// Start the server with the embedded store
     Up(UpArgs),
     /// Deploy one function (NAME FILE) or every function of a cirrus.toml
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Invoke a function and print its response
     Invoke(InvokeArgs),
     /// List functions
@@ -152,7 +153,16 @@ enum LogFormat {
     Json,
 }
 
+/// A redeploy keeps what its flags do not name (and says so). List flags add to what the
+/// function has; `--remove-*` drops one item; `--reset SETTING` restores a default.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "A redeploy starts from the function's current settings: flags set a value or add \
+an item, --remove-env/--remove-allow-host/--remove-storage/--remove-on-success drop one, and \
+--reset SETTING (a cirrus.toml key such as storage, env, on_failure, max_concurrency, or all) \
+restores the default. The output lists what was kept from the previous version and what was \
+removed. A manifest deploy (-f) is declarative: what it does not list is removed."
+)]
 struct DeployArgs {
     /// Function name (omit NAME and FILE to deploy a manifest)
     name: Option<String>,
@@ -161,18 +171,25 @@ struct DeployArgs {
     /// Manifest to deploy when no NAME is given
     #[arg(long, short = 'f', default_value = "cirrus.toml")]
     manifest: PathBuf,
+    /// Put a setting back to its default before the other flags apply (repeatable):
+    /// storage, env, allowed_hosts, on_success, on_failure, max_concurrency, … or all
+    #[arg(long, value_parser = config_edits::parse_reset, value_delimiter = ',')]
+    reset: Vec<Reset>,
     /// Memory limit in MiB [default: 128]
     #[arg(long)]
     memory: Option<u32>,
     /// Timeout, e.g. 2s, 500ms, 5m [default: 30s]
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Invocations in flight at once
+    /// Invocations in flight at once (--reset max_concurrency removes the cap)
     #[arg(long)]
     concurrency: Option<u32>,
-    /// Environment variable K=V (repeatable)
+    /// Set an environment variable K=V (repeatable; other variables are kept)
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Remove an environment variable by name (repeatable)
+    #[arg(long = "remove-env", value_name = "KEY")]
+    remove_env: Vec<String>,
     /// Keep loaded from start-up (like provisioned concurrency)
     #[arg(long)]
     min_loaded: Option<u32>,
@@ -185,13 +202,19 @@ struct DeployArgs {
     /// Answer /fn routes without the admin token (the default for new functions)
     #[arg(long)]
     public: bool,
-    /// Host the function may reach with outbound HTTP (repeatable)
-    #[arg(long = "allow-host")]
+    /// Add a host the function may reach with outbound HTTP (repeatable)
+    #[arg(long = "allow-host", value_name = "HOST")]
     allow_hosts: Vec<String>,
-    /// Storage grant, e.g. bucket:uploads:read or kv:photos:write (repeatable): the
+    /// Remove an allowed host (repeatable)
+    #[arg(long = "remove-allow-host", value_name = "HOST")]
+    remove_allow_hosts: Vec<String>,
+    /// Add a storage grant, e.g. bucket:uploads:read or kv:photos:write (repeatable): the
     /// function gets CIRRUS_API and a token scoped to its grants
-    #[arg(long = "storage")]
+    #[arg(long = "storage", value_name = "GRANT")]
     storage: Vec<cirrus_api::grant::Grant>,
+    /// Remove a storage grant (repeatable)
+    #[arg(long = "remove-storage", value_name = "GRANT")]
+    remove_storage: Vec<cirrus_api::grant::Grant>,
     /// Asynchronous events: attempts in total before the dead-letter queue [default: 3]
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -201,12 +224,16 @@ struct DeployArgs {
     /// Asynchronous events: not retried past this age [default: 6h]
     #[arg(long, value_parser = parse_duration)]
     max_event_age: Option<Duration>,
-    /// Asynchronous events: send a successful run's output on (repeatable):
-    /// function:NAME or topic:NAME
-    #[arg(long = "on-success")]
+    /// Asynchronous events: add a destination for a successful run's output (repeatable):
+    /// function:NAME, topic:NAME, kv:TABLE or bucket:NAME/KEY
+    #[arg(long = "on-success", value_name = "DESTINATION")]
     on_success: Vec<cirrus_api::spec::Destination>,
-    /// Asynchronous events: where a failed event goes: function:NAME, topic:NAME or dlq
-    #[arg(long)]
+    /// Remove an on_success destination (repeatable)
+    #[arg(long = "remove-on-success", value_name = "DESTINATION")]
+    remove_on_success: Vec<cirrus_api::spec::Destination>,
+    /// Asynchronous events: where a failed event goes: function:NAME, topic:NAME, kv:TABLE,
+    /// bucket:NAME/KEY or dlq (--reset on_failure restores the default, dlq)
+    #[arg(long, value_name = "DESTINATION")]
     on_failure: Option<cirrus_api::spec::Destination>,
 }
 
@@ -441,7 +468,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.target)?;
     match cli.command {
         Command::Up(_) => unreachable!("handled above"),
-        Command::Deploy(args) => deploy(&client, args, json).await,
+        Command::Deploy(args) => deploy(&client, *args, json).await,
         Command::Invoke(args) => invoke(&client, args, json).await,
         Command::Dlq(command) => dlq(&client, command, json).await,
         Command::Trigger(command) => trigger(&client, command, json).await,
@@ -773,90 +800,199 @@ async fn shutdown_signal() {
     }
 }
 
-/// The flags given, laid over `base` (the function's current config when it exists, so
-/// a redeploy changes only what the flags name; `--env` adds or replaces variables).
-fn flag_config(args: &DeployArgs, mut config: FunctionConfig) -> FunctionConfig {
+/// The flags given, laid over the function's current config (see [`config_edits`]):
+/// resets first, then removals, then the values and items the flags set or add.
+fn flag_config(
+    args: &DeployArgs,
+    name: &str,
+    current: Option<&(u32, FunctionConfig)>,
+) -> anyhow::Result<(FunctionConfig, Named)> {
+    let mut config = current.map(|(_, c)| c.clone()).unwrap_or_default();
+    let whose = match current {
+        Some((version, _)) => format!("{name} version {version}"),
+        None => format!("{name} (not deployed yet)"),
+    };
+    let mut named = Named::default();
+    for what in &args.reset {
+        config_edits::reset(&mut config, what, &mut named)?;
+    }
+    config_edits::remove_env(&mut config.env, &args.remove_env, &args.env, &whose)?;
+    config_edits::remove_items(
+        &mut config.allowed_hosts,
+        &args.remove_allow_hosts,
+        &args.allow_hosts,
+        "--remove-allow-host",
+        &whose,
+    )?;
+    config_edits::remove_items(
+        &mut config.storage,
+        &args.remove_storage,
+        &args.storage,
+        "--remove-storage",
+        &whose,
+    )?;
+    config_edits::remove_items(
+        &mut config.on_success,
+        &args.remove_on_success,
+        &args.on_success,
+        "--remove-on-success",
+        &whose,
+    )?;
     if let Some(memory) = args.memory {
         config.memory_mb = memory;
+        named.set("memory_mb");
     }
     if let Some(timeout) = args.timeout {
         config.timeout = timeout;
+        named.set("timeout");
     }
-    config.env.extend(args.env.iter().cloned());
     if args.concurrency.is_some() {
         config.max_concurrency = args.concurrency;
+        named.set("max_concurrency");
     }
     if let Some(min_loaded) = args.min_loaded {
         config.min_loaded = min_loaded;
+        named.set("min_loaded");
     }
     if let Some(idle) = args.idle_timeout {
         config.idle_timeout = idle;
+        named.set("idle_timeout");
     }
     if args.private || args.public {
         config.public = args.public;
-    }
-    if !args.allow_hosts.is_empty() {
-        config.allowed_hosts = args.allow_hosts.clone();
-    }
-    if !args.storage.is_empty() {
-        config.storage = args.storage.clone();
+        named.set("public");
     }
     if let Some(n) = args.max_attempts {
         config.max_attempts = n;
+        named.set("max_attempts");
     }
     if let Some(d) = args.retry_delay {
         config.retry_delay = d;
+        named.set("retry_delay");
     }
     if let Some(d) = args.max_event_age {
         config.max_event_age = d;
-    }
-    if !args.on_success.is_empty() {
-        config.on_success = args.on_success.clone();
+        named.set("max_event_age");
     }
     if let Some(d) = &args.on_failure {
         config.on_failure = Some(d.clone());
+        named.set("on_failure");
     }
-    config
+    config_edits::set_env(&mut config.env, &args.env, &mut named);
+    config_edits::add_items(
+        &mut config.allowed_hosts,
+        &args.allow_hosts,
+        "allowed_hosts",
+        &mut named,
+    )?;
+    config_edits::add_items(&mut config.storage, &args.storage, "storage", &mut named)?;
+    config_edits::add_items(
+        &mut config.on_success,
+        &args.on_success,
+        "on_success",
+        &mut named,
+    )?;
+    Ok((config, named))
 }
 
-async fn current_config(client: &Client, name: &str) -> anyhow::Result<FunctionConfig> {
+/// The function's `$LATEST` version number and config, or `None` if it does not exist.
+async fn current_config(
+    client: &Client,
+    name: &str,
+) -> anyhow::Result<Option<(u32, FunctionConfig)>> {
     let response = client
         .send(client.request(Method::GET, &format!("/v1/functions/{name}")))
         .await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(FunctionConfig::default());
+        return Ok(None);
     }
     let info: FunctionInfo = client::ok(response).await?.json().await?;
-    Ok(info.latest.config)
+    Ok(Some((info.latest.version, info.latest.config)))
+}
+
+/// One deployed function in `--json` output: the server's answer plus what the new
+/// version kept from the previous one and what it dropped.
+#[derive(serde::Serialize)]
+struct DeployOutput {
+    #[serde(flatten)]
+    result: DeployResult,
+    #[serde(flatten)]
+    carried: Carried,
 }
 
 async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result<()> {
     // A manifest also sets each function's triggers; a single deploy leaves them alone.
-    type Plan = Vec<(String, PathBuf, FunctionConfig, Option<Vec<TriggerSpec>>)>;
-    let plan: Plan = match (&args.name, &args.file) {
+    struct Step {
+        name: String,
+        file: PathBuf,
+        config: FunctionConfig,
+        triggers: Option<Vec<TriggerSpec>>,
+        /// What the flags named (a manifest names everything: `None`).
+        named: Option<Named>,
+        /// `$LATEST` before this deploy (read when the step runs, for manifests).
+        previous: Option<(u32, FunctionConfig)>,
+    }
+    let plan: Vec<Step> = match (&args.name, &args.file) {
         (Some(name), Some(file)) => {
-            let config = flag_config(&args, current_config(client, name).await?);
-            vec![(name.clone(), file.clone(), config, None)]
+            let current = current_config(client, name).await?;
+            let (config, named) = flag_config(&args, name, current.as_ref())?;
+            vec![Step {
+                name: name.clone(),
+                file: file.clone(),
+                config,
+                triggers: None,
+                named: Some(named),
+                previous: current,
+            }]
         }
         (Some(_), None) => bail!("give the artifact file after the name: cirrus deploy NAME FILE"),
         _ => {
+            let single_flags = !args.reset.is_empty()
+                || !args.remove_env.is_empty()
+                || !args.remove_allow_hosts.is_empty()
+                || !args.remove_storage.is_empty()
+                || !args.remove_on_success.is_empty();
+            if single_flags {
+                bail!("--reset and --remove-* apply to cirrus deploy NAME FILE; a manifest is edited in the file (what it does not list is removed)");
+            }
             let mut manifest = Manifest::load(&args.manifest)?;
             manifest
                 .deploy_order()
                 .into_iter()
                 .filter_map(|name| {
                     let f = manifest.functions.remove(&name)?;
-                    Some((name, f.source, f.config, Some(f.triggers)))
+                    Some(Step {
+                        name,
+                        file: f.source,
+                        config: f.config,
+                        triggers: Some(f.triggers),
+                        named: None,
+                        previous: None,
+                    })
                 })
                 .collect()
         }
     };
     let mut results = Vec::new();
-    for (name, file, config, triggers) in plan {
-        let result = deploy_one(client, &name, &file, &config, json).await?;
-        if let Some(triggers) = triggers {
-            sync_triggers(client, &name, &triggers).await?;
+    for mut step in plan {
+        let name = &step.name;
+        if let Some(triggers) = &step.triggers {
+            step.previous = current_config(client, name).await?;
+            // Dropped triggers go before the new config lands, so a destination that
+            // now publishes to a topic the function no longer subscribes to is not
+            // refused as a loop with the old subscription.
+            remove_stale_triggers(client, name, triggers).await?;
         }
+        let result = deploy_one(client, name, &step.file, &step.config, json).await?;
+        if let Some(triggers) = &step.triggers {
+            add_missing_triggers(client, name, triggers).await?;
+        }
+        // Said even when nothing changed: "unchanged" must not hide a grant kept.
+        let carried = config_edits::carried(
+            step.previous.as_ref().map(|(v, c)| (*v, c)),
+            &step.config,
+            step.named.as_ref(),
+        )?;
         if !json {
             let what = if result.created {
                 "deployed"
@@ -868,8 +1004,11 @@ async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result
                 result.version,
                 result.function.latest.kind.as_str()
             );
+            for line in carried.lines() {
+                println!("{line}");
+            }
         }
-        results.push(result);
+        results.push(DeployOutput { result, carried });
     }
     if json {
         output::json(&results)?;
@@ -1248,20 +1387,28 @@ async fn dlq(client: &Client, command: DlqCommand, json: bool) -> anyhow::Result
     }
 }
 
-/// Makes a function's triggers exactly `wanted`.
-async fn sync_triggers(
-    client: &Client,
-    function: &str,
-    wanted: &[TriggerSpec],
-) -> anyhow::Result<()> {
-    let current: Vec<TriggerInfo> = client
+/// The triggers of `function` (none if it does not exist yet).
+async fn triggers_of(client: &Client, function: &str) -> anyhow::Result<Vec<TriggerInfo>> {
+    client
         .json(
             client
                 .request(Method::GET, "/v1/triggers")
                 .query(&[("function", function)]),
         )
-        .await?;
-    for stale in current.iter().filter(|t| !wanted.contains(&t.spec)) {
+        .await
+}
+
+/// Removes the triggers of `function` that are not in `wanted`.
+async fn remove_stale_triggers(
+    client: &Client,
+    function: &str,
+    wanted: &[TriggerSpec],
+) -> anyhow::Result<()> {
+    for stale in triggers_of(client, function)
+        .await?
+        .iter()
+        .filter(|t| !wanted.contains(&t.spec))
+    {
         client::ok(
             client
                 .send(client.request(Method::DELETE, &format!("/v1/triggers/{}", stale.id)))
@@ -1269,6 +1416,16 @@ async fn sync_triggers(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Adds the triggers of `wanted` that `function` does not have yet.
+async fn add_missing_triggers(
+    client: &Client,
+    function: &str,
+    wanted: &[TriggerSpec],
+) -> anyhow::Result<()> {
+    let current = triggers_of(client, function).await?;
     for spec in wanted
         .iter()
         .filter(|s| !current.iter().any(|t| &t.spec == *s))
