@@ -268,9 +268,7 @@ async fn require_grant(State(state): State<AppStateRef>, request: Request, next:
     let bearer = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(crate::auth::bearer_token)
         .unwrap_or("");
     if !crate::function_token::TokenIssuer::is_function_token(bearer) {
         return require_token(State(state), request, next).await;
