@@ -284,6 +284,7 @@ impl Invoker {
         ) {
             let token = self.platform.issuer.issue(&crate::function_token::Claims {
                 function: version.function.clone(),
+                incarnation: self.registry.incarnation(&version.function).unwrap_or(0),
                 request_id: meta.request_id.clone(),
                 hops,
                 grants: version.config.storage.clone(),

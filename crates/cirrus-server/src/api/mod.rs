@@ -284,6 +284,15 @@ async fn require_grant(State(state): State<AppStateRef>, request: Request, next:
             "the function token is invalid or has expired (tokens last an invocation's timeout plus a minute)",
         ));
     };
+    if state.registry.incarnation(&claims.function) != Some(claims.incarnation) {
+        return error_response(ApiError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "the function token was issued to function {:?}, which has since been deleted",
+                claims.function
+            ),
+        ));
+    }
     let mut segments = request.uri().path().trim_start_matches('/').split('/');
     let resource = match (segments.next(), segments.next(), segments.next()) {
         (Some("v1"), Some("kv"), Some(table)) => cirrus_api::grant::Resource::Kv(table.to_owned()),
