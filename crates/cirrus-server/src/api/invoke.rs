@@ -192,7 +192,7 @@ async fn accept_event(
         function: name,
         qualifier: qualifier.to_string(),
         content_type: incoming.content_type,
-        traceparent: header("traceparent"),
+        traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
         event_type: incoming.event_type,
         source: incoming.source,
         parent_id: None,

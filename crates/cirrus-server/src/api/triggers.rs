@@ -87,7 +87,7 @@ pub async fn publish(
             function,
             qualifier: Qualifier::Latest.to_string(),
             content_type: incoming.content_type.clone(),
-            traceparent: header("traceparent"),
+            traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
             // A CloudEvent published keeps its own type and source.
             event_type: Some(
                 incoming
