@@ -69,6 +69,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/dlq/{id}/redrive"),
     ("GET", "/metrics"),
     ("ANY", "/fn/{target}"),
+    ("ANY", "/fn/{target}/"),
     ("ANY", "/fn/{target}/{path}"),
 ];
 
@@ -163,6 +164,8 @@ pub fn router(state: AppStateRef) -> Router {
         .merge(management)
         .merge(storage)
         .route("/fn/{target}", any(invoke::http_trigger))
+        // `{*path}` needs at least one character: `/fn/NAME/` is the function's `/`.
+        .route("/fn/{target}/", any(invoke::http_trigger))
         .route("/fn/{target}/{*path}", any(invoke::http_trigger))
         // Invocation bodies are limited by the invoker, per its own setting.
         .layer(DefaultBodyLimit::disable())
