@@ -278,9 +278,13 @@ impl Server {
                 continue;
             };
             let name = &name;
-            let bytes = tokio::fs::read(&function.source).await.with_context(|| {
-                format!("functions.{name}: reading {}", function.source.display())
-            })?;
+            let source = function.source.clone();
+            let limit = self.config.max_artifact_bytes as u64;
+            let bytes = tokio::task::spawn_blocking(move || {
+                cirrus_api::manifest::read_artifact(&source, limit)
+            })
+            .await?
+            .with_context(|| format!("functions.{name}: reading {}", function.source.display()))?;
             let result = self
                 .state
                 .registry

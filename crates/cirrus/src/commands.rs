@@ -906,8 +906,8 @@ async fn deploy_one(
     config: &FunctionConfig,
     quiet: bool,
 ) -> anyhow::Result<DeployResult> {
-    let bytes = tokio::fs::read(file)
-        .await
+    // The server enforces its own size limit; a regular file is finite.
+    let bytes = cirrus_api::manifest::read_artifact(file, u64::MAX)
         .with_context(|| format!("reading {}", file.display()))?;
     let file_name = file
         .file_name()
