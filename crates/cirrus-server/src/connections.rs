@@ -7,8 +7,9 @@
 //! - *awaiting a head*: since it opened, or since the first byte after an idle spell;
 //!   closed once `header_read_timeout` passes;
 //! - *idle* between requests: closed once `keep_alive_timeout` passes;
-//! - *busy*: from a complete request head until its response is written out; never
-//!   timed out here (the invocation's own timeout and the S3 limits bound it).
+//! - *busy*: from a complete request head until its response is written out; not timed
+//!   out (the invocation's own timeout bounds the work), except that a client that stops
+//!   reading its response for `send_timeout` is dropped.
 //!
 //! At the cap, accepting one more connection closes the oldest one that is not busy:
 //! it has no request in flight, so nothing is lost, and a flood of silent sockets cannot
@@ -49,6 +50,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// How long a connection with no request in flight stays open.
     pub keep_alive_timeout: Duration,
+    /// How long a response may wait for a client that has stopped reading it.
+    pub send_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -58,6 +61,7 @@ impl Default for ConnectionLimits {
             s3_max_connections: None,
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -68,8 +72,11 @@ impl ConnectionLimits {
         if self.max_connections == Some(0) || self.s3_max_connections == Some(0) {
             anyhow::bail!("connection caps must be at least 1");
         }
-        if self.header_read_timeout.is_zero() || self.keep_alive_timeout.is_zero() {
-            anyhow::bail!("the header read and keep-alive timeouts must be longer than zero");
+        if self.header_read_timeout.is_zero()
+            || self.keep_alive_timeout.is_zero()
+            || self.send_timeout.is_zero()
+        {
+            anyhow::bail!("the header read, keep-alive and send timeouts must be longer than zero");
         }
         Ok(())
     }
@@ -82,6 +89,7 @@ impl ConnectionLimits {
             max_connections,
             header_read_timeout: self.header_read_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
+            send_timeout: self.send_timeout,
         };
         let main = self.max_connections.unwrap_or(main_default);
         let s3 = self.s3_max_connections.unwrap_or(s3_default);
@@ -103,6 +111,7 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
+    pub send_timeout: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then stops accepting and
@@ -228,6 +237,7 @@ const IDLE: u8 = 1;
 const BUSY: u8 = 2;
 /// The response is complete but may still sit in the write buffer.
 const FLUSHING: u8 = 3;
+const NOT_BLOCKED: u64 = u64::MAX;
 
 /// One connection's phase, shared by its task, its I/O, its requests and the listener.
 struct Connection {
@@ -236,6 +246,8 @@ struct Connection {
     phase: AtomicU8,
     /// When the phase began, in milliseconds since `epoch`.
     since_ms: AtomicU64,
+    /// Since when a write has waited for the client to read, or [`NOT_BLOCKED`].
+    write_blocked_ms: AtomicU64,
     evict: Notify,
     evicting: AtomicBool,
 }
@@ -247,6 +259,7 @@ impl Connection {
             epoch,
             phase: AtomicU8::new(AWAITING_HEAD),
             since_ms: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(NOT_BLOCKED),
             evict: Notify::new(),
             evicting: AtomicBool::new(false),
         };
@@ -254,10 +267,23 @@ impl Connection {
         conn
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     fn enter(&self, phase: u8) {
-        self.since_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.since_ms.store(self.now_ms(), Ordering::SeqCst);
         self.phase.store(phase, Ordering::SeqCst);
+    }
+
+    /// Notes whether a write had to wait for the client.
+    fn wrote<T>(&self, polled: &Poll<T>) {
+        let blocked = self.write_blocked_ms.load(Ordering::SeqCst);
+        match (polled.is_pending(), blocked == NOT_BLOCKED) {
+            (true, true) => self.write_blocked_ms.store(self.now_ms(), Ordering::SeqCst),
+            (false, false) => self.write_blocked_ms.store(NOT_BLOCKED, Ordering::SeqCst),
+            _ => {}
+        }
     }
 
     fn phase(&self) -> u8 {
@@ -269,15 +295,22 @@ impl Connection {
         matches!(self.phase(), AWAITING_HEAD | IDLE)
     }
 
-    /// When the current phase times out, if it does.
+    /// When the connection times out, if it does: its phase's deadline, or a response
+    /// that has waited too long for the client to read it.
     fn deadline(&self, limits: &ListenerLimits) -> Option<Instant> {
-        let timeout = match self.phase() {
-            AWAITING_HEAD => limits.header_read_timeout,
-            IDLE => limits.keep_alive_timeout,
-            _ => return None,
-        };
-        let since = Duration::from_millis(self.since_ms.load(Ordering::SeqCst));
-        Some(self.epoch + since + timeout)
+        let at = |ms: u64, timeout| self.epoch + Duration::from_millis(ms) + timeout;
+        let phase = match self.phase() {
+            AWAITING_HEAD => Some(limits.header_read_timeout),
+            IDLE => Some(limits.keep_alive_timeout),
+            _ => None,
+        }
+        .map(|timeout| at(self.since_ms.load(Ordering::SeqCst), timeout));
+        let blocked = self.write_blocked_ms.load(Ordering::SeqCst);
+        let stalled = (blocked != NOT_BLOCKED).then(|| at(blocked, limits.send_timeout));
+        match (phase, stalled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -335,8 +368,11 @@ async fn run_connection(
     };
     let http = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     tokio::pin!(http);
-    // While busy there is no deadline; look again this often to pick up the next phase.
-    let recheck = limits.header_read_timeout.min(limits.keep_alive_timeout);
+    // While busy there may be no deadline; look again this often to pick up a new one.
+    let recheck = limits
+        .header_read_timeout
+        .min(limits.keep_alive_timeout)
+        .min(limits.send_timeout);
     let mut draining = false;
     loop {
         let deadline = conn.deadline(&limits);
@@ -357,7 +393,7 @@ async fn run_connection(
             }
             () = tokio::time::sleep_until(wake) => {
                 if deadline.is_some() && conn.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!(connection = conn.id, "closed: no request head in time, or idle too long");
+                    tracing::debug!(connection = conn.id, "closed: no request head in time, idle too long, or its client stopped reading");
                     break;
                 }
             }
@@ -406,7 +442,9 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.conn.wrote(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -414,7 +452,9 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.conn.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -333,6 +333,87 @@ async fn slow_heads_and_idle_connections_are_closed_but_requests_in_flight_are_n
     w.s.stop().await;
 }
 
+/// Reads until the server closes the socket; the bytes received, or `None` if it is
+/// still open after `within`.
+async fn drain_until_closed(socket: &mut TcpStream, within: Duration) -> Option<usize> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(total),
+            Ok(Ok(n)) => total += n,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_response_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = start_with_s3(dir.path(), |c| {
+        c.connections.send_timeout = Duration::from_secs(1);
+    })
+    .await;
+    w.seed().await;
+    // Far more than the sockets' buffers hold.
+    const BIG: usize = 64 << 20;
+    let r =
+        w.s.req(Method::PUT, "/v1/buckets/bucket/objects/big")
+            .body(vec![b'x'; BIG])
+            .send()
+            .await
+            .unwrap();
+    assert!(r.status().is_success());
+    let main: SocketAddr = w.s.url.trim_start_matches("http://").parse().unwrap();
+    let mut on_main = TcpStream::connect(main).await.unwrap();
+    on_main
+        .write_all(
+            format!(
+                "GET /v1/buckets/bucket/objects/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+                w.s.token
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("host", w.s3.to_string().parse().unwrap());
+    sigv4::sign(
+        &Method::GET,
+        "/bucket/big",
+        None,
+        &mut headers,
+        &w.access,
+        &w.secret,
+        &sigv4::sha256_hex(b""),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let mut request = "GET /bucket/big HTTP/1.1\r\n".to_owned();
+    for (name, value) in &headers {
+        request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    request.push_str("\r\n");
+    let mut on_s3 = TcpStream::connect(w.s3).await.unwrap();
+    on_s3.write_all(request.as_bytes()).await.unwrap();
+    // Neither client reads; others are served meanwhile.
+    for round in 0..5 {
+        w.healthy(round).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for (listener, socket) in [("main", &mut on_main), ("s3", &mut on_s3)] {
+        let received = drain_until_closed(socket, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{listener}: the stalled download is still open"));
+        assert!(
+            received < BIG,
+            "{listener}: the whole object arrived ({received} bytes): the connection waited"
+        );
+    }
+    w.s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_still_drains_requests_in_flight_and_closes_idle_connections() {
     let dir = tempfile::tempdir().unwrap();

@@ -149,6 +149,9 @@ struct UpArgs {
     /// How long a connection with no request in flight stays open
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     keep_alive_timeout: Duration,
+    /// How long a response may wait for a client that has stopped reading it
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    send_timeout: Duration,
     /// Price table (TOML) for usage reports [default: AWS Lambda's x86 price]
     #[arg(long)]
     prices: Option<PathBuf>,
@@ -715,6 +718,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
         s3_max_connections: args.s3_max_connections,
         header_read_timeout: args.header_read_timeout,
         keep_alive_timeout: args.keep_alive_timeout,
+        send_timeout: args.send_timeout,
     };
     config.otlp_endpoint = args.otlp_endpoint.clone();
     config.s3.max_part_bytes = args.s3_max_part_bytes;
