@@ -1,7 +1,10 @@
 //! Short-lived tokens that let a function reach exactly the storage its config grants.
-//! A token is `cft1.<claims>.<mac>`: base64url JSON claims (function, grants, expiry)
-//! and an HMAC-SHA256 over them with a key derived from the admin token, so tokens
-//! survive restarts and die with a rotated admin token.
+//! A token is `cft1.<claims>.<mac>`: base64url JSON claims (function and its
+//! incarnation, grants, expiry) and an HMAC-SHA256 over them with a key derived from the
+//! admin token, so tokens die with a rotated admin token. A token is honoured only while
+//! the incarnation of the function it names exists: deleting the function (or deleting
+//! and creating it again, or restarting the server, which no invocation outlives) ends
+//! its tokens at once.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -14,6 +17,10 @@ const PREFIX: &str = "cft1.";
 pub struct Claims {
     #[serde(rename = "f")]
     pub function: String,
+    /// Which incarnation of `function` the token was minted for (see
+    /// `Registry::incarnation`).
+    #[serde(rename = "i")]
+    pub incarnation: u64,
     /// The invocation the token was minted for, and its pipeline depth: the lineage of
     /// what the function writes (so a function triggering itself stops at the limit).
     #[serde(rename = "r")]
@@ -81,6 +88,7 @@ mod tests {
         let issuer = TokenIssuer::new("admin");
         let claims = Claims {
             function: "thumb".into(),
+            incarnation: 7,
             request_id: "r1".into(),
             hops: 2,
             grants: vec!["bucket:uploads:read".parse().unwrap()],

@@ -226,14 +226,13 @@ impl Invoker {
             hops,
             ..
         } = call;
-        let version = self.registry.resolve(&function, &qualifier)?;
+        // Without the admin token, a private function looks exactly like a missing one.
+        let version = match self.registry.resolve(&function, &qualifier) {
+            Ok(version) if version.config.public || authorized => version,
+            Err(e) if authorized => return Err(e),
+            _ => return Err(hidden_function(&function)),
+        };
         meta.version = Some(version.version);
-        if !version.config.public && !authorized {
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                format!("function {function:?} is not public: send `Authorization: Bearer <admin token>`"),
-            ));
-        }
         // Admission first: buffered request bodies are then bounded by the caps too.
         let _admission = self.scaler.admit(&version).await.inspect_err(|e| {
             if e.code == ErrorCode::Throttled && matches!(trigger, Trigger::Http | Trigger::Invoke)
@@ -284,6 +283,7 @@ impl Invoker {
         ) {
             let token = self.platform.issuer.issue(&crate::function_token::Claims {
                 function: version.function.clone(),
+                incarnation: self.registry.incarnation(&version.function).unwrap_or(0),
                 request_id: meta.request_id.clone(),
                 hops,
                 grants: version.config.storage.clone(),
@@ -404,6 +404,14 @@ fn millis(d: Duration) -> f64 {
 pub fn billed_ms(d: Duration) -> u64 {
     let nanos = d.as_nanos();
     (nanos.div_ceil(1_000_000) as u64).max(1)
+}
+
+/// What a caller without the admin token hears of a function it may not call, whether
+/// it is private or does not exist.
+pub fn hidden_function(function: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no public function {function:?}: it does not exist, or it is private (private functions need `Authorization: Bearer <admin token>`)"
+    ))
 }
 
 fn stamp(headers: &mut HeaderMap, meta: &Meta) {

@@ -1,6 +1,9 @@
 //! The Cirrus server: everything between a socket and the runtime.
 //!
 //! - [`server`]: assembling the pieces, serving, graceful shutdown.
+//! - [`connections`]: how both listeners accept and serve connections (caps, header and
+//!   idle timeouts, eviction of idle connections at the cap); [`fd_limit`]: the
+//!   open-file limit that sizes the caps.
 //! - [`api`]: the HTTP gateway (management API under `/v1`, HTTP triggers under `/fn`).
 //! - [`invoker`]: the one place an invocation is executed and recorded.
 //! - [`queue`]: durable asynchronous invocation: group-committed enqueue, dispatcher,
@@ -21,7 +24,9 @@ pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod cloudevents;
+pub mod connections;
 pub mod error;
+pub mod fd_limit;
 pub mod function_token;
 pub mod invoker;
 pub mod kv;

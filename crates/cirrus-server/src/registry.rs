@@ -15,14 +15,26 @@ use cirrus_runtime::{Artifact, ArtifactError, Runtime};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct FunctionEntry {
     versions: BTreeMap<u32, Arc<VersionInfo>>,
     aliases: BTreeMap<String, u32>,
     triggers: Vec<TriggerInfo>,
+    /// Tells this function apart from an earlier one of the same name (deleted, then
+    /// created again): function tokens name it, so a deleted function's tokens die.
+    incarnation: u64,
 }
 
 impl FunctionEntry {
+    fn new() -> Self {
+        Self {
+            versions: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            triggers: Vec::new(),
+            incarnation: new_incarnation(),
+        }
+    }
+
     fn latest(&self) -> Option<&Arc<VersionInfo>> {
         self.versions.values().next_back()
     }
@@ -75,6 +87,7 @@ impl Registry {
                     .collect(),
                 aliases: stored.aliases.into_iter().collect(),
                 triggers: stored.triggers,
+                incarnation: new_incarnation(),
             };
             functions.insert(stored.name, entry);
         }
@@ -125,6 +138,11 @@ impl Registry {
         entry.versions.get(&version).cloned().ok_or_else(|| {
             ApiError::not_found(format!("function {name:?} has no version {version}"))
         })
+    }
+
+    /// Which incarnation of the function `name` exists now, if any.
+    pub fn incarnation(&self, name: &str) -> Option<u64> {
+        self.read().get(name).map(|e| e.incarnation)
     }
 
     pub fn get(&self, name: &str) -> Result<FunctionInfo, ApiError> {
@@ -295,7 +313,7 @@ impl Registry {
         let number = version.version;
         self.write()
             .entry(name.clone())
-            .or_default()
+            .or_insert_with(FunctionEntry::new)
             .versions
             .insert(number, Arc::new(version));
         tracing::info!(function = %name, version = number, "deployed");
@@ -580,4 +598,9 @@ fn invalid_artifact(e: ArtifactError) -> Failure {
         ArtifactError::Storage(_) => Failure::internal(e),
         _ => ApiError::new(ErrorCode::InvalidArtifact, format!("invalid artifact: {e}")).into(),
     }
+}
+
+/// Random, never 0 (0 stands for no function in tokens minted during a delete).
+fn new_incarnation() -> u64 {
+    rand::random::<u64>().max(1)
 }

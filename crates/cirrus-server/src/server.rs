@@ -13,7 +13,7 @@ use crate::store::{
 use anyhow::Context as _;
 use cirrus_api::{DeployResult, Manifest, Qualifier};
 use cirrus_runtime::{Runtime, RuntimeConfig};
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Size limits of the S3-compatible object API.
     pub s3: crate::s3::S3Limits,
+    /// Connection caps and timeouts of both listeners.
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 impl ServerConfig {
@@ -59,6 +61,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
             s3: crate::s3::S3Limits::default(),
+            connections: crate::connections::ConnectionLimits::default(),
         }
     }
 }
@@ -70,16 +73,20 @@ pub struct Server {
     config: ServerConfig,
     clock: Arc<dyn Clock>,
     shutdown_tx: watch::Sender<bool>,
+    /// The open-file limit in force (raised at start), which sizes the connection caps.
+    fd_limit: Option<u64>,
 }
 
 impl Server {
     /// Opens (or creates) everything under the data dir. Blocking work runs off the
     /// async runtime.
     pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        config.connections.validate()?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let token = crate::auth::load_or_create_token(&data_dir)?;
+        let fd_limit = crate::fd_limit::raise_fd_limit();
         let pooling = config.pooling;
         let (store, artifacts, runtime, blobs, credentials) =
             tokio::task::spawn_blocking(move || {
@@ -194,6 +201,7 @@ impl Server {
             config,
             clock,
             shutdown_tx,
+            fd_limit,
         };
         server.compile_missing();
         server.preload_pinned().await;
@@ -270,9 +278,13 @@ impl Server {
                 continue;
             };
             let name = &name;
-            let bytes = tokio::fs::read(&function.source).await.with_context(|| {
-                format!("functions.{name}: reading {}", function.source.display())
-            })?;
+            let source = function.source.clone();
+            let limit = self.config.max_artifact_bytes as u64;
+            let bytes = tokio::task::spawn_blocking(move || {
+                cirrus_api::manifest::read_artifact(&source, limit)
+            })
+            .await?
+            .with_context(|| format!("functions.{name}: reading {}", function.source.display()))?;
             // Triggers the manifest drops go first: see `remove_stale_triggers`.
             self.state
                 .registry
@@ -346,36 +358,37 @@ impl Server {
             self.config.sweep_interval,
             state.shutdown.clone(),
         ));
+        let (main_limits, s3_limits) = self.config.connections.resolve(self.fd_limit);
+        tracing::info!(
+            max_connections = main_limits.max_connections,
+            s3_max_connections = s3_limits.max_connections,
+            fd_limit = self.fd_limit,
+            "connection caps"
+        );
         let objects = self.s3_listener.map(|listener| {
-            let mut stop = state.shutdown.clone();
-            tokio::spawn(
-                axum::serve(listener, crate::s3::router(self.s3.clone()))
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .into_future(),
-            )
+            tokio::spawn(crate::connections::serve(
+                listener,
+                crate::s3::router(self.s3.clone()),
+                s3_limits,
+                state.shutdown.clone(),
+            ))
         });
-        let shutdown_tx = self.shutdown_tx;
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let graceful = async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining in-flight requests");
-            let _ = shutdown_tx.send(true);
-            let _ = stopping_tx.send(());
+        let serving =
+            crate::connections::serve(listener, router, main_limits, state.shutdown.clone());
+        tokio::pin!(serving);
+        let stopped_by_itself = tokio::select! {
+            () = &mut serving => true,
+            () = shutdown => false,
         };
-        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
         let drain_timeout = self.config.drain_timeout;
-        let drained = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(drain_timeout).await;
-            } else {
-                std::future::pending::<()>().await;
+        if !stopped_by_itself {
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = self.shutdown_tx.send(true);
+            if tokio::time::timeout(drain_timeout, serving).await.is_err() {
+                tracing::warn!(
+                    "drain timeout of {drain_timeout:?} passed with requests still in flight"
+                );
             }
-        };
-        tokio::select! {
-            result = serve => result.context("serving HTTP")?,
-            _ = drained => tracing::warn!("drain timeout of {drain_timeout:?} passed with requests still in flight"),
         }
         sweeper.abort();
         scheduling.abort();

@@ -135,6 +135,24 @@ struct UpArgs {
     /// How long shutdown waits for in-flight requests
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Open connections the main listener keeps at most; at the cap the oldest idle one
+    /// is closed for a new one [default: sized from the open-file limit]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open connections the S3 listener keeps at most [default: sized from the open-file
+    /// limit]
+    #[arg(long)]
+    s3_max_connections: Option<usize>,
+    /// How long a client has to send a complete request head (from connecting, or from
+    /// the first byte after an idle spell)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a connection with no request in flight stays open
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    keep_alive_timeout: Duration,
+    /// How long a response may wait for a client that has stopped reading it
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    send_timeout: Duration,
     /// Price table (TOML) for usage reports [default: AWS Lambda's x86 price]
     #[arg(long)]
     prices: Option<PathBuf>,
@@ -722,6 +740,13 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     config.max_artifact_bytes = args.max_artifact_bytes;
     config.queue.max_event_bytes = args.max_event_bytes;
     config.drain_timeout = args.drain_timeout;
+    config.connections = cirrus_server::connections::ConnectionLimits {
+        max_connections: args.max_connections,
+        s3_max_connections: args.s3_max_connections,
+        header_read_timeout: args.header_read_timeout,
+        keep_alive_timeout: args.keep_alive_timeout,
+        send_timeout: args.send_timeout,
+    };
     config.otlp_endpoint = args.otlp_endpoint.clone();
     config.s3.max_part_bytes = args.s3_max_part_bytes;
     if let Some(path) = &args.prices {
@@ -1024,8 +1049,8 @@ async fn deploy_one(
     config: &FunctionConfig,
     quiet: bool,
 ) -> anyhow::Result<DeployResult> {
-    let bytes = tokio::fs::read(file)
-        .await
+    // The server enforces its own size limit; a regular file is finite.
+    let bytes = cirrus_api::manifest::read_artifact(file, u64::MAX)
         .with_context(|| format!("reading {}", file.display()))?;
     let file_name = file
         .file_name()

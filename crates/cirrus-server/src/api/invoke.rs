@@ -16,7 +16,7 @@ use axum::Json;
 use cirrus_api::{Accepted, ApiError, Qualifier, Trigger};
 use serde::Deserialize;
 
-/// `ANY /fn/{target}` and `ANY /fn/{target}/{*path}`. The path is taken from the raw
+/// `ANY /fn/{target}`, `ANY /fn/{target}/` and `ANY /fn/{target}/{*path}`. The path is taken from the raw
 /// URI, not axum's decoded parameters, so the function sees exactly what was sent
 /// (`%2F`, `%3F` and non-UTF-8 escapes included).
 pub async fn http_trigger(State(state): State<AppStateRef>, request: Request) -> Response {
@@ -155,20 +155,22 @@ pub async fn invoke_api(
 /// Idempotency keys: printable ASCII, at most this long.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
-/// `X-Cirrus-Idempotency-Key`, checked.
+/// `X-Cirrus-Idempotency-Key`, checked: a key that is not printable ASCII (non-UTF-8
+/// bytes included) is refused, never ignored, since ignoring it would deliver twice.
 pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let key = super::header(headers, "x-cirrus-idempotency-key");
-    if let Some(key) = &key {
-        if key.is_empty()
-            || key.len() > MAX_IDEMPOTENCY_KEY
-            || !key.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(ApiError::bad_request(format!(
-                "X-Cirrus-Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
-            )));
-        }
+    let Some(value) = headers.get("x-cirrus-idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > MAX_IDEMPOTENCY_KEY
+        || !bytes.iter().all(u8::is_ascii_graphic)
+    {
+        return Err(ApiError::bad_request(format!(
+            "X-Cirrus-Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )));
     }
-    Ok(key)
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// `X-Cirrus-Invocation-Type: Event`: the event is committed to the durable queue, then
@@ -192,7 +194,7 @@ async fn accept_event(
         function: name,
         qualifier: qualifier.to_string(),
         content_type: incoming.content_type,
-        traceparent: header("traceparent"),
+        traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
         event_type: incoming.event_type,
         source: incoming.source,
         parent_id: None,

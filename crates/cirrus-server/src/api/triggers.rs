@@ -87,7 +87,7 @@ pub async fn publish(
             function,
             qualifier: Qualifier::Latest.to_string(),
             content_type: incoming.content_type.clone(),
-            traceparent: header("traceparent"),
+            traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
             // A CloudEvent published keeps its own type and source.
             event_type: Some(
                 incoming
@@ -124,9 +124,19 @@ pub async fn custom_route(State(state): State<AppStateRef>, request: Request) ->
     let reserved = cirrus_api::trigger::RESERVED_PREFIXES
         .iter()
         .any(|p| path == *p || (p.ends_with('/') && path.starts_with(p)));
+    // Without the admin token, a route to a private function looks like no route at all
+    // (the function's name stays unknown too).
+    let visible = |function: &String| {
+        crate::auth::is_authorized(request.headers(), &state.token)
+            || state
+                .registry
+                .resolve(function, &Qualifier::Latest)
+                .is_ok_and(|v| v.config.public)
+    };
     let Some(function) = (!reserved)
         .then(|| state.registry.route(&method, &path))
         .flatten()
+        .filter(visible)
     else {
         return error_response(ApiError::not_found(format!("no route for {method} {path}")));
     };
