@@ -184,7 +184,8 @@ mod tests {
             &mut cpu,
         )
         .await;
-        assert!(cpu >= Duration::from_millis(20), "{cpu:?}");
+        // Loose: on a loaded machine the busy loop gets only part of a core.
+        assert!(cpu >= Duration::from_millis(3), "{cpu:?}");
         assert!(
             cpu < Duration::from_millis(60),
             "sleeping is not CPU: {cpu:?}"
