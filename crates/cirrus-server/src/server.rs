@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Size limits of the S3-compatible object API.
     pub s3: crate::s3::S3Limits,
+    /// What one lineage (a request and everything it leads to) may do.
+    pub containment: crate::lineage::Containment,
 }
 
 impl ServerConfig {
@@ -59,6 +61,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
             s3: crate::s3::S3Limits::default(),
+            containment: crate::lineage::Containment::default(),
         }
     }
 }
@@ -81,9 +84,11 @@ impl Server {
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let token = crate::auth::load_or_create_token(&data_dir)?;
         let pooling = config.pooling;
+        let lineage_budget = config.containment.max_lineage_events;
         let (store, artifacts, runtime, blobs, credentials) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
+                store.set_lineage_budget(lineage_budget);
                 let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
                 let runtime = Arc::new(Runtime::new(RuntimeConfig {
                     cache_dir: data_dir.join("compiled"),
@@ -144,7 +149,9 @@ impl Server {
                 .transpose()?,
             platform: crate::invoker::PlatformAccess {
                 issuer: crate::function_token::TokenIssuer::new(&token),
+                lineage: crate::lineage::LineageSigner::new(&token),
                 api_authority: std::sync::OnceLock::new(),
+                nested: crate::lineage::NestedCalls::new(config.containment.max_lineage_in_flight),
             },
         });
         let wake = Arc::new(tokio::sync::Notify::new());

@@ -729,6 +729,7 @@ async fn function_tokens_reach_exactly_their_grants() {
             function: "probe".into(),
             request_id: "r".into(),
             hops: 0,
+            root: None,
             grants: vec![
                 "kv:photos:write".parse().unwrap(),
                 "bucket:uploads:read".parse().unwrap(),

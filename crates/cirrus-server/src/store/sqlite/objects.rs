@@ -172,7 +172,7 @@ impl ObjectStore for SqliteStore {
         }
         insert_object(&tx, object)?;
         for e in events(object) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(Ok(old))
@@ -198,7 +198,7 @@ impl ObjectStore for SqliteStore {
             params![bucket, key],
         )?;
         for e in events(&old) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(Some(old))
@@ -379,7 +379,7 @@ impl ObjectStore for SqliteStore {
         }
         insert_object(&tx, object)?;
         for e in events(object) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.execute("DELETE FROM uploads WHERE id = ?1", params![upload_id])?;
         tx.execute(
