@@ -48,6 +48,27 @@ pub(crate) fn timeout_error(limits: &Limits) -> ApiError {
     )
 }
 
+pub(crate) fn cancelled_error() -> ApiError {
+    ApiError::new(
+        ErrorCode::Cancelled,
+        "the caller went away (its invocation ended), so this call was stopped",
+    )
+}
+
+/// Runs `run` until it finishes or `cancelled` resolves (then `None`).
+pub(crate) async fn unless_cancelled<T>(
+    run: impl std::future::Future<Output = T>,
+    cancelled: Option<crate::Cancelled>,
+) -> Option<T> {
+    match cancelled {
+        None => Some(run.await),
+        Some(cancelled) => tokio::select! {
+            done = run => Some(done),
+            () = cancelled => None,
+        },
+    }
+}
+
 pub(crate) fn memory_error(limits: &Limits) -> ApiError {
     ApiError::new(
         ErrorCode::MemoryLimitExceeded,

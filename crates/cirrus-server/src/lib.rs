@@ -8,6 +8,8 @@
 //! - [`invoker`]: the one place an invocation is executed and recorded.
 //! - [`queue`]: durable asynchronous invocation: group-committed enqueue, dispatcher,
 //!   retries with backoff, dead-letter queue.
+//! - [`lineage`]: what an invocation descends from; the depth, width and time limits
+//!   that stop functions calling or triggering themselves forever.
 //! - [`scheduler`]: schedule triggers (rate and cron) firing durable events.
 //! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
 //! - [`registry`]: functions, versions, aliases; deploy logic.
@@ -30,6 +32,7 @@ pub mod fd_limit;
 pub mod function_token;
 pub mod invoker;
 pub mod kv;
+pub mod lineage;
 pub mod metrics;
 pub mod otlp;
 pub mod queue;

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub s3: crate::s3::S3Limits,
     /// Connection caps and timeouts of both listeners.
     pub connections: crate::connections::ConnectionLimits,
+    /// What one lineage (a request and everything it leads to) may do.
+    pub containment: crate::lineage::Containment,
 }
 
 impl ServerConfig {
@@ -62,6 +64,7 @@ impl ServerConfig {
             sweep_interval: Duration::from_secs(1),
             s3: crate::s3::S3Limits::default(),
             connections: crate::connections::ConnectionLimits::default(),
+            containment: crate::lineage::Containment::default(),
         }
     }
 }
@@ -88,9 +91,11 @@ impl Server {
         let token = crate::auth::load_or_create_token(&data_dir)?;
         let fd_limit = crate::fd_limit::raise_fd_limit();
         let pooling = config.pooling;
+        let lineage_budget = config.containment.max_lineage_events;
         let (store, artifacts, runtime, blobs, credentials) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
+                store.set_lineage_budget(lineage_budget);
                 let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
                 let runtime = Arc::new(Runtime::new(RuntimeConfig {
                     cache_dir: data_dir.join("compiled"),
@@ -151,7 +156,9 @@ impl Server {
                 .transpose()?,
             platform: crate::invoker::PlatformAccess {
                 issuer: crate::function_token::TokenIssuer::new(&token),
+                lineage: crate::lineage::LineageSigner::new(&token),
                 api_authority: std::sync::OnceLock::new(),
+                nested: crate::lineage::NestedCalls::new(config.containment.max_lineage_in_flight),
             },
         });
         let wake = Arc::new(tokio::sync::Notify::new());

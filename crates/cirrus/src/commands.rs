@@ -129,6 +129,14 @@ struct UpArgs {
     /// Largest asynchronous event (or topic message) body, in bytes
     #[arg(long, default_value_t = 256 << 10)]
     max_event_bytes: usize,
+    /// Events one request and everything it leads to may create; the rest go to the
+    /// dead-letter queue (stops functions that trigger each other in a widening loop)
+    #[arg(long, default_value_t = cirrus_server::lineage::DEFAULT_MAX_LINEAGE_EVENTS)]
+    max_lineage_events: u64,
+    /// Calls from functions to this server that one request and everything it leads to
+    /// may have running at once; more get 429
+    #[arg(long, default_value_t = cirrus_server::lineage::DEFAULT_MAX_LINEAGE_IN_FLIGHT)]
+    max_lineage_in_flight: usize,
     /// Largest artifact a deploy accepts, in bytes
     #[arg(long, default_value_t = cirrus_server::server::DEFAULT_MAX_ARTIFACT_BYTES)]
     max_artifact_bytes: usize,
@@ -739,6 +747,10 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     config.payload.max_response_bytes = args.max_response_bytes;
     config.max_artifact_bytes = args.max_artifact_bytes;
     config.queue.max_event_bytes = args.max_event_bytes;
+    config.containment = cirrus_server::lineage::Containment {
+        max_lineage_events: args.max_lineage_events,
+        max_lineage_in_flight: args.max_lineage_in_flight,
+    };
     config.drain_timeout = args.drain_timeout;
     config.connections = cirrus_server::connections::ConnectionLimits {
         max_connections: args.max_connections,

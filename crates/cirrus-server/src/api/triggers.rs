@@ -71,7 +71,9 @@ pub async fn publish(
         ))
         .into());
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // A function publishing (with the admin token) passes its lineage on.
+    let caller = super::invoke::take_lineage(&state, &mut parts.headers);
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
         .map_err(|e| body_error(e, state.max_event_bytes, "message (asynchronous limit)"))?;
@@ -101,9 +103,12 @@ pub async fn publish(
                     .clone()
                     .unwrap_or_else(|| format!("/topics/{topic}")),
             ),
-            parent_id: None,
+            parent_id: caller.as_ref().map(|c| c.request_id.clone()),
+            root_id: caller.as_ref().map(|c| c.root.clone()),
             ordering_key: None,
-            hops: 0,
+            hops: caller
+                .as_ref()
+                .map_or(0, crate::lineage::Lineage::next_hops),
             trigger: cirrus_api::Trigger::Topic,
             data: incoming.data.clone(),
             created_ms: now,

@@ -27,7 +27,7 @@ pub async fn record(
     object: ObjectMeta,
     condition: PutCondition,
     event: &'static str,
-    lineage: Option<(String, u32)>,
+    lineage: Option<crate::lineage::Lineage>,
 ) -> S3Result<()> {
     let pending = Arc::new(s3.notifier.prepare(
         &object.bucket,
@@ -106,7 +106,7 @@ pub async fn store(
     headers: &HeaderMap,
     verified: Option<&Verified>,
     body: Body,
-    lineage: Option<(String, u32)>,
+    lineage: Option<crate::lineage::Lineage>,
 ) -> S3Result<ObjectMeta> {
     exists(s3, bucket).await?;
     let condition = put_condition(headers)?;
@@ -350,7 +350,7 @@ pub async fn remove(
     s3: &Arc<S3>,
     bucket: &str,
     key: &str,
-    lineage: Option<(String, u32)>,
+    lineage: Option<crate::lineage::Lineage>,
 ) -> S3Result<bool> {
     let pending = Arc::new(s3.notifier.prepare(
         bucket,

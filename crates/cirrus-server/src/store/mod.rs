@@ -108,11 +108,15 @@ pub struct NewEvent {
     /// CloudEvents `type` and `source`; default to an asynchronous invoke's.
     pub event_type: Option<String>,
     pub source: Option<String>,
-    /// The request id whose result (or failure) this event carries, for lineage.
+    /// The invocation that caused this event (whose result, failure or write it carries).
     pub parent_id: Option<String>,
+    /// The request the event's lineage started with; `None` when nothing inside Cirrus
+    /// caused the event (it starts a lineage of its own). Events with a root count
+    /// against that lineage's event budget.
+    pub root_id: Option<String>,
     /// Events with the same ordering key are delivered one at a time, in order.
     pub ordering_key: Option<String>,
-    /// Destination steps between this event and the request that started its pipeline.
+    /// Steps between this event and the request its lineage started with.
     pub hops: u32,
     /// What produced the event: async invoke, topic, schedule or destination.
     pub trigger: cirrus_api::Trigger,
@@ -141,7 +145,10 @@ pub enum Enqueued {
 /// an event is acknowledged only once it is on disk.
 pub trait EventQueue: Send + Sync + 'static {
     /// Called by the enqueue writer with a batch, committed in one transaction; keys
-    /// seen within `idempotency_window_ms` are duplicates.
+    /// seen within `idempotency_window_ms` are duplicates. Every way of queueing events
+    /// (this, KV writes, object changes) counts an event with a `root_id` against that
+    /// lineage in the same transaction; past the store's lineage budget the event is
+    /// recorded dead, with the reason, instead of pending.
     fn enqueue(
         &self,
         events: &[NewEvent],
@@ -176,10 +183,13 @@ pub trait EventQueue: Send + Sync + 'static {
     /// One dead event with its body.
     fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>>;
     /// Dead events (one, or all of a function, or all) go back to the queue with fresh
-    /// attempts and age.
+    /// attempts and age, and their lineages with a fresh event budget.
     fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64>;
     /// Dead events (one, or all of a function, or all) are deleted.
     fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64>;
+    /// Called periodically: forgets the event counts of lineages that created nothing
+    /// since `idle_since_ms`. Returns how many.
+    fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64>;
 }
 
 /// A KV write: the precondition it needs and what it does.

@@ -9,6 +9,7 @@ use cirrus_api::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 mod objects;
@@ -50,6 +51,9 @@ CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state);
 CREATE TABLE IF NOT EXISTS kv (
     tbl TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, content_type TEXT,
     value BLOB NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (tbl, key));
+CREATE TABLE IF NOT EXISTS lineages (
+    root TEXT PRIMARY KEY, events INTEGER NOT NULL, last_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS lineages_by_age ON lineages (last_ms);
 CREATE TABLE IF NOT EXISTS idempotency (
     function TEXT NOT NULL, key TEXT NOT NULL, request_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
         PRIMARY KEY (function, key));
@@ -81,6 +85,8 @@ pub struct SqliteStore {
     /// API reads of records, logs and usage: a long scan never holds up the writer.
     reads: Mutex<Connection>,
     queue: Mutex<Connection>,
+    /// Events one lineage may create (see [`EventQueue::enqueue`]).
+    lineage_budget: AtomicU64,
 }
 
 fn open(path: &Path) -> StoreResult<Connection> {
@@ -154,6 +160,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("invocations", "parent_request_id", "TEXT"),
     ("objects", "parts", "TEXT"),
     ("uploads", "checksum_type", "TEXT"),
+    ("events", "root_id", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -195,7 +202,17 @@ impl SqliteStore {
             records: Mutex::new(records),
             reads: Mutex::new(reads),
             queue: Mutex::new(queue),
+            lineage_budget: AtomicU64::new(crate::lineage::DEFAULT_MAX_LINEAGE_EVENTS),
         })
+    }
+
+    /// Sets how many events one lineage may create before the rest are parked dead.
+    pub fn set_lineage_budget(&self, events: u64) {
+        self.lineage_budget.store(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lineage_budget(&self) -> u64 {
+        self.lineage_budget.load(Ordering::Relaxed)
     }
 }
 
@@ -552,12 +569,31 @@ impl RecordStore for SqliteStore {
 /// longest timeout (15 minutes) plus the time to record the outcome.
 const DELIVERY_LEASE_MS: u64 = 20 * 60 * 1000;
 
-/// Queues one event inside the caller's transaction.
-fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent) -> rusqlite::Result<()> {
+/// Queues one event inside the caller's transaction. An event some invocation caused
+/// counts against its lineage, in the same transaction (so the count is exact and
+/// survives restarts); past `budget` it goes straight to the dead-letter queue, saying why.
+fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent, budget: u64) -> rusqlite::Result<()> {
+    let mut dead = None;
+    if let Some(root) = &e.root_id {
+        let created: u64 = tx
+            .prepare_cached(
+                "INSERT INTO lineages (root, events, last_ms) VALUES (?1, 1, ?2)
+                 ON CONFLICT (root) DO UPDATE SET events = events + 1, last_ms = excluded.last_ms
+                 RETURNING events",
+            )?
+            .query_row(params![root, e.created_ms], |r| r.get(0))?;
+        if created > budget {
+            dead = Some(format!(
+                "lineage budget exhausted: request {root} and what it led to have already created {budget} events \
+                 (the server's --max-lineage-events); is a function triggering itself through a topic, table, bucket or destination?"
+            ));
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-         state, event_type, source, parent_id, trigger, ordering_key, hops)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13)",
+         state, event_type, source, parent_id, trigger, ordering_key, hops, root_id, last_error, failed_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, CASE WHEN ?14 IS NULL THEN 'pending' ELSE 'dead' END,
+                 ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?14, CASE WHEN ?14 IS NULL THEN NULL ELSE ?7 END)",
     )?
     .execute(params![
         e.id,
@@ -572,13 +608,15 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent) -> rusqlite::Resul
         e.parent_id,
         e.trigger.as_str(),
         e.ordering_key,
-        e.hops
+        e.hops,
+        dead,
+        e.root_id
     ])?;
     Ok(())
 }
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops, root_id";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -593,6 +631,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             event_type: row.get(8)?,
             source: row.get(9)?,
             parent_id: row.get(10)?,
+            root_id: row.get(13)?,
             ordering_key: None,
             trigger: row.get::<_, String>(11)?.parse().unwrap_or(Trigger::Async),
             hops: row.get(12)?,
@@ -668,7 +707,7 @@ impl EventQueue for SqliteStore {
                     }
                     remember.execute(params![e.function, key, e.id, e.created_ms])?;
                 }
-                insert_event(&tx, e)?;
+                insert_event(&tx, e, self.lineage_budget())?;
                 results.push(Enqueued::New);
             }
             tx.execute(
@@ -785,12 +824,31 @@ impl EventQueue for SqliteStore {
 
     fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64> {
         let (clause, mut params) = dead_filter(id, function);
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Redriving is the operator's "go on": the lineages of the events it brings back
+        // start counting again (a loop still there stops after another budget).
+        tx.execute(
+            &format!(
+                "DELETE FROM lineages WHERE root IN (SELECT root_id FROM events WHERE {clause} AND root_id IS NOT NULL)"
+            ),
+            rusqlite::params_from_iter(&params),
+        )?;
         params.insert(0, now_ms.to_string());
         let sql = format!(
             "UPDATE events SET state = 'pending', attempts = 0, created_ms = ?1, not_before_ms = ?1,
              failed_ms = NULL WHERE {clause}"
         );
-        Ok(lock(&self.queue).execute(&sql, rusqlite::params_from_iter(params))? as u64)
+        let redriven = tx.execute(&sql, rusqlite::params_from_iter(params))? as u64;
+        tx.commit()?;
+        Ok(redriven)
+    }
+
+    fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64> {
+        Ok(lock(&self.queue).execute(
+            "DELETE FROM lineages WHERE last_ms < ?1",
+            [idle_since_ms as i64],
+        )? as u64)
     }
 
     fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64> {
@@ -889,7 +947,7 @@ impl KvStore for SqliteStore {
             }
         };
         for e in &queued {
-            insert_event(&tx, e)?;
+            insert_event(&tx, e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(KvWrite::Done(written))
@@ -926,5 +984,80 @@ impl KvStore for SqliteStore {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, root: Option<&str>, now_ms: u64) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            function: "f".into(),
+            qualifier: "$LATEST".into(),
+            content_type: None,
+            traceparent: None,
+            event_type: None,
+            source: None,
+            parent_id: root.map(str::to_owned),
+            root_id: root.map(str::to_owned),
+            ordering_key: None,
+            hops: u32::from(root.is_some()),
+            trigger: Trigger::Async,
+            data: Vec::new(),
+            created_ms: now_ms,
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn lineages_count_their_events_until_forgotten_or_redriven() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("cirrus.db")).unwrap();
+        store.set_lineage_budget(2);
+        let batch = [
+            event("root", None, 10),
+            event("a", Some("root"), 10),
+            event("b", Some("root"), 10),
+            event("c", Some("root"), 10),
+            event("other", Some("elsewhere"), 10),
+        ];
+        store.enqueue(&batch, 10, 1000).unwrap();
+        // The event starting a lineage is not counted; the third it causes is parked.
+        assert_eq!(store.depth().unwrap(), (4, 1));
+        let dead = store.dead(None, 10).unwrap();
+        assert_eq!(dead[0].request_id, "c");
+        assert!(
+            dead[0]
+                .last_error
+                .starts_with("lineage budget exhausted: request root"),
+            "{}",
+            dead[0].last_error
+        );
+        // Still counting, and a lineage idle since before the cut-off is forgotten.
+        store
+            .enqueue(&[event("d", Some("root"), 20)], 20, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (4, 2));
+        assert_eq!(store.forget_lineages(15).unwrap(), 1, "only `elsewhere`");
+        assert_eq!(store.forget_lineages(25).unwrap(), 1);
+        store
+            .enqueue(&[event("e", Some("root"), 30)], 30, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (5, 2));
+        // Redriving an event gives its lineage a fresh budget.
+        store
+            .enqueue(&[event("f", Some("root"), 30)], 30, 1000)
+            .unwrap();
+        store
+            .enqueue(&[event("g", Some("root"), 30)], 30, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (6, 3));
+        assert_eq!(store.redrive(Some("g"), None, 40).unwrap(), 1);
+        store
+            .enqueue(&[event("h", Some("root"), 40)], 40, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (8, 2));
     }
 }

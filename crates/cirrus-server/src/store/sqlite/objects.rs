@@ -205,7 +205,7 @@ impl ObjectStore for SqliteStore {
         }
         insert_object(&tx, object)?;
         for e in events(object) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(Ok(old))
@@ -231,7 +231,7 @@ impl ObjectStore for SqliteStore {
             params![bucket, key],
         )?;
         for e in events(&old) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(Some(old))
@@ -416,7 +416,7 @@ impl ObjectStore for SqliteStore {
         }
         insert_object(&tx, object)?;
         for e in events(object) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.execute("DELETE FROM uploads WHERE id = ?1", params![upload_id])?;
         tx.execute(
