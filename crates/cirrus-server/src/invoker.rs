@@ -524,7 +524,7 @@ pub fn billed_ms(d: Duration) -> u64 {
 
 /// What a caller without the admin token hears of a function it may not call, whether
 /// it is private or does not exist.
-pub fn hidden_function(function: &str) -> ApiError {
+fn hidden_function(function: &str) -> ApiError {
     ApiError::not_found(format!(
         "no public function {function:?}: it does not exist, or it is private (private functions need `Authorization: Bearer <admin token>`)"
     ))

@@ -383,18 +383,18 @@ impl Server {
         let serving =
             crate::connections::serve(listener, router, main_limits, state.shutdown.clone());
         tokio::pin!(serving);
-        let stopped_by_itself = tokio::select! {
-            () = &mut serving => true,
-            () = shutdown => false,
-        };
         let drain_timeout = self.config.drain_timeout;
-        if !stopped_by_itself {
-            tracing::info!("shutting down: draining in-flight requests");
-            let _ = self.shutdown_tx.send(true);
-            if tokio::time::timeout(drain_timeout, serving).await.is_err() {
-                tracing::warn!(
-                    "drain timeout of {drain_timeout:?} passed with requests still in flight"
-                );
+        // Serving ends only once shutdown has begun and its connections have closed.
+        tokio::select! {
+            () = &mut serving => {}
+            () = shutdown => {
+                tracing::info!("shutting down: draining in-flight requests");
+                let _ = self.shutdown_tx.send(true);
+                if tokio::time::timeout(drain_timeout, &mut serving).await.is_err() {
+                    tracing::warn!(
+                        "drain timeout of {drain_timeout:?} passed with requests still in flight"
+                    );
+                }
             }
         }
         sweeper.abort();

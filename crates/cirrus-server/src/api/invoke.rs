@@ -17,9 +17,9 @@ use axum::Json;
 use cirrus_api::{Accepted, ApiError, Qualifier, Trigger};
 use serde::Deserialize;
 
-/// `ANY /fn/{target}`, `ANY /fn/{target}/` and `ANY /fn/{target}/{*path}`. The path is taken from the raw
-/// URI, not axum's decoded parameters, so the function sees exactly what was sent
-/// (`%2F`, `%3F` and non-UTF-8 escapes included).
+/// `ANY /fn/{target}`, `ANY /fn/{target}/` and `ANY /fn/{target}/{*path}`. The path is
+/// taken from the raw URI, not axum's decoded parameters, so the function sees exactly
+/// what was sent (`%2F`, `%3F` and non-UTF-8 escapes included).
 pub async fn http_trigger(State(state): State<AppStateRef>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let raw = parts.uri.path().strip_prefix("/fn/").unwrap_or_default();
