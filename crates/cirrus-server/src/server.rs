@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Size limits of the S3-compatible object API.
     pub s3: crate::s3::S3Limits,
+    /// How long records, logs, dead letters and incomplete uploads are kept.
+    pub retention: crate::retention::RetentionSettings,
 }
 
 impl ServerConfig {
@@ -59,6 +61,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
             s3: crate::s3::S3Limits::default(),
+            retention: crate::retention::RetentionSettings::default(),
         }
     }
 }
@@ -70,6 +73,7 @@ pub struct Server {
     config: ServerConfig,
     clock: Arc<dyn Clock>,
     shutdown_tx: watch::Sender<bool>,
+    pruner: Arc<crate::retention::Pruner>,
 }
 
 impl Server {
@@ -107,6 +111,7 @@ impl Server {
         let event_queue: Arc<dyn EventQueue> = store.clone();
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
+        let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
         let record_store: Arc<dyn RecordStore> = store;
         let queue = event_queue.clone();
         let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
@@ -168,6 +173,12 @@ impl Server {
             clock: clock.clone(),
             limits: config.s3.clone(),
         });
+        let pruner = Arc::new(crate::retention::Pruner::new(
+            retention_store,
+            s3.blobs.clone(),
+            clock.clone(),
+            config.retention.clone(),
+        ));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
             registry,
@@ -194,6 +205,7 @@ impl Server {
             config,
             clock,
             shutdown_tx,
+            pruner,
         };
         server.compile_missing();
         server.preload_pinned().await;
@@ -340,6 +352,7 @@ impl Server {
             self.config.sweep_interval,
             state.shutdown.clone(),
         ));
+        let pruning = tokio::spawn(self.pruner.clone().run(state.shutdown.clone()));
         let objects = self.s3_listener.map(|listener| {
             let mut stop = state.shutdown.clone();
             tokio::spawn(
@@ -372,6 +385,7 @@ impl Server {
             _ = drained => tracing::warn!("drain timeout of {drain_timeout:?} passed with requests still in flight"),
         }
         sweeper.abort();
+        pruning.abort();
         scheduling.abort();
         if let Some(objects) = objects {
             // Uploads in flight finish (or the drain timeout above has passed).
