@@ -145,7 +145,7 @@ struct UpArgs {
     /// [default: 1000000]
     #[arg(long, value_parser = parse_count)]
     max_records: Option<Keep<u64>>,
-    /// At most this many log lines are kept, the newest, or `off` [default: 5000000]
+    /// At most this many log lines are kept, the newest, or `off` [default: 2000000]
     #[arg(long, value_parser = parse_count)]
     max_log_lines: Option<Keep<u64>>,
     /// Dead-letter events are deleted this long after they failed, or `off`
