@@ -120,55 +120,42 @@ impl Pruner {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticks.tick() => match self.prune(&shutdown).await {
-                    Ok(pruned) if !pruned.is_empty() => tracing::info!(
-                        records = pruned.records,
-                        log_lines = pruned.log_lines,
-                        dead_letters = pruned.dead_letters,
-                        uploads = pruned.uploads,
-                        free_pages_released = pruned.free_pages_released,
-                        "retention: pruned"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("retention: pruning failed, will try again: {e:#}"),
-                },
+                _ = ticks.tick() => {
+                    let pruned = self.prune(&shutdown).await;
+                    if !pruned.is_empty() {
+                        tracing::info!(
+                            records = pruned.records,
+                            log_lines = pruned.log_lines,
+                            dead_letters = pruned.dead_letters,
+                            uploads = pruned.uploads,
+                            free_pages_released = pruned.free_pages_released,
+                            "retention: pruned"
+                        );
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }
     }
 
-    /// One pass: everything due now, batch by batch; stops early at shutdown.
-    pub async fn prune(&self, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Pruned> {
+    /// One pass: everything due now, batch by batch; stops early at shutdown. A kind that
+    /// fails is logged and tried again next pass; the others go on.
+    pub async fn prune(&self, shutdown: &watch::Receiver<bool>) -> Pruned {
         let now = self.clock.now_ms();
         let before = |age: Duration| now.saturating_sub(age.as_millis() as u64);
         let s = &self.settings;
         let mut pruned = Pruned::default();
 
-        let rule = RecordRule {
-            started_before: s.records_max_age.map(|age| rfc3339(before(age))),
-            keep: s.max_records,
-        };
-        if rule.started_before.is_some() || rule.keep.is_some() {
-            let records = self
-                .until_done(shutdown, move |store| store.prune_records(&rule, ROW_BATCH))
-                .await?;
-            pruned.records = records.records;
-            pruned.log_lines = records.log_lines;
-        }
-        if let Some(keep) = s.max_log_lines {
-            pruned.log_lines += self
-                .until_done(shutdown, move |store| {
-                    store.prune_log_lines(keep, ROW_BATCH)
-                })
-                .await?;
-        }
+        // Dead letters and uploads first: they are few, and a flood of new records or
+        // log lines that keeps the caps busy must not hold them up.
         if let Some(age) = s.dead_letter_max_age {
             let cutoff = before(age);
             pruned.dead_letters = self
                 .until_done(shutdown, move |store| {
                     store.prune_dead_letters(cutoff, ROW_BATCH)
                 })
-                .await?;
+                .await
+                .unwrap_or_else(failed("dead letters"));
         }
         if let Some(age) = s.incomplete_upload_max_age {
             let cutoff = before(age);
@@ -190,14 +177,36 @@ impl Pruner {
                     }
                     Ok(expired.len() as u64)
                 })
-                .await?;
+                .await
+                .unwrap_or_else(failed("incomplete uploads"));
+        }
+        let rule = RecordRule {
+            started_before: s.records_max_age.map(|age| rfc3339(before(age))),
+            keep: s.max_records,
+        };
+        if rule.started_before.is_some() || rule.keep.is_some() {
+            let records = self
+                .until_done(shutdown, move |store| store.prune_records(&rule, ROW_BATCH))
+                .await
+                .unwrap_or_else(failed("records"));
+            pruned.records = records.records;
+            pruned.log_lines = records.log_lines;
+        }
+        if let Some(keep) = s.max_log_lines {
+            pruned.log_lines += self
+                .until_done(shutdown, move |store| {
+                    store.prune_log_lines(keep, ROW_BATCH)
+                })
+                .await
+                .unwrap_or_else(failed("log lines"));
         }
         // Every pass, not only one that pruned: a pass cut short (an error, a shutdown)
         // leaves its free pages to the next.
         pruned.free_pages_released = self
             .until_done(shutdown, |store| store.release_free_pages(PAGE_BATCH))
-            .await?;
-        Ok(pruned)
+            .await
+            .unwrap_or_else(failed("free pages"));
+        pruned
     }
 
     /// Runs `step` on the blocking pool until it removes nothing, pausing between steps;
@@ -222,5 +231,13 @@ impl Pruner {
             }
             tokio::time::sleep(started.elapsed().max(PAUSE)).await;
         }
+    }
+}
+
+/// Logs a kind's failure; what its earlier batches removed is not counted.
+fn failed<T: Default>(kind: &'static str) -> impl FnOnce(anyhow::Error) -> T {
+    move |e| {
+        tracing::warn!("retention: pruning {kind} failed, will try again: {e:#}");
+        T::default()
     }
 }
