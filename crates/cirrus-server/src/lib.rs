@@ -17,6 +17,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`s3`]: the S3-compatible object API on its own listener, and bucket notifications.
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
+//! - [`retention`]: background pruning of records, logs, dead letters and abandoned
+//!   uploads, with usage rolled up first.
 //! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
 //! - [`trace`]: W3C trace context; [`otlp`]: optional span export.
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
@@ -38,6 +40,7 @@ pub mod otlp;
 pub mod queue;
 pub mod records;
 pub mod registry;
+pub mod retention;
 pub mod s3;
 pub mod scaler;
 pub mod scheduler;

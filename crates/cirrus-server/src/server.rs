@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub connections: crate::connections::ConnectionLimits,
     /// What one lineage (a request and everything it leads to) may do.
     pub containment: crate::lineage::Containment,
+    /// How long records, logs, dead letters and incomplete uploads are kept.
+    pub retention: crate::retention::RetentionSettings,
 }
 
 impl ServerConfig {
@@ -65,6 +67,7 @@ impl ServerConfig {
             s3: crate::s3::S3Limits::default(),
             connections: crate::connections::ConnectionLimits::default(),
             containment: crate::lineage::Containment::default(),
+            retention: crate::retention::RetentionSettings::default(),
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     /// The open-file limit in force (raised at start), which sizes the connection caps.
     fd_limit: Option<u64>,
+    pruner: Arc<crate::retention::Pruner>,
 }
 
 impl Server {
@@ -119,6 +123,7 @@ impl Server {
         let event_queue: Arc<dyn EventQueue> = store.clone();
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
+        let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
         let record_store: Arc<dyn RecordStore> = store;
         let queue = event_queue.clone();
         let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
@@ -182,6 +187,12 @@ impl Server {
             clock: clock.clone(),
             limits: config.s3.clone(),
         });
+        let pruner = Arc::new(crate::retention::Pruner::new(
+            retention_store,
+            s3.blobs.clone(),
+            clock.clone(),
+            config.retention.clone(),
+        ));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
             registry,
@@ -209,6 +220,7 @@ impl Server {
             clock,
             shutdown_tx,
             fd_limit,
+            pruner,
         };
         server.compile_missing();
         server.preload_pinned().await;
@@ -372,6 +384,7 @@ impl Server {
             fd_limit = self.fd_limit,
             "connection caps"
         );
+        let pruning = tokio::spawn(self.pruner.clone().run(state.shutdown.clone()));
         let objects = self.s3_listener.map(|listener| {
             tokio::spawn(crate::connections::serve(
                 listener,
@@ -398,6 +411,7 @@ impl Server {
             }
         }
         sweeper.abort();
+        pruning.abort();
         scheduling.abort();
         if let Some(objects) = objects {
             // Uploads in flight finish (or the drain timeout above has passed).

@@ -164,6 +164,25 @@ struct UpArgs {
     /// Price table (TOML) for usage reports [default: AWS Lambda's x86 price]
     #[arg(long)]
     prices: Option<PathBuf>,
+    /// Invocation records and their logs are deleted this long after they started
+    /// (their usage stays, summed per hour), or `off` [default: 30d]
+    #[arg(long, value_parser = parse_age)]
+    record_retention: Option<Keep<Duration>>,
+    /// At most this many invocation records are kept, the newest, or `off`
+    /// [default: 1000000]
+    #[arg(long, value_parser = parse_count)]
+    max_records: Option<Keep<u64>>,
+    /// At most this many log lines are kept, the newest, or `off` [default: 2000000]
+    #[arg(long, value_parser = parse_count)]
+    max_log_lines: Option<Keep<u64>>,
+    /// Dead-letter events are deleted this long after they failed, or `off`
+    /// [default: 14d]
+    #[arg(long, value_parser = parse_age)]
+    dead_letter_retention: Option<Keep<Duration>>,
+    /// Multipart uploads neither completed nor aborted are aborted this long after they
+    /// started, and their parts deleted, or `off` [default: 7d]
+    #[arg(long, value_parser = parse_age)]
+    incomplete_upload_retention: Option<Keep<Duration>>,
     /// OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318) to send a span
     /// per invocation to
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -480,6 +499,31 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     cirrus_api::duration::parse(s)
 }
 
+/// A retention limit: a value, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct Keep<T>(Option<T>);
+
+fn parse_age(s: &str) -> Result<Keep<Duration>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Keep(None));
+    }
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0 (or off to keep forever)".into()),
+        d => Ok(Keep(Some(d))),
+    }
+}
+
+fn parse_count(s: &str) -> Result<Keep<u64>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Keep(None));
+    }
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (or off for no limit)".into()),
+        Ok(n) => Ok(Keep(Some(n))),
+        Err(e) => Err(format!("{s:?} is not a count or off: {e}")),
+    }
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -763,6 +807,27 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     config.s3.max_part_bytes = args.s3_max_part_bytes;
     if let Some(path) = &args.prices {
         config.prices = cirrus_server::billing::load_prices(path)?;
+    }
+    let keep = &mut config.retention;
+    for (flag, setting) in [
+        (args.record_retention, &mut keep.records_max_age),
+        (args.dead_letter_retention, &mut keep.dead_letter_max_age),
+        (
+            args.incomplete_upload_retention,
+            &mut keep.incomplete_upload_max_age,
+        ),
+    ] {
+        if let Some(Keep(age)) = flag {
+            *setting = age;
+        }
+    }
+    for (flag, setting) in [
+        (args.max_records, &mut keep.max_records),
+        (args.max_log_lines, &mut keep.max_log_lines),
+    ] {
+        if let Some(Keep(count)) = flag {
+            *setting = count;
+        }
     }
     let server = Server::start(config, Arc::new(SystemClock)).await?;
     if let Some(manifest) = &manifest {

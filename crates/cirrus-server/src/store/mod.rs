@@ -91,8 +91,58 @@ pub trait RecordStore: Send + Sync + 'static {
     fn trace(&self, trace_id: &str) -> StoreResult<Vec<InvocationRecord>>;
     /// The trace a request id belongs to.
     fn trace_of(&self, request_id: &str) -> StoreResult<Option<String>>;
-    /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,/// UTC, milliseconds), including functions since deleted.
+    /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,
+    /// UTC, milliseconds), including functions since deleted. Pruned records count by
+    /// their hour's sums: an hour whose start is in `[from, to)`.
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>>;
+}
+
+/// Which invocation records the pruner removes: those that started before a time, and
+/// those older than the newest `keep` (by arrival).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRule {
+    /// RFC 3339 (UTC, milliseconds), as `started_at` is stored.
+    pub started_before: Option<String>,
+    pub keep: Option<u64>,
+}
+
+/// What one call of [`RetentionStore::prune_records`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedRecords {
+    pub records: u64,
+    pub log_lines: u64,
+}
+
+impl std::ops::AddAssign for PrunedRecords {
+    fn add_assign(&mut self, other: Self) {
+        self.records += other.records;
+        self.log_lines += other.log_lines;
+    }
+}
+
+/// What the background pruner (`retention.rs`) removes. Each call does one small batch
+/// in one short transaction, so no call holds the database's write lock for long; the
+/// pruner calls again until a call finds nothing.
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Removes up to about `limit` of the oldest records the rule selects, with the log
+    /// lines of their requests. Their usage is added to the hourly roll-up in the same
+    /// transaction, so [`RecordStore::hourly_usage`] answers the same before and after.
+    fn prune_records(&self, rule: &RecordRule, limit: usize) -> StoreResult<PrunedRecords>;
+    /// Removes up to `limit` of the oldest log lines beyond the newest `keep`.
+    fn prune_log_lines(&self, keep: u64, limit: usize) -> StoreResult<u64>;
+    /// Removes up to `limit` dead-letter events that failed before `failed_before_ms`.
+    fn prune_dead_letters(&self, failed_before_ms: u64, limit: usize) -> StoreResult<u64>;
+    /// Removes up to `limit` multipart uploads started before `created_before_ms` and
+    /// never completed or aborted, with their parts; returns each upload's id and part
+    /// blobs, which the caller deletes (as an abort does).
+    fn expire_uploads(
+        &self,
+        created_before_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<String>)>>;
+    /// Gives up to `max_pages` free pages back to the file system, keeping an eighth of
+    /// the database free for reuse; returns how many were given back.
+    fn release_free_pages(&self, max_pages: u64) -> StoreResult<u64>;
 }
 
 /// An event accepted for asynchronous delivery.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 mod objects;
+mod retention;
 
 /// The stored form of [`FunctionConfig`]; bump when its meaning changes so old rows can
 /// be migrated instead of misread.
@@ -91,9 +92,12 @@ pub struct SqliteStore {
 
 fn open(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Incremental auto-vacuum takes effect only on a new database, and only before WAL
+    // mode is set: pruning can then give free pages back to the file system
+    // (`RetentionStore::release_free_pages`). Older databases reuse theirs.
     // WAL: readers never block the writer. NORMAL sync is durable across process crashes
     // (the WAL is fsynced at checkpoints); busy_timeout covers the two connections meeting.
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
     Ok(conn)
 }
 
@@ -191,6 +195,8 @@ impl SqliteStore {
         meta.execute_batch(
             "CREATE INDEX IF NOT EXISTS invocations_by_trace ON invocations (trace_id);",
         )?;
+        meta.execute_batch(retention::SCHEMA)
+            .context("creating the retention schema")?;
         let records = open(path)?;
         let reads = open(path)?;
         let queue = open(path)?;
@@ -542,14 +548,26 @@ impl RecordStore for SqliteStore {
     }
 
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>> {
+        // Pruned records live on as hourly sums: an hour counts when it starts in the
+        // period. One statement, one snapshot: a prune committing meanwhile moves records
+        // into the sums without being seen twice or not at all.
+        let (first_hour, end_hour) = (hour_from(from)?, hour_from(to)?);
         let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(
-            "SELECT function, substr(started_at, 1, 13) AS hour, count(*), sum(outcome = 'error'),
-             sum(cold_start), sum(billed_ms), sum(billed_ms * memory_mb), sum(cpu_us)
-             FROM invocations WHERE started_at >= ?1 AND started_at < ?2
+            "SELECT function, hour, sum(requests), sum(errors), sum(cold_starts), sum(billed_ms),
+                 sum(mib_ms), sum(cpu_us)
+             FROM (SELECT function, substr(started_at, 1, 13) AS hour, count(*) AS requests,
+                       sum(outcome = 'error') AS errors, sum(cold_start) AS cold_starts,
+                       sum(billed_ms) AS billed_ms, sum(billed_ms * memory_mb) AS mib_ms,
+                       sum(cpu_us) AS cpu_us
+                   FROM invocations WHERE started_at >= ?1 AND started_at < ?2
+                   GROUP BY function, hour
+                   UNION ALL
+                   SELECT function, hour, requests, errors, cold_starts, billed_ms, mib_ms, cpu_us
+                   FROM usage_hourly WHERE hour >= ?3 AND hour < ?4)
              GROUP BY function, hour ORDER BY hour, function",
         )?;
-        let rows = stmt.query_map(params![from, to], |row| {
+        let rows = stmt.query_map(params![from, to, first_hour, end_hour], |row| {
             Ok(HourlyUsage {
                 function: row.get(0)?,
                 hour: row.get(1)?,
@@ -563,6 +581,19 @@ impl RecordStore for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The first whole hour (`YYYY-MM-DDTHH`, UTC) starting at or after an RFC 3339 time.
+fn hour_from(time: &str) -> StoreResult<String> {
+    const HOUR_MS: u64 = 3_600_000;
+    let at = humantime::parse_rfc3339_weak(time)
+        .with_context(|| format!("{time:?} is not an RFC 3339 time"))?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let hour = ms.div_ceil(HOUR_MS) * HOUR_MS;
+    let text = crate::clock::rfc3339(hour);
+    Ok(text.get(..13).unwrap_or(&text).to_owned())
 }
 
 /// How long a claimed event may stay running before it is presumed lost: longer than the
