@@ -226,6 +226,8 @@ async fn usage_totals_and_costs_are_the_same_after_pruning() {
         before.push(usage(&s, q).await);
     }
     assert_eq!(before[0]["total"]["requests"], 9);
+    let mid_hour = "from=2023-11-14T22:10:00Z&to=2023-11-16";
+    assert_eq!(usage(&s, mid_hour).await["total"]["requests"], 9);
     assert_eq!(before[0]["total"]["errors"], 2);
     assert_ne!(before[0]["total"]["cost"], "0");
     assert_ne!(before[0]["free_tier_discount"], "0");
@@ -242,8 +244,9 @@ async fn usage_totals_and_costs_are_the_same_after_pruning() {
     for (q, before) in queries.iter().zip(&before) {
         assert_eq!(&usage(&s, q).await, before, "{q}");
     }
-    // Kept as hourly sums: an hour counts when it starts in the period.
-    let inside = usage(&s, "from=2023-11-14T22:30:00Z&to=2023-11-16").await;
+    // Kept as hourly sums: a pruned hour counts when it starts in the period, so a
+    // period starting inside it (22:10, before the calls at 22:13) no longer has it.
+    let inside = usage(&s, mid_hour).await;
     assert_eq!(inside["total"]["requests"], 4, "only the hour from 23:00");
     s.stop().await;
 }
