@@ -51,6 +51,27 @@ async fn start(data_dir: &Path, tune: impl FnOnce(&mut ServerConfig)) -> Running
     }
 }
 
+/// Runs one of the Python suites in tests/s3 against the server; its asserts are the
+/// test's.
+async fn python_suite(server: &Running, script: &str, data: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/s3")
+        .join(script);
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&server.s3)
+        .arg(data.join("s3-credentials"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn python_has_boto3() {
     let ok = Command::new("python3")
         .args(["-c", "import boto3, awscli"])
@@ -119,20 +140,7 @@ async fn s3_conformance_and_no_side_effects() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start(&data, |c| c.s3.min_part_bytes = 1024).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/conformance.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(&server.s3)
-        .arg(data.join("s3-credentials"))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_suite(&server, "conformance.py", &data).await;
     server.stop().await;
 }
 
@@ -334,20 +342,7 @@ async fn boto3_operations_errors_and_durability() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start(&data, |_| {}).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_suite.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(&server.s3)
-        .arg(data.join("s3-credentials"))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_suite(&server, "boto3_suite.py", &data).await;
     // Nothing the keys named became a path: the data dir holds blobs named by the
     // server, and interrupted uploads left nothing behind.
     let mut names = Vec::new();
