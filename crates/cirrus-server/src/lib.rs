@@ -23,6 +23,8 @@ pub mod clock;
 pub mod cloudevents;
 pub mod error;
 pub mod function_token;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod invoker;
 pub mod kv;
 pub mod metrics;

@@ -33,7 +33,7 @@ enum Framing {
 }
 
 /// What the headers promise about the body.
-struct Expectations {
+pub(crate) struct Expectations {
     framing: Framing,
     /// The checksum algorithm and, unless it comes in a trailer, its value.
     checksum: Option<(Algorithm, Option<String>)>,
@@ -47,7 +47,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn expectations(headers: &HeaderMap, verified: Option<&Verified>) -> S3Result<Expectations> {
+pub(crate) fn expectations(
+    headers: &HeaderMap,
+    verified: Option<&Verified>,
+) -> S3Result<Expectations> {
     let content_sha = header(headers, "x-amz-content-sha256");
     let framing = match content_sha {
         None | Some("UNSIGNED-PAYLOAD") => Framing::Plain { sha256: None },

@@ -170,7 +170,7 @@ pub async fn lookup(s3: &Arc<S3>, bucket: &str, key: &str) -> S3Result<ObjectMet
 }
 
 /// An inclusive byte range of an object of `size` bytes, from a `Range` header.
-fn parse_range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>> {
+pub(crate) fn parse_range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>> {
     let unsatisfiable = || {
         S3Error::new(
             "InvalidRange",
@@ -212,7 +212,7 @@ fn parse_range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>> {
     Ok(Some(range))
 }
 
-fn etag_matches(condition: &str, etag: &str) -> bool {
+pub(crate) fn etag_matches(condition: &str, etag: &str) -> bool {
     condition
         .split(',')
         .map(|c| c.trim().trim_start_matches("W/").trim_matches('"'))
