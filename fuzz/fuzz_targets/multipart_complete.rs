@@ -13,7 +13,9 @@ fn document(parts: &[(u32, String)]) -> String {
     for (number, etag) in parts {
         doc.push_str(&format!(
             "<Part><ETag>{}</ETag><PartNumber>{number}</PartNumber></Part>",
-            quick_xml::escape::escape(etag.as_str())
+            // A raw CR would be read back as LF (XML's end-of-line rule): write it as a
+            // character reference, as the client's own document did.
+            quick_xml::escape::escape(etag.as_str()).replace('\r', "&#13;")
         ));
     }
     doc.push_str("</CompleteMultipartUpload>");
