@@ -32,6 +32,8 @@ pub mod connections;
 pub mod error;
 pub mod fd_limit;
 pub mod function_token;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod invoker;
 pub mod kv;
 pub mod lineage;

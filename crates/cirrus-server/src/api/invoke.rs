@@ -109,14 +109,18 @@ fn with_caller(call: Call, caller: Option<Lineage>) -> Call {
 }
 
 /// Decodes `%XX` escapes; `None` for malformed escapes or non-UTF-8 results.
-fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits exactly: `from_str_radix` alone would take `%+1` as 0x01.
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -265,5 +269,8 @@ mod tests {
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
+        // Found by fuzzing (api_params): a sign is not a hex digit.
+        assert_eq!(percent_decode("a%+1"), None);
+        assert_eq!(percent_decode("a%-1"), None);
     }
 }

@@ -33,7 +33,7 @@ fn check(table: &str, key: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// `If-Match: "3"` (or `3`), `If-None-Match: *`.
-fn condition(headers: &HeaderMap) -> Result<KvCondition, ApiError> {
+pub(crate) fn condition(headers: &HeaderMap) -> Result<KvCondition, ApiError> {
     if let Some(tag) = header(headers, "if-match") {
         let version = tag.trim().trim_matches('"');
         return version.parse().map(KvCondition::Version).map_err(|_| {

@@ -3,12 +3,12 @@
 
 mod dlq;
 mod functions;
-mod invoke;
-mod kv;
+pub(crate) mod invoke;
+pub(crate) mod kv;
 mod logs;
 mod objects;
 mod triggers;
-mod usage;
+pub(crate) mod usage;
 
 use crate::auth::is_authorized;
 use crate::error::{error_response, Failure};

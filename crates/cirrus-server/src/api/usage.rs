@@ -21,7 +21,7 @@ pub struct UsageQuery {
 
 /// Reads `2026-11-01`, `2026-11-01T10:00:00Z` or with fractions; answers the canonical
 /// form records are stored in, so string order is time order.
-fn instant(param: &str, text: &str) -> Result<String, Failure> {
+pub(crate) fn instant(param: &str, text: &str) -> Result<String, Failure> {
     let full = if text.len() == 10 {
         format!("{text}T00:00:00Z")
     } else {

@@ -33,7 +33,7 @@ enum Framing {
 }
 
 /// What the headers promise about the body.
-struct Expectations {
+pub(crate) struct Expectations {
     framing: Framing,
     /// The checksum algorithm and, unless it comes in a trailer, its value.
     checksum: Option<(Algorithm, Option<String>)>,
@@ -47,7 +47,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn expectations(headers: &HeaderMap, verified: Option<&Verified>) -> S3Result<Expectations> {
+pub(crate) fn expectations(
+    headers: &HeaderMap,
+    verified: Option<&Verified>,
+) -> S3Result<Expectations> {
     let content_sha = header(headers, "x-amz-content-sha256");
     let framing = match content_sha {
         None | Some("UNSIGNED-PAYLOAD") => Framing::Plain { sha256: None },
@@ -209,24 +212,27 @@ impl ChunkedDecoder {
 
     /// Takes bytes up to the end of a line into `self.line`; true once a line is complete.
     fn take_line(&mut self, input: &mut &[u8]) -> S3Result<bool> {
-        match input.iter().position(|&b| b == b'\n') {
+        let bytes: &[u8] = input;
+        let (piece, complete) = match bytes.iter().position(|&b| b == b'\n') {
             Some(i) => {
-                self.line.extend_from_slice(&input[..i]);
-                *input = &input[i + 1..];
-                if self.line.last() == Some(&b'\r') {
-                    self.line.pop();
-                }
-                Ok(true)
+                *input = &bytes[i + 1..];
+                (&bytes[..i], true)
             }
             None => {
-                self.line.extend_from_slice(input);
                 *input = &[];
-                if self.line.len() > MAX_LINE {
-                    return Err(bad_chunk("a chunk header is too long"));
-                }
-                Ok(false)
+                (bytes, false)
             }
+        };
+        // One limit however the line arrives (counted with its CR): a body must not be
+        // accepted or refused depending on how the network split it.
+        if self.line.len() + piece.len() > MAX_LINE {
+            return Err(bad_chunk("a chunk header or trailer is too long"));
         }
+        self.line.extend_from_slice(piece);
+        if complete && self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        Ok(complete)
     }
 
     fn end_chunk(&mut self) -> S3Result<()> {
@@ -679,6 +685,29 @@ mod tests {
                 .code,
             "IncompleteBody"
         );
+    }
+
+    /// Found by the aws_chunked fuzz target (a body decodes the same however it is split
+    /// into reads): a line over the limit was accepted in one read, refused in pieces.
+    #[test]
+    fn the_line_limit_holds_however_the_body_is_split() {
+        let body = |trailer_bytes: usize| {
+            let mut body = b"0\r\na:".to_vec();
+            body.extend(std::iter::repeat_n(b'b', trailer_bytes - 2));
+            body.extend_from_slice(b"\r\n\r\n");
+            body
+        };
+        // With its CR, a line of exactly MAX_LINE bytes passes; one more byte does not.
+        let longest = body(MAX_LINE - 1);
+        let too_long = body(MAX_LINE);
+        for step in [1, 16, 4095, 4096, 4097, too_long.len()] {
+            assert!(decode(None, &longest, step).is_ok(), "reads of {step}");
+            assert_eq!(
+                decode(None, &too_long, step).unwrap_err().code,
+                "InvalidChunkSizeError",
+                "reads of {step}"
+            );
+        }
     }
 
     #[test]

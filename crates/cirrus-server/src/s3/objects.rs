@@ -164,7 +164,7 @@ pub async fn lookup(s3: &Arc<S3>, bucket: &str, key: &str) -> S3Result<ObjectMet
 }
 
 /// An inclusive byte range of an object of `size` bytes, from a `Range` header.
-fn parse_range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>> {
+pub(crate) fn parse_range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>> {
     let unsatisfiable = || {
         S3Error::new(
             "InvalidRange",
