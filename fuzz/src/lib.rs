@@ -164,6 +164,14 @@ fn sha256_hex(data: &[u8]) -> String {
 /// A presigned URL's query for `request` (its own query kept), written from AWS's
 /// "Authenticating Requests: Using Query Parameters" independently of the server's code.
 /// Every header of the request is signed.
+/// A header value's text as the server reads it for signing: UTF-8, else ISO-8859-1.
+fn header_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
 pub fn presign(request: &Request, at: SystemTime, expires: u64, region: &str) -> String {
     let date = amz_date(at);
     let day = &date[..8];
@@ -200,7 +208,9 @@ pub fn presign(request: &Request, at: SystemTime, expires: u64, region: &str) ->
                 .get_all(*name)
                 .iter()
                 .map(|v| {
-                    String::from_utf8_lossy(v.as_bytes())
+                    // As botocore signs text that Python sends as ISO-8859-1: bytes
+                    // that are not UTF-8 are one character each.
+                    header_text(v.as_bytes())
                         .split_whitespace()
                         .collect::<Vec<_>>()
                         .join(" ")
