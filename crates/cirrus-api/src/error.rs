@@ -19,6 +19,10 @@ pub enum ErrorCode {
     /// A `Range` outside the object.
     RangeNotSatisfiable,
     Throttled,
+    /// A call made from inside a function went deeper than the pipeline depth limit.
+    LoopDetected,
+    /// The caller of a nested call went away (its invocation ended), so the call stopped.
+    Cancelled,
     FunctionError,
     MemoryLimitExceeded,
     Timeout,
@@ -38,10 +42,13 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::Throttled => 429,
+            // nginx's "client closed request": nobody is left to read the answer.
+            ErrorCode::Cancelled => 499,
             ErrorCode::FunctionError | ErrorCode::MemoryLimitExceeded => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
+            ErrorCode::LoopDetected => 508,
         }
     }
 
@@ -57,6 +64,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::Throttled => "throttled",
+            ErrorCode::LoopDetected => "loop_detected",
+            ErrorCode::Cancelled => "cancelled",
             ErrorCode::FunctionError => "function_error",
             ErrorCode::MemoryLimitExceeded => "memory_limit_exceeded",
             ErrorCode::Timeout => "timeout",

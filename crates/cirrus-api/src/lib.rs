@@ -7,6 +7,8 @@
 //! - [`trigger`]: HTTP routes, topics and schedules that fire functions; [`schedule`]:
 //!   rate and cron expressions.
 //! - [`manifest`]: the `cirrus.toml` app manifest.
+//! - [`pipeline`]: deploy-time checks that a function's destinations do not feed its own
+//!   triggers.
 //! - [`duration`]: human durations (`"30s"`, `"5m"`) on the wire.
 //! - [`usage`]: usage and cost reports, with exact decimal money.
 
@@ -15,6 +17,7 @@ pub mod error;
 pub mod grant;
 pub mod manifest;
 pub mod model;
+pub mod pipeline;
 pub mod schedule;
 pub mod spec;
 pub mod trigger;

@@ -96,6 +96,9 @@ impl Manifest {
             config
                 .validate()
                 .map_err(|e| format!("functions.{name}.{}: {}", e.field, e.message))?;
+            if let Some(found) = crate::pipeline::self_loop(&name, &config, &triggers) {
+                return Err(format!("functions.{name}.{}: {found}", found.field));
+            }
             functions.insert(
                 name,
                 ManifestFunction {
@@ -117,6 +120,59 @@ impl Manifest {
         }
         Ok(Manifest { functions })
     }
+}
+
+/// Reads an artifact file (a manifest's `source`, or the file of `cirrus deploy NAME
+/// FILE`). Only a regular file is read: a device (`/dev/zero`), a directory or a FIFO is
+/// refused at once instead of being read forever or blocking, and a file longer than
+/// `max_bytes` is refused before it is read.
+pub fn read_artifact(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let metadata = std::fs::metadata(path)?;
+    regular_file(&metadata)?;
+    if metadata.len() > max_bytes {
+        return Err(too_large(max_bytes));
+    }
+    let file = std::fs::File::open(path)?;
+    // The path may name something else by now: check what was opened.
+    let metadata = file.metadata()?;
+    regular_file(&metadata)?;
+    let mut bytes = Vec::with_capacity(metadata.len().min(max_bytes) as usize);
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(max_bytes));
+    }
+    Ok(bytes)
+}
+
+fn regular_file(metadata: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = metadata.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file: give the path of a .wasm or .wat file"),
+    ))
+}
+
+fn too_large(max_bytes: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("larger than the artifact limit of {max_bytes} bytes"),
+    )
 }
 
 impl Manifest {
@@ -152,6 +208,25 @@ impl Manifest {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn only_regular_files_are_read_as_artifacts() {
+        for (path, what) in [("/dev/zero", "a device"), ("/", "a directory")] {
+            let e = read_artifact(Path::new(path), u64::MAX).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(e.to_string().starts_with(what), "{path}: {e}");
+        }
+        let path = std::env::temp_dir().join(format!("cirrus-artifact-{}", std::process::id()));
+        std::fs::write(&path, b"(module)").unwrap();
+        assert_eq!(read_artifact(&path, 8).unwrap(), b"(module)");
+        let e = read_artifact(&path, 7).unwrap_err();
+        assert!(e.to_string().contains("limit of 7 bytes"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            read_artifact(&path, 8).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+    }
 
     #[test]
     fn parses_functions_with_config() {
@@ -205,5 +280,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.deploy_order(), ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn a_function_feeding_its_own_trigger_is_refused() {
+        let err = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\non_success = [\"topic:t\"]\ntriggers = [{ topic = \"t\" }]\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("functions.a.on_success") && err.contains("one-function loop"),
+            "{err}"
+        );
+        let err = Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\non_success = [\"kv:x\", \"kv:x\"]\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.contains("listed twice"), "{err}");
+        // Another function may subscribe to what this one publishes.
+        Manifest::parse(
+            "[functions.a]\nsource = \"a.wasm\"\non_success = [\"topic:t\"]\n[functions.b]\nsource = \"b.wasm\"\ntriggers = [{ topic = \"t\" }]\n",
+            Path::new("."),
+        )
+        .unwrap();
     }
 }

@@ -232,6 +232,15 @@ impl FunctionConfig {
         if self.on_success.contains(&Destination::DeadLetterQueue) {
             return Err(invalid("on_success", "dlq is a failure destination"));
         }
+        // Each destination gets every result once; a repeat would send everything twice.
+        for (i, destination) in self.on_success.iter().enumerate() {
+            if self.on_success[..i].contains(destination) {
+                return Err(invalid(
+                    "on_success",
+                    format!("{destination} is listed twice (each destination receives every result once)"),
+                ));
+            }
+        }
         if self.max_event_age.is_zero() || self.max_event_age > MAX_EVENT_AGE {
             return Err(invalid(
                 "max_event_age",
@@ -420,6 +429,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "on_success");
+    }
+
+    #[test]
+    fn duplicate_destinations_are_refused() {
+        let c: FunctionConfig =
+            serde_json::from_str(r#"{"on_success":["topic:done","kv:t","topic:done"]}"#).unwrap();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "on_success");
+        assert!(err.message.contains("topic:done is listed twice"), "{err}");
+        // A bucket destination without a key template is the one keyed by request id.
+        let c: FunctionConfig =
+            serde_json::from_str(r#"{"on_success":["bucket:out","bucket:out/{request_id}"]}"#)
+                .unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "on_success");
+        let c: FunctionConfig = serde_json::from_str(
+            r#"{"on_success":["bucket:out/a","bucket:out/b"],"on_failure":"bucket:out/a"}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -3,7 +3,16 @@
 use serde::{Deserialize, Serialize};
 
 /// Path prefixes of the platform itself; custom routes may not shadow them.
-pub const RESERVED_PREFIXES: &[&str] = &["/v1/", "/v1", "/fn/", "/fn", "/ui", "/metrics"];
+pub const RESERVED_PREFIXES: &[&str] = &[
+    "/v1/",
+    "/v1",
+    "/fn/",
+    "/fn",
+    "/ui/",
+    "/ui",
+    "/metrics/",
+    "/metrics",
+];
 const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
 /// `{"route": "GET /orders/{id}"}` or `{"topic": "orders"}` (in `cirrus.toml`:
@@ -312,6 +321,10 @@ mod tests {
             "FETCH /x",
             "/v1/functions",
             "/fn/x",
+            "/ui/x",
+            "/ui/",
+            "GET /metrics/x",
+            "/metrics",
             "/a/{}",
             "/a/{x}/{x}",
             "/a/{*r}/b",

@@ -4,8 +4,8 @@
 use crate::limits::MemoryLimiter;
 use crate::pipe::CappedPipe;
 use crate::run::{
-    arm_deadline, classify, drain_logs, guest_failure, metered, platform, timeout_error,
-    TIMEOUT_GRACE,
+    arm_deadline, cancelled_error, classify, drain_logs, guest_failure, metered, platform,
+    timeout_error, unless_cancelled, TIMEOUT_GRACE,
 };
 use crate::{Invocation, InvokeOutput};
 use bytes::Bytes;
@@ -28,6 +28,7 @@ pub(crate) async fn invoke(
         request,
         env,
         limits,
+        cancelled,
         ..
     } = invocation;
     let stdout = CappedPipe::response(limits.max_response_bytes);
@@ -55,12 +56,19 @@ pub(crate) async fn invoke(
         start.call_async(&mut store, ()).await
     };
     let mut cpu_time = std::time::Duration::ZERO;
-    let finished =
-        tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, metered(run, &mut cpu_time)).await;
+    let finished = unless_cancelled(
+        tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, metered(run, &mut cpu_time)),
+        cancelled,
+    )
+    .await;
 
     let mut logs = Vec::new();
     let result = match finished {
-        Err(_elapsed) => {
+        None => {
+            platform(&mut logs, "cancelled: the caller went away".to_owned());
+            Err(cancelled_error())
+        }
+        Some(Err(_elapsed)) => {
             platform(
                 &mut logs,
                 format!(
@@ -70,7 +78,7 @@ pub(crate) async fn invoke(
             );
             Err(timeout_error(&limits))
         }
-        Ok(run) => {
+        Some(Ok(run)) => {
             let exit = match run {
                 Ok(()) => Ok(0),
                 Err(e) => match e.downcast_ref::<I32Exit>() {

@@ -3,10 +3,10 @@
 use crate::limits::MemoryLimiter;
 use crate::pipe::CappedPipe;
 use crate::run::{
-    arm_deadline, classify, drain_logs, guest_failure, metered, platform, timeout_error,
-    TIMEOUT_GRACE,
+    arm_deadline, cancelled_error, classify, drain_logs, guest_failure, metered, platform,
+    timeout_error, unless_cancelled, TIMEOUT_GRACE,
 };
-use crate::{Invocation, InvokeOutput};
+use crate::{Invocation, InvokeOutput, PlatformCalls};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
 use http_body_util::{BodyExt, Full, Limited};
 use std::future::Future;
@@ -50,12 +50,44 @@ impl WasiHttpView for HttpState {
     }
 }
 
-/// Outbound HTTP is denied unless the request's host is in the function's `allowed_hosts`.
+/// Outbound HTTP is denied unless the request's host is in the function's `allowed_hosts`;
+/// requests to the platform itself are marked as coming from this invocation.
 struct OutboundPolicy {
     allowed_hosts: Arc<[String]>,
+    platform: Option<PlatformCalls>,
 }
 
 impl OutboundPolicy {
+    /// Whether `uri` names the platform: its own authority, or a loopback name with its
+    /// port (the same server under another name, which a guest could use to pass as an
+    /// outside caller).
+    fn is_platform(&self, uri: &hyper::Uri) -> bool {
+        let (Some(platform), Some(authority)) = (&self.platform, uri.authority()) else {
+            return false;
+        };
+        if authority.as_str().eq_ignore_ascii_case(&platform.authority) {
+            return true;
+        }
+        let Ok(own) = platform.authority.parse::<hyper::http::uri::Authority>() else {
+            return false;
+        };
+        let port = |a: &hyper::http::uri::Authority| {
+            a.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            })
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        port(authority) == port(&own) && (loopback || host.eq_ignore_ascii_case(own.host()))
+    }
+
     /// An entry matches the host alone (any port) or `host:port` exactly.
     fn allows(&self, uri: &hyper::Uri) -> bool {
         let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
@@ -84,6 +116,14 @@ impl WasiHttpHooks for OutboundPolicy {
         if !self.allows(request.uri()) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let mut request = request;
+        if self.is_platform(request.uri()) {
+            if let Some(platform) = &self.platform {
+                for (name, value) in &platform.headers {
+                    request.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+        }
         wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
     }
 }
@@ -94,6 +134,8 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
         env,
         limits,
         allowed_hosts,
+        platform: platform_calls,
+        cancelled,
     } = invocation;
     let stdout = CappedPipe::logs(limits.max_log_bytes);
     let stderr = CappedPipe::logs(limits.max_log_bytes);
@@ -114,7 +156,10 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
             http: WasiHttpCtx::new(),
             table,
             limiter,
-            outbound: OutboundPolicy { allowed_hosts },
+            outbound: OutboundPolicy {
+                allowed_hosts,
+                platform: platform_calls,
+            },
         },
     );
     store.limiter(|s| &mut s.limiter);
@@ -165,15 +210,24 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
     };
     let max_body = limits.max_response_bytes;
     let mut cpu_time = Duration::ZERO;
-    let outcome = tokio::time::timeout(
-        limits.timeout + TIMEOUT_GRACE,
-        metered(exchange(guest, response_rx, max_body), &mut cpu_time),
+    // Dropping the exchange (timeout, cancelled) drops the store: the guest stops, and so
+    // do the outgoing requests it is still waiting on.
+    let outcome = unless_cancelled(
+        tokio::time::timeout(
+            limits.timeout + TIMEOUT_GRACE,
+            metered(exchange(guest, response_rx, max_body), &mut cpu_time),
+        ),
+        cancelled,
     )
     .await;
 
     let result = match outcome {
-        Ok(Ok(response)) => Ok(response),
-        Err(_elapsed) => {
+        None => {
+            platform(&mut logs, "cancelled: the caller went away".to_owned());
+            Err(cancelled_error())
+        }
+        Some(Ok(Ok(response))) => Ok(response),
+        Some(Err(_elapsed)) => {
             platform(
                 &mut logs,
                 format!(
@@ -183,23 +237,23 @@ pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) ->
             );
             Err(timeout_error(&limits))
         }
-        Ok(Err(Failure::TooLarge)) => Err(ApiError::new(
+        Some(Ok(Err(Failure::TooLarge))) => Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("function response body exceeds the limit of {max_body} bytes"),
         )),
-                Ok(Err(Failure::ErrorCode(code))) => Err(guest_failure(
+        Some(Ok(Err(Failure::ErrorCode(code)))) => Err(guest_failure(
             format!("function answered with error {code:?}"),
             &stats,
             &limits,
             &mut logs,
         )),
-        Ok(Err(Failure::Guest(Ok(())))) => Err(guest_failure(
+        Some(Ok(Err(Failure::Guest(Ok(()))))) => Err(guest_failure(
             "function returned without setting a response (response-outparam::set was never called)".to_owned(),
             &stats,
             &limits,
             &mut logs,
         )),
-        Ok(Err(Failure::Guest(Err(e)))) => Err(classify(&e, &stats, &limits, &mut logs)),
+        Some(Ok(Err(Failure::Guest(Err(e))))) => Err(classify(&e, &stats, &limits, &mut logs)),
     };
     let mut all_logs = Vec::new();
     drain_logs(
@@ -306,6 +360,7 @@ mod tests {
                 "[::1]".to_owned(),
             ]
             .into(),
+            platform: None,
         };
         let allows = |u: &str| policy.allows(&u.parse().unwrap());
         assert!(allows("https://api.example.com/x"));
@@ -317,7 +372,39 @@ mod tests {
         assert!(!allows("/relative"));
         let none = OutboundPolicy {
             allowed_hosts: Vec::new().into(),
+            platform: None,
         };
         assert!(!none.allows(&"https://api.example.com/".parse().unwrap()));
+    }
+
+    #[test]
+    fn calls_to_the_platform_are_recognised_under_its_loopback_names() {
+        let policy = OutboundPolicy {
+            allowed_hosts: Vec::new().into(),
+            platform: Some(PlatformCalls {
+                authority: "127.0.0.1:8080".to_owned(),
+                headers: Vec::new(),
+            }),
+        };
+        let platform = |u: &str| policy.is_platform(&u.parse().unwrap());
+        assert!(platform("http://127.0.0.1:8080/fn/me"));
+        assert!(platform("http://localhost:8080/fn/me"));
+        assert!(platform("http://LOCALHOST:8080/"));
+        assert!(platform("http://127.0.0.2:8080/"));
+        assert!(platform("http://[::1]:8080/"));
+        assert!(platform("http://0.0.0.0:8080/"));
+        assert!(!platform("http://127.0.0.1:9000/"));
+        assert!(!platform("http://127.0.0.1/"));
+        assert!(!platform("http://api.example.com:8080/"));
+        let on_80 = OutboundPolicy {
+            allowed_hosts: Vec::new().into(),
+            platform: Some(PlatformCalls {
+                authority: "cirrus.internal:80".to_owned(),
+                headers: Vec::new(),
+            }),
+        };
+        assert!(on_80.is_platform(&"http://cirrus.internal/".parse().unwrap()));
+        assert!(on_80.is_platform(&"http://localhost/".parse().unwrap()));
+        assert!(!on_80.is_platform(&"https://cirrus.internal/".parse().unwrap()));
     }
 }

@@ -26,6 +26,8 @@ pub use engine::{Runtime, RuntimeConfig};
 
 use bytes::Bytes;
 use cirrus_api::{ApiError, ArtifactKind, LogStream};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +60,24 @@ pub struct Invocation {
     pub limits: Limits,
     /// Hosts outbound HTTP may reach; empty denies all.
     pub allowed_hosts: Arc<[String]>,
+    /// How the guest's calls to the platform itself are marked, when it may make any.
+    pub platform: Option<PlatformCalls>,
+    /// Resolves if the invocation's caller goes away: the guest is then stopped and the
+    /// result is `cancelled`. `None` runs it to its end whatever happens to the caller.
+    pub cancelled: Option<Cancelled>,
+}
+
+/// A signal that an invocation's caller has gone.
+pub type Cancelled = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Outgoing requests to the platform's own address get these headers (replacing any the
+/// guest set), so the platform knows which invocation is calling it.
+#[derive(Debug, Clone)]
+pub struct PlatformCalls {
+    /// `host:port` of the platform's HTTP API. A request to it, or to a loopback name
+    /// (`localhost`, `127.x.x.x`, `[::1]`) with its port, is a call to the platform.
+    pub authority: String,
+    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 /// One line of guest (or platform) output captured during an invocation.

@@ -1,5 +1,6 @@
 //! The admin token: created on first start in `<data-dir>/admin.token` (mode 0600) and
-//! required as `Authorization: Bearer <token>` by the management API.
+//! required as `Authorization: Bearer <token>` by the management API (the scheme in any
+//! letter case).
 
 use anyhow::Context as _;
 use axum::http::HeaderMap;
@@ -42,16 +43,26 @@ pub fn create_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the request carries the admin token (compared in constant time).
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 9110 §11.1), and any run of spaces may follow it.
+pub fn bearer_token(value: &axum::http::HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// Whether the request carries the admin token (compared in constant time), in any of
+/// its `Authorization` headers.
 pub fn is_authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(bearer_token)
+        .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -80,6 +91,26 @@ mod tests {
         h.insert("authorization", "Bearer abd".parse().unwrap());
         assert!(!is_authorized(&h, "abc"));
         h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert!(is_authorized(&h, "abc"));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for value in ["bearer abc", "BEARER abc", "BeArEr   abc", " Bearer abc "] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", value.parse().unwrap());
+            assert!(is_authorized(&h, "abc"), "{value:?}");
+        }
+        for value in ["Bearerabc", "Basic abc", "abc", "Bearer", "Bearer ab c"] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", value.parse().unwrap());
+            assert!(!is_authorized(&h, "abc"), "{value:?}");
+        }
+        // The token in a second Authorization header counts too (it must not slip past
+        // the check that strips it from what guests see).
+        let mut h = HeaderMap::new();
+        h.append("authorization", "Basic eDp5".parse().unwrap());
+        h.append("authorization", "bearer abc".parse().unwrap());
         assert!(is_authorized(&h, "abc"));
     }
 }

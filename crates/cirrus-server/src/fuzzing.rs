@@ -25,7 +25,7 @@ pub fn range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>> {
 
 /// Whether an `If-Match` / `If-None-Match` value names `etag`.
 pub fn etag_matches(condition: &str, etag: &str) -> bool {
-    crate::s3::objects::etag_matches(condition, etag)
+    crate::s3::conditions::etag_matches(condition, etag)
 }
 
 /// What a PUT's headers promise about its body (framing, checksums, lengths): `Ok` when
@@ -79,6 +79,7 @@ pub fn listing_document(key: &str, prefix: &str) -> S3Result<String> {
                 etag: crate::s3::quoted("d41d8cd98f00b204e9800998ecf8427e"),
                 size: 0,
                 storage_class: "STANDARD",
+                owner: Some(xml::OWNER),
             }],
             common_prefixes: vec![xml::CommonPrefix {
                 prefix: prefix.into(),

@@ -3,6 +3,7 @@
 
 use crate::clock::{rfc3339, Clock};
 use crate::error::{body_error, error_response};
+use crate::lineage::{Lineage, MAX_PIPELINE_DEPTH};
 use crate::records::RecordSink;
 use crate::registry::Registry;
 use crate::scaler::Scaler;
@@ -16,6 +17,7 @@ use cirrus_api::{
 use cirrus_runtime::{Invocation, Limits};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 /// Size limits that apply to every function (Lambda's synchronous limit is 6 MB).
@@ -50,11 +52,18 @@ pub struct Call {
     pub request_id: Option<String>,
     /// 1 for a first try.
     pub attempt: u32,
-    /// For events created by a destination: the invocation whose result they carry.
+    /// The invocation that caused this one (a destination's step, a storage write, a
+    /// function calling the platform).
     pub parent_request_id: Option<String>,
-    /// Pipeline steps between this call and the request that started it; storage
-    /// writes the function makes with its token carry it on, so loops stop.
+    /// The request this call's lineage started with; `None` when this call is it.
+    pub root: Option<String>,
+    /// Steps between this call and its lineage's first request; what the function
+    /// causes carries it on (events, storage writes, calls to the platform), so loops stop.
     pub hops: u32,
+    /// Made by a function from inside its invocation (it carried a signed lineage): it is
+    /// stopped if that caller goes away, and counts against its lineage's cap on calls
+    /// in flight. Calls from outside run to their end.
+    pub nested: bool,
 }
 
 impl Call {
@@ -75,7 +84,20 @@ impl Call {
             request_id: None,
             attempt: 1,
             parent_request_id: None,
+            root: None,
             hops: 0,
+            nested: false,
+        }
+    }
+
+    /// Makes this a call that the invocation `caller` made to the platform.
+    pub fn from_caller(self, caller: Lineage) -> Self {
+        Self {
+            parent_request_id: Some(caller.request_id.clone()),
+            hops: caller.next_hops(),
+            root: Some(caller.root),
+            nested: true,
+            ..self
         }
     }
 }
@@ -94,11 +116,63 @@ pub struct Invoker {
 }
 
 /// How a function with storage grants reaches the platform: `CIRRUS_API` and a token
-/// scoped to its grants in `CIRRUS_TOKEN`, and outbound HTTP to that address.
+/// scoped to its grants in `CIRRUS_TOKEN`, and outbound HTTP to that address. Every
+/// function that may make outbound requests has its calls to that address marked with
+/// its lineage.
 pub struct PlatformAccess {
     pub issuer: crate::function_token::TokenIssuer,
+    pub lineage: crate::lineage::LineageSigner,
     /// The management API's address (`127.0.0.1:8080`), known once the server listens.
     pub api_authority: std::sync::OnceLock<String>,
+    /// Calls from functions running now, per lineage.
+    pub nested: Arc<crate::lineage::NestedCalls>,
+}
+
+impl PlatformAccess {
+    /// What an invocation may reach, and how its calls to this server are marked: with
+    /// storage grants, `CIRRUS_API` and a token in `env` and the API's address among its
+    /// hosts; with any host at all, its lineage on every call to this server.
+    fn reach(
+        &self,
+        version: &VersionInfo,
+        incarnation: u64,
+        lineage: &Lineage,
+        now_ms: u64,
+        env: &mut Vec<(String, String)>,
+    ) -> (Arc<[String]>, Option<cirrus_runtime::PlatformCalls>) {
+        let mut allowed_hosts = version.config.allowed_hosts.clone();
+        let Some(authority) = self.api_authority.get() else {
+            return (allowed_hosts.into(), None);
+        };
+        let expires_ms = now_ms + (version.config.timeout + TOKEN_GRACE).as_millis() as u64;
+        if !version.config.storage.is_empty() {
+            let token = self.issuer.issue(&crate::function_token::Claims {
+                function: version.function.clone(),
+                incarnation,
+                request_id: lineage.request_id.clone(),
+                hops: lineage.hops,
+                root: Some(lineage.root.clone()),
+                grants: version.config.storage.clone(),
+                expires_ms,
+            });
+            env.push(("CIRRUS_API".into(), format!("http://{authority}")));
+            env.push(("CIRRUS_TOKEN".into(), token));
+            allowed_hosts.push(authority.clone());
+        }
+        if allowed_hosts.is_empty() {
+            return (allowed_hosts.into(), None);
+        }
+        let platform = HeaderValue::from_str(&self.lineage.sign(lineage, expires_ms))
+            .ok()
+            .map(|value| cirrus_runtime::PlatformCalls {
+                authority: authority.clone(),
+                headers: vec![(
+                    axum::http::HeaderName::from_static(crate::lineage::HEADER),
+                    value,
+                )],
+            });
+        (allowed_hosts.into(), platform)
+    }
 }
 
 /// A token outlives the invocation's timeout by this much (its last request may start
@@ -139,12 +213,16 @@ impl Meta {
 }
 
 impl Invoker {
-    /// Runs one invocation to its end in its own task: a caller that disconnects does
+    /// Runs one invocation in its own task: a caller from outside that disconnects does
     /// not cut it short, so its record is written and its permits are released in order.
+    /// A nested call (from a function) is stopped when its caller goes away, which is
+    /// when this future is dropped; it is still recorded, as `cancelled`.
     pub async fn invoke(self: &Arc<Self>, call: Call) -> Response<Body> {
         let this = self.clone();
+        let cancel = call.nested.then(CancellationToken::new);
+        let _cancel_on_drop = cancel.clone().map(CancellationToken::drop_guard);
         let outcome = tokio::spawn(async move {
-            let (meta, result) = this.execute(call).await;
+            let (meta, result) = this.execute(call, cancel).await;
             let mut response = match result {
                 Ok(response) => response.map(Body::from),
                 Err(error) => error_response(error),
@@ -166,7 +244,7 @@ impl Invoker {
     ) -> (String, Result<Response<Bytes>, ApiError>) {
         let this = self.clone();
         match tokio::spawn(async move {
-            let (meta, result) = this.execute(call).await;
+            let (meta, result) = this.execute(call, None).await;
             (meta.trace.traceparent(), result)
         })
         .await
@@ -179,7 +257,11 @@ impl Invoker {
         }
     }
 
-    async fn execute(&self, mut call: Call) -> (Meta, Result<Response<Bytes>, ApiError>) {
+    async fn execute(
+        &self,
+        mut call: Call,
+        cancel: Option<CancellationToken>,
+    ) -> (Meta, Result<Response<Bytes>, ApiError>) {
         let request_id = call
             .request_id
             .take()
@@ -208,7 +290,10 @@ impl Invoker {
             version: None,
             trace,
         };
-        let result = self.run(call, &mut meta).instrument(span.clone()).await;
+        let result = self
+            .run(call, cancel, &mut meta)
+            .instrument(span.clone())
+            .await;
         if let Some(version) = meta.version {
             span.record("version", version);
         }
@@ -216,26 +301,59 @@ impl Invoker {
         (meta, result)
     }
 
-    async fn run(&self, call: Call, meta: &mut Meta) -> Result<Response<Bytes>, ApiError> {
+    async fn run(
+        &self,
+        call: Call,
+        cancel: Option<CancellationToken>,
+        meta: &mut Meta,
+    ) -> Result<Response<Bytes>, ApiError> {
         let Call {
             function,
             qualifier,
             trigger,
             request,
             authorized,
+            root,
             hops,
+            nested,
             ..
         } = call;
-        let version = self.registry.resolve(&function, &qualifier)?;
-        meta.version = Some(version.version);
-        if !version.config.public && !authorized {
+        let lineage = Lineage {
+            root: root.unwrap_or_else(|| meta.request_id.clone()),
+            request_id: meta.request_id.clone(),
+            hops,
+        };
+        if hops > MAX_PIPELINE_DEPTH {
             return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                format!("function {function:?} is not public: send `Authorization: Bearer <admin token>`"),
+                ErrorCode::LoopDetected,
+                format!(
+                    "call to {function:?} is {hops} steps from request {} (the limit is {MAX_PIPELINE_DEPTH}): is a function calling itself?",
+                    lineage.root
+                ),
             ));
         }
-        // Admission first: buffered request bodies are then bounded by the caps too.
-        let _admission = self.scaler.admit(&version).await.inspect_err(|e| {
+        let _nested_call = if nested {
+            Some(self.platform.nested.enter(&lineage.root)?)
+        } else {
+            None
+        };
+        // Without the admin token, a private function looks exactly like a missing one.
+        let version = match self.registry.resolve(&function, &qualifier) {
+            Ok(version) if version.config.public || authorized => version,
+            Err(e) if authorized => return Err(e),
+            _ => return Err(hidden_function(&function)),
+        };
+        meta.version = Some(version.version);
+        // Admission first: buffered request bodies are then bounded by the caps too. A
+        // nested call whose caller went away meanwhile gives up its place in the queue.
+        let admitted = match &cancel {
+            None => self.scaler.admit(&version).await,
+            Some(cancel) => tokio::select! {
+                admitted = self.scaler.admit(&version) => admitted,
+                () = cancel.cancelled() => return Err(cancelled()),
+            },
+        };
+        let _admission = admitted.inspect_err(|e| {
             if e.code == ErrorCode::Throttled && matches!(trigger, Trigger::Http | Trigger::Invoke)
             {
                 self.metrics.throttled(&version.function);
@@ -277,25 +395,14 @@ impl Invoker {
             request.headers_mut().insert("traceparent", value);
         }
         let mut env = guest_env(&version, &meta.request_id, trigger, &request);
-        let mut allowed_hosts: Arc<[String]> = version.config.allowed_hosts.clone().into();
-        if let (false, Some(authority)) = (
-            version.config.storage.is_empty(),
-            self.platform.api_authority.get(),
-        ) {
-            let token = self.platform.issuer.issue(&crate::function_token::Claims {
-                function: version.function.clone(),
-                request_id: meta.request_id.clone(),
-                hops,
-                grants: version.config.storage.clone(),
-                expires_ms: self.clock.now_ms()
-                    + (version.config.timeout + TOKEN_GRACE).as_millis() as u64,
-            });
-            env.push(("CIRRUS_API".into(), format!("http://{authority}")));
-            env.push(("CIRRUS_TOKEN".into(), token));
-            let mut hosts = version.config.allowed_hosts.clone();
-            hosts.push(authority.clone());
-            allowed_hosts = hosts.into();
-        }
+        let incarnation = self.registry.incarnation(&version.function).unwrap_or(0);
+        let (allowed_hosts, platform) = self.platform.reach(
+            &version,
+            incarnation,
+            &lineage,
+            self.clock.now_ms(),
+            &mut env,
+        );
         let invocation = Invocation {
             request,
             env,
@@ -306,6 +413,8 @@ impl Invoker {
                 max_log_bytes: self.limits.max_log_bytes,
             },
             allowed_hosts,
+            platform,
+            cancelled: cancel.map(|c| Box::pin(c.cancelled_owned()) as cirrus_runtime::Cancelled),
         };
         let run_started = Instant::now();
         let output = ready.version.invoke(invocation).await;
@@ -396,6 +505,13 @@ impl Invoker {
     }
 }
 
+fn cancelled() -> ApiError {
+    ApiError::new(
+        ErrorCode::Cancelled,
+        "the caller went away (its invocation ended) before this call was admitted",
+    )
+}
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -404,6 +520,14 @@ fn millis(d: Duration) -> f64 {
 pub fn billed_ms(d: Duration) -> u64 {
     let nanos = d.as_nanos();
     (nanos.div_ceil(1_000_000) as u64).max(1)
+}
+
+/// What a caller without the admin token hears of a function it may not call, whether
+/// it is private or does not exist.
+fn hidden_function(function: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no public function {function:?}: it does not exist, or it is private (private functions need `Authorization: Bearer <admin token>`)"
+    ))
 }
 
 fn stamp(headers: &mut HeaderMap, meta: &Meta) {

@@ -2,6 +2,7 @@
 //! destinations alike.
 
 use crate::clock::Clock;
+use crate::lineage::Lineage;
 use crate::queue::TABLE_EVENT_TYPE;
 use crate::registry::Registry;
 use crate::store::{KvCondition, KvStore, KvWrite, NewEvent};
@@ -19,15 +20,15 @@ pub struct KvWriter {
 
 impl KvWriter {
     /// Writes (or deletes, with `value = None`) a row and queues a change event for every
-    /// function with a trigger on the table, in one transaction. `lineage` is the request
-    /// id and pipeline depth of a destination step that wrote the row.
+    /// function with a trigger on the table, in one transaction. `lineage` is that of the
+    /// invocation that wrote the row (a function with its token, a destination step).
     pub async fn write(
         &self,
         table: &str,
         key: &str,
         value: Option<(Vec<u8>, Option<String>)>,
         cond: KvCondition,
-        lineage: Option<(String, u32)>,
+        lineage: Option<Lineage>,
     ) -> anyhow::Result<KvWrite> {
         let subscribers = self.registry.table_subscribers(table);
         let now = self.clock.now_ms();
@@ -52,9 +53,10 @@ impl KvWriter {
                             traceparent: None,
                             event_type: Some(TABLE_EVENT_TYPE.into()),
                             source: Some(format!("/kv/{t}")),
-                            parent_id: lineage.as_ref().map(|(id, _)| id.clone()),
+                            parent_id: lineage.as_ref().map(|l| l.request_id.clone()),
+                            root_id: lineage.as_ref().map(|l| l.root.clone()),
                             ordering_key: Some(format!("kv:{t}:{k}:{function}")),
-                            hops: lineage.as_ref().map_or(0, |(_, hops)| hops + 1),
+                            hops: lineage.as_ref().map_or(0, Lineage::next_hops),
                             trigger: Trigger::Table,
                             data: data.clone(),
                             created_ms: now,

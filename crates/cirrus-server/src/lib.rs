@@ -1,10 +1,15 @@
 //! The Cirrus server: everything between a socket and the runtime.
 //!
 //! - [`server`]: assembling the pieces, serving, graceful shutdown.
+//! - [`connections`]: how both listeners accept and serve connections (caps, header and
+//!   idle timeouts, eviction of idle connections at the cap); [`fd_limit`]: the
+//!   open-file limit that sizes the caps.
 //! - [`api`]: the HTTP gateway (management API under `/v1`, HTTP triggers under `/fn`).
 //! - [`invoker`]: the one place an invocation is executed and recorded.
 //! - [`queue`]: durable asynchronous invocation: group-committed enqueue, dispatcher,
 //!   retries with backoff, dead-letter queue.
+//! - [`lineage`]: what an invocation descends from; the depth, width and time limits
+//!   that stop functions calling or triggering themselves forever.
 //! - [`scheduler`]: schedule triggers (rate and cron) firing durable events.
 //! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
 //! - [`registry`]: functions, versions, aliases; deploy logic.
@@ -12,6 +17,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`s3`]: the S3-compatible object API on its own listener, and bucket notifications.
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
+//! - [`retention`]: background pruning of records, logs, dead letters and abandoned
+//!   uploads, with usage rolled up first.
 //! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
 //! - [`trace`]: W3C trace context; [`otlp`]: optional span export.
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
@@ -21,17 +28,21 @@ pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod cloudevents;
+pub mod connections;
 pub mod error;
+pub mod fd_limit;
 pub mod function_token;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod invoker;
 pub mod kv;
+pub mod lineage;
 pub mod metrics;
 pub mod otlp;
 pub mod queue;
 pub mod records;
 pub mod registry;
+pub mod retention;
 pub mod s3;
 pub mod scaler;
 pub mod scheduler;

@@ -5,6 +5,7 @@
 
 use crate::clock::{rfc3339, Clock};
 use crate::invoker::{Call, Invoker};
+use crate::lineage::{Lineage, MAX_PIPELINE_DEPTH};
 use crate::registry::Registry;
 use crate::store::{Enqueued, EventQueue, NewEvent, QueuedEvent};
 use axum::body::Body;
@@ -27,13 +28,16 @@ const BUSY_RETRY: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// The dispatcher looks for due retries at least this often.
 const POLL: Duration = Duration::from_millis(200);
+/// A lineage's event count is kept this long after its last event. Longer than any
+/// pause inside a live loop (backoff is capped at 15 minutes), so a loop never gets a
+/// fresh budget by waiting; short enough that the table stays small.
+const LINEAGE_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// How often lineages past their memory are forgotten.
+const LINEAGE_SWEEP: Duration = Duration::from_secs(3600);
 /// CloudEvents `type` of an asynchronous invoke.
 pub const ASYNC_EVENT_TYPE: &str = "dev.cirrus.invoke";
 /// CloudEvents `type` of a message published to a topic.
 pub const TOPIC_EVENT_TYPE: &str = "dev.cirrus.topic";
-/// Destination steps one pipeline may take: a loop through topics or `on_failure`
-/// (which deploy-time checks cannot see) stops here.
-const MAX_PIPELINE_DEPTH: u32 = 32;
 /// CloudEvents `type` of a change to a KV table.
 pub const TABLE_EVENT_TYPE: &str = "dev.cirrus.kv.change";
 /// CloudEvents `type` of a bucket notification: an object was created or removed.
@@ -184,9 +188,14 @@ impl Dispatcher {
         slots: &Arc<Semaphore>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut next_lineage_sweep = self.clock.now_ms();
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if self.clock.now_ms() >= next_lineage_sweep {
+                next_lineage_sweep = self.clock.now_ms() + LINEAGE_SWEEP.as_millis() as u64;
+                self.forget_idle_lineages();
             }
             let free = slots.available_permits();
             let mut claimed = 0;
@@ -219,6 +228,19 @@ impl Dispatcher {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Forgets, in the background, the event counts of lineages idle past their memory.
+    fn forget_idle_lineages(&self) {
+        let (queue, now) = (self.queue.clone(), self.clock.now_ms());
+        let idle_since = now.saturating_sub(LINEAGE_MEMORY.as_millis() as u64);
+        tokio::spawn(async move {
+            match blocking(move || queue.forget_lineages(idle_since)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(lineages = n, "forgot idle lineages"),
+                Err(e) => tracing::warn!("forgetting idle lineages failed: {e:#}"),
+            }
+        });
     }
 
     async fn deliver(&self, queued: QueuedEvent) {
@@ -361,6 +383,8 @@ impl Dispatcher {
                 (*traceparent).to_owned(),
             ),
         };
+        // What this step causes descends from it.
+        let lineage = event_lineage(event);
         let mut targets = Vec::new();
         let mut wrote_rows = false;
         for destination in destinations {
@@ -375,7 +399,7 @@ impl Dispatcher {
                             &event.id,
                             Some((data.clone(), content_type.clone())),
                             crate::store::KvCondition::Any,
-                            Some((event.id.clone(), event.hops)),
+                            Some(lineage.clone()),
                         )
                         .await
                         .map_err(|e| {
@@ -407,7 +431,7 @@ impl Dispatcher {
                         &headers,
                         None,
                         axum::body::Body::from(data.clone()),
-                        Some((event.id.clone(), event.hops)),
+                        Some(lineage.clone()),
                     )
                     .await
                     .map_err(|e| {
@@ -441,8 +465,9 @@ impl Dispatcher {
                     event_type: Some(event_type.to_owned()),
                     source: Some(format!("/functions/{}", event.function)),
                     parent_id: Some(event.id.clone()),
+                    root_id: Some(lineage.root.clone()),
                     ordering_key: None,
-                    hops: event.hops + 1,
+                    hops: lineage.next_hops(),
                     trigger: Trigger::Destination,
                     data: data.clone(),
                     created_ms: self.clock.now_ms(),
@@ -500,6 +525,7 @@ impl Dispatcher {
             request_id: Some(event.id.clone()),
             attempt: attempts,
             parent_request_id: event.parent_id.clone(),
+            root: event.root_id.clone(),
             hops: event.hops,
             ..Call::new(
                 event.function.clone(),
@@ -614,6 +640,16 @@ enum Next {
     },
 }
 
+/// The lineage of an event's invocation: the root it descends from (itself, when nothing
+/// inside Cirrus caused it).
+fn event_lineage(event: &NewEvent) -> Lineage {
+    Lineage {
+        root: event.root_id.clone().unwrap_or_else(|| event.id.clone()),
+        request_id: event.id.clone(),
+        hops: event.hops,
+    }
+}
+
 /// Exponential backoff with jitter: `base × 2^(attempt-1)`, scaled by a random factor in
 /// [0.5, 1.5) so retries of many failed events spread out, capped at 15 minutes.
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -708,6 +744,7 @@ mod tests {
             event_type: None,
             source: None,
             parent_id: None,
+            root_id: None,
             ordering_key: None,
             hops: 0,
             trigger: Trigger::Async,

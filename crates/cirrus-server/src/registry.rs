@@ -4,6 +4,7 @@
 use crate::clock::{rfc3339, Clock};
 use crate::error::Failure;
 use crate::store::{ArtifactStore, FunctionStore};
+use cirrus_api::pipeline::self_loop;
 use cirrus_api::spec::{find_cycle, next_functions, validate_alias, validate_name};
 use cirrus_api::trigger::RoutePattern;
 use cirrus_api::{
@@ -14,14 +15,26 @@ use cirrus_runtime::{Artifact, ArtifactError, Runtime};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct FunctionEntry {
     versions: BTreeMap<u32, Arc<VersionInfo>>,
     aliases: BTreeMap<String, u32>,
     triggers: Vec<TriggerInfo>,
+    /// Tells this function apart from an earlier one of the same name (deleted, then
+    /// created again): function tokens name it, so a deleted function's tokens die.
+    incarnation: u64,
 }
 
 impl FunctionEntry {
+    fn new() -> Self {
+        Self {
+            versions: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            triggers: Vec::new(),
+            incarnation: new_incarnation(),
+        }
+    }
+
     fn latest(&self) -> Option<&Arc<VersionInfo>> {
         self.versions.values().next_back()
     }
@@ -74,6 +87,7 @@ impl Registry {
                     .collect(),
                 aliases: stored.aliases.into_iter().collect(),
                 triggers: stored.triggers,
+                incarnation: new_incarnation(),
             };
             functions.insert(stored.name, entry);
         }
@@ -124,6 +138,11 @@ impl Registry {
         entry.versions.get(&version).cloned().ok_or_else(|| {
             ApiError::not_found(format!("function {name:?} has no version {version}"))
         })
+    }
+
+    /// Which incarnation of the function `name` exists now, if any.
+    pub fn incarnation(&self, name: &str) -> Option<u64> {
+        self.read().get(name).map(|e| e.incarnation)
     }
 
     pub fn get(&self, name: &str) -> Result<FunctionInfo, ApiError> {
@@ -228,6 +247,25 @@ impl Registry {
         };
 
         let _serial = self.deploy_lock.lock().await;
+        let triggers: Vec<TriggerInfo> = self
+            .read()
+            .get(&name)
+            .map(|e| e.triggers.clone())
+            .unwrap_or_default();
+        let specs: Vec<TriggerSpec> = triggers.iter().map(|t| t.spec.clone()).collect();
+        if let Some(found) = self_loop(&name, &config, &specs) {
+            let hint = triggers
+                .iter()
+                .find(|t| Some(&t.spec) == found.trigger.as_ref())
+                .map(|t| {
+                    format!(
+                        "; choose another destination or remove trigger {} first",
+                        t.id
+                    )
+                })
+                .unwrap_or_default();
+            return Err(ApiError::bad_request(format!("invalid config: {found}{hint}")).into());
+        }
         let graph: Vec<(String, Vec<String>)> = {
             let functions = self.read();
             let mut graph: Vec<(String, Vec<String>)> = functions
@@ -275,7 +313,7 @@ impl Registry {
         let number = version.version;
         self.write()
             .entry(name.clone())
-            .or_default()
+            .or_insert_with(FunctionEntry::new)
             .versions
             .insert(number, Arc::new(version));
         tracing::info!(function = %name, version = number, "deployed");
@@ -380,7 +418,14 @@ impl Registry {
     ) -> Result<TriggerInfo, Failure> {
         spec.validate().map_err(ApiError::bad_request)?;
         let _serial = self.deploy_lock.lock().await;
-        self.get(function)?;
+        let latest = self.get(function)?.latest;
+        if let Some(found) = self_loop(function, &latest.config, std::slice::from_ref(&spec)) {
+            return Err(ApiError::bad_request(format!(
+                "this trigger would make a one-function loop: version {} of {function:?} sends its {} results to {}, which the trigger would deliver back to it; change the destination first",
+                latest.version, found.field, found.destination
+            ))
+            .into());
+        }
         // Adding what is already there is a no-op (manifests re-declare their triggers).
         if let Some(same) = self
             .read()
@@ -440,16 +485,30 @@ impl Registry {
         Ok(trigger)
     }
 
+    /// Removes the triggers of `function` that are not in `specs` (none if it does not
+    /// exist yet). A manifest deploy does this before deploying the new config, so a
+    /// config that publishes to a topic the function used to subscribe to is not refused
+    /// as a loop with the trigger the manifest is dropping.
+    pub async fn remove_stale_triggers(
+        &self,
+        function: &str,
+        specs: &[TriggerSpec],
+    ) -> Result<(), Failure> {
+        let current = self.get(function).map(|f| f.triggers).unwrap_or_default();
+        for stale in current.iter().filter(|t| !specs.contains(&t.spec)) {
+            self.remove_trigger(&stale.id).await?;
+        }
+        Ok(())
+    }
+
     /// Makes a function's triggers exactly `specs` (for manifests).
     pub async fn sync_triggers(
         &self,
         function: &str,
         specs: &[TriggerSpec],
     ) -> Result<(), Failure> {
-        let current = self.get(function)?.triggers;
-        for stale in current.iter().filter(|t| !specs.contains(&t.spec)) {
-            self.remove_trigger(&stale.id).await?;
-        }
+        self.get(function)?;
+        self.remove_stale_triggers(function, specs).await?;
         for spec in specs {
             self.add_trigger(function, spec.clone()).await?;
         }
@@ -539,4 +598,9 @@ fn invalid_artifact(e: ArtifactError) -> Failure {
         ArtifactError::Storage(_) => Failure::internal(e),
         _ => ApiError::new(ErrorCode::InvalidArtifact, format!("invalid artifact: {e}")).into(),
     }
+}
+
+/// Random, never 0 (0 stands for no function in tokens minted during a delete).
+fn new_incarnation() -> u64 {
+    rand::random::<u64>().max(1)
 }

@@ -87,6 +87,7 @@ impl Scheduler {
                 event_type: Some(SCHEDULE_EVENT_TYPE.into()),
                 source: Some(format!("/schedules/{}", trigger.id)),
                 parent_id: None,
+                root_id: None,
                 ordering_key: None,
                 hops: 0,
                 trigger: cirrus_api::Trigger::Schedule,

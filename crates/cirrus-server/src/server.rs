@@ -13,7 +13,7 @@ use crate::store::{
 use anyhow::Context as _;
 use cirrus_api::{DeployResult, Manifest, Qualifier};
 use cirrus_runtime::{Runtime, RuntimeConfig};
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,12 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Size limits of the S3-compatible object API.
     pub s3: crate::s3::S3Limits,
+    /// Connection caps and timeouts of both listeners.
+    pub connections: crate::connections::ConnectionLimits,
+    /// What one lineage (a request and everything it leads to) may do.
+    pub containment: crate::lineage::Containment,
+    /// How long records, logs, dead letters and incomplete uploads are kept.
+    pub retention: crate::retention::RetentionSettings,
 }
 
 impl ServerConfig {
@@ -59,6 +65,9 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
             s3: crate::s3::S3Limits::default(),
+            connections: crate::connections::ConnectionLimits::default(),
+            containment: crate::lineage::Containment::default(),
+            retention: crate::retention::RetentionSettings::default(),
         }
     }
 }
@@ -70,20 +79,27 @@ pub struct Server {
     config: ServerConfig,
     clock: Arc<dyn Clock>,
     shutdown_tx: watch::Sender<bool>,
+    /// The open-file limit in force (raised at start), which sizes the connection caps.
+    fd_limit: Option<u64>,
+    pruner: Arc<crate::retention::Pruner>,
 }
 
 impl Server {
     /// Opens (or creates) everything under the data dir. Blocking work runs off the
     /// async runtime.
     pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        config.connections.validate()?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let token = crate::auth::load_or_create_token(&data_dir)?;
+        let fd_limit = crate::fd_limit::raise_fd_limit();
         let pooling = config.pooling;
+        let lineage_budget = config.containment.max_lineage_events;
         let (store, artifacts, runtime, blobs, credentials) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
+                store.set_lineage_budget(lineage_budget);
                 let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
                 let runtime = Arc::new(Runtime::new(RuntimeConfig {
                     cache_dir: data_dir.join("compiled"),
@@ -107,6 +123,7 @@ impl Server {
         let event_queue: Arc<dyn EventQueue> = store.clone();
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
+        let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
         let record_store: Arc<dyn RecordStore> = store;
         let queue = event_queue.clone();
         let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
@@ -144,7 +161,9 @@ impl Server {
                 .transpose()?,
             platform: crate::invoker::PlatformAccess {
                 issuer: crate::function_token::TokenIssuer::new(&token),
+                lineage: crate::lineage::LineageSigner::new(&token),
                 api_authority: std::sync::OnceLock::new(),
+                nested: crate::lineage::NestedCalls::new(config.containment.max_lineage_in_flight),
             },
         });
         let wake = Arc::new(tokio::sync::Notify::new());
@@ -168,6 +187,12 @@ impl Server {
             clock: clock.clone(),
             limits: config.s3.clone(),
         });
+        let pruner = Arc::new(crate::retention::Pruner::new(
+            retention_store,
+            s3.blobs.clone(),
+            clock.clone(),
+            config.retention.clone(),
+        ));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
             registry,
@@ -194,6 +219,8 @@ impl Server {
             config,
             clock,
             shutdown_tx,
+            fd_limit,
+            pruner,
         };
         server.compile_missing();
         server.preload_pinned().await;
@@ -270,9 +297,19 @@ impl Server {
                 continue;
             };
             let name = &name;
-            let bytes = tokio::fs::read(&function.source).await.with_context(|| {
-                format!("functions.{name}: reading {}", function.source.display())
-            })?;
+            let source = function.source.clone();
+            let limit = self.config.max_artifact_bytes as u64;
+            let bytes = tokio::task::spawn_blocking(move || {
+                cirrus_api::manifest::read_artifact(&source, limit)
+            })
+            .await?
+            .with_context(|| format!("functions.{name}: reading {}", function.source.display()))?;
+            // Triggers the manifest drops go first: see `remove_stale_triggers`.
+            self.state
+                .registry
+                .remove_stale_triggers(name, &function.triggers)
+                .await
+                .map_err(|f| anyhow::anyhow!("functions.{name}.triggers: {}", f.0.message))?;
             let result = self
                 .state
                 .registry
@@ -340,38 +377,41 @@ impl Server {
             self.config.sweep_interval,
             state.shutdown.clone(),
         ));
+        let (main_limits, s3_limits) = self.config.connections.resolve(self.fd_limit);
+        tracing::info!(
+            max_connections = main_limits.max_connections,
+            s3_max_connections = s3_limits.max_connections,
+            fd_limit = self.fd_limit,
+            "connection caps"
+        );
+        let pruning = tokio::spawn(self.pruner.clone().run(state.shutdown.clone()));
         let objects = self.s3_listener.map(|listener| {
-            let mut stop = state.shutdown.clone();
-            tokio::spawn(
-                axum::serve(listener, crate::s3::router(self.s3.clone()))
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .into_future(),
-            )
+            tokio::spawn(crate::connections::serve(
+                listener,
+                crate::s3::router(self.s3.clone()),
+                s3_limits,
+                state.shutdown.clone(),
+            ))
         });
-        let shutdown_tx = self.shutdown_tx;
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let graceful = async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining in-flight requests");
-            let _ = shutdown_tx.send(true);
-            let _ = stopping_tx.send(());
-        };
-        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
+        let serving =
+            crate::connections::serve(listener, router, main_limits, state.shutdown.clone());
+        tokio::pin!(serving);
         let drain_timeout = self.config.drain_timeout;
-        let drained = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(drain_timeout).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
+        // Serving ends only once shutdown has begun and its connections have closed.
         tokio::select! {
-            result = serve => result.context("serving HTTP")?,
-            _ = drained => tracing::warn!("drain timeout of {drain_timeout:?} passed with requests still in flight"),
+            () = &mut serving => {}
+            () = shutdown => {
+                tracing::info!("shutting down: draining in-flight requests");
+                let _ = self.shutdown_tx.send(true);
+                if tokio::time::timeout(drain_timeout, &mut serving).await.is_err() {
+                    tracing::warn!(
+                        "drain timeout of {drain_timeout:?} passed with requests still in flight"
+                    );
+                }
+            }
         }
         sweeper.abort();
+        pruning.abort();
         scheduling.abort();
         if let Some(objects) = objects {
             // Uploads in flight finish (or the drain timeout above has passed).

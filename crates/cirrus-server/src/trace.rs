@@ -26,24 +26,38 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// The trace id, parent id and flags of a valid `traceparent`. All-zero ids are
+/// invalid (the specification reserves them), so such a header counts as absent.
+fn parse(value: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let valid = is_hex(version, 2)
+        && version != "ff"
+        && is_hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && is_hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && is_hex(flags, 2)
+        && (version != "00" || parts.next().is_none());
+    valid.then_some((trace, parent, flags))
+}
+
+/// The header if it is a valid `traceparent`, for events stored to run later: an
+/// invalid one is dropped at the door rather than carried along.
+pub fn valid_traceparent(header: Option<&str>) -> Option<String> {
+    header
+        .filter(|value| parse(value).is_some())
+        .map(|value| value.trim().to_owned())
+}
+
 impl TraceContext {
     /// Continues the trace of a valid `traceparent` header, or starts a new one.
     /// Invalid headers are ignored, as the specification asks.
     pub fn from_header(traceparent: Option<&str>) -> Self {
-        let parsed = traceparent.and_then(|value| {
-            let mut parts = value.trim().split('-');
-            let (version, trace, parent, flags) =
-                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-            let valid = is_hex(version, 2)
-                && version != "ff"
-                && is_hex(trace, 32)
-                && trace.bytes().any(|b| b != b'0')
-                && is_hex(parent, 16)
-                && parent.bytes().any(|b| b != b'0')
-                && is_hex(flags, 2)
-                && (version != "00" || parts.next().is_none());
-            valid.then(|| (trace.to_owned(), parent.to_owned(), flags.to_owned()))
-        });
+        let parsed = traceparent
+            .and_then(parse)
+            .map(|(trace, parent, flags)| (trace.to_owned(), parent.to_owned(), flags.to_owned()));
         let span_id = random_hex(8);
         match parsed {
             Some((trace_id, parent_id, flags)) => Self {
@@ -96,11 +110,20 @@ mod tests {
             Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
             Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"),
+            Some("00-00000000000000000000000000000000-0000000000000000-00"),
         ] {
             let t = TraceContext::from_header(bad);
             assert!(t.parent_id.is_none(), "{bad:?}");
             assert!(is_hex(&t.trace_id, 32), "{bad:?}");
             assert_eq!(t.flags, "01");
+            assert_ne!(t.trace_id, "0".repeat(32));
+            assert_eq!(valid_traceparent(bad), None, "{bad:?}");
         }
+        assert_eq!(
+            valid_traceparent(Some(
+                " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 "
+            )),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into())
+        );
     }
 }

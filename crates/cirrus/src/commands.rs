@@ -1,6 +1,7 @@
 //! Command-line parsing and one function per command.
 
 use crate::client::{self, Client, Target};
+use crate::config_edits::{self, Carried, Named, Reset};
 use crate::output;
 use anyhow::{bail, Context as _};
 use cirrus_api::usage::{UsageReport, UsageRow};
@@ -41,7 +42,7 @@ enum Command {
     /// Start the server with the embedded store
     Up(UpArgs),
     /// Deploy one function (NAME FILE) or every function of a cirrus.toml
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Invoke a function and print its response
     Invoke(InvokeArgs),
     /// List functions
@@ -128,15 +129,60 @@ struct UpArgs {
     /// Largest asynchronous event (or topic message) body, in bytes
     #[arg(long, default_value_t = 256 << 10)]
     max_event_bytes: usize,
+    /// Events one request and everything it leads to may create; the rest go to the
+    /// dead-letter queue (stops functions that trigger each other in a widening loop)
+    #[arg(long, default_value_t = cirrus_server::lineage::DEFAULT_MAX_LINEAGE_EVENTS)]
+    max_lineage_events: u64,
+    /// Calls from functions to this server that one request and everything it leads to
+    /// may have running at once; more get 429
+    #[arg(long, default_value_t = cirrus_server::lineage::DEFAULT_MAX_LINEAGE_IN_FLIGHT)]
+    max_lineage_in_flight: usize,
     /// Largest artifact a deploy accepts, in bytes
     #[arg(long, default_value_t = cirrus_server::server::DEFAULT_MAX_ARTIFACT_BYTES)]
     max_artifact_bytes: usize,
     /// How long shutdown waits for in-flight requests
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Open connections the main listener keeps at most; at the cap the oldest idle one
+    /// is closed for a new one [default: sized from the open-file limit]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open connections the S3 listener keeps at most [default: sized from the open-file
+    /// limit]
+    #[arg(long)]
+    s3_max_connections: Option<usize>,
+    /// How long a client has to send a complete request head (from connecting, or from
+    /// the first byte after an idle spell)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a connection with no request in flight stays open
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    keep_alive_timeout: Duration,
+    /// How long a response may wait for a client that has stopped reading it
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    send_timeout: Duration,
     /// Price table (TOML) for usage reports [default: AWS Lambda's x86 price]
     #[arg(long)]
     prices: Option<PathBuf>,
+    /// Invocation records and their logs are deleted this long after they started
+    /// (their usage stays, summed per hour), or `off` [default: 30d]
+    #[arg(long, value_parser = parse_age)]
+    record_retention: Option<Keep<Duration>>,
+    /// At most this many invocation records are kept, the newest, or `off`
+    /// [default: 1000000]
+    #[arg(long, value_parser = parse_count)]
+    max_records: Option<Keep<u64>>,
+    /// At most this many log lines are kept, the newest, or `off` [default: 2000000]
+    #[arg(long, value_parser = parse_count)]
+    max_log_lines: Option<Keep<u64>>,
+    /// Dead-letter events are deleted this long after they failed, or `off`
+    /// [default: 14d]
+    #[arg(long, value_parser = parse_age)]
+    dead_letter_retention: Option<Keep<Duration>>,
+    /// Multipart uploads neither completed nor aborted are aborted this long after they
+    /// started, and their parts deleted, or `off` [default: 7d]
+    #[arg(long, value_parser = parse_age)]
+    incomplete_upload_retention: Option<Keep<Duration>>,
     /// OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318) to send a span
     /// per invocation to
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -152,7 +198,16 @@ enum LogFormat {
     Json,
 }
 
+/// A redeploy keeps what its flags do not name (and says so). List flags add to what the
+/// function has; `--remove-*` drops one item; `--reset SETTING` restores a default.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "A redeploy starts from the function's current settings: flags set a value or add \
+an item, --remove-env/--remove-allow-host/--remove-storage/--remove-on-success drop one, and \
+--reset SETTING (a cirrus.toml key such as storage, env, on_failure, max_concurrency, or all) \
+restores the default. The output lists what was kept from the previous version and what was \
+removed. A manifest deploy (-f) is declarative: what it does not list is removed."
+)]
 struct DeployArgs {
     /// Function name (omit NAME and FILE to deploy a manifest)
     name: Option<String>,
@@ -161,18 +216,25 @@ struct DeployArgs {
     /// Manifest to deploy when no NAME is given
     #[arg(long, short = 'f', default_value = "cirrus.toml")]
     manifest: PathBuf,
+    /// Put a setting back to its default before the other flags apply (repeatable):
+    /// storage, env, allowed_hosts, on_success, on_failure, max_concurrency, … or all
+    #[arg(long, value_parser = config_edits::parse_reset, value_delimiter = ',')]
+    reset: Vec<Reset>,
     /// Memory limit in MiB [default: 128]
     #[arg(long)]
     memory: Option<u32>,
     /// Timeout, e.g. 2s, 500ms, 5m [default: 30s]
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Invocations in flight at once
+    /// Invocations in flight at once (--reset max_concurrency removes the cap)
     #[arg(long)]
     concurrency: Option<u32>,
-    /// Environment variable K=V (repeatable)
+    /// Set an environment variable K=V (repeatable; other variables are kept)
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Remove an environment variable by name (repeatable)
+    #[arg(long = "remove-env", value_name = "KEY")]
+    remove_env: Vec<String>,
     /// Keep loaded from start-up (like provisioned concurrency)
     #[arg(long)]
     min_loaded: Option<u32>,
@@ -185,13 +247,19 @@ struct DeployArgs {
     /// Answer /fn routes without the admin token (the default for new functions)
     #[arg(long)]
     public: bool,
-    /// Host the function may reach with outbound HTTP (repeatable)
-    #[arg(long = "allow-host")]
+    /// Add a host the function may reach with outbound HTTP (repeatable)
+    #[arg(long = "allow-host", value_name = "HOST")]
     allow_hosts: Vec<String>,
-    /// Storage grant, e.g. bucket:uploads:read or kv:photos:write (repeatable): the
+    /// Remove an allowed host (repeatable)
+    #[arg(long = "remove-allow-host", value_name = "HOST")]
+    remove_allow_hosts: Vec<String>,
+    /// Add a storage grant, e.g. bucket:uploads:read or kv:photos:write (repeatable): the
     /// function gets CIRRUS_API and a token scoped to its grants
-    #[arg(long = "storage")]
+    #[arg(long = "storage", value_name = "GRANT")]
     storage: Vec<cirrus_api::grant::Grant>,
+    /// Remove a storage grant (repeatable)
+    #[arg(long = "remove-storage", value_name = "GRANT")]
+    remove_storage: Vec<cirrus_api::grant::Grant>,
     /// Asynchronous events: attempts in total before the dead-letter queue [default: 3]
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -201,12 +269,16 @@ struct DeployArgs {
     /// Asynchronous events: not retried past this age [default: 6h]
     #[arg(long, value_parser = parse_duration)]
     max_event_age: Option<Duration>,
-    /// Asynchronous events: send a successful run's output on (repeatable):
-    /// function:NAME or topic:NAME
-    #[arg(long = "on-success")]
+    /// Asynchronous events: add a destination for a successful run's output (repeatable):
+    /// function:NAME, topic:NAME, kv:TABLE or bucket:NAME/KEY
+    #[arg(long = "on-success", value_name = "DESTINATION")]
     on_success: Vec<cirrus_api::spec::Destination>,
-    /// Asynchronous events: where a failed event goes: function:NAME, topic:NAME or dlq
-    #[arg(long)]
+    /// Remove an on_success destination (repeatable)
+    #[arg(long = "remove-on-success", value_name = "DESTINATION")]
+    remove_on_success: Vec<cirrus_api::spec::Destination>,
+    /// Asynchronous events: where a failed event goes: function:NAME, topic:NAME, kv:TABLE,
+    /// bucket:NAME/KEY or dlq (--reset on_failure restores the default, dlq)
+    #[arg(long, value_name = "DESTINATION")]
     on_failure: Option<cirrus_api::spec::Destination>,
 }
 
@@ -427,6 +499,31 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     cirrus_api::duration::parse(s)
 }
 
+/// A retention limit: a value, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct Keep<T>(Option<T>);
+
+fn parse_age(s: &str) -> Result<Keep<Duration>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Keep(None));
+    }
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0 (or off to keep forever)".into()),
+        d => Ok(Keep(Some(d))),
+    }
+}
+
+fn parse_count(s: &str) -> Result<Keep<u64>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Keep(None));
+    }
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (or off for no limit)".into()),
+        Ok(n) => Ok(Keep(Some(n))),
+        Err(e) => Err(format!("{s:?} is not a count or off: {e}")),
+    }
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -441,7 +538,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.target)?;
     match cli.command {
         Command::Up(_) => unreachable!("handled above"),
-        Command::Deploy(args) => deploy(&client, args, json).await,
+        Command::Deploy(args) => deploy(&client, *args, json).await,
         Command::Invoke(args) => invoke(&client, args, json).await,
         Command::Dlq(command) => dlq(&client, command, json).await,
         Command::Trigger(command) => trigger(&client, command, json).await,
@@ -694,11 +791,43 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     config.payload.max_response_bytes = args.max_response_bytes;
     config.max_artifact_bytes = args.max_artifact_bytes;
     config.queue.max_event_bytes = args.max_event_bytes;
+    config.containment = cirrus_server::lineage::Containment {
+        max_lineage_events: args.max_lineage_events,
+        max_lineage_in_flight: args.max_lineage_in_flight,
+    };
     config.drain_timeout = args.drain_timeout;
+    config.connections = cirrus_server::connections::ConnectionLimits {
+        max_connections: args.max_connections,
+        s3_max_connections: args.s3_max_connections,
+        header_read_timeout: args.header_read_timeout,
+        keep_alive_timeout: args.keep_alive_timeout,
+        send_timeout: args.send_timeout,
+    };
     config.otlp_endpoint = args.otlp_endpoint.clone();
     config.s3.max_part_bytes = args.s3_max_part_bytes;
     if let Some(path) = &args.prices {
         config.prices = cirrus_server::billing::load_prices(path)?;
+    }
+    let keep = &mut config.retention;
+    for (flag, setting) in [
+        (args.record_retention, &mut keep.records_max_age),
+        (args.dead_letter_retention, &mut keep.dead_letter_max_age),
+        (
+            args.incomplete_upload_retention,
+            &mut keep.incomplete_upload_max_age,
+        ),
+    ] {
+        if let Some(Keep(age)) = flag {
+            *setting = age;
+        }
+    }
+    for (flag, setting) in [
+        (args.max_records, &mut keep.max_records),
+        (args.max_log_lines, &mut keep.max_log_lines),
+    ] {
+        if let Some(Keep(count)) = flag {
+            *setting = count;
+        }
     }
     let server = Server::start(config, Arc::new(SystemClock)).await?;
     if let Some(manifest) = &manifest {
@@ -773,90 +902,199 @@ async fn shutdown_signal() {
     }
 }
 
-/// The flags given, laid over `base` (the function's current config when it exists, so
-/// a redeploy changes only what the flags name; `--env` adds or replaces variables).
-fn flag_config(args: &DeployArgs, mut config: FunctionConfig) -> FunctionConfig {
+/// The flags given, laid over the function's current config (see [`config_edits`]):
+/// resets first, then removals, then the values and items the flags set or add.
+fn flag_config(
+    args: &DeployArgs,
+    name: &str,
+    current: Option<&(u32, FunctionConfig)>,
+) -> anyhow::Result<(FunctionConfig, Named)> {
+    let mut config = current.map(|(_, c)| c.clone()).unwrap_or_default();
+    let whose = match current {
+        Some((version, _)) => format!("{name} version {version}"),
+        None => format!("{name} (not deployed yet)"),
+    };
+    let mut named = Named::default();
+    for what in &args.reset {
+        config_edits::reset(&mut config, what, &mut named)?;
+    }
+    config_edits::remove_env(&mut config.env, &args.remove_env, &args.env, &whose)?;
+    config_edits::remove_items(
+        &mut config.allowed_hosts,
+        &args.remove_allow_hosts,
+        &args.allow_hosts,
+        "--remove-allow-host",
+        &whose,
+    )?;
+    config_edits::remove_items(
+        &mut config.storage,
+        &args.remove_storage,
+        &args.storage,
+        "--remove-storage",
+        &whose,
+    )?;
+    config_edits::remove_items(
+        &mut config.on_success,
+        &args.remove_on_success,
+        &args.on_success,
+        "--remove-on-success",
+        &whose,
+    )?;
     if let Some(memory) = args.memory {
         config.memory_mb = memory;
+        named.set("memory_mb");
     }
     if let Some(timeout) = args.timeout {
         config.timeout = timeout;
+        named.set("timeout");
     }
-    config.env.extend(args.env.iter().cloned());
     if args.concurrency.is_some() {
         config.max_concurrency = args.concurrency;
+        named.set("max_concurrency");
     }
     if let Some(min_loaded) = args.min_loaded {
         config.min_loaded = min_loaded;
+        named.set("min_loaded");
     }
     if let Some(idle) = args.idle_timeout {
         config.idle_timeout = idle;
+        named.set("idle_timeout");
     }
     if args.private || args.public {
         config.public = args.public;
-    }
-    if !args.allow_hosts.is_empty() {
-        config.allowed_hosts = args.allow_hosts.clone();
-    }
-    if !args.storage.is_empty() {
-        config.storage = args.storage.clone();
+        named.set("public");
     }
     if let Some(n) = args.max_attempts {
         config.max_attempts = n;
+        named.set("max_attempts");
     }
     if let Some(d) = args.retry_delay {
         config.retry_delay = d;
+        named.set("retry_delay");
     }
     if let Some(d) = args.max_event_age {
         config.max_event_age = d;
-    }
-    if !args.on_success.is_empty() {
-        config.on_success = args.on_success.clone();
+        named.set("max_event_age");
     }
     if let Some(d) = &args.on_failure {
         config.on_failure = Some(d.clone());
+        named.set("on_failure");
     }
-    config
+    config_edits::set_env(&mut config.env, &args.env, &mut named);
+    config_edits::add_items(
+        &mut config.allowed_hosts,
+        &args.allow_hosts,
+        "allowed_hosts",
+        &mut named,
+    )?;
+    config_edits::add_items(&mut config.storage, &args.storage, "storage", &mut named)?;
+    config_edits::add_items(
+        &mut config.on_success,
+        &args.on_success,
+        "on_success",
+        &mut named,
+    )?;
+    Ok((config, named))
 }
 
-async fn current_config(client: &Client, name: &str) -> anyhow::Result<FunctionConfig> {
+/// The function's `$LATEST` version number and config, or `None` if it does not exist.
+async fn current_config(
+    client: &Client,
+    name: &str,
+) -> anyhow::Result<Option<(u32, FunctionConfig)>> {
     let response = client
         .send(client.request(Method::GET, &format!("/v1/functions/{name}")))
         .await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(FunctionConfig::default());
+        return Ok(None);
     }
     let info: FunctionInfo = client::ok(response).await?.json().await?;
-    Ok(info.latest.config)
+    Ok(Some((info.latest.version, info.latest.config)))
+}
+
+/// One deployed function in `--json` output: the server's answer plus what the new
+/// version kept from the previous one and what it dropped.
+#[derive(serde::Serialize)]
+struct DeployOutput {
+    #[serde(flatten)]
+    result: DeployResult,
+    #[serde(flatten)]
+    carried: Carried,
 }
 
 async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result<()> {
     // A manifest also sets each function's triggers; a single deploy leaves them alone.
-    type Plan = Vec<(String, PathBuf, FunctionConfig, Option<Vec<TriggerSpec>>)>;
-    let plan: Plan = match (&args.name, &args.file) {
+    struct Step {
+        name: String,
+        file: PathBuf,
+        config: FunctionConfig,
+        triggers: Option<Vec<TriggerSpec>>,
+        /// What the flags named (a manifest names everything: `None`).
+        named: Option<Named>,
+        /// `$LATEST` before this deploy (read when the step runs, for manifests).
+        previous: Option<(u32, FunctionConfig)>,
+    }
+    let plan: Vec<Step> = match (&args.name, &args.file) {
         (Some(name), Some(file)) => {
-            let config = flag_config(&args, current_config(client, name).await?);
-            vec![(name.clone(), file.clone(), config, None)]
+            let current = current_config(client, name).await?;
+            let (config, named) = flag_config(&args, name, current.as_ref())?;
+            vec![Step {
+                name: name.clone(),
+                file: file.clone(),
+                config,
+                triggers: None,
+                named: Some(named),
+                previous: current,
+            }]
         }
         (Some(_), None) => bail!("give the artifact file after the name: cirrus deploy NAME FILE"),
         _ => {
+            let single_flags = !args.reset.is_empty()
+                || !args.remove_env.is_empty()
+                || !args.remove_allow_hosts.is_empty()
+                || !args.remove_storage.is_empty()
+                || !args.remove_on_success.is_empty();
+            if single_flags {
+                bail!("--reset and --remove-* apply to cirrus deploy NAME FILE; a manifest is edited in the file (what it does not list is removed)");
+            }
             let mut manifest = Manifest::load(&args.manifest)?;
             manifest
                 .deploy_order()
                 .into_iter()
                 .filter_map(|name| {
                     let f = manifest.functions.remove(&name)?;
-                    Some((name, f.source, f.config, Some(f.triggers)))
+                    Some(Step {
+                        name,
+                        file: f.source,
+                        config: f.config,
+                        triggers: Some(f.triggers),
+                        named: None,
+                        previous: None,
+                    })
                 })
                 .collect()
         }
     };
     let mut results = Vec::new();
-    for (name, file, config, triggers) in plan {
-        let result = deploy_one(client, &name, &file, &config, json).await?;
-        if let Some(triggers) = triggers {
-            sync_triggers(client, &name, &triggers).await?;
+    for mut step in plan {
+        let name = &step.name;
+        if let Some(triggers) = &step.triggers {
+            step.previous = current_config(client, name).await?;
+            // Dropped triggers go before the new config lands, so a destination that
+            // now publishes to a topic the function no longer subscribes to is not
+            // refused as a loop with the old subscription.
+            remove_stale_triggers(client, name, triggers).await?;
         }
+        let result = deploy_one(client, name, &step.file, &step.config, json).await?;
+        if let Some(triggers) = &step.triggers {
+            add_missing_triggers(client, name, triggers).await?;
+        }
+        // Said even when nothing changed: "unchanged" must not hide a grant kept.
+        let carried = config_edits::carried(
+            step.previous.as_ref().map(|(v, c)| (*v, c)),
+            &step.config,
+            step.named.as_ref(),
+        )?;
         if !json {
             let what = if result.created {
                 "deployed"
@@ -868,8 +1106,11 @@ async fn deploy(client: &Client, args: DeployArgs, json: bool) -> anyhow::Result
                 result.version,
                 result.function.latest.kind.as_str()
             );
+            for line in carried.lines() {
+                println!("{line}");
+            }
         }
-        results.push(result);
+        results.push(DeployOutput { result, carried });
     }
     if json {
         output::json(&results)?;
@@ -885,8 +1126,8 @@ async fn deploy_one(
     config: &FunctionConfig,
     quiet: bool,
 ) -> anyhow::Result<DeployResult> {
-    let bytes = tokio::fs::read(file)
-        .await
+    // The server enforces its own size limit; a regular file is finite.
+    let bytes = cirrus_api::manifest::read_artifact(file, u64::MAX)
         .with_context(|| format!("reading {}", file.display()))?;
     let file_name = file
         .file_name()
@@ -1248,20 +1489,28 @@ async fn dlq(client: &Client, command: DlqCommand, json: bool) -> anyhow::Result
     }
 }
 
-/// Makes a function's triggers exactly `wanted`.
-async fn sync_triggers(
-    client: &Client,
-    function: &str,
-    wanted: &[TriggerSpec],
-) -> anyhow::Result<()> {
-    let current: Vec<TriggerInfo> = client
+/// The triggers of `function` (none if it does not exist yet).
+async fn triggers_of(client: &Client, function: &str) -> anyhow::Result<Vec<TriggerInfo>> {
+    client
         .json(
             client
                 .request(Method::GET, "/v1/triggers")
                 .query(&[("function", function)]),
         )
-        .await?;
-    for stale in current.iter().filter(|t| !wanted.contains(&t.spec)) {
+        .await
+}
+
+/// Removes the triggers of `function` that are not in `wanted`.
+async fn remove_stale_triggers(
+    client: &Client,
+    function: &str,
+    wanted: &[TriggerSpec],
+) -> anyhow::Result<()> {
+    for stale in triggers_of(client, function)
+        .await?
+        .iter()
+        .filter(|t| !wanted.contains(&t.spec))
+    {
         client::ok(
             client
                 .send(client.request(Method::DELETE, &format!("/v1/triggers/{}", stale.id)))
@@ -1269,6 +1518,16 @@ async fn sync_triggers(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Adds the triggers of `wanted` that `function` does not have yet.
+async fn add_missing_triggers(
+    client: &Client,
+    function: &str,
+    wanted: &[TriggerSpec],
+) -> anyhow::Result<()> {
+    let current = triggers_of(client, function).await?;
     for spec in wanted
         .iter()
         .filter(|s| !current.iter().any(|t| &t.spec == *s))

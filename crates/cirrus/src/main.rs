@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod config_edits;
 mod output;
 
 use clap::Parser as _;

@@ -957,8 +957,10 @@ fn cli_builds_a_pipeline_and_traces_it() {
         .to_owned();
     let mut trace = String::new();
     for _ in 0..100 {
-        trace = up.cli_ok(&["trace", &id]);
-        if trace.lines().count() == 3 {
+        // Until the event is delivered there is no trace yet (404): wait for it.
+        let out = up.cli(&["trace", &id]);
+        trace = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && trace.lines().count() == 3 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

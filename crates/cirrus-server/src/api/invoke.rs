@@ -5,6 +5,7 @@ use super::AppStateRef;
 use crate::auth::is_authorized;
 use crate::error::{body_error, error_response};
 use crate::invoker::Call;
+use crate::lineage::Lineage;
 use crate::store::{Enqueued, NewEvent};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -16,9 +17,9 @@ use axum::Json;
 use cirrus_api::{Accepted, ApiError, Qualifier, Trigger};
 use serde::Deserialize;
 
-/// `ANY /fn/{target}` and `ANY /fn/{target}/{*path}`. The path is taken from the raw
-/// URI, not axum's decoded parameters, so the function sees exactly what was sent
-/// (`%2F`, `%3F` and non-UTF-8 escapes included).
+/// `ANY /fn/{target}`, `ANY /fn/{target}/` and `ANY /fn/{target}/{*path}`. The path is
+/// taken from the raw URI, not axum's decoded parameters, so the function sees exactly
+/// what was sent (`%2F`, `%3F` and non-UTF-8 escapes included).
 pub async fn http_trigger(State(state): State<AppStateRef>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let raw = parts.uri.path().strip_prefix("/fn/").unwrap_or_default();
@@ -64,16 +65,47 @@ pub(crate) async fn invoke_http(
     if authorized {
         parts.headers.remove(axum::http::header::AUTHORIZATION);
     }
-    state
-        .invoker
-        .invoke(Call::new(
-            function,
-            qualifier,
-            Trigger::Http,
-            Request::from_parts(parts, body),
-            authorized,
-        ))
-        .await
+    let caller = take_lineage(state, &mut parts.headers);
+    let call = Call::new(
+        function,
+        qualifier,
+        Trigger::Http,
+        Request::from_parts(parts, body),
+        authorized,
+    );
+    state.invoker.invoke(with_caller(call, caller)).await
+}
+
+/// The calling invocation, when a function calls the platform: the signed
+/// `cirrus-lineage` header its runtime added. The header is always removed, so no guest
+/// ever sees one to pass on; a forged or expired one counts as absent (the call is then
+/// an outside call, which is what its sender could have made anyway).
+pub(crate) fn take_lineage(
+    state: &AppStateRef,
+    headers: &mut axum::http::HeaderMap,
+) -> Option<Lineage> {
+    let value = headers.remove(crate::lineage::HEADER)?;
+    let lineage = value.to_str().ok().and_then(|v| {
+        state
+            .invoker
+            .platform
+            .lineage
+            .verify(v, state.invoker.clock.now_ms())
+    });
+    if lineage.is_none() {
+        tracing::debug!(
+            "ignored a {} header that is not genuine",
+            crate::lineage::HEADER
+        );
+    }
+    lineage
+}
+
+fn with_caller(call: Call, caller: Option<Lineage>) -> Call {
+    match caller {
+        Some(caller) => call.from_caller(caller),
+        None => call,
+    }
 }
 
 /// Decodes `%XX` escapes; `None` for malformed escapes or non-UTF-8 results.
@@ -135,7 +167,8 @@ pub async fn invoke_api(
             )))
         }
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let caller = take_lineage(&state, &mut parts.headers);
     let mut event = Request::new(body);
     *event.method_mut() = Method::POST;
     *event.uri_mut() = Uri::from_static("/");
@@ -144,35 +177,29 @@ pub async fn invoke_api(
             event.headers_mut().insert(name, value.clone());
         }
     }
-    state
-        .invoker
-        .invoke(Call::new(
-            name,
-            qualifier,
-            Trigger::Invoke,
-            event.map(Body::new),
-            true,
-        ))
-        .await
+    let call = Call::new(name, qualifier, Trigger::Invoke, event.map(Body::new), true);
+    state.invoker.invoke(with_caller(call, caller)).await
 }
 
 /// Idempotency keys: printable ASCII, at most this long.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
-/// `X-Cirrus-Idempotency-Key`, checked.
+/// `X-Cirrus-Idempotency-Key`, checked: a key that is not printable ASCII (non-UTF-8
+/// bytes included) is refused, never ignored, since ignoring it would deliver twice.
 pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let key = super::header(headers, "x-cirrus-idempotency-key");
-    if let Some(key) = &key {
-        if key.is_empty()
-            || key.len() > MAX_IDEMPOTENCY_KEY
-            || !key.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(ApiError::bad_request(format!(
-                "X-Cirrus-Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
-            )));
-        }
+    let Some(value) = headers.get("x-cirrus-idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > MAX_IDEMPOTENCY_KEY
+        || !bytes.iter().all(u8::is_ascii_graphic)
+    {
+        return Err(ApiError::bad_request(format!(
+            "X-Cirrus-Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )));
     }
-    Ok(key)
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// `X-Cirrus-Invocation-Type: Event`: the event is committed to the durable queue, then
@@ -184,7 +211,8 @@ async fn accept_event(
     request: Request,
 ) -> Result<Response, ApiError> {
     state.registry.resolve(&name, &qualifier)?;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let caller = take_lineage(state, &mut parts.headers);
     let header = |name: &str| super::header(&parts.headers, name);
     let idempotency_key = idempotency_key(&parts.headers)?;
     let data = axum::body::to_bytes(body, state.max_event_bytes)
@@ -196,12 +224,13 @@ async fn accept_event(
         function: name,
         qualifier: qualifier.to_string(),
         content_type: incoming.content_type,
-        traceparent: header("traceparent"),
+        traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
         event_type: incoming.event_type,
         source: incoming.source,
-        parent_id: None,
+        parent_id: caller.as_ref().map(|c| c.request_id.clone()),
+        root_id: caller.as_ref().map(|c| c.root.clone()),
         ordering_key: None,
-        hops: 0,
+        hops: caller.as_ref().map_or(0, Lineage::next_hops),
         trigger: cirrus_api::Trigger::Async,
         data: incoming.data,
         created_ms: state.invoker.clock.now_ms(),

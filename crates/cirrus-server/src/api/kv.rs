@@ -55,7 +55,7 @@ async fn write(
     key: String,
     value: Option<(Vec<u8>, Option<String>)>,
     cond: KvCondition,
-    lineage: Option<(String, u32)>,
+    lineage: Option<crate::lineage::Lineage>,
 ) -> Result<Response, Failure> {
     let written = state
         .kv_writer

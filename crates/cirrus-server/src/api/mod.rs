@@ -69,6 +69,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/dlq/{id}/redrive"),
     ("GET", "/metrics"),
     ("ANY", "/fn/{target}"),
+    ("ANY", "/fn/{target}/"),
     ("ANY", "/fn/{target}/{path}"),
 ];
 
@@ -163,6 +164,8 @@ pub fn router(state: AppStateRef) -> Router {
         .merge(management)
         .merge(storage)
         .route("/fn/{target}", any(invoke::http_trigger))
+        // `{*path}` needs at least one character: `/fn/NAME/` is the function's `/`.
+        .route("/fn/{target}/", any(invoke::http_trigger))
         .route("/fn/{target}/{*path}", any(invoke::http_trigger))
         // Invocation bodies are limited by the invoker, per its own setting.
         .layer(DefaultBodyLimit::disable())
@@ -268,9 +271,7 @@ async fn require_grant(State(state): State<AppStateRef>, request: Request, next:
     let bearer = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(crate::auth::bearer_token)
         .unwrap_or("");
     if !crate::function_token::TokenIssuer::is_function_token(bearer) {
         return require_token(State(state), request, next).await;
@@ -286,6 +287,15 @@ async fn require_grant(State(state): State<AppStateRef>, request: Request, next:
             "the function token is invalid or has expired (tokens last an invocation's timeout plus a minute)",
         ));
     };
+    if state.registry.incarnation(&claims.function) != Some(claims.incarnation) {
+        return error_response(ApiError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "the function token was issued to function {:?}, which has since been deleted",
+                claims.function
+            ),
+        ));
+    }
     let mut segments = request.uri().path().trim_start_matches('/').split('/');
     let resource = match (segments.next(), segments.next(), segments.next()) {
         (Some("v1"), Some("kv"), Some(table)) => cirrus_api::grant::Resource::Kv(table.to_owned()),

@@ -223,13 +223,16 @@ pub async fn delete_bucket(
         .await
         .map_err(failure)?
     {
-        crate::store::BucketDelete::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        crate::store::BucketDelete::Deleted(blobs) => {
+            crate::s3::remove_blobs(&state.s3, blobs);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         crate::store::BucketDelete::Missing => Err(Failure(ApiError::not_found(format!(
             "no bucket {bucket:?}"
         )))),
         crate::store::BucketDelete::NotEmpty => Err(Failure(ApiError::new(
             ErrorCode::Conflict,
-            format!("bucket {bucket:?} is not empty (objects or multipart uploads in progress)"),
+            format!("bucket {bucket:?} is not empty"),
         ))),
     }
 }

@@ -71,7 +71,9 @@ pub async fn publish(
         ))
         .into());
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // A function publishing (with the admin token) passes its lineage on.
+    let caller = super::invoke::take_lineage(&state, &mut parts.headers);
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
         .map_err(|e| body_error(e, state.max_event_bytes, "message (asynchronous limit)"))?;
@@ -87,7 +89,7 @@ pub async fn publish(
             function,
             qualifier: Qualifier::Latest.to_string(),
             content_type: incoming.content_type.clone(),
-            traceparent: header("traceparent"),
+            traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
             // A CloudEvent published keeps its own type and source.
             event_type: Some(
                 incoming
@@ -101,9 +103,12 @@ pub async fn publish(
                     .clone()
                     .unwrap_or_else(|| format!("/topics/{topic}")),
             ),
-            parent_id: None,
+            parent_id: caller.as_ref().map(|c| c.request_id.clone()),
+            root_id: caller.as_ref().map(|c| c.root.clone()),
             ordering_key: None,
-            hops: 0,
+            hops: caller
+                .as_ref()
+                .map_or(0, crate::lineage::Lineage::next_hops),
             trigger: cirrus_api::Trigger::Topic,
             data: incoming.data.clone(),
             created_ms: now,
@@ -124,9 +129,19 @@ pub async fn custom_route(State(state): State<AppStateRef>, request: Request) ->
     let reserved = cirrus_api::trigger::RESERVED_PREFIXES
         .iter()
         .any(|p| path == *p || (p.ends_with('/') && path.starts_with(p)));
+    // Without the admin token, a route to a private function looks like no route at all
+    // (the function's name stays unknown too).
+    let visible = |function: &String| {
+        crate::auth::is_authorized(request.headers(), &state.token)
+            || state
+                .registry
+                .resolve(function, &Qualifier::Latest)
+                .is_ok_and(|v| v.config.public)
+    };
     let Some(function) = (!reserved)
         .then(|| state.registry.route(&method, &path))
         .flatten()
+        .filter(visible)
     else {
         return error_response(ApiError::not_found(format!("no route for {method} {path}")));
     };

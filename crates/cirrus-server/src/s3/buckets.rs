@@ -10,9 +10,54 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use std::sync::Arc;
 
-pub async fn list_buckets(s3: &Arc<S3>) -> S3Result<Response> {
+/// ListBuckets, paged by `max-buckets` (1 to 10,000) with a continuation token (the last
+/// name returned), filtered by `prefix` and `bucket-region`.
+pub async fn list_buckets(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
+    let max = match t.param("max-buckets") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    S3Error::invalid_argument("max-buckets must be an integer from 1 to 10000")
+                })?,
+        ),
+    };
+    let after = match t.param("continuation-token").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(token) => Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    S3Error::invalid_argument("The continuation token provided is incorrect")
+                })?,
+        ),
+    };
+    let prefix = t.param("prefix").unwrap_or("").to_owned();
+    let other_region = t
+        .param("bucket-region")
+        .is_some_and(|r| r != super::notify::REGION);
     let store = s3.store.clone();
-    let buckets = blocking(move || store.list_buckets()).await?;
+    let mut buckets: Vec<(String, u64)> = blocking(move || store.list_buckets())
+        .await?
+        .into_iter()
+        .filter(|(name, _)| {
+            !other_region && name.starts_with(&prefix) && after.as_ref().is_none_or(|a| name > a)
+        })
+        .collect();
+    buckets.sort();
+    let truncated = max.is_some_and(|m| buckets.len() > m);
+    buckets.truncate(max.unwrap_or(usize::MAX));
+    let continuation_token = if truncated {
+        buckets
+            .last()
+            .map(|(name, _)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name))
+    } else {
+        None
+    };
     let doc = xml::document(
         "ListAllMyBucketsResult",
         &xml::ListAllMyBucketsResult {
@@ -27,6 +72,8 @@ pub async fn list_buckets(s3: &Arc<S3>) -> S3Result<Response> {
                     })
                     .collect(),
             },
+            continuation_token,
+            prefix: t.param("prefix").map(str::to_owned),
         },
     )?;
     Ok(xml_response(StatusCode::OK, doc))
@@ -74,7 +121,10 @@ pub async fn create(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response> 
 pub async fn delete(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     let (store, name) = (s3.store.clone(), t.bucket.clone());
     match blocking(move || store.delete_bucket(&name)).await? {
-        BucketDelete::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        BucketDelete::Deleted(blobs) => {
+            super::remove_blobs(s3, blobs);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         BucketDelete::Missing => Err(S3Error::no_such_bucket(&t.bucket)),
         BucketDelete::NotEmpty => Err(S3Error::new(
             "BucketNotEmpty",
@@ -207,7 +257,12 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
         }
     };
     let limit = max_keys(t)?;
-    let token = t.param("continuation-token").map(str::to_owned);
+    // An empty token is no token (some SDKs send the parameter empty on the first page).
+    let token = t
+        .param("continuation-token")
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let owner = (!v2 || t.param("fetch-owner") == Some("true")).then_some(OWNER);
     let start_after = t.param("start-after").map(str::to_owned);
     let marker = t.param("marker").map(str::to_owned);
     let resume = |marker: &str| {
@@ -314,6 +369,7 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
                 etag: quoted(&o.etag),
                 size: o.size,
                 storage_class: "STANDARD",
+                owner,
             })
             .collect(),
         common_prefixes: prefixes

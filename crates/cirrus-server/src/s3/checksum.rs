@@ -7,13 +7,15 @@ use sha1::Digest as _;
 pub enum Algorithm {
     Crc32,
     Crc32c,
+    Crc64Nvme,
     Sha1,
     Sha256,
 }
 
-pub const ALL: [Algorithm; 4] = [
+pub const ALL: [Algorithm; 5] = [
     Algorithm::Crc32,
     Algorithm::Crc32c,
+    Algorithm::Crc64Nvme,
     Algorithm::Sha1,
     Algorithm::Sha256,
 ];
@@ -24,11 +26,12 @@ impl Algorithm {
             .find(|a| a.name().eq_ignore_ascii_case(name))
     }
 
-    /// As S3 names it: `CRC32`, `CRC32C`, `SHA1`, `SHA256`.
+    /// As S3 names it: `CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Crc32 => "CRC32",
             Self::Crc32c => "CRC32C",
+            Self::Crc64Nvme => "CRC64NVME",
             Self::Sha1 => "SHA1",
             Self::Sha256 => "SHA256",
         }
@@ -38,6 +41,7 @@ impl Algorithm {
         match self {
             Self::Crc32 => "x-amz-checksum-crc32",
             Self::Crc32c => "x-amz-checksum-crc32c",
+            Self::Crc64Nvme => "x-amz-checksum-crc64nvme",
             Self::Sha1 => "x-amz-checksum-sha1",
             Self::Sha256 => "x-amz-checksum-sha256",
         }
@@ -47,6 +51,7 @@ impl Algorithm {
         match self {
             Self::Crc32 => Hasher::Crc32(crc32fast::Hasher::new()),
             Self::Crc32c => Hasher::Crc32c(0),
+            Self::Crc64Nvme => Hasher::Crc64Nvme(crc64fast_nvme::Digest::new()),
             Self::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
             Self::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
         }
@@ -56,6 +61,7 @@ impl Algorithm {
 pub enum Hasher {
     Crc32(crc32fast::Hasher),
     Crc32c(u32),
+    Crc64Nvme(crc64fast_nvme::Digest),
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
 }
@@ -65,6 +71,7 @@ impl Hasher {
         match self {
             Self::Crc32(h) => h.update(bytes),
             Self::Crc32c(crc) => *crc = crc32c::crc32c_append(*crc, bytes),
+            Self::Crc64Nvme(h) => h.write(bytes),
             Self::Sha1(h) => h.update(bytes),
             Self::Sha256(h) => h.update(bytes),
         }
@@ -75,6 +82,7 @@ impl Hasher {
         match self {
             Self::Crc32(h) => h.finalize().to_be_bytes().to_vec(),
             Self::Crc32c(crc) => crc.to_be_bytes().to_vec(),
+            Self::Crc64Nvme(h) => h.sum64().to_be_bytes().to_vec(),
             Self::Sha1(h) => h.finalize().to_vec(),
             Self::Sha256(h) => h.finalize().to_vec(),
         }
@@ -106,6 +114,10 @@ mod tests {
             "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek="
         );
         assert_eq!(of(Algorithm::Sha1), "Kq5sNclPz7QV2+lfQIuc6R7oRu0=");
+        // CRC-64/NVME check value: crc64nvme("123456789") = 0xae8b14860a799888
+        let mut h = Algorithm::Crc64Nvme.hasher();
+        h.update(b"123456789");
+        assert_eq!(h.finish_raw(), 0xae8b_1486_0a79_9888_u64.to_be_bytes());
         assert_eq!(Algorithm::parse("crc32c"), Some(Algorithm::Crc32c));
     }
 }

@@ -6,17 +6,20 @@
 //! - [`body`] and [`checksum`]: request bodies as SDKs frame them, checked as they stream.
 //! - [`blobs`]: object bytes on disk; [`crate::store::ObjectStore`]: their metadata.
 //! - [`buckets`], [`objects`], [`multipart`]: the operations; [`xml`]: their documents.
+//! - [`route`]: the allow-list from a request to the operation it names.
 //! - [`notify`]: S3 event notification documents for bucket triggers.
 
 pub mod blobs;
 pub mod body;
 pub mod buckets;
 pub mod checksum;
+pub mod conditions;
 pub mod credentials;
 pub mod error;
 mod multipart;
 pub mod notify;
 pub mod objects;
+pub mod route;
 pub mod sigv4;
 pub mod xml;
 
@@ -181,72 +184,28 @@ async fn dispatch(s3: &Arc<S3>, request: Request) -> S3Result<Response> {
     )?;
     let t = target(parts.uri.path(), parts.uri.query())?;
     let h = &parts.headers;
-    let m = &parts.method;
-    if t.bucket.is_empty() {
-        return match *m {
-            Method::GET => buckets::list_buckets(s3).await,
-            _ => Err(method_not_allowed()),
-        };
+    use route::Operation as Op;
+    match route::route(&parts.method, &t, h)? {
+        Op::ListBuckets => buckets::list_buckets(s3, &t).await,
+        Op::CreateBucket => buckets::create(s3, &t, body).await,
+        Op::DeleteBucket => buckets::delete(s3, &t).await,
+        Op::HeadBucket => buckets::head(s3, &t).await,
+        Op::GetBucketLocation => buckets::location(s3, &t).await,
+        Op::ListObjects | Op::ListObjectsV2 => buckets::list_objects(s3, &t).await,
+        Op::ListMultipartUploads => multipart::list_uploads(s3, &t).await,
+        Op::DeleteObjects => objects::delete_many(s3, &t, h, body).await,
+        Op::PutObject => objects::put(s3, &t, h, &verified, body).await,
+        Op::CopyObject => objects::copy(s3, &t, h).await,
+        Op::GetObject => objects::get(s3, &t, h, false).await,
+        Op::HeadObject => objects::get(s3, &t, h, true).await,
+        Op::DeleteObject => objects::delete(s3, &t).await,
+        Op::CreateMultipartUpload => multipart::create(s3, &t, h).await,
+        Op::UploadPart => multipart::upload_part(s3, &t, h, &verified, body).await,
+        Op::UploadPartCopy => multipart::upload_part_copy(s3, &t, h).await,
+        Op::CompleteMultipartUpload => multipart::complete(s3, &t, h, body).await,
+        Op::AbortMultipartUpload => multipart::abort(s3, &t).await,
+        Op::ListParts => multipart::list_parts(s3, &t).await,
     }
-    if t.key.is_empty() {
-        return match *m {
-            Method::PUT => buckets::create(s3, &t, body).await,
-            Method::DELETE => buckets::delete(s3, &t).await,
-            Method::HEAD => buckets::head(s3, &t).await,
-            Method::GET if t.has("location") => buckets::location(s3, &t).await,
-            Method::GET if t.has("uploads") => multipart::list_uploads(s3, &t).await,
-            Method::GET => {
-                for unsupported in [
-                    "versioning",
-                    "policy",
-                    "acl",
-                    "cors",
-                    "lifecycle",
-                    "tagging",
-                    "notification",
-                    "versions",
-                    "website",
-                    "encryption",
-                    "object-lock",
-                ] {
-                    if t.has(unsupported) {
-                        return Err(S3Error::not_implemented(&format!(
-                            "the ?{unsupported} sub-resource"
-                        )));
-                    }
-                }
-                buckets::list_objects(s3, &t).await
-            }
-            Method::POST if t.has("delete") => objects::delete_many(s3, &t, h, body).await,
-            _ => Err(method_not_allowed()),
-        };
-    }
-    match *m {
-        Method::PUT if t.has("uploadId") => {
-            if h.contains_key("x-amz-copy-source") {
-                return multipart::upload_part_copy(s3, &t, h).await;
-            }
-            multipart::upload_part(s3, &t, h, &verified, body).await
-        }
-        Method::PUT if h.contains_key("x-amz-copy-source") => objects::copy(s3, &t, h).await,
-        Method::PUT => objects::put(s3, &t, h, &verified, body).await,
-        Method::GET if t.has("uploadId") => multipart::list_parts(s3, &t).await,
-        Method::GET => objects::get(s3, &t, h, false).await,
-        Method::HEAD => objects::get(s3, &t, h, true).await,
-        Method::DELETE if t.has("uploadId") => multipart::abort(s3, &t).await,
-        Method::DELETE => objects::delete(s3, &t).await,
-        Method::POST if t.has("uploads") => multipart::create(s3, &t, h).await,
-        Method::POST if t.has("uploadId") => multipart::complete(s3, &t, h, body).await,
-        _ => Err(method_not_allowed()),
-    }
-}
-
-fn method_not_allowed() -> S3Error {
-    S3Error::new(
-        "MethodNotAllowed",
-        StatusCode::METHOD_NOT_ALLOWED,
-        "The specified method is not allowed against this resource.",
-    )
 }
 
 /// Keys and prefixes in listings with `encoding-type=url` (what SDKs ask for).
@@ -307,17 +266,21 @@ const KEPT_PREFIX: &str = "header:";
 
 /// What an object keeps of a request's headers: `x-amz-meta-*` (names without the
 /// prefix) and the [`KEPT_HEADERS`] (named `header:NAME`).
+///
+/// Metadata values that are not ASCII are kept as text, as S3 keeps them: the bytes are
+/// read as UTF-8, or as ISO-8859-1 (what HTTP clients such as Python's send) when they
+/// are not UTF-8; [`object_headers`] answers them RFC 2047-encoded.
 pub fn user_metadata(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut metadata: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(name, value)| {
-            let value = value.to_str().ok()?;
             if let Some(meta) = name.as_str().strip_prefix("x-amz-meta-") {
-                return Some((meta.to_owned(), value.to_owned()));
+                return Some((meta.to_owned(), header_text(value.as_bytes())));
             }
             if !KEPT_HEADERS.contains(&name.as_str()) {
                 return None;
             }
+            let value = value.to_str().ok()?;
             // aws-chunked is how the body travelled, not how it is stored.
             let value = value
                 .split(',')
@@ -330,6 +293,31 @@ pub fn user_metadata(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect();
     metadata.sort();
     metadata
+}
+
+/// A header value's text: UTF-8 when it is, ISO-8859-1 otherwise (every byte a char).
+pub(crate) fn header_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
+/// A metadata value as a header: ASCII as it is, anything else RFC 2047-encoded
+/// (`=?UTF-8?B?…?=`), as S3 answers it.
+fn mail_safe(value: &str) -> std::borrow::Cow<'_, str> {
+    use base64::Engine as _;
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
+        return value.into();
+    }
+    format!(
+        "=?UTF-8?B?{}?=",
+        base64::engine::general_purpose::STANDARD.encode(value)
+    )
+    .into()
 }
 
 pub fn content_type(headers: &HeaderMap) -> Option<String> {
@@ -362,7 +350,7 @@ pub fn object_headers(object: &ObjectMeta, headers: &mut HeaderMap) {
     for (name, value) in &object.metadata {
         match name.strip_prefix(KEPT_PREFIX) {
             Some(kept) => set(kept, value),
-            None => set(&format!("x-amz-meta-{name}"), value),
+            None => set(&format!("x-amz-meta-{name}"), &mail_safe(value)),
         }
     }
 }
@@ -428,5 +416,10 @@ mod tests {
         assert!(!valid_bucket_name("My_Bucket"));
         assert!(!valid_bucket_name("ab"));
         assert_eq!(url_encode("a b+c/d"), "a%20b%2Bc/d");
+        // Header bytes: UTF-8 when they are, ISO-8859-1 (as Python sends) otherwise.
+        assert_eq!(header_text("Zürich".as_bytes()), "Zürich");
+        assert_eq!(header_text(b"caf\xe9"), "café");
+        assert_eq!(mail_safe("plain"), "plain");
+        assert_eq!(mail_safe("café"), "=?UTF-8?B?Y2Fmw6k=?=");
     }
 }

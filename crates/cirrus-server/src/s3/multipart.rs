@@ -3,13 +3,14 @@
 
 use super::body::ingest;
 use super::buckets::exists;
+use super::checksum::Algorithm;
 use super::error::{S3Error, S3Result};
 use super::sigv4::Verified;
 use super::xml::{self, NAMESPACE};
 use super::{
     blocking, content_type, iso_time, quoted, remove_blobs, user_metadata, xml_response, Target, S3,
 };
-use crate::store::{CompleteConflict, ObjectMeta, Part, Upload};
+use crate::store::{CompleteConflict, CompletedUpload, ObjectMeta, Part, Upload};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,28 +19,52 @@ use std::sync::Arc;
 
 const MAX_PARTS: u32 = 10_000;
 
-pub async fn create(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
-    let checksum_algorithm = match headers
-        .get("x-amz-checksum-algorithm")
-        .and_then(|v| v.to_str().ok())
-    {
-        None => None,
-        Some(name) => Some(
-            super::checksum::Algorithm::parse(name)
-                .ok_or_else(|| {
-                    S3Error::invalid_argument(format!("unknown checksum algorithm {name:?}"))
-                })?
-                .name()
-                .to_owned(),
-        ),
+/// The checksum an upload's object gets: `x-amz-checksum-algorithm`, and
+/// `x-amz-checksum-type` where S3 offers a choice (CRC64NVME is full-object only; SHA-1
+/// and SHA-256 composite only; the 32-bit CRCs either, composite by default).
+fn checksum_choice(headers: &HeaderMap) -> S3Result<Option<(Algorithm, &'static str)>> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(name) = header("x-amz-checksum-algorithm") else {
+        if header("x-amz-checksum-type").is_some() {
+            return Err(S3Error::bad_request(
+                "InvalidRequest",
+                "x-amz-checksum-type needs x-amz-checksum-algorithm",
+            ));
+        }
+        return Ok(None);
     };
+    let algorithm = Algorithm::parse(name)
+        .ok_or_else(|| S3Error::invalid_argument(format!("unknown checksum algorithm {name:?}")))?;
+    let kind = match (algorithm, header("x-amz-checksum-type")) {
+        (Algorithm::Crc64Nvme, None | Some("FULL_OBJECT")) => "FULL_OBJECT",
+        (Algorithm::Crc32 | Algorithm::Crc32c, Some("FULL_OBJECT")) => "FULL_OBJECT",
+        (Algorithm::Crc32 | Algorithm::Crc32c | Algorithm::Sha1 | Algorithm::Sha256, None) => {
+            "COMPOSITE"
+        }
+        (_, Some("COMPOSITE")) if algorithm != Algorithm::Crc64Nvme => "COMPOSITE",
+        (_, Some(kind)) => {
+            return Err(S3Error::bad_request(
+                "InvalidRequest",
+                format!(
+                    "The {} checksum algorithm does not support checksum type {kind}",
+                    algorithm.name()
+                ),
+            ))
+        }
+    };
+    Ok(Some((algorithm, kind)))
+}
+
+pub async fn create(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Response> {
+    let checksum = checksum_choice(headers)?;
     let upload = Upload {
         id: uuid::Uuid::now_v7().simple().to_string(),
         bucket: t.bucket.clone(),
         key: t.key.clone(),
         content_type: content_type(headers),
         metadata: user_metadata(headers),
-        checksum_algorithm,
+        checksum_algorithm: checksum.map(|(a, _)| a.name().to_owned()),
+        checksum_type: checksum.map(|(_, kind)| kind.to_owned()),
         created_ms: s3.clock.now_ms(),
     };
     let (store, u) = (s3.store.clone(), upload.clone());
@@ -55,20 +80,36 @@ pub async fn create(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<R
             upload_id: upload.id,
         },
     )?;
-    Ok(xml_response(StatusCode::OK, doc))
+    let mut response = xml_response(StatusCode::OK, doc);
+    if let Some((algorithm, kind)) = checksum {
+        let h = response.headers_mut();
+        h.insert(
+            "x-amz-checksum-algorithm",
+            HeaderValue::from_static(algorithm.name()),
+        );
+        h.insert("x-amz-checksum-type", HeaderValue::from_static(kind));
+    }
+    Ok(response)
 }
 
 /// The upload a request names, which must be for its bucket and key.
 async fn upload_of(s3: &Arc<S3>, t: &Target) -> S3Result<Upload> {
     let id = t.param("uploadId").unwrap_or("").to_owned();
-    let (store, i) = (s3.store.clone(), id.clone());
-    match blocking(move || store.get_upload(&i)).await? {
-        Some(u) if u.bucket == t.bucket && u.key == t.key => Ok(u),
-        _ => {
+    match find_upload(s3, t).await? {
+        Some(u) => Ok(u),
+        None => {
             exists(s3, &t.bucket).await?;
             Err(S3Error::no_such_upload(&id))
         }
     }
+}
+
+async fn find_upload(s3: &Arc<S3>, t: &Target) -> S3Result<Option<Upload>> {
+    let id = t.param("uploadId").unwrap_or("").to_owned();
+    let store = s3.store.clone();
+    Ok(blocking(move || store.get_upload(&id))
+        .await?
+        .filter(|u| u.bucket == t.bucket && u.key == t.key))
 }
 
 fn part_number(t: &Target) -> S3Result<u32> {
@@ -91,6 +132,7 @@ pub async fn upload_part(
 ) -> S3Result<Response> {
     let number = part_number(t)?;
     let upload = upload_of(s3, t).await?;
+    let headers = &part_checksum_headers(&upload, headers)?;
     let ingested = ingest(
         body,
         headers,
@@ -117,6 +159,48 @@ pub async fn upload_part(
     );
     super::objects::checksum_header(h, &ingested.checksum);
     Ok(response)
+}
+
+/// A part of an upload with a checksum algorithm carries a checksum of that algorithm:
+/// the one the client sent (which must be of that algorithm), or one computed here.
+fn part_checksum_headers(upload: &Upload, headers: &HeaderMap) -> S3Result<HeaderMap> {
+    let mut headers = headers.clone();
+    let Some(wanted) = upload.checksum_algorithm.as_deref() else {
+        return Ok(headers);
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let sent = super::checksum::ALL
+        .into_iter()
+        .find(|a| headers.contains_key(a.header()))
+        .map(|a| a.name().to_owned())
+        .or_else(|| {
+            header("x-amz-trailer")
+                .and_then(|t| {
+                    super::checksum::ALL
+                        .into_iter()
+                        .find(|a| a.header().eq_ignore_ascii_case(t.trim()))
+                })
+                .map(|a| a.name().to_owned())
+        })
+        .or_else(|| header("x-amz-sdk-checksum-algorithm").map(str::to_ascii_uppercase));
+    match sent {
+        Some(sent) if sent != wanted => Err(S3Error::bad_request(
+            "InvalidRequest",
+            format!(
+                "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                wanted.to_ascii_lowercase(),
+                sent.to_ascii_lowercase()
+            ),
+        )),
+        Some(_) => Ok(headers),
+        None => {
+            headers.insert(
+                "x-amz-sdk-checksum-algorithm",
+                HeaderValue::from_str(wanted).map_err(S3Error::internal)?,
+            );
+            Ok(headers)
+        }
+    }
 }
 
 /// Records a part whose blob is durable; the part it replaces goes. On failure the new
@@ -148,6 +232,7 @@ pub async fn upload_part_copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> 
     let upload = upload_of(s3, t).await?;
     let (bucket, key) = super::objects::copy_source(headers)?;
     let from = super::objects::lookup(s3, &bucket, &key).await?;
+    super::conditions::for_copy_source(headers, &from)?;
     let (start, len) = match headers
         .get("x-amz-copy-source-range")
         .and_then(|v| v.to_str().ok())
@@ -166,8 +251,18 @@ pub async fn upload_part_copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> 
                 .and_then(|r| r.split_once('-'))
                 .ok_or_else(bad)?;
             let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-            if a > b || b >= from.size {
+            if a > b {
                 return Err(bad());
+            }
+            if b >= from.size {
+                return Err(S3Error::new(
+                    "InvalidRange",
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!(
+                        "The requested range is not satisfiable: the source object has {} bytes",
+                        from.size
+                    ),
+                ));
             }
             (a, b - a + 1)
         }
@@ -243,7 +338,6 @@ pub async fn complete(
     headers: &HeaderMap,
     body: Body,
 ) -> S3Result<Response> {
-    let upload = upload_of(s3, t).await?;
     let condition = super::objects::put_condition(headers)?;
     let if_match = matches!(condition, crate::store::PutCondition::Etag(_));
     let bytes = axum::body::to_bytes(body, 4 << 20).await.map_err(|_| {
@@ -255,18 +349,31 @@ pub async fn complete(
             "CompleteMultipartUpload lists no parts",
         ));
     }
+    // Strictly ascending: a repeated part number is out of order too, as in S3.
     if request.parts.windows(2).any(|w| w[0].number >= w[1].number) {
         return Err(S3Error::bad_request(
             "InvalidPartOrder",
             "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
         ));
     }
+    let receipt_parts = request
+        .parts
+        .iter()
+        .map(|p| format!("{}:{}", p.number, p.etag.trim().trim_matches('"')))
+        .collect::<Vec<_>>()
+        .join(",");
+    let Some(upload) = find_upload(s3, t).await? else {
+        return retried_completion(s3, t, &receipt_parts).await;
+    };
     let (store, id) = (s3.store.clone(), upload.id.clone());
     let stored = blocking(move || store.parts(&id)).await?;
     let mut chosen: Vec<Part> = Vec::with_capacity(request.parts.len());
     for wanted in &request.parts {
         match stored.iter().find(|p| p.number == wanted.number) {
-            Some(part) if wanted.etag.trim().trim_matches('"') == part.etag => {
+            Some(part)
+                if wanted.etag.trim().trim_matches('"') == part.etag
+                    && checksum_agrees(wanted, part) =>
+            {
                 chosen.push(part.clone())
             }
             _ => return Err(invalid_part(wanted.number)),
@@ -294,26 +401,39 @@ pub async fn complete(
             ),
         ));
     }
+    if let Some(declared) = headers
+        .get("x-amz-mp-object-size")
+        .and_then(|v| v.to_str().ok())
+    {
+        if declared.trim().parse::<u64>().ok() != Some(size) {
+            return Err(S3Error::bad_request(
+                "InvalidRequest",
+                format!("x-amz-mp-object-size is {declared} but the parts hold {size} bytes"),
+            ));
+        }
+    }
     // S3's multipart ETag: the MD5 of the parts' MD5s, then the number of parts.
     let mut md5s = md5::Md5::new();
     for p in &chosen {
         md5s.update(hex::decode(&p.etag).map_err(S3Error::internal)?);
     }
     let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
-    let checksum = composite_checksum(&upload, &chosen);
+    // A full-object checksum is computed over the bytes as they are joined.
+    let full_object = (upload.checksum_type.as_deref() == Some("FULL_OBJECT"))
+        .then(|| {
+            upload
+                .checksum_algorithm
+                .as_deref()
+                .and_then(Algorithm::parse)
+        })
+        .flatten();
     let part_blobs: Vec<String> = chosen.iter().map(|p| p.blob.clone()).collect();
     let blobs = s3.blobs.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        let mut writer = blobs.writer()?;
-        for b in &part_blobs {
-            writer.append_file(&blobs.path(b))?;
-        }
-        writer.finish(&blobs)
-    })
-    .await
-    .map_err(S3Error::internal)?;
-    let blob = match joined {
-        Ok(blob) => blob,
+    let joined = tokio::task::spawn_blocking(move || join_parts(&blobs, &part_blobs, full_object))
+        .await
+        .map_err(S3Error::internal)?;
+    let (blob, full_checksum) = match joined {
+        Ok(done) => done,
         // A part was replaced or the upload aborted while we read it.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             upload_of(s3, t).await?;
@@ -324,6 +444,10 @@ pub async fn complete(
         }
         Err(e) => return Err(S3Error::internal(e)),
     };
+    let checksum = match (full_object, full_checksum) {
+        (Some(algorithm), Some(value)) => Some((algorithm.name().to_owned(), value)),
+        _ => composite_checksum(&upload, &chosen),
+    };
     let object = ObjectMeta {
         bucket: upload.bucket.clone(),
         key: upload.key.clone(),
@@ -331,9 +455,17 @@ pub async fn complete(
         etag: etag.clone(),
         content_type: upload.content_type.clone(),
         metadata: upload.metadata.clone(),
-        checksum,
+        checksum: checksum.clone(),
         modified_ms: s3.clock.now_ms(),
         blob: blob.clone(),
+        parts: chosen.iter().map(|p| p.size).collect(),
+    };
+    let receipt = CompletedUpload {
+        bucket: upload.bucket.clone(),
+        key: upload.key.clone(),
+        parts: receipt_parts,
+        etag: etag.clone(),
+        checksum,
     };
     // The object, its notifications and the end of the upload commit together, and only
     // if the parts are still the ones joined: a concurrent Abort, UploadPart or Complete
@@ -345,11 +477,17 @@ pub async fn complete(
         object.modified_ms,
         None,
     ));
-    let (store, id, p) = (s3.store.clone(), upload.id.clone(), pending.clone());
+    let (store, id, p, r) = (
+        s3.store.clone(),
+        upload.id.clone(),
+        pending.clone(),
+        receipt.clone(),
+    );
     let parts: Vec<(u32, String)> = chosen.iter().map(|p| (p.number, p.blob.clone())).collect();
-    let outcome =
-        blocking(move || store.complete_upload(&id, &parts, &object, &condition, &|o| p.events(o)))
-            .await;
+    let outcome = blocking(move || {
+        store.complete_upload(&id, &parts, &object, &condition, &r, &|o| p.events(o))
+    })
+    .await;
     match outcome {
         Ok(Ok(done)) => {
             s3.notifier.committed(&pending);
@@ -367,7 +505,7 @@ pub async fn complete(
                     S3Error::no_such_key(&upload.key)
                 }
                 CompleteConflict::PreconditionFailed { .. } => {
-                    super::objects::precondition_failed()
+                    super::conditions::precondition_failed()
                 }
             });
         }
@@ -376,17 +514,80 @@ pub async fn complete(
             return Err(e);
         }
     }
+    completion_answer(&receipt)
+}
+
+/// A CompleteMultipartUpload for an upload that is gone: if it completed with this very
+/// part list (a client retrying after a lost response), the answer it had; otherwise
+/// NoSuchUpload.
+async fn retried_completion(s3: &Arc<S3>, t: &Target, parts: &str) -> S3Result<Response> {
+    let id = t.param("uploadId").unwrap_or("").to_owned();
+    let (store, i) = (s3.store.clone(), id.clone());
+    if let Some(receipt) = blocking(move || store.completed_upload(&i)).await? {
+        if receipt.bucket == t.bucket && receipt.key == t.key && receipt.parts == parts {
+            return completion_answer(&receipt);
+        }
+    }
+    exists(s3, &t.bucket).await?;
+    Err(S3Error::no_such_upload(&id))
+}
+
+fn completion_answer(receipt: &CompletedUpload) -> S3Result<Response> {
     let doc = xml::document(
         "CompleteMultipartUploadResult",
         &xml::CompleteMultipartUploadResult {
             xmlns: NAMESPACE,
-            location: format!("/{}/{}", upload.bucket, super::url_encode(&upload.key)),
-            bucket: upload.bucket,
-            key: upload.key,
-            etag: quoted(&etag),
+            location: format!("/{}/{}", receipt.bucket, super::url_encode(&receipt.key)),
+            bucket: receipt.bucket.clone(),
+            key: receipt.key.clone(),
+            etag: quoted(&receipt.etag),
+            checksums: xml::Checksums::of_object(&receipt.checksum),
         },
     )?;
     Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// Whether a part named in a completion carries the checksum the part was stored with
+/// (when it names one).
+fn checksum_agrees(wanted: &xml::CompletedPart, part: &Part) -> bool {
+    match (wanted.checksum(), &part.checksum) {
+        (None, _) => true,
+        (Some((algorithm, value)), Some((stored_alg, stored))) => {
+            algorithm == stored_alg && value.trim() == stored
+        }
+        (Some(_), None) => false,
+    }
+}
+
+/// Joins part blobs into one new blob; with `full_object`, also that checksum of the
+/// whole (base64).
+fn join_parts(
+    blobs: &super::blobs::Blobs,
+    parts: &[String],
+    full_object: Option<Algorithm>,
+) -> std::io::Result<(String, Option<String>)> {
+    use std::io::Read as _;
+    let mut writer = blobs.writer()?;
+    let Some(algorithm) = full_object else {
+        for b in parts {
+            writer.append_file(&blobs.path(b))?;
+        }
+        return Ok((writer.finish(blobs)?, None));
+    };
+    let mut hasher = algorithm.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    for b in parts {
+        let mut file = std::fs::File::open(blobs.path(b))?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            writer.write(&buf[..n])?;
+        }
+    }
+    Ok((writer.finish(blobs)?, Some(hasher.finish())))
 }
 
 /// S3's checksum of a multipart object: the checksum of the parts' checksums, then the
@@ -458,6 +659,8 @@ pub async fn list_parts(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
             next_part_number_marker: parts.last().map_or(marker, |p| p.number),
             max_parts: max,
             is_truncated: truncated,
+            checksum_algorithm: upload.checksum_algorithm,
+            checksum_type: upload.checksum_type,
             parts: parts
                 .into_iter()
                 .map(|p| xml::PartEntry {
@@ -465,6 +668,7 @@ pub async fn list_parts(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
                     last_modified: iso_time(p.modified_ms),
                     etag: quoted(&p.etag),
                     size: p.size,
+                    checksums: xml::Checksums::of(&p.checksum),
                 })
                 .collect(),
         },

@@ -2,6 +2,7 @@
 //! becomes an event in the durable queue, committed with the change, whose data is the
 //! S3 event notification document Lambda functions read (`Records[0].s3.object.key`).
 
+use crate::lineage::Lineage;
 use crate::queue::BUCKET_EVENT_TYPE;
 use crate::registry::Registry;
 use crate::store::{NewEvent, ObjectMeta};
@@ -40,20 +41,20 @@ pub struct Pending {
     sequencer: Arc<std::sync::atomic::AtomicU64>,
     name: &'static str,
     now_ms: u64,
-    lineage: Option<(String, u32)>,
+    lineage: Option<Lineage>,
 }
 
 impl Notifier {
     /// Who a change of `key` fires; `name` is S3's event name, e.g. `ObjectCreated:Put`.
-    /// `lineage` is the request id and pipeline depth of a destination step that made
-    /// the change (so a loop through a bucket stops at the depth limit).
+    /// `lineage` is that of the invocation that made the change (so a loop through a
+    /// bucket stops at the depth limit and within its lineage's event budget).
     pub fn prepare(
         &self,
         bucket: &str,
         key: &str,
         name: &'static str,
         now_ms: u64,
-        lineage: Option<(String, u32)>,
+        lineage: Option<Lineage>,
     ) -> Pending {
         let kind = if name.starts_with("ObjectRemoved") {
             BucketEvent::Removed
@@ -98,13 +99,14 @@ impl Pending {
                     traceparent: None,
                     event_type: Some(BUCKET_EVENT_TYPE.into()),
                     source: Some(format!("/buckets/{}", object.bucket)),
-                    parent_id: self.lineage.as_ref().map(|(id, _)| id.clone()),
+                    parent_id: self.lineage.as_ref().map(|l| l.request_id.clone()),
+                    root_id: self.lineage.as_ref().map(|l| l.root.clone()),
                     // Changes of one key reach each function in commit order.
                     ordering_key: Some(format!(
                         "bucket:{}:{}:{function}",
                         object.bucket, object.key
                     )),
-                    hops: self.lineage.as_ref().map_or(0, |(_, hops)| hops + 1),
+                    hops: self.lineage.as_ref().map_or(0, Lineage::next_hops),
                     trigger: Trigger::Bucket,
                     created_ms: self.now_ms,
                     idempotency_key: None,

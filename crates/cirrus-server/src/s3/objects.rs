@@ -2,6 +2,7 @@
 
 use super::body::ingest;
 use super::buckets::exists;
+use super::conditions::{precondition_failed, Failed};
 use super::error::{S3Error, S3Result};
 use super::sigv4::Verified;
 use super::xml::{self, NAMESPACE};
@@ -26,7 +27,7 @@ pub async fn record(
     object: ObjectMeta,
     condition: PutCondition,
     event: &'static str,
-    lineage: Option<(String, u32)>,
+    lineage: Option<crate::lineage::Lineage>,
 ) -> S3Result<()> {
     let pending = Arc::new(s3.notifier.prepare(
         &object.bucket,
@@ -64,14 +65,6 @@ pub async fn record(
             Err(e)
         }
     }
-}
-
-pub fn precondition_failed() -> S3Error {
-    S3Error::new(
-        "PreconditionFailed",
-        StatusCode::PRECONDITION_FAILED,
-        "At least one of the pre-conditions you specified did not hold",
-    )
 }
 
 /// `If-None-Match: *` (create only) or `If-Match: "etag"` (replace only that version).
@@ -113,7 +106,7 @@ pub async fn store(
     headers: &HeaderMap,
     verified: Option<&Verified>,
     body: Body,
-    lineage: Option<(String, u32)>,
+    lineage: Option<crate::lineage::Lineage>,
 ) -> S3Result<ObjectMeta> {
     exists(s3, bucket).await?;
     let condition = put_condition(headers)?;
@@ -135,6 +128,7 @@ pub async fn store(
         checksum: ingested.checksum,
         modified_ms: s3.clock.now_ms(),
         blob: ingested.blob,
+        parts: Vec::new(),
     };
     record(s3, object.clone(), condition, "ObjectCreated:Put", lineage).await?;
     Ok(object)
@@ -212,11 +206,35 @@ pub(crate) fn parse_range(text: &str, size: u64) -> S3Result<Option<(u64, u64)>>
     Ok(Some(range))
 }
 
-pub(crate) fn etag_matches(condition: &str, etag: &str) -> bool {
-    condition
-        .split(',')
-        .map(|c| c.trim().trim_start_matches("W/").trim_matches('"'))
-        .any(|c| c == "*" || c == etag)
+/// The byte range of part `number` of an object, and the object's part count (0 for an
+/// object not uploaded in parts, which is its own part 1).
+fn part_range(object: &ObjectMeta, number: &str) -> S3Result<((u64, u64), usize)> {
+    let number: usize = number
+        .parse()
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })?;
+    let sizes: &[u64] = if object.parts.is_empty() {
+        std::slice::from_ref(&object.size)
+    } else {
+        &object.parts
+    };
+    let Some(size) = sizes.get(number - 1) else {
+        return Err(S3Error::new(
+            "InvalidPartNumber",
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "The requested partnumber is not satisfiable",
+        ));
+    };
+    let start: u64 = sizes[..number - 1].iter().sum();
+    Ok((
+        (start, (start + size).saturating_sub(1)),
+        object.parts.len(),
+    ))
 }
 
 pub async fn get(
@@ -231,32 +249,34 @@ pub async fn get(
     loop {
         attempts += 1;
         let object = lookup(s3, &t.bucket, &t.key).await?;
-        if let Some(cond) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-            if !etag_matches(cond, &object.etag) {
-                return Err(S3Error::new(
-                    "PreconditionFailed",
-                    StatusCode::PRECONDITION_FAILED,
-                    "At least one of the pre-conditions you specified did not hold",
-                ));
-            }
-        }
-        if let Some(cond) = headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-        {
-            if etag_matches(cond, &object.etag) {
+        match super::conditions::for_read(headers, &object) {
+            None => {}
+            Some(Failed::Precondition) => return Err(precondition_failed()),
+            Some(Failed::NotModified) => {
                 let mut response = StatusCode::NOT_MODIFIED.into_response();
                 object_headers(&object, response.headers_mut());
                 return Ok(response);
             }
         }
-        let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-            Some(r) => parse_range(r, object.size).map_err(|e| {
+        let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        let part = match t.param("partNumber") {
+            None => None,
+            Some(_) if range_header.is_some() => {
+                return Err(S3Error::bad_request(
+                    "InvalidRequest",
+                    "Cannot specify both Range header and partNumber query parameter",
+                ))
+            }
+            Some(n) => Some(part_range(&object, n)?),
+        };
+        let range = match (range_header, part) {
+            (_, Some((range, _))) => Some(range),
+            (Some(r), None) => parse_range(r, object.size).map_err(|e| {
                 let mut e = e;
                 e.resource = Some(t.key.clone());
                 e
             })?,
-            None => None,
+            (None, None) => None,
         };
         let (start, end) = range.unwrap_or((0, object.size.saturating_sub(1)));
         let length = if object.size == 0 { 0 } else { end - start + 1 };
@@ -274,6 +294,11 @@ pub async fn get(
         object_headers(&object, h);
         super::response_overrides(t, h);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if let Some((_, count)) = part.filter(|(_, count)| *count > 0) {
+            response
+                .headers_mut()
+                .insert("x-amz-mp-parts-count", HeaderValue::from(count));
+        }
         if range.is_some() {
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
             let value = format!("bytes {start}-{end}/{}", object.size);
@@ -286,6 +311,12 @@ pub async fn get(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"))
         {
             checksum_header(response.headers_mut(), &object.checksum);
+            if let Some((_, value)) = &object.checksum {
+                response.headers_mut().insert(
+                    "x-amz-checksum-type",
+                    HeaderValue::from_static(xml::checksum_type(value)),
+                );
+            }
         }
         return Ok(response);
     }
@@ -319,7 +350,7 @@ pub async fn remove(
     s3: &Arc<S3>,
     bucket: &str,
     key: &str,
-    lineage: Option<(String, u32)>,
+    lineage: Option<crate::lineage::Lineage>,
 ) -> S3Result<bool> {
     let pending = Arc::new(s3.notifier.prepare(
         bucket,
@@ -370,6 +401,15 @@ pub async fn delete_many(
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     for o in request.objects {
+        // A version that is not the current object is refused for that key alone.
+        if let Some(Err(e)) = o.version_id.as_deref().map(super::route::refuse_version) {
+            errors.push(xml::DeleteError {
+                key: o.key,
+                code: e.code.to_owned(),
+                message: e.message,
+            });
+            continue;
+        }
         match remove(s3, &t.bucket, &o.key, None).await {
             Ok(_) => {
                 if !request.quiet {
@@ -438,7 +478,13 @@ pub fn copy_source(headers: &HeaderMap) -> S3Result<(String, String)> {
         .get("x-amz-copy-source")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let source = source.split_once("?versionId=").map_or(source, |(s, _)| s);
+    let source = match source.split_once("?versionId=") {
+        Some((source, version)) => {
+            super::route::refuse_version(version)?;
+            source
+        }
+        None => source,
+    };
     let source = percent_encoding::percent_decode_str(source.trim_start_matches('/'))
         .decode_utf8()
         .map_err(|_| S3Error::invalid_argument("x-amz-copy-source is not valid UTF-8"))?
@@ -456,6 +502,7 @@ pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Res
     let (src_bucket, src_key) = copy_source(headers)?;
     let condition = put_condition(headers)?;
     let from = lookup(s3, &src_bucket, &src_key).await?;
+    super::conditions::for_copy_source(headers, &from)?;
     let replace = match headers
         .get("x-amz-metadata-directive")
         .and_then(|v| v.to_str().ok())
@@ -501,6 +548,7 @@ pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Res
         checksum: from.checksum.clone(),
         modified_ms: s3.clock.now_ms(),
         blob,
+        parts: from.parts.clone(),
     };
     let modified = object.modified_ms;
     record(s3, object, condition, "ObjectCreated:Copy", None).await?;

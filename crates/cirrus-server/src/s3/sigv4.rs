@@ -135,7 +135,9 @@ fn canonical_headers(headers: &HeaderMap, signed: &[&str]) -> S3Result<String> {
             .get_all(*name)
             .iter()
             .map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
+                // Non-UTF-8 bytes are ISO-8859-1, as Python's http.client sends a value
+                // botocore signed as text.
+                super::header_text(v.as_bytes())
                     .split_whitespace()
                     .collect::<Vec<_>>()
                     .join(" ")
@@ -288,9 +290,21 @@ pub fn verify(
                 "the Authorization header needs Credential, SignedHeaders and Signature",
             ));
         };
-        let amz_date = header(request.headers, "x-amz-date")
-            .ok_or_else(|| S3Error::access_denied("the request lacks X-Amz-Date"))?
-            .to_owned();
+        // The time may come in `Date` instead (SigV4 allows either; X-Amz-Date wins);
+        // the string to sign then carries it in the same basic ISO 8601 form.
+        let amz_date = match header(request.headers, "x-amz-date") {
+            Some(date) => date.to_owned(),
+            None => header(request.headers, "date")
+                .and_then(|d| chrono::DateTime::parse_from_rfc2822(d.trim()).ok())
+                .map(|d| {
+                    d.with_timezone(&chrono::Utc)
+                        .format("%Y%m%dT%H%M%SZ")
+                        .to_string()
+                })
+                .ok_or_else(|| {
+                    S3Error::access_denied("the request lacks X-Amz-Date (or a valid Date)")
+                })?,
+        };
         let signed_at = parse_amz_date(&amz_date)
             .ok_or_else(|| S3Error::access_denied("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?;
         let skew = now
@@ -503,6 +517,13 @@ fn verify_v2_presigned(
     if now > expires_at {
         return Err(S3Error::access_denied("Request has expired"));
     }
+    // The same cap as SigV4's X-Amz-Expires: a leaked URL is not good forever.
+    if expires_at > now + Duration::from_secs(MAX_EXPIRES_SECS) {
+        return Err(S3Error::bad_request(
+            "AuthorizationQueryParametersError",
+            "Expires must be less than a week (604800 seconds) from now",
+        ));
+    }
     let header_text = |name: &str| {
         header(request.headers, name)
             .unwrap_or("")
@@ -709,6 +730,72 @@ mod tests {
         assert_eq!(
             verify(&credentials, &other, now).unwrap_err().code,
             "SignatureDoesNotMatch"
+        );
+    }
+
+    /// SigV4 lets the time come in `Date` instead of `X-Amz-Date` (older SDKs and
+    /// hand-rolled signers do this); the string to sign carries it in ISO 8601 form.
+    #[test]
+    fn requests_dated_by_the_date_header_verify() {
+        let credentials =
+            Credentials::parse("[default]\naws_access_key_id=AK\naws_secret_access_key=secret\n")
+                .unwrap();
+        let now = SystemTime::now();
+        let at = chrono::DateTime::<chrono::Utc>::from(now);
+        let amz_date = at.format("%Y%m%dT%H%M%SZ").to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "127.0.0.1:9000".parse().unwrap());
+        headers.insert(
+            "date",
+            at.format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string()
+                .parse()
+                .unwrap(),
+        );
+        headers.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+        let signed = ["date", "host", "x-amz-content-sha256"];
+        let scope = format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
+        fn request(headers: &HeaderMap) -> SignedRequest<'_> {
+            SignedRequest {
+                method: &Method::GET,
+                path: "/b/k",
+                query: None,
+                headers,
+            }
+        }
+        let to_sign = string_to_sign(
+            &request(&headers),
+            &signed,
+            "UNSIGNED-PAYLOAD",
+            &amz_date,
+            &scope,
+            false,
+        )
+        .unwrap();
+        let key = signing_key("secret", &amz_date[..8], "us-east-1", "s3");
+        let signature = hex::encode(hmac(&key, to_sign.as_bytes()));
+        headers.insert(
+            "authorization",
+            format!(
+                "{ALGORITHM} Credential=AK/{scope}, SignedHeaders={}, Signature={signature}",
+                signed.join(";")
+            )
+            .parse()
+            .unwrap(),
+        );
+        assert_eq!(
+            verify(&credentials, &request(&headers), now)
+                .unwrap()
+                .access_key,
+            "AK"
+        );
+        // Without either, the request is refused.
+        headers.remove("date");
+        assert_eq!(
+            verify(&credentials, &request(&headers), now)
+                .unwrap_err()
+                .code,
+            "AccessDenied"
         );
     }
 

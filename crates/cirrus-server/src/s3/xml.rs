@@ -19,7 +19,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> S3Result<T> {
     quick_xml::de::from_str(text).map_err(S3Error::malformed_xml)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone, Copy)]
 pub struct Owner {
     #[serde(rename = "ID")]
     pub id: &'static str,
@@ -40,6 +40,10 @@ pub struct ListAllMyBucketsResult {
     pub owner: Owner,
     #[serde(rename = "Buckets")]
     pub buckets: Buckets,
+    #[serde(rename = "ContinuationToken", skip_serializing_if = "Option::is_none")]
+    pub continuation_token: Option<String>,
+    #[serde(rename = "Prefix", skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -107,6 +111,9 @@ pub struct ObjectEntry {
     pub size: u64,
     #[serde(rename = "StorageClass")]
     pub storage_class: &'static str,
+    /// ListObjects always, ListObjectsV2 with `fetch-owner=true`.
+    #[serde(rename = "Owner", skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
 }
 
 #[derive(Serialize)]
@@ -147,6 +154,84 @@ pub struct CompletedPart {
     pub number: u32,
     #[serde(rename = "ETag")]
     pub etag: String,
+    #[serde(rename = "ChecksumCRC32", default)]
+    pub checksum_crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", default)]
+    pub checksum_crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", default)]
+    pub checksum_crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", default)]
+    pub checksum_sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", default)]
+    pub checksum_sha256: Option<String>,
+}
+
+impl CompletedPart {
+    /// The checksum the client says the part has: `(algorithm, base64)`.
+    pub fn checksum(&self) -> Option<(&'static str, &str)> {
+        [
+            ("CRC32", &self.checksum_crc32),
+            ("CRC32C", &self.checksum_crc32c),
+            ("CRC64NVME", &self.checksum_crc64nvme),
+            ("SHA1", &self.checksum_sha1),
+            ("SHA256", &self.checksum_sha256),
+        ]
+        .into_iter()
+        .find_map(|(name, value)| Some((name, value.as_deref()?)))
+    }
+}
+
+/// The `Checksum*` elements of a document: the one of `checksum`'s algorithm set.
+#[derive(Serialize, Default)]
+pub struct Checksums {
+    #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha256: Option<String>,
+    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<&'static str>,
+}
+
+impl Checksums {
+    /// A stored `(algorithm, base64)` checksum; a composite one ends in `-N`.
+    pub fn of(checksum: &Option<(String, String)>) -> Self {
+        let mut c = Self::default();
+        if let Some((algorithm, value)) = checksum {
+            let slot = match algorithm.as_str() {
+                "CRC32" => &mut c.checksum_crc32,
+                "CRC32C" => &mut c.checksum_crc32c,
+                "CRC64NVME" => &mut c.checksum_crc64nvme,
+                "SHA1" => &mut c.checksum_sha1,
+                "SHA256" => &mut c.checksum_sha256,
+                _ => return c,
+            };
+            *slot = Some(value.clone());
+        }
+        c
+    }
+
+    /// [`Self::of`] with the `ChecksumType` of a whole object.
+    pub fn of_object(checksum: &Option<(String, String)>) -> Self {
+        Self {
+            checksum_type: checksum.as_ref().map(|(_, v)| checksum_type(v)),
+            ..Self::of(checksum)
+        }
+    }
+}
+
+/// A stored checksum's type: a composite one ends in `-N` (base64 has no `-`).
+pub fn checksum_type(value: &str) -> &'static str {
+    if value.contains('-') {
+        "COMPOSITE"
+    } else {
+        "FULL_OBJECT"
+    }
 }
 
 #[derive(Serialize)]
@@ -161,6 +246,8 @@ pub struct CompleteMultipartUploadResult {
     pub key: String,
     #[serde(rename = "ETag")]
     pub etag: String,
+    #[serde(flatten)]
+    pub checksums: Checksums,
 }
 
 #[derive(Serialize)]
@@ -181,6 +268,10 @@ pub struct ListPartsResult {
     pub max_parts: usize,
     #[serde(rename = "IsTruncated")]
     pub is_truncated: bool,
+    #[serde(rename = "ChecksumAlgorithm", skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<String>,
+    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
     #[serde(rename = "Part")]
     pub parts: Vec<PartEntry>,
 }
@@ -195,6 +286,8 @@ pub struct PartEntry {
     pub etag: String,
     #[serde(rename = "Size")]
     pub size: u64,
+    #[serde(flatten)]
+    pub checksums: Checksums,
 }
 
 #[derive(Serialize)]
@@ -245,6 +338,8 @@ pub struct Delete {
 pub struct ObjectIdentifier {
     #[serde(rename = "Key")]
     pub key: String,
+    #[serde(rename = "VersionId")]
+    pub version_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -332,6 +427,7 @@ mod tests {
                     etag: "\"e\"".into(),
                     size: 1,
                     storage_class: "STANDARD",
+                    owner: Some(OWNER),
                 }],
                 common_prefixes: vec![CommonPrefix {
                     prefix: "d/".into(),

@@ -91,8 +91,58 @@ pub trait RecordStore: Send + Sync + 'static {
     fn trace(&self, trace_id: &str) -> StoreResult<Vec<InvocationRecord>>;
     /// The trace a request id belongs to.
     fn trace_of(&self, request_id: &str) -> StoreResult<Option<String>>;
-    /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,/// UTC, milliseconds), including functions since deleted.
+    /// Usage per function and hour of invocations started in `[from, to)` (RFC 3339,
+    /// UTC, milliseconds), including functions since deleted. Pruned records count by
+    /// their hour's sums: an hour whose start is in `[from, to)`.
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>>;
+}
+
+/// Which invocation records the pruner removes: those that started before a time, and
+/// those older than the newest `keep` (by arrival).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRule {
+    /// RFC 3339 (UTC, milliseconds), as `started_at` is stored.
+    pub started_before: Option<String>,
+    pub keep: Option<u64>,
+}
+
+/// What one call of [`RetentionStore::prune_records`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedRecords {
+    pub records: u64,
+    pub log_lines: u64,
+}
+
+impl std::ops::AddAssign for PrunedRecords {
+    fn add_assign(&mut self, other: Self) {
+        self.records += other.records;
+        self.log_lines += other.log_lines;
+    }
+}
+
+/// What the background pruner (`retention.rs`) removes. Each call does one small batch
+/// in one short transaction, so no call holds the database's write lock for long; the
+/// pruner calls again until a call finds nothing.
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Removes up to about `limit` of the oldest records the rule selects, with the log
+    /// lines of their requests. Their usage is added to the hourly roll-up in the same
+    /// transaction, so [`RecordStore::hourly_usage`] answers the same before and after.
+    fn prune_records(&self, rule: &RecordRule, limit: usize) -> StoreResult<PrunedRecords>;
+    /// Removes up to `limit` of the oldest log lines beyond the newest `keep`.
+    fn prune_log_lines(&self, keep: u64, limit: usize) -> StoreResult<u64>;
+    /// Removes up to `limit` dead-letter events that failed before `failed_before_ms`.
+    fn prune_dead_letters(&self, failed_before_ms: u64, limit: usize) -> StoreResult<u64>;
+    /// Removes up to `limit` multipart uploads started before `created_before_ms` and
+    /// never completed or aborted, with their parts; returns each upload's id and part
+    /// blobs, which the caller deletes (as an abort does).
+    fn expire_uploads(
+        &self,
+        created_before_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<String>)>>;
+    /// Gives up to `max_pages` free pages back to the file system, keeping an eighth of
+    /// the database free for reuse; returns how many were given back.
+    fn release_free_pages(&self, max_pages: u64) -> StoreResult<u64>;
 }
 
 /// An event accepted for asynchronous delivery.
@@ -108,11 +158,15 @@ pub struct NewEvent {
     /// CloudEvents `type` and `source`; default to an asynchronous invoke's.
     pub event_type: Option<String>,
     pub source: Option<String>,
-    /// The request id whose result (or failure) this event carries, for lineage.
+    /// The invocation that caused this event (whose result, failure or write it carries).
     pub parent_id: Option<String>,
+    /// The request the event's lineage started with; `None` when nothing inside Cirrus
+    /// caused the event (it starts a lineage of its own). Events with a root count
+    /// against that lineage's event budget.
+    pub root_id: Option<String>,
     /// Events with the same ordering key are delivered one at a time, in order.
     pub ordering_key: Option<String>,
-    /// Destination steps between this event and the request that started its pipeline.
+    /// Steps between this event and the request its lineage started with.
     pub hops: u32,
     /// What produced the event: async invoke, topic, schedule or destination.
     pub trigger: cirrus_api::Trigger,
@@ -141,7 +195,10 @@ pub enum Enqueued {
 /// an event is acknowledged only once it is on disk.
 pub trait EventQueue: Send + Sync + 'static {
     /// Called by the enqueue writer with a batch, committed in one transaction; keys
-    /// seen within `idempotency_window_ms` are duplicates.
+    /// seen within `idempotency_window_ms` are duplicates. Every way of queueing events
+    /// (this, KV writes, object changes) counts an event with a `root_id` against that
+    /// lineage in the same transaction; past the store's lineage budget the event is
+    /// recorded dead, with the reason, instead of pending.
     fn enqueue(
         &self,
         events: &[NewEvent],
@@ -176,10 +233,13 @@ pub trait EventQueue: Send + Sync + 'static {
     /// One dead event with its body.
     fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>>;
     /// Dead events (one, or all of a function, or all) go back to the queue with fresh
-    /// attempts and age.
+    /// attempts and age, and their lineages with a fresh event budget.
     fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64>;
     /// Dead events (one, or all of a function, or all) are deleted.
     fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64>;
+    /// Called periodically: forgets the event counts of lineages that created nothing
+    /// since `idle_since_ms`. Returns how many.
+    fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64>;
 }
 
 /// A KV write: the precondition it needs and what it does.
@@ -244,6 +304,9 @@ pub struct ObjectMeta {
     pub checksum: Option<(String, String)>,
     pub modified_ms: u64,
     pub blob: String,
+    /// For an object completed from a multipart upload, the sizes of its parts in order
+    /// (GET `?partNumber=N`); empty otherwise.
+    pub parts: Vec<u64>,
 }
 
 /// A multipart upload in progress.
@@ -255,7 +318,21 @@ pub struct Upload {
     pub content_type: Option<String>,
     pub metadata: Vec<(String, String)>,
     pub checksum_algorithm: Option<String>,
+    /// `COMPOSITE` (a checksum of the parts' checksums) or `FULL_OBJECT`.
+    pub checksum_type: Option<String>,
     pub created_ms: u64,
+}
+
+/// What a completed multipart upload answered, kept for a day so that a client retrying
+/// CompleteMultipartUpload after a lost response gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedUpload {
+    pub bucket: String,
+    pub key: String,
+    /// The completion's part list, `number:etag` joined by `,`.
+    pub parts: String,
+    pub etag: String,
+    pub checksum: Option<(String, String)>,
 }
 
 /// One uploaded part of a multipart upload.
@@ -270,9 +347,11 @@ pub struct Part {
 }
 
 /// What deleting a bucket found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BucketDelete {
-    Deleted,
+    /// With the blobs of the multipart uploads still in progress, which went with it (as
+    /// S3 deletes a bucket that holds only incomplete uploads).
+    Deleted(Vec<String>),
     Missing,
     NotEmpty,
 }
@@ -331,15 +410,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>>;
     /// Completes a multipart upload in one transaction: if the upload still exists and
     /// each `(number, blob)` is still the part recorded under that number, records the
-    /// object (queueing `events(object)`) and removes the upload and its parts.
+    /// object (queueing `events(object)`) and removes the upload and its parts, keeping
+    /// `receipt` (see [`CompletedUpload`]).
     fn complete_upload(
         &self,
         upload_id: &str,
         parts: &[(u32, String)],
         object: &ObjectMeta,
         condition: &PutCondition,
+        receipt: &CompletedUpload,
         events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
     ) -> StoreResult<Result<Completed, CompleteConflict>>;
+    /// The receipt of an upload completed in the last day.
+    fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>>;
     /// Every blob an object or part refers to; the rest are leftovers of interrupted writes.
     fn live_blobs(&self) -> StoreResult<std::collections::HashSet<String>>;
 }

@@ -9,9 +9,11 @@ use cirrus_api::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 mod objects;
+mod retention;
 
 /// The stored form of [`FunctionConfig`]; bump when its meaning changes so old rows can
 /// be migrated instead of misread.
@@ -50,6 +52,9 @@ CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state);
 CREATE TABLE IF NOT EXISTS kv (
     tbl TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, content_type TEXT,
     value BLOB NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (tbl, key));
+CREATE TABLE IF NOT EXISTS lineages (
+    root TEXT PRIMARY KEY, events INTEGER NOT NULL, last_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS lineages_by_age ON lineages (last_ms);
 CREATE TABLE IF NOT EXISTS idempotency (
     function TEXT NOT NULL, key TEXT NOT NULL, request_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
         PRIMARY KEY (function, key));
@@ -66,6 +71,10 @@ CREATE INDEX IF NOT EXISTS uploads_by_bucket ON uploads (bucket, key, created_ms
 CREATE TABLE IF NOT EXISTS upload_parts (
     upload_id TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
     checksum TEXT, modified_ms INTEGER NOT NULL, blob TEXT NOT NULL, PRIMARY KEY (upload_id, number));
+CREATE TABLE IF NOT EXISTS completed_uploads (
+    id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, parts TEXT NOT NULL,
+    etag TEXT NOT NULL, checksum TEXT, completed_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS completed_uploads_by_age ON completed_uploads (completed_ms);
 "#;
 
 /// The embedded store: one SQLite database in WAL mode. Metadata and records use separate
@@ -77,13 +86,18 @@ pub struct SqliteStore {
     /// API reads of records, logs and usage: a long scan never holds up the writer.
     reads: Mutex<Connection>,
     queue: Mutex<Connection>,
+    /// Events one lineage may create (see [`EventQueue::enqueue`]).
+    lineage_budget: AtomicU64,
 }
 
 fn open(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Incremental auto-vacuum takes effect only on a new database, and only before WAL
+    // mode is set: pruning can then give free pages back to the file system
+    // (`RetentionStore::release_free_pages`). Older databases reuse theirs.
     // WAL: readers never block the writer. NORMAL sync is durable across process crashes
     // (the WAL is fsynced at checkpoints); busy_timeout covers the two connections meeting.
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
     Ok(conn)
 }
 
@@ -148,6 +162,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("events", "ordering_key", "TEXT"),
     ("events", "hops", "INTEGER NOT NULL DEFAULT 0"),
     ("invocations", "parent_request_id", "TEXT"),
+    ("objects", "parts", "TEXT"),
+    ("uploads", "checksum_type", "TEXT"),
+    ("events", "root_id", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -178,6 +195,8 @@ impl SqliteStore {
         meta.execute_batch(
             "CREATE INDEX IF NOT EXISTS invocations_by_trace ON invocations (trace_id);",
         )?;
+        meta.execute_batch(retention::SCHEMA)
+            .context("creating the retention schema")?;
         let records = open(path)?;
         let reads = open(path)?;
         let queue = open(path)?;
@@ -189,7 +208,17 @@ impl SqliteStore {
             records: Mutex::new(records),
             reads: Mutex::new(reads),
             queue: Mutex::new(queue),
+            lineage_budget: AtomicU64::new(crate::lineage::DEFAULT_MAX_LINEAGE_EVENTS),
         })
+    }
+
+    /// Sets how many events one lineage may create before the rest are parked dead.
+    pub fn set_lineage_budget(&self, events: u64) {
+        self.lineage_budget.store(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lineage_budget(&self) -> u64 {
+        self.lineage_budget.load(Ordering::Relaxed)
     }
 }
 
@@ -519,14 +548,26 @@ impl RecordStore for SqliteStore {
     }
 
     fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>> {
+        // Pruned records live on as hourly sums: an hour counts when it starts in the
+        // period. One statement, one snapshot: a prune committing meanwhile moves records
+        // into the sums without being seen twice or not at all.
+        let (first_hour, end_hour) = (hour_from(from)?, hour_from(to)?);
         let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(
-            "SELECT function, substr(started_at, 1, 13) AS hour, count(*), sum(outcome = 'error'),
-             sum(cold_start), sum(billed_ms), sum(billed_ms * memory_mb), sum(cpu_us)
-             FROM invocations WHERE started_at >= ?1 AND started_at < ?2
+            "SELECT function, hour, sum(requests), sum(errors), sum(cold_starts), sum(billed_ms),
+                 sum(mib_ms), sum(cpu_us)
+             FROM (SELECT function, substr(started_at, 1, 13) AS hour, count(*) AS requests,
+                       sum(outcome = 'error') AS errors, sum(cold_start) AS cold_starts,
+                       sum(billed_ms) AS billed_ms, sum(billed_ms * memory_mb) AS mib_ms,
+                       sum(cpu_us) AS cpu_us
+                   FROM invocations WHERE started_at >= ?1 AND started_at < ?2
+                   GROUP BY function, hour
+                   UNION ALL
+                   SELECT function, hour, requests, errors, cold_starts, billed_ms, mib_ms, cpu_us
+                   FROM usage_hourly WHERE hour >= ?3 AND hour < ?4)
              GROUP BY function, hour ORDER BY hour, function",
         )?;
-        let rows = stmt.query_map(params![from, to], |row| {
+        let rows = stmt.query_map(params![from, to, first_hour, end_hour], |row| {
             Ok(HourlyUsage {
                 function: row.get(0)?,
                 hour: row.get(1)?,
@@ -542,16 +583,48 @@ impl RecordStore for SqliteStore {
     }
 }
 
+/// The first whole hour (`YYYY-MM-DDTHH`, UTC) starting at or after an RFC 3339 time.
+fn hour_from(time: &str) -> StoreResult<String> {
+    const HOUR_MS: u64 = 3_600_000;
+    let at = humantime::parse_rfc3339_weak(time)
+        .with_context(|| format!("{time:?} is not an RFC 3339 time"))?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let hour = ms.div_ceil(HOUR_MS) * HOUR_MS;
+    let text = crate::clock::rfc3339(hour);
+    Ok(text.get(..13).unwrap_or(&text).to_owned())
+}
+
 /// How long a claimed event may stay running before it is presumed lost: longer than the
 /// longest timeout (15 minutes) plus the time to record the outcome.
 const DELIVERY_LEASE_MS: u64 = 20 * 60 * 1000;
 
-/// Queues one event inside the caller's transaction.
-fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent) -> rusqlite::Result<()> {
+/// Queues one event inside the caller's transaction. An event some invocation caused
+/// counts against its lineage, in the same transaction (so the count is exact and
+/// survives restarts); past `budget` it goes straight to the dead-letter queue, saying why.
+fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent, budget: u64) -> rusqlite::Result<()> {
+    let mut dead = None;
+    if let Some(root) = &e.root_id {
+        let created: u64 = tx
+            .prepare_cached(
+                "INSERT INTO lineages (root, events, last_ms) VALUES (?1, 1, ?2)
+                 ON CONFLICT (root) DO UPDATE SET events = events + 1, last_ms = excluded.last_ms
+                 RETURNING events",
+            )?
+            .query_row(params![root, e.created_ms], |r| r.get(0))?;
+        if created > budget {
+            dead = Some(format!(
+                "lineage budget exhausted: request {root} and what it led to have already created {budget} events \
+                 (the server's --max-lineage-events); is a function triggering itself through a topic, table, bucket or destination?"
+            ));
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-         state, event_type, source, parent_id, trigger, ordering_key, hops)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13)",
+         state, event_type, source, parent_id, trigger, ordering_key, hops, root_id, last_error, failed_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, CASE WHEN ?14 IS NULL THEN 'pending' ELSE 'dead' END,
+                 ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?14, CASE WHEN ?14 IS NULL THEN NULL ELSE ?7 END)",
     )?
     .execute(params![
         e.id,
@@ -566,13 +639,15 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent) -> rusqlite::Resul
         e.parent_id,
         e.trigger.as_str(),
         e.ordering_key,
-        e.hops
+        e.hops,
+        dead,
+        e.root_id
     ])?;
     Ok(())
 }
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops, root_id";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -587,6 +662,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             event_type: row.get(8)?,
             source: row.get(9)?,
             parent_id: row.get(10)?,
+            root_id: row.get(13)?,
             ordering_key: None,
             trigger: row.get::<_, String>(11)?.parse().unwrap_or(Trigger::Async),
             hops: row.get(12)?,
@@ -662,7 +738,7 @@ impl EventQueue for SqliteStore {
                     }
                     remember.execute(params![e.function, key, e.id, e.created_ms])?;
                 }
-                insert_event(&tx, e)?;
+                insert_event(&tx, e, self.lineage_budget())?;
                 results.push(Enqueued::New);
             }
             tx.execute(
@@ -779,12 +855,31 @@ impl EventQueue for SqliteStore {
 
     fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64> {
         let (clause, mut params) = dead_filter(id, function);
+        let mut conn = lock(&self.queue);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Redriving is the operator's "go on": the lineages of the events it brings back
+        // start counting again (a loop still there stops after another budget).
+        tx.execute(
+            &format!(
+                "DELETE FROM lineages WHERE root IN (SELECT root_id FROM events WHERE {clause} AND root_id IS NOT NULL)"
+            ),
+            rusqlite::params_from_iter(&params),
+        )?;
         params.insert(0, now_ms.to_string());
         let sql = format!(
             "UPDATE events SET state = 'pending', attempts = 0, created_ms = ?1, not_before_ms = ?1,
              failed_ms = NULL WHERE {clause}"
         );
-        Ok(lock(&self.queue).execute(&sql, rusqlite::params_from_iter(params))? as u64)
+        let redriven = tx.execute(&sql, rusqlite::params_from_iter(params))? as u64;
+        tx.commit()?;
+        Ok(redriven)
+    }
+
+    fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64> {
+        Ok(lock(&self.queue).execute(
+            "DELETE FROM lineages WHERE last_ms < ?1",
+            [idle_since_ms as i64],
+        )? as u64)
     }
 
     fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64> {
@@ -883,7 +978,7 @@ impl KvStore for SqliteStore {
             }
         };
         for e in &queued {
-            insert_event(&tx, e)?;
+            insert_event(&tx, e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(KvWrite::Done(written))
@@ -920,5 +1015,80 @@ impl KvStore for SqliteStore {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, root: Option<&str>, now_ms: u64) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            function: "f".into(),
+            qualifier: "$LATEST".into(),
+            content_type: None,
+            traceparent: None,
+            event_type: None,
+            source: None,
+            parent_id: root.map(str::to_owned),
+            root_id: root.map(str::to_owned),
+            ordering_key: None,
+            hops: u32::from(root.is_some()),
+            trigger: Trigger::Async,
+            data: Vec::new(),
+            created_ms: now_ms,
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn lineages_count_their_events_until_forgotten_or_redriven() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("cirrus.db")).unwrap();
+        store.set_lineage_budget(2);
+        let batch = [
+            event("root", None, 10),
+            event("a", Some("root"), 10),
+            event("b", Some("root"), 10),
+            event("c", Some("root"), 10),
+            event("other", Some("elsewhere"), 10),
+        ];
+        store.enqueue(&batch, 10, 1000).unwrap();
+        // The event starting a lineage is not counted; the third it causes is parked.
+        assert_eq!(store.depth().unwrap(), (4, 1));
+        let dead = store.dead(None, 10).unwrap();
+        assert_eq!(dead[0].request_id, "c");
+        assert!(
+            dead[0]
+                .last_error
+                .starts_with("lineage budget exhausted: request root"),
+            "{}",
+            dead[0].last_error
+        );
+        // Still counting, and a lineage idle since before the cut-off is forgotten.
+        store
+            .enqueue(&[event("d", Some("root"), 20)], 20, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (4, 2));
+        assert_eq!(store.forget_lineages(15).unwrap(), 1, "only `elsewhere`");
+        assert_eq!(store.forget_lineages(25).unwrap(), 1);
+        store
+            .enqueue(&[event("e", Some("root"), 30)], 30, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (5, 2));
+        // Redriving an event gives its lineage a fresh budget.
+        store
+            .enqueue(&[event("f", Some("root"), 30)], 30, 1000)
+            .unwrap();
+        store
+            .enqueue(&[event("g", Some("root"), 30)], 30, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (6, 3));
+        assert_eq!(store.redrive(Some("g"), None, 40).unwrap(), 1);
+        store
+            .enqueue(&[event("h", Some("root"), 40)], 40, 1000)
+            .unwrap();
+        assert_eq!(store.depth().unwrap(), (8, 2));
     }
 }

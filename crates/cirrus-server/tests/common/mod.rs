@@ -91,7 +91,12 @@ impl Running {
             .unwrap()
     }
 
-    pub async fn deploy(&self, name: &str, fixture_name: &str, config: FunctionConfig) -> DeployResult {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        fixture_name: &str,
+        config: FunctionConfig,
+    ) -> DeployResult {
         let bytes = std::fs::read(fixture(fixture_name)).unwrap();
         let response = self.deploy_raw(name, Some(bytes), Some(&config)).await;
         assert!(
@@ -159,7 +164,6 @@ pub fn example(path: &str) -> Vec<u8> {
     .unwrap()
 }
 
-
 pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     s: &Running,
     what: &str,
@@ -175,7 +179,12 @@ pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     panic!("timed out waiting for {what}");
 }
 
-pub async fn invoke_async(s: &Running, name: &str, body: &str, key: Option<&str>) -> reqwest::Response {
+pub async fn invoke_async(
+    s: &Running,
+    name: &str,
+    body: &str,
+    key: Option<&str>,
+) -> reqwest::Response {
     let mut request = s
         .req(Method::POST, &format!("/v1/functions/{name}/invoke"))
         .header("x-cirrus-invocation-type", "Event")
@@ -186,4 +195,3 @@ pub async fn invoke_async(s: &Running, name: &str, body: &str, key: Option<&str>
     }
     request.send().await.unwrap()
 }
-

@@ -29,7 +29,13 @@ pub struct Up {
 
 impl Up {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Up {
-        let mut child = Command::new(BIN)
+        Self::start_with(Command::new(BIN), data_dir, extra)
+    }
+
+    /// Starts the server through `command`, which runs `cirrus` (e.g. `prlimit …
+    /// cirrus` to start it under other resource limits).
+    pub fn start_with(mut command: Command, data_dir: &Path, extra: &[&str]) -> Up {
+        let mut child = command
             .args([
                 "up",
                 "--listen",

@@ -2,14 +2,32 @@
 
 use super::{insert_event, lock, SqliteStore};
 use crate::store::{
-    BucketDelete, CompleteConflict, Completed, NewEvent, NoSuchBucket, NoSuchUpload, ObjectMeta,
-    ObjectStore, Part, PutCondition, PutRefused, StoreResult, Upload,
+    BucketDelete, CompleteConflict, Completed, CompletedUpload, NewEvent, NoSuchBucket,
+    NoSuchUpload, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused, StoreResult, Upload,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
 
 const OBJECT_COLUMNS: &str =
-    "bucket, key, size, etag, content_type, metadata, checksum, modified_ms, blob";
+    "bucket, key, size, etag, content_type, metadata, checksum, modified_ms, blob, parts";
+
+/// How long a completed upload's receipt is kept for retries of its completion.
+const RECEIPT_MS: u64 = 24 * 3600 * 1000;
+
+fn encode_parts(sizes: &[u64]) -> Option<String> {
+    (!sizes.is_empty()).then(|| {
+        sizes
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+fn decode_parts(text: Option<String>) -> Vec<u64> {
+    text.map(|t| t.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
 
 fn encode_checksum(c: &Option<(String, String)>) -> Option<String> {
     c.as_ref().map(|(alg, value)| format!("{alg}:{value}"))
@@ -40,6 +58,7 @@ fn object_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectMeta> {
         checksum: decode_checksum(row.get(6)?),
         modified_ms: row.get(7)?,
         blob: row.get(8)?,
+        parts: decode_parts(row.get(9)?),
     })
 }
 
@@ -63,18 +82,20 @@ fn upload_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
         metadata: decode_metadata(&row.get::<_, String>(4)?),
         checksum_algorithm: row.get(5)?,
         created_ms: row.get(6)?,
+        checksum_type: row.get(7)?,
     })
 }
 
 const UPLOAD_COLUMNS: &str =
-    "id, bucket, key, content_type, metadata, checksum_algorithm, created_ms";
+    "id, bucket, key, content_type, metadata, checksum_algorithm, created_ms, checksum_type";
 
 fn insert_object(tx: &rusqlite::Transaction<'_>, object: &ObjectMeta) -> rusqlite::Result<()> {
     tx.prepare_cached(&format!(
-        "INSERT INTO objects ({OBJECT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO objects ({OBJECT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
          content_type = excluded.content_type, metadata = excluded.metadata,
-         checksum = excluded.checksum, modified_ms = excluded.modified_ms, blob = excluded.blob"
+         checksum = excluded.checksum, modified_ms = excluded.modified_ms, blob = excluded.blob,
+         parts = excluded.parts"
     ))?
     .execute(params![
         object.bucket,
@@ -86,6 +107,7 @@ fn insert_object(tx: &rusqlite::Transaction<'_>, object: &ObjectMeta) -> rusqlit
         encode_checksum(&object.checksum),
         object.modified_ms,
         object.blob,
+        encode_parts(&object.parts),
     ])?;
     Ok(())
 }
@@ -131,15 +153,26 @@ impl ObjectStore for SqliteStore {
         let has_objects = tx
             .prepare_cached("SELECT 1 FROM objects WHERE bucket = ?1 LIMIT 1")?
             .exists(params![name])?;
-        let has_uploads = tx
-            .prepare_cached("SELECT 1 FROM uploads WHERE bucket = ?1 LIMIT 1")?
-            .exists(params![name])?;
-        if has_objects || has_uploads {
+        if has_objects {
             return Ok(BucketDelete::NotEmpty);
         }
+        // Uploads still in progress go with the bucket, as in S3.
+        let part_blobs: Vec<String> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT blob FROM upload_parts WHERE upload_id IN
+                 (SELECT id FROM uploads WHERE bucket = ?1)",
+            )?;
+            let rows = stmt.query_map(params![name], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.execute(
+            "DELETE FROM upload_parts WHERE upload_id IN (SELECT id FROM uploads WHERE bucket = ?1)",
+            params![name],
+        )?;
+        tx.execute("DELETE FROM uploads WHERE bucket = ?1", params![name])?;
         tx.execute("DELETE FROM buckets WHERE name = ?1", params![name])?;
         tx.commit()?;
-        Ok(BucketDelete::Deleted)
+        Ok(BucketDelete::Deleted(part_blobs))
     }
 
     fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>> {
@@ -172,7 +205,7 @@ impl ObjectStore for SqliteStore {
         }
         insert_object(&tx, object)?;
         for e in events(object) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(Ok(old))
@@ -198,7 +231,7 @@ impl ObjectStore for SqliteStore {
             params![bucket, key],
         )?;
         for e in events(&old) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.commit()?;
         Ok(Some(old))
@@ -227,7 +260,9 @@ impl ObjectStore for SqliteStore {
             return Ok(Err(NoSuchBucket));
         }
         tx.execute(
-            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            &format!(
+                "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
             params![
                 upload.id,
                 upload.bucket,
@@ -235,7 +270,8 @@ impl ObjectStore for SqliteStore {
                 upload.content_type,
                 encode_metadata(&upload.metadata),
                 upload.checksum_algorithm,
-                upload.created_ms
+                upload.created_ms,
+                upload.checksum_type,
             ],
         )?;
         tx.commit()?;
@@ -348,6 +384,7 @@ impl ObjectStore for SqliteStore {
         parts: &[(u32, String)],
         object: &ObjectMeta,
         condition: &PutCondition,
+        receipt: &CompletedUpload,
         events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
     ) -> StoreResult<Result<Completed, CompleteConflict>> {
         let mut conn = lock(&self.queue);
@@ -379,18 +416,54 @@ impl ObjectStore for SqliteStore {
         }
         insert_object(&tx, object)?;
         for e in events(object) {
-            insert_event(&tx, &e)?;
+            insert_event(&tx, &e, self.lineage_budget())?;
         }
         tx.execute("DELETE FROM uploads WHERE id = ?1", params![upload_id])?;
         tx.execute(
             "DELETE FROM upload_parts WHERE upload_id = ?1",
             params![upload_id],
         )?;
+        tx.execute(
+            "DELETE FROM completed_uploads WHERE completed_ms < ?1",
+            params![object.modified_ms.saturating_sub(RECEIPT_MS)],
+        )?;
+        tx.execute(
+            "INSERT INTO completed_uploads (id, bucket, key, parts, etag, checksum, completed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                upload_id,
+                receipt.bucket,
+                receipt.key,
+                receipt.parts,
+                receipt.etag,
+                encode_checksum(&receipt.checksum),
+                object.modified_ms
+            ],
+        )?;
         tx.commit()?;
         Ok(Ok(Completed {
             part_blobs: held.into_iter().map(|(_, b)| b).collect(),
             replaced,
         }))
+    }
+
+    fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>> {
+        let conn = lock(&self.reads);
+        let receipt = conn
+            .prepare_cached(
+                "SELECT bucket, key, parts, etag, checksum FROM completed_uploads WHERE id = ?1",
+            )?
+            .query_row(params![upload_id], |r| {
+                Ok(CompletedUpload {
+                    bucket: r.get(0)?,
+                    key: r.get(1)?,
+                    parts: r.get(2)?,
+                    etag: r.get(3)?,
+                    checksum: decode_checksum(r.get(4)?),
+                })
+            })
+            .optional()?;
+        Ok(receipt)
     }
 
     fn live_blobs(&self) -> StoreResult<HashSet<String>> {
