@@ -79,7 +79,11 @@ fuzz_target!(|data: &[u8]| {
         }
         match copy_source(&request.headers) {
             Ok((bucket, key)) => assert!(!bucket.is_empty() && !key.is_empty()),
-            Err(e) => assert_eq!(e.code, "InvalidArgument", "{e:?}"),
+            // A versionId other than `null` names a feature Cirrus does not have.
+            Err(e) => assert!(
+                ["InvalidArgument", "NotImplemented"].contains(&e.code),
+                "{e:?}"
+            ),
         }
     }
 });

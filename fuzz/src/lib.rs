@@ -148,6 +148,15 @@ pub fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, STRICT).to_string()
 }
 
+/// A header value's text as SDKs sign it: UTF-8 when it is, else ISO-8859-1 (what
+/// Python's http.client sends for a value botocore signed as text).
+fn header_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     use hmac::Mac as _;
     #[allow(clippy::expect_used)] // HMAC takes keys of any length
@@ -200,7 +209,7 @@ pub fn presign(request: &Request, at: SystemTime, expires: u64, region: &str) ->
                 .get_all(*name)
                 .iter()
                 .map(|v| {
-                    String::from_utf8_lossy(v.as_bytes())
+                    header_text(v.as_bytes())
                         .split_whitespace()
                         .collect::<Vec<_>>()
                         .join(" ")
