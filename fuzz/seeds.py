@@ -2,7 +2,9 @@
 """Writes the seed corpus, fuzz/corpus/<target>/<name>: small realistic inputs from the
 tests, the examples and AWS's documentation, in each target's input form (see the
 target's source). Run it again after changing a target's input form; the fuzzers' own
-findings live elsewhere (scripts/fuzz keeps them under its work directory)."""
+findings live elsewhere (scripts/fuzz keeps them under its work directory). The
+`regression-*` files beside the seeds are inputs that once failed a target: they are
+kept by hand, not written here."""
 
 import hashlib
 import hmac

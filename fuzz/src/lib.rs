@@ -148,6 +148,15 @@ pub fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, STRICT).to_string()
 }
 
+/// A header value's text as SDKs sign it: UTF-8 when it is, else ISO-8859-1 (what
+/// Python's http.client sends for a value botocore signed as text).
+fn header_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     use hmac::Mac as _;
     #[allow(clippy::expect_used)] // HMAC takes keys of any length
@@ -164,14 +173,6 @@ fn sha256_hex(data: &[u8]) -> String {
 /// A presigned URL's query for `request` (its own query kept), written from AWS's
 /// "Authenticating Requests: Using Query Parameters" independently of the server's code.
 /// Every header of the request is signed.
-/// A header value's text as the server reads it for signing: UTF-8, else ISO-8859-1.
-fn header_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
-    }
-}
-
 pub fn presign(request: &Request, at: SystemTime, expires: u64, region: &str) -> String {
     let date = amz_date(at);
     let day = &date[..8];
@@ -208,8 +209,6 @@ pub fn presign(request: &Request, at: SystemTime, expires: u64, region: &str) ->
                 .get_all(*name)
                 .iter()
                 .map(|v| {
-                    // As botocore signs text that Python sends as ISO-8859-1: bytes
-                    // that are not UTF-8 are one character each.
                     header_text(v.as_bytes())
                         .split_whitespace()
                         .collect::<Vec<_>>()
