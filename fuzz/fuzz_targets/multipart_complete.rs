@@ -13,9 +13,12 @@ fn document(parts: &[(u32, String)]) -> String {
     for (number, etag) in parts {
         doc.push_str(&format!(
             "<Part><ETag>{}</ETag><PartNumber>{number}</PartNumber></Part>",
-            // A raw CR would be read back as LF (XML's end-of-line rule): write it as a
-            // character reference, as the client's own document did.
-            quick_xml::escape::escape(etag.as_str()).replace('\r', "&#13;")
+            // A raw CR (or NEL, U+2028) would be read back as LF (XML's end-of-line
+            // rules): write them as character references, as the client's document did.
+            quick_xml::escape::escape(etag.as_str())
+                .replace('\r', "&#13;")
+                .replace('\u{85}', "&#133;")
+                .replace('\u{2028}', "&#8232;")
         ));
     }
     doc.push_str("</CompleteMultipartUpload>");
