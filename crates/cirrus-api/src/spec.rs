@@ -11,6 +11,15 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MEMORY_MB: u32 = 128;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Invocations one environment serves before it is replaced. Lambda keeps an environment
+/// for as long as it is warm; a bound still recycles guests that leak, and at 1,000 the
+/// one re-instantiation in a thousand calls costs nothing measurable.
+pub const DEFAULT_REUSE: u32 = 1_000;
+pub const MAX_REUSE: u32 = 1_000_000;
+/// Idle environments kept per version: enough for the bursts of a small host; beyond it
+/// an environment is retired when its call ends.
+pub const DEFAULT_MAX_IDLE: u32 = 32;
+pub const MAX_IDLE_ENVIRONMENTS: u32 = 10_000;
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_ATTEMPTS: u32 = 100;
@@ -33,12 +42,21 @@ pub struct FunctionConfig {
     pub env: BTreeMap<String, String>,
     /// Invocations in flight at once; `None` means only the server-wide cap applies.
     pub max_concurrency: Option<u32>,
-    /// Versions kept loaded from start-up and never unloaded (like provisioned concurrency);
-    /// any value above zero keeps the function's versions warm.
+    /// Invocations guaranteed to this function (Lambda's reserved concurrency): taken out
+    /// of the server-wide cap for it alone, and also its cap.
+    pub reserved_concurrency: Option<u32>,
+    /// Warm environments kept ready from start-up and never retired for idleness (like
+    /// Lambda's provisioned concurrency).
     pub min_loaded: u32,
-    /// A loaded version not invoked for this long is unloaded (scale to zero).
+    /// An environment not invoked for this long is retired; a version with no
+    /// environments left is unloaded (scale to zero).
     #[serde(with = "crate::duration")]
     pub idle_timeout: Duration,
+    /// Invocations one environment may serve before it is retired: 1 gives every call a
+    /// fresh sandbox. Components only; a command module's `_start` runs once per instance.
+    pub reuse: u32,
+    /// Idle environments kept per version; 0 retires each one when its call ends.
+    pub max_idle: u32,
     /// Whether `/fn/{name}` routes answer without the admin token.
     pub public: bool,
     /// Hosts the guest may reach with outbound HTTP (`wasi:http/outgoing-handler`).
@@ -156,8 +174,11 @@ impl Default for FunctionConfig {
             timeout: DEFAULT_TIMEOUT,
             env: BTreeMap::new(),
             max_concurrency: None,
+            reserved_concurrency: None,
             min_loaded: 0,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            reuse: DEFAULT_REUSE,
+            max_idle: DEFAULT_MAX_IDLE,
             public: true,
             allowed_hosts: Vec::new(),
             storage: Vec::new(),
@@ -209,6 +230,48 @@ impl FunctionConfig {
             return Err(invalid(
                 "max_concurrency",
                 "must be at least 1 (omit it for no per-function cap)",
+            ));
+        }
+        match (self.reserved_concurrency, self.max_concurrency) {
+            (Some(0), _) => {
+                return Err(invalid(
+                    "reserved_concurrency",
+                    "must be at least 1 (omit it to share the server-wide cap)",
+                ))
+            }
+            (Some(reserved), Some(max)) if reserved > max => {
+                return Err(invalid(
+                    "reserved_concurrency",
+                    format!("{reserved} is above max_concurrency ({max}): a reservation is also the function's cap"),
+                ))
+            }
+            _ => {}
+        }
+        if self.reuse == 0 || self.reuse > MAX_REUSE {
+            return Err(invalid(
+                "reuse",
+                format!(
+                    "must be between 1 (a fresh sandbox every call) and {MAX_REUSE}, got {}",
+                    self.reuse
+                ),
+            ));
+        }
+        if self.max_idle > MAX_IDLE_ENVIRONMENTS {
+            return Err(invalid(
+                "max_idle",
+                format!(
+                    "must be at most {MAX_IDLE_ENVIRONMENTS}, got {}",
+                    self.max_idle
+                ),
+            ));
+        }
+        if self.min_loaded > MAX_IDLE_ENVIRONMENTS {
+            return Err(invalid(
+                "min_loaded",
+                format!(
+                    "must be at most {MAX_IDLE_ENVIRONMENTS}, got {}",
+                    self.min_loaded
+                ),
             ));
         }
         if self.idle_timeout.is_zero() || self.idle_timeout > MAX_IDLE_TIMEOUT {

@@ -235,12 +235,23 @@ struct DeployArgs {
     /// Remove an environment variable by name (repeatable)
     #[arg(long = "remove-env", value_name = "KEY")]
     remove_env: Vec<String>,
-    /// Keep loaded from start-up (like provisioned concurrency)
+    /// Invocations guaranteed to this function out of the server-wide cap, and its cap
+    /// (Lambda's reserved concurrency)
+    #[arg(long)]
+    reserved_concurrency: Option<u32>,
+    /// Warm environments kept ready from start-up (like provisioned concurrency)
     #[arg(long)]
     min_loaded: Option<u32>,
-    /// Unload after this long without invocations [default: 5m]
+    /// Retire an environment after this long without invocations [default: 5m]
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
+    /// Invocations one environment serves before it is replaced; 1 = a fresh sandbox
+    /// every call [default: 1000]
+    #[arg(long)]
+    reuse: Option<u32>,
+    /// Idle environments kept per version [default: 32]
+    #[arg(long)]
+    max_idle: Option<u32>,
     /// Require the admin token on /fn routes
     #[arg(long, conflicts_with = "public")]
     private: bool,
@@ -748,7 +759,12 @@ fn print_function(f: &FunctionInfo) {
         c.max_concurrency
             .map_or("server-wide cap only".to_owned(), |n| n.to_string())
     );
+    if let Some(reserved) = c.reserved_concurrency {
+        println!("reserved:        {reserved}");
+    }
     println!("min loaded:      {}", c.min_loaded);
+    println!("reuse:           {}", c.reuse);
+    println!("max idle:        {}", c.max_idle);
     println!(
         "idle timeout:    {}",
         cirrus_api::duration::format(c.idle_timeout)
@@ -952,9 +968,21 @@ fn flag_config(
         config.max_concurrency = args.concurrency;
         named.set("max_concurrency");
     }
+    if args.reserved_concurrency.is_some() {
+        config.reserved_concurrency = args.reserved_concurrency;
+        named.set("reserved_concurrency");
+    }
     if let Some(min_loaded) = args.min_loaded {
         config.min_loaded = min_loaded;
         named.set("min_loaded");
+    }
+    if let Some(reuse) = args.reuse {
+        config.reuse = reuse;
+        named.set("reuse");
+    }
+    if let Some(max_idle) = args.max_idle {
+        config.max_idle = max_idle;
+        named.set("max_idle");
     }
     if let Some(idle) = args.idle_timeout {
         config.idle_timeout = idle;
