@@ -9,9 +9,11 @@
 // with a body must carry JSON: it is parsed and echoed back, and anything else gets a
 // 400 with a JSON error this function chose, not a crash.
 
-// Module state lives as long as the instance that holds it: Cirrus reuses a warm
-// environment for later calls (as Lambda does), so this counts the calls this instance
-// has served; deployed with `reuse = 1` it is 1 in every answer.
+// Module state lives as long as the instance that holds it, and counts the calls that
+// instance has served. Cirrus reuses warm environments (as Lambda does), but the engine
+// of componentize-js 0.23 cannot answer a second request on one instance: Cirrus finds
+// that at deploy and gives each call a fresh instance (started ahead of it), so this is
+// 1 in every answer until the engine can.
 let served = 0;
 
 addEventListener("fetch", (event) => event.respondWith(handle(event.request)));

@@ -50,6 +50,22 @@ impl CodeCache {
     /// Drops an entry that failed to load, so the next attempt recompiles.
     pub fn evict(&self, sha256: &str) {
         let _ = std::fs::remove_file(self.path(sha256));
+        let _ = std::fs::remove_file(self.single_use_marker(sha256));
+    }
+
+    /// Present when the deploy-time probe found that the code's instances cannot serve
+    /// a second request (see `Runtime::prepare`).
+    fn single_use_marker(&self, sha256: &str) -> PathBuf {
+        self.dir
+            .join(format!("{sha256}-{}.single-use", self.fingerprint))
+    }
+
+    pub fn single_use(&self, sha256: &str) -> bool {
+        self.single_use_marker(sha256).is_file()
+    }
+
+    pub fn mark_single_use(&self, sha256: &str) -> std::io::Result<()> {
+        std::fs::write(self.single_use_marker(sha256), b"")
     }
 }
 

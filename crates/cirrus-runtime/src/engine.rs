@@ -78,6 +78,9 @@ pub struct Prepared {
     pub kind: ArtifactKind,
     /// Milliseconds spent compiling; zero when the code cache already had it.
     pub compile_ms: u64,
+    /// Whether one instance can serve several invocations (false for command modules,
+    /// and for components the deploy-time probe caught failing on a second request).
+    pub reusable: bool,
 }
 
 pub struct Runtime {
@@ -180,13 +183,14 @@ impl Runtime {
     /// unless the cache has it, prove it links against what Cirrus provides, and store
     /// the compiled code so no request ever compiles.
     pub fn prepare(&self, artifact: &Artifact) -> Result<Prepared, ArtifactError> {
-        if self.cache.contains(&artifact.sha256)
-            && self.load_cached(&artifact.sha256, artifact.kind).is_ok()
-        {
-            return Ok(Prepared {
-                kind: artifact.kind,
-                compile_ms: 0,
-            });
+        if self.cache.contains(&artifact.sha256) {
+            if let Ok(loaded) = self.load_cached(&artifact.sha256, artifact.kind) {
+                return Ok(Prepared {
+                    kind: artifact.kind,
+                    compile_ms: 0,
+                    reusable: loaded.reusable(),
+                });
+            }
         }
         let started = Instant::now();
         let code = match artifact.kind {
@@ -208,9 +212,26 @@ impl Runtime {
         self.cache
             .store(&artifact.sha256, &code)
             .map_err(|e| ArtifactError::Storage(e.to_string()))?;
+        let loaded = self
+            .load_cached(&artifact.sha256, artifact.kind)
+            .map_err(|e| ArtifactError::Compile(format!("loading compiled code: {e:#}")))?;
+        let reusable = match &loaded.pre {
+            Pre::Http(pre) => crate::http::probe_reuse(pre, &self.lanes),
+            Pre::Command(_) => false,
+        };
+        if !reusable && artifact.kind == ArtifactKind::HttpComponent {
+            tracing::warn!(
+                sha256 = %artifact.sha256,
+                "this component fails when one instance serves a second request: each call gets a fresh instance"
+            );
+            self.cache
+                .mark_single_use(&artifact.sha256)
+                .map_err(|e| ArtifactError::Storage(e.to_string()))?;
+        }
         Ok(Prepared {
             kind: artifact.kind,
             compile_ms,
+            reusable,
         })
     }
 
@@ -267,6 +288,7 @@ impl Runtime {
         Ok(LoadedVersion {
             kind,
             pre,
+            single_use: self.cache.single_use(sha256),
             budget: self.budget.clone(),
             lanes: self.lanes.clone(),
         })

@@ -411,6 +411,74 @@ impl HttpEnvironment {
     }
 }
 
+/// Whether one instance of a component can serve a second request. Some toolchains'
+/// runtimes keep per-request state they never reset (componentize-js 0.23's
+/// StarlingMonkey answers a second request with "respondWith can't be called twice");
+/// deployed as reusable, every warm call of theirs would fail. So at deploy time the
+/// component serves `GET /` twice on one instance, with no environment, no outbound
+/// access and a 256 MiB cap: if the first call answers and the second does not, its
+/// environments are single-use. Anything inconclusive (the first call failing too, the
+/// probe not finishing in time) counts as reusable, as the function's own fault would.
+/// Blocking: called by `Runtime::prepare`.
+pub(crate) fn probe_reuse(pre: &ProxyPre<HttpState>, lanes: &CpuLanes) -> bool {
+    let probe = async {
+        let spec = EnvironmentSpec {
+            env: Vec::new(),
+            memory_bytes: 256 << 20,
+            max_log_bytes: 4 << 10,
+            timeout: Duration::from_secs(5),
+            token: None,
+        };
+        let Ok(mut env) = HttpEnvironment::start(pre, spec, None, lanes.clone()).await else {
+            return true;
+        };
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let output = env.run(probe_invocation()).await;
+            answers.push(output.result.is_ok());
+        }
+        !answers[0] || answers[1]
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(probe),
+        Err(_) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(probe),
+            Err(_) => true,
+        },
+    }
+}
+
+fn probe_invocation() -> Invocation {
+    Invocation {
+        context: crate::InvocationContext {
+            request_id: "deploy-probe".into(),
+            function: String::new(),
+            version: 0,
+            event_type: "probe",
+            attempt: 1,
+            traceparent: String::new(),
+            deadline_ms: 0,
+        },
+        request: hyper::Request::builder()
+            .uri("/")
+            .header("cirrus-probe", "reuse")
+            .body(bytes::Bytes::new())
+            .unwrap_or_default(),
+        limits: Limits {
+            memory_bytes: 256 << 20,
+            timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+            max_log_bytes: 4 << 10,
+        },
+        allowed_hosts: Arc::from(Vec::new()),
+        platform: None,
+        cancelled: None,
+    }
+}
+
 enum Failure {
     ErrorCode(HttpErrorCode),
     TooLarge,
@@ -511,6 +579,29 @@ mod tests {
             env_token: None,
         };
         assert!(!none.allows(&"https://api.example.com/".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_warm_environments_stand_in_token_is_replaced_by_the_invocations() {
+        let policy = OutboundPolicy {
+            allowed_hosts: Vec::new().into(),
+            platform: None,
+            env_token: Some("environment.abc".to_owned()),
+        };
+        let platform = PlatformCalls {
+            authority: "127.0.0.1:8080".to_owned(),
+            headers: Vec::new(),
+            token: Some("live".to_owned()),
+        };
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("authorization", "Bearer environment.abc".parse().unwrap());
+        policy.refresh_token(&mut headers, &platform);
+        assert_eq!(headers["authorization"], "Bearer live");
+        // A credential the guest chose itself is not touched.
+        let mut own = hyper::HeaderMap::new();
+        own.insert("authorization", "Bearer mine".parse().unwrap());
+        policy.refresh_token(&mut own, &platform);
+        assert_eq!(own["authorization"], "Bearer mine");
     }
 
     #[test]

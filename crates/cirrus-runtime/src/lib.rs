@@ -40,6 +40,8 @@ use std::time::Duration;
 pub struct LoadedVersion {
     kind: ArtifactKind,
     pre: Pre,
+    /// The deploy-time probe found its instances cannot serve a second request.
+    single_use: bool,
     budget: Option<MemoryBudget>,
     lanes: CpuLanes,
 }
@@ -133,7 +135,7 @@ impl LoadedVersion {
 
 impl Code for LoadedVersion {
     fn reusable(&self) -> bool {
-        matches!(self.pre, Pre::Http(_))
+        matches!(self.pre, Pre::Http(_)) && !self.single_use
     }
 
     fn start(

@@ -546,3 +546,21 @@ impl HttpBody for TrackedBody {
         self.inner.size_hint()
     }
 }
+
+/// Connections the kernel may queue for a listener before it accepts them. tokio's
+/// `TcpListener::bind` asks for 128: a burst of thousands of callers then overflows it,
+/// and each dropped SYN costs its client a one-second retransmit. The kernel caps this
+/// at `net.core.somaxconn` (4,096 on current kernels).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with a backlog sized for bursts (see [`LISTEN_BACKLOG`]).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

@@ -100,6 +100,31 @@ async fn a_component_environment_serves_warm_calls_until_left_in_doubt() {
     s.stop().await;
 }
 
+/// An interpreter guest is where reuse matters: componentize-py's CPython serves warm
+/// calls on the instance it started (and the deploy probe finds it can).
+#[tokio::test]
+async fn a_python_component_is_reused_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let r = s
+        .deploy_raw("py", Some(example("hello-py/hello.wasm")), None)
+        .await;
+    assert_eq!(r.status(), 201);
+    let colds: Vec<bool> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            let r = s.call("/fn/py/hi").await;
+            assert_eq!(r.status(), 200);
+            v.push(cold(&r));
+        }
+        v
+    };
+    assert_eq!(colds, [true, false, false, false]);
+    assert_eq!(metric(&s, "cirrus_environments_started_total").await, 1.0);
+    assert_eq!(metric(&s, "cirrus_environments_reused_total").await, 3.0);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn reuse_counts_and_a_timeout_retires_the_environment() {
     let dir = tempfile::tempdir().unwrap();

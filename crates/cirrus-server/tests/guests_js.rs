@@ -95,8 +95,10 @@ async fn javascript_answers_cold_then_warm_and_refuses_bad_json_itself() {
     assert_eq!(r.status(), 200);
     assert!(!cold(&r), "the second call is warm");
     let answer: Value = r.json().await.unwrap();
-    // Same environment: the module's state survived (as in a warm Lambda environment).
-    assert_eq!(answer["served"], 2);
+    // componentize-js 0.23's engine cannot answer a second request on one instance;
+    // the deploy-time probe found that, so each call gets a fresh instance, started
+    // while the previous call ran: warm, yet module state starts over.
+    assert_eq!(answer["served"], 1);
     assert_eq!(
         (&answer["method"], &answer["path"]),
         (&json!("POST"), &json!("/orders"))
@@ -111,20 +113,7 @@ async fn javascript_answers_cold_then_warm_and_refuses_bad_json_itself() {
     assert!(!cold(&r));
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["body"], json!([1, 2, 3]));
-    assert_eq!(answer["served"], 3);
-
-    // With reuse = 1 every call gets a fresh instance (started ahead of it, so warm).
-    let fresh = FunctionConfig {
-        reuse: 1,
-        ..small(128, 10_000)
-    };
-    deploy_js(&s, "hello-js-fresh", fresh).await;
-    for _ in 0..3 {
-        let r = s.call("/fn/hello-js-fresh/").await;
-        assert_eq!(r.status(), 200);
-        let answer: Value = r.json().await.unwrap();
-        assert_eq!(answer["served"], 1, "a fresh sandbox every call");
-    }
+    assert_eq!(answer["served"], 1);
 
     // The records say cold, then warm, and show what a JS engine weighs.
     let page = records(&s, "hello-js").await;

@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the server with the embedded store
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Deploy one function (NAME FILE) or every function of a cirrus.toml
     Deploy(Box<DeployArgs>),
     /// Invoke a function and print its response
@@ -548,7 +548,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     if let Command::Up(args) = cli.command {
-        return up(&cli.target, args).await;
+        return up(&cli.target, *args).await;
     }
     let client = Client::new(&cli.target)?;
     match cli.command {
@@ -866,7 +866,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     }
     let server = match args.s3_listen.0 {
         Some(addr) => {
-            let s3_listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            let s3_listener = cirrus_server::connections::bind(addr).with_context(|| {
                 format!("binding the S3 API to {addr} (choose another with --s3-listen, or off)")
             })?;
             let s3_url = format!("http://{}", s3_listener.local_addr()?);
@@ -887,8 +887,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
             server
         }
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = cirrus_server::connections::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
