@@ -1,6 +1,7 @@
-//! Admission and loading: per-function and global concurrency caps with bounded wait
-//! queues, loaded versions kept warm, idle versions unloaded (scale to zero).
+//! Admission and loading: the server's capacity shared fairly between functions (see
+//! [`crate::admission`]), loaded versions kept warm, idle versions unloaded (scale to zero).
 
+use crate::admission::Capacity;
 use crate::clock::Clock;
 use crate::store::ArtifactStore;
 use cirrus_api::{ApiError, ErrorCode, VersionInfo};
@@ -9,13 +10,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OnceCell;
 
 #[derive(Debug, Clone)]
 pub struct ScalerSettings {
     /// Invocations in flight across all functions.
     pub global_concurrency: usize,
-    /// Callers that may wait for a slot, per function and globally; beyond that, 429.
+    /// Callers that may wait for room, per function; beyond that, 429.
     pub queue_depth: usize,
     /// How long a queued caller waits before getting 429.
     pub queue_timeout: Duration,
@@ -31,70 +32,9 @@ impl Default for ScalerSettings {
     }
 }
 
-/// A concurrency cap with a bounded, time-limited wait queue.
-struct Gate {
-    capacity: usize,
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-}
-
-/// Decrements the wait count however the wait ends (including the caller going away).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Gate {
-    fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            permits: Arc::new(Semaphore::new(capacity)),
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    async fn enter(
-        &self,
-        settings: &ScalerSettings,
-        what: &str,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        let throttled = || {
-            ApiError::new(
-                ErrorCode::Throttled,
-                format!(
-                    "{what} is at its concurrency limit of {}; retry later",
-                    self.capacity
-                ),
-            )
-        };
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= settings.queue_depth {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(throttled());
-        }
-        let _waiting = Waiting(&self.waiting);
-        match tokio::time::timeout(settings.queue_timeout, self.permits.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(throttled()),
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.capacity - self.permits.available_permits()
-    }
-}
-
 /// Held for the length of one invocation.
 pub struct Admission {
-    _global: OwnedSemaphorePermit,
-    _function: Option<OwnedSemaphorePermit>,
+    _permit: crate::admission::Permit,
 }
 
 /// A loaded (or loading) version.
@@ -142,11 +82,7 @@ pub struct Scaler {
     runtime: Arc<Runtime>,
     artifacts: Arc<dyn ArtifactStore>,
     clock: Arc<dyn Clock>,
-    settings: ScalerSettings,
-    global: Gate,
-    /// Keyed by function and cap, so versions with different caps never replace each
-    /// other's gate (which would reset its count); versions sharing a cap share a gate.
-    functions: Mutex<HashMap<(String, usize), Arc<Gate>>>,
+    capacity: Arc<Capacity>,
     slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
 }
 
@@ -162,12 +98,14 @@ impl Scaler {
         settings: ScalerSettings,
     ) -> Self {
         Self {
-            global: Gate::new(settings.global_concurrency),
+            capacity: Arc::new(Capacity::new(
+                settings.global_concurrency,
+                settings.queue_depth,
+                settings.queue_timeout,
+            )),
             runtime,
             artifacts,
             clock,
-            settings,
-            functions: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -178,28 +116,16 @@ impl Scaler {
 
     /// Waits (boundedly) for room under the function's and the host's caps.
     pub async fn admit(&self, version: &VersionInfo) -> Result<Admission, ApiError> {
-        let function = match version.config.max_concurrency {
-            Some(cap) => {
-                let gate = self.function_gate(&version.function, cap as usize);
-                Some(
-                    gate.enter(&self.settings, &format!("function {:?}", version.function))
-                        .await?,
-                )
-            }
-            None => None,
-        };
-        let global = self.global.enter(&self.settings, "the server").await?;
-        Ok(Admission {
-            _global: global,
-            _function: function,
-        })
+        let permit = self
+            .capacity
+            .admit(&version.function, version.config.max_concurrency)
+            .await?;
+        Ok(Admission { _permit: permit })
     }
 
-    fn function_gate(&self, name: &str, capacity: usize) -> Arc<Gate> {
-        lock(&self.functions)
-            .entry((name.to_owned(), capacity))
-            .or_insert_with(|| Arc::new(Gate::new(capacity)))
-            .clone()
+    /// The server's invocation capacity; the registry keeps its reservations current.
+    pub fn capacity(&self) -> &Arc<Capacity> {
+        &self.capacity
     }
 
     /// The loaded version, loading it first if needed (a cold start). Concurrent cold
@@ -299,7 +225,6 @@ impl Scaler {
     /// Drops every loaded version of a function (it was deleted).
     pub fn unload_function(&self, function: &str) {
         lock(&self.slots).retain(|(f, _, _), _| f != function);
-        lock(&self.functions).retain(|(f, _), _| f != function);
     }
 
     /// Per function: loaded versions (sorted) and invocations in flight.
@@ -332,6 +257,6 @@ impl Scaler {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.global.in_flight()
+        self.capacity.in_flight()
     }
 }
