@@ -146,6 +146,7 @@ impl Server {
             clock.clone(),
             config.scaler.clone(),
         ));
+        registry.attach_capacity(scaler.capacity().clone());
         let records = RecordSink::start(record_store.clone());
         let invoker = Arc::new(Invoker {
             registry: registry.clone(),
