@@ -9,10 +9,9 @@
 // with a body must carry JSON: it is parsed and echoed back, and anything else gets a
 // 400 with a JSON error this function chose, not a crash.
 
-// Module state lives as long as the instance that holds it. Today Cirrus starts a
-// fresh instance for every call, so this is 1 in every answer; where the host reuses
-// instances (a warm environment serving several calls, as in Lambda) it counts the
-// calls that instance has served.
+// Module state lives as long as the instance that holds it: Cirrus reuses a warm
+// environment for later calls (as Lambda does), so this counts the calls this instance
+// has served; deployed with `reuse = 1` it is 1 in every answer.
 let served = 0;
 
 addEventListener("fetch", (event) => event.respondWith(handle(event.request)));

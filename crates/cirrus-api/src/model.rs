@@ -320,6 +320,11 @@ pub struct FunctionStatus {
     /// Versions loaded now (warm); empty means scaled to zero.
     pub loaded: Vec<u32>,
     pub in_flight: usize,
+    /// Execution environments alive now (busy or idle), and how many of them are idle.
+    #[serde(default)]
+    pub environments: usize,
+    #[serde(default)]
+    pub idle_environments: usize,
 }
 
 /// The answer to an asynchronous invoke: the event is durable and will be delivered.

@@ -1,13 +1,14 @@
 //! Running one invocation of a WASI preview-1 command module, CGI-style: the event body
 //! on stdin, the response on stdout, logs on stderr, metadata in the environment.
 
-use crate::limits::MemoryLimiter;
+use crate::executor::{BoxFuture, Environment, EnvironmentSpec, StartFailure};
+use crate::limits::{MemoryBudget, MemoryLimiter};
 use crate::pipe::CappedPipe;
 use crate::run::{
     arm_deadline, cancelled_error, classify, drain_logs, guest_failure, metered, platform,
-    timeout_error, unless_cancelled, TIMEOUT_GRACE,
+    timeout_error, unless_cancelled, CpuLanes, TIMEOUT_GRACE,
 };
-use crate::{Invocation, InvokeOutput};
+use crate::{Invocation, InvocationContext, InvokeOutput, Limits};
 use bytes::Bytes;
 use cirrus_api::{ApiError, ErrorCode, LogStream};
 use wasmtime::{InstancePre, Store};
@@ -20,104 +21,213 @@ pub struct CommandState {
     limiter: MemoryLimiter,
 }
 
-pub(crate) async fn invoke(
-    pre: &InstancePre<CommandState>,
-    invocation: Invocation,
-) -> InvokeOutput {
-    let Invocation {
-        request,
-        env,
-        limits,
-        cancelled,
-        ..
-    } = invocation;
-    let stdout = CappedPipe::response(limits.max_response_bytes);
-    let stderr = CappedPipe::logs(limits.max_log_bytes);
-    let (limiter, stats) = MemoryLimiter::new(limits.memory_bytes);
-    let program = env
-        .iter()
-        .find(|(k, _)| k == "CIRRUS_FUNCTION")
-        .map_or("function", |(_, v)| v.as_str())
-        .to_owned();
-    let wasi = WasiCtxBuilder::new()
-        .stdin(MemoryInputPipe::new(request.into_body()))
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .envs(&env)
-        .args(&[program])
-        .build_p1();
-    let mut store = Store::new(pre.module().engine(), CommandState { wasi, limiter });
-    store.limiter(|s| &mut s.limiter);
-    arm_deadline(&mut store, limits.timeout);
+/// An instantiated command module waiting for its one call: `_start` runs once per
+/// instance, so this environment serves a single invocation. Instantiating ahead of the
+/// call (and of the request, whose WASI context is put in just before `_start`) is what
+/// lets the scaler keep one ready.
+pub(crate) struct CommandEnvironment {
+    store: Store<CommandState>,
+    instance: wasmtime::Instance,
+    env: Vec<(String, String)>,
+    max_log_bytes: usize,
+    lanes: CpuLanes,
+    used: bool,
+}
 
-    let run = async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-        start.call_async(&mut store, ()).await
-    };
-    let mut cpu_time = std::time::Duration::ZERO;
-    let finished = unless_cancelled(
-        tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, metered(run, &mut cpu_time)),
-        cancelled,
-    )
-    .await;
-
-    let mut logs = Vec::new();
-    let result = match finished {
-        None => {
-            platform(&mut logs, "cancelled: the caller went away".to_owned());
-            Err(cancelled_error())
-        }
-        Some(Err(_elapsed)) => {
-            platform(
-                &mut logs,
-                format!(
-                    "timed out after {}",
-                    cirrus_api::duration::format(limits.timeout)
-                ),
-            );
-            Err(timeout_error(&limits))
-        }
-        Some(Ok(run)) => {
-            let exit = match run {
-                Ok(()) => Ok(0),
-                Err(e) => match e.downcast_ref::<I32Exit>() {
-                    Some(I32Exit(code)) => Ok(*code),
-                    None => Err(e),
-                },
-            };
-            match exit {
-                _ if stdout.overflowed() => Err(ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "function output exceeds the response limit of {} bytes",
-                        limits.max_response_bytes
-                    ),
-                )),
-                Ok(0) => Ok(cgi_response(stdout.contents())),
-                Ok(code) => Err(guest_failure(
-                    format!("function exited with status {code} (its stderr is in the logs)"),
-                    &stats,
-                    &limits,
-                    &mut logs,
-                )),
-                Err(e) => Err(classify(&e, &stats, &limits, &mut logs)),
+impl CommandEnvironment {
+    pub(crate) async fn start(
+        pre: &InstancePre<CommandState>,
+        spec: EnvironmentSpec,
+        budget: Option<MemoryBudget>,
+        lanes: CpuLanes,
+    ) -> Result<Self, StartFailure> {
+        // No WASI call happens before `_start`: the real context replaces this one then.
+        let wasi = WasiCtxBuilder::new().build_p1();
+        let limiter = MemoryLimiter::new(spec.memory_bytes, budget);
+        let mut store = Store::new(pre.module().engine(), CommandState { wasi, limiter });
+        store.limiter(|s| &mut s.limiter);
+        let stats = store.data_mut().limiter.begin();
+        let _lane = arm_deadline(&mut store, spec.timeout, &lanes);
+        let instance = match pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                let limits = Limits {
+                    memory_bytes: spec.memory_bytes,
+                    timeout: spec.timeout,
+                    max_response_bytes: 0,
+                    max_log_bytes: 0,
+                };
+                let capacity = stats.hit_budget() || e.is::<wasmtime::PoolConcurrencyLimitError>();
+                let error = classify(&e, &stats, &limits, &mut Vec::new());
+                return Err(StartFailure { error, capacity });
             }
+        };
+        let mut env = spec.env;
+        if let Some(token) = spec.token {
+            env.push(("CIRRUS_TOKEN".into(), token));
         }
-    };
-    let mut all_logs = Vec::new();
-    drain_logs(
-        &stderr,
-        LogStream::Stderr,
-        limits.max_log_bytes,
-        &mut all_logs,
-    );
-    all_logs.append(&mut logs);
-    InvokeOutput {
-        result,
-        peak_memory_bytes: stats.peak_bytes(),
-        cpu_time,
-        logs: all_logs,
+        Ok(Self {
+            store,
+            instance,
+            env,
+            max_log_bytes: spec.max_log_bytes,
+            lanes,
+            used: false,
+        })
+    }
+
+    async fn run(&mut self, invocation: Invocation) -> InvokeOutput {
+        self.used = true;
+        let Invocation {
+            context,
+            request,
+            limits,
+            platform: platform_calls,
+            cancelled,
+            ..
+        } = invocation;
+        let stdout = CappedPipe::response(limits.max_response_bytes);
+        let stderr = CappedPipe::logs(self.max_log_bytes);
+        let mut env = self.env.clone();
+        // The environment was started with another invocation's token, if any.
+        if let Some(token) = platform_calls.and_then(|p| p.token) {
+            env.retain(|(k, _)| k != "CIRRUS_TOKEN");
+            env.push(("CIRRUS_TOKEN".into(), token));
+        }
+        cgi_env(&context, &request, &mut env);
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(request.into_body()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .envs(&env)
+            .args(&[context.function.as_str()])
+            .build_p1();
+        let store = &mut self.store;
+        store.data_mut().wasi = wasi;
+        let stats = store.data_mut().limiter.begin();
+        let _lane = arm_deadline(store, limits.timeout, &self.lanes);
+
+        let instance = self.instance;
+        let run = async move {
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            start.call_async(&mut *store, ()).await
+        };
+        let mut cpu_time = std::time::Duration::ZERO;
+        let finished = unless_cancelled(
+            tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, metered(run, &mut cpu_time)),
+            cancelled,
+        )
+        .await;
+
+        let mut logs = Vec::new();
+        let result = match finished {
+            None => {
+                platform(&mut logs, "cancelled: the caller went away".to_owned());
+                Err(cancelled_error())
+            }
+            Some(Err(_elapsed)) => {
+                platform(
+                    &mut logs,
+                    format!(
+                        "timed out after {}",
+                        cirrus_api::duration::format(limits.timeout)
+                    ),
+                );
+                Err(timeout_error(&limits))
+            }
+            Some(Ok(run)) => {
+                let exit = match run {
+                    Ok(()) => Ok(0),
+                    Err(e) => match e.downcast_ref::<I32Exit>() {
+                        Some(I32Exit(code)) => Ok(*code),
+                        None => Err(e),
+                    },
+                };
+                match exit {
+                    _ if stdout.overflowed() => Err(ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "function output exceeds the response limit of {} bytes",
+                            limits.max_response_bytes
+                        ),
+                    )),
+                    Ok(0) => Ok(cgi_response(stdout.contents())),
+                    Ok(code) => Err(guest_failure(
+                        format!("function exited with status {code} (its stderr is in the logs)"),
+                        &stats,
+                        &limits,
+                        &mut logs,
+                    )),
+                    Err(e) => Err(classify(&e, &stats, &limits, &mut logs)),
+                }
+            }
+        };
+        let mut all_logs = Vec::new();
+        drain_logs(
+            &stderr,
+            LogStream::Stderr,
+            self.max_log_bytes,
+            &mut all_logs,
+        );
+        all_logs.append(&mut logs);
+        InvokeOutput {
+            result,
+            peak_memory_bytes: stats.peak_bytes(),
+            cpu_time,
+            logs: all_logs,
+        }
+    }
+}
+
+impl Environment for CommandEnvironment {
+    fn invoke(&mut self, invocation: Invocation) -> BoxFuture<'_, InvokeOutput> {
+        Box::pin(self.run(invocation))
+    }
+
+    fn reusable(&self) -> bool {
+        !self.used
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.total()
+    }
+}
+
+/// A command module's view of the invocation, CGI-style: its metadata in `CIRRUS_*`
+/// and the request's in `REQUEST_METHOD`, `PATH_INFO`, `QUERY_STRING`, `CONTENT_*`,
+/// `HTTP_*`.
+fn cgi_env(
+    context: &InvocationContext,
+    request: &hyper::Request<Bytes>,
+    env: &mut Vec<(String, String)>,
+) {
+    env.push(("CIRRUS_REQUEST_ID".into(), context.request_id.clone()));
+    env.push(("CIRRUS_EVENT_TYPE".into(), context.event_type.to_owned()));
+    env.push(("REQUEST_METHOD".into(), request.method().to_string()));
+    env.push(("PATH_INFO".into(), request.uri().path().to_owned()));
+    env.push((
+        "QUERY_STRING".into(),
+        request.uri().query().unwrap_or("").to_owned(),
+    ));
+    env.push(("CONTENT_LENGTH".into(), request.body().len().to_string()));
+    if let Some(ct) = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        env.push(("CONTENT_TYPE".into(), ct.to_owned()));
+    }
+    for (name, value) in request.headers() {
+        if name == hyper::header::CONTENT_TYPE || name == hyper::header::CONTENT_LENGTH {
+            continue;
+        }
+        if let Ok(value) = value.to_str() {
+            let var = format!(
+                "HTTP_{}",
+                name.as_str().to_ascii_uppercase().replace('-', "_")
+            );
+            env.push((var, value.to_owned()));
+        }
     }
 }
 

@@ -3,12 +3,15 @@
 use crate::artifact::{Artifact, ArtifactError};
 use crate::cache::CodeCache;
 use crate::command::CommandState;
+use crate::executor::{BoxFuture, Code, Executor, VersionSpec};
 use crate::http::HttpState;
-use crate::{LoadedVersion, Pre};
+use crate::{CpuLanes, LoadedVersion, MemoryBudget, Pre};
 use anyhow::Context as _;
 use cirrus_api::ArtifactKind;
+use cirrus_api::{ApiError, ErrorCode};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker as ComponentLinker};
@@ -22,14 +25,12 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// atomic increment.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Pool sizes. Slots are reserved as virtual memory up front and made resident only when
-/// used; these fit a small host yet leave room for heavy guests (a componentize-py
-/// component has ~75 core instances and several memories).
-const POOL_COMPONENT_INSTANCES: u32 = 1_000;
-const POOL_CORE_INSTANCES: u32 = 10_000;
-const POOL_MEMORIES: u32 = 2_000;
-const POOL_TABLES: u32 = 4_000;
-const POOL_STACKS: u32 = 1_000;
+/// Pool sizes follow [`RuntimeConfig::instances`], the environments that may exist at
+/// once. Slots are reserved as virtual memory up front and made resident only when used.
+/// Heavy guests need more than one of some: a componentize-py component has ~75 core
+/// instances and several memories, so those pools get a reserve on top.
+const POOL_CORE_INSTANCES_RESERVE: u32 = 20_000;
+const POOL_MEMORIES_RESERVE: u32 = 2_000;
 const POOL_TABLE_ELEMENTS: usize = 100_000;
 const POOL_TABLES_PER_MODULE: u32 = 4;
 /// Largest linear memory (wasm32's 4 GiB), also the cap of `memory_mb`.
@@ -44,12 +45,31 @@ const POOL_TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// Returning slots to the kernel in batches amortises TLB shootdowns across instances.
 const POOL_DECOMMIT_BATCH: usize = 16;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     /// Where compiled code is cached.
     pub cache_dir: PathBuf,
     /// Try the pooling allocator (falls back to on-demand allocation if the host refuses).
     pub pooling: bool,
+    /// Environments (instances with their stores) that may exist at once: invocations in
+    /// flight plus idle ones. Sizes the pooling allocator.
+    pub instances: u32,
+    /// What every environment's linear memory is charged to.
+    pub budget: Option<MemoryBudget>,
+    /// How many CPU-bound guests run at once.
+    pub lanes: CpuLanes,
+}
+
+impl RuntimeConfig {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            cache_dir,
+            pooling: true,
+            instances: 1_000,
+            budget: None,
+            lanes: CpuLanes::for_host(),
+        }
+    }
 }
 
 /// What [`Runtime::prepare`] did.
@@ -66,6 +86,8 @@ pub struct Runtime {
     http_linker: ComponentLinker<HttpState>,
     command_linker: Linker<CommandState>,
     pooling: bool,
+    budget: Option<MemoryBudget>,
+    lanes: CpuLanes,
     _ticker: EpochTicker,
 }
 
@@ -77,13 +99,13 @@ fn base_config() -> Config {
     config
 }
 
-fn pooling_config() -> PoolingAllocationConfig {
+fn pooling_config(instances: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(POOL_COMPONENT_INSTANCES)
-        .total_core_instances(POOL_CORE_INSTANCES)
-        .total_memories(POOL_MEMORIES)
-        .total_tables(POOL_TABLES)
-        .total_stacks(POOL_STACKS)
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_add(POOL_CORE_INSTANCES_RESERVE))
+        .total_memories(instances.saturating_add(POOL_MEMORIES_RESERVE))
+        .total_tables(instances.saturating_mul(2).saturating_add(4_000))
+        .total_stacks(instances)
         .table_elements(POOL_TABLE_ELEMENTS)
         .max_tables_per_module(POOL_TABLES_PER_MODULE)
         .max_memory_size(POOL_MAX_MEMORY)
@@ -95,10 +117,12 @@ fn pooling_config() -> PoolingAllocationConfig {
 
 /// The pooling allocator reserves its slots when the engine is created; a host with a
 /// low virtual-memory limit refuses, and then on-demand allocation still works.
-fn build_engine(pooling: bool) -> anyhow::Result<(Engine, bool)> {
+fn build_engine(pooling: bool, instances: u32) -> anyhow::Result<(Engine, bool)> {
     if pooling {
         let mut config = base_config();
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+            instances,
+        )));
         match Engine::new(&config) {
             Ok(engine) => return Ok((engine, true)),
             Err(e) => {
@@ -114,7 +138,7 @@ fn build_engine(pooling: bool) -> anyhow::Result<(Engine, bool)> {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let (engine, pooling) = build_engine(config.pooling)?;
+        let (engine, pooling) = build_engine(config.pooling, config.instances.max(1))?;
         let cache = CodeCache::new(&config.cache_dir, &engine)
             .with_context(|| format!("creating code cache {}", config.cache_dir.display()))?;
 
@@ -134,6 +158,8 @@ impl Runtime {
             http_linker,
             command_linker,
             pooling,
+            budget: config.budget,
+            lanes: config.lanes,
             _ticker: ticker,
         })
     }
@@ -144,6 +170,10 @@ impl Runtime {
 
     pub fn cache(&self) -> &CodeCache {
         &self.cache
+    }
+
+    pub fn budget(&self) -> Option<&MemoryBudget> {
+        self.budget.as_ref()
     }
 
     /// Deploy-time work, blocking (run it off the async runtime): compile the artifact
@@ -234,7 +264,12 @@ impl Runtime {
                 self.link_module(&crate::cache::deserialize_module(&self.engine, &path)?)?,
             ),
         };
-        Ok(LoadedVersion { kind, pre })
+        Ok(LoadedVersion {
+            kind,
+            pre,
+            budget: self.budget.clone(),
+            lanes: self.lanes.clone(),
+        })
     }
 
     fn link_component(&self, component: &Component) -> Result<ProxyPre<HttpState>, ArtifactError> {
@@ -266,6 +301,32 @@ impl Runtime {
             ArtifactError::Link(format!(
                 "module cannot be linked: {e:#}; command modules may import only wasi_snapshot_preview1"
             ))
+        })
+    }
+}
+
+/// The executor of wasm guests (components and command modules) over one [`Runtime`].
+pub struct WasmExecutor(pub Arc<Runtime>);
+
+impl Executor for WasmExecutor {
+    fn load(&self, version: VersionSpec) -> BoxFuture<'_, Result<Arc<dyn Code>, ApiError>> {
+        let runtime = self.0.clone();
+        Box::pin(async move {
+            let label = format!("{} version {}", version.function, version.version);
+            let (loaded, recompiled) = tokio::task::spawn_blocking(move || {
+                runtime.load(&version.sha256, version.kind, &version.artifact_path)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("loading {label}: {e}")))?
+            .map_err(|e| {
+                tracing::error!("loading {label}: {e:#}");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("{label} could not be loaded: {e:#}"),
+                )
+            })?;
+            tracing::debug!(%label, recompiled, "loaded");
+            Ok(Arc::new(loaded) as Arc<dyn Code>)
         })
     }
 }

@@ -1,12 +1,13 @@
 //! Running one invocation of a `wasi:http/proxy` component.
 
-use crate::limits::MemoryLimiter;
+use crate::executor::{BoxFuture, Environment, EnvironmentSpec, StartFailure};
+use crate::limits::{MemoryBudget, MemoryLimiter, MemoryStats};
 use crate::pipe::CappedPipe;
 use crate::run::{
     arm_deadline, cancelled_error, classify, drain_logs, guest_failure, metered, platform,
-    timeout_error, unless_cancelled, TIMEOUT_GRACE,
+    timeout_error, unless_cancelled, CpuLanes, TIMEOUT_GRACE,
 };
-use crate::{Invocation, InvokeOutput, PlatformCalls};
+use crate::{Invocation, InvokeOutput, Limits, PlatformCalls};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
 use http_body_util::{BodyExt, Full, Limited};
 use std::future::Future;
@@ -16,7 +17,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode as HttpErrorCode, Scheme};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 /// Resources one invocation may hold at once; real handlers use a few dozen.
@@ -55,6 +56,8 @@ impl WasiHttpView for HttpState {
 struct OutboundPolicy {
     allowed_hosts: Arc<[String]>,
     platform: Option<PlatformCalls>,
+    /// The token the guest's environment holds (see [`HttpEnvironment::env_token`]).
+    env_token: Option<String>,
 }
 
 impl OutboundPolicy {
@@ -86,6 +89,24 @@ impl OutboundPolicy {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
         port(authority) == port(&own) && (loopback || host.eq_ignore_ascii_case(own.host()))
+    }
+
+    /// A warm environment presents the token it started with; the platform gets the
+    /// current invocation's (scoped to its request, not expired) in its place. Any other
+    /// credential the guest chose is left alone.
+    fn refresh_token(&self, headers: &mut hyper::HeaderMap, platform: &PlatformCalls) {
+        let (Some(old), Some(new)) = (&self.env_token, &platform.token) else {
+            return;
+        };
+        let presented = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented == Some(old.as_str()) && old != new {
+            if let Ok(value) = hyper::header::HeaderValue::from_str(&format!("Bearer {new}")) {
+                headers.insert(hyper::header::AUTHORIZATION, value);
+            }
+        }
     }
 
     /// An entry matches the host alone (any port) or `host:port` exactly.
@@ -122,158 +143,271 @@ impl WasiHttpHooks for OutboundPolicy {
                 for (name, value) in &platform.headers {
                     request.headers_mut().insert(name.clone(), value.clone());
                 }
+                self.refresh_token(request.headers_mut(), platform);
             }
         }
         wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
     }
 }
 
-pub(crate) async fn invoke(pre: &ProxyPre<HttpState>, invocation: Invocation) -> InvokeOutput {
-    let Invocation {
-        mut request,
-        env,
-        limits,
-        allowed_hosts,
-        platform: platform_calls,
-        cancelled,
-    } = invocation;
-    let stdout = CappedPipe::logs(limits.max_log_bytes);
-    let stderr = CappedPipe::logs(limits.max_log_bytes);
-    let (limiter, stats) = MemoryLimiter::new(limits.memory_bytes);
-    let wasi = WasiCtxBuilder::new()
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .envs(&env)
-        .build();
-    let mut table = ResourceTable::new();
-    // Host-side resources (headers, bodies, pollables) are memory the guest's cap does
-    // not see; bound how many it may hold.
-    table.set_max_capacity(MAX_RESOURCES);
-    let mut store = Store::new(
-        pre.engine(),
-        HttpState {
-            wasi,
-            http: WasiHttpCtx::new(),
-            table,
-            limiter,
-            outbound: OutboundPolicy {
-                allowed_hosts,
-                platform: platform_calls,
-            },
-        },
-    );
-    store.limiter(|s| &mut s.limiter);
-    arm_deadline(&mut store, limits.timeout);
+/// An instance of a component and its store: serves invocations one after another
+/// (calling `incoming-handler.handle` again on the same instance, so guest globals
+/// survive, as in a warm Lambda environment) until one leaves it in doubt.
+pub(crate) struct HttpEnvironment {
+    store: Store<HttpState>,
+    proxy: Proxy,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
+    max_log_bytes: usize,
+    lanes: CpuLanes,
+    /// The `CIRRUS_TOKEN` in the guest's environment, replaced on its calls to the
+    /// platform by the current invocation's.
+    env_token: Option<String>,
+    reusable: bool,
+}
 
-    let mut logs = Vec::new();
-    if !request.headers().contains_key(hyper::header::HOST) {
-        request.headers_mut().insert(
-            hyper::header::HOST,
-            hyper::header::HeaderValue::from_static("localhost"),
+impl HttpEnvironment {
+    pub(crate) async fn start(
+        pre: &ProxyPre<HttpState>,
+        spec: EnvironmentSpec,
+        budget: Option<MemoryBudget>,
+        lanes: CpuLanes,
+    ) -> Result<Self, StartFailure> {
+        let stdout = CappedPipe::logs(spec.max_log_bytes);
+        let stderr = CappedPipe::logs(spec.max_log_bytes);
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .envs(&spec.env);
+        if let Some(token) = &spec.token {
+            builder.env("CIRRUS_TOKEN", token);
+        }
+        let mut table = ResourceTable::new();
+        // Host-side resources (headers, bodies, pollables) are memory the guest's cap does
+        // not see; bound how many it may hold.
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut store = Store::new(
+            pre.engine(),
+            HttpState {
+                wasi: builder.build(),
+                http: WasiHttpCtx::new(),
+                table,
+                limiter: MemoryLimiter::new(spec.memory_bytes, budget),
+                outbound: OutboundPolicy {
+                    allowed_hosts: Arc::from(Vec::new()),
+                    platform: None,
+                    env_token: None,
+                },
+            },
         );
+        store.limiter(|s| &mut s.limiter);
+        let stats = store.data_mut().limiter.begin();
+        let _lane = arm_deadline(&mut store, spec.timeout, &lanes);
+        let instantiated = tokio::time::timeout(
+            spec.timeout + TIMEOUT_GRACE,
+            pre.instantiate_async(&mut store),
+        )
+        .await;
+        let proxy = match instantiated {
+            Ok(Ok(proxy)) => proxy,
+            Ok(Err(e)) => return Err(start_failure(&e, &stats, spec.memory_bytes)),
+            Err(_elapsed) => {
+                return Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    "the function's initialisation did not finish within its timeout",
+                )
+                .into())
+            }
+        };
+        Ok(Self {
+            store,
+            proxy,
+            stdout,
+            stderr,
+            max_log_bytes: spec.max_log_bytes,
+            lanes,
+            env_token: spec.token,
+            reusable: true,
+        })
     }
-    let (response_tx, response_rx) = tokio::sync::oneshot::channel();
-    let prepared = store
-        .data_mut()
-        .http()
-        .new_incoming_request(Scheme::Http, request.map(Full::new))
-        .and_then(|req| {
-            Ok((
-                req,
-                store.data_mut().http().new_response_outparam(response_tx)?,
-            ))
-        });
-    let (req, out) = match prepared {
-        Ok(handles) => handles,
-        Err(e) => {
-            return InvokeOutput {
-                result: Err(ApiError::bad_request(format!(
-                    "request cannot be passed to the function: {e}"
-                ))),
-                peak_memory_bytes: 0,
-                cpu_time: Duration::ZERO,
-                logs,
+}
+
+/// Why instantiating failed: out of instance slots or server memory (the host's
+/// capacity, worth a retry), or the guest's own fault.
+fn start_failure(err: &wasmtime::Error, stats: &MemoryStats, memory_bytes: u64) -> StartFailure {
+    let limits = Limits {
+        memory_bytes,
+        timeout: Duration::ZERO,
+        max_response_bytes: 0,
+        max_log_bytes: 0,
+    };
+    let capacity = stats.hit_budget() || err.is::<wasmtime::PoolConcurrencyLimitError>();
+    let mut logs = Vec::new();
+    let error = classify(err, stats, &limits, &mut logs);
+    tracing::debug!("starting an environment failed: {err:#}");
+    StartFailure { error, capacity }
+}
+
+impl Environment for HttpEnvironment {
+    fn reusable(&self) -> bool {
+        self.reusable
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.total()
+    }
+
+    fn invoke(&mut self, invocation: Invocation) -> BoxFuture<'_, InvokeOutput> {
+        Box::pin(self.run(invocation))
+    }
+}
+
+impl HttpEnvironment {
+    async fn run(&mut self, invocation: Invocation) -> InvokeOutput {
+        // Until this invocation ends cleanly, the guest's state is in doubt.
+        self.reusable = false;
+        let Invocation {
+            context,
+            mut request,
+            limits,
+            allowed_hosts,
+            platform: platform_calls,
+            cancelled,
+        } = invocation;
+        let store = &mut self.store;
+        let stats = store.data_mut().limiter.begin();
+        store.data_mut().outbound = OutboundPolicy {
+            allowed_hosts,
+            platform: platform_calls,
+            env_token: self.env_token.clone(),
+        };
+        let _lane = arm_deadline(store, limits.timeout, &self.lanes);
+
+        let mut logs = Vec::new();
+        let headers = request.headers_mut();
+        if !headers.contains_key(hyper::header::HOST) {
+            headers.insert(
+                hyper::header::HOST,
+                hyper::header::HeaderValue::from_static("localhost"),
+            );
+        }
+        // Per-invocation facts travel with the request: a warm environment's variables
+        // are those it started with.
+        for (name, value) in [
+            ("cirrus-request-id", context.request_id.clone()),
+            ("cirrus-deadline-ms", context.deadline_ms.to_string()),
+        ] {
+            if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
             }
         }
-    };
+        let (response_tx, response_rx) = tokio::sync::oneshot::channel();
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request.map(Full::new))
+            .and_then(|req| {
+                Ok((
+                    req,
+                    store.data_mut().http().new_response_outparam(response_tx)?,
+                ))
+            });
+        let (req, out) = match prepared {
+            Ok(handles) => handles,
+            Err(e) => {
+                return InvokeOutput {
+                    result: Err(ApiError::bad_request(format!(
+                        "request cannot be passed to the function: {e}"
+                    ))),
+                    peak_memory_bytes: 0,
+                    cpu_time: Duration::ZERO,
+                    logs,
+                }
+            }
+        };
 
-    // The guest and the host's reading of its response run concurrently in this one
-    // task: the guest may still be streaming the body after handing over the response
-    // head. No extra task means no cross-thread hand-offs on the hot path, and dropping
-    // this future (timeout, caller gone) stops the guest with it.
-    let guest = async move {
-        let proxy = pre.instantiate_async(&mut store).await?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, req, out)
-            .await
-    };
-    let max_body = limits.max_response_bytes;
-    let mut cpu_time = Duration::ZERO;
-    // Dropping the exchange (timeout, cancelled) drops the store: the guest stops, and so
-    // do the outgoing requests it is still waiting on.
-    let outcome = unless_cancelled(
-        tokio::time::timeout(
-            limits.timeout + TIMEOUT_GRACE,
-            metered(exchange(guest, response_rx, max_body), &mut cpu_time),
-        ),
-        cancelled,
-    )
-    .await;
+        // The guest and the host's reading of its response run concurrently in this one
+        // task: the guest may still be streaming the body after handing over the response
+        // head. No extra task means no cross-thread hand-offs on the hot path, and
+        // dropping this future (timeout, caller gone) stops the guest with it.
+        let proxy = &self.proxy;
+        let guest = async move {
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut *store, req, out)
+                .await
+        };
+        let max_body = limits.max_response_bytes;
+        let mut cpu_time = Duration::ZERO;
+        let outcome = unless_cancelled(
+            tokio::time::timeout(
+                limits.timeout + TIMEOUT_GRACE,
+                metered(exchange(guest, response_rx, max_body), &mut cpu_time),
+            ),
+            cancelled,
+        )
+        .await;
 
-    let result = match outcome {
-        None => {
-            platform(&mut logs, "cancelled: the caller went away".to_owned());
-            Err(cancelled_error())
-        }
-        Some(Ok(Ok(response))) => Ok(response),
-        Some(Err(_elapsed)) => {
-            platform(
+        let result = match outcome {
+            None => {
+                platform(&mut logs, "cancelled: the caller went away".to_owned());
+                Err(cancelled_error())
+            }
+            Some(Ok(Ok(response))) => {
+                self.reusable = true;
+                Ok(response)
+            }
+            Some(Err(_elapsed)) => {
+                platform(
+                    &mut logs,
+                    format!(
+                        "timed out after {}",
+                        cirrus_api::duration::format(limits.timeout)
+                    ),
+                );
+                Err(timeout_error(&limits))
+            }
+            Some(Ok(Err(Failure::TooLarge))) => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("function response body exceeds the limit of {max_body} bytes"),
+            )),
+            Some(Ok(Err(Failure::ErrorCode(code)))) => Err(guest_failure(
+                format!("function answered with error {code:?}"),
+                &stats,
+                &limits,
                 &mut logs,
-                format!(
-                    "timed out after {}",
-                    cirrus_api::duration::format(limits.timeout)
-                ),
-            );
-            Err(timeout_error(&limits))
+            )),
+            Some(Ok(Err(Failure::Guest(Ok(()))))) => Err(guest_failure(
+                "function returned without setting a response (response-outparam::set was never called)".to_owned(),
+                &stats,
+                &limits,
+                &mut logs,
+            )),
+            Some(Ok(Err(Failure::Guest(Err(e))))) => {
+                Err(classify(&e, &stats, &limits, &mut logs))
+            }
+        };
+        let mut all_logs = Vec::new();
+        drain_logs(
+            &self.stdout,
+            LogStream::Stdout,
+            self.max_log_bytes,
+            &mut all_logs,
+        );
+        drain_logs(
+            &self.stderr,
+            LogStream::Stderr,
+            self.max_log_bytes,
+            &mut all_logs,
+        );
+        all_logs.append(&mut logs);
+        InvokeOutput {
+            result,
+            peak_memory_bytes: stats.peak_bytes(),
+            cpu_time,
+            logs: all_logs,
         }
-        Some(Ok(Err(Failure::TooLarge))) => Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("function response body exceeds the limit of {max_body} bytes"),
-        )),
-        Some(Ok(Err(Failure::ErrorCode(code)))) => Err(guest_failure(
-            format!("function answered with error {code:?}"),
-            &stats,
-            &limits,
-            &mut logs,
-        )),
-        Some(Ok(Err(Failure::Guest(Ok(()))))) => Err(guest_failure(
-            "function returned without setting a response (response-outparam::set was never called)".to_owned(),
-            &stats,
-            &limits,
-            &mut logs,
-        )),
-        Some(Ok(Err(Failure::Guest(Err(e))))) => Err(classify(&e, &stats, &limits, &mut logs)),
-    };
-    let mut all_logs = Vec::new();
-    drain_logs(
-        &stdout,
-        LogStream::Stdout,
-        limits.max_log_bytes,
-        &mut all_logs,
-    );
-    drain_logs(
-        &stderr,
-        LogStream::Stderr,
-        limits.max_log_bytes,
-        &mut all_logs,
-    );
-    all_logs.append(&mut logs);
-    InvokeOutput {
-        result,
-        peak_memory_bytes: stats.peak_bytes(),
-        cpu_time,
-        logs: all_logs,
     }
 }
 
@@ -361,6 +495,7 @@ mod tests {
             ]
             .into(),
             platform: None,
+            env_token: None,
         };
         let allows = |u: &str| policy.allows(&u.parse().unwrap());
         assert!(allows("https://api.example.com/x"));
@@ -373,6 +508,7 @@ mod tests {
         let none = OutboundPolicy {
             allowed_hosts: Vec::new().into(),
             platform: None,
+            env_token: None,
         };
         assert!(!none.allows(&"https://api.example.com/".parse().unwrap()));
     }
@@ -384,7 +520,9 @@ mod tests {
             platform: Some(PlatformCalls {
                 authority: "127.0.0.1:8080".to_owned(),
                 headers: Vec::new(),
+                token: None,
             }),
+            env_token: None,
         };
         let platform = |u: &str| policy.is_platform(&u.parse().unwrap());
         assert!(platform("http://127.0.0.1:8080/fn/me"));
@@ -401,7 +539,9 @@ mod tests {
             platform: Some(PlatformCalls {
                 authority: "cirrus.internal:80".to_owned(),
                 headers: Vec::new(),
+                token: None,
             }),
+            env_token: None,
         };
         assert!(on_80.is_platform(&"http://cirrus.internal/".parse().unwrap()));
         assert!(on_80.is_platform(&"http://localhost/".parse().unwrap()));

@@ -1,28 +1,33 @@
 //! Everything wasmtime, nothing else.
 //!
+//! - [`executor`]: the runtime-neutral seam (executor, code, environment) the server uses.
 //! - [`engine`]: the one `Engine` per process (pooling allocator behind a probe, epoch
 //!   interruption, copy-on-write memory images) and the epoch ticker.
 //! - [`artifact`]: recognising what a user uploaded (component, command module, WAT).
 //! - [`cache`]: compiled code on disk, keyed by artifact hash + engine fingerprint.
-//! - [`limits`]: the per-invocation memory cap and peak-memory meter.
+//! - [`limits`]: the per-environment memory cap, per-invocation peak, server budget.
 //! - [`pipe`]: bounded in-memory stdout/stderr.
-//! - [`http`] and [`command`]: running one invocation of each guest contract.
+//! - [`http`] and [`command`]: the environments of each guest contract.
 //!
-//! The server calls [`Runtime::prepare`] at deploy time (compile once, check linking),
-//! [`Runtime::load`] on a cold start (deserialize from the cache) and
-//! [`LoadedVersion::invoke`] for every invocation (fresh instance and store each time).
+//! The server calls [`Runtime::prepare`] at deploy time (compile once, check linking);
+//! through [`WasmExecutor`] it loads code on a cold start (deserialize from the cache),
+//! starts environments (instances with their stores) and invokes on them.
 
 pub mod artifact;
 pub mod cache;
 mod command;
 pub mod engine;
+pub mod executor;
 mod http;
 pub mod limits;
 pub mod pipe;
 mod run;
 
 pub use artifact::{Artifact, ArtifactError};
-pub use engine::{Runtime, RuntimeConfig};
+pub use engine::{Runtime, RuntimeConfig, WasmExecutor};
+pub use executor::{Code, Environment, EnvironmentSpec, Executor, StartFailure, VersionSpec};
+pub use limits::MemoryBudget;
+pub use run::CpuLanes;
 
 use bytes::Bytes;
 use cirrus_api::{ApiError, ArtifactKind, LogStream};
@@ -35,6 +40,8 @@ use std::time::Duration;
 pub struct LoadedVersion {
     kind: ArtifactKind,
     pre: Pre,
+    budget: Option<MemoryBudget>,
+    lanes: CpuLanes,
 }
 
 enum Pre {
@@ -51,12 +58,29 @@ pub struct Limits {
     pub max_log_bytes: usize,
 }
 
+/// What the platform knows of one invocation, whatever runs it; each contract builds
+/// its guest's view from it (request headers for components, CGI variables for command
+/// modules, the Runtime API's headers for native handlers).
+#[derive(Debug, Clone)]
+pub struct InvocationContext {
+    pub request_id: String,
+    pub function: String,
+    pub version: u32,
+    /// The event's kind (`http`, `invoke`, `async`, `object`, …).
+    pub event_type: &'static str,
+    /// 1 for a first try.
+    pub attempt: u32,
+    /// W3C `traceparent` naming this invocation.
+    pub traceparent: String,
+    /// When the invocation times out, in milliseconds since the Unix epoch.
+    pub deadline_ms: u64,
+}
+
 /// One event for one run: a buffered HTTP request plus what the guest may see.
 pub struct Invocation {
+    pub context: InvocationContext,
     /// Method, path-and-query as the function sees it, headers and the whole body.
     pub request: hyper::Request<Bytes>,
-    /// The guest's environment: the function's `env` plus the platform's `CIRRUS_*`.
-    pub env: Vec<(String, String)>,
     pub limits: Limits,
     /// Hosts outbound HTTP may reach; empty denies all.
     pub allowed_hosts: Arc<[String]>,
@@ -78,6 +102,10 @@ pub struct PlatformCalls {
     /// (`localhost`, `127.x.x.x`, `[::1]`) with its port, is a call to the platform.
     pub authority: String,
     pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// This invocation's storage token (`CIRRUS_TOKEN`). A warm environment still has the
+    /// token it started with in its environment; its calls to the platform are sent with
+    /// this one instead.
+    pub token: Option<String>,
 }
 
 /// One line of guest (or platform) output captured during an invocation.
@@ -101,13 +129,30 @@ impl LoadedVersion {
     pub fn kind(&self) -> ArtifactKind {
         self.kind
     }
+}
 
-    /// Runs one invocation in a fresh instance. Never panics on guest misbehaviour:
-    /// traps, timeouts and limit breaches come back as errors in [`InvokeOutput::result`].
-    pub async fn invoke(&self, invocation: Invocation) -> InvokeOutput {
-        match &self.pre {
-            Pre::Http(pre) => http::invoke(pre, invocation).await,
-            Pre::Command(pre) => command::invoke(pre, invocation).await,
-        }
+impl Code for LoadedVersion {
+    fn reusable(&self) -> bool {
+        matches!(self.pre, Pre::Http(_))
+    }
+
+    fn start(
+        self: Arc<Self>,
+        spec: EnvironmentSpec,
+    ) -> executor::BoxFuture<'static, Result<Box<dyn Environment>, StartFailure>> {
+        Box::pin(async move {
+            let budget = self.budget.clone();
+            let lanes = self.lanes.clone();
+            match &self.pre {
+                Pre::Http(pre) => {
+                    let env = http::HttpEnvironment::start(pre, spec, budget, lanes).await?;
+                    Ok(Box::new(env) as Box<dyn Environment>)
+                }
+                Pre::Command(pre) => {
+                    let env = command::CommandEnvironment::start(pre, spec, budget, lanes).await?;
+                    Ok(Box::new(env) as Box<dyn Environment>)
+                }
+            }
+        })
     }
 }

@@ -58,6 +58,14 @@ impl CappedPipe {
         self.state().buf.clone().freeze()
     }
 
+    /// Empties the pipe for the environment's next invocation: what was written, and
+    /// whether anything was lost.
+    pub fn take(&self) -> (Bytes, bool) {
+        let mut s = self.state();
+        let overflowed = std::mem::take(&mut s.overflowed);
+        (s.buf.split().freeze(), overflowed)
+    }
+
     /// Appends what fits; returns how many bytes were taken, or an error for a full
     /// response pipe.
     fn append(&self, bytes: &[u8]) -> Result<usize, ()> {
@@ -143,6 +151,15 @@ mod tests {
         assert_eq!(p.append(b"de"), Err(()));
         assert!(p.overflowed());
         assert_eq!(&p.contents()[..], b"abc");
+    }
+
+    #[test]
+    fn taking_empties_the_pipe_for_the_next_invocation() {
+        let p = CappedPipe::logs(4);
+        p.append(b"abcdef").unwrap();
+        assert_eq!(p.take(), (Bytes::from_static(b"abcd"), true));
+        p.append(b"xy").unwrap();
+        assert_eq!(p.take(), (Bytes::from_static(b"xy"), false));
     }
 
     #[test]

@@ -5,7 +5,9 @@ use crate::limits::MemoryStats;
 use crate::pipe::CappedPipe;
 use crate::{Limits, LogEntry};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, UpdateDeadline};
 
 /// Raised from the epoch callback when an invocation outlives its timeout.
@@ -20,18 +22,78 @@ impl std::fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
+/// Epoch ticks a guest may run before it counts as CPU-bound and must queue for a
+/// [`CpuLanes`] permit at each further tick. Short invocations (most of them) never do.
+const FREE_TICKS: u32 = 2;
+
+/// The CPU-bound guests that may run at once: one fewer than the host's cores, so a core
+/// is always left for the HTTP server and for short invocations, whatever spins.
+/// Waiting guests take turns in arrival order (a fair time slice of one tick each).
+#[derive(Clone)]
+pub struct CpuLanes(Arc<Semaphore>);
+
+impl CpuLanes {
+    pub fn new(lanes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(lanes.max(1))))
+    }
+
+    pub fn for_host() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores.saturating_sub(1))
+    }
+}
+
 /// Yields to the scheduler on every epoch tick, so a CPU-bound guest shares its worker
-/// thread with everyone else, and traps once the deadline passes.
-pub(crate) fn arm_deadline<T: 'static>(store: &mut Store<T>, timeout: Duration) {
+/// thread with everyone else; past [`FREE_TICKS`] each slice needs a CPU lane; traps once
+/// the deadline passes. Dropping the returned guard (when the invocation ends) gives back
+/// any lane the guest holds.
+pub(crate) fn arm_deadline<T: 'static>(
+    store: &mut Store<T>,
+    timeout: Duration,
+    lanes: &CpuLanes,
+) -> LaneGuard {
     let deadline = Instant::now() + timeout;
+    let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
+    let (lanes, slot) = (lanes.0.clone(), held.clone());
+    let mut ticks = 0u32;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
-            Err(wasmtime::Error::new(DeadlineExceeded))
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+            return Err(wasmtime::Error::new(DeadlineExceeded));
         }
+        ticks = ticks.saturating_add(1);
+        if ticks <= FREE_TICKS {
+            return Ok(UpdateDeadline::Yield(1));
+        }
+        // Give up the lane before queueing for the next slice, so waiters take turns.
+        drop(lock(&slot).take());
+        let (lanes, slot) = (lanes.clone(), slot.clone());
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                // A free lane must not mean running on without a pause: others queued
+                // on this worker get their turn first, as with a plain yield.
+                tokio::task::yield_now().await;
+                if let Ok(permit) = lanes.acquire_owned().await {
+                    *lock(&slot) = Some(permit);
+                }
+            }),
+        ))
     });
+    LaneGuard(held)
+}
+
+/// Releases a CPU lane held by an invocation when it ends (an environment outlives it).
+pub(crate) struct LaneGuard(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        drop(lock(&self.0).take());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Grace on top of the epoch deadline for the outer timer, which only matters when the
@@ -69,6 +131,15 @@ pub(crate) async fn unless_cancelled<T>(
     }
 }
 
+/// Growth refused because every environment together reached the server's budget: the
+/// host's problem, not the guest's, so the caller is told to retry.
+pub(crate) fn budget_error() -> ApiError {
+    ApiError::new(
+        ErrorCode::Throttled,
+        "the server's memory budget is spent (other functions hold it); retry shortly",
+    )
+}
+
 pub(crate) fn memory_error(limits: &Limits) -> ApiError {
     ApiError::new(
         ErrorCode::MemoryLimitExceeded,
@@ -102,10 +173,13 @@ pub(crate) fn classify(
     if stats.hit_limit() {
         return memory_error(limits);
     }
+    if stats.hit_budget() {
+        return budget_error();
+    }
     if err.is::<wasmtime::PoolConcurrencyLimitError>() {
         // The instance pool is exhausted: a host capacity problem, not the guest's.
         return ApiError::new(
-            ErrorCode::Unavailable,
+            ErrorCode::Throttled,
             format!("no instance slot free: {err}; retry shortly"),
         );
     }
@@ -132,6 +206,9 @@ pub(crate) fn guest_failure(
     if stats.hit_limit() {
         return memory_error(limits);
     }
+    if stats.hit_budget() {
+        return budget_error();
+    }
     ApiError::new(ErrorCode::FunctionError, message)
 }
 
@@ -142,14 +219,15 @@ pub(crate) fn platform(logs: &mut Vec<LogEntry>, line: String) {
     });
 }
 
-/// Splits captured output into log lines (lossy UTF-8), noting truncation.
+/// Splits captured output into log lines (lossy UTF-8), noting truncation, and empties
+/// the pipe for the environment's next invocation.
 pub(crate) fn drain_logs(
     pipe: &CappedPipe,
     stream: LogStream,
     limit: usize,
     logs: &mut Vec<LogEntry>,
 ) {
-    let bytes = pipe.contents();
+    let (bytes, overflowed) = pipe.take();
     if bytes.is_empty() {
         return;
     }
@@ -160,7 +238,7 @@ pub(crate) fn drain_logs(
             line: line.to_owned(),
         });
     }
-    if pipe.overflowed() {
+    if overflowed {
         platform(
             logs,
             format!("{} output truncated at {limit} bytes", stream.as_str()),

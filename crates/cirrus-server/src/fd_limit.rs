@@ -45,6 +45,37 @@ pub fn raise_fd_limit() -> Option<u64> {
     }
 }
 
+/// Memory mappings one environment may need: its linear memories, tables and stack,
+/// each split around guard pages and copy-on-write images.
+const MAPS_PER_ENVIRONMENT: u64 = 8;
+
+/// Raises `vm.max_map_count` (65,530 on most kernels) when the instance pool sized for
+/// `environments` could need more mappings than that and the process may change it
+/// (root): without it, a burst of thousands of concurrent invocations fails to map
+/// memory long before any configured cap. Otherwise says what to set.
+pub fn raise_map_count(environments: u32) {
+    const PATH: &str = "/proc/sys/vm/max_map_count";
+    // Plus what the rest of the process maps (code, heaps, thread stacks).
+    let needed = u64::from(environments) * MAPS_PER_ENVIRONMENT + 16_384;
+    let Some(current) = std::fs::read_to_string(PATH)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    if current >= needed {
+        return;
+    }
+    match std::fs::write(PATH, needed.to_string()) {
+        Ok(()) => tracing::info!(from = current, to = needed, "raised vm.max_map_count"),
+        Err(e) => tracing::warn!(
+            current,
+            needed,
+            "vm.max_map_count may be too low for {environments} environments ({e}); run `sysctl vm.max_map_count={needed}`"
+        ),
+    }
+}
+
 /// Default caps of the main and the S3 listener for an fd limit: what is left after the
 /// store's share (a quarter, at least [`RESERVED_FDS`]), half of it to the main listener
 /// and a quarter to the S3 one, whose connections may each hold an object file open too.

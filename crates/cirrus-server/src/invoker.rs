@@ -14,7 +14,7 @@ use bytes::Bytes;
 use cirrus_api::{
     ApiError, ErrorCode, InvocationRecord, LogLine, Outcome, Qualifier, Trigger, VersionInfo,
 };
-use cirrus_runtime::{Invocation, Limits};
+use cirrus_runtime::{EnvironmentSpec, Invocation, InvocationContext, Limits};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -112,7 +112,7 @@ pub struct Invoker {
     /// Where spans go, when an OTLP endpoint is configured.
     pub otlp: Option<crate::otlp::OtlpSink>,
     /// Tokens and the API address for functions with storage grants.
-    pub platform: PlatformAccess,
+    pub platform: Arc<PlatformAccess>,
 }
 
 /// How a function with storage grants reaches the platform: `CIRRUS_API` and a token
@@ -129,24 +129,54 @@ pub struct PlatformAccess {
 }
 
 impl PlatformAccess {
+    /// What every environment of a version starts with: the function's variables, the
+    /// platform's `CIRRUS_FUNCTION`/`CIRRUS_VERSION`, and with storage grants
+    /// `CIRRUS_API` plus a `CIRRUS_TOKEN` that is a stand-in: it is worth nothing by itself,
+    /// and the runtime puts the current invocation's token in its place on every call to
+    /// the platform (a warm environment outlives any one invocation's token).
+    pub fn environment(&self, version: &VersionInfo, max_log_bytes: usize) -> EnvironmentSpec {
+        let mut env: Vec<(String, String)> = version
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push(("CIRRUS_FUNCTION".into(), version.function.clone()));
+        env.push(("CIRRUS_VERSION".into(), version.version.to_string()));
+        let mut token = None;
+        if let (false, Some(authority)) =
+            (version.config.storage.is_empty(), self.api_authority.get())
+        {
+            env.push(("CIRRUS_API".into(), format!("http://{authority}")));
+            token = Some(format!("environment.{}", uuid::Uuid::new_v4().simple()));
+        }
+        EnvironmentSpec {
+            env,
+            memory_bytes: version.config.memory_bytes(),
+            max_log_bytes,
+            timeout: version.config.timeout,
+            token,
+        }
+    }
+
     /// What an invocation may reach, and how its calls to this server are marked: with
-    /// storage grants, `CIRRUS_API` and a token in `env` and the API's address among its
-    /// hosts; with any host at all, its lineage on every call to this server.
+    /// storage grants, a token and the API's address among its hosts; with any host at
+    /// all, its lineage on every call to this server.
     fn reach(
         &self,
         version: &VersionInfo,
         incarnation: u64,
         lineage: &Lineage,
         now_ms: u64,
-        env: &mut Vec<(String, String)>,
     ) -> (Arc<[String]>, Option<cirrus_runtime::PlatformCalls>) {
         let mut allowed_hosts = version.config.allowed_hosts.clone();
         let Some(authority) = self.api_authority.get() else {
             return (allowed_hosts.into(), None);
         };
         let expires_ms = now_ms + (version.config.timeout + TOKEN_GRACE).as_millis() as u64;
+        let mut token = None;
         if !version.config.storage.is_empty() {
-            let token = self.issuer.issue(&crate::function_token::Claims {
+            token = Some(self.issuer.issue(&crate::function_token::Claims {
                 function: version.function.clone(),
                 incarnation,
                 request_id: lineage.request_id.clone(),
@@ -154,9 +184,7 @@ impl PlatformAccess {
                 root: Some(lineage.root.clone()),
                 grants: version.config.storage.clone(),
                 expires_ms,
-            });
-            env.push(("CIRRUS_API".into(), format!("http://{authority}")));
-            env.push(("CIRRUS_TOKEN".into(), token));
+            }));
             allowed_hosts.push(authority.clone());
         }
         if allowed_hosts.is_empty() {
@@ -170,6 +198,7 @@ impl PlatformAccess {
                     axum::http::HeaderName::from_static(crate::lineage::HEADER),
                     value,
                 )],
+                token,
             });
         (allowed_hosts.into(), platform)
     }
@@ -366,8 +395,8 @@ impl Invoker {
         let request_bytes = body.len() as u64;
         let request = Request::from_parts(parts, body);
         let started_ms = self.clock.now_ms();
-        let ready = match self.scaler.ready(&version).await {
-            Ok(ready) => ready,
+        let mut lease = match self.scaler.ready(&version).await {
+            Ok(lease) => lease,
             Err(error) => {
                 meta.cold = true;
                 let usage = Measured {
@@ -387,25 +416,28 @@ impl Invoker {
                 return Err(error);
             }
         };
-        meta.cold = ready.init.is_some();
+        meta.cold = lease.cold;
 
         let mut request = request;
         // The guest's outgoing calls are children of this invocation's span.
         if let Ok(value) = HeaderValue::from_str(&meta.trace.traceparent()) {
             request.headers_mut().insert("traceparent", value);
         }
-        let mut env = guest_env(&version, &meta.request_id, trigger, &request);
         let incarnation = self.registry.incarnation(&version.function).unwrap_or(0);
-        let (allowed_hosts, platform) = self.platform.reach(
-            &version,
-            incarnation,
-            &lineage,
-            self.clock.now_ms(),
-            &mut env,
-        );
+        let now_ms = self.clock.now_ms();
+        let (allowed_hosts, platform) =
+            self.platform.reach(&version, incarnation, &lineage, now_ms);
         let invocation = Invocation {
+            context: InvocationContext {
+                request_id: meta.request_id.clone(),
+                function: version.function.clone(),
+                version: version.version,
+                event_type: trigger.as_str(),
+                attempt: meta.attempt,
+                traceparent: meta.trace.traceparent(),
+                deadline_ms: now_ms + version.config.timeout.as_millis() as u64,
+            },
             request,
-            env,
             limits: Limits {
                 memory_bytes: version.config.memory_bytes(),
                 timeout: version.config.timeout,
@@ -417,10 +449,11 @@ impl Invoker {
             cancelled: cancel.map(|c| Box::pin(c.cancelled_owned()) as cirrus_runtime::Cancelled),
         };
         let run_started = Instant::now();
-        let output = ready.version.invoke(invocation).await;
+        let output = lease.invoke(invocation).await;
         meta.duration = run_started.elapsed();
         meta.ran = true;
-        drop(ready.lease);
+        let init = lease.init;
+        drop(lease);
 
         let now = rfc3339(self.clock.now_ms());
         let logs = output
@@ -437,7 +470,7 @@ impl Invoker {
             .collect();
         let usage = Measured {
             started_ms,
-            init: ready.init,
+            init,
             peak_memory_bytes: output.peak_memory_bytes,
             cpu_time: output.cpu_time,
             request_bytes,
@@ -547,57 +580,6 @@ fn stamp(headers: &mut HeaderMap, meta: &Meta) {
     if let Some(v) = meta.version {
         set("cirrus-version", v.to_string());
     }
-}
-
-/// The guest's environment: the function's own variables, the platform's `CIRRUS_*`, and
-/// for command modules the CGI variables describing the request.
-fn guest_env(
-    version: &VersionInfo,
-    request_id: &str,
-    trigger: Trigger,
-    request: &Request<Bytes>,
-) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = version
-        .config
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.push(("CIRRUS_FUNCTION".into(), version.function.clone()));
-    env.push(("CIRRUS_VERSION".into(), version.version.to_string()));
-    env.push(("CIRRUS_REQUEST_ID".into(), request_id.to_owned()));
-    env.push(("CIRRUS_EVENT_TYPE".into(), trigger.as_str().to_owned()));
-    if version.kind == cirrus_api::ArtifactKind::Command {
-        env.push(("REQUEST_METHOD".into(), request.method().to_string()));
-        env.push(("PATH_INFO".into(), request.uri().path().to_owned()));
-        env.push((
-            "QUERY_STRING".into(),
-            request.uri().query().unwrap_or("").to_owned(),
-        ));
-        env.push(("CONTENT_LENGTH".into(), request.body().len().to_string()));
-        if let Some(ct) = request
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-        {
-            env.push(("CONTENT_TYPE".into(), ct.to_owned()));
-        }
-        for (name, value) in request.headers() {
-            if name == axum::http::header::CONTENT_TYPE
-                || name == axum::http::header::CONTENT_LENGTH
-            {
-                continue;
-            }
-            if let Ok(value) = value.to_str() {
-                let var = format!(
-                    "HTTP_{}",
-                    name.as_str().to_ascii_uppercase().replace('-', "_")
-                );
-                env.push((var, value.to_owned()));
-            }
-        }
-    }
-    env
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub mod billing;
 pub mod clock;
 pub mod cloudevents;
 pub mod connections;
+pub mod environments;
 pub mod error;
 pub mod fd_limit;
 pub mod function_token;

@@ -52,6 +52,12 @@ pub struct Metrics {
     in_flight: Gauge,
     loaded: Gauge,
     resident: Gauge<i64, std::sync::atomic::AtomicI64>,
+    environments: Gauge,
+    started: Counter,
+    reused: Counter,
+    retired: Counter,
+    budget: Gauge<i64, std::sync::atomic::AtomicI64>,
+    budget_used: Gauge<i64, std::sync::atomic::AtomicI64>,
     queued: Gauge,
     dead: Gauge,
     retries: Family<FunctionLabels, Counter>,
@@ -87,6 +93,41 @@ impl Metrics {
         let resident = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         let queued = Gauge::default();
         let dead = Gauge::default();
+        let environments = Gauge::default();
+        let (started, reused, retired) =
+            (Counter::default(), Counter::default(), Counter::default());
+        let budget = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let budget_used = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "cirrus_environments",
+            "Execution environments alive now, busy or idle",
+            environments.clone(),
+        );
+        registry.register(
+            "cirrus_environments_started",
+            "Execution environments started (cold starts and ones started ahead of demand)",
+            started.clone(),
+        );
+        registry.register(
+            "cirrus_environments_reused",
+            "Invocations served by an environment that already existed (warm starts)",
+            reused.clone(),
+        );
+        registry.register(
+            "cirrus_environments_retired",
+            "Execution environments retired (idle, used up, faulty, or to make room)",
+            retired.clone(),
+        );
+        registry.register(
+            "cirrus_memory_budget_bytes",
+            "Linear memory all environments together may hold",
+            budget.clone(),
+        );
+        registry.register(
+            "cirrus_memory_budget_used_bytes",
+            "Linear memory environments hold now",
+            budget_used.clone(),
+        );
         let retries = Family::<FunctionLabels, Counter>::default();
         registry.register(
             "cirrus_queued_events",
@@ -159,6 +200,12 @@ impl Metrics {
             in_flight,
             loaded,
             resident,
+            environments,
+            started,
+            reused,
+            retired,
+            budget,
+            budget_used,
             queued,
             dead,
             retries,
@@ -211,9 +258,18 @@ impl Metrics {
     }
 
     /// The exposition, with current-state gauges refreshed first.
-    pub fn render(&self, in_flight: usize, loaded: usize, (queued, dead): (u64, u64)) -> String {
-        self.in_flight.set(in_flight as i64);
-        self.loaded.set(loaded as i64);
+    pub fn render(&self, now: &Live, (queued, dead): (u64, u64)) -> String {
+        self.in_flight.set(now.in_flight as i64);
+        self.loaded.set(now.loaded as i64);
+        self.environments.set(now.environments as i64);
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.started, now.started);
+        catch_up(&self.reused, now.reused);
+        catch_up(&self.retired, now.retired);
+        self.budget.set(now.budget_bytes as i64);
+        self.budget_used.set(now.budget_used_bytes as i64);
         self.queued.set(queued as i64);
         self.dead.set(dead as i64);
         self.resident.set(resident_bytes());
@@ -222,6 +278,19 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// What the scaler knows now, for the gauges (counters are totals since start-up).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub in_flight: usize,
+    pub loaded: usize,
+    pub environments: usize,
+    pub started: u64,
+    pub reused: u64,
+    pub retired: u64,
+    pub budget_bytes: u64,
+    pub budget_used_bytes: u64,
 }
 
 /// Resident set size from /proc (0 where that is not available).

@@ -156,6 +156,10 @@ impl Registry {
         &self.store
     }
 
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     pub fn artifacts(&self) -> &Arc<dyn ArtifactStore> {
         &self.artifacts
     }

@@ -6,13 +6,13 @@ use crate::clock::Clock;
 use crate::invoker::{Invoker, PayloadLimits};
 use crate::records::RecordSink;
 use crate::registry::{DeployRequest, Registry};
-use crate::scaler::{Retention, Scaler, ScalerSettings};
+use crate::scaler::{Scaler, ScalerSettings};
 use crate::store::{
     ArtifactStore, EventQueue, FsArtifactStore, FunctionStore, RecordStore, SqliteStore,
 };
 use anyhow::Context as _;
 use cirrus_api::{DeployResult, Manifest, Qualifier};
-use cirrus_runtime::{Runtime, RuntimeConfig};
+use cirrus_runtime::{MemoryBudget, Runtime, RuntimeConfig, WasmExecutor};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +49,18 @@ pub struct ServerConfig {
     pub containment: crate::lineage::Containment,
     /// How long records, logs, dead letters and incomplete uploads are kept.
     pub retention: crate::retention::RetentionSettings,
+    /// Linear memory all environments together may hold; `None` derives it from the
+    /// host's memory (three quarters of it, or of the cgroup's limit).
+    pub memory_budget_bytes: Option<u64>,
+    /// CPU-bound guests that may run at once; `None`: one fewer than the host's cores.
+    pub cpu_lanes: Option<usize>,
+}
+
+/// Environments the instance pool must hold at once: every invocation in flight, plus
+/// idle ones kept warm.
+fn environment_slots(scaler: &ScalerSettings) -> u32 {
+    let in_flight = u32::try_from(scaler.global_concurrency).unwrap_or(u32::MAX);
+    in_flight.saturating_add(1_000)
 }
 
 impl ServerConfig {
@@ -68,6 +80,8 @@ impl ServerConfig {
             connections: crate::connections::ConnectionLimits::default(),
             containment: crate::lineage::Containment::default(),
             retention: crate::retention::RetentionSettings::default(),
+            memory_budget_bytes: None,
+            cpu_lanes: None,
         }
     }
 }
@@ -94,17 +108,30 @@ impl Server {
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let token = crate::auth::load_or_create_token(&data_dir)?;
         let fd_limit = crate::fd_limit::raise_fd_limit();
-        let pooling = config.pooling;
+        let budget = MemoryBudget::new(
+            config
+                .memory_budget_bytes
+                .unwrap_or_else(|| MemoryBudget::for_host().limit()),
+        );
+        let instances = environment_slots(&config.scaler);
+        crate::fd_limit::raise_map_count(instances);
+        let runtime_config = RuntimeConfig {
+            pooling: config.pooling,
+            instances,
+            budget: Some(budget.clone()),
+            lanes: config.cpu_lanes.map_or_else(
+                cirrus_runtime::CpuLanes::for_host,
+                cirrus_runtime::CpuLanes::new,
+            ),
+            ..RuntimeConfig::new(data_dir.join("compiled"))
+        };
         let lineage_budget = config.containment.max_lineage_events;
         let (store, artifacts, runtime, blobs, credentials) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
                 store.set_lineage_budget(lineage_budget);
                 let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
-                let runtime = Arc::new(Runtime::new(RuntimeConfig {
-                    cache_dir: data_dir.join("compiled"),
-                    pooling,
-                })?);
+                let runtime = Arc::new(Runtime::new(runtime_config)?);
                 let blobs = Arc::new(crate::s3::blobs::Blobs::open(&data_dir.join("objects"))?);
                 let leftovers = blobs.sweep(&crate::store::ObjectStore::live_blobs(&*store)?)?;
                 if leftovers > 0 {
@@ -140,12 +167,26 @@ impl Server {
             clock.clone(),
             config.max_artifact_bytes,
         )?);
-        let scaler = Arc::new(Scaler::new(
-            runtime,
+        let platform = Arc::new(crate::invoker::PlatformAccess {
+            issuer: crate::function_token::TokenIssuer::new(&token),
+            lineage: crate::lineage::LineageSigner::new(&token),
+            api_authority: std::sync::OnceLock::new(),
+            nested: crate::lineage::NestedCalls::new(config.containment.max_lineage_in_flight),
+        });
+        let spec_for: crate::environments::SpecFor = {
+            let platform = platform.clone();
+            let max_log_bytes = config.payload.max_log_bytes;
+            Arc::new(move |version| platform.environment(version, max_log_bytes))
+        };
+        let pools = crate::environments::Pools::new(
+            Arc::new(WasmExecutor(runtime.clone())),
             artifacts,
             clock.clone(),
-            config.scaler.clone(),
-        ));
+            spec_for,
+            Some(budget),
+            config.scaler.queue_timeout,
+        );
+        let scaler = Arc::new(Scaler::new(pools, config.scaler.clone()));
         registry.attach_capacity(scaler.capacity().clone());
         let records = RecordSink::start(record_store.clone());
         let invoker = Arc::new(Invoker {
@@ -160,12 +201,7 @@ impl Server {
                 .as_deref()
                 .map(crate::otlp::OtlpSink::start)
                 .transpose()?,
-            platform: crate::invoker::PlatformAccess {
-                issuer: crate::function_token::TokenIssuer::new(&token),
-                lineage: crate::lineage::LineageSigner::new(&token),
-                api_authority: std::sync::OnceLock::new(),
-                nested: crate::lineage::NestedCalls::new(config.containment.max_lineage_in_flight),
-            },
+            platform,
         });
         let wake = Arc::new(tokio::sync::Notify::new());
         let events = crate::queue::start_sink(
@@ -253,7 +289,7 @@ impl Server {
     /// Compiles, in the background, live versions whose code is not in the cache (after
     /// a wasmtime upgrade, or a cleared cache), so requests do not pay for it.
     fn compile_missing(&self) {
-        let runtime = self.state.scaler.runtime().clone();
+        let runtime = self.state.registry.runtime().clone();
         let artifacts = self.state.registry.artifacts().clone();
         let missing: Vec<_> = self
             .state
@@ -433,10 +469,8 @@ pub fn sweep_idle(state: &AppState) -> usize {
         let v = registry
             .resolve(function, &Qualifier::Version(version))
             .ok()?;
-        Some(Retention {
-            idle_timeout: v.config.idle_timeout,
-            pinned: v.config.min_loaded > 0 && registry.is_live(function, version),
-        })
+        let pinned = v.config.min_loaded > 0 && registry.is_live(function, version);
+        Some((v.as_ref().clone(), pinned))
     })
 }
 

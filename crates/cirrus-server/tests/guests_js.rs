@@ -95,6 +95,8 @@ async fn javascript_answers_cold_then_warm_and_refuses_bad_json_itself() {
     assert_eq!(r.status(), 200);
     assert!(!cold(&r), "the second call is warm");
     let answer: Value = r.json().await.unwrap();
+    // Same environment: the module's state survived (as in a warm Lambda environment).
+    assert_eq!(answer["served"], 2);
     assert_eq!(
         (&answer["method"], &answer["path"]),
         (&json!("POST"), &json!("/orders"))
@@ -109,6 +111,20 @@ async fn javascript_answers_cold_then_warm_and_refuses_bad_json_itself() {
     assert!(!cold(&r));
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["body"], json!([1, 2, 3]));
+    assert_eq!(answer["served"], 3);
+
+    // With reuse = 1 every call gets a fresh instance (started ahead of it, so warm).
+    let fresh = FunctionConfig {
+        reuse: 1,
+        ..small(128, 10_000)
+    };
+    deploy_js(&s, "hello-js-fresh", fresh).await;
+    for _ in 0..3 {
+        let r = s.call("/fn/hello-js-fresh/").await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["served"], 1, "a fresh sandbox every call");
+    }
 
     // The records say cold, then warm, and show what a JS engine weighs.
     let page = records(&s, "hello-js").await;

@@ -120,6 +120,10 @@ struct UpArgs {
     /// How long a queued caller waits before getting 429
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     queue_timeout: Duration,
+    /// Linear memory all execution environments together may hold, in MiB; beyond it new
+    /// environments wait, then get 429 [default: three quarters of the host's memory]
+    #[arg(long)]
+    memory_budget_mb: Option<u64>,
     /// Largest request body an invocation accepts, in bytes
     #[arg(long, default_value_t = 6 << 20)]
     max_request_bytes: usize,
@@ -803,6 +807,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
         queue_depth: args.queue_depth,
         queue_timeout: args.queue_timeout,
     };
+    config.memory_budget_bytes = args.memory_budget_mb.map(|mb| mb << 20);
     config.payload.max_request_bytes = args.max_request_bytes;
     config.payload.max_response_bytes = args.max_response_bytes;
     config.max_artifact_bytes = args.max_artifact_bytes;

@@ -212,18 +212,20 @@ async fn status(
         .list()
         .into_iter()
         .map(|f| {
-            let (loaded, in_flight) = live.remove(&f.name).unwrap_or_default();
+            let live = live.remove(&f.name).unwrap_or_default();
             cirrus_api::FunctionStatus {
                 name: f.name,
-                loaded,
-                in_flight,
+                loaded: live.loaded_versions,
+                in_flight: live.in_flight,
+                environments: live.environments,
+                idle_environments: live.idle_environments,
             }
         })
         .collect();
     Ok(axum::Json(cirrus_api::ServerStatus {
         in_flight: state.scaler.in_flight(),
         loaded_versions: state.scaler.loaded_count(),
-        pooling_allocator: state.scaler.runtime().pooling(),
+        pooling_allocator: state.registry.runtime().pooling(),
         queued_events,
         dead_events,
         functions,
@@ -236,11 +238,7 @@ async fn metrics(State(state): State<AppStateRef>) -> Result<Response, Failure> 
         .await
         .map_err(Failure::internal)?
         .map_err(Failure::internal)?;
-    let text =
-        state
-            .invoker
-            .metrics
-            .render(state.scaler.in_flight(), state.scaler.loaded_count(), depth);
+    let text = state.invoker.metrics.render(&state.scaler.live(), depth);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

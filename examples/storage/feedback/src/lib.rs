@@ -82,7 +82,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Feedback {
             let answer = json!({ "errors": errors });
             return respond(out, 400, "application/json", answer.to_string().as_bytes());
         }
-        let id = std::env::var("CIRRUS_REQUEST_ID").unwrap_or_default();
+        // The request id comes with each request (a warm environment serves many).
+        let id = platform::header(&request, "cirrus-request-id").unwrap_or_default();
         let mut row = Map::new();
         for field in ["name", "email", "message", "rating"] {
             if let Some(v) = form.get(field).filter(|v| v.as_str() != Some("")) {
