@@ -11,7 +11,8 @@
 //! - [`lineage`]: what an invocation descends from; the depth, width and time limits
 //!   that stop functions calling or triggering themselves forever.
 //! - [`scheduler`]: schedule triggers (rate and cron) firing durable events.
-//! - [`scaler`]: concurrency caps with bounded queues, loading, idle unloading.
+//! - [`scaler`]: admission, loading, idle unloading; [`admission`]: the server's
+//!   invocation capacity shared fairly (reservations, fair shares, per-function queues).
 //! - [`registry`]: functions, versions, aliases; deploy logic.
 //! - [`billing`]: price tables and usage reports (exact decimals).
 //! - [`metrics`]: Prometheus metrics.
@@ -23,6 +24,7 @@
 //! - [`trace`]: W3C trace context; [`otlp`]: optional span export.
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod billing;

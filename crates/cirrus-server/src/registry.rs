@@ -67,6 +67,9 @@ pub struct Registry {
     max_artifact_bytes: usize,
     /// Deploys are rare and must number versions without gaps: one at a time.
     deploy_lock: tokio::sync::Mutex<()>,
+    /// The server's invocation capacity, told each function's reservation (that of its
+    /// latest version) under the deploy lock, so concurrent deploys cannot over-reserve.
+    capacity: std::sync::OnceLock<Arc<crate::admission::Capacity>>,
 }
 
 impl Registry {
@@ -99,7 +102,46 @@ impl Registry {
             clock,
             max_artifact_bytes,
             deploy_lock: tokio::sync::Mutex::new(()),
+            capacity: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the server's invocation capacity: from now on deploys check and set
+    /// reservations there. The live functions' reservations are set now, in name order;
+    /// one that no longer fits (`--max-in-flight` was lowered) is not granted, with a
+    /// warning, and only caps its function.
+    pub fn attach_capacity(&self, capacity: Arc<crate::admission::Capacity>) {
+        let mut reserved: Vec<(String, u32)> = self
+            .read()
+            .iter()
+            .filter_map(|(name, e)| {
+                let reserved = e.latest()?.config.reserved_concurrency?;
+                Some((name.clone(), reserved))
+            })
+            .collect();
+        reserved.sort();
+        for (name, reserved) in reserved {
+            if !capacity.set_reservation(&name, Some(reserved)) {
+                tracing::warn!(
+                    function = %name,
+                    reserved,
+                    "reserved_concurrency does not fit under --max-in-flight beside the other reservations: the function shares capacity, capped at its reservation, until room appears"
+                );
+            }
+        }
+        let _ = self.capacity.set(capacity);
+    }
+
+    /// Refuses a reservation that would leave too little of the server unreserved.
+    fn check_reservation(&self, name: &str, config: &FunctionConfig) -> Result<(), ApiError> {
+        match self.capacity.get() {
+            Some(capacity) => capacity
+                .check_reservation(name, config.reserved_concurrency)
+                .map_err(|e| {
+                    ApiError::bad_request(format!("invalid config: reserved_concurrency: {e}"))
+                }),
+            None => Ok(()),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FunctionEntry>> {
@@ -207,6 +249,8 @@ impl Registry {
         config
             .validate()
             .map_err(|e| ApiError::bad_request(format!("invalid config: {e}")))?;
+        // Early, to spare the compile; checked again under the deploy lock.
+        self.check_reservation(&name, &config)?;
 
         let artifact = match artifact {
             Some(bytes) => {
@@ -299,6 +343,7 @@ impl Registry {
                 });
             }
         }
+        self.check_reservation(&name, &config)?;
         let version = VersionInfo {
             function: name.clone(),
             version: latest.map_or(1, |l| l.version + 1),
@@ -308,6 +353,7 @@ impl Registry {
             config,
             created_at: rfc3339(self.clock.now_ms()),
         };
+        let reserved = version.config.reserved_concurrency;
         let store = self.store.clone();
         let stored = version.clone();
         tokio::task::spawn_blocking(move || store.insert_version(&stored))
@@ -320,6 +366,9 @@ impl Registry {
             .or_insert_with(FunctionEntry::new)
             .versions
             .insert(number, Arc::new(version));
+        if let Some(capacity) = self.capacity.get() {
+            capacity.set_reservation(&name, reserved);
+        }
         tracing::info!(function = %name, version = number, "deployed");
         Ok(DeployResult {
             function: self.get(&name)?,
@@ -339,6 +388,9 @@ impl Registry {
             .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
             .map_err(|e| Failure::internal(format!("deleting {name}: {e:#}")))?;
         self.write().remove(name);
+        if let Some(capacity) = self.capacity.get() {
+            capacity.set_reservation(name, None);
+        }
         Ok(info)
     }
 

@@ -1,13 +1,13 @@
-//! Admission and environments: per-function and global concurrency caps with bounded
-//! wait queues in front of the environment pools ([`crate::environments`]).
+//! Admission and environments: the server's capacity shared fairly between functions
+//! ([`crate::admission`]) in front of the environment pools ([`crate::environments`]).
 
+use crate::admission::Capacity;
 use crate::environments::{FunctionState, Lease, Pools};
-use cirrus_api::{ApiError, ErrorCode, VersionInfo};
+use cirrus_api::{ApiError, VersionInfo};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, Clone)]
 pub struct ScalerSettings {
@@ -29,91 +29,24 @@ impl Default for ScalerSettings {
     }
 }
 
-/// A concurrency cap with a bounded, time-limited wait queue.
-struct Gate {
-    capacity: usize,
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-}
-
-/// Decrements the wait count however the wait ends (including the caller going away).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Gate {
-    fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            permits: Arc::new(Semaphore::new(capacity)),
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    async fn enter(
-        &self,
-        settings: &ScalerSettings,
-        what: &str,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        let throttled = || {
-            ApiError::new(
-                ErrorCode::Throttled,
-                format!(
-                    "{what} is at its concurrency limit of {}; retry later",
-                    self.capacity
-                ),
-            )
-        };
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= settings.queue_depth {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(throttled());
-        }
-        let _waiting = Waiting(&self.waiting);
-        match tokio::time::timeout(settings.queue_timeout, self.permits.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(throttled()),
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.capacity - self.permits.available_permits()
-    }
-}
-
 /// Held for the length of one invocation.
 pub struct Admission {
-    _global: OwnedSemaphorePermit,
-    _function: Option<OwnedSemaphorePermit>,
+    _permit: crate::admission::Permit,
 }
 
 pub struct Scaler {
-    settings: ScalerSettings,
-    global: Gate,
-    /// Keyed by function and cap, so versions with different caps never replace each
-    /// other's gate (which would reset its count); versions sharing a cap share a gate.
-    functions: Mutex<HashMap<(String, usize), Arc<Gate>>>,
+    capacity: Arc<Capacity>,
     pools: Arc<Pools>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Scaler {
     pub fn new(pools: Pools, settings: ScalerSettings) -> Self {
         Self {
-            global: Gate::new(settings.global_concurrency),
-            settings,
-            functions: Mutex::new(HashMap::new()),
+            capacity: Arc::new(Capacity::new(
+                settings.global_concurrency,
+                settings.queue_depth,
+                settings.queue_timeout,
+            )),
             pools: Arc::new(pools),
         }
     }
@@ -122,30 +55,18 @@ impl Scaler {
         &self.pools
     }
 
-    /// Waits (boundedly) for room under the function's and the host's caps.
+    /// Waits (boundedly) for room under the function's caps and its share of the host's.
     pub async fn admit(&self, version: &VersionInfo) -> Result<Admission, ApiError> {
-        let function = match version.config.max_concurrency {
-            Some(cap) => {
-                let gate = self.function_gate(&version.function, cap as usize);
-                Some(
-                    gate.enter(&self.settings, &format!("function {:?}", version.function))
-                        .await?,
-                )
-            }
-            None => None,
-        };
-        let global = self.global.enter(&self.settings, "the server").await?;
-        Ok(Admission {
-            _global: global,
-            _function: function,
-        })
+        let permit = self
+            .capacity
+            .admit(&version.function, version.config.max_concurrency)
+            .await?;
+        Ok(Admission { _permit: permit })
     }
 
-    fn function_gate(&self, name: &str, capacity: usize) -> Arc<Gate> {
-        lock(&self.functions)
-            .entry((name.to_owned(), capacity))
-            .or_insert_with(|| Arc::new(Gate::new(capacity)))
-            .clone()
+    /// The server's invocation capacity; the registry keeps its reservations current.
+    pub fn capacity(&self) -> &Arc<Capacity> {
+        &self.capacity
     }
 
     /// An environment for one invocation: warm when one was idle, else started (cold).
@@ -166,7 +87,6 @@ impl Scaler {
     /// Drops every environment of a function (it was deleted).
     pub fn unload_function(&self, function: &str) {
         self.pools.unload_function(function);
-        lock(&self.functions).retain(|(f, _), _| f != function);
     }
 
     pub fn function_states(&self) -> HashMap<String, FunctionState> {
@@ -182,7 +102,7 @@ impl Scaler {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.global.in_flight()
+        self.capacity.in_flight()
     }
 
     /// Current figures for `/metrics`.

@@ -187,6 +187,7 @@ impl Server {
             config.scaler.queue_timeout,
         );
         let scaler = Arc::new(Scaler::new(pools, config.scaler.clone()));
+        registry.attach_capacity(scaler.capacity().clone());
         let records = RecordSink::start(record_store.clone());
         let invoker = Arc::new(Invoker {
             registry: registry.clone(),
