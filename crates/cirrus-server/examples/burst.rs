@@ -1,6 +1,7 @@
 //! `burst URL [--calls N] [--timeout SECS]`: fires N calls (default 10,000) at one URL
 //! at the same moment, each on its own connection, and prints how they ended: statuses
-//! (with how many carried `Retry-After`), connection errors, and latencies.
+//! (with how many carried `Retry-After`, and the first error body of each), connection
+//! errors, and latencies.
 //!
 //! The load generator of `scripts/bench-burst`. It runs as its own process so that the
 //! server's CPU time and peak memory are the server's alone. Every call is spawned and
@@ -25,6 +26,8 @@ use tokio::sync::watch;
 
 /// Descriptors this process needs besides its sockets (stdio, the runtime's own).
 const SPARE_FDS: u64 = 64;
+/// How much of an error answer's body is shown.
+const ERROR_CHARS: usize = 200;
 
 struct Args {
     url: Uri,
@@ -98,6 +101,8 @@ enum Outcome {
     Answered {
         status: u16,
         retry_after: bool,
+        /// The start of the body of an answer other than 2xx (why it was refused).
+        error: Option<String>,
     },
     /// The connection could not be made or broke, or the answer did not come in time.
     Failed(String),
@@ -129,10 +134,17 @@ async fn call(addr: SocketAddr, url: &Uri, released: Instant) -> (Outcome, Optio
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
         let retry_after = response.headers().contains_key(RETRY_AFTER);
-        response.into_body().collect().await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        let error = (!(200..300).contains(&status)).then(|| {
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(ERROR_CHARS)
+                .collect()
+        });
         Ok::<_, hyper::Error>(Outcome::Answered {
             status,
             retry_after,
+            error,
         })
     };
     match answer.await {
@@ -221,7 +233,8 @@ async fn burst(args: Args) -> anyhow::Result<()> {
     }
     let wall = start.elapsed();
 
-    let mut statuses: BTreeMap<u16, (usize, usize)> = BTreeMap::new();
+    // Per status: how many, how many with Retry-After, the first error body.
+    let mut statuses: BTreeMap<u16, (usize, usize, Option<String>)> = BTreeMap::new();
     let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     let (mut succeeded, mut answered, mut connected) = (Vec::new(), Vec::new(), Vec::new());
     for call in &ended {
@@ -230,10 +243,14 @@ async fn burst(args: Args) -> anyhow::Result<()> {
             Outcome::Answered {
                 status,
                 retry_after,
+                error,
             } => {
                 let entry = statuses.entry(*status).or_default();
                 entry.0 += 1;
                 entry.1 += usize::from(*retry_after);
+                if entry.2.is_none() {
+                    entry.2.clone_from(error);
+                }
                 answered.push(call.done);
                 if (200..300).contains(status) {
                     succeeded.push(call.done);
@@ -251,8 +268,11 @@ async fn burst(args: Args) -> anyhow::Result<()> {
         "errors                       {}",
         ended.len() - succeeded.len()
     );
-    for (status, (count, retry_after)) in &statuses {
+    for (status, (count, retry_after, error)) in &statuses {
         println!("  status {status}                 {count} ({retry_after} with Retry-After)");
+        if let Some(error) = error {
+            println!("    first: {}", error.trim_end());
+        }
     }
     for (kind, count) in &failures {
         println!("  {kind:<26} {count}");
