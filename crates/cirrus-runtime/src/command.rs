@@ -5,8 +5,8 @@ use crate::executor::{BoxFuture, Environment, EnvironmentSpec, StartFailure};
 use crate::limits::{MemoryBudget, MemoryLimiter};
 use crate::pipe::CappedPipe;
 use crate::run::{
-    arm_deadline, cancelled_error, classify, drain_logs, guest_failure, metered, platform,
-    timeout_error, unless_cancelled, CpuLanes, TIMEOUT_GRACE,
+    arm_deadline, caller_gone, classify, drain_logs, guest_failure, metered, timed_out,
+    unless_cancelled, CpuLanes, TIMEOUT_GRACE,
 };
 use crate::{Invocation, InvocationContext, InvokeOutput, Limits};
 use bytes::Bytes;
@@ -121,20 +121,8 @@ impl CommandEnvironment {
 
         let mut logs = Vec::new();
         let result = match finished {
-            None => {
-                platform(&mut logs, "cancelled: the caller went away".to_owned());
-                Err(cancelled_error())
-            }
-            Some(Err(_elapsed)) => {
-                platform(
-                    &mut logs,
-                    format!(
-                        "timed out after {}",
-                        cirrus_api::duration::format(limits.timeout)
-                    ),
-                );
-                Err(timeout_error(&limits))
-            }
+            None => Err(caller_gone(&mut logs)),
+            Some(Err(_elapsed)) => Err(timed_out(&mut logs, &limits)),
             Some(Ok(run)) => {
                 let exit = match run {
                     Ok(()) => Ok(0),

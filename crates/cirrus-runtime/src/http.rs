@@ -4,8 +4,8 @@ use crate::executor::{BoxFuture, Environment, EnvironmentSpec, StartFailure};
 use crate::limits::{MemoryBudget, MemoryLimiter, MemoryStats};
 use crate::pipe::CappedPipe;
 use crate::run::{
-    arm_deadline, cancelled_error, classify, drain_logs, guest_failure, metered, platform,
-    timeout_error, unless_cancelled, CpuLanes, TIMEOUT_GRACE,
+    arm_deadline, caller_gone, classify, drain_logs, guest_failure, metered, timed_out,
+    unless_cancelled, CpuLanes, TIMEOUT_GRACE,
 };
 use crate::{Invocation, InvokeOutput, Limits, PlatformCalls};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
@@ -350,24 +350,12 @@ impl HttpEnvironment {
         .await;
 
         let result = match outcome {
-            None => {
-                platform(&mut logs, "cancelled: the caller went away".to_owned());
-                Err(cancelled_error())
-            }
+            None => Err(caller_gone(&mut logs)),
             Some(Ok(Ok(response))) => {
                 self.reusable = true;
                 Ok(response)
             }
-            Some(Err(_elapsed)) => {
-                platform(
-                    &mut logs,
-                    format!(
-                        "timed out after {}",
-                        cirrus_api::duration::format(limits.timeout)
-                    ),
-                );
-                Err(timeout_error(&limits))
-            }
+            Some(Err(_elapsed)) => Err(timed_out(&mut logs, &limits)),
             Some(Ok(Err(Failure::TooLarge))) => Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("function response body exceeds the limit of {max_body} bytes"),

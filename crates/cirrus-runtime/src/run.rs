@@ -110,6 +110,24 @@ pub(crate) fn timeout_error(limits: &Limits) -> ApiError {
     )
 }
 
+/// Notes in the logs that the invocation ran out of time, and says so to the caller.
+pub(crate) fn timed_out(logs: &mut Vec<LogEntry>, limits: &Limits) -> ApiError {
+    platform(
+        logs,
+        format!(
+            "timed out after {}",
+            cirrus_api::duration::format(limits.timeout)
+        ),
+    );
+    timeout_error(limits)
+}
+
+/// Notes in the logs that the caller went away, and says so.
+pub(crate) fn caller_gone(logs: &mut Vec<LogEntry>) -> ApiError {
+    platform(logs, "cancelled: the caller went away".to_owned());
+    cancelled_error()
+}
+
 pub(crate) fn cancelled_error() -> ApiError {
     ApiError::new(
         ErrorCode::Cancelled,
@@ -159,14 +177,7 @@ pub(crate) fn classify(
     logs: &mut Vec<LogEntry>,
 ) -> ApiError {
     if err.downcast_ref::<DeadlineExceeded>().is_some() {
-        platform(
-            logs,
-            format!(
-                "timed out after {}",
-                cirrus_api::duration::format(limits.timeout)
-            ),
-        );
-        return timeout_error(limits);
+        return timed_out(logs, limits);
     }
     // `{:#}` gives the cause chain with the guest's wasm backtrace, not the host's.
     platform(logs, format!("error: {err:#}"));
