@@ -52,6 +52,9 @@ fn read_body(request: &IncomingRequest) -> Vec<u8> {
 
 impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        // Nothing on the heap outlives a request, so a warm instance starts each one
+        // with the whole heap again.
+        alloc_impl::reset();
         let mut payload = GREETING.to_vec();
         if matches!(request.method(), Method::Post) {
             payload.extend_from_slice(&read_body(&request));
@@ -81,8 +84,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
     }
 }
 
-/// Bump allocator: every request runs in a fresh instance, so memory is never
-/// reused and `dealloc` is a no-op. Avoids linking wasi-libc's malloc (and
+/// Bump allocator: `dealloc` is a no-op and `reset` (at the start of each request)
+/// takes the whole heap back, since nothing allocated outlives a request; a host that
+/// reuses the instance (Cirrus, `wasmtime serve --max-instance-reuse-count`) then keeps
+/// its memory at one request's worth. Avoids linking wasi-libc's malloc (and
 /// with it the libc start-up imports that are not part of wasi:http/proxy).
 mod alloc_impl {
     use core::alloc::{GlobalAlloc, Layout};
@@ -98,6 +103,7 @@ mod alloc_impl {
             let next = &mut *self.0.get();
             if *next == 0 {
                 *next = core::arch::wasm32::memory_size(0) * PAGE;
+                *BASE.0.get() = *next;
             }
             let start = (*next + layout.align() - 1) & !(layout.align() - 1);
             let end = start + layout.size();
@@ -112,6 +118,17 @@ mod alloc_impl {
             start as *mut u8
         }
         unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+    }
+
+    /// Forgets every allocation: the next one starts at the heap's base again.
+    pub fn reset() {
+        // SAFETY: single-threaded, and called only when nothing allocated is alive.
+        unsafe {
+            let next = &mut *ALLOC.0.get();
+            if *next != 0 {
+                *next = *BASE.0.get();
+            }
+        }
     }
 
     /// The canonical ABI's allocator hook (normally supplied by wit-bindgen's
@@ -139,6 +156,8 @@ mod alloc_impl {
 
     #[global_allocator]
     static ALLOC: Bump = Bump(UnsafeCell::new(0));
+    /// Where the heap starts: the end of memory when the first allocation came.
+    static BASE: Bump = Bump(UnsafeCell::new(0));
 }
 
 #[panic_handler]
