@@ -51,6 +51,17 @@ impl CodeCache {
     pub fn evict(&self, sha256: &str) {
         let _ = std::fs::remove_file(self.path(sha256));
         let _ = std::fs::remove_file(self.single_use_marker(sha256));
+        let _ = std::fs::remove_file(self.reusable_marker(sha256));
+    }
+
+    fn reusable_marker(&self, sha256: &str) -> PathBuf {
+        self.dir
+            .join(format!("{sha256}-{}.reusable", self.fingerprint))
+    }
+
+    /// Whether the reuse probe has judged this code (either way).
+    pub fn probed(&self, sha256: &str) -> bool {
+        self.single_use(sha256) || self.reusable_marker(sha256).is_file()
     }
 
     /// Present when the deploy-time probe found that the code's instances cannot serve
@@ -64,8 +75,14 @@ impl CodeCache {
         self.single_use_marker(sha256).is_file()
     }
 
-    pub fn mark_single_use(&self, sha256: &str) -> std::io::Result<()> {
-        std::fs::write(self.single_use_marker(sha256), b"")
+    /// Records the reuse probe's verdict.
+    pub fn mark_probed(&self, sha256: &str, reusable: bool) -> std::io::Result<()> {
+        let marker = if reusable {
+            self.reusable_marker(sha256)
+        } else {
+            self.single_use_marker(sha256)
+        };
+        std::fs::write(marker, b"")
     }
 }
 

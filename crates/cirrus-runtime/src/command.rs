@@ -105,7 +105,7 @@ impl CommandEnvironment {
         let store = &mut self.store;
         store.data_mut().wasi = wasi;
         let stats = store.data_mut().limiter.begin();
-        let _lane = arm_deadline(store, limits.timeout, &self.lanes);
+        let lane = arm_deadline(store, limits.timeout, &self.lanes);
 
         let instance = self.instance;
         let run = async move {
@@ -114,7 +114,10 @@ impl CommandEnvironment {
         };
         let mut cpu_time = std::time::Duration::ZERO;
         let finished = unless_cancelled(
-            tokio::time::timeout(limits.timeout + TIMEOUT_GRACE, metered(run, &mut cpu_time)),
+            tokio::time::timeout(
+                limits.timeout + TIMEOUT_GRACE,
+                metered(run, &mut cpu_time, Some(&lane)),
+            ),
             cancelled,
         )
         .await;

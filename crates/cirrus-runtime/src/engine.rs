@@ -188,7 +188,7 @@ impl Runtime {
                 return Ok(Prepared {
                     kind: artifact.kind,
                     compile_ms: 0,
-                    reusable: loaded.reusable(),
+                    reusable: self.probe(&artifact.sha256, &loaded)?,
                 });
             }
         }
@@ -215,19 +215,7 @@ impl Runtime {
         let loaded = self
             .load_cached(&artifact.sha256, artifact.kind)
             .map_err(|e| ArtifactError::Compile(format!("loading compiled code: {e:#}")))?;
-        let reusable = match &loaded.pre {
-            Pre::Http(pre) => crate::http::probe_reuse(pre, &self.lanes),
-            Pre::Command(_) => false,
-        };
-        if !reusable && artifact.kind == ArtifactKind::HttpComponent {
-            tracing::warn!(
-                sha256 = %artifact.sha256,
-                "this component fails when one instance serves a second request: each call gets a fresh instance"
-            );
-            self.cache
-                .mark_single_use(&artifact.sha256)
-                .map_err(|e| ArtifactError::Storage(e.to_string()))?;
-        }
+        let reusable = self.probe(&artifact.sha256, &loaded)?;
         Ok(Prepared {
             kind: artifact.kind,
             compile_ms,
@@ -246,7 +234,13 @@ impl Runtime {
     ) -> anyhow::Result<(LoadedVersion, bool)> {
         if self.cache.contains(sha256) {
             match self.load_cached(sha256, kind) {
-                Ok(loaded) => return Ok((loaded, false)),
+                Ok(mut loaded) => {
+                    // Code cached before the reuse probe existed is judged on first load.
+                    if kind == ArtifactKind::HttpComponent && !self.cache.probed(sha256) {
+                        loaded.single_use = !self.probe(sha256, &loaded)?;
+                    }
+                    return Ok((loaded, false));
+                }
                 Err(e) => {
                     tracing::warn!(sha256, "cached code unusable, recompiling: {e:#}");
                     self.cache.evict(sha256);
@@ -273,6 +267,28 @@ impl Runtime {
         );
         self.prepare(&artifact)?;
         Ok(true)
+    }
+
+    /// Whether the code's instances can serve several invocations: the reuse probe's
+    /// verdict, run once per artifact (and engine) and remembered next to its code.
+    fn probe(&self, sha256: &str, loaded: &LoadedVersion) -> Result<bool, ArtifactError> {
+        let Pre::Http(pre) = &loaded.pre else {
+            return Ok(false);
+        };
+        if self.cache.probed(sha256) {
+            return Ok(!self.cache.single_use(sha256));
+        }
+        let reusable = crate::http::probe_reuse(pre, &self.lanes);
+        if !reusable {
+            tracing::warn!(
+                sha256,
+                "this component fails when one instance serves a second request: each call gets a fresh instance"
+            );
+        }
+        self.cache
+            .mark_probed(sha256, reusable)
+            .map_err(|e| ArtifactError::Storage(e.to_string()))?;
+        Ok(reusable)
     }
 
     fn load_cached(&self, sha256: &str, kind: ArtifactKind) -> anyhow::Result<LoadedVersion> {

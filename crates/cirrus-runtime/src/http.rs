@@ -98,11 +98,17 @@ impl OutboundPolicy {
         let (Some(old), Some(new)) = (&self.env_token, &platform.token) else {
             return;
         };
-        let presented = headers
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented == Some(old.as_str()) && old != new {
+        // Any spelling the server accepts as a bearer credential: scheme in any case, any
+        // spaces, in any of the Authorization headers.
+        let presents_stand_in = headers
+            .get_all(hyper::header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.trim().split_once(' '))
+            .any(|(scheme, token)| {
+                scheme.eq_ignore_ascii_case("bearer") && token.trim() == old.as_str()
+            });
+        if presents_stand_in {
             if let Ok(value) = hyper::header::HeaderValue::from_str(&format!("Bearer {new}")) {
                 headers.insert(hyper::header::AUTHORIZATION, value);
             }
@@ -282,7 +288,7 @@ impl HttpEnvironment {
             platform: platform_calls,
             env_token: self.env_token.clone(),
         };
-        let _lane = arm_deadline(store, limits.timeout, &self.lanes);
+        let lane = arm_deadline(store, limits.timeout, &self.lanes);
 
         let mut logs = Vec::new();
         let headers = request.headers_mut();
@@ -343,7 +349,11 @@ impl HttpEnvironment {
         let outcome = unless_cancelled(
             tokio::time::timeout(
                 limits.timeout + TIMEOUT_GRACE,
-                metered(exchange(guest, response_rx, max_body), &mut cpu_time),
+                metered(
+                    exchange(guest, response_rx, max_body),
+                    &mut cpu_time,
+                    Some(&lane),
+                ),
             ),
             cancelled,
         )
@@ -390,6 +400,8 @@ impl HttpEnvironment {
             &mut all_logs,
         );
         all_logs.append(&mut logs);
+        // The live token and lineage go with the invocation, not with the environment.
+        self.store.data_mut().outbound.platform = None;
         InvokeOutput {
             result,
             peak_memory_bytes: stats.peak_bytes(),
@@ -581,10 +593,12 @@ mod tests {
             headers: Vec::new(),
             token: Some("live".to_owned()),
         };
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert("authorization", "Bearer environment.abc".parse().unwrap());
-        policy.refresh_token(&mut headers, &platform);
-        assert_eq!(headers["authorization"], "Bearer live");
+        for spelling in ["Bearer environment.abc", "bearer  environment.abc"] {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("authorization", spelling.parse().unwrap());
+            policy.refresh_token(&mut headers, &platform);
+            assert_eq!(headers["authorization"], "Bearer live", "{spelling}");
+        }
         // A credential the guest chose itself is not touched.
         let mut own = hyper::HeaderMap::new();
         own.insert("authorization", "Bearer mine".parse().unwrap());

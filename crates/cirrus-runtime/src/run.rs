@@ -5,6 +5,7 @@ use crate::limits::MemoryStats;
 use crate::pipe::CappedPipe;
 use crate::{Limits, LogEntry};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -44,30 +45,32 @@ impl CpuLanes {
 }
 
 /// Yields to the scheduler on every epoch tick, so a CPU-bound guest shares its worker
-/// thread with everyone else; past [`FREE_TICKS`] each slice needs a CPU lane; traps once
-/// the deadline passes. Dropping the returned guard (when the invocation ends) gives back
-/// any lane the guest holds.
+/// thread with everyone else; past [`FREE_TICKS`] of running without waiting on anything,
+/// each slice needs a CPU lane; traps once the deadline passes. The returned guard gives
+/// back the lane whenever the guest waits on a host call (see [`metered`]) and when the
+/// invocation ends (an environment outlives it).
 pub(crate) fn arm_deadline<T: 'static>(
     store: &mut Store<T>,
     timeout: Duration,
     lanes: &CpuLanes,
 ) -> LaneGuard {
     let deadline = Instant::now() + timeout;
-    let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
-    let (lanes, slot) = (lanes.0.clone(), held.clone());
-    let mut ticks = 0u32;
+    let state = Arc::new(LaneState::default());
+    let (lanes, shared) = (lanes.0.clone(), state.clone());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
             return Err(wasmtime::Error::new(DeadlineExceeded));
         }
-        ticks = ticks.saturating_add(1);
+        // The Pending this yield causes is ours, not a wait on I/O.
+        shared.yielding.store(true, Ordering::Relaxed);
+        let ticks = shared.ticks.fetch_add(1, Ordering::Relaxed) + 1;
         if ticks <= FREE_TICKS {
             return Ok(UpdateDeadline::Yield(1));
         }
         // Give up the lane before queueing for the next slice, so waiters take turns.
-        drop(lock(&slot).take());
-        let (lanes, slot) = (lanes.clone(), slot.clone());
+        shared.release();
+        let (lanes, shared) = (lanes.clone(), shared.clone());
         Ok(UpdateDeadline::YieldCustom(
             1,
             Box::pin(async move {
@@ -75,20 +78,47 @@ pub(crate) fn arm_deadline<T: 'static>(
                 // on this worker get their turn first, as with a plain yield.
                 tokio::task::yield_now().await;
                 if let Ok(permit) = lanes.acquire_owned().await {
-                    *lock(&slot) = Some(permit);
+                    *lock(&shared.permit) = Some(permit);
                 }
             }),
         ))
     });
-    LaneGuard(held)
+    LaneGuard(state)
 }
 
-/// Releases a CPU lane held by an invocation when it ends (an environment outlives it).
-pub(crate) struct LaneGuard(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+#[derive(Default)]
+struct LaneState {
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Epoch ticks since the guest last waited on a host call.
+    ticks: AtomicU32,
+    /// Set by the epoch callback when it makes the guest yield.
+    yielding: AtomicBool,
+}
+
+impl LaneState {
+    fn release(&self) {
+        drop(lock(&self.permit).take());
+    }
+}
+
+/// An invocation's CPU-lane state; dropping it gives back any lane.
+pub(crate) struct LaneGuard(Arc<LaneState>);
+
+impl LaneGuard {
+    /// The guest's future returned `Pending`: unless the epoch callback made it yield,
+    /// it waits on a host call (I/O, a timer, another function). It then holds no lane
+    /// (a lane held while waiting could deadlock a call chain) and is no longer CPU-bound.
+    fn waiting(&self) {
+        if !self.0.yielding.swap(false, Ordering::Relaxed) {
+            self.0.release();
+            self.0.ticks.store(0, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for LaneGuard {
     fn drop(&mut self) {
-        drop(lock(&self.0).take());
+        self.0.release();
     }
 }
 
@@ -265,12 +295,20 @@ fn thread_cpu_time() -> Duration {
 
 /// Runs `future`, adding the CPU time its polls take to `cpu`. The guest may move between
 /// worker threads at every yield, so each poll is measured on the thread running it.
-pub(crate) async fn metered<F: std::future::Future>(future: F, cpu: &mut Duration) -> F::Output {
+/// With a lane guard, a guest that waits gives up its CPU lane.
+pub(crate) async fn metered<F: std::future::Future>(
+    future: F,
+    cpu: &mut Duration,
+    lane: Option<&LaneGuard>,
+) -> F::Output {
     let mut future = std::pin::pin!(future);
     std::future::poll_fn(|cx| {
         let start = thread_cpu_time();
         let poll = future.as_mut().poll(cx);
         *cpu += thread_cpu_time().saturating_sub(start);
+        if let (std::task::Poll::Pending, Some(lane)) = (&poll, lane) {
+            lane.waiting();
+        }
         poll
     })
     .await
@@ -294,6 +332,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             },
             &mut cpu,
+            None,
         )
         .await;
         assert!(cpu >= Duration::from_millis(20), "{cpu:?}");

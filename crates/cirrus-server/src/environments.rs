@@ -68,6 +68,8 @@ struct PoolState {
     idle: Vec<Idle>,
     /// Started ahead of demand, to land in `idle`; callers may wait for them.
     prestarting: usize,
+    /// Callers waiting for one of those: no more wait than there are pre-starts.
+    waiting: usize,
     /// Every environment of the version: busy, idle or starting.
     live: usize,
 }
@@ -148,6 +150,38 @@ impl Drop for Starting<'_> {
         if let Some((pools, pool)) = self.0.take() {
             pools.forget(pool);
         }
+    }
+}
+
+/// Uncounts a caller waiting for a pre-start, however the wait ends.
+struct Waiting<'a>(&'a VersionPool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).waiting -= 1;
+    }
+}
+
+/// Uncounts a background start (a pre-start, or one for `min_loaded`) that did not land,
+/// whatever stopped it (a failure, a panic, the runtime shutting down).
+struct Landing {
+    pool: Arc<VersionPool>,
+    prestart: bool,
+    armed: bool,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.pool.state);
+            if self.prestart {
+                state.prestarting -= 1;
+            }
+            if self.armed {
+                state.live -= 1;
+            }
+        }
+        self.pool.changed.notify_waiters();
     }
 }
 
@@ -245,6 +279,8 @@ impl Pools {
         let policy = Policy::of(version);
         let code = self.code(&pool, version).await?;
         let single_use = !code.reusable() || policy.reuse == 1;
+        // A spare being started may be waited for, boundedly; past that, start one.
+        let patience = tokio::time::Instant::now() + self.wait;
         loop {
             let changed = pool.changed.notified();
             tokio::pin!(changed);
@@ -268,13 +304,16 @@ impl Pools {
                         init: None,
                     });
                 }
-                if state.prestarting == 0 {
+                let unclaimed = state.prestarting > state.waiting;
+                if !unclaimed || tokio::time::Instant::now() >= patience {
                     state.live += 1;
                     break;
                 }
+                state.waiting += 1;
                 changed.as_mut().enable();
             }
-            changed.await;
+            let _waiting = Waiting(&pool);
+            let _ = tokio::time::timeout_at(patience, changed).await;
         }
         let mut starting = Starting(Some((self.as_ref(), &pool)));
         let env = self.start(&pool, &code, version).await?;
@@ -307,6 +346,20 @@ impl Pools {
     ) -> Result<Box<dyn Environment>, ApiError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         let footprint = pool.footprint.load(Ordering::Relaxed);
+        if let Some(budget) = self.budget.as_ref().filter(|b| b.limit() < footprint) {
+            return Err(ApiError::new(
+                ErrorCode::MemoryLimitExceeded,
+                format!(
+                    "{} needs {} MiB to start, more than the server's whole memory budget of {} MiB",
+                    version.function,
+                    footprint >> 20,
+                    budget.limit() >> 20
+                ),
+            ));
+        }
+        // Retiring idle environments for a start that failed for room, at most this many
+        // times: one that cannot fit must not flush every warm pool on the server.
+        let mut retries = 4;
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -329,7 +382,8 @@ impl Pools {
                         // Out of instance slots or memory: make room by retiring one idle
                         // environment, or wait for one to end.
                         let mut retired = false;
-                        if self.reclaim(|| std::mem::replace(&mut retired, true)) {
+                        if retries > 0 && self.reclaim(|| std::mem::replace(&mut retired, true)) {
+                            retries -= 1;
                             continue;
                         }
                     }
@@ -416,7 +470,11 @@ impl Pools {
         };
         match retire {
             Some(env) => self.retire(env),
-            None => pool.changed.notify_one(),
+            None => {
+                pool.changed.notify_one();
+                // Someone waiting for room may retire this one now.
+                self.released.notify_waiters();
+            }
         }
     }
 
@@ -452,29 +510,25 @@ impl Pools {
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let started = this.start(&pool, &code, &version).await;
-            let now = this.clock.now_ms();
-            {
-                let mut state = lock(&pool.state);
-                if prestart {
-                    state.prestarting -= 1;
+            let mut landing = Landing {
+                pool: pool.clone(),
+                prestart,
+                armed: true,
+            };
+            match this.start(&pool, &code, &version).await {
+                Ok(env) => {
+                    let now = this.clock.now_ms();
+                    lock(&pool.state).idle.push(Idle {
+                        env,
+                        served: 0,
+                        since_ms: now,
+                    });
+                    landing.armed = false;
                 }
-                match started {
-                    Ok(env) => state.idle.insert(
-                        0,
-                        Idle {
-                            env,
-                            served: 0,
-                            since_ms: now,
-                        },
-                    ),
-                    Err(e) => {
-                        state.live -= 1;
-                        tracing::debug!(function = %version.function, "starting an environment ahead of demand failed: {}", e.message);
-                    }
+                Err(e) => {
+                    tracing::debug!(function = %version.function, "starting an environment ahead of demand failed: {}", e.message);
                 }
             }
-            pool.changed.notify_waiters();
         });
     }
 
@@ -486,32 +540,25 @@ impl Pools {
         let code = self.code(&pool, version).await?;
         let wanted = version.config.min_loaded as usize;
         pool.pinned.store(wanted, Ordering::Relaxed);
-        let missing = {
-            let mut state = lock(&pool.state);
-            let missing = wanted.saturating_sub(state.live);
-            state.live += missing;
-            missing
-        };
-        for _ in 0..missing {
-            match self.start(&pool, &code, version).await {
-                Ok(env) => {
-                    let now = self.clock.now_ms();
-                    lock(&pool.state).idle.insert(
-                        0,
-                        Idle {
-                            env,
-                            served: 0,
-                            since_ms: now,
-                        },
-                    );
+        loop {
+            {
+                let mut state = lock(&pool.state);
+                if state.live >= wanted {
+                    return Ok(());
                 }
-                Err(e) => {
-                    self.forget(&pool);
-                    return Err(e);
-                }
+                state.live += 1;
             }
+            let mut starting = Starting(Some((self.as_ref(), &pool)));
+            let env = self.start(&pool, &code, version).await?;
+            starting.0 = None;
+            drop(starting);
+            let now = self.clock.now_ms();
+            lock(&pool.state).idle.push(Idle {
+                env,
+                served: 0,
+                since_ms: now,
+            });
         }
-        Ok(())
     }
 
     /// Retires environments idle past their `idle_timeout` (keeping `min_loaded` of live
@@ -529,9 +576,11 @@ impl Pools {
         let unloaded = {
             let mut versions = lock(&self.versions);
             let before = versions.len();
-            versions.retain(|(function, number, _), pool| {
+            versions.retain(|(function, number, sha256), pool| {
                 let busy = pool.in_flight.load(Ordering::SeqCst) > 0;
-                let Some((version, pinned)) = current(function, *number) else {
+                // The same number under other code is a function deleted and re-created.
+                let current = current(function, *number).filter(|(v, _)| &v.sha256 == sha256);
+                let Some((version, pinned)) = current else {
                     let mut state = lock(&pool.state);
                     state.live -= state.idle.len();
                     retired.extend(state.idle.drain(..).map(|i| i.env));

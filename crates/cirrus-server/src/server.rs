@@ -260,7 +260,6 @@ impl Server {
             pruner,
         };
         server.compile_missing();
-        server.preload_pinned().await;
         Ok(server)
     }
 
@@ -315,7 +314,8 @@ impl Server {
         });
     }
 
-    /// Versions of functions with `min_loaded > 0` are loaded before traffic arrives.
+    /// Versions of functions with `min_loaded > 0` get their environments before traffic
+    /// arrives.
     async fn preload_pinned(&self) {
         for version in self.state.registry.live_versions() {
             if version.config.min_loaded > 0 {
@@ -362,13 +362,8 @@ impl Server {
                 .sync_triggers(name, &function.triggers)
                 .await
                 .map_err(|f| anyhow::anyhow!("functions.{name}.triggers: {}", f.0.message))?;
-            if result.function.latest.config.min_loaded > 0 {
-                self.state
-                    .scaler
-                    .preload(&result.function.latest)
-                    .await
-                    .ok();
-            }
+            // `min_loaded` environments are started by `serve`, once the API's address
+            // (which functions with storage grants are given) is known.
             results.push(result);
         }
         Ok(results)
@@ -389,6 +384,9 @@ impl Server {
             }
             let _ = state.invoker.platform.api_authority.set(addr.to_string());
         }
+        // Before the first request is accepted, and after the address is known: a pinned
+        // environment keeps the variables it starts with.
+        self.preload_pinned().await;
         let dispatcher = Arc::new(crate::queue::Dispatcher {
             queue: state.event_queue.clone(),
             invoker: state.invoker.clone(),
