@@ -319,6 +319,31 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_guest_that_waits_gives_up_its_lane_but_a_yielding_one_keeps_its_turn() {
+        let lanes = CpuLanes::new(1);
+        let guard = LaneGuard(Arc::new(LaneState::default()));
+        let take = |guard: &LaneGuard| {
+            *lock(&guard.0.permit) = Some(lanes.0.clone().try_acquire_owned().unwrap());
+            guard.0.ticks.store(5, Ordering::Relaxed);
+        };
+        // The epoch callback made it yield: still CPU-bound, the lane stays with it.
+        take(&guard);
+        guard.0.yielding.store(true, Ordering::Relaxed);
+        guard.waiting();
+        assert_eq!(lanes.0.available_permits(), 0);
+        assert_eq!(guard.0.ticks.load(Ordering::Relaxed), 5);
+        // It waits on a host call (another function, say): the lane is free for others
+        // (one of which may be that function) and its CPU-bound count starts over.
+        guard.waiting();
+        assert_eq!(lanes.0.available_permits(), 1);
+        assert_eq!(guard.0.ticks.load(Ordering::Relaxed), 0);
+        // The invocation ends holding a lane: dropping the guard gives it back.
+        *lock(&guard.0.permit) = Some(lanes.0.clone().try_acquire_owned().unwrap());
+        drop(guard);
+        assert_eq!(lanes.0.available_permits(), 1);
+    }
+
+    #[tokio::test]
     async fn metering_counts_cpu_spent_in_polls_but_not_sleep() {
         let mut cpu = Duration::ZERO;
         metered(
