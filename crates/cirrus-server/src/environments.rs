@@ -85,6 +85,8 @@ struct VersionPool {
     footprint: AtomicU64,
     /// Environments kept ready whatever their idleness (`min_loaded` of a live version).
     pinned: AtomicUsize,
+    /// No longer listed (its version is gone): what comes back to it is retired.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -239,6 +241,7 @@ impl Pools {
                     in_flight: AtomicUsize::new(0),
                     footprint: AtomicU64::new(FIRST_FOOTPRINT),
                     pinned: AtomicUsize::new(0),
+                    removed: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone();
@@ -454,6 +457,7 @@ impl Pools {
         policy: Policy,
         now_ms: u64,
     ) {
+        let keep = keep && !pool.removed.load(Ordering::SeqCst);
         let retire = {
             let mut state = lock(&pool.state);
             if keep && state.idle.len() < policy.max_idle {
@@ -516,6 +520,7 @@ impl Pools {
                 armed: true,
             };
             match this.start(&pool, &code, &version).await {
+                Ok(env) if pool.removed.load(Ordering::SeqCst) => this.retire(env),
                 Ok(env) => {
                     let now = this.clock.now_ms();
                     lock(&pool.state).idle.push(Idle {
@@ -581,6 +586,7 @@ impl Pools {
                 // The same number under other code is a function deleted and re-created.
                 let current = current(function, *number).filter(|(v, _)| &v.sha256 == sha256);
                 let Some((version, pinned)) = current else {
+                    pool.removed.store(true, Ordering::SeqCst);
                     let mut state = lock(&pool.state);
                     state.live -= state.idle.len();
                     retired.extend(state.idle.drain(..).map(|i| i.env));
@@ -609,7 +615,11 @@ impl Pools {
                 let idle_ms = now.saturating_sub(pool.last_used_ms.load(Ordering::SeqCst));
                 // A spare still starting lands in a pool no longer listed, and is dropped.
                 let settled = state.live - state.prestarting;
-                busy || settled > 0 || pinned || idle_ms < policy.idle_timeout_ms
+                let kept = busy || settled > 0 || pinned || idle_ms < policy.idle_timeout_ms;
+                if !kept {
+                    pool.removed.store(true, Ordering::SeqCst);
+                }
+                kept
             });
             before - versions.len()
         };
@@ -642,6 +652,7 @@ impl Pools {
                 .collect()
         };
         for pool in removed {
+            pool.removed.store(true, Ordering::SeqCst);
             let idle: Vec<_> = {
                 let mut state = lock(&pool.state);
                 state.live -= state.idle.len();
@@ -938,6 +949,17 @@ mod tests {
         drop((a, b, c));
         assert_eq!(f.pools.environment_count(), 1);
         assert_eq!(f.pools.counters.retired.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_environment_coming_back_to_a_deleted_version_is_retired() {
+        let f = fixture(true, None);
+        let v = version("f", FunctionConfig::default());
+        let lease = f.pools.acquire(&v).await.unwrap();
+        f.pools.unload_function("f");
+        drop(lease);
+        assert_eq!(f.pools.counters.retired.load(Ordering::SeqCst), 1);
+        assert_eq!(f.pools.environment_count(), 0);
     }
 
     #[tokio::test]
