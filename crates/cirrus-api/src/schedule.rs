@@ -61,6 +61,17 @@ impl Schedule {
             }
             None => (chrono_tz::UTC, text),
         };
+        // croner reads a field of bare commas (or a bare `+`, its day-of-week modifier)
+        // as "never", and the search for a second that never comes walks the clock one
+        // second at a time for years.
+        if let Some(field) = expression.split_whitespace().find(|field| {
+            let values = field.strip_prefix('+').unwrap_or(field);
+            values.split(',').any(str::is_empty)
+        }) {
+            return Err(format!(
+                "invalid cron expression {expression:?}: the field {field:?} has an empty list item"
+            ));
+        }
         let cron = croner::Cron::from_str(expression.trim())
             .map_err(|e| format!("invalid cron expression {expression:?}: {e}"))?;
         let schedule = Schedule::Cron {
@@ -127,6 +138,17 @@ mod tests {
             .unwrap_err()
             .contains("invalid cron"));
         assert!(Schedule::parse("every day").is_err());
+        for empty in [
+            ", * * * *",
+            "*/30 , * * * *",
+            "5, * * * *",
+            "0 0 1,,2 * *",
+            "1 2 28 2 +",
+        ] {
+            assert!(Schedule::parse(empty)
+                .unwrap_err()
+                .contains("empty list item"));
+        }
         assert!(Schedule::parse("0 0 30 2 *")
             .unwrap_err()
             .contains("never fires"));
