@@ -33,6 +33,9 @@ pub const MAX_NAME_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FunctionConfig {
+    /// What the function is for, in a few words (at most 256 characters).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
     /// Linear memory cap for one invocation, in MiB (all memories of the guest together).
     pub memory_mb: u32,
     /// Wall-clock limit of one invocation.
@@ -43,7 +46,8 @@ pub struct FunctionConfig {
     /// Invocations in flight at once; `None` means only the server-wide cap applies.
     pub max_concurrency: Option<u32>,
     /// Invocations guaranteed to this function (Lambda's reserved concurrency): taken out
-    /// of the server-wide cap for it alone, and also its cap.
+    /// of the server-wide cap for it alone, and also its cap. 0 switches the function
+    /// off: every call is throttled at once.
     pub reserved_concurrency: Option<u32>,
     /// Warm environments kept ready from start-up and never retired for idleness (like
     /// Lambda's provisioned concurrency).
@@ -82,7 +86,33 @@ pub struct FunctionConfig {
     /// Asynchronous events: where an event goes when its attempts are exhausted or it
     /// expired (default: the dead-letter queue).
     pub on_failure: Option<Destination>,
+    /// How the code came in through the Lambda API, kept so that API describes the
+    /// function as Lambda would. Absent for functions deployed any other way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<LambdaPackage>,
 }
+
+/// A Lambda deployment package, as far as Cirrus keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaPackage {
+    /// `wasi` for WebAssembly.
+    pub runtime: String,
+    /// The file in the zip that holds the code.
+    pub handler: String,
+    /// Stored and echoed: Cirrus has no IAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The zip's SHA-256 (base64) and size in bytes, as Lambda reports them.
+    pub zip_sha256: String,
+    pub zip_size: u64,
+    /// The artifact (hex SHA-256) the zip held: code deployed later by other means
+    /// makes the zip's figures stale, and they are then not reported.
+    pub artifact_sha256: String,
+}
+
+/// The longest description, as Lambda's.
+pub const MAX_DESCRIPTION_LEN: usize = 256;
 
 /// Where an asynchronous result goes: `function:NAME`, `topic:NAME` or `dlq`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -170,6 +200,7 @@ impl<'de> Deserialize<'de> for Destination {
 impl Default for FunctionConfig {
     fn default() -> Self {
         Self {
+            description: String::new(),
             memory_mb: DEFAULT_MEMORY_MB,
             timeout: DEFAULT_TIMEOUT,
             env: BTreeMap::new(),
@@ -187,6 +218,7 @@ impl Default for FunctionConfig {
             max_event_age: DEFAULT_MAX_EVENT_AGE,
             on_success: Vec::new(),
             on_failure: None,
+            lambda: None,
         }
     }
 }
@@ -208,6 +240,12 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
 
 impl FunctionConfig {
     pub fn validate(&self) -> Result<(), SpecError> {
+        if self.description.chars().count() > MAX_DESCRIPTION_LEN {
+            return Err(invalid(
+                "description",
+                format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+            ));
+        }
         if self.memory_mb == 0 || self.memory_mb > MAX_MEMORY_MB {
             return Err(invalid(
                 "memory_mb",
@@ -233,12 +271,6 @@ impl FunctionConfig {
             ));
         }
         match (self.reserved_concurrency, self.max_concurrency) {
-            (Some(0), _) => {
-                return Err(invalid(
-                    "reserved_concurrency",
-                    "must be at least 1 (omit it to share the server-wide cap)",
-                ))
-            }
             (Some(reserved), Some(max)) if reserved > max => {
                 return Err(invalid(
                     "reserved_concurrency",

@@ -189,7 +189,8 @@ impl Capacity {
                 return Ok(self.permit(name, pool));
             }
             let blocked = room.err().unwrap_or(Blocked::Queue(queued));
-            if queued >= self.queue_depth {
+            // A reservation of 0 switches the function off: waiting cannot help.
+            if queued >= self.queue_depth || matches!(blocked, Blocked::Reserved(0)) {
                 let error = self.throttled(function, blocked, Wait::QueueFull);
                 state.tidy(function);
                 return Err(error);
@@ -351,11 +352,15 @@ impl Capacity {
     }
 
     fn throttled(&self, function: &str, blocked: Blocked, wait: Wait) -> ApiError {
+        let switched_off = matches!(blocked, Blocked::Reserved(0));
         let reason = match blocked {
             Blocked::Cap(cap) => {
                 format!(
                     "function {function:?} is at its concurrency limit of {cap} (max_concurrency)"
                 )
+            }
+            Blocked::Reserved(0) => {
+                format!("function {function:?} is switched off: its reserved concurrency is 0")
             }
             Blocked::Reserved(size) => {
                 format!("function {function:?} is at its reserved concurrency of {size}")
@@ -378,6 +383,7 @@ impl Capacity {
             }
         };
         let wait = match wait {
+            _ if switched_off => String::new(),
             Wait::QueueFull if self.queue_depth == 0 => String::new(),
             Wait::QueueFull => format!(
                 ", and all {} places in its queue are taken (--queue-depth)",

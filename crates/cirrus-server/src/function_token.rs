@@ -26,22 +26,22 @@ pub struct Sealer {
 impl Sealer {
     pub fn new(admin_token: &str, label: &[u8], prefix: &'static str) -> Self {
         Self {
-            key: crate::s3::sigv4::hmac(admin_token.as_bytes(), label),
+            key: crate::sigv4::hmac(admin_token.as_bytes(), label),
             prefix,
         }
     }
 
     pub fn seal<T: Serialize>(&self, value: &T) -> String {
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default());
-        let mac = URL_SAFE_NO_PAD.encode(crate::s3::sigv4::hmac(&self.key, body.as_bytes()));
+        let mac = URL_SAFE_NO_PAD.encode(crate::sigv4::hmac(&self.key, body.as_bytes()));
         format!("{}{body}.{mac}", self.prefix)
     }
 
     /// The value, if `sealed` was made by [`Sealer::seal`] with this key and prefix.
     pub fn open<T: DeserializeOwned>(&self, sealed: &str) -> Option<T> {
         let (body, mac) = sealed.strip_prefix(self.prefix)?.split_once('.')?;
-        let expected = URL_SAFE_NO_PAD.encode(crate::s3::sigv4::hmac(&self.key, body.as_bytes()));
-        if !crate::s3::sigv4::constant_time_eq(expected.as_bytes(), mac.as_bytes()) {
+        let expected = URL_SAFE_NO_PAD.encode(crate::sigv4::hmac(&self.key, body.as_bytes()));
+        if !crate::sigv4::constant_time_eq(expected.as_bytes(), mac.as_bytes()) {
             return None;
         }
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()

@@ -64,6 +64,8 @@ pub struct Call {
     /// stopped if that caller goes away, and counts against its lineage's cap on calls
     /// in flight. Calls from outside run to their end.
     pub nested: bool,
+    /// Hand the invocation's log lines back to the caller too (Lambda's `LogType: Tail`).
+    pub keep_logs: bool,
 }
 
 impl Call {
@@ -87,6 +89,7 @@ impl Call {
             root: None,
             hops: 0,
             nested: false,
+            keep_logs: false,
         }
     }
 
@@ -229,6 +232,44 @@ struct Meta {
     ran: bool,
     duration: Duration,
     version: Option<u32>,
+    /// The invocation's log lines, one per line, when the call kept them.
+    logs: Option<String>,
+}
+
+/// An invocation as its caller sees it, before it is rendered as an HTTP answer (an API
+/// that answers in its own shape, such as Lambda's, starts here).
+pub struct Invoked {
+    pub result: Result<Response<Bytes>, ApiError>,
+    meta: Meta,
+}
+
+impl Invoked {
+    pub fn request_id(&self) -> &str {
+        &self.meta.request_id
+    }
+
+    /// The version that ran (or would have), once the function was resolved.
+    pub fn version(&self) -> Option<u32> {
+        self.meta.version
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.meta.duration
+    }
+
+    pub fn billed_ms(&self) -> u64 {
+        self.meta.billed_ms()
+    }
+
+    /// Log lines, when the call asked for them (`Call::keep_logs`) and the guest ran.
+    pub fn logs(&self) -> Option<&str> {
+        self.meta.logs.as_deref()
+    }
+
+    /// Adds the `cirrus-*` headers every invocation answer carries.
+    pub fn stamp(&self, headers: &mut HeaderMap) {
+        stamp(headers, &self.meta);
+    }
 }
 
 impl Meta {
@@ -247,22 +288,32 @@ impl Invoker {
     /// A nested call (from a function) is stopped when its caller goes away, which is
     /// when this future is dropped; it is still recorded, as `cancelled`.
     pub async fn invoke(self: &Arc<Self>, call: Call) -> Response<Body> {
+        match self.invoke_detailed(call).await {
+            Ok(Invoked { result, meta }) => {
+                let mut response = match result {
+                    Ok(response) => response.map(Body::from),
+                    Err(error) => error_response(error),
+                };
+                stamp(response.headers_mut(), &meta);
+                response
+            }
+            Err(error) => error_response(error),
+        }
+    }
+
+    /// [`Invoker::invoke`], answering with the invocation's parts instead of a response.
+    /// The error is the platform's own (the invocation's task failed).
+    pub async fn invoke_detailed(self: &Arc<Self>, call: Call) -> Result<Invoked, ApiError> {
         let this = self.clone();
         let cancel = call.nested.then(CancellationToken::new);
         let _cancel_on_drop = cancel.clone().map(CancellationToken::drop_guard);
         let outcome = tokio::spawn(async move {
             let (meta, result) = this.execute(call, cancel).await;
-            let mut response = match result {
-                Ok(response) => response.map(Body::from),
-                Err(error) => error_response(error),
-            };
-            stamp(response.headers_mut(), &meta);
-            response
+            Invoked { result, meta }
         });
-        match outcome.await {
-            Ok(response) => response,
-            Err(e) => error_response(ApiError::internal(format!("invocation task failed: {e}"))),
-        }
+        outcome
+            .await
+            .map_err(|e| ApiError::internal(format!("invocation task failed: {e}")))
     }
 
     /// Runs a queued event's attempt (to its end, in its own task). Returns the outcome
@@ -318,6 +369,7 @@ impl Invoker {
             duration: Duration::ZERO,
             version: None,
             trace,
+            logs: None,
         };
         let result = self
             .run(call, cancel, &mut meta)
@@ -345,6 +397,7 @@ impl Invoker {
             root,
             hops,
             nested,
+            keep_logs,
             ..
         } = call;
         let lineage = Lineage {
@@ -456,7 +509,7 @@ impl Invoker {
         drop(lease);
 
         let now = rfc3339(self.clock.now_ms());
-        let logs = output
+        let logs: Vec<LogLine> = output
             .logs
             .into_iter()
             .map(|entry| LogLine {
@@ -468,6 +521,14 @@ impl Invoker {
                 line: entry.line,
             })
             .collect();
+        if keep_logs {
+            let mut text = String::new();
+            for line in &logs {
+                text.push_str(&line.line);
+                text.push('\n');
+            }
+            meta.logs = Some(text);
+        }
         let usage = Measured {
             started_ms,
             init,

@@ -39,6 +39,7 @@ pub mod function_token;
 pub mod fuzzing;
 pub mod invoker;
 pub mod kv;
+pub mod lambda;
 pub mod lineage;
 pub mod metrics;
 pub mod otlp;
@@ -50,6 +51,7 @@ pub mod s3;
 pub mod scaler;
 pub mod scheduler;
 pub mod server;
+pub mod sigv4;
 pub mod store;
 pub mod trace;
 

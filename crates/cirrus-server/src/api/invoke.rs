@@ -212,13 +212,30 @@ async fn accept_event(
 ) -> Result<Response, ApiError> {
     state.registry.resolve(&name, &qualifier)?;
     let (mut parts, body) = request.into_parts();
-    let caller = take_lineage(state, &mut parts.headers);
-    let header = |name: &str| super::header(&parts.headers, name);
-    let idempotency_key = idempotency_key(&parts.headers)?;
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
         .map_err(|e| body_error(e, state.max_event_bytes, "event (asynchronous limit)"))?;
-    let incoming = crate::cloudevents::incoming(&parts.headers, data)?;
+    let accepted = enqueue_event(state, name, qualifier, &mut parts.headers, data).await?;
+    let mut response = (StatusCode::ACCEPTED, Json(&accepted)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&accepted.request_id) {
+        response.headers_mut().insert("cirrus-request-id", value);
+    }
+    Ok(response)
+}
+
+/// Commits an event for `name` to the durable queue; the headers give its type, trace,
+/// idempotency key and lineage.
+pub(crate) async fn enqueue_event(
+    state: &AppStateRef,
+    name: String,
+    qualifier: Qualifier,
+    headers: &mut axum::http::HeaderMap,
+    data: bytes::Bytes,
+) -> Result<Accepted, ApiError> {
+    let caller = take_lineage(state, headers);
+    let idempotency_key = idempotency_key(headers)?;
+    let incoming = crate::cloudevents::incoming(headers, data)?;
+    let header = |name: &str| super::header(headers, name);
     let event = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         function: name,
@@ -237,7 +254,7 @@ async fn accept_event(
         idempotency_key: idempotency_key.or(incoming.dedup_key),
     };
     let id = event.id.clone();
-    let accepted = match state.events.enqueue(event).await? {
+    Ok(match state.events.enqueue(event).await? {
         Enqueued::New => Accepted {
             request_id: id,
             duplicate: false,
@@ -246,12 +263,7 @@ async fn accept_event(
             request_id: earlier,
             duplicate: true,
         },
-    };
-    let mut response = (StatusCode::ACCEPTED, Json(&accepted)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&accepted.request_id) {
-        response.headers_mut().insert("cirrus-request-id", value);
-    }
-    Ok(response)
+    })
 }
 
 #[cfg(test)]

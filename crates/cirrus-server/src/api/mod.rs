@@ -27,7 +27,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Every route the router serves, as `(method, path)`; `docs/openapi.json` must list
-/// exactly these (a test checks both directions).
+/// exactly these (a test checks both directions). The Lambda API's prefixes
+/// (`crate::lambda::PREFIXES`) are not listed: AWS's own reference documents them.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
     ("GET", "/ui"),
@@ -163,6 +164,8 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/ui", get(dashboard))
         .merge(management)
         .merge(storage)
+        // The AWS Lambda API, under its own date prefixes (documented by AWS, not here).
+        .merge(crate::lambda::router())
         .route("/fn/{target}", any(invoke::http_trigger))
         // `{*path}` needs at least one character: `/fn/NAME/` is the function's `/`.
         .route("/fn/{target}/", any(invoke::http_trigger))

@@ -1,205 +1,37 @@
-//! AWS Signature Version 4, as S3 uses it: the `Authorization` header form, the
-//! presigned-URL (query) form, and the signing material `aws-chunked` bodies need to
-//! check each chunk's signature.
+//! SigV4 as S3 speaks it (the shared implementation is `crate::sigv4`; here its failures
+//! get S3's error codes), and S3's own older presigned form, SigV2.
 
 use super::credentials::Credentials;
 use super::error::{S3Error, S3Result};
+pub use crate::sigv4::{
+    constant_time_eq, hmac, sha256_hex, signing_key, SignedRequest, Signing, Verified,
+};
+use crate::sigv4::{decode, header, query_param, AuthError, AuthFailure, MAX_EXPIRES_SECS};
 use axum::http::{HeaderMap, Method, StatusCode};
 use hmac::{Hmac, Mac as _};
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use sha2::{Digest as _, Sha256};
 use std::time::{Duration, SystemTime};
 
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
-/// How far a request's date may be from the server's clock.
-const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
-/// The longest validity a presigned URL may ask for (S3's limit: 7 days).
-const MAX_EXPIRES_SECS: u64 = 7 * 24 * 3600;
-
-/// Everything except unreserved characters is encoded (RFC 3986, as SigV4 requires).
-const STRICT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-const PATH: &AsciiSet = &STRICT.remove(b'/');
-
-pub fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// The per-request signing material; `aws-chunked` bodies chain chunk signatures from
-/// `seed`.
-#[derive(Debug, Clone)]
-pub struct Signing {
-    pub key: [u8; 32],
-    /// `YYYYMMDDTHHMMSSZ`
-    pub amz_date: String,
-    /// `date/region/s3/aws4_request`
-    pub scope: String,
-    /// The request's own signature.
-    pub seed: String,
-}
-
-impl Signing {
-    /// The signature of one chunk of a `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` body.
-    pub fn chunk_signature(&self, previous: &str, chunk_sha256_hex: &str) -> String {
-        let to_sign = format!(
-            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{previous}\n{}\n{chunk_sha256_hex}",
-            self.amz_date,
-            self.scope,
-            sha256_hex(b"")
-        );
-        hex::encode(hmac(&self.key, to_sign.as_bytes()))
-    }
-
-    /// The signature of the trailing headers of a signed `aws-chunked` body.
-    pub fn trailer_signature(&self, previous: &str, trailer: &str) -> String {
-        let to_sign = format!(
-            "AWS4-HMAC-SHA256-TRAILER\n{}\n{}\n{previous}\n{}",
-            self.amz_date,
-            self.scope,
-            sha256_hex(trailer.as_bytes())
-        );
-        hex::encode(hmac(&self.key, to_sign.as_bytes()))
+impl From<AuthError> for S3Error {
+    fn from(e: AuthError) -> Self {
+        let (code, status) = match e.failure {
+            AuthFailure::Missing | AuthFailure::Denied => ("AccessDenied", StatusCode::FORBIDDEN),
+            AuthFailure::MalformedHeader => {
+                ("AuthorizationHeaderMalformed", StatusCode::BAD_REQUEST)
+            }
+            AuthFailure::MalformedQuery => {
+                ("AuthorizationQueryParametersError", StatusCode::BAD_REQUEST)
+            }
+            AuthFailure::MissingPayloadHash => ("InvalidRequest", StatusCode::BAD_REQUEST),
+            AuthFailure::Skewed => ("RequestTimeTooSkewed", StatusCode::FORBIDDEN),
+            AuthFailure::UnknownKey => ("InvalidAccessKeyId", StatusCode::FORBIDDEN),
+            AuthFailure::Mismatch => ("SignatureDoesNotMatch", StatusCode::FORBIDDEN),
+        };
+        S3Error::new(code, status, e.message)
     }
 }
 
-/// The key of one day, region and service.
-pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
-    let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
-    let k = hmac(&k, region.as_bytes());
-    let k = hmac(&k, service.as_bytes());
-    hmac(&k, b"aws4_request")
-}
-
-/// A request, as far as its signature is concerned.
-pub struct SignedRequest<'a> {
-    pub method: &'a Method,
-    /// As received (percent-encoded).
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
-}
-
-/// Who signed a request, and the material to check its body's chunk signatures.
-#[derive(Debug, Clone)]
-pub struct Verified {
-    pub access_key: String,
-    pub signing: Signing,
-    /// Presigned requests carry no payload hash: the body is unsigned.
-    pub presigned: bool,
-}
-
-fn decode(text: &str) -> String {
-    percent_decode_str(text).decode_utf8_lossy().into_owned()
-}
-
-/// The query as SigV4 canonicalises it: decoded pairs re-encoded strictly, sorted.
-fn canonical_query(query: Option<&str>, skip_signature: bool) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .filter(|(k, _)| !(skip_signature && k == "X-Amz-Signature"))
-        .map(|(k, v)| {
-            (
-                utf8_percent_encode(&k, STRICT).to_string(),
-                utf8_percent_encode(&v, STRICT).to_string(),
-            )
-        })
-        .collect();
-    pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn canonical_headers(headers: &HeaderMap, signed: &[&str]) -> S3Result<String> {
-    let mut out = String::new();
-    for name in signed {
-        let values: Vec<String> = headers
-            .get_all(*name)
-            .iter()
-            .map(|v| {
-                // Non-UTF-8 bytes are ISO-8859-1, as Python's http.client sends a value
-                // botocore signed as text.
-                super::header_text(v.as_bytes())
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        if values.is_empty() {
-            return Err(S3Error::access_denied(format!(
-                "signed header {name} is missing from the request"
-            )));
-        }
-        out.push_str(name);
-        out.push(':');
-        out.push_str(&values.join(","));
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-/// `YYYYMMDDTHHMMSSZ` → seconds since the epoch.
-fn parse_amz_date(text: &str) -> Option<SystemTime> {
-    let t = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%dT%H%M%SZ").ok()?;
-    let secs = u64::try_from(t.and_utc().timestamp()).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| decode(v))
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-struct Credential {
-    access_key: String,
-    date: String,
-    region: String,
-    service: String,
-}
-
-fn parse_credential(text: &str) -> S3Result<Credential> {
-    let parts: Vec<&str> = text.split('/').collect();
-    match parts.as_slice() {
-        [key, date, region, service, "aws4_request"] => Ok(Credential {
-            access_key: (*key).to_owned(),
-            date: (*date).to_owned(),
-            region: (*region).to_owned(),
-            service: (*service).to_owned(),
-        }),
-        _ => Err(S3Error::bad_request(
-            "AuthorizationHeaderMalformed",
-            format!("the credential {text:?} is not KEY/DATE/REGION/SERVICE/aws4_request"),
-        )),
-    }
-}
-
-/// Checks the request's signature (header or presigned form) against the configured
-/// keys at wall-clock time `now`.
+/// Checks the request's signature (SigV4 header or presigned form, or a SigV2 presigned
+/// URL) against the configured keys at wall-clock time `now`.
 pub fn verify(
     credentials: &Credentials,
     request: &SignedRequest<'_>,
@@ -210,225 +42,11 @@ pub fn verify(
     {
         return verify_v2_presigned(credentials, request, now);
     }
-    let presigned = query_param(request.query, "X-Amz-Algorithm").is_some();
-    let (credential, signed_headers, signature, amz_date, payload_hash) = if presigned {
-        let get = |name: &str| {
-            query_param(request.query, name).ok_or_else(|| {
-                S3Error::bad_request(
-                    "AuthorizationQueryParametersError",
-                    format!("the presigned URL lacks {name}"),
-                )
-            })
-        };
-        if get("X-Amz-Algorithm")? != ALGORITHM {
-            return Err(S3Error::bad_request(
-                "AuthorizationQueryParametersError",
-                "X-Amz-Algorithm must be AWS4-HMAC-SHA256",
-            ));
-        }
-        let expires: u64 = get("X-Amz-Expires")?.parse().map_err(|_| {
-            S3Error::bad_request(
-                "AuthorizationQueryParametersError",
-                "X-Amz-Expires must be a number of seconds",
-            )
-        })?;
-        if expires > MAX_EXPIRES_SECS {
-            return Err(S3Error::bad_request(
-                "AuthorizationQueryParametersError",
-                "X-Amz-Expires must be less than a week (in seconds) that is 604800",
-            ));
-        }
-        let amz_date = get("X-Amz-Date")?;
-        let signed_at = parse_amz_date(&amz_date).ok_or_else(|| {
-            S3Error::bad_request(
-                "AuthorizationQueryParametersError",
-                "X-Amz-Date is malformed",
-            )
-        })?;
-        if now > signed_at + Duration::from_secs(expires) {
-            return Err(S3Error::access_denied("Request has expired"));
-        }
-        if signed_at > now + MAX_SKEW {
-            return Err(S3Error::access_denied("Request is not valid yet"));
-        }
-        (
-            get("X-Amz-Credential")?,
-            get("X-Amz-SignedHeaders")?,
-            get("X-Amz-Signature")?,
-            amz_date,
-            header(request.headers, "x-amz-content-sha256")
-                .unwrap_or("UNSIGNED-PAYLOAD")
-                .to_owned(),
-        )
-    } else {
-        let Some(auth) = header(request.headers, "authorization") else {
-            return Err(S3Error::access_denied(
-                "Anonymous access is not allowed: sign requests with SigV4 (keys are in <data-dir>/s3-credentials)",
-            ));
-        };
-        let Some(fields) = auth.strip_prefix(ALGORITHM) else {
-            return Err(S3Error::bad_request(
-                "AuthorizationHeaderMalformed",
-                "only AWS4-HMAC-SHA256 (SigV4) signatures are supported",
-            ));
-        };
-        let mut credential = None;
-        let mut signed = None;
-        let mut signature = None;
-        for field in fields.split(',') {
-            match field.trim().split_once('=') {
-                Some(("Credential", v)) => credential = Some(v.to_owned()),
-                Some(("SignedHeaders", v)) => signed = Some(v.to_owned()),
-                Some(("Signature", v)) => signature = Some(v.to_owned()),
-                _ => {}
-            }
-        }
-        let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature)
-        else {
-            return Err(S3Error::bad_request(
-                "AuthorizationHeaderMalformed",
-                "the Authorization header needs Credential, SignedHeaders and Signature",
-            ));
-        };
-        // The time may come in `Date` instead (SigV4 allows either; X-Amz-Date wins);
-        // the string to sign then carries it in the same basic ISO 8601 form.
-        let amz_date = match header(request.headers, "x-amz-date") {
-            Some(date) => date.to_owned(),
-            None => header(request.headers, "date")
-                .and_then(|d| chrono::DateTime::parse_from_rfc2822(d.trim()).ok())
-                .map(|d| {
-                    d.with_timezone(&chrono::Utc)
-                        .format("%Y%m%dT%H%M%SZ")
-                        .to_string()
-                })
-                .ok_or_else(|| {
-                    S3Error::access_denied("the request lacks X-Amz-Date (or a valid Date)")
-                })?,
-        };
-        let signed_at = parse_amz_date(&amz_date)
-            .ok_or_else(|| S3Error::access_denied("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?;
-        let skew = now
-            .duration_since(signed_at)
-            .or_else(|_| signed_at.duration_since(now))
-            .unwrap_or_default();
-        if skew > MAX_SKEW {
-            return Err(S3Error::new(
-                "RequestTimeTooSkewed",
-                StatusCode::FORBIDDEN,
-                "The difference between the request time and the server's time is too large.",
-            ));
-        }
-        let payload = header(request.headers, "x-amz-content-sha256")
-            .ok_or_else(|| {
-                S3Error::bad_request(
-                    "InvalidRequest",
-                    "Missing required header for this request: x-amz-content-sha256",
-                )
-            })?
-            .to_owned();
-        (credential, signed, signature, amz_date, payload)
-    };
-    let credential = parse_credential(&credential)?;
-    let Some(secret) = credentials.secret(&credential.access_key) else {
-        return Err(S3Error::new(
-            "InvalidAccessKeyId",
-            StatusCode::FORBIDDEN,
-            "The AWS Access Key Id you provided does not exist in our records.",
-        ));
-    };
-    if !amz_date.starts_with(&credential.date) {
-        return Err(S3Error::bad_request(
-            "AuthorizationHeaderMalformed",
-            "the credential's date does not match X-Amz-Date",
-        ));
-    }
-    let signed: Vec<&str> = signed_headers.split(';').collect();
-    if !signed.contains(&"host") {
-        return Err(S3Error::access_denied("the host header must be signed"));
-    }
-    // Every x-amz-* header changes what a request does (a copy source, metadata, a
-    // checksum): an unsigned one could turn a presigned PUT into a copy of anything.
-    if let Some(unsigned) = request.headers.keys().map(|k| k.as_str()).find(|name| {
-        name.starts_with("x-amz-")
-            && !signed.contains(name)
-            && !(presigned && *name == "x-amz-content-sha256")
-    }) {
-        return Err(S3Error::access_denied(format!(
-            "There were headers present in the request which were not signed: {unsigned}"
-        )));
-    }
-    if credential.service != "s3" {
-        return Err(S3Error::bad_request(
-            "AuthorizationHeaderMalformed",
-            format!(
-                "the credential is for service {:?}, not s3",
-                credential.service
-            ),
-        ));
-    }
-    let scope = format!(
-        "{}/{}/{}/aws4_request",
-        credential.date, credential.region, credential.service
-    );
-    let to_sign = string_to_sign(
-        request,
-        &signed,
-        &payload_hash,
-        &amz_date,
-        &scope,
-        presigned,
-    )?;
-    let key = signing_key(
-        secret,
-        &credential.date,
-        &credential.region,
-        &credential.service,
-    );
-    let expected = hex::encode(hmac(&key, to_sign.as_bytes()));
-    if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
-        return Err(S3Error::new(
-            "SignatureDoesNotMatch",
-            StatusCode::FORBIDDEN,
-            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
-        ));
-    }
-    Ok(Verified {
-        access_key: credential.access_key,
-        signing: Signing {
-            key,
-            amz_date,
-            scope,
-            seed: signature,
-        },
-        presigned,
-    })
+    Ok(crate::sigv4::verify(credentials, request, "s3", None, now)?)
 }
 
-/// The string a SigV4 signature is the HMAC of.
-fn string_to_sign(
-    request: &SignedRequest<'_>,
-    signed: &[&str],
-    payload_hash: &str,
-    amz_date: &str,
-    scope: &str,
-    presigned: bool,
-) -> S3Result<String> {
-    let canonical = format!(
-        "{}\n{}\n{}\n{}\n{}\n{payload_hash}",
-        request.method,
-        utf8_percent_encode(&decode(request.path), PATH),
-        canonical_query(request.query, presigned),
-        canonical_headers(request.headers, signed)?,
-        signed.join(";"),
-    );
-    Ok(format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        sha256_hex(canonical.as_bytes())
-    ))
-}
-
-/// Signs a request in the header form, covering every header it has (which must include
-/// `host`): for Cirrus's own clients, such as the benchmark.
+/// Signs an S3 request in the header form, covering every header it has (which must
+/// include `host`): for Cirrus's own clients, such as the benchmark.
 #[allow(clippy::too_many_arguments)]
 pub fn sign(
     method: &Method,
@@ -440,34 +58,21 @@ pub fn sign(
     payload_hash: &str,
     now: SystemTime,
 ) -> S3Result<()> {
-    let amz_date = chrono::DateTime::<chrono::Utc>::from(now)
-        .format("%Y%m%dT%H%M%SZ")
-        .to_string();
-    let date = &amz_date[..8];
-    let region = super::notify::REGION;
-    let scope = format!("{date}/{region}/s3/aws4_request");
-    let value = |v: &str| v.parse().map_err(S3Error::internal);
-    headers.insert("x-amz-date", value(&amz_date)?);
-    headers.insert("x-amz-content-sha256", value(payload_hash)?);
-    let mut names: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
-    names.sort();
-    names.dedup();
-    let signed: Vec<&str> = names.iter().map(String::as_str).collect();
-    let request = SignedRequest {
+    let signer = crate::sigv4::Signer {
+        access_key,
+        secret,
+        region: super::notify::REGION,
+        service: "s3",
+    };
+    Ok(crate::sigv4::sign(
+        &signer,
         method,
         path,
         query,
         headers,
-    };
-    let to_sign = string_to_sign(&request, &signed, payload_hash, &amz_date, &scope, false)?;
-    let key = signing_key(secret, date, region, "s3");
-    let signature = hex::encode(hmac(&key, to_sign.as_bytes()));
-    let authorization = format!(
-        "{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={}, Signature={signature}",
-        signed.join(";")
-    );
-    headers.insert("authorization", value(&authorization)?);
-    Ok(())
+        payload_hash,
+        now,
+    )?)
 }
 
 /// Sub-resources that are part of a SigV2 string to sign.
@@ -595,6 +200,7 @@ fn verify_v2_presigned(
     }
     Ok(Verified {
         access_key,
+        region: String::new(),
         signing: Signing {
             key: [0; 32],
             amz_date: String::new(),
@@ -605,13 +211,11 @@ fn verify_v2_presigned(
     })
 }
 
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sigv4::{canonical_query, parse_amz_date, string_to_sign, ALGORITHM, STRICT};
+    use percent_encoding::utf8_percent_encode;
 
     /// The worked example of AWS's "Signature Calculations for the Authorization Header:
     /// Transferring Payload in Multiple Chunks" page.
@@ -765,6 +369,7 @@ mod tests {
         }
         let to_sign = string_to_sign(
             &request(&headers),
+            "s3",
             &signed,
             "UNSIGNED-PAYLOAD",
             &amz_date,

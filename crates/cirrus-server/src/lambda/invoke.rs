@@ -1,0 +1,293 @@
+//! Lambda's Invoke: `RequestResponse` through the invoker, `Event` through the durable
+//! queue, `DryRun` as a check. A function that fails answers 200 with
+//! `X-Amz-Function-Error` and Lambda's error document, as Lambda clients expect.
+
+use super::shapes::Target;
+use super::{Ctx, LambdaError, LambdaResult};
+use crate::invoker::{Call, Invoked};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use cirrus_api::{ApiError, ErrorCode, Qualifier, Trigger};
+use std::time::Duration;
+
+/// `X-Amz-Log-Result` carries the end of the log, as Lambda's does.
+const LOG_TAIL_BYTES: usize = 4096;
+/// Lambda's limit on the client context (base64).
+const MAX_CLIENT_CONTEXT: usize = 3583;
+
+enum Kind {
+    RequestResponse,
+    Event,
+    DryRun,
+}
+
+pub async fn invoke(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
+    ctx.allow_query("Invoke", &["Qualifier"])?;
+    let target = Target::from_request(ctx, name)?;
+    let kind = match ctx.header("x-amz-invocation-type") {
+        None | Some("RequestResponse") => Kind::RequestResponse,
+        Some("Event") => Kind::Event,
+        Some("DryRun") => Kind::DryRun,
+        Some(other) => {
+            return Err(LambdaError::invalid(format!(
+                "X-Amz-Invocation-Type {other:?}: use RequestResponse, Event or DryRun"
+            )))
+        }
+    };
+    let tail = match ctx.header("x-amz-log-type") {
+        None | Some("None") => false,
+        Some("Tail") => true,
+        Some(other) => {
+            return Err(LambdaError::invalid(format!(
+                "X-Amz-Log-Type {other:?}: use None or Tail"
+            )))
+        }
+    };
+    let client_context = client_context(ctx)?;
+    if !ctx.body.is_empty() {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&ctx.body).map_err(|e| {
+            LambdaError::bad_content(format!("Could not parse request body into json: {e}"))
+        })?;
+    }
+    let state = &ctx.state;
+    let qualifier = target.qualifier();
+    match kind {
+        Kind::DryRun => {
+            state
+                .registry
+                .resolve(&target.name, &qualifier)
+                .map_err(|_| not_found(ctx, &target))?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Kind::Event => {
+            state
+                .registry
+                .resolve(&target.name, &qualifier)
+                .map_err(|_| not_found(ctx, &target))?;
+            if ctx.body.len() > state.max_event_bytes {
+                return Err(LambdaError::too_large(format!(
+                    "the event is {} bytes; asynchronous events may be at most {} bytes",
+                    ctx.body.len(),
+                    state.max_event_bytes
+                )));
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            for name in ["traceparent", crate::lineage::HEADER] {
+                if let Some(value) = ctx.headers.get(name) {
+                    headers.insert(name, value.clone());
+                }
+            }
+            let accepted = crate::api::invoke::enqueue_event(
+                state,
+                target.name.clone(),
+                qualifier,
+                &mut headers,
+                ctx.body.clone(),
+            )
+            .await?;
+            let mut response = StatusCode::ACCEPTED.into_response();
+            if let Ok(value) = HeaderValue::from_str(&accepted.request_id) {
+                response
+                    .headers_mut()
+                    .insert("cirrus-request-id", value.clone());
+                response.headers_mut().insert("x-amzn-requestid", value);
+            }
+            Ok(response)
+        }
+        Kind::RequestResponse => {
+            let mut event = Request::new(Body::from(ctx.body.clone()));
+            *event.method_mut() = Method::POST;
+            *event.uri_mut() = Uri::from_static("/");
+            let headers = event.headers_mut();
+            headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(value) = ctx.headers.get("traceparent") {
+                headers.insert("traceparent", value.clone());
+            }
+            if let Some(context) = client_context {
+                headers.insert("cirrus-client-context", context);
+            }
+            let call = Call {
+                keep_logs: tail,
+                ..Call::new(target.name.clone(), qualifier, Trigger::Invoke, event, true)
+            };
+            let invoked = state.invoker.invoke_detailed(call).await?;
+            answer(ctx, &target, invoked, tail)
+        }
+    }
+}
+
+fn not_found(ctx: &Ctx, target: &Target) -> LambdaError {
+    LambdaError::not_found(format!(
+        "Function not found: {}",
+        ctx.arn(&target.name, target.qualifier.as_deref())
+    ))
+}
+
+/// `X-Amz-Client-Context`: base64 of a JSON object, handed to the guest unchanged as
+/// the `cirrus-client-context` request header (`HTTP_CIRRUS_CLIENT_CONTEXT` for command
+/// modules).
+fn client_context(ctx: &Ctx) -> LambdaResult<Option<HeaderValue>> {
+    let Some(value) = ctx.headers.get("x-amz-client-context") else {
+        return Ok(None);
+    };
+    let invalid =
+        || LambdaError::invalid("Client context must be a valid Base64-encoded JSON object.");
+    if value.len() > MAX_CLIENT_CONTEXT {
+        return Err(LambdaError::invalid(format!(
+            "Client context must be at most {MAX_CLIENT_CONTEXT} bytes"
+        )));
+    }
+    let text = value.to_str().map_err(|_| invalid())?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| invalid())?;
+    let doc: serde_json::Value = serde_json::from_slice(&raw).map_err(|_| invalid())?;
+    if !doc.is_object() {
+        return Err(invalid());
+    }
+    Ok(Some(value.clone()))
+}
+
+fn answer(ctx: &Ctx, target: &Target, invoked: Invoked, tail: bool) -> LambdaResult<Response> {
+    let failure = match &invoked.result {
+        Ok(_) => None,
+        Err(e) => match function_error(e, invoked.request_id(), timeout(ctx, target, &invoked)) {
+            Some(document) => Some(document),
+            None => {
+                let mut error = LambdaError::from(e.clone());
+                if e.code == ErrorCode::NotFound {
+                    error = not_found(ctx, target);
+                }
+                return Err(error);
+            }
+        },
+    };
+    let mut response = match (&invoked.result, failure) {
+        (Ok(guest), _) => {
+            let mut response = Response::new(Body::from(guest.body().clone()));
+            // The guest's own status is part of its answer, not the invocation's.
+            response.headers_mut().insert(
+                "cirrus-function-status",
+                HeaderValue::from(guest.status().as_u16()),
+            );
+            if let Some(value) = guest.headers().get(axum::http::header::CONTENT_TYPE) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, value.clone());
+            }
+            response
+        }
+        (Err(_), Some(document)) => {
+            let mut response = axum::Json(document).into_response();
+            response.headers_mut().insert(
+                "x-amz-function-error",
+                HeaderValue::from_static("Unhandled"),
+            );
+            response
+        }
+        (Err(_), None) => unreachable!("errors without a document returned above"),
+    };
+    let headers = response.headers_mut();
+    invoked.stamp(headers);
+    if let Ok(value) = HeaderValue::from_str(invoked.request_id()) {
+        headers.insert("x-amzn-requestid", value);
+    }
+    if let Some(version) = invoked.version() {
+        headers.insert("x-amz-executed-version", HeaderValue::from(version));
+    }
+    if tail {
+        let log = log_result(&invoked);
+        if let Ok(value) = HeaderValue::from_str(&log) {
+            headers.insert("x-amz-log-result", value);
+        }
+    }
+    Ok(response)
+}
+
+/// Lambda's error document for a function that failed, or `None` when the failure is
+/// the platform's answer (not found, throttled, too large) rather than the function's.
+fn function_error(
+    e: &ApiError,
+    request_id: &str,
+    timeout: Option<Duration>,
+) -> Option<serde_json::Value> {
+    let (kind, message) = match e.code {
+        ErrorCode::Timeout => (
+            "Sandbox.Timedout",
+            match timeout {
+                Some(t) => format!(
+                    "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
+                    t.as_secs_f64()
+                ),
+                None => format!("RequestId: {request_id} Error: {}", e.message),
+            },
+        ),
+        ErrorCode::MemoryLimitExceeded => (
+            "Runtime.OutOfMemory",
+            format!(
+                "RequestId: {request_id} Error: Runtime exited with error: {}",
+                e.message
+            ),
+        ),
+        ErrorCode::FunctionError => {
+            // The runtime's messages say how the guest failed.
+            let kind = if e.message.starts_with("function exited with status") {
+                "Runtime.ExitError"
+            } else if e.message.starts_with("function trapped") {
+                "Runtime.Trap"
+            } else {
+                "Runtime.Unknown"
+            };
+            (
+                kind,
+                format!("RequestId: {request_id} Error: {}", e.message),
+            )
+        }
+        _ => return None,
+    };
+    Some(serde_json::json!({
+        "errorType": kind,
+        "errorMessage": message,
+        "stackTrace": [],
+    }))
+}
+
+/// The timeout of the version that ran.
+fn timeout(ctx: &Ctx, target: &Target, invoked: &Invoked) -> Option<Duration> {
+    let version = invoked.version()?;
+    let v = ctx
+        .state
+        .registry
+        .resolve(&target.name, &Qualifier::Version(version))
+        .ok()?;
+    Some(v.config.timeout)
+}
+
+/// The base64 log tail: the guest's lines between Lambda's START, END and REPORT lines.
+fn log_result(invoked: &Invoked) -> String {
+    let id = invoked.request_id();
+    let version = invoked
+        .version()
+        .map_or_else(|| "$LATEST".to_owned(), |v| v.to_string());
+    let mut text = format!("START RequestId: {id} Version: {version}\n");
+    text.push_str(invoked.logs().unwrap_or(""));
+    text.push_str(&format!(
+        "END RequestId: {id}\nREPORT RequestId: {id}\tDuration: {:.2} ms\tBilled Duration: {} ms\n",
+        invoked.duration().as_secs_f64() * 1000.0,
+        invoked.billed_ms()
+    ));
+    let mut start = text.len().saturating_sub(LOG_TAIL_BYTES);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    base64::engine::general_purpose::STANDARD.encode(&text.as_bytes()[start..])
+}
