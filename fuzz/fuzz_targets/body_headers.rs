@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = aws_example_time();
     let header_signed = Verified {
         access_key: cirrus_fuzz::ACCESS_KEY.into(),
+        region: "us-east-1".into(),
         signing: Signing {
             key: signing_key(cirrus_fuzz::SECRET_KEY, "20130524", "us-east-1", "s3"),
             amz_date: "20130524T000000Z".into(),

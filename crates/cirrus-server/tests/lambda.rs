@@ -93,3 +93,127 @@ async fn bearer_token_unsigned_calls_and_unknown_operations() {
     assert_eq!(health.status(), StatusCode::OK);
     s.stop().await;
 }
+
+fn zip_of(name: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut out);
+    zip.start_file(name, zip::write::SimpleFileOptions::default())
+        .unwrap();
+    zip.write_all(data).unwrap();
+    zip.finish().unwrap();
+    out.into_inner()
+}
+
+/// A wasi:http component deployed the Lambda way gets the event as a `POST /` body, and
+/// an `Event` invoke runs later from the durable queue, leaving its record.
+#[tokio::test]
+async fn components_get_the_event_and_event_invokes_run_from_the_queue() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let zip = zip_of("hello.wasm", &common::example("hello-rust/hello.wasm"));
+    let created = s
+        .req(Method::POST, "/2015-03-31/functions")
+        .json(&serde_json::json!({
+            "FunctionName": "greeter",
+            "Runtime": "wasi",
+            "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(&zip)},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let config: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(config["Handler"], "hello.wasm");
+
+    let answer = s
+        .req(Method::POST, "/2015-03-31/functions/greeter/invocations")
+        .body(r#"{"n":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["x-amz-executed-version"], "1");
+    assert_eq!(answer.headers()["cirrus-function-status"], "200");
+    assert!(answer.headers().contains_key("cirrus-request-id"));
+    assert_eq!(
+        answer.text().await.unwrap(),
+        "Hello from Cirrus (Rust)!\n{\"n\":1}"
+    );
+
+    let queued = s
+        .req(Method::POST, "/2015-03-31/functions/greeter/invocations")
+        .header("x-amz-invocation-type", "Event")
+        .body(r#"{"n":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), StatusCode::ACCEPTED);
+    let id = queued.headers()["x-amzn-requestid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let record = common::eventually(&s, "the event's invocation", || async {
+        let page: cirrus_api::Page<cirrus_api::InvocationRecord> =
+            s.get_json("/v1/functions/greeter/invocations").await;
+        page.items.into_iter().find(|r| r.request_id == id)
+    })
+    .await;
+    assert_eq!(record.trigger, cirrus_api::Trigger::Async);
+    assert_eq!(record.outcome, cirrus_api::Outcome::Success);
+    assert_eq!(record.request_bytes, 7);
+    s.stop().await;
+}
+
+/// Lambda deploy scripts upload the package to S3 first: `Code.S3Bucket` and
+/// `Code.S3Key` name an object in Cirrus's own storage.
+#[tokio::test]
+async fn packages_come_from_cirrus_storage_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    assert!(s
+        .send(Method::PUT, "/v1/buckets/packages")
+        .await
+        .status()
+        .is_success());
+    let zip = zip_of("echo.wat", &std::fs::read(fixture("echo.wat")).unwrap());
+    let put = s
+        .req(Method::PUT, "/v1/buckets/packages/objects/echo.zip")
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let create = |key: &str| {
+        s.req(Method::POST, "/2015-03-31/functions")
+            .json(&serde_json::json!({
+                "FunctionName": "stored",
+                "Code": {"S3Bucket": "packages", "S3Key": key},
+            }))
+            .send()
+    };
+    let missing = create("nope.zip").await.unwrap();
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        missing.headers()["x-amzn-errortype"],
+        "InvalidParameterValueException"
+    );
+    assert!(missing.text().await.unwrap().contains("NoSuchKey"));
+    let gone = s.send(Method::GET, "/2015-03-31/functions/stored").await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND, "nothing was created");
+
+    let created = create("echo.zip").await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let config: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(config["Handler"], "echo.wat");
+    let answer = s
+        .req(Method::POST, "/2015-03-31/functions/stored/invocations")
+        .body(r#"{"from":"storage"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.text().await.unwrap(), r#"{"from":"storage"}"#);
+    s.stop().await;
+}

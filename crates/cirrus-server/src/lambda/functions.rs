@@ -265,16 +265,12 @@ struct CreateFunction {
     architectures: Option<Vec<String>>,
 }
 
-/// Refuses code that is not a zip given inline.
-fn zip_file(code: &Code) -> LambdaResult<&str> {
+/// The deployment package: inline (`Code.ZipFile`) or an object in Cirrus's own
+/// storage (`Code.S3Bucket` and `Code.S3Key`, as uploaded through the S3 API).
+async fn package_bytes(ctx: &Ctx, code: &Code) -> LambdaResult<Vec<u8>> {
     if code.image_uri.is_some() {
         return Err(LambdaError::invalid(
-            "Cirrus does not support container images (Code.ImageUri): send Code.ZipFile",
-        ));
-    }
-    if code.s3_bucket.is_some() || code.s3_key.is_some() || code.s3_object_version.is_some() {
-        return Err(LambdaError::invalid(
-            "Cirrus takes code inline (Code.ZipFile), not from S3 (Code.S3Bucket/S3Key)",
+            "Cirrus does not support container images (Code.ImageUri): send a zip",
         ));
     }
     if code.source_kms_key_arn.is_some() {
@@ -282,9 +278,58 @@ fn zip_file(code: &Code) -> LambdaResult<&str> {
             "Cirrus does not support KMS keys (Code.SourceKMSKeyArn)",
         ));
     }
-    code.zip_file.as_deref().ok_or_else(|| {
-        LambdaError::invalid("Code.ZipFile is required: a zip holding the .wasm or .wat file")
-    })
+    let from_storage = code.s3_bucket.is_some() || code.s3_key.is_some();
+    match (&code.zip_file, from_storage) {
+        (Some(text), false) => package::decode_zip_file(text),
+        (None, true) => {
+            let (Some(bucket), Some(key)) = (&code.s3_bucket, &code.s3_key) else {
+                return Err(LambdaError::invalid(
+                    "Code.S3Bucket and Code.S3Key go together",
+                ));
+            };
+            if code
+                .s3_object_version
+                .as_deref()
+                .is_some_and(|v| v != "null")
+            {
+                return Err(LambdaError::invalid(
+                    "Cirrus storage keeps one version of an object: omit Code.S3ObjectVersion",
+                ));
+            }
+            stored_package(ctx, bucket, key).await
+        }
+        (Some(_), true) => Err(LambdaError::invalid(
+            "give the code once: Code.ZipFile or Code.S3Bucket with Code.S3Key",
+        )),
+        (None, false) => Err(LambdaError::invalid(
+            "Code.ZipFile (a zip holding the .wasm or .wat file) or Code.S3Bucket and Code.S3Key are required",
+        )),
+    }
+}
+
+/// A package read from Cirrus's object storage, at most the artifact limit.
+async fn stored_package(ctx: &Ctx, bucket: &str, key: &str) -> LambdaResult<Vec<u8>> {
+    let limit = ctx.state.max_artifact_bytes;
+    let object = crate::s3::objects::get(
+        &ctx.state.s3,
+        &crate::s3::Target::object(bucket, key),
+        &axum::http::HeaderMap::new(),
+        false,
+    )
+    .await
+    .map_err(|e| {
+        LambdaError::invalid(format!(
+            "Error occurred while GetObject. S3 Error Code: {}. S3 Error Message: {}",
+            e.code, e.message
+        ))
+    })?;
+    let bytes = axum::body::to_bytes(object.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let what = format!("the deployment package s3://{bucket}/{key}");
+            LambdaError::from(crate::error::body_error(e, limit, &what))
+        })?;
+    Ok(bytes.to_vec())
 }
 
 fn check_architectures(architectures: Option<&[String]>) -> LambdaResult<()> {
@@ -335,7 +380,7 @@ pub async fn create(ctx: &Ctx) -> LambdaResult<Response> {
             target.name
         )));
     }
-    let zip = package::decode_zip_file(zip_file(&request.code)?)?;
+    let zip = package_bytes(ctx, &request.code).await?;
     let package = package::open(
         &zip,
         settings.handler.as_deref(),
@@ -416,8 +461,9 @@ pub async fn delete(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
     no_content()
 }
 
-/// `Marker` and `MaxItems`: where a page starts (after the item named) and how long.
-fn page<T>(ctx: &Ctx, items: Vec<(String, T)>) -> LambdaResult<(Vec<T>, Option<String>)> {
+/// One page of a listing, as `{list: [...], NextMarker}`: `Marker` and `MaxItems` say
+/// where it starts (after the item whose key is the marker) and how long it is.
+fn paged(ctx: &Ctx, list: &str, items: Vec<(String, Value)>) -> LambdaResult<Response> {
     let max = match ctx.query("MaxItems") {
         None => DEFAULT_LIST_ITEMS,
         Some(text) => text
@@ -444,12 +490,12 @@ fn page<T>(ctx: &Ctx, items: Vec<(String, T)>) -> LambdaResult<(Vec<T>, Option<S
         last = Some(key);
         out.push(item);
     }
-    let next = if start + out.len() < total {
-        last
-    } else {
-        None
-    };
-    Ok((out, next))
+    let more = start + out.len() < total;
+    let mut doc = json!({ list: out });
+    if let Some(last) = last.filter(|_| more) {
+        doc["NextMarker"] = last.into();
+    }
+    ok(StatusCode::OK, doc)
 }
 
 pub fn list(ctx: &Ctx) -> LambdaResult<Response> {
@@ -491,23 +537,14 @@ pub fn list(ctx: &Ctx) -> LambdaResult<Response> {
             }
         }
     }
-    let (functions, next) = page(ctx, items)?;
-    let mut doc = json!({ "Functions": functions });
-    if let Some(next) = next {
-        doc["NextMarker"] = next.into();
-    }
-    ok(StatusCode::OK, doc)
+    paged(ctx, "Functions", items)
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct UpdateCode {
-    zip_file: Option<String>,
-    s3_bucket: Option<String>,
-    s3_key: Option<String>,
-    s3_object_version: Option<String>,
-    image_uri: Option<String>,
-    source_kms_key_arn: Option<String>,
+    #[serde(flatten)]
+    code: Code,
     #[serde(default)]
     publish: bool,
     #[serde(default)]
@@ -523,15 +560,7 @@ pub async fn update_code(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
     let latest = function(ctx, &target.name)?.latest;
     check_revision(&latest, request.revision_id.as_deref())?;
     check_architectures(request.architectures.as_deref())?;
-    let code = Code {
-        zip_file: request.zip_file,
-        s3_bucket: request.s3_bucket,
-        s3_key: request.s3_key,
-        s3_object_version: request.s3_object_version,
-        image_uri: request.image_uri,
-        source_kms_key_arn: request.source_kms_key_arn,
-    };
-    let zip = package::decode_zip_file(zip_file(&code)?)?;
+    let zip = package_bytes(ctx, &request.code).await?;
     // The handler stays; a function deployed without one takes the only wasm file.
     let handler = latest
         .config
@@ -647,12 +676,7 @@ pub fn list_versions(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             configuration(ctx, v, &v.version.to_string()),
         ));
     }
-    let (versions, next) = page(ctx, items)?;
-    let mut doc = json!({ "Versions": versions });
-    if let Some(next) = next {
-        doc["NextMarker"] = next.into();
-    }
-    ok(StatusCode::OK, doc)
+    paged(ctx, "Versions", items)
 }
 
 #[derive(Deserialize, Default)]
@@ -821,12 +845,7 @@ pub fn list_aliases(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
         .filter(|(_, v)| only.is_none_or(|o| o == **v))
         .map(|(a, v)| (a.clone(), shapes::alias(ctx, &f.name, a, *v)))
         .collect();
-    let (aliases, next) = page(ctx, items)?;
-    let mut doc = json!({ "Aliases": aliases });
-    if let Some(next) = next {
-        doc["NextMarker"] = next.into();
-    }
-    ok(StatusCode::OK, doc)
+    paged(ctx, "Aliases", items)
 }
 
 /// Changes the newest config of a function (a new version, as every change is).
@@ -1162,4 +1181,26 @@ pub async fn delete_url_config(ctx: &Ctx, name: &str) -> LambdaResult<Response> 
     })
     .await?;
     no_content()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request structs flatten shared parts; an unknown field is still an error.
+    #[test]
+    fn unknown_fields_are_refused_through_flattened_parts() {
+        let create = r#"{"FunctionName":"f","Code":{"ZipFile":""},"Timeout":3,"Colour":"red"}"#;
+        let e = serde_json::from_str::<CreateFunction>(create)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("Colour"), "{e}");
+        let ok = r#"{"FunctionName":"f","Code":{"ZipFile":""},"Timeout":3,"Publish":true}"#;
+        assert!(serde_json::from_str::<CreateFunction>(ok).is_ok());
+        let code = r#"{"ZipFile":"","Publish":true,"Colour":"red"}"#;
+        let e = serde_json::from_str::<UpdateCode>(code).err().unwrap();
+        assert!(e.to_string().contains("Colour"), "{e}");
+        let ok = r#"{"ZipFile":"","Publish":true,"DryRun":false}"#;
+        assert!(serde_json::from_str::<UpdateCode>(ok).is_ok());
+    }
 }

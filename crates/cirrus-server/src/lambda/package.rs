@@ -180,5 +180,9 @@ mod tests {
         let e = open(&zip, None, 1 << 20).unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
         assert!(e.message.contains("unzips to more than"), "{}", e.message);
+        // A package larger than the limit is refused before it is opened.
+        let e = open(&zip, None, zip.len() - 1).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("deployment package is"), "{}", e.message);
     }
 }

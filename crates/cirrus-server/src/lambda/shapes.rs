@@ -35,6 +35,9 @@ impl Target {
             _ => return Err(invalid_name(text)),
         };
         cirrus_api::spec::validate_name(name).map_err(|_| invalid_name(text))?;
+        if qualifier == Some("") {
+            return Err(invalid_name(text));
+        }
         if let Some(q) = qualifier {
             Qualifier::parse(q).map_err(|e| {
                 LambdaError::invalid(format!("invalid qualifier {q:?} in {text:?}: {e}"))
