@@ -280,7 +280,10 @@ async fn package_bytes(ctx: &Ctx, code: &Code) -> LambdaResult<Vec<u8>> {
     }
     let from_storage = code.s3_bucket.is_some() || code.s3_key.is_some();
     match (&code.zip_file, from_storage) {
-        (Some(text), false) => package::decode_zip_file(text),
+        (Some(text), false) => {
+            let text = text.clone();
+            blocking(move || package::decode_zip_file(&text)).await
+        }
         (None, true) => {
             let (Some(bucket), Some(key)) = (&code.s3_bucket, &code.s3_key) else {
                 return Err(LambdaError::invalid(
@@ -381,11 +384,7 @@ pub async fn create(ctx: &Ctx) -> LambdaResult<Response> {
         )));
     }
     let zip = package_bytes(ctx, &request.code).await?;
-    let package = package::open(
-        &zip,
-        settings.handler.as_deref(),
-        ctx.state.max_artifact_bytes,
-    )?;
+    let package = open_package(ctx, zip, settings.handler.clone()).await?;
     let mut config = FunctionConfig {
         timeout: Duration::from_secs(u64::from(DEFAULT_TIMEOUT_SECS)),
         // Lambda functions answer only signed calls until a URL with AuthType NONE.
@@ -415,12 +414,31 @@ pub async fn create(ctx: &Ctx) -> LambdaResult<Response> {
 /// first), so the package's figures can be matched to the code they came with.
 async fn artifact_sha256(ctx: &Ctx, bytes: &[u8]) -> LambdaResult<String> {
     let (bytes, limit) = (bytes.to_vec(), ctx.state.max_artifact_bytes);
-    let artifact =
-        tokio::task::spawn_blocking(move || cirrus_runtime::Artifact::from_bytes(bytes, limit))
-            .await
-            .map_err(|e| LambdaError::from(cirrus_api::ApiError::internal(e.to_string())))?
-            .map_err(|e| LambdaError::invalid(format!("invalid artifact: {e}")))?;
-    Ok(artifact.sha256)
+    blocking(move || {
+        cirrus_runtime::Artifact::from_bytes(bytes, limit)
+            .map(|artifact| artifact.sha256)
+            .map_err(|e| LambdaError::invalid(format!("invalid artifact: {e}")))
+    })
+    .await
+}
+
+/// Runs CPU-heavy work (a large package decoded, inflated, hashed) off the async
+/// workers, so a flood of uploads does not stall the invocations they serve.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> LambdaResult<T> + Send + 'static,
+) -> LambdaResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LambdaError::from(cirrus_api::ApiError::internal(e.to_string())))?
+}
+
+async fn open_package(
+    ctx: &Ctx,
+    zip: Vec<u8>,
+    handler: Option<String>,
+) -> LambdaResult<package::Package> {
+    let limit = ctx.state.max_artifact_bytes;
+    blocking(move || package::open(&zip, handler.as_deref(), limit)).await
 }
 
 pub fn get(ctx: &Ctx, name: &str, whole: bool) -> LambdaResult<Response> {
@@ -568,7 +586,7 @@ pub async fn update_code(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
         .as_ref()
         .map(|p| p.handler.clone())
         .filter(|h| !h.is_empty());
-    let package = package::open(&zip, handler.as_deref(), ctx.state.max_artifact_bytes)?;
+    let package = open_package(ctx, zip, handler).await?;
     let mut config = latest.config.clone();
     let previous = config.lambda.take();
     config.lambda = Some(LambdaPackage {

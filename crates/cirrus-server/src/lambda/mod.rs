@@ -138,7 +138,15 @@ async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
     let region = if is_authorized(&parts.headers, &state.token) {
         DEFAULT_REGION.to_owned()
     } else {
-        let hash = crate::sigv4::sha256_hex(&body);
+        // A package-sized body takes a while to hash: off the async workers.
+        let hash = if body.len() > 1 << 20 {
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || crate::sigv4::sha256_hex(&body))
+                .await
+                .map_err(|e| LambdaError::from(cirrus_api::ApiError::internal(e.to_string())))?
+        } else {
+            crate::sigv4::sha256_hex(&body)
+        };
         let verified = crate::sigv4::verify(
             &state.s3.credentials,
             &crate::sigv4::SignedRequest {
