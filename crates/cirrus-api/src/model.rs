@@ -13,6 +13,9 @@ pub enum ArtifactKind {
     HttpComponent,
     /// A WASI preview-1 command module (CGI-style: stdin in, stdout out).
     Command,
+    /// A Lambda deployment package (zip) for a native runtime (Python, Node.js,
+    /// `provided`), run as a sandboxed process through the Lambda Runtime API.
+    Native,
 }
 
 impl ArtifactKind {
@@ -20,6 +23,7 @@ impl ArtifactKind {
         match self {
             ArtifactKind::HttpComponent => "http_component",
             ArtifactKind::Command => "command",
+            ArtifactKind::Native => "native",
         }
     }
 }
@@ -30,6 +34,7 @@ impl std::str::FromStr for ArtifactKind {
         match s {
             "http_component" => Ok(Self::HttpComponent),
             "command" => Ok(Self::Command),
+            "native" => Ok(Self::Native),
             other => Err(format!("unknown artifact kind {other:?}")),
         }
     }

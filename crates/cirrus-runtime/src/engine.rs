@@ -206,6 +206,11 @@ impl Runtime {
                 self.link_module(&module)?;
                 module.serialize()
             }
+            ArtifactKind::Native => {
+                return Err(ArtifactError::Compile(
+                    "a native package is not WebAssembly".into(),
+                ))
+            }
         }
         .map_err(|e| ArtifactError::Compile(format!("serializing compiled code: {e:#}")))?;
         let compile_ms = started.elapsed().as_millis() as u64;
@@ -300,6 +305,7 @@ impl Runtime {
             ArtifactKind::Command => Pre::Command(
                 self.link_module(&crate::cache::deserialize_module(&self.engine, &path)?)?,
             ),
+            ArtifactKind::Native => anyhow::bail!("a native package is not WebAssembly"),
         };
         Ok(LoadedVersion {
             kind,

@@ -24,6 +24,9 @@ pub struct VersionSpec {
     pub kind: ArtifactKind,
     /// Where the uploaded artifact is, should compiled code have to be rebuilt.
     pub artifact_path: PathBuf,
+    /// Native code only: the Lambda runtime (`python3.11`) and handler (`app.handler`).
+    pub runtime: Option<String>,
+    pub handler: Option<String>,
 }
 
 /// What an environment is started with: what stays the same for every invocation it
@@ -57,6 +60,31 @@ impl From<ApiError> for StartFailure {
         Self {
             error,
             capacity: false,
+        }
+    }
+}
+
+/// The executor for each kind of code: WebAssembly, or native when this host can
+/// confine native runtimes (else `native` says why not).
+pub struct ByKind {
+    pub wasm: Arc<dyn Executor>,
+    pub native: Result<Arc<dyn Executor>, String>,
+}
+
+impl Executor for ByKind {
+    fn load(&self, version: VersionSpec) -> BoxFuture<'_, Result<Arc<dyn Code>, ApiError>> {
+        match (version.kind, &self.native) {
+            (ArtifactKind::Native, Ok(native)) => native.load(version),
+            (ArtifactKind::Native, Err(why)) => {
+                let why = why.clone();
+                Box::pin(async move {
+                    Err(ApiError::new(
+                        cirrus_api::ErrorCode::Unavailable,
+                        format!("native runtimes are off on this server: {why}"),
+                    ))
+                })
+            }
+            _ => self.wasm.load(version),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Everything wasmtime, nothing else.
+//! The executors behind the seam: wasmtime for WebAssembly, and [`native`] for Lambda's
+//! Python, Node.js and custom runtimes in sandboxed processes.
 //!
 //! - [`executor`]: the runtime-neutral seam (executor, code, environment) the server uses.
 //! - [`engine`]: the one `Engine` per process (pooling allocator behind a probe, epoch
@@ -20,12 +21,15 @@ pub mod engine;
 pub mod executor;
 mod http;
 pub mod limits;
+pub mod native;
 pub mod pipe;
 mod run;
 
 pub use artifact::{Artifact, ArtifactError};
 pub use engine::{Runtime, RuntimeConfig, WasmExecutor};
-pub use executor::{Code, Environment, EnvironmentSpec, Executor, StartFailure, VersionSpec};
+pub use executor::{
+    ByKind, Code, Environment, EnvironmentSpec, Executor, StartFailure, VersionSpec,
+};
 pub use limits::MemoryBudget;
 pub use run::CpuLanes;
 

@@ -266,6 +266,8 @@ impl Pools {
             sha256: version.sha256.clone(),
             kind: version.kind,
             artifact_path: self.artifacts.path(&version.sha256),
+            runtime: version.config.lambda.as_ref().map(|p| p.runtime.clone()),
+            handler: version.config.lambda.as_ref().map(|p| p.handler.clone()),
         };
         pool.code
             .get_or_try_init(|| self.executor.load(spec))

@@ -8,8 +8,8 @@ use cirrus_api::pipeline::self_loop;
 use cirrus_api::spec::{find_cycle, next_functions, validate_alias, validate_name};
 use cirrus_api::trigger::RoutePattern;
 use cirrus_api::{
-    AliasInfo, ApiError, DeployResult, ErrorCode, FunctionConfig, FunctionInfo, Qualifier,
-    TriggerInfo, TriggerSpec, VersionInfo,
+    AliasInfo, ApiError, ArtifactKind, DeployResult, ErrorCode, FunctionConfig, FunctionInfo,
+    Qualifier, TriggerInfo, TriggerSpec, VersionInfo,
 };
 use cirrus_runtime::{Artifact, ArtifactError, Runtime};
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +70,8 @@ pub struct Registry {
     /// The server's invocation capacity, told each function's reservation (that of its
     /// latest version) under the deploy lock, so concurrent deploys cannot over-reserve.
     capacity: std::sync::OnceLock<Arc<crate::admission::Capacity>>,
+    /// The native runtimes this host runs, or why it runs none.
+    native: std::sync::OnceLock<Result<cirrus_runtime::native::Runtimes, String>>,
 }
 
 impl Registry {
@@ -103,6 +105,7 @@ impl Registry {
             max_artifact_bytes,
             deploy_lock: tokio::sync::Mutex::new(()),
             capacity: std::sync::OnceLock::new(),
+            native: std::sync::OnceLock::new(),
         })
     }
 
@@ -110,6 +113,56 @@ impl Registry {
     /// reservations there. The live functions' reservations are set now, in name order;
     /// one that no longer fits (`--max-in-flight` was lowered) is not granted, with a
     /// warning, and only caps its function.
+    /// Which native runtimes deploys may name (set once, at start-up).
+    pub fn attach_native(&self, native: Result<cirrus_runtime::native::Runtimes, String>) {
+        let _ = self.native.set(native);
+    }
+
+    /// The native runtimes this server runs, or why it runs none.
+    pub fn native_runtimes(&self) -> Result<&cirrus_runtime::native::Runtimes, String> {
+        match self.native.get() {
+            Some(Ok(runtimes)) => Ok(runtimes),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("this server was started without them".to_owned()),
+        }
+    }
+
+    /// A native package: checked for its runtime, then stored as it is (the zip).
+    async fn store_native(
+        &self,
+        runtime: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(String, ArtifactKind, u64, u64), Failure> {
+        let runtimes = self.native_runtimes().map_err(|why| {
+            ApiError::bad_request(format!("native runtimes are off on this server: {why}"))
+        })?;
+        if bytes.len() > self.max_artifact_bytes {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArtifact,
+                format!(
+                    "invalid artifact: the package is {} bytes; the limit is {}",
+                    bytes.len(),
+                    self.max_artifact_bytes
+                ),
+            )
+            .into());
+        }
+        cirrus_runtime::native::check_package(runtimes, runtime, &bytes).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidArtifact, format!("invalid artifact: {e}"))
+        })?;
+        let artifacts = self.artifacts.clone();
+        tokio::task::spawn_blocking(move || {
+            use sha2::Digest as _;
+            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            artifacts
+                .put(&sha256, &bytes)
+                .map_err(|e| Failure::internal(format!("storing the package: {e:#}")))?;
+            Ok::<_, Failure>((sha256, ArtifactKind::Native, bytes.len() as u64, 0))
+        })
+        .await
+        .map_err(|e| Failure::internal(format!("storing task failed: {e}")))?
+    }
+
     pub fn attach_capacity(&self, capacity: Arc<crate::admission::Capacity>) {
         let mut reserved: Vec<(String, u32)> = self
             .read()
@@ -252,6 +305,16 @@ impl Registry {
         // Early, to spare the compile; checked again under the deploy lock.
         self.check_reservation(&name, &config)?;
 
+        // A native runtime's package is stored as it is; WebAssembly is compiled.
+        let native_runtime = config
+            .lambda
+            .as_ref()
+            .map(|p| p.runtime.clone())
+            .filter(|r| r != "wasi");
+        let (artifact, native) = match (&native_runtime, artifact) {
+            (Some(runtime), Some(bytes)) => (None, Some(self.store_native(runtime, bytes).await?)),
+            (_, artifact) => (artifact, None),
+        };
         let artifact = match artifact {
             Some(bytes) => {
                 let limit = self.max_artifact_bytes;
@@ -265,32 +328,38 @@ impl Registry {
             None => None,
         };
 
-        let (sha256, kind, size_bytes, compile_ms) = match artifact {
-            Some(artifact) => {
-                let runtime = self.runtime.clone();
-                let artifacts = self.artifacts.clone();
-                tokio::task::spawn_blocking(move || {
-                    let prepared = runtime.prepare(&artifact).map_err(invalid_artifact)?;
-                    artifacts
-                        .put(&artifact.sha256, &artifact.binary)
-                        .map_err(|e| Failure::internal(format!("storing the artifact: {e:#}")))?;
-                    Ok::<_, Failure>((
-                        artifact.sha256,
-                        artifact.kind,
-                        artifact.binary.len() as u64,
-                        prepared.compile_ms,
-                    ))
-                })
-                .await
-                .map_err(|e| Failure::internal(format!("compilation task failed: {e}")))??
-            }
-            None => {
-                let latest = self.resolve(&name, &Qualifier::Latest).map_err(|_| {
-                    ApiError::bad_request(format!(
+        let (sha256, kind, size_bytes, compile_ms) = if let Some(native) = native {
+            native
+        } else {
+            match artifact {
+                Some(artifact) => {
+                    let runtime = self.runtime.clone();
+                    let artifacts = self.artifacts.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let prepared = runtime.prepare(&artifact).map_err(invalid_artifact)?;
+                        artifacts
+                            .put(&artifact.sha256, &artifact.binary)
+                            .map_err(|e| {
+                                Failure::internal(format!("storing the artifact: {e:#}"))
+                            })?;
+                        Ok::<_, Failure>((
+                            artifact.sha256,
+                            artifact.kind,
+                            artifact.binary.len() as u64,
+                            prepared.compile_ms,
+                        ))
+                    })
+                    .await
+                    .map_err(|e| Failure::internal(format!("compilation task failed: {e}")))??
+                }
+                None => {
+                    let latest = self.resolve(&name, &Qualifier::Latest).map_err(|_| {
+                        ApiError::bad_request(format!(
                         "function {name:?} does not exist yet: the first deploy needs an artifact"
                     ))
-                })?;
-                (latest.sha256.clone(), latest.kind, latest.size_bytes, 0)
+                    })?;
+                    (latest.sha256.clone(), latest.kind, latest.size_bytes, 0)
+                }
             }
         };
 

@@ -178,8 +178,42 @@ impl Server {
             let max_log_bytes = config.payload.max_log_bytes;
             Arc::new(move |version| platform.environment(version, max_log_bytes))
         };
+        // Native runtimes only where they can be confined; otherwise they are refused,
+        // with the reason, at deploy and invoke.
+        let native = cirrus_runtime::native::host_support().and_then(|()| {
+            let runtimes = cirrus_runtime::native::Runtimes::detect();
+            cirrus_runtime::native::NativeExecutor::new(
+                &config.data_dir.join("native"),
+                runtimes.clone(),
+            )
+            .map(|executor| {
+                (
+                    Arc::new(executor) as Arc<dyn cirrus_runtime::Executor>,
+                    runtimes,
+                )
+            })
+            .map_err(|e| {
+                format!(
+                    "preparing {}: {e}",
+                    config.data_dir.join("native").display()
+                )
+            })
+        });
+        match &native {
+            Ok((_, runtimes)) => tracing::info!("native runtimes: {}", runtimes.names().join(", ")),
+            Err(why) => tracing::warn!("native runtimes are off: {why}"),
+        }
+        registry.attach_native(
+            native
+                .as_ref()
+                .map(|(_, r)| r.clone())
+                .map_err(Clone::clone),
+        );
         let pools = crate::environments::Pools::new(
-            Arc::new(WasmExecutor(runtime.clone())),
+            Arc::new(cirrus_runtime::ByKind {
+                wasm: Arc::new(WasmExecutor(runtime.clone())),
+                native: native.map(|(executor, _)| executor),
+            }),
             artifacts,
             clock.clone(),
             spec_for,

@@ -211,13 +211,6 @@ impl Settings {
                 );
             }
         }
-        if let Some(runtime) = self.runtime.as_deref() {
-            if runtime != WASI {
-                return Err(LambdaError::invalid(format!(
-                    "Runtime {runtime:?} is not supported: Cirrus runs WebAssembly, Runtime \"{WASI}\""
-                )));
-            }
-        }
         Ok(())
     }
 
@@ -384,7 +377,15 @@ pub async fn create(ctx: &Ctx) -> LambdaResult<Response> {
         )));
     }
     let zip = package_bytes(ctx, &request.code).await?;
-    let package = open_package(ctx, zip, settings.handler.clone()).await?;
+    let runtime = runtime_of(ctx, settings.runtime.as_deref())?;
+    let (package, artifact) = packaged(
+        ctx,
+        &runtime,
+        zip,
+        settings.handler.clone(),
+        settings.role.clone(),
+    )
+    .await?;
     let mut config = FunctionConfig {
         timeout: Duration::from_secs(u64::from(DEFAULT_TIMEOUT_SECS)),
         // Lambda functions answer only signed calls until a URL with AuthType NONE.
@@ -392,22 +393,86 @@ pub async fn create(ctx: &Ctx) -> LambdaResult<Response> {
         ..FunctionConfig::default()
     };
     settings.apply(&mut config)?;
-    let artifact_sha256 = artifact_sha256(ctx, &package.artifact).await?;
-    config.lambda = Some(LambdaPackage {
-        runtime: WASI.to_owned(),
-        handler: package.handler.clone(),
-        role: settings.role.clone(),
-        zip_sha256: package.zip_sha256,
-        zip_size: package.zip_size,
-        artifact_sha256,
-    });
-    let latest = deploy(ctx, &target.name, config, Some(package.artifact)).await?;
+    config.lambda = Some(package);
+    let latest = deploy(ctx, &target.name, config, Some(artifact)).await?;
     let shown = if request.publish {
         latest.version.to_string()
     } else {
         "$LATEST".to_owned()
     };
     ok(StatusCode::CREATED, configuration(ctx, &latest, &shown))
+}
+
+/// The runtime a request names: `wasi` (the default) or a native runtime this host has.
+fn runtime_of(ctx: &Ctx, runtime: Option<&str>) -> LambdaResult<String> {
+    let runtime = runtime.unwrap_or(WASI);
+    if runtime == WASI {
+        return Ok(WASI.to_owned());
+    }
+    match ctx.state.registry.native_runtimes() {
+        Ok(runtimes) if runtimes.names().iter().any(|n| n == runtime) => Ok(runtime.to_owned()),
+        Ok(runtimes) => Err(LambdaError::invalid(format!(
+            "Runtime {runtime:?} is not available here: this server runs {WASI}, {}",
+            runtimes.names().join(", ")
+        ))),
+        Err(why) => Err(LambdaError::invalid(format!(
+            "Runtime {runtime:?} is not available here: native runtimes are off on this server ({why}); \
+             WebAssembly runs as Runtime \"{WASI}\""
+        ))),
+    }
+}
+
+/// A package as Cirrus keeps it, and the artifact to deploy: for `wasi` the WebAssembly
+/// file the handler names; for a native runtime the zip itself, run by `handler`.
+async fn packaged(
+    ctx: &Ctx,
+    runtime: &str,
+    zip: Vec<u8>,
+    handler: Option<String>,
+    role: Option<String>,
+) -> LambdaResult<(LambdaPackage, Vec<u8>)> {
+    if runtime == WASI {
+        let package = open_package(ctx, zip, handler).await?;
+        let artifact_sha256 = artifact_sha256(ctx, &package.artifact).await?;
+        return Ok((
+            LambdaPackage {
+                runtime: WASI.to_owned(),
+                handler: package.handler,
+                role,
+                zip_sha256: package.zip_sha256,
+                zip_size: package.zip_size,
+                artifact_sha256,
+            },
+            package.artifact,
+        ));
+    }
+    let handler = handler.filter(|h| !h.trim().is_empty()).ok_or_else(|| {
+        LambdaError::invalid(format!(
+            "Handler is required for {runtime}: module.function (Python), file.export (Node.js) or any name (provided)"
+        ))
+    })?;
+    let (zip_sha256, artifact_sha256, zip) = blocking(move || {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(&zip);
+        Ok((
+            base64::engine::general_purpose::STANDARD.encode(digest),
+            hex::encode(digest),
+            zip,
+        ))
+    })
+    .await?;
+    Ok((
+        LambdaPackage {
+            runtime: runtime.to_owned(),
+            handler,
+            role,
+            zip_sha256,
+            zip_size: zip.len() as u64,
+            artifact_sha256,
+        },
+        zip,
+    ))
 }
 
 /// The artifact's id as the registry will record it (text format is compiled to binary
@@ -579,24 +644,20 @@ pub async fn update_code(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
     check_revision(&latest, request.revision_id.as_deref())?;
     check_architectures(request.architectures.as_deref())?;
     let zip = package_bytes(ctx, &request.code).await?;
-    // The handler stays; a function deployed without one takes the only wasm file.
-    let handler = latest
-        .config
-        .lambda
+    // The runtime and handler stay; a function deployed without a handler takes the
+    // only wasm file.
+    let mut config = latest.config.clone();
+    let previous = config.lambda.take();
+    let runtime = previous
+        .as_ref()
+        .map_or(WASI.to_owned(), |p| p.runtime.clone());
+    let handler = previous
         .as_ref()
         .map(|p| p.handler.clone())
         .filter(|h| !h.is_empty());
-    let package = open_package(ctx, zip, handler).await?;
-    let mut config = latest.config.clone();
-    let previous = config.lambda.take();
-    config.lambda = Some(LambdaPackage {
-        runtime: WASI.to_owned(),
-        handler: package.handler.clone(),
-        role: previous.and_then(|p| p.role),
-        zip_sha256: package.zip_sha256,
-        zip_size: package.zip_size,
-        artifact_sha256: artifact_sha256(ctx, &package.artifact).await?,
-    });
+    let (package, artifact) =
+        packaged(ctx, &runtime, zip, handler, previous.and_then(|p| p.role)).await?;
+    config.lambda = Some(package);
     if request.dry_run {
         // Checked, not deployed: the package opened and the config is valid.
         config
@@ -604,7 +665,7 @@ pub async fn update_code(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             .map_err(|e| LambdaError::invalid(e.to_string()))?;
         return ok(StatusCode::OK, configuration(ctx, &latest, "$LATEST"));
     }
-    let latest = deploy(ctx, &target.name, config, Some(package.artifact)).await?;
+    let latest = deploy(ctx, &target.name, config, Some(artifact)).await?;
     let shown = if request.publish {
         latest.version.to_string()
     } else {
@@ -621,9 +682,23 @@ pub async fn update_configuration(ctx: &Ctx, name: &str) -> LambdaResult<Respons
     check_revision(&latest, settings.revision_id.as_deref())?;
     settings.refuse_unsupported()?;
     let mut config = latest.config.clone();
+    let current_runtime = config.lambda.as_ref().map_or(WASI, |p| p.runtime.as_str());
+    if let Some(runtime) = settings.runtime.as_deref() {
+        if runtime != current_runtime {
+            return Err(LambdaError::invalid(format!(
+                "the function runs {current_runtime}: a new runtime needs new code (delete and create the function)"
+            )));
+        }
+    }
+    let native = current_runtime != WASI;
     if let Some(handler) = settings.handler.as_deref() {
         let current = config.lambda.as_ref().map_or("", |p| p.handler.as_str());
-        if handler != current {
+        if native && !handler.trim().is_empty() {
+            // A native handler is configuration: the code stays.
+            if let Some(package) = config.lambda.as_mut() {
+                package.handler = handler.to_owned();
+            }
+        } else if handler != current {
             return Err(LambdaError::invalid(format!(
                 "the handler names the file in the deployment package ({current:?}): to run \
                  another file, update the code with a zip whose only wasm file it is"

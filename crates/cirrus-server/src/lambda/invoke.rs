@@ -220,6 +220,17 @@ fn function_error(
     request_id: &str,
     timeout: Option<Duration>,
 ) -> Option<serde_json::Value> {
+    // A native runtime's own error document travels as the message.
+    if e.code == ErrorCode::FunctionError {
+        if let Ok(document) = serde_json::from_str::<serde_json::Value>(&e.message) {
+            if document
+                .get("errorType")
+                .is_some_and(serde_json::Value::is_string)
+            {
+                return Some(document);
+            }
+        }
+    }
     let (kind, message) = match e.code {
         ErrorCode::Timeout => (
             "Sandbox.Timedout",
