@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fixture, start};
+use common::{fixture, start, start_with};
 use reqwest::{Method, StatusCode};
 use std::path::Path;
 
@@ -215,5 +215,85 @@ async fn packages_come_from_cirrus_storage_too() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(answer.text().await.unwrap(), r#"{"from":"storage"}"#);
+    s.stop().await;
+}
+
+/// Abuse: a flood of zip bombs and oversized packages is refused one by one while a
+/// healthy function keeps answering every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_packages_leaves_healthy_functions_serving() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| c.max_artifact_bytes = 4 << 20).await;
+    let b64 = |zip: &[u8]| base64::engine::general_purpose::STANDARD.encode(zip);
+    let echo = zip_of("echo.wat", &std::fs::read(fixture("echo.wat")).unwrap());
+    let created = s
+        .req(Method::POST, "/2015-03-31/functions")
+        .json(&serde_json::json!({"FunctionName": "healthy", "Code": {"ZipFile": b64(&echo)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    // Inflates to 64 MiB (16 times the limit) from a few tens of KiB.
+    let bomb = b64(&zip_of("f.wasm", &vec![0u8; 64 << 20]));
+    let oversized = b64(&vec![7u8; (4 << 20) + 1]);
+    let mut attackers = Vec::new();
+    for i in 0..8 {
+        let (http, url, token) = (s.http.clone(), s.url.clone(), s.token.clone());
+        let body = if i % 2 == 0 {
+            bomb.clone()
+        } else {
+            oversized.clone()
+        };
+        attackers.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for round in 0..5 {
+                let answer = http
+                    .post(format!("{url}/2015-03-31/functions"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({
+                        "FunctionName": format!("bomb-{i}-{round}"),
+                        "Code": {"ZipFile": body},
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                let kind = answer.headers()["x-amzn-errortype"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(
+                    kind == "RequestTooLargeException" || kind == "InvalidParameterValueException",
+                    "{kind}"
+                );
+                refused += 1;
+            }
+            refused
+        }));
+    }
+    let mut served = 0;
+    while attackers.iter().any(|a| !a.is_finished()) {
+        let answer = s
+            .req(Method::POST, "/2015-03-31/functions/healthy/invocations")
+            .body(r#"{"ok":true}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.text().await.unwrap(), r#"{"ok":true}"#);
+        served += 1;
+    }
+    for attacker in attackers {
+        assert_eq!(attacker.await.unwrap(), 5);
+    }
+    assert!(served > 0);
+    let listed = s.send(Method::GET, "/2015-03-31/functions/").await;
+    let listed: serde_json::Value = listed.json().await.unwrap();
+    assert_eq!(
+        listed["Functions"].as_array().unwrap().len(),
+        1,
+        "no bomb left a function behind"
+    );
     s.stop().await;
 }
