@@ -10,6 +10,7 @@
 mod cgroup;
 mod runtime_api;
 mod sandbox;
+mod seccomp;
 
 use crate::executor::{BoxFuture, Code, Environment, EnvironmentSpec, Executor, StartFailure};
 use crate::{Invocation, InvokeOutput, LogEntry, VersionSpec};
@@ -114,6 +115,8 @@ pub struct NativeExecutor {
     /// Unpacked code, by artifact id, and the bootstraps.
     root: PathBuf,
     runtimes: Runtimes,
+    /// The compiled seccomp filters every sandbox loads.
+    seccomp: Arc<[PathBuf]>,
 }
 
 impl NativeExecutor {
@@ -123,9 +126,13 @@ impl NativeExecutor {
         std::fs::write(bootstraps.join("bootstrap.py"), PYTHON_BOOTSTRAP)?;
         std::fs::write(bootstraps.join("bootstrap.mjs"), NODE_BOOTSTRAP)?;
         std::fs::create_dir_all(root.join("code"))?;
+        let filters = root.join("seccomp");
+        std::fs::create_dir_all(&filters)?;
+        let seccomp = seccomp::write(&filters).map_err(std::io::Error::other)?;
         Ok(Self {
             root: root.to_owned(),
             runtimes,
+            seccomp: seccomp.into(),
         })
     }
 }
@@ -152,6 +159,7 @@ impl Executor for NativeExecutor {
                 handler: version.handler.clone().unwrap_or_default(),
                 function: version.function.clone(),
                 version: version.version,
+                seccomp: self.seccomp.clone(),
             }) as Arc<dyn Code>)
         })
     }
@@ -216,6 +224,7 @@ struct NativeCode {
     handler: String,
     function: String,
     version: u32,
+    seccomp: Arc<[PathBuf]>,
 }
 
 static ENVIRONMENTS: AtomicU64 = AtomicU64::new(0);
@@ -276,6 +285,7 @@ impl Code for NativeCode {
                 command: &self.command,
                 env: &env,
                 cgroup_procs: &procs,
+                seccomp: &self.seccomp,
             });
             command
                 .stdin(std::process::Stdio::piped())

@@ -34,6 +34,8 @@ pub struct Spec<'a> {
     pub env: &'a [(String, String)],
     /// The environment's cgroup `cgroup.procs` files.
     pub cgroup_procs: &'a [PathBuf],
+    /// Seccomp filters (compiled BPF) the sandbox loads.
+    pub seccomp: &'a [PathBuf],
 }
 
 /// A command that joins the cgroups, then execs bubblewrap, which waits for a byte on
@@ -42,16 +44,22 @@ pub struct Spec<'a> {
 pub fn command(spec: &Spec<'_>) -> tokio::process::Command {
     // `$$` is the shell, which then becomes bubblewrap: joining first means no process
     // of the sandbox ever runs outside the cgroups.
+    // The seccomp filters are opened as descriptors 3, 4, … for bubblewrap to load.
     let mut join = String::from("set -e; ");
-    for (i, _) in spec.cgroup_procs.iter().enumerate() {
-        join.push_str(&format!("echo $$ > \"${}\"; ", i + 1));
+    for i in 0..spec.cgroup_procs.len() {
+        join.push_str(&format!("echo $$ > \"${{{}}}\"; ", i + 1));
     }
-    join.push_str(&format!("shift {}; exec \"$@\"", spec.cgroup_procs.len()));
+    for (j, _) in spec.seccomp.iter().enumerate() {
+        let arg = spec.cgroup_procs.len() + j + 1;
+        join.push_str(&format!("exec {}<\"${{{arg}}}\"; ", j + 3));
+    }
+    join.push_str(&format!(
+        "shift {}; exec \"$@\"",
+        spec.cgroup_procs.len() + spec.seccomp.len()
+    ));
     let mut command = tokio::process::Command::new("/bin/sh");
     command.arg("-c").arg(join).arg("sh");
-    for procs in spec.cgroup_procs {
-        command.arg(procs);
-    }
+    command.args(spec.cgroup_procs).args(spec.seccomp);
     let mut args: Vec<OsString> = Vec::new();
     let mut arg = |a: &str| args.push(a.into());
     for a in [
@@ -98,6 +106,9 @@ pub fn command(spec: &Spec<'_>) -> tokio::process::Command {
         arg(a);
     }
     command.args(args);
+    for j in 0..spec.seccomp.len() {
+        command.arg("--add-seccomp-fd").arg((j + 3).to_string());
+    }
     command
         .arg("--ro-bind")
         .arg(spec.code)
