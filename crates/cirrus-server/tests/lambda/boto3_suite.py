@@ -104,6 +104,13 @@ def guest_zip(fixture_name, as_name=None):
     return make_zip({as_name or fixture_name: fixture(fixture_name)})
 
 
+def subprocess_node_major():
+    """The Lambda runtime name of the host's Node.js (nodejs20.x for v20)."""
+    import subprocess
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    return f"nodejs{version.strip().lstrip('v').split('.')[0]}.x"
+
+
 def sha256_b64(data):
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
@@ -825,6 +832,45 @@ expect_error(client(secret=SECRET + "x").list_functions, allowed, 403)
 expect_error(client(access="AKIA" + "Z" * 16, secret=SECRET).list_functions, allowed, 403)
 status, _, _ = raw("GET", "/2015-03-31/functions", sign=False)
 assert status in (401, 403), f"an unsigned request got {status}"
+
+# --- 17b. native runtimes: the same zip as on AWS ---------------------------------------------
+section("native runtimes")
+NATIVE = FIXTURES / "native"
+python_zip = make_zip({"app.py": (NATIVE / "app.py").read_bytes()})
+py = fname("py")
+cfg = create(py, python_zip, Runtime="python3.11", Handler="app.hello", Timeout=5)
+assert (cfg["Runtime"], cfg["Handler"]) == ("python3.11", "app.hello"), cfg
+assert cfg["CodeSha256"] == sha256_b64(python_zip), cfg
+response, payload = invoke(py, {"from": "boto3"})
+assert response["StatusCode"] == 200 and "FunctionError" not in response, (response, payload)
+answer = json.loads(payload)
+assert answer["event"] == {"from": "boto3"} and answer["function_name"] == py, answer
+# Asynchronously, through the durable queue.
+queued = lam.invoke(FunctionName=py, InvocationType="Event", Payload=b'{"async": true}')
+assert queued["StatusCode"] == 202, queued
+# A handler's exception, as Lambda reports it.
+failing = fname("pyfail")
+create(failing, python_zip, Runtime="python3.11", Handler="app.fail")
+response, payload = invoke(failing, {"x": 1})
+assert response.get("FunctionError") == "Unhandled", response
+assert json.loads(payload)["errorType"] == "ValueError", payload
+# A new handler is configuration; a new runtime needs new code.
+updated = lam.update_function_configuration(FunctionName=failing, Handler="app.hello")
+assert updated["Handler"] == "app.hello", updated
+response, payload = invoke(failing, {"y": 2})
+assert "FunctionError" not in response and json.loads(payload)["event"] == {"y": 2}, payload
+expect_error(lam.update_function_configuration, "InvalidParameterValueException", 400,
+             FunctionName=failing, Runtime="wasi")
+# Node.js, on the host's major version.
+node_runtime = next(r for r in ("nodejs24.x", "nodejs22.x", "nodejs20.x", "nodejs18.x")
+                    if subprocess_node_major() == r)
+js = fname("js")
+create(js, make_zip({"app.mjs": (NATIVE / "app.mjs").read_bytes()}), Runtime=node_runtime,
+       Handler="app.handler")
+response, payload = invoke(js, {"from": "boto3"})
+assert json.loads(payload)["event"] == {"from": "boto3"}, payload
+expect_error(lam.create_function, "InvalidParameterValueException", 400, FunctionName=fname("j"),
+             Runtime="java21", Role=ROLE, Handler="a.b", Code={"ZipFile": python_zip})
 
 # --- 18. DeleteFunction, and cleaning up ------------------------------------------------
 section("delete")
