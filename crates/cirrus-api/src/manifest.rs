@@ -9,6 +9,14 @@
 //! ```
 //!
 //! Every key of [`FunctionConfig`] may appear beside `source`; unknown keys are errors.
+//! A Lambda zip for a native runtime names it with `runtime` and `handler`:
+//!
+//! ```toml
+//! [functions.api]
+//! source = "api/app.zip"
+//! runtime = "python3.11"
+//! handler = "app.handler"
+//! ```
 
 use crate::spec::{validate_name, FunctionConfig};
 use serde::Deserialize;
@@ -90,9 +98,29 @@ impl Manifest {
                 t.validate()
                     .map_err(|e| format!("functions.{name}.triggers: {e}"))?;
             }
-            let config: FunctionConfig = table
+            // `runtime` and `handler` name a native Lambda runtime for a zip `source`.
+            let text = |key: &str, value: toml::Value| match value {
+                toml::Value::String(s) => Ok(s),
+                _ => Err(format!("functions.{name}.{key}: must be a string")),
+            };
+            let runtime = table
+                .remove("runtime")
+                .map(|v| text("runtime", v))
+                .transpose()?;
+            let handler = table
+                .remove("handler")
+                .map(|v| text("handler", v))
+                .transpose()?;
+            let mut config: FunctionConfig = table
                 .try_into()
                 .map_err(|e| format!("functions.{name}: {}", e.to_string().trim()))?;
+            if runtime.is_some() || handler.is_some() {
+                config.lambda = Some(crate::spec::LambdaPackage {
+                    runtime: runtime.unwrap_or_else(|| "wasi".to_owned()),
+                    handler: handler.unwrap_or_default(),
+                    ..Default::default()
+                });
+            }
             config
                 .validate()
                 .map_err(|e| format!("functions.{name}.{}: {}", e.field, e.message))?;

@@ -63,6 +63,15 @@ pub struct FunctionInfo {
     pub triggers: Vec<crate::trigger::TriggerInfo>,
 }
 
+/// `GET /v1/runtimes`: the runtimes deploys may name on this server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimesInfo {
+    /// `wasi` (WebAssembly), then the native Lambda runtimes this host has.
+    pub runtimes: Vec<String>,
+    /// Why native runtimes are off, when they are.
+    pub native_off: Option<String>,
+}
+
 /// The answer to a deploy: the function as it now is, and whether a version was created
 /// (deploying an unchanged artifact and config is a no-op).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

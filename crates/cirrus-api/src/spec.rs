@@ -92,8 +92,9 @@ pub struct FunctionConfig {
     pub lambda: Option<LambdaPackage>,
 }
 
-/// A Lambda deployment package, as far as Cirrus keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A Lambda deployment package, as far as Cirrus keeps it. In a manifest or the deploy
+/// API only `runtime` and `handler` are given; the server fills in the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LambdaPackage {
     /// `wasi` for WebAssembly.
@@ -104,10 +105,13 @@ pub struct LambdaPackage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// The zip's SHA-256 (base64) and size in bytes, as Lambda reports them.
+    #[serde(default)]
     pub zip_sha256: String,
+    #[serde(default)]
     pub zip_size: u64,
     /// The artifact (hex SHA-256) the zip held: code deployed later by other means
     /// makes the zip's figures stale, and they are then not reported.
+    #[serde(default)]
     pub artifact_sha256: String,
 }
 
@@ -240,6 +244,23 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
 
 impl FunctionConfig {
     pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(package) = &self.lambda {
+            if package.runtime.is_empty() {
+                return Err(invalid(
+                    "runtime",
+                    "name the runtime (wasi, python3.X, nodejsN.x, provided)",
+                ));
+            }
+            if package.runtime != "wasi" && package.handler.trim().is_empty() {
+                return Err(invalid(
+                    "handler",
+                    format!(
+                        "{} needs a handler: module.function (Python), file.export (Node.js)",
+                        package.runtime
+                    ),
+                ));
+            }
+        }
         if self.description.chars().count() > MAX_DESCRIPTION_LEN {
             return Err(invalid(
                 "description",

@@ -295,7 +295,7 @@ impl Registry {
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployResult, Failure> {
         let DeployRequest {
             name,
-            config,
+            mut config,
             artifact,
         } = request;
         validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -329,6 +329,17 @@ impl Registry {
         };
 
         let (sha256, kind, size_bytes, compile_ms) = if let Some(native) = native {
+            // The package's figures, as the Lambda API reports them: the zip is the
+            // artifact.
+            if let Some(package) = config.lambda.as_mut() {
+                if package.artifact_sha256 != native.0 {
+                    use base64::Engine as _;
+                    let raw = hex::decode(&native.0).unwrap_or_default();
+                    package.zip_sha256 = base64::engine::general_purpose::STANDARD.encode(raw);
+                    package.zip_size = native.2;
+                    package.artifact_sha256 = native.0.clone();
+                }
+            }
             native
         } else {
             match artifact {

@@ -85,6 +85,8 @@ enum Command {
     },
     /// Usage and cost per function, hour or day
     Usage(UsageArgs),
+    /// The runtimes this server runs: wasi, and the native Lambda runtimes its host has
+    Runtimes,
     /// List a function's recent invocations
     Invocations {
         name: String,
@@ -215,7 +217,7 @@ removed. A manifest deploy (-f) is declarative: what it does not list is removed
 struct DeployArgs {
     /// Function name (omit NAME and FILE to deploy a manifest)
     name: Option<String>,
-    /// The .wasm or .wat artifact
+    /// The .wasm or .wat artifact, or a Lambda zip for a native runtime (--runtime)
     file: Option<PathBuf>,
     /// Manifest to deploy when no NAME is given
     #[arg(long, short = 'f', default_value = "cirrus.toml")]
@@ -256,6 +258,13 @@ struct DeployArgs {
     /// Idle environments kept per version [default: 32]
     #[arg(long)]
     max_idle: Option<u32>,
+    /// A native Lambda runtime for a zip artifact: python3.X, nodejsN.x, provided
+    /// (`cirrus runtimes` lists this server's)
+    #[arg(long)]
+    runtime: Option<String>,
+    /// The handler a native runtime calls: module.function (Python), file.export (Node.js)
+    #[arg(long)]
+    handler: Option<String>,
     /// Require the admin token on /fn routes
     #[arg(long, conflicts_with = "public")]
     private: bool,
@@ -685,6 +694,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(command) => alias(&client, command, json).await,
         Command::Logs(args) => logs(&client, args, json).await,
         Command::Usage(args) => usage(&client, args, json).await,
+        Command::Runtimes => {
+            let info: cirrus_api::RuntimesInfo = client
+                .json(client.request(Method::GET, "/v1/runtimes"))
+                .await?;
+            if json {
+                return output::json(&info);
+            }
+            for runtime in &info.runtimes {
+                println!("{runtime}");
+            }
+            if let Some(why) = &info.native_off {
+                println!("(native runtimes are off: {why})");
+            }
+            Ok(())
+        }
         Command::Invocations { name, limit } => {
             let page: Page<InvocationRecord> = client
                 .json(client.request(
@@ -987,6 +1011,16 @@ fn flag_config(
     if let Some(max_idle) = args.max_idle {
         config.max_idle = max_idle;
         named.set("max_idle");
+    }
+    if args.runtime.is_some() || args.handler.is_some() {
+        let package = config.lambda.get_or_insert_with(Default::default);
+        if let Some(runtime) = &args.runtime {
+            package.runtime.clone_from(runtime);
+        }
+        if let Some(handler) = &args.handler {
+            package.handler.clone_from(handler);
+        }
+        named.set("lambda");
     }
     if let Some(idle) = args.idle_timeout {
         config.idle_timeout = idle;

@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/functions/{name}/logs"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/status"),
+    ("GET", "/v1/runtimes"),
     ("GET", "/v1/trace/{request_id}"),
     ("GET", "/v1/kv/{table}"),
     ("GET", "/v1/kv/{table}/{key}"),
@@ -124,6 +125,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/functions/{name}/logs", get(logs::logs))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/status", get(status))
+        .route("/v1/runtimes", get(runtimes))
         .route("/v1/trace/{request_id}", get(logs::trace))
         .route("/v1/triggers", get(triggers::list))
         .route("/v1/functions/{name}/triggers", post(triggers::add))
@@ -233,6 +235,21 @@ async fn status(
         dead_events,
         functions,
     }))
+}
+
+async fn runtimes(State(state): State<AppStateRef>) -> axum::Json<cirrus_api::RuntimesInfo> {
+    let mut runtimes = vec!["wasi".to_owned()];
+    let native_off = match state.registry.native_runtimes() {
+        Ok(native) => {
+            runtimes.extend(native.names());
+            None
+        }
+        Err(why) => Some(why),
+    };
+    axum::Json(cirrus_api::RuntimesInfo {
+        runtimes,
+        native_off,
+    })
 }
 
 async fn metrics(State(state): State<AppStateRef>) -> Result<Response, Failure> {
