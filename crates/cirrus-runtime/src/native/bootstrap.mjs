@@ -12,12 +12,14 @@ import { pathToFileURL } from "node:url";
 
 const [host, port] = process.env.AWS_LAMBDA_RUNTIME_API.split(":");
 const BASE = "/2018-06-01/runtime";
+// One connection, kept alive: every invocation is two requests on it.
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 
 function request(method, urlPath, body, headers = {}) {
   if (body !== undefined) headers = { ...headers, "Content-Length": Buffer.byteLength(body) };
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { host, port: Number(port), method, path: BASE + urlPath, headers, agent: false },
+      { host, port: Number(port), method, path: BASE + urlPath, headers, agent },
       (res) => {
         const chunks = [];
         res.on("data", (c) => chunks.push(c));

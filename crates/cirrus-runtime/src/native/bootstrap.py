@@ -6,21 +6,32 @@ LAMBDA_TASK_ROOT), then asks the Runtime API for one event at a time, calls the 
 with the event and a context object, and posts the result or the error back.
 """
 
+import http.client
 import importlib
 import json
 import os
 import sys
 import time
 import traceback
-import urllib.request
 
-API = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime"
+HOST, _, PORT = os.environ["AWS_LAMBDA_RUNTIME_API"].partition(":")
+PREFIX = "/2018-06-01/runtime"
+# One connection, kept alive: every invocation is two requests on it.
+api = http.client.HTTPConnection(HOST, int(PORT or 80))
+
+
+def request(method, path, body=None, headers=None):
+    api.request(method, PREFIX + path, body=body, headers=headers or {})
+    response = api.getresponse()
+    data = response.read()
+    if response.status >= 300:
+        raise RuntimeError(f"Runtime API {method} {path}: {response.status} {data!r}")
+    return response, data
 
 
 def post(path, body, headers=None):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(API + path, data=data, method="POST", headers=headers or {})
-    urllib.request.urlopen(request).read()
+    request("POST", path, data, headers)
 
 
 def error_document(e, kind=None):
@@ -83,9 +94,8 @@ def main():
              {"Lambda-Runtime-Function-Error-Type": "Runtime.HandlerNotFound"})
         sys.exit(1)
     while True:
-        with urllib.request.urlopen(API + "/invocation/next") as response:
-            headers = response.headers  # case-insensitive
-            body = response.read()
+        response, body = request("GET", "/invocation/next")
+        headers = response.headers  # case-insensitive
         request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
         try:
             event = json.loads(body) if body else {}

@@ -22,7 +22,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 const PYTHON_BOOTSTRAP: &str = include_str!("bootstrap.py");
@@ -561,11 +561,12 @@ impl Environment for NativeEnvironment {
             }
             self.cgroup.reset_peak();
             let cpu_before = self.cgroup.cpu_ns();
-            let started = Instant::now();
             let result = self.run(invocation).await;
-            // Output written just before the answer may still be in the pipes.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let _ = started;
+            // Output written just before the answer may still be on its way through the
+            // pipes: let the readers run before the lines are taken.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
             let cpu = self.cgroup.cpu_ns().saturating_sub(cpu_before);
             InvokeOutput {
                 result,
