@@ -327,3 +327,38 @@ async fn faults_stay_in_their_sandbox_while_others_serve() {
     healthy(&s).await;
     s.stop().await;
 }
+
+/// An idle environment is retired after `idle_timeout`: its processes are killed and its
+/// cgroups removed, and the next call starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_environments_are_retired_and_their_processes_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let py = package(&["app.py"]);
+    create(&s, "sleepy", "python3.11", "app.hello", &py, json!({})).await;
+    let (_, _, first) = invoke(&s, "sleepy", json!({})).await;
+    assert_eq!(first["count"], 1);
+    let cgroups = || {
+        std::fs::read_dir("/sys/fs/cgroup/memory/cirrus")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with("-sleepy"))
+            .count()
+    };
+    assert_eq!(cgroups(), 1, "one environment, in its own cgroup");
+    let (_, _, warm) = invoke(&s, "sleepy", json!({})).await;
+    assert_eq!(warm["count"], 2, "the warm environment served again");
+
+    s.clock.advance(std::time::Duration::from_secs(6 * 60));
+    assert_eq!((s.sweep)(), 1, "the idle version was unloaded");
+    common::eventually(&s, "the environment's cgroups to go", || async {
+        (cgroups() == 0).then_some(())
+    })
+    .await;
+    let (_, _, cold) = invoke(&s, "sleepy", json!({})).await;
+    assert_eq!(
+        cold["count"], 1,
+        "a new environment: its globals start afresh"
+    );
+    s.stop().await;
+}

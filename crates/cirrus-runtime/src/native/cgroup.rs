@@ -24,8 +24,25 @@ pub fn check() -> Result<(), String> {
         let ours = base.join("cirrus");
         std::fs::create_dir_all(&ours)
             .map_err(|e| format!("cannot create {}: {e}", ours.display()))?;
+        remove_orphans(&ours);
     }
     Ok(())
+}
+
+/// Cgroups left by a server that is gone (killed before it could remove them): each is
+/// named after its server's pid, so those of live servers are left alone.
+fn remove_orphans(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let server = name.to_string_lossy().split('-').next().unwrap_or("").to_owned();
+        if !server.is_empty() && !Path::new("/proc").join(&server).exists() {
+            // Fails, harmlessly, while processes are still in it.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// An environment's cgroups; dropping it kills what is left in them and removes them.
