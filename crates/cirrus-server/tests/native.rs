@@ -13,16 +13,24 @@ use serde_json::{json, Value};
 
 /// A zip of files from fixtures/native, executable where the file is.
 fn package(files: &[&str]) -> String {
+    let entries: Vec<(&str, std::path::PathBuf)> = files
+        .iter()
+        .map(|name| (*name, fixture("native").join(name)))
+        .collect();
+    package_entries(&entries)
+}
+
+/// A zip of `(name in the zip, file)` pairs.
+fn package_entries(entries: &[(&str, std::path::PathBuf)]) -> String {
     use std::io::Write as _;
     use std::os::unix::fs::PermissionsExt as _;
     let mut out = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut out);
-    for name in files {
-        let path = fixture("native").join(name);
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    for (name, path) in entries {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
         let options = zip::write::SimpleFileOptions::default().unix_permissions(mode & 0o777);
         zip.start_file(*name, options).unwrap();
-        zip.write_all(&std::fs::read(&path).unwrap()).unwrap();
+        zip.write_all(&std::fs::read(path).unwrap()).unwrap();
     }
     zip.finish().unwrap();
     base64::engine::general_purpose::STANDARD.encode(out.into_inner())
@@ -227,6 +235,23 @@ async fn python_node_and_shell_handlers_run_with_lambdas_contract() {
     let (status, error, payload) = invoke(&s, "sh", json!({"via": "curl"})).await;
     assert_eq!((status, error), (StatusCode::OK, None), "{payload}");
     assert_eq!(payload, json!({"shell": true, "event": {"via": "curl"}}));
+
+    // A custom runtime built with AWS's `lambda_runtime` crate, unchanged.
+    let rust = package_entries(&[("bootstrap", fixture("native/rust-bootstrap/bootstrap"))]);
+    create(&s, "rust", "provided.al2023", "bootstrap", &rust, json!({})).await;
+    let (status, error, payload) = invoke(&s, "rust", json!({"via": "lambda_runtime"})).await;
+    assert_eq!((status, error), (StatusCode::OK, None), "{payload}");
+    assert_eq!(payload["rust"], true);
+    assert_eq!(payload["event"], json!({"via": "lambda_runtime"}));
+    assert_eq!(
+        payload["arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:rust:1"
+    );
+    let (_, error, payload) = invoke(&s, "rust", json!({"fail": true})).await;
+    assert_eq!(error.as_deref(), Some("Unhandled"), "{payload}");
+    assert!(payload["errorMessage"]
+        .as_str()
+        .is_some_and(|m| m.contains("asked to fail")));
 
     // HTTP calls arrive as API Gateway HTTP API events; the handler's shaped answer is
     // the HTTP response.

@@ -37,7 +37,12 @@ fn remove_orphans(dir: &Path) {
     };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let server = name.to_string_lossy().split('-').next().unwrap_or("").to_owned();
+        let server = name
+            .to_string_lossy()
+            .split('-')
+            .next()
+            .unwrap_or("")
+            .to_owned();
         if !server.is_empty() && !Path::new("/proc").join(&server).exists() {
             // Fails, harmlessly, while processes are still in it.
             let _ = std::fs::remove_dir(entry.path());
