@@ -6,40 +6,20 @@
 
 mod common;
 
-use common::{fixture, start, start_with};
+use common::{fixture, python_has_boto3, start, start_with};
 use reqwest::{Method, StatusCode};
 use std::path::Path;
 
-/// Runs one of the Python suites against the server's main listener.
+/// Runs one of the Python suites in tests/lambda against the server's main listener.
 async fn python_suite(url: &str, data: &Path, script: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/lambda")
-        .join(script);
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(url)
-        .arg(data.join("s3-credentials"))
-        .arg(fixture(""))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn python_has_boto3() {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import boto3, awscli"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "boto3 and awscli are needed: scripts/test installs them (pip install boto3 awscli)"
-    );
+    let credentials = data.join("s3-credentials");
+    let fixtures = fixture("");
+    common::python_suite(
+        "lambda",
+        script,
+        &[url.as_ref(), credentials.as_os_str(), fixtures.as_os_str()],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

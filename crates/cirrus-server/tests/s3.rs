@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod common;
+
+use common::python_has_boto3;
+
 use cirrus_server::{ManualClock, Server, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -51,36 +55,10 @@ async fn start(data_dir: &Path, tune: impl FnOnce(&mut ServerConfig)) -> Running
     }
 }
 
-/// Runs one of the Python suites in tests/s3 against the server; its asserts are the
-/// test's.
+/// Runs one of the Python suites in tests/s3 against the server.
 async fn python_suite(server: &Running, script: &str, data: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/s3")
-        .join(script);
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(&server.s3)
-        .arg(data.join("s3-credentials"))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn python_has_boto3() {
-    let ok = Command::new("python3")
-        .args(["-c", "import boto3, awscli"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "boto3 and awscli are needed: scripts/test installs them (pip install boto3 awscli)"
-    );
+    let credentials = data.join("s3-credentials");
+    common::python_suite("s3", script, &[server.s3.as_ref(), credentials.as_os_str()]).await;
 }
 
 /// The aws CLI against the server: its own config (path-style), the server's keys file.

@@ -195,3 +195,35 @@ pub async fn invoke_async(
     }
     request.send().await.unwrap()
 }
+
+/// boto3 and the aws CLI, which the Python suites drive (scripts/test installs them).
+pub fn python_has_boto3() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import boto3, awscli"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "boto3 and awscli are needed: scripts/test installs them (pip install boto3 awscli)"
+    );
+}
+
+/// Runs `tests/<dir>/<script>` with `args`; its asserts are the calling test's.
+pub async fn python_suite(dir: &str, script: &str, args: &[&std::ffi::OsStr]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(dir)
+        .join(script);
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
