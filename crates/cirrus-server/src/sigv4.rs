@@ -241,6 +241,42 @@ fn parse_credential(text: &str) -> AuthResult<Credential> {
     }
 }
 
+/// What can be checked before the body is read: that the request claims a signature at
+/// all, and by a key this server has. Services that sign whole bodies call it first, so
+/// an anonymous client cannot make the server buffer a body it will refuse anyway.
+pub fn precheck(
+    credentials: &Credentials,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> AuthResult<()> {
+    let credential = match header(headers, "authorization") {
+        Some(auth) => auth
+            .strip_prefix(ALGORITHM)
+            .and_then(|fields| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.trim().strip_prefix("Credential="))
+            })
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AuthError::new(
+                    AuthFailure::MalformedHeader,
+                    "the Authorization header is not a SigV4 one with a Credential",
+                )
+            })?,
+        None => query_param(query, "X-Amz-Credential")
+            .ok_or_else(|| AuthError::new(AuthFailure::Missing, "the request is not signed"))?,
+    };
+    let credential = parse_credential(&credential)?;
+    if credentials.secret(&credential.access_key).is_none() {
+        return Err(AuthError::new(
+            AuthFailure::UnknownKey,
+            "The AWS Access Key Id you provided does not exist in our records.",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the request's SigV4 signature (header or presigned form) for `service`
 /// against the configured keys at wall-clock time `now`.
 ///

@@ -63,6 +63,37 @@ async fn bearer_token_unsigned_calls_and_unknown_operations() {
         "MissingAuthenticationTokenException"
     );
 
+    // Refused before the body is read: no signature, or a key the server does not have.
+    let big = vec![b'{'; 8 << 20];
+    let unsigned = s
+        .http
+        .post(format!("{}/2015-03-31/functions", s.url))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        unsigned.headers()["x-amzn-errortype"],
+        "MissingAuthenticationTokenException"
+    );
+    let stranger = s
+        .http
+        .post(format!("{}/2015-03-31/functions", s.url))
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=NOBODY/20260101/us-east-1/lambda/aws4_request, SignedHeaders=host, Signature=00",
+        )
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        stranger.headers()["x-amzn-errortype"],
+        "UnrecognizedClientException"
+    );
+
     let layers = s.send(Method::GET, "/2018-10-31/layers").await;
     assert_eq!(layers.status(), StatusCode::NOT_IMPLEMENTED);
     let text = layers.text().await.unwrap();

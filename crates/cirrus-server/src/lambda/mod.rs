@@ -130,12 +130,16 @@ async fn handle(State(state): State<AppStateRef>, request: Request) -> Response 
 
 async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
     let (parts, body) = request.into_parts();
+    let bearer = is_authorized(&parts.headers, &state.token);
+    if !bearer {
+        crate::sigv4::precheck(&state.s3.credentials, &parts.headers, parts.uri.query())?;
+    }
     // The largest request is a deployment package, base64 in JSON.
     let limit = state.max_artifact_bytes / 3 * 4 + (1 << 20);
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| LambdaError::from(crate::error::body_error(e, limit, "request body")))?;
-    let region = if is_authorized(&parts.headers, &state.token) {
+    let region = if bearer {
         DEFAULT_REGION.to_owned()
     } else {
         // A package-sized body takes a while to hash: off the async workers.
