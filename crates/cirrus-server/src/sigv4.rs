@@ -391,8 +391,19 @@ pub fn verify(
                 "The difference between the request time and the server's time is too large.",
             ));
         }
-        let payload = header(request.headers, "x-amz-content-sha256")
-            .or(body_sha256)
+        // Where the server hashes the body itself, a different claim is a different body.
+        if let (Some(claimed), Some(actual)) =
+            (header(request.headers, "x-amz-content-sha256"), body_sha256)
+        {
+            if !claimed.eq_ignore_ascii_case(actual) {
+                return Err(AuthError::new(
+                    AuthFailure::Mismatch,
+                    "x-amz-content-sha256 is not the SHA-256 of the body",
+                ));
+            }
+        }
+        let payload = body_sha256
+            .or(header(request.headers, "x-amz-content-sha256"))
             .ok_or_else(|| {
                 AuthError::new(
                     AuthFailure::MissingPayloadHash,

@@ -145,12 +145,40 @@ async fn components_get_the_event_and_event_invokes_run_from_the_queue() {
         .await
         .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
-    assert_eq!(answer.headers()["x-amz-executed-version"], "1");
+    assert_eq!(answer.headers()["x-amz-executed-version"], "$LATEST");
     assert_eq!(answer.headers()["cirrus-function-status"], "200");
     assert!(answer.headers().contains_key("cirrus-request-id"));
     assert_eq!(
         answer.text().await.unwrap(),
         "Hello from Cirrus (Rust)!\n{\"n\":1}"
+    );
+
+    // The client context reaches the guest (a command module sees it in its environment).
+    let env = zip_of("env.wat", &std::fs::read(fixture("env.wat")).unwrap());
+    let created = s
+        .req(Method::POST, "/2015-03-31/functions")
+        .json(&serde_json::json!({
+            "FunctionName": "context",
+            "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(&env)},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let context = base64::engine::general_purpose::STANDARD.encode(r#"{"custom":{"k":"v"}}"#);
+    let seen = s
+        .req(Method::POST, "/2015-03-31/functions/context/invocations")
+        .header("x-amz-client-context", &context)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        seen.contains(&format!("HTTP_CIRRUS_CLIENT_CONTEXT={context}")),
+        "{seen}"
     );
 
     let queued = s

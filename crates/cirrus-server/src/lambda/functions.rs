@@ -106,6 +106,7 @@ struct Code {
     s3_key: Option<String>,
     s3_object_version: Option<String>,
     image_uri: Option<String>,
+    #[serde(rename = "SourceKMSKeyArn")]
     source_kms_key_arn: Option<String>,
 }
 
@@ -533,7 +534,12 @@ pub fn get(ctx: &Ctx, name: &str, whole: bool) -> LambdaResult<Response> {
 
 pub async fn delete(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
     ctx.allow_query("DeleteFunction", &["Qualifier"])?;
-    let target = Target::from_request(ctx, name)?.unqualified("DeleteFunction")?;
+    let target = Target::from_request(ctx, name)?;
+    if let Some(q) = &target.qualifier {
+        return Err(LambdaError::invalid(format!(
+            "Cirrus deletes whole functions (versions are immutable and kept): drop the qualifier {q:?}"
+        )));
+    }
     function(ctx, &target.name)?;
     ctx.state
         .registry
@@ -762,7 +768,11 @@ pub fn list_versions(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
     let f = function(ctx, &target.name)?;
     let mut versions = ctx.state.registry.versions(&f.name).unwrap_or_default();
     versions.sort_by_key(|v| v.version);
-    let mut items = vec![(String::new(), configuration(ctx, &f.latest, "$LATEST"))];
+    // `$` sorts before digits: $LATEST comes first, and is a marker like any other.
+    let mut items = vec![(
+        "$LATEST".to_owned(),
+        configuration(ctx, &f.latest, "$LATEST"),
+    )];
     for v in &versions {
         items.push((
             format!("{:010}", v.version),

@@ -45,6 +45,13 @@ pub async fn invoke(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             )))
         }
     };
+    for unsupported in ["x-amz-tenant-id", "x-amz-durable-execution-name"] {
+        if ctx.headers.contains_key(unsupported) {
+            return Err(LambdaError::invalid(format!(
+                "Cirrus does not support {unsupported} on Invoke"
+            )));
+        }
+    }
     let client_context = client_context(ctx)?;
     if !ctx.body.is_empty() {
         serde_json::from_slice::<serde::de::IgnoredAny>(&ctx.body).map_err(|e| {
@@ -118,6 +125,13 @@ pub async fn invoke(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             let call = Call {
                 keep_logs: tail,
                 ..Call::new(target.name.clone(), qualifier, Trigger::Invoke, event, true)
+            };
+            // A function calling the platform: its lineage bounds the depth and the
+            // calls in flight, and stops this call if the caller goes away.
+            let mut headers = ctx.headers.clone();
+            let call = match crate::api::invoke::take_lineage(state, &mut headers) {
+                Some(caller) => call.from_caller(caller),
+                None => call,
             };
             let invoked = state.invoker.invoke_detailed(call).await?;
             answer(ctx, &target, invoked, tail)
@@ -201,8 +215,18 @@ fn answer(ctx: &Ctx, target: &Target, invoked: Invoked, tail: bool) -> LambdaRes
     if let Ok(value) = HeaderValue::from_str(invoked.request_id()) {
         headers.insert("x-amzn-requestid", value);
     }
-    if let Some(version) = invoked.version() {
-        headers.insert("x-amz-executed-version", HeaderValue::from(version));
+    // Lambda names `$LATEST` when that is what was called, else the version that ran.
+    match (target.qualifier(), invoked.version()) {
+        (Qualifier::Latest, Some(_)) => {
+            headers.insert(
+                "x-amz-executed-version",
+                HeaderValue::from_static("$LATEST"),
+            );
+        }
+        (_, Some(version)) => {
+            headers.insert("x-amz-executed-version", HeaderValue::from(version));
+        }
+        (_, None) => {}
     }
     if tail {
         let log = log_result(&invoked);
@@ -241,6 +265,12 @@ fn function_error(
                 ),
                 None => format!("RequestId: {request_id} Error: {}", e.message),
             },
+        ),
+        // The runtime says "function …" of an answer over the limit; a request over it is
+        // the caller's (RequestTooLargeException).
+        ErrorCode::PayloadTooLarge if e.message.starts_with("function ") => (
+            "Function.ResponseSizeTooLarge",
+            format!("RequestId: {request_id} Error: {}", e.message),
         ),
         ErrorCode::MemoryLimitExceeded => (
             "Runtime.OutOfMemory",
