@@ -56,6 +56,10 @@ pub struct DeployRequest {
     pub name: String,
     pub config: FunctionConfig,
     pub artifact: Option<Vec<u8>>,
+    /// When set, the deploy applies only if the function's newest version is still this
+    /// one (`None`: the function must not exist yet), checked under the deploy lock, so
+    /// a change computed from what a caller read cannot overwrite one made meanwhile.
+    pub expected_latest: Option<Option<u32>>,
 }
 
 pub struct Registry {
@@ -297,6 +301,7 @@ impl Registry {
             name,
             mut config,
             artifact,
+            expected_latest,
         } = request;
         validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         config
@@ -375,6 +380,24 @@ impl Registry {
         };
 
         let _serial = self.deploy_lock.lock().await;
+        if let Some(expected) = expected_latest {
+            let current = self
+                .resolve(&name, &Qualifier::Latest)
+                .ok()
+                .map(|v| v.version);
+            if current != expected {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    match (expected, current) {
+                        (None, Some(_)) => format!("function {name:?} already exists"),
+                        _ => format!(
+                            "function {name:?} was changed by another request since it was read; read it again and retry"
+                        ),
+                    },
+                )
+                .into());
+            }
+        }
         let triggers: Vec<TriggerInfo> = self
             .read()
             .get(&name)

@@ -388,6 +388,7 @@ impl Server {
                     name: name.clone(),
                     config: function.config.clone(),
                     artifact: Some(bytes),
+                    expected_latest: None,
                 })
                 .await
                 .map_err(|f| anyhow::anyhow!("functions.{name}: {}", f.0.message))?;

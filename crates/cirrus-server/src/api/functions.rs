@@ -78,6 +78,7 @@ pub async fn deploy(
             name,
             config,
             artifact,
+            expected_latest: None,
         })
         .await?;
     if preload && result.created {

@@ -72,11 +72,14 @@ fn check_revision(latest: &VersionInfo, given: Option<&str>) -> LambdaResult<()>
     }
 }
 
+/// Deploys a change computed from `read`, the newest version the caller saw (`None`
+/// when creating): a concurrent change meanwhile makes it a 409, never a silent overwrite.
 async fn deploy(
     ctx: &Ctx,
     name: &str,
     config: FunctionConfig,
     artifact: Option<Vec<u8>>,
+    read: Option<u32>,
 ) -> LambdaResult<VersionInfo> {
     let result = ctx
         .state
@@ -85,6 +88,7 @@ async fn deploy(
             name: name.to_owned(),
             config,
             artifact,
+            expected_latest: Some(read),
         })
         .await
         .map_err(|f| LambdaError::from(f.0))?;
@@ -395,7 +399,7 @@ pub async fn create(ctx: &Ctx) -> LambdaResult<Response> {
     };
     settings.apply(&mut config)?;
     config.lambda = Some(package);
-    let latest = deploy(ctx, &target.name, config, Some(artifact)).await?;
+    let latest = deploy(ctx, &target.name, config, Some(artifact), None).await?;
     let shown = if request.publish {
         latest.version.to_string()
     } else {
@@ -671,7 +675,8 @@ pub async fn update_code(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             .map_err(|e| LambdaError::invalid(e.to_string()))?;
         return ok(StatusCode::OK, configuration(ctx, &latest, "$LATEST"));
     }
-    let latest = deploy(ctx, &target.name, config, Some(artifact)).await?;
+    let read = latest.version;
+    let latest = deploy(ctx, &target.name, config, Some(artifact), Some(read)).await?;
     let shown = if request.publish {
         latest.version.to_string()
     } else {
@@ -720,7 +725,8 @@ pub async fn update_configuration(ctx: &Ctx, name: &str) -> LambdaResult<Respons
             )),
         }
     }
-    let latest = deploy(ctx, &target.name, config, None).await?;
+    let read = latest.version;
+    let latest = deploy(ctx, &target.name, config, None, Some(read)).await?;
     ok(StatusCode::OK, configuration(ctx, &latest, "$LATEST"))
 }
 
@@ -963,7 +969,7 @@ async fn reconfigure(
     if config == latest.config {
         return Ok(latest);
     }
-    deploy(ctx, name, config, None).await
+    deploy(ctx, name, config, None, Some(latest.version)).await
 }
 
 #[derive(Deserialize)]
