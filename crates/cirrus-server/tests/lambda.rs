@@ -336,3 +336,50 @@ async fn a_flood_of_bad_packages_leaves_healthy_functions_serving() {
     );
     s.stop().await;
 }
+
+/// A change computed from what a caller read applies only if nobody changed the function
+/// meanwhile: the registry checks the version it was read at under its deploy lock.
+#[tokio::test]
+async fn a_deploy_from_a_stale_read_is_a_conflict_not_an_overwrite() {
+    use cirrus_server::registry::DeployRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cirrus_server::Server::start(
+        cirrus_server::ServerConfig::new(dir.path()),
+        std::sync::Arc::new(cirrus_server::ManualClock::new(1_700_000_000_000)),
+    )
+    .await
+    .unwrap();
+    let registry = &server.state().registry;
+    let echo = std::fs::read(fixture("echo.wat")).unwrap();
+    let deploy = |description: &str, expected_latest| DeployRequest {
+        name: "f".into(),
+        config: cirrus_api::FunctionConfig {
+            description: description.into(),
+            ..Default::default()
+        },
+        artifact: Some(echo.clone()),
+        expected_latest,
+    };
+    // Created only if absent.
+    registry.deploy(deploy("one", Some(None))).await.unwrap();
+    let again = registry
+        .deploy(deploy("two", Some(None)))
+        .await
+        .unwrap_err();
+    assert_eq!(again.0.code, cirrus_api::ErrorCode::Conflict);
+    // Changed from version 1: fine once; a second change from the same read is refused.
+    let second = registry.deploy(deploy("two", Some(Some(1)))).await.unwrap();
+    assert_eq!(second.version, 2);
+    let stale = registry
+        .deploy(deploy("three", Some(Some(1))))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.0.code, cirrus_api::ErrorCode::Conflict);
+    assert!(stale.0.message.contains("changed by another request"));
+    let latest = registry.get("f").unwrap().latest;
+    assert_eq!(
+        (latest.version, latest.config.description.as_str()),
+        (2, "two"),
+        "nothing was overwritten"
+    );
+}
