@@ -53,18 +53,19 @@ impl WasiHttpView for HttpState {
 
 /// Outbound HTTP is denied unless the request's host is in the function's `allowed_hosts`;
 /// requests to the platform itself are marked as coming from this invocation.
-struct OutboundPolicy {
-    allowed_hosts: Arc<[String]>,
-    platform: Option<PlatformCalls>,
+/// The native runtimes' egress proxy applies the same policy.
+pub(crate) struct OutboundPolicy {
+    pub(crate) allowed_hosts: Arc<[String]>,
+    pub(crate) platform: Option<PlatformCalls>,
     /// The token the guest's environment holds (see [`HttpEnvironment::env_token`]).
-    env_token: Option<String>,
+    pub(crate) env_token: Option<String>,
 }
 
 impl OutboundPolicy {
     /// Whether `uri` names the platform: its own authority, or a loopback name with its
     /// port (the same server under another name, which a guest could use to pass as an
     /// outside caller).
-    fn is_platform(&self, uri: &hyper::Uri) -> bool {
+    pub(crate) fn is_platform(&self, uri: &hyper::Uri) -> bool {
         let (Some(platform), Some(authority)) = (&self.platform, uri.authority()) else {
             return false;
         };
@@ -115,14 +116,42 @@ impl OutboundPolicy {
         }
     }
 
-    /// An entry matches the host alone (any port) or `host:port` exactly.
     fn allows(&self, uri: &hyper::Uri) -> bool {
-        let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
+        let Some(host) = uri.host() else {
             return false;
         };
-        self.allowed_hosts
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(authority.as_str()))
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        self.allows_host(host, port)
+    }
+
+    /// An entry matches the host alone (any port) or `host:port` (a URL without a port
+    /// has its scheme's).
+    pub(crate) fn allows_host(&self, host: &str, port: u16) -> bool {
+        let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = bare(host);
+        self.allowed_hosts.iter().any(|entry| {
+            let Ok(allowed) = entry.parse::<hyper::http::uri::Authority>() else {
+                return false;
+            };
+            bare(allowed.host()).eq_ignore_ascii_case(&host)
+                && allowed.port_u16().is_none_or(|p| p == port)
+        })
+    }
+
+    /// Marks a request to the platform itself as coming from this invocation.
+    pub(crate) fn mark_platform_call(&self, uri: &hyper::Uri, headers: &mut hyper::HeaderMap) {
+        if !self.is_platform(uri) {
+            return;
+        }
+        if let Some(platform) = &self.platform {
+            for (name, value) in &platform.headers {
+                headers.insert(name.clone(), value.clone());
+            }
+            self.refresh_token(headers, platform);
+        }
     }
 }
 
@@ -144,14 +173,8 @@ impl WasiHttpHooks for OutboundPolicy {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let mut request = request;
-        if self.is_platform(request.uri()) {
-            if let Some(platform) = &self.platform {
-                for (name, value) in &platform.headers {
-                    request.headers_mut().insert(name.clone(), value.clone());
-                }
-                self.refresh_token(request.headers_mut(), platform);
-            }
-        }
+        let uri = request.uri().clone();
+        self.mark_platform_call(&uri, request.headers_mut());
         wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
     }
 }
@@ -560,6 +583,7 @@ mod tests {
                 "api.example.com".to_owned(),
                 "10.0.0.1:8443".to_owned(),
                 "[::1]".to_owned(),
+                "secure.example.com:443".to_owned(),
             ]
             .into(),
             platform: None,
@@ -573,6 +597,10 @@ mod tests {
         assert!(allows("http://[::1]:3000/"));
         assert!(!allows("https://evil.example.com/"));
         assert!(!allows("/relative"));
+        assert!(allows("https://secure.example.com/"));
+        assert!(!allows("http://secure.example.com/"));
+        assert!(policy.allows_host("secure.example.com", 443));
+        assert!(policy.allows_host("::1", 22));
         let none = OutboundPolicy {
             allowed_hosts: Vec::new().into(),
             platform: None,

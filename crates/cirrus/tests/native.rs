@@ -77,3 +77,105 @@ fn the_cli_deploys_and_invokes_a_python_handler() {
     ]);
     assert_eq!(page, "POST from toml 7");
 }
+
+/// A one-thread HTTP server on the host that answers every request with its path;
+/// returns its port.
+fn upstream() -> u16 {
+    use std::io::{BufRead as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let body = format!("upstream saw {path}");
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn native_handlers_reach_allowed_hosts_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let zip = app_zip(dir.path());
+    let allowed = upstream();
+    let other = upstream();
+    let deploy = |name: &str, handler: &str, grant: Option<String>| {
+        let mut args = vec![
+            "deploy".to_owned(),
+            name.to_owned(),
+            zip.to_str().unwrap().to_owned(),
+            "--runtime".to_owned(),
+            "python3.11".to_owned(),
+            "--handler".to_owned(),
+            handler.to_owned(),
+        ];
+        if let Some(host) = grant {
+            args.extend(["--allow-host".to_owned(), host]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        up.cli_ok(&args);
+    };
+    let invoke = |name: &str, event: serde_json::Value| -> serde_json::Value {
+        let out = up.cli_ok(&["invoke", name, "--data", &event.to_string()]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let grant = Some(format!("localhost:{allowed}"));
+    deploy("fetch", "app.fetch", grant.clone());
+    deploy("tunnel", "app.tunnel", grant);
+    deploy("closed", "app.fetch", None);
+
+    // Plain HTTP through the proxy, to the granted host:port only.
+    let answer = invoke(
+        "fetch",
+        serde_json::json!({"url": format!("http://localhost:{allowed}/ok")}),
+    );
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body"], "upstream saw /ok", "{answer}");
+    let answer = invoke(
+        "fetch",
+        serde_json::json!({"url": format!("http://localhost:{other}/no")}),
+    );
+    assert_eq!(answer["status"], 403, "{answer}");
+    assert!(
+        answer["body"].as_str().unwrap().contains("allowed_hosts"),
+        "{answer}"
+    );
+
+    // A CONNECT tunnel (how HTTPS leaves), likewise.
+    let answer = invoke(
+        "tunnel",
+        serde_json::json!({"host": "localhost", "port": allowed}),
+    );
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body"], "upstream saw /tunnelled", "{answer}");
+    let answer = invoke(
+        "tunnel",
+        serde_json::json!({"host": "localhost", "port": other}),
+    );
+    assert_ne!(answer["status"], 200, "{answer}");
+    assert!(answer["body"].as_str().unwrap().contains("403"), "{answer}");
+
+    // Without a grant, nothing is reachable, not even the host that the others may use.
+    let answer = invoke(
+        "closed",
+        serde_json::json!({"url": format!("http://localhost:{allowed}/ok")}),
+    );
+    assert_eq!(answer["status"], 403, "{answer}");
+}

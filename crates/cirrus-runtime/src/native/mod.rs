@@ -8,6 +8,7 @@
 //! (no CPU), and is retired by dropping it, which kills everything in its cgroups.
 
 mod cgroup;
+mod egress;
 mod runtime_api;
 mod sandbox;
 mod seccomp;
@@ -83,7 +84,12 @@ impl Runtimes {
         })?;
         let path = path.display().to_string();
         Ok(if runtime.starts_with("python") {
-            vec![path, "-I".into(), "/opt/cirrus/bootstrap.py".into()]
+            vec![
+                path,
+                "-I".into(),
+                "-S".into(),
+                "/opt/cirrus/bootstrap.py".into(),
+            ]
         } else {
             vec![path, "/opt/cirrus/bootstrap.mjs".into()]
         })
@@ -308,11 +314,14 @@ impl Code for NativeCode {
             let init_pid = sandbox::child_of(pid)
                 .await
                 .map_err(|e| failed("starting the sandbox", &e))?;
-            let listener = sandbox::listen_in(init_pid, runtime_api::ADDRESS)
-                .await
-                .map_err(|e| failed("opening the Runtime API", &e))?;
+            let [listener, proxy] =
+                sandbox::listen_in(init_pid, [runtime_api::ADDRESS, egress::ADDRESS])
+                    .await
+                    .map_err(|e| failed("opening the Runtime API", &e))?;
             let api =
                 RuntimeApi::serve(listener).map_err(|e| failed("opening the Runtime API", &e))?;
+            let egress =
+                egress::Egress::serve(proxy).map_err(|e| failed("opening the egress proxy", &e))?;
             if let Some(mut stdin) = child.stdin.take() {
                 // Lets bubblewrap run the runtime (`--block-fd 0`).
                 stdin
@@ -361,6 +370,7 @@ impl Code for NativeCode {
                 child,
                 cgroup,
                 api,
+                egress,
                 logs,
                 broken: false,
                 arn_base: format!(
@@ -376,6 +386,7 @@ impl Code for NativeCode {
 /// What Lambda sets in every environment.
 fn lambda_env(code: &NativeCode, spec: &EnvironmentSpec) -> Vec<(String, String)> {
     let memory_mb = (spec.memory_bytes >> 20).to_string();
+    let proxy = format!("http://{}", egress::ADDRESS);
     [
         ("AWS_LAMBDA_RUNTIME_API", runtime_api::ADDRESS.to_owned()),
         ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
@@ -396,6 +407,13 @@ fn lambda_env(code: &NativeCode, spec: &EnvironmentSpec) -> Vec<(String, String)
         ("HOME", "/tmp".to_owned()),
         ("LANG", "C.UTF-8".to_owned()),
         ("TZ", ":UTC".to_owned()),
+        // The sandbox's one way out (see `egress`); the Runtime API is reached directly.
+        ("HTTP_PROXY", proxy.clone()),
+        ("HTTPS_PROXY", proxy.clone()),
+        ("http_proxy", proxy.clone()),
+        ("https_proxy", proxy),
+        ("NO_PROXY", "127.0.0.1".to_owned()),
+        ("no_proxy", "127.0.0.1".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -442,6 +460,7 @@ struct NativeEnvironment {
     child: tokio::process::Child,
     cgroup: cgroup::Cgroup,
     api: RuntimeApi,
+    egress: egress::Egress,
     logs: Logs,
     broken: bool,
     arn_base: String,
@@ -559,6 +578,11 @@ impl Environment for NativeEnvironment {
             if !self.init_logs {
                 self.take_logs();
             }
+            self.egress.allow(crate::http::OutboundPolicy {
+                allowed_hosts: invocation.allowed_hosts.clone(),
+                platform: invocation.platform.clone(),
+                env_token: None,
+            });
             self.cgroup.reset_peak();
             let cpu_before = self.cgroup.cpu_ns();
             let result = self.run(invocation).await;

@@ -2,7 +2,7 @@
 //! mount, PID, IPC, UTS, network, cgroup), all capabilities dropped, an unprivileged
 //! user, a read-only root of the host's `/usr` and nothing else of the host: the code
 //! read-only at `/var/task`, Cirrus's bootstraps at `/opt/cirrus`, a size-capped
-//! `/tmp`. The process joins its cgroups before it becomes bubblewrap, so everything it
+//! `/tmp`, and the CA certificates (for HTTPS through the egress proxy). The process joins its cgroups before it becomes bubblewrap, so everything it
 //! starts is confined and metered.
 
 use std::ffi::OsString;
@@ -91,6 +91,12 @@ pub fn command(spec: &Spec<'_>) -> tokio::process::Command {
         "--symlink",
         "usr/lib64",
         "/lib64",
+        "--ro-bind-try",
+        "/etc/ssl",
+        "/etc/ssl",
+        "--ro-bind-try",
+        "/etc/ca-certificates",
+        "/etc/ca-certificates",
         "--proc",
         "/proc",
         "--dev",
@@ -140,10 +146,14 @@ pub async fn child_of(pid: u32) -> std::io::Result<u32> {
     Err(std::io::Error::other("the sandbox did not start"))
 }
 
-/// A listener bound inside the network namespace of `pid`: a thread of its own enters
-/// that namespace, binds, and ends (a pooled thread would stay in there); the socket
-/// stays where it was made.
-pub async fn listen_in(pid: u32, address: &'static str) -> std::io::Result<std::net::TcpListener> {
+/// Listeners bound inside the network namespace of `pid`: a thread of its own enters
+/// that namespace, binds, and ends (a pooled thread would stay in there); the sockets
+/// stay where they were made, so what the host serves on them is reachable only from
+/// inside, and what the host connects to from there leaves from the host's network.
+pub async fn listen_in<const N: usize>(
+    pid: u32,
+    addresses: [&'static str; N],
+) -> std::io::Result<[std::net::TcpListener; N]> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let bound = (|| {
@@ -152,7 +162,13 @@ pub async fn listen_in(pid: u32, address: &'static str) -> std::io::Result<std::
                 std::os::fd::AsFd::as_fd(&namespace),
                 Some(rustix::thread::LinkNameSpaceType::Network),
             )?;
-            std::net::TcpListener::bind(address)
+            let listeners = addresses
+                .iter()
+                .map(std::net::TcpListener::bind)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            listeners
+                .try_into()
+                .map_err(|_| std::io::Error::other("listener count"))
         })();
         let _ = tx.send(bound);
     });
