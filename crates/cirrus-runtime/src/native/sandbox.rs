@@ -164,7 +164,7 @@ pub async fn listen_in<const N: usize>(
             )?;
             let listeners = addresses
                 .iter()
-                .map(std::net::TcpListener::bind)
+                .map(|address| bind_when_up(address))
                 .collect::<std::io::Result<Vec<_>>>()?;
             listeners
                 .try_into()
@@ -173,4 +173,24 @@ pub async fn listen_in<const N: usize>(
         let _ = tx.send(bound);
     });
     rx.await.map_err(std::io::Error::other)?
+}
+
+/// Binds `address` in the current thread's network namespace. bubblewrap brings the
+/// namespace's loopback up just after its init process appears, so binding can come
+/// first and find no 127.0.0.1 yet (`EADDRNOTAVAIL`): that is waited out, briefly.
+fn bind_when_up(address: &str) -> std::io::Result<std::net::TcpListener> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match std::net::TcpListener::bind(address) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && waited < std::time::Duration::from_secs(2) =>
+            {
+                let pause = std::time::Duration::from_micros(200);
+                std::thread::sleep(pause);
+                waited += pause;
+            }
+            bound => return bound,
+        }
+    }
 }
