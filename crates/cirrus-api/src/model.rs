@@ -124,6 +124,10 @@ pub enum Trigger {
     Table,
     /// An object created in or removed from a bucket.
     Bucket,
+    /// A message from an MQTT broker.
+    Mqtt,
+    /// A message from NATS (a core subject or a JetStream consumer).
+    Nats,
 }
 
 impl std::str::FromStr for Trigger {
@@ -138,6 +142,8 @@ impl std::str::FromStr for Trigger {
             "destination" => Ok(Self::Destination),
             "table" => Ok(Self::Table),
             "bucket" => Ok(Self::Bucket),
+            "mqtt" => Ok(Self::Mqtt),
+            "nats" => Ok(Self::Nats),
             other => Err(format!("unknown trigger {other:?}")),
         }
     }
@@ -154,6 +160,8 @@ impl Trigger {
             Trigger::Destination => "destination",
             Trigger::Table => "table",
             Trigger::Bucket => "bucket",
+            Trigger::Mqtt => "mqtt",
+            Trigger::Nats => "nats",
         }
     }
 }

@@ -34,6 +34,231 @@ pub enum TriggerSpec {
     /// Objects created in or removed from a bucket of the object API become asynchronous
     /// events carrying an S3 event notification document.
     Bucket(BucketTrigger),
+    /// Messages on an MQTT broker's topics matching a filter become asynchronous
+    /// events, acknowledged to the broker once they are durable.
+    Mqtt(MqttTrigger),
+    /// Messages on a NATS subject (at most once), or from a JetStream stream through a
+    /// durable consumer (at least once, acknowledged once durable), become events.
+    Nats(NatsTrigger),
+}
+
+/// A NATS subscription: `{ subject = "orders.>", broker = "nats://127.0.0.1:4222" }`,
+/// with `stream` (and optionally `consumer`) for durable JetStream delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTrigger {
+    /// A subject (`*` one token, `>` the rest).
+    pub subject: String,
+    /// `nats://HOST[:PORT]` (4222) or `tls://HOST[:PORT]`.
+    pub broker: String,
+    /// A JetStream stream holding the subject: delivery through a durable consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The durable consumer's name (default `cirrus-` and the trigger's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The server's environment variable holding the password (with `username`) or
+    /// the token (without).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+/// NATS subjects as servers accept them: dot-separated non-empty tokens without
+/// whitespace, `*` only as a whole token, `>` only as the whole last token.
+pub fn validate_nats_subject(subject: &str) -> Result<(), String> {
+    let invalid = |why: &str| Err(format!("invalid NATS subject {subject:?}: {why}"));
+    if subject.is_empty() || subject.len() > 4096 {
+        return invalid("use 1 to 4096 characters");
+    }
+    if subject.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return invalid("it contains whitespace");
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return invalid("a token is empty (`..` or a leading or trailing `.`)");
+        }
+        if token.contains('>') && (*token != ">" || i != tokens.len() - 1) {
+            return invalid("`>` must be the whole last token");
+        }
+        if token.contains('*') && *token != "*" {
+            return invalid("`*` must be a whole token");
+        }
+    }
+    Ok(())
+}
+
+/// JetStream stream and consumer names: 1–255 of letters, digits, `-` and `_`.
+fn validate_nats_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then_some(())
+        .ok_or_else(|| format!("invalid {what} {name:?}: use letters, digits, '-' or '_'"))
+}
+
+/// A NATS server address, checked: `nats://HOST[:PORT]` or `tls://HOST[:PORT]`.
+pub fn parse_nats_server(broker: &str) -> Result<BrokerAddress, String> {
+    BrokerAddress::parse_with(
+        broker,
+        "NATS server",
+        &[("nats://", false, 4222), ("tls://", true, 4222)],
+    )
+}
+
+/// A subscription on an MQTT broker: `{ filter = "sensors/+/temp", broker =
+/// "mqtt://127.0.0.1:1883" }`. The password is never stored: `password_env` names a
+/// variable of the server's environment that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTrigger {
+    /// A topic filter (`+` one level, `#` the rest).
+    pub filter: String,
+    /// `mqtt://HOST[:PORT]` (1883) or `mqtts://HOST[:PORT]` (8883, TLS).
+    pub broker: String,
+    /// `3.1.1` (the default) or `5`.
+    #[serde(default, skip_serializing_if = "MqttProtocol::is_default")]
+    pub protocol: MqttProtocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The server's environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A PEM file of CA certificates to trust for `mqtts://` instead of the built-in roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// The client id of the persistent session (default `cirrus-` and the trigger's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// The MQTT protocol version a subscription speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MqttProtocol {
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl MqttProtocol {
+    fn is_default(&self) -> bool {
+        *self == Self::V311
+    }
+}
+
+impl std::str::FromStr for MqttProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "3.1.1" | "3" | "4" => Ok(Self::V311),
+            "5" | "5.0" => Ok(Self::V5),
+            other => Err(format!("unknown MQTT protocol {other:?}: use 3.1.1 or 5")),
+        }
+    }
+}
+
+/// An MQTT broker address, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerAddress {
+    /// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`, nothing else: credentials in the
+    /// address would be stored and shown, so they are refused.
+    pub fn parse(broker: &str) -> Result<Self, String> {
+        Self::parse_with(
+            broker,
+            "MQTT broker",
+            &[("mqtt://", false, 1883), ("mqtts://", true, 8883)],
+        )
+    }
+
+    /// `SCHEME://HOST[:PORT]` for one of `schemes` (prefix, TLS, default port).
+    fn parse_with(broker: &str, what: &str, schemes: &[(&str, bool, u16)]) -> Result<Self, String> {
+        let invalid = |why: &str| format!("invalid {what} {broker:?}: {why}");
+        let Some((rest, tls, default_port)) = schemes
+            .iter()
+            .find_map(|(prefix, tls, port)| Some((broker.strip_prefix(prefix)?, *tls, *port)))
+        else {
+            let forms: Vec<String> = schemes
+                .iter()
+                .map(|(p, ..)| format!("{p}HOST[:PORT]"))
+                .collect();
+            return Err(invalid(&format!("use {}", forms.join(" or "))));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('@') {
+            return Err(invalid(
+                "credentials do not belong in the address: use username and password_env",
+            ));
+        }
+        if rest.contains(['/', '?', '#']) {
+            return Err(invalid("an address has no path or query"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') && !port.ends_with(']') => (
+                host,
+                port.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| invalid("the port is not a number from 1 to 65535"))?,
+            ),
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(invalid("no host"));
+        }
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// MQTT topic filters as brokers accept them: 1–65535 bytes of UTF-8 without NUL,
+/// `+` only as a whole level, `#` only as the whole last level.
+pub fn validate_mqtt_filter(filter: &str) -> Result<(), String> {
+    let invalid = |why: &str| Err(format!("invalid MQTT topic filter {filter:?}: {why}"));
+    if filter.is_empty() || filter.len() > 65535 {
+        return invalid("use 1 to 65535 bytes");
+    }
+    if filter.contains('\0') {
+        return invalid("it contains NUL");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return invalid("`#` must be the whole last level");
+        }
+        if level.contains('+') && *level != "+" {
+            return invalid("`+` must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+/// How a trigger that holds a connection (a broker subscription) is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceState {
+    pub connected: bool,
+    /// Messages turned into events since the server started.
+    pub messages: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When `last_error` happened (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
 }
 
 /// Which object changes of a bucket fire a function: `{ name = "uploads", events =
@@ -106,6 +331,9 @@ pub struct TriggerInfo {
     #[serde(flatten)]
     pub spec: TriggerSpec,
     pub created_at: String,
+    /// For triggers that hold a connection: how it is doing (listings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SourceState>,
 }
 
 /// A parsed route pattern.
@@ -261,6 +489,12 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
     })
 }
 
+fn validate_env_name(var: &str) -> Result<(), String> {
+    let ok = !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    ok.then_some(())
+        .ok_or_else(|| format!("invalid password_env {var:?}: name an environment variable"))
+}
+
 impl TriggerSpec {
     pub fn validate(&self) -> Result<(), String> {
         match self {
@@ -281,6 +515,40 @@ impl TriggerSpec {
                     return Err(
                         "a bucket trigger needs at least one event (created, removed)".into(),
                     );
+                }
+                Ok(())
+            }
+            TriggerSpec::Mqtt(m) => {
+                validate_mqtt_filter(&m.filter)?;
+                BrokerAddress::parse(&m.broker)?;
+                if let Some(var) = &m.password_env {
+                    validate_env_name(var)?;
+                    if m.username.is_none() {
+                        return Err("password_env needs a username".into());
+                    }
+                }
+                if m.client_id
+                    .as_ref()
+                    .is_some_and(|c| c.is_empty() || c.len() > 128)
+                {
+                    return Err("client_id must be 1 to 128 characters".into());
+                }
+                Ok(())
+            }
+            TriggerSpec::Nats(n) => {
+                validate_nats_subject(&n.subject)?;
+                parse_nats_server(&n.broker)?;
+                if let Some(stream) = &n.stream {
+                    validate_nats_name("stream", stream)?;
+                }
+                if let Some(consumer) = &n.consumer {
+                    if n.stream.is_none() {
+                        return Err("a consumer belongs to a stream: give the stream too".into());
+                    }
+                    validate_nats_name("consumer", consumer)?;
+                }
+                if let Some(var) = &n.password_env {
+                    validate_env_name(var)?;
                 }
                 Ok(())
             }
@@ -337,5 +605,71 @@ mod tests {
         let spec: TriggerSpec = serde_json::from_str(r#"{"route":"GET /a"}"#).unwrap();
         assert_eq!(spec, TriggerSpec::Route("GET /a".into()));
         assert!(serde_json::from_str::<TriggerSpec>(r#"{"queue":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn nats_subjects_servers_and_names_are_checked() {
+        for good in ["orders", "orders.*", "orders.>", ">", "*.created", "a.b.c"] {
+            assert!(validate_nats_subject(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a..b", ".a", "a.", "a.>.b", "a*", "a.b>", "a b"] {
+            assert!(validate_nats_subject(bad).is_err(), "{bad:?}");
+        }
+        let a = parse_nats_server("nats://127.0.0.1").unwrap();
+        assert_eq!((a.tls, a.port), (false, 4222));
+        assert_eq!(
+            parse_nats_server("tls://n.example.com:7422").unwrap().port,
+            7422
+        );
+        for bad in ["mqtt://h", "nats://u:p@h", "nats://h:0", "nats://"] {
+            assert!(parse_nats_server(bad).is_err(), "{bad}");
+        }
+        let spec = |json: &str| {
+            serde_json::from_str::<TriggerSpec>(json)
+                .unwrap()
+                .validate()
+        };
+        assert!(
+            spec(r#"{"nats":{"subject":"a.>","broker":"nats://h","stream":"ORDERS"}}"#).is_ok()
+        );
+        assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","consumer":"c"}}"#).is_err());
+        assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","stream":"a.b"}}"#).is_err());
+    }
+
+    #[test]
+    fn mqtt_filters_and_brokers_are_checked() {
+        for good in ["sensors/+/temp", "#", "a/#", "+", "+/+", "a//b", "/x"] {
+            assert!(validate_mqtt_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a/#/b", "a#", "a/b+", "+a/b", "a\0b"] {
+            assert!(validate_mqtt_filter(bad).is_err(), "{bad:?}");
+        }
+        let b = BrokerAddress::parse("mqtt://127.0.0.1:1884").unwrap();
+        assert_eq!((b.tls, b.host.as_str(), b.port), (false, "127.0.0.1", 1884));
+        let b = BrokerAddress::parse("mqtts://broker.example.com").unwrap();
+        assert_eq!((b.tls, b.port), (true, 8883));
+        assert_eq!(
+            BrokerAddress::parse("mqtt://[::1]:1883").unwrap().host,
+            "::1"
+        );
+        for bad in [
+            "tcp://h:1883",
+            "mqtt://",
+            "mqtt://u:p@h:1883",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://h/x",
+            "http://h",
+        ] {
+            assert!(BrokerAddress::parse(bad).is_err(), "{bad}");
+        }
+        let spec: TriggerSpec =
+            serde_json::from_str(r#"{"mqtt":{"filter":"s/+","broker":"mqtt://h","protocol":"5"}}"#)
+                .unwrap();
+        assert!(spec.validate().is_ok());
+        assert!(serde_json::from_str::<TriggerSpec>(
+            r#"{"mqtt":{"filter":"s","broker":"mqtt://h","password":"x"}}"#
+        )
+        .is_err());
     }
 }

@@ -38,7 +38,6 @@ pub mod function_token;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod invoker;
-pub mod kv;
 pub mod lambda;
 pub mod lineage;
 pub mod metrics;
@@ -49,9 +48,9 @@ pub mod registry;
 pub mod retention;
 pub mod s3;
 pub mod scaler;
-pub mod scheduler;
 pub mod server;
 pub mod sigv4;
+pub mod sources;
 pub mod store;
 pub mod trace;
 

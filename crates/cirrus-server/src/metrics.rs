@@ -27,6 +27,18 @@ pub const NAMES: &[&str] = &[
     "cirrus_event_retries",
 ];
 
+/// The metrics of triggers that hold a connection (broker subscriptions); they exist
+/// only while such a trigger does, and the event-source tests prove they move.
+pub const SOURCE_NAMES: &[&str] = &["cirrus_trigger_messages", "cirrus_trigger_connected"];
+
+/// A trigger that holds a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub function: String,
+    pub trigger: String,
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InvocationLabels {
     function: String,
@@ -61,6 +73,8 @@ pub struct Metrics {
     queued: Gauge,
     dead: Gauge,
     retries: Family<FunctionLabels, Counter>,
+    source_messages: Family<TriggerLabels, Counter>,
+    source_connected: Family<TriggerLabels, Gauge>,
 }
 
 /// 50 µs to ~26 s, doubling.
@@ -129,6 +143,18 @@ impl Metrics {
             budget_used.clone(),
         );
         let retries = Family::<FunctionLabels, Counter>::default();
+        let source_messages = Family::<TriggerLabels, Counter>::default();
+        let source_connected = Family::<TriggerLabels, Gauge>::default();
+        registry.register(
+            "cirrus_trigger_messages",
+            "Messages a trigger turned into durable events",
+            source_messages.clone(),
+        );
+        registry.register(
+            "cirrus_trigger_connected",
+            "Whether a trigger's connection (a broker subscription) is up",
+            source_connected.clone(),
+        );
         registry.register(
             "cirrus_queued_events",
             "Asynchronous events waiting or being delivered",
@@ -209,7 +235,26 @@ impl Metrics {
             queued,
             dead,
             retries,
+            source_messages,
+            source_connected,
         }
+    }
+
+    /// A trigger turned a message into a durable event.
+    pub fn source_message(&self, trigger: &TriggerLabels) {
+        self.source_messages.get_or_create(trigger).inc();
+    }
+
+    pub fn source_connected(&self, trigger: &TriggerLabels, connected: bool) {
+        self.source_connected
+            .get_or_create(trigger)
+            .set(i64::from(connected));
+    }
+
+    /// The trigger is gone: so are its series.
+    pub fn source_removed(&self, trigger: &TriggerLabels) {
+        self.source_messages.remove(trigger);
+        self.source_connected.remove(trigger);
     }
 
     /// Called once per recorded invocation.

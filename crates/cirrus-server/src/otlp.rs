@@ -103,7 +103,9 @@ pub fn traces_document(records: &[InvocationRecord]) -> Value {
                     "faas.trigger",
                     json!(match r.trigger {
                         cirrus_api::Trigger::Http => "http",
-                        cirrus_api::Trigger::Topic => "pubsub",
+                        cirrus_api::Trigger::Topic
+                        | cirrus_api::Trigger::Mqtt
+                        | cirrus_api::Trigger::Nats => "pubsub",
                         cirrus_api::Trigger::Schedule => "timer",
                         cirrus_api::Trigger::Table | cirrus_api::Trigger::Bucket => "datasource",
                         _ => "other",

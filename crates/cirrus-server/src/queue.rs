@@ -7,6 +7,7 @@ use crate::clock::{rfc3339, Clock};
 use crate::invoker::{Call, Invoker};
 use crate::lineage::{Lineage, MAX_PIPELINE_DEPTH};
 use crate::registry::Registry;
+use crate::sources::{ASYNC_EVENT_TYPE, FAILURE_EVENT_TYPE, RESULT_EVENT_TYPE};
 use crate::store::{Enqueued, EventQueue, NewEvent, QueuedEvent};
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, Uri};
@@ -34,18 +35,6 @@ const POLL: Duration = Duration::from_millis(200);
 const LINEAGE_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// How often lineages past their memory are forgotten.
 const LINEAGE_SWEEP: Duration = Duration::from_secs(3600);
-/// CloudEvents `type` of an asynchronous invoke.
-pub const ASYNC_EVENT_TYPE: &str = "dev.cirrus.invoke";
-/// CloudEvents `type` of a message published to a topic.
-pub const TOPIC_EVENT_TYPE: &str = "dev.cirrus.topic";
-/// CloudEvents `type` of a change to a KV table.
-pub const TABLE_EVENT_TYPE: &str = "dev.cirrus.kv.change";
-/// CloudEvents `type` of a bucket notification: an object was created or removed.
-pub const BUCKET_EVENT_TYPE: &str = "dev.cirrus.bucket.notification";
-/// CloudEvents `type` of a function's result sent on by an `on_success` destination.
-pub const RESULT_EVENT_TYPE: &str = "dev.cirrus.result";
-/// CloudEvents `type` of a failure report sent by an `on_failure` destination.
-pub const FAILURE_EVENT_TYPE: &str = "dev.cirrus.failure";
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -151,7 +140,7 @@ pub struct Dispatcher {
     /// Where destinations put the events they create.
     pub events: EventSink,
     /// Where `kv:TABLE` destinations write rows.
-    pub kv: Arc<crate::kv::KvWriter>,
+    pub kv: Arc<crate::sources::table::KvWriter>,
     /// Where `bucket:NAME/KEY` destinations write objects.
     pub s3: Arc<crate::s3::S3>,
     pub prefetch: usize,
@@ -457,20 +446,10 @@ impl Dispatcher {
         for (index, function) in targets.into_iter().enumerate() {
             self.events
                 .enqueue(NewEvent {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    function,
-                    qualifier: Qualifier::Latest.to_string(),
-                    content_type: content_type.clone(),
                     traceparent: (!traceparent.is_empty()).then(|| traceparent.clone()),
-                    event_type: Some(event_type.to_owned()),
-                    source: Some(format!("/functions/{}", event.function)),
                     parent_id: Some(event.id.clone()),
                     root_id: Some(lineage.root.clone()),
-                    ordering_key: None,
                     hops: lineage.next_hops(),
-                    trigger: Trigger::Destination,
-                    data: data.clone(),
-                    created_ms: self.clock.now_ms(),
                     // If this step is delivered again (a crash, a failed forward), the
                     // events it already sent on are not sent twice.
                     idempotency_key: Some(format!(
@@ -478,6 +457,14 @@ impl Dispatcher {
                         event.id,
                         attempts_key(&what)
                     )),
+                    ..NewEvent::fired(
+                        function,
+                        Trigger::Destination,
+                        Some(event_type.to_owned()),
+                        Some(format!("/functions/{}", event.function)),
+                        self.clock.now_ms(),
+                    )
+                    .with_data(content_type.clone(), data.clone())
                 })
                 .await?;
         }
@@ -678,6 +665,9 @@ fn cloud_event_request(event: &NewEvent) -> Request<Body> {
     let source = format!("/functions/{}", event.function);
     set("ce-source", event.source.as_deref().unwrap_or(&source));
     set("ce-time", &rfc3339(event.created_ms));
+    if let Some(subject) = &event.subject {
+        set("ce-subject", subject);
+    }
     set(
         "content-type",
         event
@@ -743,6 +733,7 @@ mod tests {
             traceparent: None,
             event_type: None,
             source: None,
+            subject: None,
             parent_id: None,
             root_id: None,
             ordering_key: None,

@@ -612,6 +612,7 @@ impl Registry {
             function: function.to_owned(),
             spec,
             created_at: rfc3339(self.clock.now_ms()),
+            state: None,
         };
         let (store, stored) = (self.store.clone(), trigger.clone());
         tokio::task::spawn_blocking(move || store.insert_trigger(&stored))

@@ -244,7 +244,7 @@ impl Server {
             &config.queue,
             wake.clone(),
         );
-        let kv_writer = Arc::new(crate::kv::KvWriter {
+        let kv_writer = Arc::new(crate::sources::table::KvWriter {
             kv: kv.clone(),
             registry: registry.clone(),
             clock: clock.clone(),
@@ -254,7 +254,7 @@ impl Server {
             store: objects,
             blobs,
             credentials,
-            notifier: crate::s3::notify::Notifier::new(registry.clone(), wake.clone()),
+            notifier: crate::sources::bucket::Notifier::new(registry.clone(), wake.clone()),
             clock: clock.clone(),
             limits: config.s3.clone(),
         });
@@ -281,6 +281,7 @@ impl Server {
             kv_writer,
             kv,
             s3: s3.clone(),
+            sources: Arc::default(),
             shutdown,
         });
         let server = Self {
@@ -435,13 +436,24 @@ impl Server {
             drain: self.config.drain_timeout,
         });
         let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));
-        let scheduler = crate::scheduler::Scheduler {
+        let scheduler = crate::sources::schedule::Scheduler {
             registry: state.registry.clone(),
             store: state.registry.store().clone(),
             events: state.events.clone(),
             clock: self.clock.clone(),
         };
         let scheduling = tokio::spawn(scheduler.run(state.shutdown.clone()));
+        let subscriptions = tokio::spawn(crate::sources::subscriptions::run(
+            Arc::new(crate::sources::subscriptions::Context {
+                registry: state.registry.clone(),
+                events: state.events.clone(),
+                clock: self.clock.clone(),
+                states: state.sources.clone(),
+                metrics: state.invoker.metrics.clone(),
+                max_event_bytes: state.max_event_bytes,
+            }),
+            state.shutdown.clone(),
+        ));
         let sweeper = tokio::spawn(sweeper(
             state.clone(),
             self.config.sweep_interval,
@@ -483,6 +495,7 @@ impl Server {
         sweeper.abort();
         pruning.abort();
         scheduling.abort();
+        subscriptions.abort();
         if let Some(objects) = objects {
             // Uploads in flight finish (or the drain timeout above has passed).
             let _ = tokio::time::timeout(drain_timeout, objects).await;

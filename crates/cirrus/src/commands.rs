@@ -413,38 +413,74 @@ enum ObjectCommand {
 #[derive(Debug, Subcommand)]
 enum TriggerCommand {
     /// Add a trigger to a function
-    Add {
-        function: String,
-        /// An HTTP route, e.g. 'GET /orders/{id}' (method optional)
-        #[arg(long, group = "kind")]
-        route: Option<String>,
-        /// A topic to subscribe to
-        #[arg(long, group = "kind")]
-        topic: Option<String>,
-        /// A schedule: 'rate(5 minutes)', a cron expression like '0 9 * * MON-FRI', or
-        /// 'TZ=Europe/Paris 0 9 * * *'
-        #[arg(long, group = "kind")]
-        schedule: Option<String>,
-        /// A KV table whose changes become events
-        #[arg(long, group = "kind")]
-        table: Option<String>,
-        /// A bucket of the object API whose object changes become events
-        #[arg(long, group = "kind")]
-        bucket: Option<String>,
-        /// With --bucket: which changes (created, removed) [default: both]
-        #[arg(long, value_delimiter = ',', requires = "bucket")]
-        events: Vec<cirrus_api::trigger::BucketEvent>,
-        /// With --bucket: only keys starting with this
-        #[arg(long, requires = "bucket")]
-        prefix: Option<String>,
-        /// With --bucket: only keys ending with this
-        #[arg(long, requires = "bucket")]
-        suffix: Option<String>,
-    },
+    Add(Box<AddTrigger>),
     /// List triggers (of one function)
     Ls { function: Option<String> },
     /// Remove a trigger by id
     Rm { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+struct AddTrigger {
+    function: String,
+    /// An HTTP route, e.g. 'GET /orders/{id}' (method optional)
+    #[arg(long, group = "kind")]
+    route: Option<String>,
+    /// A topic to subscribe to
+    #[arg(long, group = "kind")]
+    topic: Option<String>,
+    /// A schedule: 'rate(5 minutes)', a cron expression like '0 9 * * MON-FRI', or
+    /// 'TZ=Europe/Paris 0 9 * * *'
+    #[arg(long, group = "kind")]
+    schedule: Option<String>,
+    /// A KV table whose changes become events
+    #[arg(long, group = "kind")]
+    table: Option<String>,
+    /// A bucket of the object API whose object changes become events
+    #[arg(long, group = "kind")]
+    bucket: Option<String>,
+    /// With --bucket: which changes (created, removed) [default: both]
+    #[arg(long, value_delimiter = ',', requires = "bucket")]
+    events: Vec<cirrus_api::trigger::BucketEvent>,
+    /// With --bucket: only keys starting with this
+    #[arg(long, requires = "bucket")]
+    prefix: Option<String>,
+    /// With --bucket: only keys ending with this
+    #[arg(long, requires = "bucket")]
+    suffix: Option<String>,
+    /// An MQTT topic filter to subscribe to, e.g. 'sensors/+/temp' (needs --broker)
+    #[arg(long, group = "kind", requires = "broker")]
+    mqtt: Option<String>,
+    /// A NATS subject to subscribe to, e.g. 'orders.>' (needs --broker; --stream for
+    /// durable JetStream delivery)
+    #[arg(long, group = "kind", requires = "broker")]
+    nats: Option<String>,
+    /// With --nats: the JetStream stream holding the subject (acknowledged delivery)
+    #[arg(long, requires = "nats")]
+    stream: Option<String>,
+    /// With --nats --stream: the durable consumer's name [default: cirrus-TRIGGER]
+    #[arg(long, requires = "stream")]
+    consumer: Option<String>,
+    /// With --mqtt: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; with --nats:
+    /// nats://HOST[:PORT] or tls://HOST[:PORT]
+    #[arg(long)]
+    broker: Option<String>,
+    /// With --mqtt: the protocol version, 3.1.1 or 5 [default: 3.1.1]
+    #[arg(long, requires = "mqtt")]
+    protocol: Option<cirrus_api::trigger::MqttProtocol>,
+    /// With --mqtt or --nats: the user name to connect as
+    #[arg(long)]
+    username: Option<String>,
+    /// With --mqtt or --nats: the server's environment variable that holds the password
+    /// (with --nats and no --username: the token)
+    #[arg(long)]
+    password_env: Option<String>,
+    /// With --mqtt: a PEM file of CA certificates to trust (mqtts://)
+    #[arg(long, requires = "mqtt")]
+    ca_file: Option<String>,
+    /// With --mqtt: the client id of the persistent session [default: cirrus-TRIGGER]
+    #[arg(long, requires = "mqtt")]
+    client_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1609,12 +1645,43 @@ async fn add_missing_triggers(
     Ok(())
 }
 
+/// How a trigger holding a connection is doing: `connected, 12 messages`, or the error.
+fn state(trigger: &TriggerInfo) -> String {
+    let Some(state) = &trigger.state else {
+        return "-".into();
+    };
+    let mut text = format!(
+        "{}, {} messages",
+        if state.connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
+        state.messages
+    );
+    if let Some(error) = &state.last_error {
+        text.push_str(&format!("; last error: {error}"));
+        if let Some(at) = &state.last_error_at {
+            text.push_str(&format!(" ({at})"));
+        }
+    }
+    text
+}
+
 fn describe(spec: &TriggerSpec) -> (String, String) {
     match spec {
         TriggerSpec::Route(r) => ("route".into(), r.clone()),
         TriggerSpec::Topic(t) => ("topic".into(), t.clone()),
         TriggerSpec::Schedule(s) => ("schedule".into(), s.clone()),
         TriggerSpec::Table(t) => ("table".into(), t.clone()),
+        TriggerSpec::Mqtt(m) => ("mqtt".into(), format!("{} {}", m.broker, m.filter)),
+        TriggerSpec::Nats(n) => {
+            let mut text = format!("{} {}", n.broker, n.subject);
+            if let Some(stream) = &n.stream {
+                text.push_str(&format!(" stream={stream}"));
+            }
+            ("nats".into(), text)
+        }
         TriggerSpec::Bucket(b) => {
             let events: Vec<String> = b
                 .events
@@ -1635,18 +1702,57 @@ fn describe(spec: &TriggerSpec) -> (String, String) {
 
 async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow::Result<()> {
     let triggers: Vec<TriggerInfo> = match command {
-        TriggerCommand::Add {
-            function,
-            route,
-            topic,
-            schedule,
-            table,
-            bucket,
-            events,
-            prefix,
-            suffix,
-        } => {
+        TriggerCommand::Add(add) => {
+            let AddTrigger {
+                function,
+                route,
+                topic,
+                schedule,
+                table,
+                bucket,
+                events,
+                prefix,
+                suffix,
+                mqtt,
+                nats,
+                stream,
+                consumer,
+                broker,
+                protocol,
+                username,
+                password_env,
+                ca_file,
+                client_id,
+            } = *add;
+            if mqtt.is_none() && nats.is_none() {
+                for (flag, given) in [
+                    ("--broker", broker.is_some()),
+                    ("--username", username.is_some()),
+                    ("--password-env", password_env.is_some()),
+                ] {
+                    if given {
+                        bail!("{flag} goes with --mqtt or --nats");
+                    }
+                }
+            }
             let spec = match (route, topic, schedule, table, bucket) {
+                _ if nats.is_some() => TriggerSpec::Nats(cirrus_api::trigger::NatsTrigger {
+                    subject: nats.unwrap_or_default(),
+                    broker: broker.unwrap_or_default(),
+                    stream,
+                    consumer,
+                    username,
+                    password_env,
+                }),
+                _ if mqtt.is_some() => TriggerSpec::Mqtt(cirrus_api::trigger::MqttTrigger {
+                    filter: mqtt.unwrap_or_default(),
+                    broker: broker.unwrap_or_default(),
+                    protocol: protocol.unwrap_or_default(),
+                    username,
+                    password_env,
+                    ca_file,
+                    client_id,
+                }),
                 (Some(r), ..) => TriggerSpec::Route(r),
                 (None, Some(t), ..) => TriggerSpec::Topic(t),
                 (None, None, Some(s), ..) => TriggerSpec::Schedule(s),
@@ -1667,7 +1773,7 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
                     })
                 }
                 (None, None, None, None, None) => {
-                    bail!("give --route, --topic, --schedule, --table or --bucket")
+                    bail!("give --route, --topic, --schedule, --table, --bucket, --mqtt or --nats")
                 }
             };
             vec![
@@ -1700,10 +1806,10 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
         .iter()
         .map(|t| {
             let (kind, what) = describe(&t.spec);
-            vec![t.id.clone(), t.function.clone(), kind, what]
+            vec![t.id.clone(), t.function.clone(), kind, what, state(t)]
         })
         .collect();
-    output::table(&["ID", "FUNCTION", "KIND", "TRIGGER"], rows);
+    output::table(&["ID", "FUNCTION", "KIND", "TRIGGER", "STATE"], rows);
     Ok(())
 }
 

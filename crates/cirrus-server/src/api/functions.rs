@@ -11,7 +11,13 @@ use bytes::Bytes;
 use cirrus_api::{AliasTarget, ApiError, ErrorCode, FunctionConfig};
 
 pub async fn list(State(state): State<AppStateRef>) -> Response {
-    Json(state.registry.list()).into_response()
+    let mut functions = state.registry.list();
+    for function in &mut functions {
+        function.triggers = state
+            .sources
+            .annotate(std::mem::take(&mut function.triggers));
+    }
+    Json(functions).into_response()
 }
 
 pub async fn get(

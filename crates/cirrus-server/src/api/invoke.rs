@@ -236,23 +236,18 @@ pub(crate) async fn enqueue_event(
     let idempotency_key = idempotency_key(headers)?;
     let incoming = crate::cloudevents::incoming(headers, data)?;
     let header = |name: &str| super::header(headers, name);
-    let event = NewEvent {
-        id: uuid::Uuid::now_v7().to_string(),
-        function: name,
-        qualifier: qualifier.to_string(),
-        content_type: incoming.content_type,
-        traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
-        event_type: incoming.event_type,
-        source: incoming.source,
-        parent_id: caller.as_ref().map(|c| c.request_id.clone()),
-        root_id: caller.as_ref().map(|c| c.root.clone()),
-        ordering_key: None,
-        hops: caller.as_ref().map_or(0, Lineage::next_hops),
-        trigger: cirrus_api::Trigger::Async,
-        data: incoming.data,
-        created_ms: state.invoker.clock.now_ms(),
-        idempotency_key: idempotency_key.or(incoming.dedup_key),
-    };
+    let mut event = NewEvent::fired(
+        name,
+        cirrus_api::Trigger::Async,
+        incoming.event_type,
+        incoming.source,
+        state.invoker.clock.now_ms(),
+    )
+    .with_data(incoming.content_type, incoming.data)
+    .caused_by(caller.as_ref())
+    .deduplicated_by(idempotency_key.or(incoming.dedup_key));
+    event.qualifier = qualifier.to_string();
+    event.traceparent = crate::trace::valid_traceparent(header("traceparent").as_deref());
     let id = event.id.clone();
     Ok(match state.events.enqueue(event).await? {
         Enqueued::New => Accepted {

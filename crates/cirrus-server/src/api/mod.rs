@@ -93,9 +93,11 @@ pub struct AppState {
     pub max_event_bytes: usize,
     pub kv: Arc<dyn crate::store::KvStore>,
     /// KV writes with their change events.
-    pub kv_writer: Arc<crate::kv::KvWriter>,
+    pub kv_writer: Arc<crate::sources::table::KvWriter>,
     /// The object store, for `/v1/buckets` (the same one the S3 listener serves).
     pub s3: Arc<crate::s3::S3>,
+    /// How the triggers that hold a connection (broker subscriptions) are doing.
+    pub sources: Arc<crate::sources::subscriptions::SourceStates>,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -3,8 +3,6 @@
 
 use super::{parse_json, AppStateRef};
 use crate::error::{body_error, error_response, Failure};
-use crate::queue::TOPIC_EVENT_TYPE;
-use crate::store::{Enqueued, NewEvent};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +24,8 @@ pub async fn list(
 ) -> Result<Response, Failure> {
     let Query(q) =
         q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    Ok(Json(state.registry.triggers(q.function.as_deref())).into_response())
+    let triggers = state.registry.triggers(q.function.as_deref());
+    Ok(Json(state.sources.annotate(triggers)).into_response())
 }
 
 pub async fn add(
@@ -77,48 +76,20 @@ pub async fn publish(
     let data = axum::body::to_bytes(body, state.max_event_bytes)
         .await
         .map_err(|e| body_error(e, state.max_event_bytes, "message (asynchronous limit)"))?;
-    let header = |name: &str| super::header(&parts.headers, name);
     let incoming = crate::cloudevents::incoming(&parts.headers, data)?;
-    // Keys are per function, so one key deduplicates the message for every subscriber.
-    let key = super::invoke::idempotency_key(&parts.headers)?.or(incoming.dedup_key.clone());
+    let message = crate::sources::topic::Message {
+        topic: &topic,
+        traceparent: crate::trace::valid_traceparent(
+            super::header(&parts.headers, "traceparent").as_deref(),
+        ),
+        idempotency_key: super::invoke::idempotency_key(&parts.headers)?
+            .or(incoming.dedup_key.clone()),
+        incoming,
+        caller,
+    };
     let now = state.invoker.clock.now_ms();
-    let mut request_ids = Vec::new();
-    for function in subscribers {
-        let event = NewEvent {
-            id: uuid::Uuid::now_v7().to_string(),
-            function,
-            qualifier: Qualifier::Latest.to_string(),
-            content_type: incoming.content_type.clone(),
-            traceparent: crate::trace::valid_traceparent(header("traceparent").as_deref()),
-            // A CloudEvent published keeps its own type and source.
-            event_type: Some(
-                incoming
-                    .event_type
-                    .clone()
-                    .unwrap_or_else(|| TOPIC_EVENT_TYPE.to_owned()),
-            ),
-            source: Some(
-                incoming
-                    .source
-                    .clone()
-                    .unwrap_or_else(|| format!("/topics/{topic}")),
-            ),
-            parent_id: caller.as_ref().map(|c| c.request_id.clone()),
-            root_id: caller.as_ref().map(|c| c.root.clone()),
-            ordering_key: None,
-            hops: caller
-                .as_ref()
-                .map_or(0, crate::lineage::Lineage::next_hops),
-            trigger: cirrus_api::Trigger::Topic,
-            data: incoming.data.clone(),
-            created_ms: now,
-            idempotency_key: key.clone(),
-        };
-        let id = event.id.clone();
-        if state.events.enqueue(event).await? == Enqueued::New {
-            request_ids.push(id);
-        }
-    }
+    let request_ids =
+        crate::sources::topic::publish(&state.events, subscribers, message, now).await?;
     Ok((StatusCode::ACCEPTED, Json(Published { topic, request_ids })).into_response())
 }
 

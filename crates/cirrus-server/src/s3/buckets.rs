@@ -37,9 +37,7 @@ pub async fn list_buckets(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
         ),
     };
     let prefix = t.param("prefix").unwrap_or("").to_owned();
-    let other_region = t
-        .param("bucket-region")
-        .is_some_and(|r| r != super::notify::REGION);
+    let other_region = t.param("bucket-region").is_some_and(|r| r != super::REGION);
     let store = s3.store.clone();
     let mut buckets: Vec<(String, u64)> = blocking(move || store.list_buckets())
         .await?
@@ -146,11 +144,7 @@ pub async fn exists(s3: &Arc<S3>, bucket: &str) -> S3Result<()> {
 
 pub async fn head(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     exists(s3, &t.bucket).await?;
-    Ok((
-        StatusCode::OK,
-        [("x-amz-bucket-region", super::notify::REGION)],
-    )
-        .into_response())
+    Ok((StatusCode::OK, [("x-amz-bucket-region", super::REGION)]).into_response())
 }
 
 pub async fn location(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {

@@ -7,7 +7,8 @@
 //! - [`blobs`]: object bytes on disk; [`crate::store::ObjectStore`]: their metadata.
 //! - [`buckets`], [`objects`], [`multipart`]: the operations; [`xml`]: their documents.
 //! - [`route`]: the allow-list from a request to the operation it names.
-//! - [`notify`]: S3 event notification documents for bucket triggers.
+//!
+//! Bucket notifications are an event source: [`crate::sources::bucket`].
 
 pub mod blobs;
 pub mod body;
@@ -17,11 +18,13 @@ pub mod conditions;
 pub mod credentials;
 pub mod error;
 mod multipart;
-pub mod notify;
 pub mod objects;
 pub mod route;
 pub mod sigv4;
 pub mod xml;
+
+/// The region this API answers for, and that notification documents name.
+pub const REGION: &str = "us-east-1";
 
 use crate::clock::Clock;
 use crate::store::{ObjectMeta, ObjectStore};
@@ -60,7 +63,7 @@ pub struct S3 {
     pub store: Arc<dyn ObjectStore>,
     pub blobs: Arc<blobs::Blobs>,
     pub credentials: credentials::Credentials,
-    pub notifier: notify::Notifier,
+    pub notifier: crate::sources::bucket::Notifier,
     pub clock: Arc<dyn Clock>,
     pub limits: S3Limits,
 }

@@ -61,7 +61,7 @@ pub fn sign(
     let signer = crate::sigv4::Signer {
         access_key,
         secret,
-        region: super::notify::REGION,
+        region: super::REGION,
         service: "s3",
     };
     Ok(crate::sigv4::sign(

@@ -2,16 +2,13 @@
 //! becomes an event in the durable queue, committed with the change, whose data is the
 //! S3 event notification document Lambda functions read (`Records[0].s3.object.key`).
 
+use super::BUCKET_EVENT_TYPE;
 use crate::lineage::Lineage;
-use crate::queue::BUCKET_EVENT_TYPE;
 use crate::registry::Registry;
 use crate::store::{NewEvent, ObjectMeta};
 use cirrus_api::trigger::BucketEvent;
-use cirrus_api::{Qualifier, Trigger};
+use cirrus_api::Trigger;
 use std::sync::Arc;
-
-/// The region notification documents name.
-pub const REGION: &str = "us-east-1";
 
 pub struct Notifier {
     pub registry: Arc<Registry>,
@@ -89,28 +86,28 @@ impl Pending {
         self.subscribers
             .iter()
             .map(|(function, trigger_id)| {
-                let id = uuid::Uuid::now_v7().to_string();
-                NewEvent {
-                    data: document(self.name, object, trigger_id, &id, self.now_ms, sequencer),
-                    id,
-                    function: function.clone(),
-                    qualifier: Qualifier::Latest.to_string(),
-                    content_type: Some("application/json".into()),
-                    traceparent: None,
-                    event_type: Some(BUCKET_EVENT_TYPE.into()),
-                    source: Some(format!("/buckets/{}", object.bucket)),
-                    parent_id: self.lineage.as_ref().map(|l| l.request_id.clone()),
-                    root_id: self.lineage.as_ref().map(|l| l.root.clone()),
-                    // Changes of one key reach each function in commit order.
-                    ordering_key: Some(format!(
-                        "bucket:{}:{}:{function}",
-                        object.bucket, object.key
-                    )),
-                    hops: self.lineage.as_ref().map_or(0, Lineage::next_hops),
-                    trigger: Trigger::Bucket,
-                    created_ms: self.now_ms,
-                    idempotency_key: None,
-                }
+                let event = NewEvent::fired(
+                    function.clone(),
+                    Trigger::Bucket,
+                    Some(BUCKET_EVENT_TYPE.into()),
+                    Some(format!("/buckets/{}", object.bucket)),
+                    self.now_ms,
+                )
+                .caused_by(self.lineage.as_ref())
+                // Changes of one key reach each function in commit order.
+                .ordered_by(format!(
+                    "bucket:{}:{}:{function}",
+                    object.bucket, object.key
+                ));
+                let data = document(
+                    self.name,
+                    object,
+                    trigger_id,
+                    &event.id,
+                    self.now_ms,
+                    sequencer,
+                );
+                event.with_json(data)
             })
             .collect()
     }
@@ -151,8 +148,8 @@ fn document(
     let record = serde_json::json!({
         "eventVersion": "2.1",
         "eventSource": "aws:s3",
-        "awsRegion": REGION,
-        "eventTime": super::iso_time(now_ms),
+        "awsRegion": crate::s3::REGION,
+        "eventTime": crate::s3::iso_time(now_ms),
         "eventName": name,
         "userIdentity": { "principalId": "cirrus" },
         "requestParameters": { "sourceIPAddress": "127.0.0.1" },

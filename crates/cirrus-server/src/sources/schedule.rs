@@ -11,14 +11,13 @@ use crate::queue::EventSink;
 use crate::registry::Registry;
 use crate::store::{FunctionStore, NewEvent};
 use cirrus_api::schedule::Schedule;
-use cirrus_api::{Qualifier, TriggerSpec};
+use cirrus_api::TriggerSpec;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// CloudEvents `type` of a schedule tick.
-pub const SCHEDULE_EVENT_TYPE: &str = "dev.cirrus.schedule";
+use super::SCHEDULE_EVENT_TYPE;
 /// How often schedules are looked at (their resolution).
 const TICK: Duration = Duration::from_millis(250);
 
@@ -78,28 +77,22 @@ impl Scheduler {
             if due > now {
                 continue;
             }
-            let event = NewEvent {
-                id: uuid::Uuid::now_v7().to_string(),
-                function: trigger.function.clone(),
-                qualifier: Qualifier::Latest.to_string(),
-                content_type: Some("application/json".into()),
-                traceparent: None,
-                event_type: Some(SCHEDULE_EVENT_TYPE.into()),
-                source: Some(format!("/schedules/{}", trigger.id)),
-                parent_id: None,
-                root_id: None,
-                ordering_key: None,
-                hops: 0,
-                trigger: cirrus_api::Trigger::Schedule,
-                data: serde_json::to_vec(&serde_json::json!({
+            let event = NewEvent::fired(
+                trigger.function.clone(),
+                cirrus_api::Trigger::Schedule,
+                Some(SCHEDULE_EVENT_TYPE.into()),
+                Some(format!("/schedules/{}", trigger.id)),
+                now,
+            )
+            .with_json(
+                serde_json::to_vec(&serde_json::json!({
                     "trigger": trigger.id,
                     "schedule": expression,
                     "scheduled_time": rfc3339(due),
                 }))
                 .unwrap_or_default(),
-                created_ms: now,
-                idempotency_key: Some(format!("schedule:{}:{due}", trigger.id)),
-            };
+            )
+            .deduplicated_by(Some(format!("schedule:{}:{due}", trigger.id)));
             if let Err(e) = self.events.enqueue(event).await {
                 tracing::error!(trigger = %trigger.id, "queueing a schedule tick failed: {e}");
                 continue;

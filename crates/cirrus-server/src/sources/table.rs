@@ -1,12 +1,12 @@
 //! Writing KV rows together with their change events: for the API and for `kv:TABLE`
 //! destinations alike.
 
+use super::TABLE_EVENT_TYPE;
 use crate::clock::Clock;
 use crate::lineage::Lineage;
-use crate::queue::TABLE_EVENT_TYPE;
 use crate::registry::Registry;
 use crate::store::{KvCondition, KvStore, KvWrite, NewEvent};
-use cirrus_api::{KvEntry, Qualifier, Trigger};
+use cirrus_api::{KvEntry, Trigger};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -45,22 +45,18 @@ impl KvWriter {
                     let data = change(op, old, new, &t, &k);
                     subscribers
                         .iter()
-                        .map(|function| NewEvent {
-                            id: uuid::Uuid::now_v7().to_string(),
-                            function: function.clone(),
-                            qualifier: Qualifier::Latest.to_string(),
-                            content_type: Some("application/json".into()),
-                            traceparent: None,
-                            event_type: Some(TABLE_EVENT_TYPE.into()),
-                            source: Some(format!("/kv/{t}")),
-                            parent_id: lineage.as_ref().map(|l| l.request_id.clone()),
-                            root_id: lineage.as_ref().map(|l| l.root.clone()),
-                            ordering_key: Some(format!("kv:{t}:{k}:{function}")),
-                            hops: lineage.as_ref().map_or(0, Lineage::next_hops),
-                            trigger: Trigger::Table,
-                            data: data.clone(),
-                            created_ms: now,
-                            idempotency_key: None,
+                        .map(|function| {
+                            NewEvent::fired(
+                                function.clone(),
+                                Trigger::Table,
+                                Some(TABLE_EVENT_TYPE.into()),
+                                Some(format!("/kv/{t}")),
+                                now,
+                            )
+                            .with_json(data.clone())
+                            .caused_by(lineage.as_ref())
+                            // Changes of one key reach each function in commit order.
+                            .ordered_by(format!("kv:{t}:{k}:{function}"))
                         })
                         .collect()
                 };

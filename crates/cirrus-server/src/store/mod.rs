@@ -158,6 +158,8 @@ pub struct NewEvent {
     /// CloudEvents `type` and `source`; default to an asynchronous invoke's.
     pub event_type: Option<String>,
     pub source: Option<String>,
+    /// CloudEvents `subject`: what in the source the event is about (an MQTT topic).
+    pub subject: Option<String>,
     /// The invocation that caused this event (whose result, failure or write it carries).
     pub parent_id: Option<String>,
     /// The request the event's lineage started with; `None` when nothing inside Cirrus

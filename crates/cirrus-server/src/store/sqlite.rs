@@ -165,6 +165,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("objects", "parts", "TEXT"),
     ("uploads", "checksum_type", "TEXT"),
     ("events", "root_id", "TEXT"),
+    ("events", "subject", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -301,6 +302,7 @@ impl FunctionStore for SqliteStore {
                     function,
                     spec,
                     created_at,
+                    state: None,
                 });
             }
         }
@@ -622,9 +624,9 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent, budget: u64) -> ru
     }
     tx.prepare_cached(
         "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-         state, event_type, source, parent_id, trigger, ordering_key, hops, root_id, last_error, failed_ms)
+         state, event_type, source, parent_id, trigger, ordering_key, hops, root_id, last_error, failed_ms, subject)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, CASE WHEN ?14 IS NULL THEN 'pending' ELSE 'dead' END,
-                 ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?14, CASE WHEN ?14 IS NULL THEN NULL ELSE ?7 END)",
+                 ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?14, CASE WHEN ?14 IS NULL THEN NULL ELSE ?7 END, ?16)",
     )?
     .execute(params![
         e.id,
@@ -641,13 +643,14 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent, budget: u64) -> ru
         e.ordering_key,
         e.hops,
         dead,
-        e.root_id
+        e.root_id,
+        e.subject
     ])?;
     Ok(())
 }
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops, root_id";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops, root_id, subject";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -661,6 +664,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             created_ms: row.get(6)?,
             event_type: row.get(8)?,
             source: row.get(9)?,
+            subject: row.get(14)?,
             parent_id: row.get(10)?,
             root_id: row.get(13)?,
             ordering_key: None,
@@ -1031,6 +1035,7 @@ mod tests {
             traceparent: None,
             event_type: None,
             source: None,
+            subject: None,
             parent_id: root.map(str::to_owned),
             root_id: root.map(str::to_owned),
             ordering_key: None,

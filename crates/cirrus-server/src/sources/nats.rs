@@ -1,0 +1,209 @@
+//! NATS triggers. Without a stream, a core subscription: NATS core delivers at most
+//! once, so what is published while Cirrus is not subscribed is not seen. With a
+//! stream, a durable JetStream pull consumer: each message is acknowledged once its
+//! event is committed to the queue; one that is not (Cirrus stopped, the queue refused)
+//! is redelivered by the server after its ack wait. The subject is the CloudEvent's
+//! `subject`, the payload its data.
+
+use super::subscriptions::{commit, Backoff, Context, Reporter};
+use super::NATS_EVENT_TYPE;
+use crate::store::NewEvent;
+use async_nats::jetstream;
+use cirrus_api::trigger::{parse_nats_server, NatsTrigger};
+use cirrus_api::{Trigger, TriggerInfo};
+use futures_util::StreamExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long JetStream waits for an acknowledgement before delivering again.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Holds the subscription until the task is stopped.
+pub async fn run(
+    context: Arc<Context>,
+    trigger: TriggerInfo,
+    spec: NatsTrigger,
+    reporter: Arc<Reporter>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let outcome = match connect(&trigger, &spec, reporter.clone()).await {
+            Ok(client) => {
+                backoff.reset();
+                match &spec.stream {
+                    Some(stream) => {
+                        consume(&context, &trigger, &spec, stream, client, &reporter).await
+                    }
+                    None => subscribe(&context, &trigger, &spec, client, &reporter).await,
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            reporter.disconnected(&format!("NATS {}: {e}", spec.broker));
+        }
+        tokio::time::sleep(backoff.wait()).await;
+    }
+}
+
+async fn connect(
+    trigger: &TriggerInfo,
+    spec: &NatsTrigger,
+    reporter: Arc<Reporter>,
+) -> Result<async_nats::Client, String> {
+    let address = parse_nats_server(&spec.broker)?;
+    let secret = match &spec.password_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            format!("the server's environment has no {var} (the trigger's password_env)")
+        })?),
+        None => None,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("cirrus-{}", trigger.id))
+        .connection_timeout(Duration::from_secs(10))
+        .require_tls(address.tls)
+        // The client reconnects by itself, forever; these events keep the state honest.
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let reporter = reporter.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => reporter.connected(),
+                    async_nats::Event::Disconnected => reporter.disconnected("disconnected"),
+                    async_nats::Event::ServerError(e) => {
+                        reporter.failed(&format!("server error: {e}"))
+                    }
+                    async_nats::Event::ClientError(e) => {
+                        reporter.failed(&format!("client error: {e}"))
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        reporter.failed("slow consumer: the server dropped messages")
+                    }
+                    _ => {}
+                }
+            }
+        });
+    options = match (&spec.username, secret) {
+        (Some(user), password) => {
+            options.user_and_password(user.clone(), password.unwrap_or_default())
+        }
+        (None, Some(token)) => options.token(token),
+        (None, None) => options,
+    };
+    let host = if address.host.contains(':') {
+        format!("[{}]", address.host)
+    } else {
+        address.host.clone()
+    };
+    let scheme = if address.tls { "tls" } else { "nats" };
+    options
+        .connect(format!("{scheme}://{host}:{}", address.port))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A core subscription: messages become events as they come (at most once).
+async fn subscribe(
+    context: &Context,
+    trigger: &TriggerInfo,
+    spec: &NatsTrigger,
+    client: async_nats::Client,
+    reporter: &Reporter,
+) -> Result<(), String> {
+    let mut messages = client
+        .subscribe(spec.subject.clone())
+        .await
+        .map_err(|e| format!("subscribing to {:?}: {e}", spec.subject))?;
+    reporter.connected();
+    while let Some(message) = messages.next().await {
+        commit(context, reporter, event(context, trigger, spec, &message)).await;
+    }
+    Err("the subscription ended".into())
+}
+
+/// A durable JetStream consumer: each message is acknowledged once its event is durable.
+async fn consume(
+    context: &Context,
+    trigger: &TriggerInfo,
+    spec: &NatsTrigger,
+    stream: &str,
+    client: async_nats::Client,
+    reporter: &Reporter,
+) -> Result<(), String> {
+    let js = jetstream::new(client);
+    let stream_handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| format!("stream {stream:?}: {e}"))?;
+    let name = spec
+        .consumer
+        .clone()
+        .unwrap_or_else(|| format!("cirrus-{}", trigger.id));
+    let consumer: jetstream::consumer::PullConsumer = stream_handle
+        .get_or_create_consumer(
+            &name,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: spec.subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                // A new consumer starts with what is published from now on, as a new
+                // subscription would; an existing one continues where it stopped.
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {name:?} on stream {stream:?}: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("consuming {name:?}: {e}"))?;
+    reporter.connected();
+    while let Some(message) = messages.next().await {
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                reporter.failed(&format!("consumer {name:?}: {e}"));
+                continue;
+            }
+        };
+        commit(context, reporter, event(context, trigger, spec, &message)).await;
+        if let Err(e) = message.ack().await {
+            // Not acknowledged: the server delivers it again after the ack wait.
+            reporter.failed(&format!("acknowledging a message: {e}"));
+        }
+    }
+    Err("the consumer's messages ended".into())
+}
+
+/// One message's event.
+fn event(
+    context: &Context,
+    trigger: &TriggerInfo,
+    spec: &NatsTrigger,
+    message: &async_nats::Message,
+) -> NewEvent {
+    let subject = message.subject.as_str().to_owned();
+    let content_type = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Type"))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let source = match &spec.stream {
+        Some(stream) => format!("{}/{stream}", spec.broker.trim_end_matches('/')),
+        None => spec.broker.trim_end_matches('/').to_owned(),
+    };
+    NewEvent::fired(
+        trigger.function.clone(),
+        Trigger::Nats,
+        Some(NATS_EVENT_TYPE.into()),
+        Some(source),
+        context.clock.now_ms(),
+    )
+    .with_data(Some(content_type), message.payload.to_vec())
+    // One subject's messages are delivered one at a time, in order.
+    .ordered_by(format!("nats:{}:{subject}", trigger.id))
+    .with_subject(subject)
+}
