@@ -133,7 +133,34 @@ pub enum Destination {
         bucket: String,
         key: String,
     },
+    /// An `http://` or `https://` URL the result is POSTed to as a signed CloudEvent.
+    Webhook(String),
     DeadLetterQueue,
+}
+
+/// A webhook destination's URL: http(s), a host, no credentials, no whitespace.
+fn validate_webhook(url: &str) -> Result<(), String> {
+    let invalid = |why: &str| Err(format!("invalid webhook destination {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return invalid("use an http:// or https:// URL");
+    };
+    if url.len() > 2048 {
+        return invalid("longer than 2048 bytes");
+    }
+    if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return invalid("it contains whitespace");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return invalid("credentials do not belong in the URL (it is stored and shown)");
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return invalid("no host");
+    }
+    Ok(())
 }
 
 impl std::str::FromStr for Destination {
@@ -167,9 +194,16 @@ impl std::str::FromStr for Destination {
                     key: key.to_owned(),
                 })
             }
+            Some(("http" | "https", _)) => {
+                validate_webhook(s)?;
+                Ok(Destination::Webhook(s.to_owned()))
+            }
+            Some((scheme, rest)) if rest.starts_with("//") => Err(format!(
+                "invalid destination {s:?}: a webhook must be an http:// or https:// URL, not {scheme}://"
+            )),
             None if s == "dlq" => Ok(Destination::DeadLetterQueue),
             _ => Err(format!(
-                "invalid destination {s:?}: use function:NAME, topic:NAME, kv:TABLE, bucket:NAME/KEY or dlq"
+                "invalid destination {s:?}: use function:NAME, topic:NAME, kv:TABLE, bucket:NAME/KEY, https://URL or dlq"
             )),
         }
     }
@@ -182,6 +216,7 @@ impl std::fmt::Display for Destination {
             Destination::Topic(n) => write!(f, "topic:{n}"),
             Destination::Kv(t) => write!(f, "kv:{t}"),
             Destination::Bucket { bucket, key } => write!(f, "bucket:{bucket}/{key}"),
+            Destination::Webhook(url) => f.write_str(url),
             Destination::DeadLetterQueue => f.write_str("dlq"),
         }
     }
@@ -517,6 +552,27 @@ mod tests {
         assert!(err.to_string().contains("unknown field `memory`"), "{err}");
         let c: FunctionConfig = serde_json::from_str(r#"{"memory_mb":64,"timeout":"2s"}"#).unwrap();
         assert_eq!((c.memory_mb, c.timeout), (64, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn webhook_destinations_are_http_urls() {
+        let d: Destination = "https://hooks.example.com/cirrus?x=1".parse().unwrap();
+        assert_eq!(
+            d,
+            Destination::Webhook("https://hooks.example.com/cirrus?x=1".into())
+        );
+        assert_eq!(d.to_string(), "https://hooks.example.com/cirrus?x=1");
+        assert!("http://127.0.0.1:9/in".parse::<Destination>().is_ok());
+        for (bad, why) in [
+            ("ftp://example.com/x", "http:// or https://"),
+            ("mqtt://broker/x", "http:// or https://"),
+            ("https://", "no host"),
+            ("https://user:pw@example.com/", "credentials"),
+            ("https://exa mple.com/", "whitespace"),
+        ] {
+            let err = bad.parse::<Destination>().unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

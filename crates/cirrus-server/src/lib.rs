@@ -53,6 +53,7 @@ pub mod sigv4;
 pub mod sources;
 pub mod store;
 pub mod trace;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use server::{Server, ServerConfig};

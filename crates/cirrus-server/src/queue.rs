@@ -143,6 +143,8 @@ pub struct Dispatcher {
     pub kv: Arc<crate::sources::table::KvWriter>,
     /// Where `bucket:NAME/KEY` destinations write objects.
     pub s3: Arc<crate::s3::S3>,
+    /// How webhook destinations' events are sent.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub prefetch: usize,
     /// At shutdown, how long deliveries under way may take to finish.
     pub drain: Duration,
@@ -235,18 +237,72 @@ impl Dispatcher {
     async fn deliver(&self, queued: QueuedEvent) {
         let QueuedEvent { event, attempts } = queued;
         let id = event.id.clone();
-        let outcome = self.attempt(&event, attempts).await;
+        let update = match event.webhook.clone() {
+            Some(url) => self.post(&event, &url, attempts).await,
+            None => self.invoke(&event, attempts).await,
+        };
+        let update = Arc::new(update);
+        // A failed update is tried again; if it keeps failing, the event's lease runs out
+        // and it is claimed again (at-least-once).
+        for pause_ms in [0, 100, 1_000] {
+            if pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            let (queue, key, update) = (self.queue.clone(), id.clone(), update.clone());
+            match blocking(move || update.apply(queue.as_ref(), &key)).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(request_id = %id, "updating the event queue failed: {e:#}")
+                }
+            }
+        }
+    }
+
+    /// A webhook destination's POST: retried with the producing function's
+    /// `max_attempts` and backoff (or the defaults, if it is gone), then dead-lettered.
+    /// The function does not run again.
+    async fn post(&self, event: &NewEvent, url: &str, attempts: u32) -> Update {
+        let now = self.clock.now_ms();
+        let Err(error) = self.webhooks.send(event, url, now).await else {
+            return Update::Complete;
+        };
+        let config = self
+            .registry
+            .resolve(&event.function, &Qualifier::Latest)
+            .map(|v| v.config.clone())
+            .unwrap_or_default();
+        let age = Duration::from_millis(now.saturating_sub(event.created_ms));
+        let delay = backoff(config.retry_delay, attempts);
+        if attempts >= config.max_attempts || age + delay > config.max_event_age {
+            tracing::warn!(request_id = %event.id, function = %event.function, "webhook event moved to the dead-letter queue: {error}");
+            return Update::Kill {
+                at: now,
+                error: format!("{error} (after {attempts} attempts)"),
+            };
+        }
+        Update::Retry {
+            at: now + delay.as_millis() as u64,
+            error,
+            counted: true,
+        }
+    }
+
+    /// One run of the function for an event, and what the queue records after it
+    /// (destinations forwarded first).
+    async fn invoke(&self, event: &NewEvent, attempts: u32) -> Update {
+        let id = event.id.clone();
+        let outcome = self.attempt(event, attempts).await;
         // The attempt's record must be on disk before the queue forgets the event, or a
         // crash in between would leave a delivered event with no trace of it (and unbilled).
         // Concurrent deliveries share the writer's next commit.
         self.invoker.records.flush().await;
         let now = self.clock.now_ms();
-        let update = match outcome {
+        match outcome {
             Ok(done) => {
                 // Destinations are queued before the event is completed: a crash in
                 // between repeats the step (at least once), never drops the next one.
                 let next = done.version.config.on_success.clone();
-                match self.forward(&event, &next, Forward::Success(&done)).await {
+                match self.forward(event, &next, Forward::Success(&done)).await {
                     Ok(()) => Update::Complete,
                     Err(e) if e.code == ErrorCode::BadRequest => Update::Kill {
                         at: now,
@@ -283,14 +339,15 @@ impl Dispatcher {
                     dest @ (Destination::Function(_)
                     | Destination::Topic(_)
                     | Destination::Kv(_)
-                    | Destination::Bucket { .. }),
+                    | Destination::Bucket { .. }
+                    | Destination::Webhook(_)),
                 ) => {
                     let failure = Forward::Failure {
                         error: &error,
                         attempts,
                         traceparent: &traceparent,
                     };
-                    match self.forward(&event, &[dest], failure).await {
+                    match self.forward(event, &[dest], failure).await {
                         Ok(()) => Update::Complete,
                         Err(e) => Update::Kill {
                             at: now,
@@ -303,21 +360,6 @@ impl Dispatcher {
                     Update::Kill { at: now, error }
                 }
             },
-        };
-        let update = Arc::new(update);
-        // A failed update is tried again; if it keeps failing, the event's lease runs out
-        // and it is claimed again (at-least-once).
-        for pause_ms in [0, 100, 1_000] {
-            if pause_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-            }
-            let (queue, key, update) = (self.queue.clone(), id.clone(), update.clone());
-            match blocking(move || update.apply(queue.as_ref(), &key)).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::error!(request_id = %id, "updating the event queue failed: {e:#}")
-                }
-            }
         }
     }
 
@@ -378,8 +420,18 @@ impl Dispatcher {
         let mut wrote_rows = false;
         for destination in destinations {
             match destination {
-                Destination::Function(name) => targets.push(name.clone()),
-                Destination::Topic(topic) => targets.extend(self.registry.subscribers(topic)),
+                Destination::Function(name) => targets.push((name.clone(), None)),
+                Destination::Topic(topic) => targets.extend(
+                    self.registry
+                        .subscribers(topic)
+                        .into_iter()
+                        .map(|function| (function, None)),
+                ),
+                // Its own event, so a receiver that is down is retried without the
+                // function running again; it stays filed under the function.
+                Destination::Webhook(url) => {
+                    targets.push((event.function.clone(), Some(url.clone())))
+                }
                 Destination::Kv(table) => {
                     // Keyed by the step's request id: a repeated step rewrites its own row.
                     self.kv
@@ -443,13 +495,14 @@ impl Dispatcher {
                 "no function receives this failure (topic without subscribers)",
             ));
         }
-        for (index, function) in targets.into_iter().enumerate() {
+        for (index, (function, webhook)) in targets.into_iter().enumerate() {
             self.events
                 .enqueue(NewEvent {
                     traceparent: (!traceparent.is_empty()).then(|| traceparent.clone()),
                     parent_id: Some(event.id.clone()),
                     root_id: Some(lineage.root.clone()),
                     hops: lineage.next_hops(),
+                    webhook,
                     // If this step is delivered again (a crash, a failed forward), the
                     // events it already sent on are not sent twice.
                     idempotency_key: Some(format!(
@@ -646,7 +699,7 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 }
 
 /// The event as the guest receives it: a CloudEvents 1.0 `POST` in binary mode.
-fn cloud_event_request(event: &NewEvent) -> Request<Body> {
+pub(crate) fn cloud_event_request(event: &NewEvent) -> Request<Body> {
     let mut request = Request::new(Body::from(event.data.clone()));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = Uri::from_static("/");
@@ -734,6 +787,7 @@ mod tests {
             event_type: None,
             source: None,
             subject: None,
+            webhook: None,
             parent_id: None,
             root_id: None,
             ordering_key: None,

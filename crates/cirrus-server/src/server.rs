@@ -265,6 +265,7 @@ impl Server {
             config.retention.clone(),
         ));
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&token)?);
         let state = Arc::new(AppState {
             registry,
             scaler,
@@ -282,6 +283,7 @@ impl Server {
             kv,
             s3: s3.clone(),
             sources: Arc::default(),
+            webhooks,
             shutdown,
         });
         let server = Self {
@@ -432,6 +434,7 @@ impl Server {
             events: state.events.clone(),
             kv: state.kv_writer.clone(),
             s3: state.s3.clone(),
+            webhooks: state.webhooks.clone(),
             prefetch: self.config.queue.prefetch,
             drain: self.config.drain_timeout,
         });

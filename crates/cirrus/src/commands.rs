@@ -87,6 +87,8 @@ enum Command {
     Usage(UsageArgs),
     /// The runtimes this server runs: wasi, and the native Lambda runtimes its host has
     Runtimes,
+    /// The key webhook destinations sign their POSTs with (for the receivers)
+    WebhookKey,
     /// List a function's recent invocations
     Invocations {
         name: String,
@@ -294,14 +296,15 @@ struct DeployArgs {
     #[arg(long, value_parser = parse_duration)]
     max_event_age: Option<Duration>,
     /// Asynchronous events: add a destination for a successful run's output (repeatable):
-    /// function:NAME, topic:NAME, kv:TABLE or bucket:NAME/KEY
+    /// function:NAME, topic:NAME, kv:TABLE, bucket:NAME/KEY or an https:// webhook
     #[arg(long = "on-success", value_name = "DESTINATION")]
     on_success: Vec<cirrus_api::spec::Destination>,
     /// Remove an on_success destination (repeatable)
     #[arg(long = "remove-on-success", value_name = "DESTINATION")]
     remove_on_success: Vec<cirrus_api::spec::Destination>,
     /// Asynchronous events: where a failed event goes: function:NAME, topic:NAME, kv:TABLE,
-    /// bucket:NAME/KEY or dlq (--reset on_failure restores the default, dlq)
+    /// bucket:NAME/KEY, an https:// webhook or dlq (--reset on_failure restores the
+    /// default, dlq)
     #[arg(long, value_name = "DESTINATION")]
     on_failure: Option<cirrus_api::spec::Destination>,
 }
@@ -730,6 +733,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(command) => alias(&client, command, json).await,
         Command::Logs(args) => logs(&client, args, json).await,
         Command::Usage(args) => usage(&client, args, json).await,
+        Command::WebhookKey => {
+            let info: serde_json::Value = client
+                .json(client.request(Method::GET, "/v1/webhooks/signing-key"))
+                .await?;
+            if json {
+                return output::json(&info);
+            }
+            println!("{}", info["key"].as_str().unwrap_or_default());
+            Ok(())
+        }
         Command::Runtimes => {
             let info: cirrus_api::RuntimesInfo = client
                 .json(client.request(Method::GET, "/v1/runtimes"))

@@ -63,6 +63,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/functions/{name}/triggers"),
     ("DELETE", "/v1/triggers/{id}"),
     ("POST", "/v1/topics/{topic}"),
+    ("GET", "/v1/webhooks/signing-key"),
     ("GET", "/v1/dlq"),
     ("DELETE", "/v1/dlq"),
     ("POST", "/v1/dlq/redrive"),
@@ -96,6 +97,8 @@ pub struct AppState {
     pub kv_writer: Arc<crate::sources::table::KvWriter>,
     /// The object store, for `/v1/buckets` (the same one the S3 listener serves).
     pub s3: Arc<crate::s3::S3>,
+    /// Signs webhook destinations' POSTs.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// How the triggers that hold a connection (broker subscriptions) are doing.
     pub sources: Arc<crate::sources::subscriptions::SourceStates>,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
@@ -138,6 +141,7 @@ pub fn router(state: AppStateRef) -> Router {
             "/v1/buckets/{bucket}",
             put(objects::create_bucket).delete(objects::delete_bucket),
         )
+        .route("/v1/webhooks/signing-key", get(webhook_key))
         .route("/v1/dlq", get(dlq::list).delete(dlq::purge_all))
         .route("/v1/dlq/redrive", post(dlq::redrive_all))
         .route("/v1/dlq/{id}", get(dlq::show).delete(dlq::purge_one))
@@ -199,6 +203,16 @@ async fn dashboard() -> Response {
         DASHBOARD,
     )
         .into_response()
+}
+
+/// `GET /v1/webhooks/signing-key`: the key webhook destinations sign with, for the
+/// receivers that check them.
+async fn webhook_key(State(state): State<AppStateRef>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "key": state.webhooks.key_hex(),
+        "header": crate::webhooks::SIGNATURE_HEADER,
+        "scheme": "t=UNIX_SECONDS,v1=hex(HMAC-SHA256(hex_decode(key), \"{t}.{body}\"))",
+    }))
 }
 
 async fn health() -> axum::Json<serde_json::Value> {

@@ -67,6 +67,7 @@ impl NewEvent {
             event_type,
             source,
             subject: None,
+            webhook: None,
             parent_id: None,
             root_id: None,
             ordering_key: None,

@@ -160,6 +160,9 @@ pub struct NewEvent {
     pub source: Option<String>,
     /// CloudEvents `subject`: what in the source the event is about (an MQTT topic).
     pub subject: Option<String>,
+    /// Set for a webhook destination's POST: the event goes to this URL, not to
+    /// `function` (the function whose result it carries).
+    pub webhook: Option<String>,
     /// The invocation that caused this event (whose result, failure or write it carries).
     pub parent_id: Option<String>,
     /// The request the event's lineage started with; `None` when nothing inside Cirrus

@@ -166,6 +166,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("uploads", "checksum_type", "TEXT"),
     ("events", "root_id", "TEXT"),
     ("events", "subject", "TEXT"),
+    ("events", "webhook", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -624,9 +625,9 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent, budget: u64) -> ru
     }
     tx.prepare_cached(
         "INSERT INTO events (id, function, qualifier, content_type, traceparent, data, created_ms, not_before_ms,
-         state, event_type, source, parent_id, trigger, ordering_key, hops, root_id, last_error, failed_ms, subject)
+         state, event_type, source, parent_id, trigger, ordering_key, hops, root_id, last_error, failed_ms, subject, webhook)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, CASE WHEN ?14 IS NULL THEN 'pending' ELSE 'dead' END,
-                 ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?14, CASE WHEN ?14 IS NULL THEN NULL ELSE ?7 END, ?16)",
+                 ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?14, CASE WHEN ?14 IS NULL THEN NULL ELSE ?7 END, ?16, ?17)",
     )?
     .execute(params![
         e.id,
@@ -644,13 +645,14 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent, budget: u64) -> ru
         e.hops,
         dead,
         e.root_id,
-        e.subject
+        e.subject,
+        e.webhook
     ])?;
     Ok(())
 }
 
 const EVENT_COLUMNS: &str =
-    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops, root_id, subject";
+    "id, function, qualifier, content_type, traceparent, data, created_ms, attempts, event_type, source, parent_id, trigger, hops, root_id, subject, webhook";
 
 fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
@@ -665,6 +667,7 @@ fn queued_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
             event_type: row.get(8)?,
             source: row.get(9)?,
             subject: row.get(14)?,
+            webhook: row.get(15)?,
             parent_id: row.get(10)?,
             root_id: row.get(13)?,
             ordering_key: None,
@@ -1036,6 +1039,7 @@ mod tests {
             event_type: None,
             source: None,
             subject: None,
+            webhook: None,
             parent_id: root.map(str::to_owned),
             root_id: root.map(str::to_owned),
             ordering_key: None,
