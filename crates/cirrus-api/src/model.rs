@@ -128,6 +128,8 @@ pub enum Trigger {
     Mqtt,
     /// A message from NATS (a core subject or a JetStream consumer).
     Nats,
+    /// A row changed in a PostgreSQL table.
+    Postgres,
 }
 
 impl std::str::FromStr for Trigger {
@@ -144,6 +146,7 @@ impl std::str::FromStr for Trigger {
             "bucket" => Ok(Self::Bucket),
             "mqtt" => Ok(Self::Mqtt),
             "nats" => Ok(Self::Nats),
+            "postgres" => Ok(Self::Postgres),
             other => Err(format!("unknown trigger {other:?}")),
         }
     }
@@ -162,6 +165,7 @@ impl Trigger {
             Trigger::Bucket => "bucket",
             Trigger::Mqtt => "mqtt",
             Trigger::Nats => "nats",
+            Trigger::Postgres => "postgres",
         }
     }
 }

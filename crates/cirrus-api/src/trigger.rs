@@ -40,6 +40,67 @@ pub enum TriggerSpec {
     /// Messages on a NATS subject (at most once), or from a JetStream stream through a
     /// durable consumer (at least once, acknowledged once durable), become events.
     Nats(NatsTrigger),
+    /// Inserts, updates and deletes of a PostgreSQL table become events, in commit order
+    /// per primary key.
+    Postgres(PostgresTrigger),
+}
+
+/// A PostgreSQL table whose changes fire a function: `{ url =
+/// "postgres://app@db:5432/shop", table = "orders" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTrigger {
+    /// `postgres://USER@HOST[:PORT]/DATABASE[?sslmode=disable]`, without a password.
+    pub url: String,
+    /// `TABLE` or `SCHEMA.TABLE`.
+    pub table: String,
+    /// The server's environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+impl PostgresTrigger {
+    fn validate(&self) -> Result<(), String> {
+        let invalid = |why: &str| Err(format!("invalid PostgreSQL URL {:?}: {why}", self.url));
+        let Some(rest) = self
+            .url
+            .strip_prefix("postgres://")
+            .or_else(|| self.url.strip_prefix("postgresql://"))
+        else {
+            return invalid("use postgres://USER@HOST[:PORT]/DATABASE");
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if authority
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+        {
+            return invalid("a password does not belong in the URL: use password_env");
+        }
+        if authority.rsplit('@').next().unwrap_or("").is_empty() {
+            return invalid("no host");
+        }
+        if self.url.contains(char::is_whitespace) {
+            return invalid("it contains whitespace");
+        }
+        let parts: Vec<&str> = self.table.split('.').collect();
+        let ok = parts.len() <= 2
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.len() <= 63
+                    && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !p.starts_with(|c: char| c.is_ascii_digit())
+            });
+        if !ok {
+            return Err(format!(
+                "invalid table {:?}: use TABLE or SCHEMA.TABLE (letters, digits, '_')",
+                self.table
+            ));
+        }
+        if let Some(var) = &self.password_env {
+            validate_env_name(var)?;
+        }
+        Ok(())
+    }
 }
 
 /// A NATS subscription: `{ subject = "orders.>", broker = "nats://127.0.0.1:4222" }`,
@@ -535,6 +596,7 @@ impl TriggerSpec {
                 }
                 Ok(())
             }
+            TriggerSpec::Postgres(p) => p.validate(),
             TriggerSpec::Nats(n) => {
                 validate_nats_subject(&n.subject)?;
                 parse_nats_server(&n.broker)?;
@@ -634,6 +696,31 @@ mod tests {
         );
         assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","consumer":"c"}}"#).is_err());
         assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","stream":"a.b"}}"#).is_err());
+    }
+
+    #[test]
+    fn postgres_urls_and_tables_are_checked() {
+        let spec = |url: &str, table: &str| {
+            TriggerSpec::Postgres(PostgresTrigger {
+                url: url.into(),
+                table: table.into(),
+                password_env: None,
+            })
+            .validate()
+        };
+        assert!(spec("postgres://app@127.0.0.1:5432/shop", "orders").is_ok());
+        assert!(spec("postgresql://db/shop?sslmode=disable", "sales.orders").is_ok());
+        for (url, table, why) in [
+            ("mysql://h/db", "t", "use postgres://"),
+            ("postgres://app:secret@h/db", "t", "password_env"),
+            ("postgres:///db", "t", "no host"),
+            ("postgres://h/db", "a.b.c", "invalid table"),
+            ("postgres://h/db", "orders; drop", "invalid table"),
+            ("postgres://h/db", "1st", "invalid table"),
+        ] {
+            let err = spec(url, table).unwrap_err();
+            assert!(err.contains(why), "{url} {table}: {err}");
+        }
     }
 
     #[test]

@@ -107,7 +107,9 @@ pub fn traces_document(records: &[InvocationRecord]) -> Value {
                         | cirrus_api::Trigger::Mqtt
                         | cirrus_api::Trigger::Nats => "pubsub",
                         cirrus_api::Trigger::Schedule => "timer",
-                        cirrus_api::Trigger::Table | cirrus_api::Trigger::Bucket => "datasource",
+                        cirrus_api::Trigger::Table
+                        | cirrus_api::Trigger::Bucket
+                        | cirrus_api::Trigger::Postgres => "datasource",
                         _ => "other",
                     }),
                 ),

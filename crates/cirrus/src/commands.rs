@@ -436,9 +436,13 @@ struct AddTrigger {
     /// 'TZ=Europe/Paris 0 9 * * *'
     #[arg(long, group = "kind")]
     schedule: Option<String>,
-    /// A KV table whose changes become events
-    #[arg(long, group = "kind")]
+    /// A KV table whose changes become events (with --postgres: the PostgreSQL table)
+    #[arg(long)]
     table: Option<String>,
+    /// A PostgreSQL database, postgres://USER@HOST[:PORT]/DATABASE, whose --table's
+    /// inserts, updates and deletes become events
+    #[arg(long, group = "kind", requires = "table")]
+    postgres: Option<String>,
     /// A bucket of the object API whose object changes become events
     #[arg(long, group = "kind")]
     bucket: Option<String>,
@@ -1688,6 +1692,7 @@ fn describe(spec: &TriggerSpec) -> (String, String) {
         TriggerSpec::Schedule(s) => ("schedule".into(), s.clone()),
         TriggerSpec::Table(t) => ("table".into(), t.clone()),
         TriggerSpec::Mqtt(m) => ("mqtt".into(), format!("{} {}", m.broker, m.filter)),
+        TriggerSpec::Postgres(p) => ("postgres".into(), format!("{} {}", p.url, p.table)),
         TriggerSpec::Nats(n) => {
             let mut text = format!("{} {}", n.broker, n.subject);
             if let Some(stream) = &n.stream {
@@ -1727,6 +1732,7 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
                 prefix,
                 suffix,
                 mqtt,
+                postgres,
                 nats,
                 stream,
                 consumer,
@@ -1737,18 +1743,38 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
                 ca_file,
                 client_id,
             } = *add;
-            if mqtt.is_none() && nats.is_none() {
+            if mqtt.is_none() && nats.is_none() && postgres.is_none() {
                 for (flag, given) in [
                     ("--broker", broker.is_some()),
                     ("--username", username.is_some()),
                     ("--password-env", password_env.is_some()),
                 ] {
                     if given {
-                        bail!("{flag} goes with --mqtt or --nats");
+                        bail!("{flag} goes with --mqtt, --nats or --postgres");
                     }
                 }
             }
+            // --table names a KV table, or with --postgres the database's table.
+            let other_kind = route.is_some()
+                || topic.is_some()
+                || schedule.is_some()
+                || bucket.is_some()
+                || mqtt.is_some()
+                || nats.is_some();
+            if table.is_some() && postgres.is_none() && other_kind {
+                bail!("give one kind of trigger: --table is a KV table's (or --postgres's)");
+            }
+            if postgres.is_some() && (username.is_some() || broker.is_some()) {
+                bail!("with --postgres the user and host are part of the URL");
+            }
             let spec = match (route, topic, schedule, table, bucket) {
+                (_, _, _, Some(table), _) if postgres.is_some() => {
+                    TriggerSpec::Postgres(cirrus_api::trigger::PostgresTrigger {
+                        url: postgres.unwrap_or_default(),
+                        table,
+                        password_env,
+                    })
+                }
                 _ if nats.is_some() => TriggerSpec::Nats(cirrus_api::trigger::NatsTrigger {
                     subject: nats.unwrap_or_default(),
                     broker: broker.unwrap_or_default(),
@@ -1786,7 +1812,7 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
                     })
                 }
                 (None, None, None, None, None) => {
-                    bail!("give --route, --topic, --schedule, --table, --bucket, --mqtt or --nats")
+                    bail!("give --route, --topic, --schedule, --table, --bucket, --mqtt, --nats or --postgres")
                 }
             };
             vec![

@@ -780,3 +780,222 @@ fn nats_subjects_and_jetstream_consumers_become_events() {
         assert!(stderr.contains(why), "{args:?}: {stderr}");
     }
 }
+
+/// The machine's PostgreSQL (127.0.0.1:5432, database `test`), started if it is down.
+fn postgres_up() {
+    if std::net::TcpStream::connect("127.0.0.1:5432").is_ok() {
+        return;
+    }
+    let versions = std::fs::read_dir("/etc/postgresql")
+        .expect("PostgreSQL is installed (Debian's postgresql)")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    for version in versions {
+        let _ = Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &version, "main", "start"])
+            .status();
+    }
+    let started = Instant::now();
+    while std::net::TcpStream::connect("127.0.0.1:5432").is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "PostgreSQL did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs SQL with psql, the real client.
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .expect("psql runs (Debian's postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn postgres_changes_become_events_in_commit_order_per_key() {
+    postgres_up();
+    let dir = tempfile::tempdir().unwrap();
+    let suffix = format!(
+        "{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() % 1000
+    );
+    let table = format!("orders_{suffix}");
+    let keyless = format!("notes_{suffix}");
+    psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, status text); CREATE TABLE {keyless} (body text);"
+    ));
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let mut up = Up::start(dir.path(), &[]);
+    deploy(&up, "changes", "log_input.wat");
+    up.cli_ok(&[
+        "trigger",
+        "add",
+        "changes",
+        "--postgres",
+        url,
+        "--table",
+        &table,
+    ]);
+    eventually(
+        "the capture is installed",
+        || trigger_state(&up, "changes"),
+        |s| s["connected"] == true,
+    );
+
+    psql(&format!("INSERT INTO {table} VALUES (1, 'new')"));
+    psql(&format!("UPDATE {table} SET status = 'paid' WHERE id = 1"));
+    psql(&format!(
+        "BEGIN; INSERT INTO {table} VALUES (2, 'new'), (3, 'new'); DELETE FROM {table} WHERE id = 1; COMMIT;"
+    ));
+    // Rolled back: never delivered.
+    psql(&format!(
+        "BEGIN; INSERT INTO {table} VALUES (9, 'ghost'); ROLLBACK;"
+    ));
+    let logs = eventually(
+        "five changes arrive",
+        || up.cli_ok(&["logs", "changes"]),
+        |l| l.matches("\"op\":").count() == 5,
+    );
+    assert!(!logs.contains("ghost"), "{logs}");
+    let at = |needle: &str| {
+        logs.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in {logs}"))
+    };
+    let insert = at(r#""new":{"id":1,"status":"new"},"old":null,"op":"insert""#);
+    let update =
+        at(r#""new":{"id":1,"status":"paid"},"old":{"id":1,"status":"new"},"op":"update""#);
+    let delete = at(r#""new":null,"old":{"id":1,"status":"paid"},"op":"delete""#);
+    assert!(
+        insert < update && update < delete,
+        "one key's changes in commit order: {logs}"
+    );
+    assert!(logs.contains(&format!(r#""table":"{table}""#)), "{logs}");
+
+    // Cirrus dies; changes committed meanwhile wait in the outbox.
+    let _ = up.child.kill();
+    let _ = up.child.wait();
+    psql(&format!(
+        "UPDATE {table} SET status = 'shipped-while-down' WHERE id = 2"
+    ));
+    drop(up);
+    up = Up::start(dir.path(), &[]);
+    eventually(
+        "the change made while Cirrus was down arrives",
+        || up.cli_ok(&["logs", "changes"]),
+        |l| l.contains("shipped-while-down"),
+    );
+    let records = up.cli_json(&["invocations", "changes"]);
+    let items = records["items"].as_array().unwrap();
+    assert_eq!(items.len(), 6, "each change once: {records}");
+    assert!(
+        items.iter().all(|r| r["trigger"] == "postgres"),
+        "{records}"
+    );
+    assert_eq!(psql("SELECT count(*) FROM cirrus.changes WHERE op = 'update' AND new->>'status' = 'shipped-while-down'").trim(), "0");
+
+    // Removing the trigger removes the capture from the table.
+    let id = up.cli_json(&["trigger", "ls", "changes"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let installed = format!(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass AND tgname LIKE 'cirrus_%'"
+    );
+    assert_eq!(psql(&installed).trim(), "1");
+    up.cli_ok(&["trigger", "rm", &id]);
+    let started = Instant::now();
+    while psql(&installed).trim() != "0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the capture stayed on {table}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A table that does not exist, one without a primary key: the trigger says why.
+    deploy(&up, "missing", "log_input.wat");
+    deploy(&up, "keyless", "log_input.wat");
+    up.cli_ok(&[
+        "trigger",
+        "add",
+        "missing",
+        "--postgres",
+        url,
+        "--table",
+        "no_such_table_anywhere",
+    ]);
+    up.cli_ok(&[
+        "trigger",
+        "add",
+        "keyless",
+        "--postgres",
+        url,
+        "--table",
+        &keyless,
+    ]);
+    for (function, why) in [
+        ("missing", "does not exist"),
+        ("keyless", "has no primary key"),
+    ] {
+        let state = eventually(
+            "the error shows",
+            || trigger_state(&up, function),
+            |s| s["last_error"].is_string(),
+        );
+        assert!(
+            state["last_error"].as_str().unwrap().contains(why),
+            "{state}"
+        );
+        assert_eq!(state["connected"], false);
+    }
+    // A password in the URL or a table name that is not one: refused when added.
+    for (args, why) in [
+        (
+            vec![
+                "--postgres",
+                "postgres://u:secret@127.0.0.1/test",
+                "--table",
+                "t",
+            ],
+            "password_env",
+        ),
+        (
+            vec!["--postgres", url, "--table", "t; DROP TABLE x"],
+            "invalid table",
+        ),
+        (
+            vec!["--postgres", "mysql://127.0.0.1/test", "--table", "t"],
+            "use postgres://",
+        ),
+    ] {
+        let mut all = vec!["trigger", "add", "missing"];
+        all.extend(args.iter().copied());
+        let out = up.cli(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+    drop(up);
+    psql(&format!("DROP TABLE {table}; DROP TABLE {keyless};"));
+}

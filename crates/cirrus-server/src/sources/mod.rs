@@ -11,7 +11,7 @@
 //!   enqueue through an [`crate::queue::EventSink`] and only then mark progress (a
 //!   schedule's tick) or acknowledge (a broker's message), so a crash repeats work
 //!   instead of losing it: [`schedule`], and the triggers that hold a connection to a
-//!   system outside Cirrus, one task each ([`subscriptions`]): [`mqtt`], [`nats`].
+//!   system outside Cirrus, one task each ([`subscriptions`]): [`mqtt`], [`nats`], [`postgres`].
 //!
 //! Every event is built the same way: [`NewEvent::fired`] for the fields every source
 //! sets, then what is particular to the source.
@@ -19,6 +19,7 @@
 pub mod bucket;
 pub mod mqtt;
 pub mod nats;
+pub mod postgres;
 pub mod schedule;
 pub mod subscriptions;
 pub mod table;
@@ -42,6 +43,8 @@ pub const SCHEDULE_EVENT_TYPE: &str = "dev.cirrus.schedule";
 pub const MQTT_EVENT_TYPE: &str = "dev.cirrus.mqtt.message";
 /// CloudEvents `type` of a message from NATS.
 pub const NATS_EVENT_TYPE: &str = "dev.cirrus.nats.message";
+/// CloudEvents `type` of a change of a PostgreSQL table's row.
+pub const POSTGRES_EVENT_TYPE: &str = "dev.cirrus.postgres.change";
 /// CloudEvents `type` of a function's result sent on by an `on_success` destination.
 pub const RESULT_EVENT_TYPE: &str = "dev.cirrus.result";
 /// CloudEvents `type` of a failure report sent by an `on_failure` destination.

@@ -6,7 +6,7 @@
 //! A task only acknowledges a message to its broker after the event is durable in the
 //! queue, so stopping a task at any point loses nothing: the broker delivers again.
 
-use super::{mqtt, nats};
+use super::{mqtt, nats, postgres};
 use crate::clock::{rfc3339, Clock};
 use crate::metrics::{Metrics, TriggerLabels};
 use crate::queue::EventSink;
@@ -60,7 +60,10 @@ impl SourceStates {
 
 /// Whether a trigger kind is served by a task of its own here.
 pub fn holds_connection(spec: &TriggerSpec) -> bool {
-    matches!(spec, TriggerSpec::Mqtt(_) | TriggerSpec::Nats(_))
+    matches!(
+        spec,
+        TriggerSpec::Mqtt(_) | TriggerSpec::Nats(_) | TriggerSpec::Postgres(_)
+    )
 }
 
 /// One trigger's task's view of its state and metrics.
@@ -192,6 +195,9 @@ pub async fn run(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             if !keep {
                 run.task.abort();
                 run.reporter.removed();
+                if !wanted.iter().any(|t| &t.id == id) {
+                    retire(id, &run.spec);
+                }
             }
             keep
         });
@@ -222,6 +228,12 @@ pub async fn run(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
                     spec.clone(),
                     reporter.clone(),
                 )),
+                TriggerSpec::Postgres(spec) => tokio::spawn(postgres::run(
+                    context.clone(),
+                    trigger.clone(),
+                    spec.clone(),
+                    reporter.clone(),
+                )),
                 _ => continue,
             };
             running.insert(
@@ -239,10 +251,24 @@ pub async fn run(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Cleans up after a trigger that was removed, where the source left something behind
+/// outside Cirrus (a capture trigger in a database).
+fn retire(id: &str, spec: &TriggerSpec) {
+    if let TriggerSpec::Postgres(spec) = spec {
+        let (id, spec) = (id.to_owned(), spec.clone());
+        tokio::spawn(async move {
+            if let Err(e) = postgres::uninstall(&id, &spec).await {
+                tracing::warn!(trigger = %id, "removing the capture from {}: {e}", spec.table);
+            }
+        });
+    }
+}
+
 fn kind(spec: &TriggerSpec) -> &'static str {
     match spec {
         TriggerSpec::Mqtt(_) => "mqtt",
         TriggerSpec::Nats(_) => "nats",
+        TriggerSpec::Postgres(_) => "postgres",
         _ => "other",
     }
 }
