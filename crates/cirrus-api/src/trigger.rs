@@ -82,6 +82,14 @@ impl PostgresTrigger {
         if self.url.contains(char::is_whitespace) {
             return invalid("it contains whitespace");
         }
+        let query = self.url.split_once('?').map_or("", |(_, q)| q);
+        if query.split('&').any(|p| {
+            p.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+        }) {
+            return invalid("a password does not belong in the URL: use password_env");
+        }
         let parts: Vec<&str> = self.table.split('.').collect();
         let ok = parts.len() <= 2
             && parts.iter().all(|p| {
@@ -713,6 +721,7 @@ mod tests {
         for (url, table, why) in [
             ("mysql://h/db", "t", "use postgres://"),
             ("postgres://app:secret@h/db", "t", "password_env"),
+            ("postgres://app@h/db?password=secret", "t", "password_env"),
             ("postgres:///db", "t", "no host"),
             ("postgres://h/db", "a.b.c", "invalid table"),
             ("postgres://h/db", "orders; drop", "invalid table"),

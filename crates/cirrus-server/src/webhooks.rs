@@ -3,8 +3,10 @@
 //! from this server and was not replayed.
 //!
 //! `cirrus-signature: t=UNIX_SECONDS,v1=HEX` where `HEX` is HMAC-SHA256 over
-//! `"{t}.{body}"` with the server's webhook signing key, which is derived from the admin
-//! token (rotating the token rotates the key). Each POST is its own queued event, so a
+//! `"{t}.{ce-id}.{body}"` with the producing function's webhook key. Keys are per
+//! function (a receiver given one cannot sign as another function) and derived from the
+//! admin token (rotating the token rotates them). The event id is signed so a captured
+//! body cannot be replayed under a fresh id past a receiver's de-duplication. Each POST is its own queued event, so a
 //! receiver that is down is retried with the producing function's `max_attempts` and
 //! backoff, and dead-lettered after, without running the function again.
 
@@ -17,7 +19,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Webhooks {
     client: reqwest::Client,
-    key: [u8; 32],
+    /// The key function keys are derived from.
+    master: [u8; 32],
 }
 
 impl Webhooks {
@@ -28,22 +31,27 @@ impl Webhooks {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("cirrus/", env!("CARGO_PKG_VERSION")))
                 .build()?,
-            key: crate::sigv4::hmac(admin_token.as_bytes(), b"cirrus webhook signing v1"),
+            master: crate::sigv4::hmac(admin_token.as_bytes(), b"cirrus webhook signing v1"),
         })
     }
 
-    /// The signing key, hex, for receivers to check signatures with.
-    pub fn key_hex(&self) -> String {
-        hex::encode(self.key)
+    fn key(&self, function: &str) -> [u8; 32] {
+        crate::sigv4::hmac(&self.master, format!("function:{function}").as_bytes())
     }
 
-    /// The signature header's value for `body` sent at `unix_seconds`.
-    pub fn signature(&self, unix_seconds: u64, body: &[u8]) -> String {
-        let mut signed = format!("{unix_seconds}.").into_bytes();
+    /// A function's signing key, hex, for its receivers to check signatures with.
+    pub fn key_hex(&self, function: &str) -> String {
+        hex::encode(self.key(function))
+    }
+
+    /// The signature header's value for the event `id` of `function` with `body`, sent
+    /// at `unix_seconds`.
+    pub fn signature(&self, function: &str, unix_seconds: u64, id: &str, body: &[u8]) -> String {
+        let mut signed = format!("{unix_seconds}.{id}.").into_bytes();
         signed.extend_from_slice(body);
         format!(
             "t={unix_seconds},v1={}",
-            hex::encode(crate::sigv4::hmac(&self.key, &signed))
+            hex::encode(crate::sigv4::hmac(&self.key(function), &signed))
         )
     }
 
@@ -58,7 +66,10 @@ impl Webhooks {
             }
         }
         let response = post
-            .header(SIGNATURE_HEADER, self.signature(now_ms / 1000, &event.data))
+            .header(
+                SIGNATURE_HEADER,
+                self.signature(&event.function, now_ms / 1000, &event.id, &event.data),
+            )
             .body(event.data.clone())
             .send()
             .await
@@ -90,20 +101,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signatures_cover_the_time_and_the_body() {
+    fn signatures_cover_the_time_the_id_and_the_body() {
         let hooks = Webhooks::new("token").unwrap();
-        let a = hooks.signature(1_700_000_000, b"{}");
+        let sign = |f: &str, t: u64, id: &str, body: &[u8]| hooks.signature(f, t, id, body);
+        let a = sign("f", 1_700_000_000, "id1", b"{}");
         assert!(a.starts_with("t=1700000000,v1="), "{a}");
-        assert_ne!(a, hooks.signature(1_700_000_001, b"{}"));
-        assert_ne!(a, hooks.signature(1_700_000_000, b"{ }"));
-        assert_ne!(
-            a,
-            Webhooks::new("other")
-                .unwrap()
-                .signature(1_700_000_000, b"{}")
-        );
+        assert_ne!(a, sign("f", 1_700_000_001, "id1", b"{}"));
+        assert_ne!(a, sign("f", 1_700_000_000, "id2", b"{}"));
+        assert_ne!(a, sign("f", 1_700_000_000, "id1", b"{ }"));
+        assert_ne!(a, sign("g", 1_700_000_000, "id1", b"{}"));
+        let other = Webhooks::new("other").unwrap();
+        assert_ne!(a, other.signature("f", 1_700_000_000, "id1", b"{}"));
         // What a receiver computes from the key it was given.
-        let expected = crate::sigv4::hmac(&hex::decode(hooks.key_hex()).unwrap(), b"1700000000.{}");
+        let key = hex::decode(hooks.key_hex("f")).unwrap();
+        let expected = crate::sigv4::hmac(&key, b"1700000000.id1.{}");
         assert!(a.ends_with(&hex::encode(expected)));
     }
 }

@@ -87,8 +87,8 @@ enum Command {
     Usage(UsageArgs),
     /// The runtimes this server runs: wasi, and the native Lambda runtimes its host has
     Runtimes,
-    /// The key webhook destinations sign their POSTs with (for the receivers)
-    WebhookKey,
+    /// The key a function's webhook destinations sign their POSTs with (for receivers)
+    WebhookKey { function: String },
     /// List a function's recent invocations
     Invocations {
         name: String,
@@ -737,9 +737,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(command) => alias(&client, command, json).await,
         Command::Logs(args) => logs(&client, args, json).await,
         Command::Usage(args) => usage(&client, args, json).await,
-        Command::WebhookKey => {
+        Command::WebhookKey { function } => {
             let info: serde_json::Value = client
-                .json(client.request(Method::GET, "/v1/webhooks/signing-key"))
+                .json(
+                    client
+                        .request(Method::GET, "/v1/webhooks/signing-key")
+                        .query(&[("function", function)]),
+                )
                 .await?;
             if json {
                 return output::json(&info);

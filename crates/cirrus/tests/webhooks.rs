@@ -160,7 +160,7 @@ fn results_reach_a_webhook_signed_and_retried_until_it_answers() {
     );
 
     // The signature checks out with the key the CLI hands to receivers.
-    let key = up.cli_ok(&["webhook-key"]).trim().to_owned();
+    let key = up.cli_ok(&["webhook-key", "echo"]).trim().to_owned();
     assert_eq!(key.len(), 64, "{key}");
     let signature = last.header("cirrus-signature").unwrap();
     let (t, v1) = signature
@@ -172,12 +172,22 @@ fn results_reach_a_webhook_signed_and_retried_until_it_answers() {
         .unwrap()
         .as_secs();
     assert!(now.abs_diff(t.parse().unwrap()) < 120, "timestamp {t}");
-    let mut signed = format!("{t}.").into_bytes();
+    let id = last.header("ce-id").unwrap();
+    let mut signed = format!("{t}.{id}.").into_bytes();
     signed.extend_from_slice(&last.body);
     assert_eq!(v1, python_hmac(&key, &signed));
-    let mut tampered = format!("{t}.").into_bytes();
+    let mut tampered = format!("{t}.{id}.").into_bytes();
     tampered.extend_from_slice(br#"{"order": 8}"#);
     assert_ne!(v1, python_hmac(&key, &tampered));
+    // Keys are per function: another function's key does not verify it.
+    up.cli_ok(&[
+        "deploy",
+        "other",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    let other = up.cli_ok(&["webhook-key", "other"]).trim().to_owned();
+    assert_ne!(v1, python_hmac(&other, &signed));
+    assert!(!up.cli(&["webhook-key", "nope"]).status.success());
 }
 
 #[test]

@@ -192,6 +192,19 @@ async fn tunnel(policy: &OutboundPolicy, request: Request<Incoming>) -> Response
     if !policy.allows_host(&host, port) {
         return denied(&host, port);
     }
+    // Calls to the platform are marked with the invocation's lineage (loop limits,
+    // traces); a tunnel would carry them unmarked.
+    if request
+        .uri()
+        .authority()
+        .is_some_and(|a| policy.is_platform(&hyper::Uri::from(a.clone())))
+    {
+        return text(
+            StatusCode::FORBIDDEN,
+            "cirrus: call the platform with plain http:// through the proxy, not a tunnel"
+                .to_owned(),
+        );
+    }
     let mut upstream = match connect(&host, port).await {
         Ok(stream) => stream,
         Err(response) => return response,

@@ -205,14 +205,32 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-/// `GET /v1/webhooks/signing-key`: the key webhook destinations sign with, for the
-/// receivers that check them.
-async fn webhook_key(State(state): State<AppStateRef>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({
-        "key": state.webhooks.key_hex(),
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookKeyQuery {
+    function: String,
+}
+
+/// `GET /v1/webhooks/signing-key?function=NAME`: the key that function's webhook
+/// destinations sign with, for the receivers that check them.
+async fn webhook_key(
+    State(state): State<AppStateRef>,
+    q: Result<axum::extract::Query<WebhookKeyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let axum::extract::Query(q) = q.map_err(|e| {
+        cirrus_api::ApiError::bad_request(format!(
+            "invalid query: {}: give ?function=NAME",
+            e.body_text()
+        ))
+    })?;
+    state.registry.get(&q.function)?;
+    Ok(axum::Json(serde_json::json!({
+        "function": q.function,
+        "key": state.webhooks.key_hex(&q.function),
         "header": crate::webhooks::SIGNATURE_HEADER,
-        "scheme": "t=UNIX_SECONDS,v1=hex(HMAC-SHA256(hex_decode(key), \"{t}.{body}\"))",
+        "scheme": "t=UNIX_SECONDS,v1=hex(HMAC-SHA256(hex_decode(key), \"{t}.{ce-id}.{body}\"))",
     }))
+    .into_response())
 }
 
 async fn health() -> axum::Json<serde_json::Value> {

@@ -20,8 +20,16 @@ use std::time::Duration;
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long a v5 broker keeps the session while Cirrus is away: a day.
 const SESSION_EXPIRY_SECS: u32 = 24 * 3600;
-/// Requests (subscribe, acks) waiting for the event loop.
-const REQUESTS: usize = 64;
+/// Requests (subscribe, acks) waiting for the event loop: more than the broker may have
+/// unacknowledged (v5: `RECEIVE_MAXIMUM`; v3.1.1 brokers keep a few dozen in flight), so
+/// an ack never waits for a loop that is waiting for it.
+const REQUESTS: usize = 1024;
+/// Unacknowledged QoS 1 messages a v5 broker may send at once.
+const RECEIVE_MAXIMUM: u16 = 64;
+/// The largest packet read. A message above the event limit but below this is read,
+/// acknowledged and reported; above it, a v5 broker drops it (told in CONNECT) and a
+/// v3.1.1 connection fails on it (reported as the trigger's error).
+const MAX_PACKET: usize = 64 << 20;
 
 /// Holds the subscription until the task is stopped.
 pub async fn run(
@@ -43,15 +51,14 @@ pub async fn run(
     let source = spec.broker.trim_end_matches('/').to_owned();
     loop {
         match events.next().await {
-            Ok(Happened::Connected { session_present }) => {
+            Ok(Happened::Connected) => {
                 reporter.connected();
                 backoff.reset();
-                // A session the broker kept still has the subscription (and the
-                // messages that arrived meanwhile).
-                if !session_present {
-                    if let Err(e) = client.subscribe(&spec.filter).await {
-                        reporter.failed(&format!("subscribing to {:?}: {e}", spec.filter));
-                    }
+                // A kept session already has the subscription (and the messages that
+                // arrived meanwhile), but subscribing again is harmless and repairs one
+                // whose first SUBSCRIBE failed.
+                if let Err(e) = client.subscribe(&spec.filter).await {
+                    reporter.failed(&format!("subscribing to {:?}: {e}", spec.filter));
                 }
             }
             Ok(Happened::Refused(why)) => {
@@ -106,7 +113,7 @@ struct Message {
 
 /// What the connection reported, in either protocol version.
 enum Happened {
-    Connected { session_present: bool },
+    Connected,
     Message(Message, Ack),
     Refused(String),
     Nothing,
@@ -152,9 +159,7 @@ fn open(
     } else {
         None
     };
-    // Room for the topic and headers around the largest payload delivered; a larger
-    // packet is read, reported and acknowledged, not left to block the session.
-    let max_packet = max_event_bytes.saturating_mul(2).max(1 << 20);
+    let max_packet = MAX_PACKET.max(max_event_bytes.saturating_mul(2));
     Ok(match spec.protocol {
         MqttProtocol::V311 => {
             let mut options = rumqttc::MqttOptions::new(client_id, &address.host, address.port);
@@ -178,6 +183,7 @@ fn open(
                 .set_keep_alive(KEEP_ALIVE)
                 .set_clean_start(false)
                 .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
+                .set_receive_maximum(Some(RECEIVE_MAXIMUM))
                 .set_manual_acks(true)
                 .set_max_packet_size(Some(max_packet as u32));
             if let Some(user) = &spec.username {
@@ -197,9 +203,7 @@ impl Events {
         use rumqttc::{Event, Packet};
         Ok(match self {
             Self::V311(events) => match events.poll().await.map_err(|e| e.to_string())? {
-                Event::Incoming(Packet::ConnAck(ack)) => Happened::Connected {
-                    session_present: ack.session_present,
-                },
+                Event::Incoming(Packet::ConnAck(_)) => Happened::Connected,
                 Event::Incoming(Packet::SubAck(ack))
                     if ack
                         .return_codes
@@ -219,9 +223,7 @@ impl Events {
                 _ => Happened::Nothing,
             },
             Self::V5(events) => match events.poll().await.map_err(|e| e.to_string())? {
-                rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack)) => Happened::Connected {
-                    session_present: ack.session_present,
-                },
+                rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)) => Happened::Connected,
                 rumqttc::v5::Event::Incoming(V5Packet::SubAck(ack)) => {
                     use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
                     match ack

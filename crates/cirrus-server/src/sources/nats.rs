@@ -27,23 +27,34 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::default();
     loop {
-        let outcome = match connect(&trigger, &spec, reporter.clone()).await {
-            Ok(client) => {
-                backoff.reset();
-                match &spec.stream {
-                    Some(stream) => {
-                        consume(&context, &trigger, &spec, stream, client, &reporter).await
-                    }
-                    None => subscribe(&context, &trigger, &spec, client, &reporter).await,
-                }
-            }
+        let outcome = match connect(&trigger, &spec, reporter.clone())
+            .await
+            .map_err(Ended::Before)
+        {
+            Ok(client) => match &spec.stream {
+                Some(stream) => consume(&context, &trigger, &spec, stream, client, &reporter).await,
+                None => subscribe(&context, &trigger, &spec, client, &reporter).await,
+            },
             Err(e) => Err(e),
         };
-        if let Err(e) = outcome {
-            reporter.disconnected(&format!("NATS {}: {e}", spec.broker));
+        match outcome {
+            // It was up (and has gone): try again soon.
+            Err(Ended::After(e)) => {
+                backoff.reset();
+                reporter.disconnected(&format!("NATS {}: {e}", spec.broker));
+            }
+            // It never came up (no server, no stream): back off.
+            Err(Ended::Before(e)) => reporter.disconnected(&format!("NATS {}: {e}", spec.broker)),
+            Ok(()) => {}
         }
         tokio::time::sleep(backoff.wait()).await;
     }
+}
+
+/// Why a subscription stopped: before it was established (back off), or after.
+enum Ended {
+    Before(String),
+    After(String),
 }
 
 async fn connect(
@@ -109,16 +120,16 @@ async fn subscribe(
     spec: &NatsTrigger,
     client: async_nats::Client,
     reporter: &Reporter,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     let mut messages = client
         .subscribe(spec.subject.clone())
         .await
-        .map_err(|e| format!("subscribing to {:?}: {e}", spec.subject))?;
+        .map_err(|e| Ended::Before(format!("subscribing to {:?}: {e}", spec.subject)))?;
     reporter.connected();
     while let Some(message) = messages.next().await {
         commit(context, reporter, event(context, trigger, spec, &message)).await;
     }
-    Err("the subscription ended".into())
+    Err(Ended::After("the subscription ended".into()))
 }
 
 /// A durable JetStream consumer: each message is acknowledged once its event is durable.
@@ -129,12 +140,12 @@ async fn consume(
     stream: &str,
     client: async_nats::Client,
     reporter: &Reporter,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     let js = jetstream::new(client);
     let stream_handle = js
         .get_stream(stream)
         .await
-        .map_err(|e| format!("stream {stream:?}: {e}"))?;
+        .map_err(|e| Ended::Before(format!("stream {stream:?}: {e}")))?;
     let name = spec
         .consumer
         .clone()
@@ -154,11 +165,11 @@ async fn consume(
             },
         )
         .await
-        .map_err(|e| format!("consumer {name:?} on stream {stream:?}: {e}"))?;
+        .map_err(|e| Ended::Before(format!("consumer {name:?} on stream {stream:?}: {e}")))?;
     let mut messages = consumer
         .messages()
         .await
-        .map_err(|e| format!("consuming {name:?}: {e}"))?;
+        .map_err(|e| Ended::Before(format!("consuming {name:?}: {e}")))?;
     reporter.connected();
     while let Some(message) = messages.next().await {
         let message = match message {
@@ -174,7 +185,7 @@ async fn consume(
             reporter.failed(&format!("acknowledging a message: {e}"));
         }
     }
-    Err("the consumer's messages ended".into())
+    Err(Ended::After("the consumer's messages ended".into()))
 }
 
 /// One message's event.

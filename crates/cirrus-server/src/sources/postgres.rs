@@ -63,13 +63,8 @@ pub async fn run(
 
 async fn connect(
     spec: &PostgresTrigger,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
-    ),
-    String,
-> {
+    capture: &str,
+) -> Result<(tokio_postgres::Client, Arc<tokio::sync::Notify>), String> {
     let mut config: tokio_postgres::Config = spec
         .url
         .parse()
@@ -86,15 +81,22 @@ async fn connect(
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("connecting to PostgreSQL: {}", chain(&e)))?;
-    // The connection delivers notifications; each wakes a round. It ends with the client.
-    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    // The connection delivers notifications; one naming this capture wakes a round (a
+    // burst of them, one round). The task ends with the client.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let woken = wake.clone();
+    let capture = capture.to_owned();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                let _ = wake.send(());
+            if let AsyncMessage::Notification(n) = message {
+                if n.payload() == capture {
+                    wake.notify_one();
+                }
             }
         }
+        // Closed: the session notices through `is_closed`.
+        wake.notify_one();
     });
     Ok((client, woken))
 }
@@ -106,7 +108,7 @@ async fn session(
     reporter: &Reporter,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let (client, mut woken) = connect(spec).await?;
+    let (client, woken) = connect(spec, &trigger.id).await?;
     let table = install(&client, &trigger.id, &spec.table).await?;
     let key_columns = primary_key(&client, &table).await?;
     client
@@ -118,10 +120,8 @@ async fn session(
     loop {
         while drain(context, trigger, &client, &table, &key_columns, reporter).await? == BATCH {}
         tokio::select! {
-            woke = woken.recv() => if woke.is_none() {
-                return Err("the connection to PostgreSQL closed".into());
-            },
-            _ = tokio::time::sleep(POLL) => {}
+            () = woken.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
         }
         if client.is_closed() {
             return Err("the connection to PostgreSQL closed".into());
@@ -159,13 +159,28 @@ async fn install(
             "table {name} has no primary key: changes are delivered in order per key, so it needs one"
         ));
     }
-    // Concurrent installs (several triggers starting at once) take turns.
+    // Installed already (a reconnect): no DDL, whose lock would queue the table's writers
+    // behind any long transaction.
+    let capture = capture_name(trigger_id);
+    let installed: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)
+                AND to_regclass('cirrus.changes') IS NOT NULL",
+            &[&table, &capture],
+        )
+        .await
+        .map_err(|e| chain(&e))?
+        .get(0);
+    if installed {
+        return Ok(name);
+    }
+    // Concurrent installs (several triggers starting at once) take turns; a table busy
+    // for long makes this attempt fail (and retry later) rather than block its writers.
     let ddl = format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(4242004242); {INSTALL}
+        "BEGIN; SET LOCAL lock_timeout = '5s'; SELECT pg_advisory_xact_lock(4242004242); {INSTALL}
          CREATE OR REPLACE TRIGGER {capture} AFTER INSERT OR UPDATE OR DELETE ON {name}
              FOR EACH ROW EXECUTE FUNCTION cirrus.capture('{trigger_id}');
-         COMMIT;",
-        capture = capture_name(trigger_id),
+         COMMIT;"
     );
     if let Err(e) = client.batch_execute(&ddl).await {
         let _ = client.batch_execute("ROLLBACK").await;
@@ -254,7 +269,7 @@ async fn drain(
 /// Removes what Cirrus installed for a trigger that is gone: its capture on the table
 /// and its undelivered changes. Best effort: the table may be gone too.
 pub async fn uninstall(trigger_id: &str, spec: &PostgresTrigger) -> Result<(), String> {
-    let (client, _woken) = connect(spec).await?;
+    let (client, _woken) = connect(spec, trigger_id).await?;
     let capture = capture_name(trigger_id);
     let table: Option<String> = client
         .query_one("SELECT to_regclass($1)::text", &[&spec.table])
@@ -263,7 +278,9 @@ pub async fn uninstall(trigger_id: &str, spec: &PostgresTrigger) -> Result<(), S
         .and_then(|r| r.get(0));
     if let Some(table) = table {
         client
-            .batch_execute(&format!("DROP TRIGGER IF EXISTS {capture} ON {table}"))
+            .batch_execute(&format!(
+                "SET lock_timeout = '5s'; DROP TRIGGER IF EXISTS {capture} ON {table}"
+            ))
             .await
             .map_err(|e| chain(&e))?;
     }

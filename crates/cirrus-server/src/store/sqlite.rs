@@ -195,7 +195,10 @@ impl SqliteStore {
         migrate(&meta).context("migrating the schema")?;
         // Indexes on added columns come after the migration that adds them.
         meta.execute_batch(
-            "CREATE INDEX IF NOT EXISTS invocations_by_trace ON invocations (trace_id);",
+            "CREATE INDEX IF NOT EXISTS invocations_by_trace ON invocations (trace_id);
+             -- The claim's one-at-a-time-per-key check (every broker message has a key).
+             CREATE INDEX IF NOT EXISTS events_by_ordering_key ON events (ordering_key, seq)
+                 WHERE ordering_key IS NOT NULL;",
         )?;
         meta.execute_batch(retention::SCHEMA)
             .context("creating the retention schema")?;
