@@ -57,6 +57,12 @@ pub struct PostgresTrigger {
     /// The server's environment variable holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// Changes per invocation, as one `{"Records": [...]}` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// How long to wait for a batch to fill (`"5s"`, at most 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_window: Option<String>,
 }
 
 impl PostgresTrigger {
@@ -107,7 +113,7 @@ impl PostgresTrigger {
         if let Some(var) = &self.password_env {
             validate_env_name(var)?;
         }
-        Ok(())
+        batching(self.batch_size, self.batch_window.as_deref()).map(drop)
     }
 }
 
@@ -132,6 +138,41 @@ pub struct NatsTrigger {
     /// the token (without).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// Messages per invocation (with a stream), as one `{"Records": [...]}` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// How long to wait for a batch to fill (`"5s"`, at most 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_window: Option<String>,
+}
+
+/// The most records in one batch.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+/// The longest wait for a batch to fill.
+pub const MAX_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Checks a trigger's batching settings; returns the batch size and window.
+pub fn batching(
+    size: Option<u32>,
+    window: Option<&str>,
+) -> Result<(u32, std::time::Duration), String> {
+    let size = size.unwrap_or(1);
+    if !(1..=MAX_BATCH_SIZE).contains(&size) {
+        return Err(format!(
+            "batch_size must be 1 to {MAX_BATCH_SIZE}, not {size}"
+        ));
+    }
+    let window = match window {
+        Some(text) => crate::duration::parse(text).map_err(|e| format!("batch_window: {e}"))?,
+        None => std::time::Duration::ZERO,
+    };
+    if window > MAX_BATCH_WINDOW {
+        return Err("batch_window must be at most 5m".into());
+    }
+    if size == 1 && !window.is_zero() {
+        return Err("batch_window needs a batch_size above 1".into());
+    }
+    Ok((size, window))
 }
 
 /// NATS subjects as servers accept them: dot-separated non-empty tokens without
@@ -620,6 +661,13 @@ impl TriggerSpec {
                 if let Some(var) = &n.password_env {
                     validate_env_name(var)?;
                 }
+                let (size, _) = batching(n.batch_size, n.batch_window.as_deref())?;
+                if size > 1 && n.stream.is_none() {
+                    return Err(
+                        "batching needs a stream: only JetStream can deliver a failed record again"
+                            .into(),
+                    );
+                }
                 Ok(())
             }
         }
@@ -704,6 +752,17 @@ mod tests {
         );
         assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","consumer":"c"}}"#).is_err());
         assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","stream":"a.b"}}"#).is_err());
+        assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","stream":"S","batch_size":10,"batch_window":"2s"}}"#).is_ok());
+        assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","batch_size":10}}"#).is_err());
+        assert!(spec(
+            r#"{"nats":{"subject":"a","broker":"nats://h","stream":"S","batch_size":0}}"#
+        )
+        .is_err());
+        assert!(spec(r#"{"nats":{"subject":"a","broker":"nats://h","stream":"S","batch_size":2,"batch_window":"10m"}}"#).is_err());
+        assert!(spec(
+            r#"{"nats":{"subject":"a","broker":"nats://h","stream":"S","batch_window":"1s"}}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -713,6 +772,8 @@ mod tests {
                 url: url.into(),
                 table: table.into(),
                 password_env: None,
+                batch_size: None,
+                batch_window: None,
             })
             .validate()
         };

@@ -7,7 +7,7 @@ use crate::clock::{rfc3339, Clock};
 use crate::invoker::{Call, Invoker};
 use crate::lineage::{Lineage, MAX_PIPELINE_DEPTH};
 use crate::registry::Registry;
-use crate::sources::{ASYNC_EVENT_TYPE, FAILURE_EVENT_TYPE, RESULT_EVENT_TYPE};
+use crate::sources::{failed_records, ASYNC_EVENT_TYPE, FAILURE_EVENT_TYPE, RESULT_EVENT_TYPE};
 use crate::store::{Enqueued, EventQueue, NewEvent, QueuedEvent};
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, Uri};
@@ -258,6 +258,44 @@ impl Dispatcher {
         }
     }
 
+    /// A batch whose function reported some records failed: those are tried again, the
+    /// others are done. Destinations wait for the whole batch.
+    fn retry_failed_records(
+        &self,
+        event: &NewEvent,
+        attempts: u32,
+        failed: Vec<u8>,
+        done: &Delivered,
+        now: u64,
+    ) -> Update {
+        let config = &done.version.config;
+        let count = serde_json::from_slice::<serde_json::Value>(&failed)
+            .ok()
+            .and_then(|b| b["Records"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        let error = format!("the function reported {count} failed records");
+        let age = Duration::from_millis(now.saturating_sub(event.created_ms));
+        let delay = backoff(config.retry_delay, attempts);
+        let then = if attempts >= config.max_attempts || age + delay > config.max_event_age {
+            tracing::warn!(request_id = %event.id, function = %event.function, "{error}; they move to the dead-letter queue");
+            Update::Kill {
+                at: now,
+                error: format!("{error} (after {attempts} attempts)"),
+            }
+        } else {
+            self.invoker.metrics.retried(&event.function);
+            Update::Retry {
+                at: now + delay.as_millis() as u64,
+                error,
+                counted: true,
+            }
+        };
+        Update::Narrow {
+            data: failed,
+            then: Box::new(then),
+        }
+    }
+
     /// A webhook destination's POST: retried with the producing function's
     /// `max_attempts` and backoff (or the defaults, if it is gone), then dead-lettered.
     /// The function does not run again.
@@ -299,6 +337,9 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         match outcome {
             Ok(done) => {
+                if let Some(failed) = failed_records(event, done.response.body()) {
+                    return self.retry_failed_records(event, attempts, failed, &done, now);
+                }
                 // Destinations are queued before the event is completed: a crash in
                 // between repeats the step (at least once), never drops the next one.
                 let next = done.version.config.on_success.clone();
@@ -646,6 +687,12 @@ fn attempts_key(what: &Forward<'_>) -> &'static str {
 /// What the queue records after an attempt.
 enum Update {
     Complete,
+    /// A batch some of whose records failed: only those stay in the event, then it is
+    /// retried (or dead-lettered) as `then` says.
+    Narrow {
+        data: Vec<u8>,
+        then: Box<Update>,
+    },
     Retry {
         at: u64,
         error: String,
@@ -663,6 +710,10 @@ impl Update {
             Update::Complete => queue.complete(id),
             Update::Retry { at, error, counted } => queue.retry(id, *at, error, *counted),
             Update::Kill { at, error } => queue.kill(id, *at, error),
+            Update::Narrow { data, then } => {
+                queue.set_data(id, data)?;
+                then.apply(queue, id)
+            }
         }
     }
 }

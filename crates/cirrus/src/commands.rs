@@ -465,6 +465,13 @@ struct AddTrigger {
     /// With --nats: the JetStream stream holding the subject (acknowledged delivery)
     #[arg(long, requires = "nats")]
     stream: Option<String>,
+    /// With --nats --stream or --postgres: records per invocation, as one
+    /// {"Records": [...]} event; the function may answer {"batchItemFailures": [...]}
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// With --batch-size: how long to wait for a batch to fill (e.g. 5s, at most 5m)
+    #[arg(long, requires = "batch_size")]
+    batch_window: Option<String>,
     /// With --nats --stream: the durable consumer's name [default: cirrus-TRIGGER]
     #[arg(long, requires = "stream")]
     consumer: Option<String>,
@@ -1737,6 +1744,8 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
                 suffix,
                 mqtt,
                 postgres,
+                batch_size,
+                batch_window,
                 nats,
                 stream,
                 consumer,
@@ -1768,6 +1777,9 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
             if table.is_some() && postgres.is_none() && other_kind {
                 bail!("give one kind of trigger: --table is a KV table's (or --postgres's)");
             }
+            if batch_size.is_some() && nats.is_none() && postgres.is_none() {
+                bail!("--batch-size goes with --nats --stream or --postgres");
+            }
             if postgres.is_some() && (username.is_some() || broker.is_some()) {
                 bail!("with --postgres the user and host are part of the URL");
             }
@@ -1777,6 +1789,8 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
                         url: postgres.unwrap_or_default(),
                         table,
                         password_env,
+                        batch_size,
+                        batch_window,
                     })
                 }
                 _ if nats.is_some() => TriggerSpec::Nats(cirrus_api::trigger::NatsTrigger {
@@ -1786,6 +1800,8 @@ async fn trigger(client: &Client, command: TriggerCommand, json: bool) -> anyhow
                     consumer,
                     username,
                     password_env,
+                    batch_size,
+                    batch_window,
                 }),
                 _ if mqtt.is_some() => TriggerSpec::Mqtt(cirrus_api::trigger::MqttTrigger {
                     filter: mqtt.unwrap_or_default(),

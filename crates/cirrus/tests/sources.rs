@@ -722,6 +722,46 @@ fn nats_subjects_and_jetstream_consumers_become_events() {
     assert!(items.iter().all(|r| r["trigger"] == "nats"), "{records}");
     assert_eq!(trigger_state(&up, "durable")["messages"], 2);
 
+    // Batches: three messages, one invocation with three records.
+    nats.create_stream("READINGS", &["readings.>"]);
+    deploy(&up, "batched", "log_input.wat");
+    up.cli_ok(&[
+        "trigger",
+        "add",
+        "batched",
+        "--nats",
+        "readings.>",
+        "--broker",
+        &nats.url(),
+        "--stream",
+        "READINGS",
+        "--batch-size",
+        "3",
+        "--batch-window",
+        "5s",
+    ]);
+    eventually(
+        "the batching consumer connects",
+        || trigger_state(&up, "batched"),
+        |s| s["connected"] == true,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for reading in [&b"r-1"[..], b"r-2", b"r-3"] {
+        nats.publish_durably("readings.kitchen", reading);
+    }
+    let logs = eventually(
+        "one batch arrives",
+        || up.cli_ok(&["logs", "batched"]),
+        |l| l.contains("r-3"),
+    );
+    assert!(logs.contains(r#""Records""#), "{logs}");
+    assert!(
+        ["r-1", "r-2", "r-3"].iter().all(|r| logs.contains(r)),
+        "{logs}"
+    );
+    let batches = up.cli_json(&["invocations", "batched"]);
+    assert_eq!(batches["items"].as_array().unwrap().len(), 1, "{batches}");
+
     // A stream that does not exist: the trigger is kept and says so.
     deploy(&up, "lost", "log_input.wat");
     up.cli_ok(&[
@@ -998,4 +1038,112 @@ fn postgres_changes_become_events_in_commit_order_per_key() {
     }
     drop(up);
     psql(&format!("DROP TABLE {table}; DROP TABLE {keyless};"));
+}
+
+/// A Python handler (native runtime) that reports every record whose row has status
+/// "bad" as failed, and logs the ids of each batch it gets.
+const BATCH_HANDLER: &str = r#"
+import json
+
+def handler(event, context):
+    ids = [r["id"] for r in event["Records"]]
+    print("batch " + json.dumps(ids), flush=True)
+    bad = [r["id"] for r in event["Records"] if (r["data"].get("new") or {}).get("status") == "bad"]
+    return {"batchItemFailures": [{"itemIdentifier": i} for i in bad]}
+"#;
+
+#[test]
+fn batches_retry_only_the_records_the_function_reports_failed() {
+    postgres_up();
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("batched_{}", std::process::id());
+    psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, status text)"
+    ));
+    let up = Up::start(dir.path(), &[]);
+    let code = dir.path().join("batch");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("app.py"), BATCH_HANDLER).unwrap();
+    let zip = dir.path().join("batch.zip");
+    let zipped = Command::new("python3")
+        .args(["-m", "zipfile", "-c"])
+        .arg(&zip)
+        .arg("app.py")
+        .current_dir(&code)
+        .status()
+        .unwrap();
+    assert!(zipped.success());
+    up.cli_ok(&[
+        "deploy",
+        "batches",
+        zip.to_str().unwrap(),
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.handler",
+        "--max-attempts",
+        "2",
+        "--retry-delay",
+        "1s",
+    ]);
+    up.cli_ok(&[
+        "trigger",
+        "add",
+        "batches",
+        "--postgres",
+        "postgres://postgres@127.0.0.1:5432/test",
+        "--table",
+        &table,
+        "--batch-size",
+        "3",
+        "--batch-window",
+        "30s",
+    ]);
+    eventually(
+        "the capture is installed",
+        || trigger_state(&up, "batches"),
+        |s| s["connected"] == true,
+    );
+    // Three changes fill a batch at once (no waiting out the window).
+    psql(&format!(
+        "INSERT INTO {table} VALUES (1, 'good'), (2, 'bad'), (3, 'good')"
+    ));
+    let dead = eventually(
+        "the bad record ends in the dead-letter queue",
+        || up.cli_json(&["dlq", "ls"]),
+        |d| d.as_array().is_some_and(|d| d.len() == 1),
+    );
+    let logs = up.cli_ok(&["logs", "batches"]);
+    let batches: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.split("batch ").nth(1))
+        .collect();
+    assert_eq!(
+        batches.len(),
+        2,
+        "one batch, then its failed record again: {logs}"
+    );
+    let first: Vec<String> = serde_json::from_str(batches[0]).unwrap();
+    let second: Vec<String> = serde_json::from_str(batches[1]).unwrap();
+    assert_eq!(first.len(), 3, "{logs}");
+    assert_eq!(second.len(), 1, "{logs}");
+    assert_eq!(
+        second[0], first[1],
+        "the retry carries only the bad record: {logs}"
+    );
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("1 failed records"),
+        "{dead}"
+    );
+    let shown = up.cli_json(&["dlq", "show", dead[0]["request_id"].as_str().unwrap()]);
+    let data = shown["data"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        data.contains("\"bad\"") && !data.contains("\"good\""),
+        "{shown}"
+    );
+    drop(up);
+    psql(&format!("DROP TABLE {table}"));
 }

@@ -6,7 +6,7 @@
 //! `subject`, the payload its data.
 
 use super::subscriptions::{commit, Backoff, Context, Reporter};
-use super::NATS_EVENT_TYPE;
+use super::{batch_event, Record, NATS_EVENT_TYPE};
 use crate::store::NewEvent;
 use async_nats::jetstream;
 use cirrus_api::trigger::{parse_nats_server, NatsTrigger};
@@ -166,6 +166,16 @@ async fn consume(
         )
         .await
         .map_err(|e| Ended::Before(format!("consumer {name:?} on stream {stream:?}: {e}")))?;
+    let (batch_size, window) =
+        cirrus_api::trigger::batching(spec.batch_size, spec.batch_window.as_deref())
+            .map_err(Ended::Before)?;
+    if batch_size > 1 {
+        reporter.connected();
+        return consume_batches(
+            context, trigger, spec, &consumer, batch_size, window, reporter,
+        )
+        .await;
+    }
     let mut messages = consumer
         .messages()
         .await
@@ -176,6 +186,7 @@ async fn consume(
             Ok(message) => message,
             Err(e) => {
                 reporter.failed(&format!("consumer {name:?}: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
@@ -188,6 +199,83 @@ async fn consume(
     Err(Ended::After("the consumer's messages ended".into()))
 }
 
+/// Batches of up to `size` messages, each one event, waiting at most `window` (at least
+/// a moment) for a batch to fill; every message of a batch is acknowledged once the
+/// batch's event is durable.
+async fn consume_batches(
+    context: &Context,
+    trigger: &TriggerInfo,
+    spec: &NatsTrigger,
+    consumer: &jetstream::consumer::PullConsumer,
+    size: u32,
+    window: Duration,
+    reporter: &Reporter,
+) -> Result<(), Ended> {
+    let source = source(spec);
+    loop {
+        let mut batch = consumer
+            .batch()
+            .max_messages(size as usize)
+            .expires(window.max(Duration::from_millis(500)))
+            .messages()
+            .await
+            .map_err(|e| Ended::After(format!("fetching a batch: {e}")))?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => messages.push(message),
+                Err(e) => reporter.failed(&format!("fetching a batch: {e}")),
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let records: Vec<Record> = messages
+            .iter()
+            .map(|m| Record {
+                id: m
+                    .info()
+                    .map(|i| i.stream_sequence.to_string())
+                    .unwrap_or_default(),
+                subject: m.subject.as_str().to_owned(),
+                content_type: content_type(m),
+                data: m.payload.to_vec(),
+                time: crate::clock::rfc3339(context.clock.now_ms()),
+            })
+            .collect();
+        let event = batch_event(
+            &trigger.function,
+            Trigger::Nats,
+            source.clone(),
+            context.clock.now_ms(),
+            &records,
+        )
+        .ordered_by(format!("nats:{}", trigger.id));
+        commit(context, reporter, event).await;
+        for message in &messages {
+            if let Err(e) = message.ack().await {
+                reporter.failed(&format!("acknowledging a message: {e}"));
+            }
+        }
+    }
+}
+
+/// The CloudEvent `source`: the server, and the stream.
+fn source(spec: &NatsTrigger) -> String {
+    match &spec.stream {
+        Some(stream) => format!("{}/{stream}", spec.broker.trim_end_matches('/')),
+        None => spec.broker.trim_end_matches('/').to_owned(),
+    }
+}
+
+fn content_type(message: &async_nats::Message) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Type"))
+        .map(|v| v.as_str().to_owned())
+}
+
 /// One message's event.
 fn event(
     context: &Context,
@@ -196,21 +284,12 @@ fn event(
     message: &async_nats::Message,
 ) -> NewEvent {
     let subject = message.subject.as_str().to_owned();
-    let content_type = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Content-Type"))
-        .map(|v| v.as_str().to_owned())
-        .unwrap_or_else(|| "application/octet-stream".into());
-    let source = match &spec.stream {
-        Some(stream) => format!("{}/{stream}", spec.broker.trim_end_matches('/')),
-        None => spec.broker.trim_end_matches('/').to_owned(),
-    };
+    let content_type = content_type(message).unwrap_or_else(|| "application/octet-stream".into());
     NewEvent::fired(
         trigger.function.clone(),
         Trigger::Nats,
         Some(NATS_EVENT_TYPE.into()),
-        Some(source),
+        Some(source(spec)),
         context.clock.now_ms(),
     )
     .with_data(Some(content_type), message.payload.to_vec())

@@ -13,7 +13,7 @@
 //! queueing and deleting cannot deliver it twice.
 
 use super::subscriptions::{commit, Backoff, Context, Reporter};
-use super::POSTGRES_EVENT_TYPE;
+use super::{batch_event, Record, POSTGRES_EVENT_TYPE};
 use crate::store::NewEvent;
 use cirrus_api::trigger::PostgresTrigger;
 use cirrus_api::{Trigger, TriggerInfo};
@@ -118,7 +118,18 @@ async fn session(
     reporter.connected();
     backoff.reset();
     loop {
-        while drain(context, trigger, &client, &table, &key_columns, reporter).await? == BATCH {}
+        while drain(
+            context,
+            trigger,
+            spec,
+            &client,
+            &table,
+            &key_columns,
+            reporter,
+        )
+        .await?
+            == BATCH
+        {}
         tokio::select! {
             () = woken.notified() => {}
             () = tokio::time::sleep(POLL) => {}
@@ -208,51 +219,103 @@ async fn primary_key(client: &tokio_postgres::Client, table: &str) -> Result<Vec
 async fn drain(
     context: &Context,
     trigger: &TriggerInfo,
+    spec: &PostgresTrigger,
     client: &tokio_postgres::Client,
     table: &str,
     key_columns: &[String],
     reporter: &Reporter,
 ) -> Result<i64, String> {
+    let (batch_size, window) =
+        cirrus_api::trigger::batching(spec.batch_size, spec.batch_window.as_deref())?;
     let rows = client
         .query(
-            "SELECT seq, op, old, new, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+            "SELECT seq, op, old, new, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    (extract(epoch FROM clock_timestamp() - at) * 1000)::bigint
              FROM cirrus.changes WHERE capture = $1 ORDER BY seq LIMIT $2",
             &[&trigger.id, &BATCH],
         )
         .await
         .map_err(|e| format!("reading changes: {}", chain(&e)))?;
-    let mut done = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let seq: i64 = row.get(0);
-        let op: String = row.get(1);
-        let old: Option<serde_json::Value> = row.get(2);
-        let new: Option<serde_json::Value> = row.get(3);
-        let at: String = row.get(4);
-        let keyed = new.as_ref().or(old.as_ref());
-        let key: Vec<&serde_json::Value> = key_columns
-            .iter()
-            .map(|c| {
-                keyed
-                    .and_then(|r| r.get(c))
-                    .unwrap_or(&serde_json::Value::Null)
-            })
-            .collect();
-        let key = serde_json::to_string(&key).unwrap_or_default();
-        let data =
-            serde_json::json!({ "op": op, "table": table, "old": old, "new": new, "at": at });
-        let event = NewEvent::fired(
-            trigger.function.clone(),
-            Trigger::Postgres,
-            Some(POSTGRES_EVENT_TYPE.into()),
-            Some(format!("/postgres/{table}")),
-            context.clock.now_ms(),
-        )
-        .with_json(serde_json::to_vec(&data).unwrap_or_default())
-        .ordered_by(format!("pg:{}:{key}", trigger.id))
-        .deduplicated_by(Some(format!("pg:{}:{seq}", trigger.id)))
-        .with_subject(table.to_owned());
-        commit(context, reporter, event).await;
-        done.push(seq);
+    let changes: Vec<Change> = rows
+        .iter()
+        .map(|row| {
+            let old: Option<serde_json::Value> = row.get(2);
+            let new: Option<serde_json::Value> = row.get(3);
+            let keyed = new.as_ref().or(old.as_ref());
+            let key: Vec<&serde_json::Value> = key_columns
+                .iter()
+                .map(|c| {
+                    keyed
+                        .and_then(|r| r.get(c))
+                        .unwrap_or(&serde_json::Value::Null)
+                })
+                .collect();
+            let key = serde_json::to_string(&key).unwrap_or_default();
+            let at: String = row.get(4);
+            Change {
+                seq: row.get(0),
+                key,
+                age_ms: row.get(5),
+                data: serde_json::json!({ "op": row.get::<_, String>(1), "table": table,
+                                          "old": old, "new": new, "at": at }),
+                at,
+            }
+        })
+        .collect();
+    let source = format!("/postgres/{table}");
+    let mut done = Vec::with_capacity(changes.len());
+    if batch_size > 1 {
+        // A batch that is not full waits out its window, counted from its oldest change.
+        let full = changes.len() >= batch_size as usize;
+        let due = changes
+            .first()
+            .is_some_and(|c| c.age_ms >= window.as_millis() as i64);
+        if !full && !due {
+            return Ok(0);
+        }
+        for chunk in changes.chunks(batch_size as usize) {
+            let records: Vec<Record> = chunk
+                .iter()
+                .map(|c| Record {
+                    id: c.seq.to_string(),
+                    subject: table.to_owned(),
+                    content_type: Some("application/json".into()),
+                    data: serde_json::to_vec(&c.data).unwrap_or_default(),
+                    time: c.at.clone(),
+                })
+                .collect();
+            let (first, last) = (chunk[0].seq, chunk[chunk.len() - 1].seq);
+            let event = batch_event(
+                &trigger.function,
+                Trigger::Postgres,
+                source.clone(),
+                context.clock.now_ms(),
+                &records,
+            )
+            // Batches of one table are delivered one at a time, in order (a change's
+            // key may be in the next batch too).
+            .ordered_by(format!("pg:{}", trigger.id))
+            .deduplicated_by(Some(format!("pg:{}:{first}-{last}", trigger.id)))
+            .with_subject(table.to_owned());
+            commit(context, reporter, event).await;
+            done.extend(chunk.iter().map(|c| c.seq));
+        }
+    } else {
+        for change in &changes {
+            let event = NewEvent::fired(
+                trigger.function.clone(),
+                Trigger::Postgres,
+                Some(POSTGRES_EVENT_TYPE.into()),
+                Some(source.clone()),
+                context.clock.now_ms(),
+            )
+            .with_json(serde_json::to_vec(&change.data).unwrap_or_default())
+            .ordered_by(format!("pg:{}:{}", trigger.id, change.key))
+            .deduplicated_by(Some(format!("pg:{}:{}", trigger.id, change.seq)))
+            .with_subject(table.to_owned());
+            commit(context, reporter, event).await;
+            done.push(change.seq);
+        }
     }
     if !done.is_empty() {
         client
@@ -264,6 +327,16 @@ async fn drain(
             .map_err(|e| format!("removing delivered changes: {}", chain(&e)))?;
     }
     Ok(rows.len() as i64)
+}
+
+/// One row of the outbox.
+struct Change {
+    seq: i64,
+    /// The primary key's values, as JSON.
+    key: String,
+    age_ms: i64,
+    at: String,
+    data: serde_json::Value,
 }
 
 /// Removes what Cirrus installed for a trigger that is gone: its capture on the table

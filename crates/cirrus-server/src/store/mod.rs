@@ -229,6 +229,8 @@ pub trait EventQueue: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Attempts are exhausted or the event expired: park it in the dead-letter queue.
     fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()>;
+    /// Replaces an event's body (a batch narrowed to its failed records).
+    fn set_data(&self, id: &str, data: &[u8]) -> StoreResult<()>;
     /// When the earliest waiting event becomes ready, if any is waiting.
     fn next_ready_ms(&self) -> StoreResult<Option<u64>>;
     /// Events waiting or running, and events in the dead-letter queue.

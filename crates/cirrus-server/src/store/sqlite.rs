@@ -789,6 +789,14 @@ impl EventQueue for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn set_data(&self, id: &str, data: &[u8]) -> StoreResult<()> {
+        lock(&self.queue).execute(
+            "UPDATE events SET data = ?2 WHERE id = ?1",
+            params![id, data],
+        )?;
+        Ok(())
+    }
+
     fn complete(&self, id: &str) -> StoreResult<()> {
         lock(&self.queue).execute("DELETE FROM events WHERE id = ?1", [id])?;
         Ok(())
