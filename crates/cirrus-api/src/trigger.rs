@@ -630,7 +630,10 @@ impl TriggerSpec {
             }
             TriggerSpec::Mqtt(m) => {
                 validate_mqtt_filter(&m.filter)?;
-                BrokerAddress::parse(&m.broker)?;
+                let address = BrokerAddress::parse(&m.broker)?;
+                if m.ca_file.is_some() && !address.tls {
+                    return Err("ca_file goes with an mqtts:// broker".into());
+                }
                 if let Some(var) = &m.password_env {
                     validate_env_name(var)?;
                     if m.username.is_none() {
@@ -828,5 +831,13 @@ mod tests {
             r#"{"mqtt":{"filter":"s","broker":"mqtt://h","password":"x"}}"#
         )
         .is_err());
+        let ca_plain: TriggerSpec = serde_json::from_str(
+            r#"{"mqtt":{"filter":"s","broker":"mqtt://h","ca_file":"/ca.pem"}}"#,
+        )
+        .unwrap();
+        assert!(ca_plain.validate().unwrap_err().contains("mqtts://"));
+        let bad_broker: TriggerSpec =
+            serde_json::from_str(r#"{"mqtt":{"filter":"s","broker":"tcp://h"}}"#).unwrap();
+        assert!(bad_broker.validate().is_err());
     }
 }

@@ -212,7 +212,9 @@ fn cgi_env(
         if name == hyper::header::CONTENT_TYPE || name == hyper::header::CONTENT_LENGTH {
             continue;
         }
-        if let Ok(value) = value.to_str() {
+        // UTF-8 values (an MQTT topic in `ce-subject`) as they are; other bytes are
+        // not text an environment variable can hold.
+        if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
             let var = format!(
                 "HTTP_{}",
                 name.as_str().to_ascii_uppercase().replace('-', "_")

@@ -755,8 +755,10 @@ pub(crate) fn cloud_event_request(event: &NewEvent) -> Request<Body> {
     *request.method_mut() = Method::POST;
     *request.uri_mut() = Uri::from_static("/");
     let headers = request.headers_mut();
+    // Values as their bytes: a subject (an MQTT topic) may be any UTF-8, which HTTP
+    // allows in a value; control characters are still refused.
     let mut set = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
             headers.insert(name, value);
         }
     };
@@ -831,23 +833,9 @@ mod tests {
     fn events_reach_guests_as_binary_cloudevents() {
         let event = NewEvent {
             id: "abc".into(),
-            function: "f".into(),
-            qualifier: "$LATEST".into(),
-            content_type: Some("application/json".into()),
-            traceparent: None,
-            event_type: None,
-            source: None,
-            subject: None,
-            webhook: None,
-            parent_id: None,
-            root_id: None,
-            ordering_key: None,
-            hops: 0,
-            trigger: Trigger::Async,
-            data: b"{}".to_vec(),
-            created_ms: 0,
-            idempotency_key: None,
-        };
+            ..NewEvent::fired("f", Trigger::Async, None, None, 0).with_json(b"{}".to_vec())
+        }
+        .with_subject("sensors/küche/temp".into());
         let r = cloud_event_request(&event);
         assert_eq!(r.method(), Method::POST);
         assert_eq!(r.headers()["ce-specversion"], "1.0");
@@ -855,6 +843,10 @@ mod tests {
         assert_eq!(r.headers()["ce-type"], ASYNC_EVENT_TYPE);
         assert_eq!(r.headers()["ce-source"], "/functions/f");
         assert_eq!(r.headers()["ce-time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            r.headers()["ce-subject"].as_bytes(),
+            "sensors/küche/temp".as_bytes()
+        );
         assert_eq!(r.headers()["content-type"], "application/json");
     }
 }

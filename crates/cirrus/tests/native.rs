@@ -81,23 +81,15 @@ fn the_cli_deploys_and_invokes_a_python_handler() {
 /// A one-thread HTTP server on the host that answers every request with its path;
 /// returns its port.
 fn upstream() -> u16 {
-    use std::io::{BufRead as _, Write as _};
+    use std::io::Write as _;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut reader = std::io::BufReader::new(stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
+            let Some(common::Received { path, .. }) = common::read_request(&mut reader) else {
                 continue;
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                    break;
-                }
-            }
+            };
             let body = format!("upstream saw {path}");
             let _ = write!(
                 reader.get_mut(),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{repo, Up};
+use common::{free_port, repo, wait_listening, Up};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,12 +20,7 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(dir: &Path) -> Mosquitto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(dir, port)
+        Self::start_on(dir, free_port())
     }
 
     fn start_on(dir: &Path, port: u16) -> Mosquitto {
@@ -50,14 +45,7 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto starts");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, "mosquitto");
         Mosquitto {
             child,
             port,
@@ -288,6 +276,13 @@ fn mqtt_messages_become_events_with_topic_as_subject() {
         |l| l.matches("HTTP_CE_SUBJECT=").count() == 4,
     );
     assert!(!up.cli_ok(&["logs", "payloads"]).contains("99.9"));
+    // Topics are UTF-8: the subject arrives as it was published.
+    broker.publish("sensors/küche/temp", b"19", &[]);
+    eventually(
+        "a non-ASCII topic arrives whole",
+        || up.cli_ok(&["logs", "headers"]),
+        |l| l.contains("HTTP_CE_SUBJECT=sensors/küche/temp"),
+    );
     let metrics = scrape(&up);
     assert!(
         !metrics.contains(&id),
@@ -563,11 +558,7 @@ impl Nats {
             Path::new("/usr/sbin/nats-server").exists(),
             "nats-server is missing: scripts/test installs Debian's nats-server"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("/usr/sbin/nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir)
@@ -575,14 +566,7 @@ impl Nats {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nats-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, "nats-server");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

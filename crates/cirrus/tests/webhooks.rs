@@ -6,27 +6,10 @@
 
 mod common;
 
-use common::{repo, Up};
-use std::io::{BufRead as _, Read as _, Write as _};
+use common::{repo, Received, Up};
+use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// One POST the receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// An HTTP receiver that answers its first `failures` requests with 500, then 200.
 fn receiver(failures: usize) -> (u16, Arc<Mutex<Vec<Received>>>) {
@@ -37,35 +20,12 @@ fn receiver(failures: usize) -> (u16, Arc<Mutex<Vec<Received>>>) {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut reader = std::io::BufReader::new(stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
+            let Some(received) = common::read_request(&mut reader) else {
                 continue;
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let mut headers = Vec::new();
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                    break;
-                }
-                if let Some((name, value)) = header.trim_end().split_once(':') {
-                    headers.push((name.trim().to_lowercase(), value.trim().to_owned()));
-                }
-            }
-            let length: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
+            };
             let count = {
                 let mut log = log.lock().unwrap();
-                log.push(Received {
-                    path,
-                    headers,
-                    body,
-                });
+                log.push(received);
                 log.len()
             };
             let status = if count <= failures {
@@ -196,11 +156,7 @@ fn a_webhook_that_never_answers_ends_in_the_dead_letter_queue() {
     let up = Up::start(dir.path(), &[]);
     let (port, seen) = receiver(usize::MAX);
     // Nothing listens here: connection refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = common::free_port();
     up.cli_ok(&[
         "deploy",
         "failing",

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 
 /// How soon a trigger added or removed starts or stops its connection.
 const RECONCILE: Duration = Duration::from_millis(500);
+/// A task that ended (it should not: it panicked) is started again after this.
+const RESTART_AFTER: Duration = Duration::from_secs(10);
 
 /// What the connection-holding sources share.
 pub struct Context {
@@ -177,6 +179,7 @@ struct Running {
 /// Keeps one task per connection-holding trigger until shutdown.
 pub async fn run(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut ended: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut ticks = tokio::time::interval(RECONCILE);
     loop {
         tokio::select! {
@@ -190,6 +193,9 @@ pub async fn run(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             .filter(|t| holds_connection(&t.spec))
             .collect();
         running.retain(|id, run| {
+            if run.task.is_finished() {
+                ended.insert(id.clone(), tokio::time::Instant::now() + RESTART_AFTER);
+            }
             let keep =
                 !run.task.is_finished() && wanted.iter().any(|t| &t.id == id && t.spec == run.spec);
             if !keep {
@@ -201,8 +207,10 @@ pub async fn run(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             }
             keep
         });
+        let now = tokio::time::Instant::now();
+        ended.retain(|_, at| *at > now);
         for trigger in wanted {
-            if running.contains_key(&trigger.id) {
+            if running.contains_key(&trigger.id) || ended.contains_key(&trigger.id) {
                 continue;
             }
             let reporter = Arc::new(Reporter {
