@@ -171,3 +171,41 @@ fn native_handlers_reach_allowed_hosts_and_only_those() {
     );
     assert_eq!(answer["status"], 403, "{answer}");
 }
+
+#[test]
+fn native_handlers_with_storage_grants_reach_the_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let zip = app_zip(dir.path());
+    for (name, grant) in [("store", "kv:notes:write"), ("reader", "kv:notes:read")] {
+        up.cli_ok(&[
+            "deploy",
+            name,
+            zip.to_str().unwrap(),
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.store",
+            "--storage",
+            grant,
+        ]);
+    }
+    let invoke = |name: &str, event: serde_json::Value| -> serde_json::Value {
+        let out = up.cli_ok(&["invoke", name, "--data", &event.to_string()]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    // Twice: the second call runs in the warm environment, whose stand-in token is
+    // replaced by the current invocation's.
+    for (key, value) in [("a", 1), ("b", 2)] {
+        let answer = invoke(
+            "store",
+            serde_json::json!({"key": key, "value": {"n": value}}),
+        );
+        assert_eq!(answer["status"], 200, "{answer}");
+        assert_eq!(up.cli_json(&["kv", "get", "notes", key])["n"], value);
+    }
+    // The grant is enforced: a read grant does not write.
+    let answer = invoke("reader", serde_json::json!({"key": "c", "value": 3}));
+    assert_eq!(answer["status"], 403, "{answer}");
+    assert!(!up.cli(&["kv", "get", "notes", "c"]).status.success());
+}

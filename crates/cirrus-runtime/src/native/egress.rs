@@ -41,30 +41,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Egress {
     /// Serves on `listener` (bound inside the sandbox's namespace), denying everything
-    /// until [`Egress::allow`] says otherwise.
-    pub fn serve(listener: std::net::TcpListener) -> std::io::Result<Self> {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+    /// until [`Egress::allow`] says otherwise. With `platform` (a listener inside the
+    /// sandbox at the platform API's port, and the API's real address), a function with
+    /// storage grants reaches `CIRRUS_API` there: each request is forwarded to the
+    /// platform as a proxied call would be (allowed, marked, its token refreshed).
+    pub fn serve(
+        listener: std::net::TcpListener,
+        platform: Option<(std::net::TcpListener, String)>,
+    ) -> std::io::Result<Self> {
         let policy = Arc::new(Mutex::new(Arc::new(OutboundPolicy {
             allowed_hosts: Arc::from(Vec::new()),
             platform: None,
             env_token: None,
         })));
-        let shared = policy.clone();
+        let proxy = accept(listener, policy.clone(), None)?;
+        let forwarder = match platform {
+            Some((listener, authority)) => Some(accept(listener, policy.clone(), Some(authority))?),
+            None => None,
+        };
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let policy = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        // The policy of the invocation running when the request arrives.
-                        let policy = lock(&policy).clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&policy, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
+            let _ = proxy.await;
+            if let Some(forwarder) = forwarder {
+                forwarder.abort();
             }
         });
         Ok(Self { policy, task })
@@ -74,6 +72,44 @@ impl Egress {
     pub fn allow(&self, policy: OutboundPolicy) {
         *lock(&self.policy) = Arc::new(policy);
     }
+}
+
+/// Serves one listener until aborted: as the proxy, or (with `platform`) as the
+/// platform's address, turning each request into a proxied one to it.
+fn accept(
+    listener: std::net::TcpListener,
+    policy: Arc<Mutex<Arc<OutboundPolicy>>>,
+    platform: Option<String>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (policy, platform) = (policy.clone(), platform.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    // The policy of the invocation running when the request arrives.
+                    let policy = lock(&policy).clone();
+                    if let Some(authority) = &platform {
+                        let path = request
+                            .uri()
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_owned();
+                        if let Ok(uri) = format!("http://{authority}{path}").parse() {
+                            *request.uri_mut() = uri;
+                        }
+                        request.headers_mut().remove(hyper::header::HOST);
+                    }
+                    async move { Ok::<_, std::convert::Infallible>(handle(&policy, request).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    }))
 }
 
 fn text(status: StatusCode, message: String) -> Response<Body> {

@@ -284,6 +284,20 @@ impl Code for NativeCode {
                 .map_err(|e| failed("creating the environment's cgroups", &e))?;
             let mut env = lambda_env(&self, &spec);
             env.extend(spec.env.iter().cloned());
+            // With storage grants: the platform API answers at its own port inside the
+            // sandbox too (see `egress`), and `CIRRUS_TOKEN` is the stand-in each call's
+            // token replaces, as for WebAssembly functions.
+            let platform = platform_address(&env);
+            if let Some(token) = &spec.token {
+                env.push(("CIRRUS_TOKEN".into(), token.clone()));
+            }
+            if let Some((_, inside)) = &platform {
+                for (name, value) in env.iter_mut() {
+                    if name == "CIRRUS_API" {
+                        *value = format!("http://{inside}");
+                    }
+                }
+            }
             let procs = cgroup.procs_files();
             let mut command = sandbox::command(&sandbox::Spec {
                 code: &self.dir,
@@ -314,14 +328,22 @@ impl Code for NativeCode {
             let init_pid = sandbox::child_of(pid)
                 .await
                 .map_err(|e| failed("starting the sandbox", &e))?;
-            let [listener, proxy] =
-                sandbox::listen_in(init_pid, [runtime_api::ADDRESS, egress::ADDRESS])
-                    .await
-                    .map_err(|e| failed("opening the Runtime API", &e))?;
+            let mut addresses = vec![runtime_api::ADDRESS.to_owned(), egress::ADDRESS.to_owned()];
+            addresses.extend(platform.iter().map(|(_, inside)| inside.clone()));
+            let mut listeners = sandbox::listen_in(init_pid, addresses)
+                .await
+                .map_err(|e| failed("opening the Runtime API", &e))?
+                .into_iter();
+            let (Some(listener), Some(proxy)) = (listeners.next(), listeners.next()) else {
+                return Err(failed("opening the Runtime API", &"no listener"));
+            };
+            let forwarder = listeners
+                .next()
+                .zip(platform.map(|(authority, _)| authority));
             let api =
                 RuntimeApi::serve(listener).map_err(|e| failed("opening the Runtime API", &e))?;
-            let egress =
-                egress::Egress::serve(proxy).map_err(|e| failed("opening the egress proxy", &e))?;
+            let egress = egress::Egress::serve(proxy, forwarder)
+                .map_err(|e| failed("opening the egress proxy", &e))?;
             if let Some(mut stdin) = child.stdin.take() {
                 // Lets bubblewrap run the runtime (`--block-fd 0`).
                 stdin
@@ -378,9 +400,27 @@ impl Code for NativeCode {
                     self.function
                 ),
                 init_logs: true,
+                env_token: spec.token.clone(),
             }) as Box<dyn Environment>)
         })
     }
+}
+
+/// Where a function with storage grants reaches the platform: its address
+/// (`CIRRUS_API`) and the address inside the sandbox that stands for it, on the same
+/// port unless that is one the sandbox uses already.
+fn platform_address(env: &[(String, String)]) -> Option<(String, String)> {
+    let api = env.iter().find(|(k, _)| k == "CIRRUS_API")?.1.as_str();
+    let authority = api
+        .strip_prefix("http://")?
+        .trim_end_matches('/')
+        .to_owned();
+    let port: u16 = authority.rsplit_once(':')?.1.parse().ok()?;
+    let taken = [runtime_api::ADDRESS, egress::ADDRESS]
+        .iter()
+        .any(|a| a.ends_with(&format!(":{port}")));
+    let inside = format!("127.0.0.1:{}", if taken { 9003 } else { port });
+    Some((authority, inside))
 }
 
 /// What Lambda sets in every environment.
@@ -466,6 +506,8 @@ struct NativeEnvironment {
     arn_base: String,
     /// The first invocation also gets what the runtime logged while starting.
     init_logs: bool,
+    /// The stand-in `CIRRUS_TOKEN` the environment started with.
+    env_token: Option<String>,
 }
 
 impl NativeEnvironment {
@@ -581,7 +623,7 @@ impl Environment for NativeEnvironment {
             self.egress.allow(crate::http::OutboundPolicy {
                 allowed_hosts: invocation.allowed_hosts.clone(),
                 platform: invocation.platform.clone(),
-                env_token: None,
+                env_token: self.env_token.clone(),
             });
             self.cgroup.reset_peak();
             let cpu_before = self.cgroup.cpu_ns();

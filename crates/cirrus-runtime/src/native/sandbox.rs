@@ -150,10 +150,10 @@ pub async fn child_of(pid: u32) -> std::io::Result<u32> {
 /// that namespace, binds, and ends (a pooled thread would stay in there); the sockets
 /// stay where they were made, so what the host serves on them is reachable only from
 /// inside, and what the host connects to from there leaves from the host's network.
-pub async fn listen_in<const N: usize>(
+pub async fn listen_in(
     pid: u32,
-    addresses: [&'static str; N],
-) -> std::io::Result<[std::net::TcpListener; N]> {
+    addresses: Vec<String>,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let bound = (|| {
@@ -162,13 +162,10 @@ pub async fn listen_in<const N: usize>(
                 std::os::fd::AsFd::as_fd(&namespace),
                 Some(rustix::thread::LinkNameSpaceType::Network),
             )?;
-            let listeners = addresses
+            addresses
                 .iter()
                 .map(|address| bind_when_up(address))
-                .collect::<std::io::Result<Vec<_>>>()?;
-            listeners
-                .try_into()
-                .map_err(|_| std::io::Error::other("listener count"))
+                .collect::<std::io::Result<Vec<_>>>()
         })();
         let _ = tx.send(bound);
     });
