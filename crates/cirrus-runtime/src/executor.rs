@@ -44,6 +44,9 @@ pub struct EnvironmentSpec {
     /// The token of the invocation that starts the environment, handed over as
     /// `CIRRUS_TOKEN` where the contract puts it in the environment.
     pub token: Option<String>,
+    /// The hosts the function may reach while its environment starts (a native
+    /// runtime's init, before any invocation's own policy applies).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Why an environment could not be started.

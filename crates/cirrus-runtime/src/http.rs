@@ -451,6 +451,7 @@ pub(crate) fn probe_reuse(pre: &ProxyPre<HttpState>, lanes: &CpuLanes) -> bool {
             max_log_bytes: 4 << 10,
             timeout: Duration::from_secs(5),
             token: None,
+            allowed_hosts: Vec::new(),
         };
         let Ok(mut env) = HttpEnvironment::start(pre, spec, None, lanes.clone()).await else {
             return true;

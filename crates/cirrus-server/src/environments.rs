@@ -835,6 +835,7 @@ mod tests {
             max_log_bytes: 1024,
             timeout: v.config.timeout,
             token: None,
+            allowed_hosts: Vec::new(),
         });
         let pools = Pools::new(
             Arc::new(FakeExecutor {

@@ -159,6 +159,7 @@ impl PlatformAccess {
             max_log_bytes,
             timeout: version.config.timeout,
             token,
+            allowed_hosts: version.config.allowed_hosts.clone(),
         }
     }
 

@@ -209,3 +209,59 @@ fn native_handlers_with_storage_grants_reach_the_platform() {
     assert_eq!(answer["status"], 403, "{answer}");
     assert!(!up.cli(&["kv", "get", "notes", "c"]).status.success());
 }
+
+#[test]
+fn native_handlers_reach_allowed_hosts_while_they_initialise() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let allowed = upstream();
+    // A module that calls out at import, as an SDK client fetching its configuration does.
+    let code = dir.path().join("init");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(
+        code.join("initcall.py"),
+        "import os, urllib.request\n\
+         with urllib.request.urlopen(os.environ['INIT_URL'], timeout=10) as r:\n    \
+             CONFIG = r.read().decode()\n\
+         def handler(event, context):\n    return {'config': CONFIG}\n",
+    )
+    .unwrap();
+    let zip = dir.path().join("init.zip");
+    let status = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-c"])
+        .arg(&zip)
+        .arg("initcall.py")
+        .current_dir(&code)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let url = format!("http://localhost:{allowed}/init");
+    for (name, grant) in [
+        ("granted", Some(format!("localhost:{allowed}"))),
+        ("denied", None),
+    ] {
+        let mut args = vec![
+            "deploy".to_owned(),
+            name.to_owned(),
+            zip.to_str().unwrap().to_owned(),
+            "--runtime".to_owned(),
+            "python3.11".to_owned(),
+            "--handler".to_owned(),
+            "initcall.handler".to_owned(),
+            "--env".to_owned(),
+            format!("INIT_URL={url}"),
+        ];
+        if let Some(host) = grant {
+            args.extend(["--allow-host".to_owned(), host]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        up.cli_ok(&args);
+    }
+    let out = up.cli_ok(&["invoke", "granted", "--data", "{}"]);
+    assert!(out.contains("upstream saw /init"), "{out}");
+    // Without the grant the import fails, and says why.
+    let out = up.cli(&["invoke", "denied", "--data", "{}"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("403") || said.contains("Forbidden"), "{said}");
+}

@@ -344,6 +344,13 @@ impl Code for NativeCode {
                 RuntimeApi::serve(listener).map_err(|e| failed("opening the Runtime API", &e))?;
             let egress = egress::Egress::serve(proxy, forwarder)
                 .map_err(|e| failed("opening the egress proxy", &e))?;
+            // Init may call out too (an SDK client fetching its configuration): with the
+            // function's own grants, until an invocation brings its policy.
+            egress.allow(crate::http::OutboundPolicy {
+                allowed_hosts: spec.allowed_hosts.clone().into(),
+                platform: None,
+                env_token: None,
+            });
             if let Some(mut stdin) = child.stdin.take() {
                 // Lets bubblewrap run the runtime (`--block-fd 0`).
                 stdin
