@@ -7,18 +7,38 @@ mod common;
 
 use common::{repo, Up};
 
-/// A zip of fixtures/native/app.py, made with Python's own zip tool.
+/// A zip of fixtures/native/app.py.
 fn app_zip(dir: &std::path::Path) -> std::path::PathBuf {
-    let zip = dir.join("app.zip");
-    let status = std::process::Command::new("python3")
-        .args(["-m", "zipfile", "-c"])
-        .arg(&zip)
-        .arg("app.py")
-        .current_dir(repo("fixtures/native"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    zip
+    let source = std::fs::read(repo("fixtures/native/app.py")).unwrap();
+    common::package(dir, "app.py", &source)
+}
+
+/// Deploys `handler` of `zip` on Python 3.11, with `--allow-host grant` if given and
+/// `extra` flags.
+fn deploy_python(
+    up: &Up,
+    name: &str,
+    zip: &std::path::Path,
+    handler: &str,
+    grant: Option<String>,
+    extra: &[&str],
+) {
+    let zip = zip.to_str().unwrap();
+    let mut args = vec![
+        "deploy",
+        name,
+        zip,
+        "--runtime",
+        "python3.11",
+        "--handler",
+        handler,
+    ];
+    let grant = grant.map(|host| ["--allow-host".to_owned(), host]);
+    if let Some(flags) = &grant {
+        args.extend(flags.iter().map(String::as_str));
+    }
+    args.extend_from_slice(extra);
+    up.cli_ok(&args);
 }
 
 #[test]
@@ -109,20 +129,7 @@ fn native_handlers_reach_allowed_hosts_and_only_those() {
     let allowed = upstream();
     let other = upstream();
     let deploy = |name: &str, handler: &str, grant: Option<String>| {
-        let mut args = vec![
-            "deploy".to_owned(),
-            name.to_owned(),
-            zip.to_str().unwrap().to_owned(),
-            "--runtime".to_owned(),
-            "python3.11".to_owned(),
-            "--handler".to_owned(),
-            handler.to_owned(),
-        ];
-        if let Some(host) = grant {
-            args.extend(["--allow-host".to_owned(), host]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        up.cli_ok(&args);
+        deploy_python(&up, name, &zip, handler, grant, &[]);
     };
     let invoke = |name: &str, event: serde_json::Value| -> serde_json::Value {
         let out = up.cli_ok(&["invoke", name, "--data", &event.to_string()]);
@@ -178,17 +185,7 @@ fn native_handlers_with_storage_grants_reach_the_platform() {
     let up = Up::start(dir.path(), &[]);
     let zip = app_zip(dir.path());
     for (name, grant) in [("store", "kv:notes:write"), ("reader", "kv:notes:read")] {
-        up.cli_ok(&[
-            "deploy",
-            name,
-            zip.to_str().unwrap(),
-            "--runtime",
-            "python3.11",
-            "--handler",
-            "app.store",
-            "--storage",
-            grant,
-        ]);
+        deploy_python(&up, name, &zip, "app.store", None, &["--storage", grant]);
     }
     let invoke = |name: &str, event: serde_json::Value| -> serde_json::Value {
         let out = up.cli_ok(&["invoke", name, "--data", &event.to_string()]);
@@ -216,46 +213,20 @@ fn native_handlers_reach_allowed_hosts_while_they_initialise() {
     let up = Up::start(dir.path(), &[]);
     let allowed = upstream();
     // A module that calls out at import, as an SDK client fetching its configuration does.
-    let code = dir.path().join("init");
-    std::fs::create_dir_all(&code).unwrap();
-    std::fs::write(
-        code.join("initcall.py"),
-        "import os, urllib.request\n\
-         with urllib.request.urlopen(os.environ['INIT_URL'], timeout=10) as r:\n    \
-             CONFIG = r.read().decode()\n\
-         def handler(event, context):\n    return {'config': CONFIG}\n",
-    )
-    .unwrap();
-    let zip = dir.path().join("init.zip");
-    let status = std::process::Command::new("python3")
-        .args(["-m", "zipfile", "-c"])
-        .arg(&zip)
-        .arg("initcall.py")
-        .current_dir(&code)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let url = format!("http://localhost:{allowed}/init");
+    let zip = common::package(
+        dir.path(),
+        "initcall.py",
+        b"import os, urllib.request\n\
+          with urllib.request.urlopen(os.environ['INIT_URL'], timeout=10) as r:\n    \
+              CONFIG = r.read().decode()\n\
+          def handler(event, context):\n    return {'config': CONFIG}\n",
+    );
+    let env = format!("INIT_URL=http://localhost:{allowed}/init");
     for (name, grant) in [
         ("granted", Some(format!("localhost:{allowed}"))),
         ("denied", None),
     ] {
-        let mut args = vec![
-            "deploy".to_owned(),
-            name.to_owned(),
-            zip.to_str().unwrap().to_owned(),
-            "--runtime".to_owned(),
-            "python3.11".to_owned(),
-            "--handler".to_owned(),
-            "initcall.handler".to_owned(),
-            "--env".to_owned(),
-            format!("INIT_URL={url}"),
-        ];
-        if let Some(host) = grant {
-            args.extend(["--allow-host".to_owned(), host]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        up.cli_ok(&args);
+        deploy_python(&up, name, &zip, "initcall.handler", grant, &["--env", &env]);
     }
     let out = up.cli_ok(&["invoke", "granted", "--data", "{}"]);
     assert!(out.contains("upstream saw /init"), "{out}");

@@ -361,6 +361,29 @@ fn nothing_is_lost_while_cirrus_or_the_broker_is_down() {
         || up.cli_ok(&["logs", "payloads"]),
         |l| l.contains("after-outage"),
     );
+
+    // A message over the event limit (256 KiB) is reported, acknowledged and skipped; the
+    // subscription goes on, and a healthy function keeps serving meanwhile.
+    broker.publish("plant/huge", &vec![b'x'; 300 << 10], &[]);
+    broker.publish("plant/10", b"after-the-huge-one", &[]);
+    eventually(
+        "the message after the oversized one arrives",
+        || up.cli_ok(&["logs", "payloads"]),
+        |l| l.contains("after-the-huge-one"),
+    );
+    let state = trigger_state(&up, "payloads");
+    assert!(
+        state["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the event limit"),
+        "{state}"
+    );
+    assert_eq!(state["connected"], true, "{state}");
+    assert_eq!(
+        up.cli_ok(&["invoke", "echo", "--data", "healthy"]),
+        "healthy"
+    );
 }
 
 #[test]
@@ -1045,18 +1068,7 @@ fn batches_retry_only_the_records_the_function_reports_failed() {
         "CREATE TABLE {table} (id int PRIMARY KEY, status text)"
     ));
     let up = Up::start(dir.path(), &[]);
-    let code = dir.path().join("batch");
-    std::fs::create_dir_all(&code).unwrap();
-    std::fs::write(code.join("app.py"), BATCH_HANDLER).unwrap();
-    let zip = dir.path().join("batch.zip");
-    let zipped = Command::new("python3")
-        .args(["-m", "zipfile", "-c"])
-        .arg(&zip)
-        .arg("app.py")
-        .current_dir(&code)
-        .status()
-        .unwrap();
-    assert!(zipped.success());
+    let zip = common::package(dir.path(), "app.py", BATCH_HANDLER.as_bytes());
     up.cli_ok(&[
         "deploy",
         "batches",

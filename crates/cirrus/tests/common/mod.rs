@@ -200,3 +200,22 @@ pub fn wait_listening(port: u16, what: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A deployment package holding one file `name` with `source`, zipped by Python's own
+/// zip tool (a real client of the format), written into `dir` as `STEM.zip`.
+pub fn package(dir: &Path, name: &str, source: &[u8]) -> PathBuf {
+    let code = dir.join(format!("{name}.src"));
+    std::fs::create_dir_all(&code).expect("a package folder");
+    std::fs::write(code.join(name), source).expect("the package's file");
+    let stem = Path::new(name).file_stem().unwrap_or_default();
+    let zip = dir.join(stem).with_extension("zip");
+    let status = Command::new("python3")
+        .args(["-m", "zipfile", "-c"])
+        .arg(&zip)
+        .arg(name)
+        .current_dir(&code)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "zipping {name}");
+    zip
+}
