@@ -12,6 +12,8 @@
 //! - [`duration`]: human durations (`"30s"`, `"5m"`) on the wire.
 //! - [`usage`]: usage and cost reports, with exact decimal money.
 
+pub mod access;
+pub mod cors;
 pub mod duration;
 pub mod error;
 pub mod grant;

@@ -90,6 +90,10 @@ pub struct FunctionConfig {
     /// function as Lambda would. Absent for functions deployed any other way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda: Option<LambdaPackage>,
+    /// Cross-origin access to the function's URL: the platform answers preflights (even
+    /// for private functions) and adds the CORS headers to responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::cors::Cors>,
 }
 
 /// A Lambda deployment package, as far as Cirrus keeps it. In a manifest or the deploy
@@ -258,6 +262,7 @@ impl Default for FunctionConfig {
             on_success: Vec::new(),
             on_failure: None,
             lambda: None,
+            cors: None,
         }
     }
 }
@@ -408,6 +413,9 @@ impl FunctionConfig {
                     format!("{key}: the CIRRUS_ prefix is reserved for the platform"),
                 ));
             }
+        }
+        if let Some(cors) = &self.cors {
+            cors.validate().map_err(|e| invalid("cors", e))?;
         }
         for host in &self.allowed_hosts {
             if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {

@@ -62,7 +62,7 @@ pub fn is_authorized(headers: &HeaderMap, token: &str) -> bool {
         .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -1,5 +1,6 @@
-//! How both listeners take connections: HTTP/1 with a cap on open connections, a
-//! deadline for every request head, an idle keep-alive timeout, and a graceful drain.
+//! How the listeners take connections: HTTP/1 (and with TLS, HTTP/2 when the client
+//! offers it by ALPN) with a cap on open connections, a deadline for every request head
+//! (the TLS handshake included), an idle keep-alive timeout, and a graceful drain.
 //!
 //! Every open connection costs a file descriptor, and a client that connects and then
 //! says nothing (or sends a header line now and then: slowloris) would otherwise keep it
@@ -120,6 +121,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    tls: Option<Arc<crate::tls::Tls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let open = Arc::new(OpenConnections::default());
@@ -154,17 +156,30 @@ pub async fn serve(
         let conn = Arc::new(Connection::new(next_id, epoch));
         next_id += 1;
         open.insert(conn.clone());
-        tasks.spawn(run_connection(
-            stream,
-            conn,
-            router.clone(),
-            limits,
-            shutdown.clone(),
-            Opened {
-                open: open.clone(),
-                _permit: permit,
-            },
-        ));
+        let opened = Opened {
+            open: open.clone(),
+            _permit: permit,
+        };
+        match &tls {
+            None => tasks.spawn(run_connection(
+                stream,
+                Protocol::Http1,
+                conn,
+                router.clone(),
+                limits,
+                shutdown.clone(),
+                opened,
+            )),
+            Some(tls) => tasks.spawn(run_tls_connection(
+                stream,
+                tls.clone(),
+                conn,
+                router.clone(),
+                limits,
+                shutdown.clone(),
+                opened,
+            )),
+        };
         // Let the new connection read its head before another accept could choose it
         // for eviction.
         tokio::task::yield_now().await;
@@ -250,6 +265,8 @@ struct Connection {
     write_blocked_ms: AtomicU64,
     evict: Notify,
     evicting: AtomicBool,
+    /// Requests in flight (several at once over HTTP/2).
+    in_flight: AtomicU64,
 }
 
 impl Connection {
@@ -262,6 +279,7 @@ impl Connection {
             write_blocked_ms: AtomicU64::new(NOT_BLOCKED),
             evict: Notify::new(),
             evicting: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
         };
         conn.enter(AWAITING_HEAD);
         conn
@@ -350,14 +368,53 @@ struct Opened {
     _permit: OwnedSemaphorePermit,
 }
 
-async fn run_connection(
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Completes the TLS handshake within the head deadline, then serves what ALPN chose.
+async fn run_tls_connection(
     stream: TcpStream,
+    tls: Arc<crate::tls::Tls>,
+    conn: Arc<Connection>,
+    router: Router,
+    limits: ListenerLimits,
+    shutdown: watch::Receiver<bool>,
+    opened: Opened,
+) {
+    let handshake =
+        tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(connection = conn.id, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(connection = conn.id, "closed: no TLS handshake in time");
+            return;
+        }
+    };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    run_connection(stream, protocol, conn, router, limits, shutdown, opened).await
+}
+
+async fn run_connection<S>(
+    stream: S,
+    protocol: Protocol,
     conn: Arc<Connection>,
     router: Router,
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
     opened: Opened,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(TrackedIo {
         stream,
         conn: conn.clone(),
@@ -366,7 +423,13 @@ async fn run_connection(
         inner: TowerToHyperService::new(router),
         conn: conn.clone(),
     };
-    let http = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+    };
+    let http = builder.serve_connection(io, service);
     tokio::pin!(http);
     // While busy there may be no deadline; look again this often to pick up a new one.
     let recheck = limits
@@ -413,12 +476,12 @@ async fn run_connection(
 
 /// The socket, watching for the first byte of a request after an idle spell (the head
 /// deadline starts there) and for the end of a response's write (idle starts there).
-struct TrackedIo {
-    stream: TcpStream,
+struct TrackedIo<S> {
+    stream: S,
     conn: Arc<Connection>,
 }
 
-impl AsyncRead for TrackedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -436,7 +499,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -504,6 +567,7 @@ struct Busy(Arc<Connection>);
 
 impl Busy {
     fn enter(conn: Arc<Connection>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
         conn.enter(BUSY);
         Self(conn)
     }
@@ -511,7 +575,8 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.phase() == BUSY {
+        // The last request in flight ends the busy phase.
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.phase() == BUSY {
             self.0.enter(FLUSHING);
         }
     }

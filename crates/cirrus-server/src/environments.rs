@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OnceCell};
 
 /// Builds the environment-level view of a version (variables, caps) for a new environment.
-pub type SpecFor = Arc<dyn Fn(&VersionInfo) -> EnvironmentSpec + Send + Sync>;
+/// What an environment of a version starts with; an error when it cannot start at all.
+pub type SpecFor = Arc<dyn Fn(&VersionInfo) -> Result<EnvironmentSpec, ApiError> + Send + Sync>;
 
 /// Admission memory for a version never started yet (one wasm page); afterwards, what
 /// its environments actually held once started.
@@ -376,7 +377,7 @@ impl Pools {
                 _ => true,
             };
             if room {
-                match code.clone().start((self.spec_for)(version)).await {
+                match code.clone().start((self.spec_for)(version)?).await {
                     Ok(env) => {
                         self.counters.started.fetch_add(1, Ordering::Relaxed);
                         pool.footprint
@@ -829,13 +830,15 @@ mod tests {
         let started = Arc::new(AtomicUsize::new(0));
         let budget = budget.map(MemoryBudget::new);
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let spec_for: SpecFor = Arc::new(|v: &VersionInfo| EnvironmentSpec {
-            env: Vec::new(),
-            memory_bytes: v.config.memory_bytes(),
-            max_log_bytes: 1024,
-            timeout: v.config.timeout,
-            token: None,
-            allowed_hosts: Vec::new(),
+        let spec_for: SpecFor = Arc::new(|v: &VersionInfo| {
+            Ok(EnvironmentSpec {
+                env: Vec::new(),
+                memory_bytes: v.config.memory_bytes(),
+                max_log_bytes: 1024,
+                timeout: v.config.timeout,
+                token: None,
+                allowed_hosts: Vec::new(),
+            })
         });
         let pools = Pools::new(
             Arc::new(FakeExecutor {

@@ -129,6 +129,8 @@ pub struct PlatformAccess {
     pub api_authority: std::sync::OnceLock<String>,
     /// Calls from functions running now, per lineage.
     pub nested: Arc<crate::lineage::NestedCalls>,
+    /// What `secret:NAME` values in `env` resolve to.
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl PlatformAccess {
@@ -137,13 +139,31 @@ impl PlatformAccess {
     /// `CIRRUS_API` plus a `CIRRUS_TOKEN` that is a stand-in: it is worth nothing by itself,
     /// and the runtime puts the current invocation's token in its place on every call to
     /// the platform (a warm environment outlives any one invocation's token).
-    pub fn environment(&self, version: &VersionInfo, max_log_bytes: usize) -> EnvironmentSpec {
-        let mut env: Vec<(String, String)> = version
-            .config
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+    ///
+    /// `secret:NAME` values are resolved here, so an environment started after a secret
+    /// is rotated gets its new value.
+    pub fn environment(
+        &self,
+        version: &VersionInfo,
+        max_log_bytes: usize,
+    ) -> Result<EnvironmentSpec, ApiError> {
+        let mut env = Vec::with_capacity(version.config.env.len() + 4);
+        for (name, value) in &version.config.env {
+            let value = match cirrus_api::access::secret_reference(value) {
+                None => value.clone(),
+                Some(secret) => self
+                    .secrets
+                    .resolve(secret)
+                    .map(|v| v.to_string())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::Internal,
+                            format!("{name} references secret {secret:?}, which no longer exists"),
+                        )
+                    })?,
+            };
+            env.push((name.clone(), value));
+        }
         env.push(("CIRRUS_FUNCTION".into(), version.function.clone()));
         env.push(("CIRRUS_VERSION".into(), version.version.to_string()));
         let mut token = None;
@@ -153,14 +173,14 @@ impl PlatformAccess {
             env.push(("CIRRUS_API".into(), format!("http://{authority}")));
             token = Some(format!("environment.{}", uuid::Uuid::new_v4().simple()));
         }
-        EnvironmentSpec {
+        Ok(EnvironmentSpec {
             env,
             memory_bytes: version.config.memory_bytes(),
             max_log_bytes,
             timeout: version.config.timeout,
             token,
             allowed_hosts: version.config.allowed_hosts.clone(),
-        }
+        })
     }
 
     /// What an invocation may reach, and how its calls to this server are marked: with
@@ -621,7 +641,7 @@ pub fn billed_ms(d: Duration) -> u64 {
 /// it is private or does not exist.
 fn hidden_function(function: &str) -> ApiError {
     ApiError::not_found(format!(
-        "no public function {function:?}: it does not exist, or it is private (private functions need `Authorization: Bearer <admin token>`)"
+        "no public function {function:?}: it does not exist, or it is private (private functions need `Authorization: Bearer` with the admin token or an API key of scope invoke:NAME)"
     ))
 }
 

@@ -26,11 +26,13 @@
 
 pub mod admission;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod cloudevents;
 pub mod connections;
+pub mod cors;
 pub mod environments;
 pub mod error;
 pub mod fd_limit;
@@ -38,6 +40,7 @@ pub mod function_token;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod invoker;
+pub mod keys;
 pub mod lambda;
 pub mod lineage;
 pub mod metrics;
@@ -48,10 +51,12 @@ pub mod registry;
 pub mod retention;
 pub mod s3;
 pub mod scaler;
+pub mod secrets;
 pub mod server;
 pub mod sigv4;
 pub mod sources;
 pub mod store;
+pub mod tls;
 pub mod trace;
 pub mod webhooks;
 

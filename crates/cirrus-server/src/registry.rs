@@ -76,6 +76,8 @@ pub struct Registry {
     capacity: std::sync::OnceLock<Arc<crate::admission::Capacity>>,
     /// The native runtimes this host runs, or why it runs none.
     native: std::sync::OnceLock<Result<cirrus_runtime::native::Runtimes, String>>,
+    /// The secrets `env` values may reference (`secret:NAME`).
+    secrets: std::sync::OnceLock<Arc<crate::secrets::Secrets>>,
 }
 
 impl Registry {
@@ -108,6 +110,7 @@ impl Registry {
             clock,
             max_artifact_bytes,
             deploy_lock: tokio::sync::Mutex::new(()),
+            secrets: std::sync::OnceLock::new(),
             capacity: std::sync::OnceLock::new(),
             native: std::sync::OnceLock::new(),
         })
@@ -165,6 +168,31 @@ impl Registry {
         })
         .await
         .map_err(|e| Failure::internal(format!("storing task failed: {e}")))?
+    }
+
+    pub fn attach_secrets(&self, secrets: Arc<crate::secrets::Secrets>) {
+        let _ = self.secrets.set(secrets);
+    }
+
+    /// Holds off deploys (e.g. while deleting a secret no version may start referencing).
+    pub async fn lock_deploys(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.deploy_lock.lock().await
+    }
+
+    /// Every `secret:NAME` in the config's `env` names a secret that exists.
+    fn check_secrets(&self, config: &FunctionConfig) -> Result<(), ApiError> {
+        for (variable, value) in &config.env {
+            let Some(secret) = cirrus_api::access::secret_reference(value) else {
+                continue;
+            };
+            let exists = self.secrets.get().is_some_and(|s| s.exists(secret));
+            if !exists {
+                return Err(ApiError::bad_request(format!(
+                    "invalid config: env.{variable} references secret {secret:?}, which does not exist: create it first with `cirrus secret set {secret}`"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn attach_capacity(&self, capacity: Arc<crate::admission::Capacity>) {
@@ -309,6 +337,7 @@ impl Registry {
             .map_err(|e| ApiError::bad_request(format!("invalid config: {e}")))?;
         // Early, to spare the compile; checked again under the deploy lock.
         self.check_reservation(&name, &config)?;
+        self.check_secrets(&config)?;
 
         // A native runtime's package is stored as it is; WebAssembly is compiled.
         let native_runtime = config
@@ -380,6 +409,7 @@ impl Registry {
         };
 
         let _serial = self.deploy_lock.lock().await;
+        self.check_secrets(&config)?;
         if let Some(expected) = expected_latest {
             let current = self
                 .resolve(&name, &Qualifier::Latest)

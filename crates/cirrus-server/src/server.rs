@@ -54,6 +54,11 @@ pub struct ServerConfig {
     pub memory_budget_bytes: Option<u64>,
     /// CPU-bound guests that may run at once; `None`: one fewer than the host's cores.
     pub cpu_lanes: Option<usize>,
+    /// The key secrets are sealed with; `None`: `<data-dir>/secrets.key`, created on
+    /// first start. One given here must exist.
+    pub secrets_key_file: Option<PathBuf>,
+    /// TLS on every listener; `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Environments the instance pool must hold at once: every invocation in flight, plus
@@ -82,6 +87,8 @@ impl ServerConfig {
             retention: crate::retention::RetentionSettings::default(),
             memory_budget_bytes: None,
             cpu_lanes: None,
+            secrets_key_file: None,
+            tls: None,
         }
     }
 }
@@ -90,6 +97,9 @@ pub struct Server {
     state: AppStateRef,
     s3: Arc<crate::s3::S3>,
     s3_listener: Option<tokio::net::TcpListener>,
+    /// The dashboard's own listener (its own origin, apart from functions' pages).
+    dashboard_listener: Option<tokio::net::TcpListener>,
+    tls: Option<Arc<crate::tls::Tls>>,
     config: ServerConfig,
     clock: Arc<dyn Clock>,
     shutdown_tx: watch::Sender<bool>,
@@ -126,7 +136,9 @@ impl Server {
             ..RuntimeConfig::new(data_dir.join("compiled"))
         };
         let lineage_budget = config.containment.max_lineage_events;
-        let (store, artifacts, runtime, blobs, credentials) =
+        let secrets_key_file = config.secrets_key_file.clone();
+        let admin_token = token.clone();
+        let (store, artifacts, runtime, blobs, credentials, secrets, keys) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
                 store.set_lineage_budget(lineage_budget);
@@ -140,8 +152,22 @@ impl Server {
                         "removed object data of uploads interrupted by the last stop"
                     );
                 }
-                let credentials = crate::s3::credentials::load_or_create(&data_dir)?;
-                anyhow::Ok((store, artifacts, runtime, blobs, credentials))
+                let sealing = Arc::new(match &secrets_key_file {
+                    Some(path) => crate::secrets::SealingKey::load(path, false)?,
+                    None => crate::secrets::SealingKey::load(
+                        &data_dir.join(crate::secrets::KEY_FILE),
+                        true,
+                    )?,
+                });
+                let access: Arc<dyn crate::store::AccessStore> = store.clone();
+                let secrets = Arc::new(crate::secrets::Secrets::load(
+                    sealing.clone(),
+                    access.clone(),
+                )?);
+                let keys = Arc::new(crate::keys::ApiKeys::load(access, sealing, admin_token)?);
+                let credentials =
+                    crate::s3::credentials::load_or_create(&data_dir)?.with_issued(keys.clone());
+                anyhow::Ok((store, artifacts, runtime, blobs, credentials, secrets, keys))
             })
             .await??;
         tracing::info!(pooling = runtime.pooling(), "runtime ready");
@@ -151,6 +177,7 @@ impl Server {
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
         let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
+        let access_store: Arc<dyn crate::store::AccessStore> = store.clone();
         let record_store: Arc<dyn RecordStore> = store;
         let queue = event_queue.clone();
         let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
@@ -172,7 +199,9 @@ impl Server {
             lineage: crate::lineage::LineageSigner::new(&token),
             api_authority: std::sync::OnceLock::new(),
             nested: crate::lineage::NestedCalls::new(config.containment.max_lineage_in_flight),
+            secrets: secrets.clone(),
         });
+        registry.attach_secrets(secrets.clone());
         let spec_for: crate::environments::SpecFor = {
             let platform = platform.clone();
             let max_log_bytes = config.payload.max_log_bytes;
@@ -285,11 +314,18 @@ impl Server {
             sources: Arc::default(),
             webhooks,
             shutdown,
+            keys,
+            secrets,
+            audit: Arc::new(crate::audit::Audit::new(access_store, clock.clone())),
+            dashboard_url: std::sync::OnceLock::new(),
         });
+        let tls = config.tls.clone().map(crate::tls::Tls::new).transpose()?;
         let server = Self {
             state,
             s3,
             s3_listener: None,
+            dashboard_listener: None,
+            tls,
             config,
             clock,
             shutdown_tx,
@@ -308,6 +344,29 @@ impl Server {
     pub fn with_s3_listener(mut self, listener: tokio::net::TcpListener) -> Self {
         self.s3_listener = Some(listener);
         self
+    }
+
+    /// Serves the dashboard (and the management API it calls) on this listener, its own
+    /// origin: a function's page on the main listener cannot read the operator's
+    /// session. The main listener's `/ui` then points here.
+    pub fn with_dashboard_listener(mut self, listener: tokio::net::TcpListener) -> Self {
+        if let Ok(addr) = listener.local_addr() {
+            let _ = self
+                .state
+                .dashboard_url
+                .set(format!("{}://{addr}/ui", self.scheme()));
+        }
+        self.dashboard_listener = Some(listener);
+        self
+    }
+
+    /// `https` when the listeners speak TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn s3(&self) -> &Arc<crate::s3::S3> {
@@ -470,16 +529,35 @@ impl Server {
             "connection caps"
         );
         let pruning = tokio::spawn(self.pruner.clone().run(state.shutdown.clone()));
+        let reloading = self
+            .tls
+            .clone()
+            .map(|tls| tokio::spawn(tls.watch(state.shutdown.clone())));
         let objects = self.s3_listener.map(|listener| {
             tokio::spawn(crate::connections::serve(
                 listener,
                 crate::s3::router(self.s3.clone()),
                 s3_limits,
+                self.tls.clone(),
                 state.shutdown.clone(),
             ))
         });
-        let serving =
-            crate::connections::serve(listener, router, main_limits, state.shutdown.clone());
+        let dashboard = self.dashboard_listener.map(|listener| {
+            tokio::spawn(crate::connections::serve(
+                listener,
+                api::dashboard_router(state.clone()),
+                main_limits,
+                self.tls.clone(),
+                state.shutdown.clone(),
+            ))
+        });
+        let serving = crate::connections::serve(
+            listener,
+            router,
+            main_limits,
+            self.tls.clone(),
+            state.shutdown.clone(),
+        );
         tokio::pin!(serving);
         let drain_timeout = self.config.drain_timeout;
         // Serving ends only once shutdown has begun and its connections have closed.
@@ -497,6 +575,12 @@ impl Server {
         }
         sweeper.abort();
         pruning.abort();
+        if let Some(reloading) = reloading {
+            reloading.abort();
+        }
+        if let Some(dashboard) = dashboard {
+            let _ = tokio::time::timeout(drain_timeout, dashboard).await;
+        }
         scheduling.abort();
         subscriptions.abort();
         if let Some(objects) = objects {

@@ -138,6 +138,8 @@ pub struct Verified {
     pub signing: Signing,
     /// Presigned requests carry no payload hash: the body is unsigned.
     pub presigned: bool,
+    /// Who signed, and what they may do.
+    pub principal: crate::keys::Principal,
 }
 
 pub(crate) fn decode(text: &str) -> String {
@@ -268,12 +270,9 @@ pub fn precheck(
             .ok_or_else(|| AuthError::new(AuthFailure::Missing, "the request is not signed"))?,
     };
     let credential = parse_credential(&credential)?;
-    if credentials.secret(&credential.access_key).is_none() {
-        return Err(AuthError::new(
-            AuthFailure::UnknownKey,
-            "The AWS Access Key Id you provided does not exist in our records.",
-        ));
-    }
+    credentials
+        .lookup(&credential.access_key)
+        .map_err(|why| AuthError::new(AuthFailure::UnknownKey, why))?;
     Ok(())
 }
 
@@ -414,12 +413,9 @@ pub fn verify(
         (credential, signed, signature, amz_date, payload)
     };
     let credential = parse_credential(&credential)?;
-    let Some(secret) = credentials.secret(&credential.access_key) else {
-        return Err(AuthError::new(
-            AuthFailure::UnknownKey,
-            "The AWS Access Key Id you provided does not exist in our records.",
-        ));
-    };
+    let (secret, principal) = credentials
+        .lookup(&credential.access_key)
+        .map_err(|why| AuthError::new(AuthFailure::UnknownKey, why))?;
     if !amz_date.starts_with(&credential.date) {
         return Err(AuthError::new(
             AuthFailure::MalformedHeader,
@@ -468,7 +464,7 @@ pub fn verify(
         presigned,
     )?;
     let key = signing_key(
-        secret,
+        &secret,
         &credential.date,
         &credential.region,
         &credential.service,
@@ -490,6 +486,7 @@ pub fn verify(
             seed: signature,
         },
         presigned,
+        principal,
     })
 }
 

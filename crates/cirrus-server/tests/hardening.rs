@@ -534,7 +534,10 @@ async fn functions_cannot_claim_the_dashboard_or_metrics_paths() {
     .unwrap_err();
     assert!(e.contains("reserved"), "{e}");
     assert!(s.triggers_of("f").await.is_empty());
-    assert_eq!(s.call("/ui").await.status(), 200);
+    // The main listener's /ui stays the platform's: it says where the dashboard is.
+    let r = s.call("/ui").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("dashboard"));
     assert_eq!(s.send(Method::GET, "/metrics").await.status(), 200);
     // A route next to them is fine.
     let r = s

@@ -797,6 +797,18 @@ async fn openapi_document_matches_the_router() {
     let mut documented = Vec::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let ops = ops.as_object().unwrap();
+        // Each operation documents the scope its route declares.
+        for (method, op) in ops.iter().filter(|(k, _)| *k != "parameters") {
+            let declared = cirrus_server::api::ROUTES
+                .iter()
+                .find(|(m, p, _)| p == path && (*m == method.to_uppercase() || *m == "ANY"))
+                .map(|(_, _, access)| format!("{access:?}"));
+            assert_eq!(
+                op["x-cirrus-access"].as_str().map(str::to_owned),
+                declared,
+                "{method} {path}"
+            );
+        }
         let methods: Vec<String> = ops
             .keys()
             .filter(|k| *k != "parameters")
@@ -813,7 +825,7 @@ async fn openapi_document_matches_the_router() {
     }
     let mut served: Vec<(String, String)> = cirrus_server::api::ROUTES
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
         .collect();
     documented.sort();
     served.sort();
@@ -822,7 +834,7 @@ async fn openapi_document_matches_the_router() {
     // And every listed route really is served (not the fallback).
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path()).await;
-    for (method, path) in cirrus_server::api::ROUTES {
+    for (method, path, _) in cirrus_server::api::ROUTES {
         let method = if *method == "ANY" { "GET" } else { method };
         let concrete = path
             .replace("{name}", "nope")

@@ -30,6 +30,10 @@ pub struct Target {
         global = true
     )]
     pub data_dir: PathBuf,
+    /// A CA certificate (PEM) to trust besides the system's, for a server with a
+    /// self-signed or private certificate
+    #[arg(long, env = "CIRRUS_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
 }
 
 pub struct Client {
@@ -56,8 +60,15 @@ impl Client {
             .token
             .clone()
             .or_else(|| read_trimmed(&target.data_dir.join(cirrus_server::auth::TOKEN_FILE)));
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = &target.cacert {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            http = http.add_root_certificate(cert);
+        }
         Ok(Self {
-            http: reqwest::Client::builder().build()?,
+            http: http.build()?,
             base: base.trim_end_matches('/').to_owned(),
             token,
         })

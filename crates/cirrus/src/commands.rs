@@ -89,6 +89,17 @@ enum Command {
     Runtimes,
     /// The key a function's webhook destinations sign their POSTs with (for receivers)
     WebhookKey { function: String },
+    /// Secrets functions reference from their env as "secret:NAME" (values never shown)
+    #[command(subcommand)]
+    Secret(crate::access::SecretCommand),
+    /// API keys with scopes (admin, deploy, read, invoke:FUNCTION) beside the admin token
+    #[command(subcommand)]
+    Key(crate::access::KeyCommand),
+    /// The audit log: who changed what, when (newest first)
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// List a function's recent invocations
     Invocations {
         name: String,
@@ -106,6 +117,17 @@ struct UpArgs {
     /// none: objects stay reachable through /v1/buckets)
     #[arg(long, default_value = "127.0.0.1:9000", value_parser = parse_listen)]
     s3_listen: MaybeListen,
+    /// Address of the dashboard (and the management API it calls), an origin of its own
+    /// apart from functions' pages (port 0 picks a free port; `off` serves none)
+    #[arg(long, default_value = "127.0.0.1:8081", value_parser = parse_listen)]
+    dashboard_listen: MaybeListen,
+    /// TLS certificate chain (PEM) for every listener; reloaded on SIGHUP and when the
+    /// file changes
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Largest part of a multipart upload to the object API, in bytes
     #[arg(long, default_value_t = cirrus_server::s3::S3Limits::default().max_part_bytes)]
     s3_max_part_bytes: u64,
@@ -198,6 +220,11 @@ struct UpArgs {
     /// Server log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The key secrets are sealed with (64 hex digits, mode 0600), kept apart from the
+    /// data dir, e.g. on a mounted secret volume [default: <data-dir>/secrets.key,
+    /// created on first start]
+    #[arg(long, env = "CIRRUS_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -615,6 +642,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy(&client, *args, json).await,
         Command::Invoke(args) => invoke(&client, args, json).await,
         Command::Dlq(command) => dlq(&client, command, json).await,
+        Command::Secret(command) => crate::access::secret(&client, command, json).await,
+        Command::Key(command) => crate::access::key(&client, command, json).await,
+        Command::Audit { limit } => crate::access::audit(&client, limit, json).await,
         Command::Trigger(command) => trigger(&client, command, json).await,
         Command::Kv(command) => kv(&client, command, json).await,
         Command::Bucket(command) => bucket(&client, command, json).await,
@@ -913,6 +943,14 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
         send_timeout: args.send_timeout,
     };
     config.otlp_endpoint = args.otlp_endpoint.clone();
+    config.secrets_key_file = args.secrets_key_file.clone();
+    config.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(cirrus_server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
     config.s3.max_part_bytes = args.s3_max_part_bytes;
     if let Some(path) = &args.prices {
         config.prices = cirrus_server::billing::load_prices(path)?;
@@ -957,7 +995,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
             let s3_listener = cirrus_server::connections::bind(addr).with_context(|| {
                 format!("binding the S3 API to {addr} (choose another with --s3-listen, or off)")
             })?;
-            let s3_url = format!("http://{}", s3_listener.local_addr()?);
+            let s3_url = format!("{}://{}", server.scheme(), s3_listener.local_addr()?);
             let url_file = target.data_dir.join(client::S3_URL_FILE);
             std::fs::write(&url_file, format!("{s3_url}\n"))
                 .with_context(|| format!("writing {}", url_file.display()))?;
@@ -975,10 +1013,21 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
             server
         }
     };
+    let server = match args.dashboard_listen.0 {
+        Some(addr) => {
+            let listener = cirrus_server::connections::bind(addr).with_context(|| {
+                format!("binding the dashboard to {addr} (choose another with --dashboard-listen, or off)")
+            })?;
+            let url = format!("{}://{}/ui", server.scheme(), listener.local_addr()?);
+            eprintln!("dashboard on {url}");
+            server.with_dashboard_listener(listener)
+        }
+        None => server,
+    };
     let listener = cirrus_server::connections::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", server.scheme());
     std::fs::write(target.data_dir.join(client::URL_FILE), format!("{url}\n")).with_context(
         || {
             format!(

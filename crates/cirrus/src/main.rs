@@ -1,6 +1,7 @@
 //! `cirrus`: the server (`cirrus up`) and the client commands, in one binary.
 //! Thin by design: it parses flags, calls the library or the API, and prints.
 
+mod access;
 mod client;
 mod commands;
 mod config_edits;

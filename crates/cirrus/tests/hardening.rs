@@ -259,6 +259,8 @@ fn artifacts_that_are_not_regular_files_are_refused_at_once() {
             "127.0.0.1:0",
             "--s3-listen",
             "off",
+            "--dashboard-listen",
+            "off",
             "--data-dir",
         ])
         .arg(dir.path().join("other"))

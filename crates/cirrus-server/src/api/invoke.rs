@@ -2,7 +2,6 @@
 //! invoke API (`POST /v1/functions/{name}/invoke`).
 
 use super::AppStateRef;
-use crate::auth::is_authorized;
 use crate::error::{body_error, error_response};
 use crate::invoker::Call;
 use crate::lineage::Lineage;
@@ -61,10 +60,19 @@ pub(crate) async fn invoke_http(
     mut parts: axum::http::request::Parts,
     body: axum::body::Body,
 ) -> Response {
-    let authorized = is_authorized(&parts.headers, &state.token);
-    if authorized {
-        parts.headers.remove(axum::http::header::AUTHORIZATION);
+    // CORS comes from the version the request names (an alias's, when it names one).
+    let cors = state
+        .registry
+        .resolve(&function, &qualifier)
+        .ok()
+        .and_then(|v| v.config.cors.clone());
+    if let Some(cors) = &cors {
+        if crate::cors::is_preflight(&parts.method, &parts.headers) {
+            return crate::cors::preflight(cors, &parts.headers);
+        }
     }
+    let origin = parts.headers.get(axum::http::header::ORIGIN).cloned();
+    let authorized = may_invoke_private(state, &mut parts.headers, &function);
     let caller = take_lineage(state, &mut parts.headers);
     let call = Call::new(
         function,
@@ -73,7 +81,37 @@ pub(crate) async fn invoke_http(
         Request::from_parts(parts, body),
         authorized,
     );
-    state.invoker.invoke(with_caller(call, caller)).await
+    let mut response = state.invoker.invoke(with_caller(call, caller)).await;
+    if let Some(cors) = &cors {
+        crate::cors::decorate(cors, origin.as_ref(), &mut response);
+    }
+    response
+}
+
+/// Whether the caller's credentials (the admin token, or an API key whose scope covers
+/// invoking `function`) open a private function. Credentials the platform recognises —
+/// valid or not — are removed, so no guest ever sees one.
+pub(crate) fn may_invoke_private(
+    state: &AppStateRef,
+    headers: &mut axum::http::HeaderMap,
+    function: &str,
+) -> bool {
+    match state
+        .keys
+        .authenticate(headers, state.invoker.clock.now_ms())
+    {
+        Ok(Some(principal)) => {
+            headers.remove(axum::http::header::AUTHORIZATION);
+            principal
+                .scope
+                .allows(cirrus_api::access::Need::Invoke(function))
+        }
+        Err(_) => {
+            headers.remove(axum::http::header::AUTHORIZATION);
+            false
+        }
+        Ok(None) => false,
+    }
 }
 
 /// The calling invocation, when a function calls the platform: the signed

@@ -1,6 +1,7 @@
 //! The HTTP gateway: the management API under `/v1` and HTTP triggers under `/fn`.
 //! Handlers only parse requests into calls on the registry and the invoker.
 
+mod access;
 mod dlq;
 mod functions;
 pub(crate) mod invoke;
@@ -10,7 +11,6 @@ mod objects;
 mod triggers;
 pub(crate) mod usage;
 
-use crate::auth::is_authorized;
 use crate::error::{error_response, Failure};
 use crate::invoker::Invoker;
 use crate::records::RecordSink;
@@ -26,54 +26,96 @@ use cirrus_api::{ApiError, ErrorCode};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Every route the router serves, as `(method, path)`; `docs/openapi.json` must list
-/// exactly these (a test checks both directions). The Lambda API's prefixes
-/// (`crate::lambda::PREFIXES`) are not listed: AWS's own reference documents them.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/health"),
-    ("GET", "/ui"),
-    ("GET", "/v1/functions"),
-    ("GET", "/v1/functions/{name}"),
-    ("PUT", "/v1/functions/{name}"),
-    ("DELETE", "/v1/functions/{name}"),
-    ("GET", "/v1/functions/{name}/versions"),
-    ("GET", "/v1/functions/{name}/aliases"),
-    ("PUT", "/v1/functions/{name}/aliases/{alias}"),
-    ("DELETE", "/v1/functions/{name}/aliases/{alias}"),
-    ("POST", "/v1/functions/{name}/invoke"),
-    ("GET", "/v1/functions/{name}/invocations"),
-    ("GET", "/v1/functions/{name}/logs"),
-    ("GET", "/v1/usage"),
-    ("GET", "/v1/status"),
-    ("GET", "/v1/runtimes"),
-    ("GET", "/v1/trace/{request_id}"),
-    ("GET", "/v1/kv/{table}"),
-    ("GET", "/v1/kv/{table}/{key}"),
-    ("PUT", "/v1/kv/{table}/{key}"),
-    ("DELETE", "/v1/kv/{table}/{key}"),
-    ("GET", "/v1/buckets"),
-    ("PUT", "/v1/buckets/{bucket}"),
-    ("DELETE", "/v1/buckets/{bucket}"),
-    ("GET", "/v1/buckets/{bucket}/objects"),
-    ("GET", "/v1/buckets/{bucket}/objects/{key}"),
-    ("HEAD", "/v1/buckets/{bucket}/objects/{key}"),
-    ("PUT", "/v1/buckets/{bucket}/objects/{key}"),
-    ("DELETE", "/v1/buckets/{bucket}/objects/{key}"),
-    ("GET", "/v1/triggers"),
-    ("POST", "/v1/functions/{name}/triggers"),
-    ("DELETE", "/v1/triggers/{id}"),
-    ("POST", "/v1/topics/{topic}"),
-    ("GET", "/v1/webhooks/signing-key"),
-    ("GET", "/v1/dlq"),
-    ("DELETE", "/v1/dlq"),
-    ("POST", "/v1/dlq/redrive"),
-    ("GET", "/v1/dlq/{id}"),
-    ("DELETE", "/v1/dlq/{id}"),
-    ("POST", "/v1/dlq/{id}/redrive"),
-    ("GET", "/metrics"),
-    ("ANY", "/fn/{target}"),
-    ("ANY", "/fn/{target}/"),
-    ("ANY", "/fn/{target}/{path}"),
+/// What a route asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Open,
+    /// A key with the scope (`admin` ⊇ `deploy` ⊇ `read`).
+    Read,
+    Deploy,
+    Admin,
+    /// `invoke:NAME` for the `{name}` in the path (or `deploy`/`admin`).
+    Invoke,
+    /// Tables and buckets: `read` to read, `deploy` to write, or a function's token
+    /// within its storage grants.
+    Storage,
+    /// HTTP triggers: anyone for a public function; `invoke:NAME` for a private one.
+    Function,
+}
+
+/// Every route the router serves, as `(method, path, what it asks of its caller)`;
+/// `docs/openapi.json` must list exactly these (a test checks both directions). The
+/// Lambda API's prefixes (`crate::lambda::PREFIXES`) are not listed: AWS's own
+/// reference documents them.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/v1/health", Access::Open),
+    ("GET", "/ui", Access::Open),
+    ("GET", "/v1/functions", Access::Read),
+    ("GET", "/v1/functions/{name}", Access::Read),
+    ("PUT", "/v1/functions/{name}", Access::Deploy),
+    ("DELETE", "/v1/functions/{name}", Access::Deploy),
+    ("GET", "/v1/functions/{name}/versions", Access::Read),
+    ("GET", "/v1/functions/{name}/aliases", Access::Read),
+    (
+        "PUT",
+        "/v1/functions/{name}/aliases/{alias}",
+        Access::Deploy,
+    ),
+    (
+        "DELETE",
+        "/v1/functions/{name}/aliases/{alias}",
+        Access::Deploy,
+    ),
+    ("POST", "/v1/functions/{name}/invoke", Access::Invoke),
+    ("GET", "/v1/functions/{name}/invocations", Access::Read),
+    ("GET", "/v1/functions/{name}/logs", Access::Read),
+    ("GET", "/v1/usage", Access::Read),
+    ("GET", "/v1/status", Access::Read),
+    ("GET", "/v1/runtimes", Access::Read),
+    ("GET", "/v1/trace/{request_id}", Access::Read),
+    ("GET", "/v1/kv/{table}", Access::Storage),
+    ("GET", "/v1/kv/{table}/{key}", Access::Storage),
+    ("PUT", "/v1/kv/{table}/{key}", Access::Storage),
+    ("DELETE", "/v1/kv/{table}/{key}", Access::Storage),
+    ("GET", "/v1/buckets", Access::Read),
+    ("PUT", "/v1/buckets/{bucket}", Access::Deploy),
+    ("DELETE", "/v1/buckets/{bucket}", Access::Deploy),
+    ("GET", "/v1/buckets/{bucket}/objects", Access::Storage),
+    ("GET", "/v1/buckets/{bucket}/objects/{key}", Access::Storage),
+    (
+        "HEAD",
+        "/v1/buckets/{bucket}/objects/{key}",
+        Access::Storage,
+    ),
+    ("PUT", "/v1/buckets/{bucket}/objects/{key}", Access::Storage),
+    (
+        "DELETE",
+        "/v1/buckets/{bucket}/objects/{key}",
+        Access::Storage,
+    ),
+    ("GET", "/v1/triggers", Access::Read),
+    ("POST", "/v1/functions/{name}/triggers", Access::Deploy),
+    ("DELETE", "/v1/triggers/{id}", Access::Deploy),
+    ("POST", "/v1/topics/{topic}", Access::Deploy),
+    ("GET", "/v1/webhooks/signing-key", Access::Admin),
+    ("GET", "/v1/dlq", Access::Read),
+    ("DELETE", "/v1/dlq", Access::Deploy),
+    ("POST", "/v1/dlq/redrive", Access::Deploy),
+    ("GET", "/v1/dlq/{id}", Access::Read),
+    ("DELETE", "/v1/dlq/{id}", Access::Deploy),
+    ("POST", "/v1/dlq/{id}/redrive", Access::Deploy),
+    ("GET", "/v1/keys", Access::Admin),
+    ("POST", "/v1/keys", Access::Admin),
+    ("DELETE", "/v1/keys/{id}", Access::Admin),
+    ("GET", "/v1/audit", Access::Admin),
+    ("GET", "/v1/secrets", Access::Admin),
+    ("PUT", "/v1/secrets/{name}", Access::Admin),
+    ("DELETE", "/v1/secrets/{name}", Access::Admin),
+    ("GET", "/metrics", Access::Read),
+    ("ANY", "/fn/{target}", Access::Function),
+    ("ANY", "/fn/{target}/", Access::Function),
+    ("ANY", "/fn/{target}/{path}", Access::Function),
 ];
 
 /// Everything handlers reach.
@@ -103,11 +145,76 @@ pub struct AppState {
     pub sources: Arc<crate::sources::subscriptions::SourceStates>,
     /// Flips to true when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
+    /// API keys beside the admin token.
+    pub keys: Arc<crate::keys::ApiKeys>,
+    /// Secrets functions' environments reference.
+    pub secrets: Arc<crate::secrets::Secrets>,
+    pub audit: Arc<crate::audit::Audit>,
+    /// Where the dashboard is served, when on a listener of its own.
+    pub dashboard_url: std::sync::OnceLock<String>,
 }
 
 pub type AppStateRef = Arc<AppState>;
 
+/// The main listener: everything but the dashboard page, which lives on an origin of
+/// its own ([`dashboard_router`]).
 pub fn router(state: AppStateRef) -> Router {
+    Router::new()
+        .route("/ui", get(dashboard_elsewhere))
+        .merge(api_routes(state.clone()))
+        // The AWS Lambda API, under its own date prefixes (documented by AWS, not here).
+        .merge(crate::lambda::router())
+        .route("/fn/{target}", any(invoke::http_trigger))
+        // `{*path}` needs at least one character: `/fn/NAME/` is the function's `/`.
+        .route("/fn/{target}/", any(invoke::http_trigger))
+        .route("/fn/{target}/{*path}", any(invoke::http_trigger))
+        // Invocation bodies are limited by the invoker, per its own setting.
+        .layer(DefaultBodyLimit::disable())
+        .fallback(triggers::custom_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The dashboard's listener: the page and the management API it calls, and nothing a
+/// function controls, so no function's page shares the dashboard's origin (and its
+/// session storage, where the token is kept).
+pub fn dashboard_router(state: AppStateRef) -> Router {
+    Router::new()
+        // The page is static and holds no data; it asks for the token and every API
+        // call it makes carries it.
+        .route("/ui", get(dashboard))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
+        .merge(api_routes(state.clone()))
+        .layer(DefaultBodyLimit::disable())
+        .fallback(not_here)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_here(request: Request) -> Failure {
+    ApiError::not_found(format!(
+        "no route for {} {} on the dashboard's listener: functions, custom routes and the Lambda API are served on the main listener",
+        request.method(),
+        request.uri().path()
+    ))
+    .into()
+}
+
+/// `/ui` on the main listener: the dashboard is not served where functions' pages are.
+async fn dashboard_elsewhere(State(state): State<AppStateRef>) -> Failure {
+    match state.dashboard_url.get() {
+        Some(url) => ApiError::not_found(format!(
+            "the dashboard is served on an origin of its own, apart from functions' pages: open {url}"
+        )),
+        None => ApiError::not_found(
+            "the dashboard is off (cirrus up --dashboard-listen off); start the server with --dashboard-listen ADDR to serve it on an origin of its own",
+        ),
+    }
+    .into()
+}
+
+/// `/v1` (management and storage), `/v1/health` and `/metrics`, on both listeners.
+fn api_routes(state: AppStateRef) -> Router<AppStateRef> {
     // Multipart framing on top of the artifact itself.
     let deploy_limit = state.max_artifact_bytes + (1 << 20);
     let management = Router::new()
@@ -147,7 +254,15 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/v1/dlq/{id}", get(dlq::show).delete(dlq::purge_one))
         .route("/v1/dlq/{id}/redrive", post(dlq::redrive_one))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/v1/keys", get(access::list_keys).post(access::create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(access::revoke_key))
+        .route("/v1/audit", get(access::audit))
+        .route("/v1/secrets", get(access::list_secrets))
+        .route(
+            "/v1/secrets/{name}",
+            put(access::set_secret).delete(access::delete_secret),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     // Storage also answers functions presenting a token within their grants.
     let storage = Router::new()
         .route("/v1/kv/{table}", get(kv::list))
@@ -164,25 +279,11 @@ pub fn router(state: AppStateRef) -> Router {
                 .put(objects::put)
                 .delete(objects::delete),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_grant));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/v1/health", get(health))
-        // The page is static and holds no data; it asks for the admin token and every
-        // API call it makes carries it.
-        .route("/ui", get(dashboard))
         .merge(management)
         .merge(storage)
-        // The AWS Lambda API, under its own date prefixes (documented by AWS, not here).
-        .merge(crate::lambda::router())
-        .route("/fn/{target}", any(invoke::http_trigger))
-        // `{*path}` needs at least one character: `/fn/NAME/` is the function's `/`.
-        .route("/fn/{target}/", any(invoke::http_trigger))
-        .route("/fn/{target}/{*path}", any(invoke::http_trigger))
-        // Invocation bodies are limited by the invoker, per its own setting.
-        .layer(DefaultBodyLimit::disable())
-        .fallback(triggers::custom_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
 }
 
 /// The dashboard: one static page, embedded in the binary.
@@ -303,31 +404,125 @@ async fn metrics(State(state): State<AppStateRef>) -> Result<Response, Failure> 
         .into_response())
 }
 
-async fn require_token(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
-    if is_authorized(request.headers(), &state.token) {
-        next.run(request).await
-    } else {
-        error_response(ApiError::new(
-            ErrorCode::Unauthorized,
-            "missing or wrong admin token: send `Authorization: Bearer <token>` (the token is in <data-dir>/admin.token)",
-        ))
-    }
+/// What the route `(method, matched path)` asks of its caller.
+pub fn route_access(method: &axum::http::Method, matched: &str) -> Option<Access> {
+    let path = matched.replace("{*", "{");
+    let find = |m: &str| {
+        ROUTES
+            .iter()
+            .find(|(rm, rp, _)| *rm == m && *rp == path)
+            .map(|(_, _, access)| *access)
+    };
+    find(method.as_str()).or_else(|| {
+        (*method == axum::http::Method::HEAD)
+            .then(|| find("GET"))
+            .flatten()
+    })
 }
 
-/// The admin token, or a function token whose grants cover the table or bucket the
-/// request names (reads: GET and HEAD; writes: the rest).
-async fn require_grant(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
-    if is_authorized(request.headers(), &state.token) {
-        return next.run(request).await;
+/// The one gate of the management and storage routes: finds who is calling (the admin
+/// token, an API key, or on storage routes a function's token), checks the scope the
+/// route declares in [`ROUTES`], and writes actions (not reads) to the audit log.
+async fn authorize(
+    State(state): State<AppStateRef>,
+    matched: axum::extract::MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let Some(access) = route_access(&method, matched.as_str()) else {
+        // Every route is declared (a test checks); refuse rather than guess.
+        return error_response(ApiError::internal(format!(
+            "route {} {} declares no access",
+            method,
+            matched.as_str()
+        )));
+    };
+    let now = state.invoker.clock.now_ms();
+    let audited = crate::audit::Audit::records(&method);
+    let principal = match state.keys.authenticate(request.headers(), now) {
+        Ok(Some(principal)) => principal,
+        Ok(None) if access == Access::Storage && bearer_is_function_token(request.headers()) => {
+            // Functions' own storage calls are data, not management: not audited.
+            return require_grant(state, request, next).await;
+        }
+        Ok(None) => {
+            if audited {
+                state.audit.record("anonymous", method.as_str(), &path, 401);
+            }
+            return error_response(ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing or wrong credentials: send `Authorization: Bearer <token>` with the admin token (in <data-dir>/admin.token) or an API key (`cirrus key create`)",
+            ));
+        }
+        Err(refused) => {
+            if audited {
+                state.audit.record("unknown", method.as_str(), &path, 401);
+            }
+            return error_response(refused);
+        }
+    };
+    let name = request
+        .uri()
+        .path()
+        .strip_prefix("/v1/functions/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
+        .to_owned();
+    let writes = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let need = match access {
+        Access::Open | Access::Function | Access::Read => cirrus_api::access::Need::Read,
+        Access::Deploy => cirrus_api::access::Need::Deploy,
+        Access::Admin => cirrus_api::access::Need::Admin,
+        Access::Invoke => cirrus_api::access::Need::Invoke(&name),
+        Access::Storage if writes => cirrus_api::access::Need::Deploy,
+        Access::Storage => cirrus_api::access::Need::Read,
+    };
+    if !principal.scope.allows(need) {
+        if audited {
+            state
+                .audit
+                .record(&principal.actor, method.as_str(), &path, 403);
+        }
+        return error_response(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{} has scope {}; {method} {path} needs scope {need}",
+                principal.actor, principal.scope
+            ),
+        ));
     }
+    let actor = principal.actor.clone();
+    let mut request = request;
+    request.extensions_mut().insert(principal);
+    let response = next.run(request).await;
+    if audited {
+        state
+            .audit
+            .record(&actor, method.as_str(), &path, response.status().as_u16());
+    }
+    response
+}
+
+fn bearer_is_function_token(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(crate::auth::bearer_token)
+        .any(crate::function_token::TokenIssuer::is_function_token)
+}
+
+/// A function token whose grants cover the table or bucket the request names (reads:
+/// GET and HEAD; writes: the rest).
+async fn require_grant(state: AppStateRef, request: Request, next: Next) -> Response {
     let bearer = request
         .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(crate::auth::bearer_token)
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(crate::auth::bearer_token)
+        .find(|t| crate::function_token::TokenIssuer::is_function_token(t))
         .unwrap_or("");
-    if !crate::function_token::TokenIssuer::is_function_token(bearer) {
-        return require_token(State(state), request, next).await;
-    }
     let Some(claims) = state
         .invoker
         .platform

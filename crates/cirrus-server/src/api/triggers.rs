@@ -100,10 +100,17 @@ pub async fn custom_route(State(state): State<AppStateRef>, request: Request) ->
     let reserved = cirrus_api::trigger::RESERVED_PREFIXES
         .iter()
         .any(|p| path == *p || (p.ends_with('/') && path.starts_with(p)));
-    // Without the admin token, a route to a private function looks like no route at all
-    // (the function's name stays unknown too).
+    // Without credentials to invoke it, a route to a private function looks like no route
+    // at all (the function's name stays unknown too).
+    let principal = state
+        .keys
+        .authenticate(request.headers(), state.invoker.clock.now_ms())
+        .ok()
+        .flatten();
     let visible = |function: &String| {
-        crate::auth::is_authorized(request.headers(), &state.token)
+        principal
+            .as_ref()
+            .is_some_and(|p| p.scope.allows(cirrus_api::access::Need::Invoke(function)))
             || state
                 .registry
                 .resolve(function, &Qualifier::Latest)

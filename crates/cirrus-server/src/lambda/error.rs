@@ -128,7 +128,8 @@ impl From<AuthError> for LambdaError {
                 StatusCode::FORBIDDEN,
                 format!(
                     "Missing Authentication Token: sign requests with SigV4 for service lambda \
-                     (keys are in <data-dir>/s3-credentials) or send the admin bearer token ({})",
+                     (keys are in <data-dir>/s3-credentials, or an API key's pair) or send the admin \
+                     token or an API key as a bearer token ({})",
                     e.message
                 ),
             ),
@@ -139,10 +140,15 @@ impl From<AuthError> for LambdaError {
                 StatusCode::BAD_REQUEST,
                 e.message,
             ),
+            // AWS's words for a key it never issued; ours for one revoked or expired.
             AuthFailure::UnknownKey => Self::new(
                 "UnrecognizedClientException",
                 StatusCode::FORBIDDEN,
-                "The security token included in the request is invalid.",
+                if e.message == crate::s3::credentials::UNKNOWN_KEY {
+                    "The security token included in the request is invalid.".to_owned()
+                } else {
+                    e.message
+                },
             ),
             AuthFailure::Denied | AuthFailure::Skewed | AuthFailure::Mismatch => Self::new(
                 "InvalidSignatureException",

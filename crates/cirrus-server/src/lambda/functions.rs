@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cirrus_api::spec::{Destination, LambdaPackage};
 use cirrus_api::{FunctionConfig, FunctionInfo, Qualifier, VersionInfo};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -1194,8 +1194,52 @@ pub async fn delete_event_invoke_config(ctx: &Ctx, name: &str) -> LambdaResult<R
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct UrlConfig {
     auth_type: Option<String>,
-    cors: Option<Value>,
+    cors: Option<LambdaCors>,
     invoke_mode: Option<String>,
+}
+
+/// Lambda's `Cors` shape of a function URL, kept as the function's `cors` setting.
+#[derive(Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+struct LambdaCors {
+    #[serde(default)]
+    allow_credentials: bool,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    allow_methods: Vec<String>,
+    #[serde(default)]
+    allow_origins: Vec<String>,
+    #[serde(default)]
+    expose_headers: Vec<String>,
+    #[serde(default)]
+    max_age: u32,
+}
+
+impl From<LambdaCors> for cirrus_api::cors::Cors {
+    fn from(c: LambdaCors) -> Self {
+        Self {
+            allow_origins: c.allow_origins,
+            allow_methods: c.allow_methods,
+            allow_headers: c.allow_headers,
+            expose_headers: c.expose_headers,
+            max_age: c.max_age,
+            allow_credentials: c.allow_credentials,
+        }
+    }
+}
+
+impl From<&cirrus_api::cors::Cors> for LambdaCors {
+    fn from(c: &cirrus_api::cors::Cors) -> Self {
+        Self {
+            allow_credentials: c.allow_credentials,
+            allow_headers: c.allow_headers.clone(),
+            allow_methods: c.allow_methods.clone(),
+            allow_origins: c.allow_origins.clone(),
+            expose_headers: c.expose_headers.clone(),
+            max_age: c.max_age,
+        }
+    }
 }
 
 /// The function's URL: its `/fn/` address on the host the client called.
@@ -1206,14 +1250,18 @@ fn function_url(ctx: &Ctx, name: &str) -> String {
 
 fn url_config(ctx: &Ctx, v: &VersionInfo) -> Value {
     let time = shapes::lambda_time(&v.created_at);
-    json!({
+    let mut config = json!({
         "FunctionUrl": function_url(ctx, &v.function),
         "FunctionArn": ctx.arn(&v.function, None),
         "AuthType": if v.config.public { "NONE" } else { "AWS_IAM" },
         "CreationTime": time,
         "LastModifiedTime": time,
         "InvokeMode": "BUFFERED",
-    })
+    });
+    if let Some(cors) = &v.config.cors {
+        config["Cors"] = json!(LambdaCors::from(cors));
+    }
+    config
 }
 
 /// Every function has its URL (`/fn/NAME/`); `AuthType` only says whether it answers
@@ -1227,10 +1275,10 @@ pub async fn put_url_config(ctx: &Ctx, name: &str, create: bool) -> LambdaResult
     ctx.allow_query(operation, &["Qualifier"])?;
     let request: UrlConfig = ctx.json(operation)?;
     let target = Target::from_request(ctx, name)?.unqualified(operation)?;
-    if request.cors.is_some() {
-        return Err(LambdaError::invalid(
-            "Cirrus does not support CORS settings on function URLs (Cors)",
-        ));
+    let cors = request.cors.map(cirrus_api::cors::Cors::from);
+    if let Some(cors) = &cors {
+        cors.validate()
+            .map_err(|e| LambdaError::invalid(format!("Cors: {e}")))?;
     }
     if request
         .invoke_mode
@@ -1263,6 +1311,9 @@ pub async fn put_url_config(ctx: &Ctx, name: &str, create: bool) -> LambdaResult
         if let Some(public) = public {
             config.public = public;
         }
+        if let Some(cors) = cors {
+            config.cors = Some(cors);
+        }
         Ok(())
     })
     .await?;
@@ -1286,6 +1337,7 @@ pub async fn delete_url_config(ctx: &Ctx, name: &str) -> LambdaResult<Response> 
     let target = Target::from_request(ctx, name)?.unqualified("DeleteFunctionUrlConfig")?;
     reconfigure(ctx, &target.name, |config| {
         config.public = false;
+        config.cors = None;
         Ok(())
     })
     .await?;

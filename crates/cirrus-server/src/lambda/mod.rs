@@ -16,13 +16,13 @@ mod shapes;
 pub use error::{LambdaError, LambdaResult};
 
 use crate::api::AppStateRef;
-use crate::auth::is_authorized;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+use cirrus_api::access::Need;
 use std::collections::HashMap;
 
 /// The account id in every ARN Cirrus gives out (there is one account: this server).
@@ -133,8 +133,11 @@ async fn handle(State(state): State<AppStateRef>, request: Request) -> Response 
 
 async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
     let (parts, body) = request.into_parts();
-    let bearer = is_authorized(&parts.headers, &state.token);
-    if !bearer {
+    let bearer = state
+        .keys
+        .authenticate(&parts.headers, state.invoker.clock.now_ms())
+        .map_err(LambdaError::from)?;
+    if bearer.is_none() {
         crate::sigv4::precheck(&state.s3.credentials, &parts.headers, parts.uri.query())?;
     }
     // The largest request is a deployment package, base64 in JSON.
@@ -142,8 +145,8 @@ async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| LambdaError::from(crate::error::body_error(e, limit, "request body")))?;
-    let region = if bearer {
-        DEFAULT_REGION.to_owned()
+    let (region, principal) = if let Some(principal) = bearer {
+        (DEFAULT_REGION.to_owned(), principal)
     } else {
         // A package-sized body takes a while to hash: off the async workers.
         let hash = if body.len() > 1 << 20 {
@@ -166,11 +169,12 @@ async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
             Some(&hash),
             std::time::SystemTime::now(),
         )?;
-        if verified.region.is_empty() {
+        let region = if verified.region.is_empty() {
             DEFAULT_REGION.to_owned()
         } else {
             verified.region
-        }
+        };
+        (region, verified.principal)
     };
     let mut query = HashMap::new();
     for pair in parts.uri.query().unwrap_or("").split('&') {
@@ -184,6 +188,7 @@ async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
         };
         query.insert(decode(k)?, decode(v)?);
     }
+    let path = parts.uri.path().to_owned();
     let segments: Vec<String> = parts
         .uri
         .path()
@@ -203,7 +208,47 @@ async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
         region,
     };
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    route(&ctx, &segments).await
+    let need = need(&ctx.method, &segments);
+    if !principal.scope.allows(need) {
+        let refused = LambdaError::new(
+            "AccessDeniedException",
+            axum::http::StatusCode::FORBIDDEN,
+            format!(
+                "{} has scope {}; {} /{} needs scope {need}",
+                principal.actor,
+                principal.scope,
+                ctx.method,
+                segments.join("/")
+            ),
+        );
+        if crate::audit::Audit::records(&ctx.method) {
+            ctx.state
+                .audit
+                .record(&principal.actor, ctx.method.as_str(), &path, 403);
+        }
+        return Err(refused);
+    }
+    let result = route(&ctx, &segments).await;
+    if crate::audit::Audit::records(&ctx.method) && !matches!(need, Need::Invoke(_)) {
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(e) => e.status.as_u16(),
+        };
+        ctx.state
+            .audit
+            .record(&principal.actor, ctx.method.as_str(), &path, status);
+    }
+    result
+}
+
+/// What a Lambda operation asks of its caller: Invoke `invoke:NAME`, reads `read`,
+/// changes `deploy`.
+fn need<'a>(method: &Method, path: &[&'a str]) -> Need<'a> {
+    match path {
+        [_, "functions", name, "invocations"] => Need::Invoke(name),
+        _ if *method == Method::GET || *method == Method::HEAD => Need::Read,
+        _ => Need::Deploy,
+    }
 }
 
 async fn route(ctx: &Ctx, path: &[&str]) -> LambdaResult<Response> {

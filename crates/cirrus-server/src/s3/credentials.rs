@@ -2,24 +2,63 @@
 //! written with a fresh key pair (profile `default`) on first start. Every profile in
 //! the file is accepted, so more keys can be added by hand.
 
+use crate::keys::Principal;
 use anyhow::Context as _;
 use rand::Rng as _;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 pub const CREDENTIALS_FILE: &str = "s3-credentials";
 
-/// Access key id → secret key.
+/// Access key id → secret key: the file's pairs (each with the admin's rights), and the
+/// pairs issued with API keys (each with its key's scope).
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     keys: HashMap<String, String>,
     /// The `default` profile's pair (for Cirrus's own clients).
     default: Option<(String, String)>,
+    issued: Option<Arc<crate::keys::ApiKeys>>,
 }
 
+/// What AWS answers for a key it does not know.
+pub const UNKNOWN_KEY: &str = "The AWS Access Key Id you provided does not exist in our records.";
+
 impl Credentials {
+    #[cfg(test)]
     pub fn secret(&self, access_key: &str) -> Option<&str> {
         self.keys.get(access_key).map(String::as_str)
+    }
+
+    /// Accepts the pairs issued with API keys too.
+    pub fn with_issued(mut self, keys: Arc<crate::keys::ApiKeys>) -> Self {
+        self.issued = Some(keys);
+        self
+    }
+
+    /// The secret of `access_key` and who holds it; the reason when it is unknown,
+    /// revoked or expired.
+    pub fn lookup(&self, access_key: &str) -> Result<(Cow<'_, str>, Principal), String> {
+        if let Some(secret) = self.keys.get(access_key) {
+            let principal = Principal {
+                actor: format!("aws:{access_key}"),
+                scope: cirrus_api::access::Scope::Admin,
+            };
+            return Ok((Cow::Borrowed(secret.as_str()), principal));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match self
+            .issued
+            .as_ref()
+            .and_then(|k| k.aws_secret(access_key, now_ms))
+        {
+            Some(Ok((secret, principal))) => Ok((Cow::Owned(secret), principal)),
+            Some(Err(e)) => Err(e.message),
+            None => Err(UNKNOWN_KEY.to_owned()),
+        }
     }
 
     /// The `default` profile's access key and secret.
@@ -74,7 +113,11 @@ impl Credentials {
         if keys.is_empty() {
             anyhow::bail!("no key pair in the file");
         }
-        Ok(Self { keys, default })
+        Ok(Self {
+            keys,
+            default,
+            issued: None,
+        })
     }
 }
 

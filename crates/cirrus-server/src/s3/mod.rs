@@ -185,6 +185,18 @@ async fn dispatch(s3: &Arc<S3>, request: Request) -> S3Result<Response> {
         },
         std::time::SystemTime::now(),
     )?;
+    // Reads need a key of scope read; everything else (writes, deletes, uploads) deploy.
+    let need = if matches!(parts.method, Method::GET | Method::HEAD) {
+        cirrus_api::access::Need::Read
+    } else {
+        cirrus_api::access::Need::Deploy
+    };
+    if !verified.principal.scope.allows(need) {
+        return Err(S3Error::access_denied(format!(
+            "{} has scope {}; this request needs scope {need}",
+            verified.principal.actor, verified.principal.scope
+        )));
+    }
     let t = target(parts.uri.path(), parts.uri.query())?;
     let h = &parts.headers;
     use route::Operation as Op;

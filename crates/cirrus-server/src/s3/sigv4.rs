@@ -105,13 +105,9 @@ fn verify_v2_presigned(
 ) -> S3Result<Verified> {
     let param = |name: &str| query_param(request.query, name).unwrap_or_default();
     let access_key = param("AWSAccessKeyId");
-    let Some(secret) = credentials.secret(&access_key) else {
-        return Err(S3Error::new(
-            "InvalidAccessKeyId",
-            StatusCode::FORBIDDEN,
-            "The AWS Access Key Id you provided does not exist in our records.",
-        ));
-    };
+    let (secret, principal) = credentials
+        .lookup(&access_key)
+        .map_err(|why| S3Error::new("InvalidAccessKeyId", StatusCode::FORBIDDEN, why))?;
     let expires: u64 = param("Expires")
         .parse()
         .map_err(|_| S3Error::access_denied("Expires must be a Unix time"))?;
@@ -208,6 +204,7 @@ fn verify_v2_presigned(
             seed: String::new(),
         },
         presigned: true,
+        principal,
     })
 }
 

@@ -482,3 +482,58 @@ pub struct NoSuchBucket;
 /// The multipart upload named does not exist (any more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoSuchUpload;
+
+/// A secret as stored: its value sealed with the secrets key (see `crate::secrets`).
+#[derive(Debug, Clone)]
+pub struct SealedSecret {
+    pub name: String,
+    /// Which key sealed it (a fingerprint), so a wrong key file is named at start-up.
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// An API key as stored: the bearer secret only as a hash; the AWS secret access key
+/// sealed like a secret (SigV4 needs it back).
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub id: String,
+    pub name: String,
+    pub scope: String,
+    pub token_sha256: String,
+    pub access_key_id: String,
+    pub sealed_aws_secret: SealedSecret,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+}
+
+/// One management action: who did what, when, and how it ended.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub time_ms: u64,
+    /// `admin-token`, `key:ID`, `aws:ACCESS_KEY_ID` or `anonymous`.
+    pub actor: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+/// Secrets, API keys and the audit log.
+pub trait AccessStore: Send + Sync + 'static {
+    fn secrets(&self) -> StoreResult<Vec<SealedSecret>>;
+    /// Creates or replaces a secret.
+    fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()>;
+    /// Whether it existed.
+    fn delete_secret(&self, name: &str) -> StoreResult<bool>;
+    fn keys(&self) -> StoreResult<Vec<StoredKey>>;
+    fn insert_key(&self, key: &StoredKey) -> StoreResult<()>;
+    /// Whether the key existed and was not revoked before.
+    fn revoke_key(&self, id: &str, now_ms: u64) -> StoreResult<bool>;
+    fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+    /// The newest entries first, below `before` (a `seq`) when given.
+    fn audit(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+}

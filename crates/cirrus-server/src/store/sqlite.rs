@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+mod access;
 mod objects;
 mod retention;
 
@@ -202,6 +203,8 @@ impl SqliteStore {
         )?;
         meta.execute_batch(retention::SCHEMA)
             .context("creating the retention schema")?;
+        meta.execute_batch(access::SCHEMA)
+            .context("creating the access schema")?;
         let records = open(path)?;
         let reads = open(path)?;
         let queue = open(path)?;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -23,6 +25,8 @@ pub struct Up {
     pub url: String,
     /// The S3 API's address.
     pub s3: String,
+    /// The dashboard's URL (`…/ui`, on its own listener).
+    pub dashboard: String,
     pub data_dir: PathBuf,
     pub stderr: mpsc::Receiver<String>,
 }
@@ -42,6 +46,8 @@ impl Up {
                 "127.0.0.1:0",
                 "--s3-listen",
                 "127.0.0.1:0",
+                "--dashboard-listen",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)
@@ -60,6 +66,7 @@ impl Up {
         });
         let mut seen = Vec::new();
         let mut s3 = String::new();
+        let mut dashboard = String::new();
         let url = loop {
             match rx.recv_timeout(Duration::from_secs(120)) {
                 Ok(line) => match line.strip_prefix("listening on ") {
@@ -67,6 +74,9 @@ impl Up {
                     None => {
                         if let Some(rest) = line.strip_prefix("S3 API on ") {
                             s3 = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        }
+                        if let Some(rest) = line.strip_prefix("dashboard on ") {
+                            dashboard = rest.trim().to_owned();
                         }
                         seen.push(line)
                     }
@@ -78,6 +88,7 @@ impl Up {
             child,
             url,
             s3,
+            dashboard,
             data_dir: data_dir.to_owned(),
             stderr: rx,
         }
