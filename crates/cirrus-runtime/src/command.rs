@@ -166,6 +166,7 @@ impl CommandEnvironment {
             peak_memory_bytes: stats.peak_bytes(),
             cpu_time,
             logs: all_logs,
+            streamed_bytes: None,
         }
     }
 }

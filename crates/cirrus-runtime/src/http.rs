@@ -9,7 +9,7 @@ use crate::run::{
 };
 use crate::{Invocation, InvokeOutput, Limits, PlatformCalls};
 use cirrus_api::{ApiError, ErrorCode, LogStream};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -303,6 +303,8 @@ impl HttpEnvironment {
             allowed_hosts,
             platform: platform_calls,
             cancelled,
+            stream,
+            body,
         } = invocation;
         let store = &mut self.store;
         let stats = store.data_mut().limiter.begin();
@@ -332,16 +334,32 @@ impl HttpEnvironment {
             }
         }
         let (response_tx, response_rx) = tokio::sync::oneshot::channel();
-        let prepared = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, request.map(Full::new))
-            .and_then(|req| {
-                Ok((
-                    req,
-                    store.data_mut().http().new_response_outparam(response_tx)?,
-                ))
-            });
+        let incoming = match body {
+            // The guest reads the body as it arrives.
+            Some(body) => store.data_mut().http().new_incoming_request(
+                Scheme::Http,
+                request.map(|_| {
+                    body.map_err(|e| match e {
+                        crate::RequestBodyError::TooLarge(limit) => {
+                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+                        }
+                        crate::RequestBodyError::Broken => {
+                            wasmtime_wasi_http::Error::ConnectionTerminated
+                        }
+                    })
+                }),
+            ),
+            None => store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request.map(Full::new)),
+        };
+        let prepared = incoming.and_then(|req| {
+            Ok((
+                req,
+                store.data_mut().http().new_response_outparam(response_tx)?,
+            ))
+        });
         let (req, out) = match prepared {
             Ok(handles) => handles,
             Err(e) => {
@@ -352,6 +370,7 @@ impl HttpEnvironment {
                     peak_memory_bytes: 0,
                     cpu_time: Duration::ZERO,
                     logs,
+                    streamed_bytes: None,
                 }
             }
         };
@@ -368,12 +387,13 @@ impl HttpEnvironment {
                 .await
         };
         let max_body = limits.max_response_bytes;
+        let sent = Streamed::default();
         let mut cpu_time = Duration::ZERO;
         let outcome = unless_cancelled(
             tokio::time::timeout(
                 limits.timeout + TIMEOUT_GRACE,
                 metered(
-                    exchange(guest, response_rx, max_body),
+                    exchange(guest, response_rx, max_body, stream, &sent),
                     &mut cpu_time,
                     Some(&lane),
                 ),
@@ -384,10 +404,15 @@ impl HttpEnvironment {
 
         let result = match outcome {
             None => Err(caller_gone(&mut logs)),
-            Some(Ok(Ok(response))) => {
+            Some(Ok(Ok(Answer::Buffered(response)))) => {
                 self.reusable = true;
                 Ok(response)
             }
+            Some(Ok(Ok(Answer::Streamed(response)))) => {
+                self.reusable = true;
+                Ok(response)
+            }
+            Some(Ok(Err(Failure::ClientGone))) => Err(caller_gone(&mut logs)),
             Some(Err(_elapsed)) => Err(timed_out(&mut logs, &limits)),
             Some(Ok(Err(Failure::TooLarge))) => Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -430,6 +455,7 @@ impl HttpEnvironment {
             peak_memory_bytes: stats.peak_bytes(),
             cpu_time,
             logs: all_logs,
+            streamed_bytes: sent.bytes(),
         }
     }
 }
@@ -500,6 +526,8 @@ fn probe_invocation() -> Invocation {
         allowed_hosts: Arc::from(Vec::new()),
         platform: None,
         cancelled: None,
+        stream: None,
+        body: None,
     }
 }
 
@@ -507,18 +535,115 @@ enum Failure {
     ErrorCode(HttpErrorCode),
     TooLarge,
     Guest(wasmtime::Result<()>),
+    /// The client stopped taking a streamed response.
+    ClientGone,
 }
 
 type ResponseHead =
     Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, HttpErrorCode>;
 
+/// How the answer left: whole, or through the caller's stream (with its length).
+enum Answer {
+    Buffered(hyper::Response<bytes::Bytes>),
+    /// The body went through the caller's stream.
+    Streamed(hyper::Response<bytes::Bytes>),
+}
+
+/// Where the body goes: collected, or (once streaming began) to the caller.
+struct Sink<'a> {
+    stream: Option<crate::ResponseStream>,
+    /// What went out through the stream, kept outside the exchange so a timeout or an
+    /// error still meters it.
+    sent: &'a Streamed,
+    /// Set once the head went out; the body follows piece by piece.
+    streaming: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    collected: Vec<bytes::Bytes>,
+    total: usize,
+    max_body: usize,
+}
+
+/// Whether a response began streaming, and how many body bytes went out that way.
+#[derive(Default)]
+struct Streamed {
+    began: std::sync::atomic::AtomicBool,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Streamed {
+    fn bytes(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.began.load(Relaxed).then(|| self.bytes.load(Relaxed))
+    }
+}
+
+impl Sink<'_> {
+    /// Sends the head and what was collected so far; the rest goes out as it comes.
+    async fn start_streaming(
+        &mut self,
+        parts: &hyper::http::response::Parts,
+    ) -> Result<(), Failure> {
+        let Some(stream) = self.stream.take() else {
+            return Ok(());
+        };
+        if stream
+            .head
+            .send((parts.status, parts.headers.clone()))
+            .is_err()
+        {
+            return Err(Failure::ClientGone);
+        }
+        self.sent
+            .began
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for piece in std::mem::take(&mut self.collected) {
+            let n = piece.len() as u64;
+            stream
+                .body
+                .send(piece)
+                .await
+                .map_err(|_| Failure::ClientGone)?;
+            self.sent
+                .bytes
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.streaming = Some(stream.body);
+        Ok(())
+    }
+
+    async fn push(&mut self, piece: bytes::Bytes) -> Result<(), Failure> {
+        self.total += piece.len();
+        if self.total > self.max_body {
+            return Err(Failure::TooLarge);
+        }
+        match &self.streaming {
+            // Awaiting the send holds the guest back (it runs in this same task): a
+            // slow reader slows the writer, nothing piles up.
+            Some(tx) => {
+                let n = piece.len() as u64;
+                tx.send(piece).await.map_err(|_| Failure::ClientGone)?;
+                self.sent
+                    .bytes
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            None => {
+                self.collected.push(piece);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Drives the guest until it has answered, its body is read (within `max_body`) and it
-/// has returned.
+/// has returned. With a `stream`, a body still being written [`crate::STREAM_AFTER`]
+/// after the head is handed over as it is written.
 async fn exchange(
     guest: impl Future<Output = wasmtime::Result<()>>,
     mut head: tokio::sync::oneshot::Receiver<ResponseHead>,
     max_body: usize,
-) -> Result<hyper::Response<bytes::Bytes>, Failure> {
+    stream: Option<crate::ResponseStream>,
+    sent: &Streamed,
+) -> Result<Answer, Failure> {
     tokio::pin!(guest);
     let mut finished = None;
     let head = tokio::select! {
@@ -540,34 +665,47 @@ async fn exchange(
             return Err(Failure::Guest(result));
         }
     };
-    let (parts, body) = response.into_parts();
-    let collect = Limited::new(body, max_body).collect();
-    tokio::pin!(collect);
-    let body = loop {
+    let (parts, mut body) = response.into_parts();
+    let switch = tokio::time::sleep(crate::STREAM_AFTER);
+    tokio::pin!(switch);
+    let mut sink = Sink {
+        stream,
+        sent,
+        streaming: None,
+        collected: Vec::new(),
+        total: 0,
+        max_body,
+    };
+    let complete = loop {
         tokio::select! {
-            body = &mut collect => break body,
+            frame = body.frame() => match frame {
+                None => break true,
+                Some(Ok(frame)) => {
+                    if let Ok(piece) = frame.into_data() {
+                        sink.push(piece).await?;
+                    }
+                }
+                // The body broke off: the guest's own result says why.
+                Some(Err(_)) => break false,
+            },
+            () = &mut switch, if sink.stream.is_some() => sink.start_streaming(&parts).await?,
             result = &mut guest, if finished.is_none() => finished = Some(result),
         }
-    };
-    let body = match body {
-        Ok(body) => Some(body.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(Failure::TooLarge)
-        }
-        // The body broke off: the guest's own result says why.
-        Err(_) => None,
     };
     let result = match finished {
         Some(result) => result,
         None => guest.await,
     };
-    match (body, result) {
-        (Some(body), Ok(())) => Ok(hyper::Response::from_parts(parts, body)),
+    match (complete, result) {
+        (true, Ok(())) => Ok(match sink.streaming {
+            Some(_) => Answer::Streamed(hyper::Response::from_parts(parts, bytes::Bytes::new())),
+            None => Answer::Buffered(hyper::Response::from_parts(
+                parts,
+                sink.collected.concat().into(),
+            )),
+        }),
         (_, Err(e)) => Err(Failure::Guest(Err(e))),
-        (None, Ok(())) => Err(Failure::Guest(Err(wasmtime::Error::msg(
+        (false, Ok(())) => Err(Failure::Guest(Err(wasmtime::Error::msg(
             "the response body was cut off before its end",
         )))),
     }

@@ -95,7 +95,49 @@ pub struct Invocation {
     /// Resolves if the invocation's caller goes away: the guest is then stopped and the
     /// result is `cancelled`. `None` runs it to its end whatever happens to the caller.
     pub cancelled: Option<Cancelled>,
+    /// Where the response goes while it is being written, when the caller takes it
+    /// streamed (components only; others answer buffered whatever this says).
+    pub stream: Option<ResponseStream>,
+    /// The request body as the client sends it, read as the guest reads it (components
+    /// on HTTP triggers); `request`'s own body is then empty.
+    pub body: Option<RequestBody>,
 }
+
+/// A request body still arriving.
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, RequestBodyError>;
+
+/// Why a streamed request body stopped short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestBodyError {
+    /// It grew past the server's request limit (in bytes).
+    TooLarge(u64),
+    /// The client broke off.
+    Broken,
+}
+
+impl std::fmt::Display for RequestBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge(limit) => write!(f, "the request body exceeds {limit} bytes"),
+            Self::Broken => f.write_str("the request body broke off"),
+        }
+    }
+}
+
+impl std::error::Error for RequestBodyError {}
+
+/// A response handed over while the guest is still writing it. A guest that has not
+/// finished its body [`STREAM_AFTER`] after answering gets its head sent here and its
+/// body piece by piece; one that finishes sooner is answered buffered, as if there were
+/// no stream. The body channel is bounded: a client that reads slowly holds the guest
+/// back instead of growing the server's memory.
+pub struct ResponseStream {
+    pub head: tokio::sync::oneshot::Sender<(hyper::StatusCode, hyper::HeaderMap)>,
+    pub body: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+/// How long a component's body may take before its response is streamed.
+pub const STREAM_AFTER: Duration = Duration::from_millis(40);
 
 /// A signal that an invocation's caller has gone.
 pub type Cancelled = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -129,6 +171,9 @@ pub struct InvokeOutput {
     /// and the host calls it makes (thread CPU time, not fuel: see ARCHITECTURE.md).
     pub cpu_time: Duration,
     pub logs: Vec<LogEntry>,
+    /// The body's length when it went through [`Invocation::stream`] (`result`'s body is
+    /// then empty); whether it ended well is `result`.
+    pub streamed_bytes: Option<u64>,
 }
 
 impl LoadedVersion {

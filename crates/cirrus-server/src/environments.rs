@@ -799,6 +799,7 @@ mod tests {
                     peak_memory_bytes: 0,
                     cpu_time: Duration::ZERO,
                     logs: Vec::new(),
+                    streamed_bytes: None,
                 }
             })
         }
@@ -896,6 +897,8 @@ mod tests {
             allowed_hosts: Arc::from(Vec::new()),
             platform: None,
             cancelled: None,
+            stream: None,
+            body: None,
         }
     }
 

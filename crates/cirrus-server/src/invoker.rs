@@ -66,6 +66,9 @@ pub struct Call {
     pub nested: bool,
     /// Hand the invocation's log lines back to the caller too (Lambda's `LogType: Tail`).
     pub keep_logs: bool,
+    /// The caller takes the response streamed when the function writes it over time
+    /// (HTTP triggers of components): see [`Invoker::invoke`].
+    pub stream: bool,
 }
 
 impl Call {
@@ -90,6 +93,15 @@ impl Call {
             hops: 0,
             nested: false,
             keep_logs: false,
+            stream: false,
+        }
+    }
+
+    /// Lets the response stream to the caller while the function writes it.
+    pub fn streamed(self) -> Self {
+        Self {
+            stream: true,
+            ..self
         }
     }
 
@@ -240,6 +252,8 @@ struct Measured {
     peak_memory_bytes: u64,
     cpu_time: Duration,
     request_bytes: u64,
+    /// The response body's length when it was streamed (not in the result).
+    streamed_bytes: Option<u64>,
 }
 
 /// What every invocation answer carries, error or not.
@@ -308,8 +322,68 @@ impl Invoker {
     /// not cut it short, so its record is written and its permits are released in order.
     /// A nested call (from a function) is stopped when its caller goes away, which is
     /// when this future is dropped; it is still recorded, as `cancelled`.
+    ///
+    /// A streamed call ([`Call::streamed`]) whose function is still writing its body a
+    /// moment after answering is answered at once, its body following as it is written;
+    /// the invocation goes on in its task, and the client going away stops it.
     pub async fn invoke(self: &Arc<Self>, call: Call) -> Response<Body> {
-        match self.invoke_detailed(call).await {
+        if !call.stream {
+            return self.answer(self.invoke_detailed(call).await);
+        }
+        match self.invoke_streamed(call).await {
+            Streamed::Streaming {
+                status,
+                headers,
+                body,
+            } => {
+                let mut response = Response::new(Body::new(body));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                response
+            }
+            Streamed::Done(invoked) => self.answer(*invoked),
+        }
+    }
+
+    /// [`Invoker::invoke`] for a call that may stream, answering with the stream itself
+    /// (an API that frames a stream in its own way, such as Lambda's, starts here).
+    pub async fn invoke_streamed(self: &Arc<Self>, mut call: Call) -> Streamed {
+        let (head_tx, mut head_rx) = tokio::sync::oneshot::channel();
+        let (body_tx, body_rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+        let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
+        call.stream = false;
+        let this = self.clone();
+        let cancel = call.nested.then(CancellationToken::new);
+        let mut cancel_on_drop = cancel.clone().map(CancellationToken::drop_guard);
+        let streaming = StreamTo {
+            head: head_tx,
+            body: body_tx,
+            outcome: outcome_tx,
+        };
+        let mut task = tokio::spawn(async move {
+            let (meta, result) = this.execute(call, cancel, Some(streaming)).await;
+            Invoked { result, meta }
+        });
+        tokio::select! {
+            biased;
+            Ok((status, headers)) = &mut head_rx => Streamed::Streaming {
+                status,
+                headers,
+                body: StreamedBody {
+                    rx: body_rx,
+                    outcome: Some(outcome_rx),
+                    // Dropping the body (the client went away) stops a nested call.
+                    _cancel_on_drop: cancel_on_drop.take(),
+                },
+            },
+            done = &mut task => Streamed::Done(Box::new(
+                done.map_err(|e| ApiError::internal(format!("invocation task failed: {e}"))),
+            )),
+        }
+    }
+
+    fn answer(&self, invoked: Result<Invoked, ApiError>) -> Response<Body> {
+        match invoked {
             Ok(Invoked { result, meta }) => {
                 let mut response = match result {
                     Ok(response) => response.map(Body::from),
@@ -329,7 +403,7 @@ impl Invoker {
         let cancel = call.nested.then(CancellationToken::new);
         let _cancel_on_drop = cancel.clone().map(CancellationToken::drop_guard);
         let outcome = tokio::spawn(async move {
-            let (meta, result) = this.execute(call, cancel).await;
+            let (meta, result) = this.execute(call, cancel, None).await;
             Invoked { result, meta }
         });
         outcome
@@ -345,7 +419,7 @@ impl Invoker {
     ) -> (String, Result<Response<Bytes>, ApiError>) {
         let this = self.clone();
         match tokio::spawn(async move {
-            let (meta, result) = this.execute(call, None).await;
+            let (meta, result) = this.execute(call, None, None).await;
             (meta.trace.traceparent(), result)
         })
         .await
@@ -362,6 +436,7 @@ impl Invoker {
         &self,
         mut call: Call,
         cancel: Option<CancellationToken>,
+        stream: Option<StreamTo>,
     ) -> (Meta, Result<Response<Bytes>, ApiError>) {
         let request_id = call
             .request_id
@@ -393,7 +468,7 @@ impl Invoker {
             logs: None,
         };
         let result = self
-            .run(call, cancel, &mut meta)
+            .run(call, cancel, stream, &mut meta)
             .instrument(span.clone())
             .await;
         if let Some(version) = meta.version {
@@ -407,6 +482,7 @@ impl Invoker {
         &self,
         call: Call,
         cancel: Option<CancellationToken>,
+        stream: Option<StreamTo>,
         meta: &mut Meta,
     ) -> Result<Response<Bytes>, ApiError> {
         let Call {
@@ -463,11 +539,41 @@ impl Invoker {
             }
         })?;
         let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, self.limits.max_request_bytes)
-            .await
-            .map_err(|e| body_error(e, self.limits.max_request_bytes, "request body"))?;
-        let request_bytes = body.len() as u64;
-        let request = Request::from_parts(parts, body);
+        let limit = self.limits.max_request_bytes;
+        // A component answering a streamed call reads the body as it arrives; everything
+        // else gets it whole.
+        let streams_in =
+            stream.is_some() && version.kind == cirrus_api::ArtifactKind::HttpComponent;
+        let (request, streamed_body, mut request_bytes) = if streams_in {
+            let declared = parts
+                .headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit as u64) {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("request body exceeds the limit of {limit} bytes"),
+                ));
+            }
+            let counted = CountedBody::new(body, limit as u64);
+            let read = counted.read.clone();
+            (
+                Request::from_parts(parts, Bytes::new()),
+                Some((http_body_util::BodyExt::boxed_unsync(counted), read)),
+                0,
+            )
+        } else {
+            let body = axum::body::to_bytes(body, limit)
+                .await
+                .map_err(|e| body_error(e, limit, "request body"))?;
+            let n = body.len() as u64;
+            (Request::from_parts(parts, body), None, n)
+        };
+        let (request_body, body_read) = match streamed_body {
+            Some((body, read)) => (Some(body), Some(read)),
+            None => (None, None),
+        };
         let started_ms = self.clock.now_ms();
         let mut lease = match self.scaler.ready(&version).await {
             Ok(lease) => lease,
@@ -501,6 +607,38 @@ impl Invoker {
         let now_ms = self.clock.now_ms();
         let (allowed_hosts, platform) =
             self.platform.reach(&version, incarnation, &lineage, now_ms);
+        // The runtime hands over a head when it starts streaming; the caller gets it with
+        // the headers known by then (duration and billed time come only at the end).
+        let (runtime_stream, forward_head, outcome) = match stream {
+            Some(StreamTo {
+                head,
+                body,
+                outcome,
+            }) => {
+                let (runtime_head, head_rx) = tokio::sync::oneshot::channel();
+                let known = HeadStamp {
+                    request_id: meta.request_id.clone(),
+                    trace_id: meta.trace.trace_id.clone(),
+                    cold: meta.cold,
+                    version: version.version,
+                };
+                let forward = async move {
+                    if let Ok((status, mut headers)) = head_rx.await {
+                        known.apply(&mut headers);
+                        let _ = head.send((status, headers));
+                    }
+                };
+                (
+                    Some(cirrus_runtime::ResponseStream {
+                        head: runtime_head,
+                        body,
+                    }),
+                    Some(forward),
+                    Some(outcome),
+                )
+            }
+            None => (None, None, None),
+        };
         let invocation = Invocation {
             context: InvocationContext {
                 request_id: meta.request_id.clone(),
@@ -521,10 +659,29 @@ impl Invoker {
             allowed_hosts,
             platform,
             cancelled: cancel.map(|c| Box::pin(c.cancelled_owned()) as cirrus_runtime::Cancelled),
+            stream: runtime_stream,
+            body: request_body,
         };
         let run_started = Instant::now();
-        let output = lease.invoke(invocation).await;
+        let (output, ()) = tokio::join!(lease.invoke(invocation), async {
+            if let Some(forward) = forward_head {
+                forward.await;
+            }
+        });
         meta.duration = run_started.elapsed();
+        if let Some(read) = body_read {
+            request_bytes = read.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(outcome) = outcome {
+            // A streamed body ends cleanly only if the invocation did.
+            let _ = outcome.send(
+                output
+                    .result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| e.message.clone()),
+            );
+        }
         meta.ran = true;
         let init = lease.init;
         drop(lease);
@@ -556,6 +713,7 @@ impl Invoker {
             peak_memory_bytes: output.peak_memory_bytes,
             cpu_time: output.cpu_time,
             request_bytes,
+            streamed_bytes: output.streamed_bytes,
         };
         self.record(&version, trigger, meta, usage, &output.result, logs)
             .await;
@@ -595,7 +753,9 @@ impl Invoker {
             peak_memory_bytes: usage.peak_memory_bytes,
             cpu_ms: millis(usage.cpu_time),
             request_bytes: usage.request_bytes,
-            response_bytes: result.as_ref().map_or(0, |r| r.body().len() as u64),
+            response_bytes: usage
+                .streamed_bytes
+                .unwrap_or_else(|| result.as_ref().map_or(0, |r| r.body().len() as u64)),
             cold_start: meta.cold,
             trace_id: meta.trace.trace_id.clone(),
             parent_span_id: meta.trace.parent_id.clone(),
@@ -617,6 +777,172 @@ impl Invoker {
             otlp.export(&record);
         }
         self.records.record(record, logs).await;
+    }
+}
+
+/// A request body passed on as it arrives, counted, and cut at the request limit.
+struct CountedBody {
+    inner: Body,
+    limit: u64,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountedBody {
+    fn new(inner: Body, limit: u64) -> Self {
+        Self {
+            inner,
+            limit,
+            read: Arc::default(),
+        }
+    }
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = cirrus_runtime::RequestBodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::sync::atomic::Ordering;
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let read = self.read.fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if read > self.limit {
+                        return Poll::Ready(Some(Err(cirrus_runtime::RequestBodyError::TooLarge(
+                            self.limit,
+                        ))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                Poll::Ready(Some(Err(cirrus_runtime::RequestBodyError::Broken)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Pieces of a streamed body waiting for the client; with the runtime's own buffer and
+/// the socket's, what a slow reader can make the server hold for one response.
+const STREAM_QUEUE: usize = 8;
+
+/// Where a streamed response goes: its head (with the platform's headers), its body,
+/// and finally whether the invocation ended well.
+struct StreamTo {
+    head: tokio::sync::oneshot::Sender<(axum::http::StatusCode, HeaderMap)>,
+    body: tokio::sync::mpsc::Sender<Bytes>,
+    outcome: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The `cirrus-*` headers a streamed response can carry: what is known when it starts.
+struct HeadStamp {
+    request_id: String,
+    trace_id: String,
+    cold: bool,
+    version: u32,
+}
+
+impl HeadStamp {
+    fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            ("cirrus-request-id", self.request_id.clone()),
+            ("cirrus-trace-id", self.trace_id.clone()),
+            ("cirrus-cold-start", self.cold.to_string()),
+            ("cirrus-version", self.version.to_string()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
+/// How a call that may stream was answered.
+pub enum Streamed {
+    /// The function is writing its body: the head, and the body as it comes.
+    Streaming {
+        status: axum::http::StatusCode,
+        headers: HeaderMap,
+        body: StreamedBody,
+    },
+    /// It finished (or failed) before streaming began.
+    Done(Box<Result<Invoked, ApiError>>),
+}
+
+/// A response body fed by a running invocation. It ends cleanly when the invocation
+/// succeeded; otherwise with an error, so the connection is cut without the final chunk
+/// (HTTP/1.1) or the stream reset (HTTP/2) and the client can tell the body is partial.
+pub struct StreamedBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    outcome: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    _cancel_on_drop: Option<tokio_util::sync::DropGuard>,
+}
+
+impl StreamedBody {
+    /// The next piece of the body; `None` once it has all come.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+
+    /// How the invocation ended (after the last piece): the error's message if it failed.
+    pub async fn outcome(&mut self) -> Result<(), String> {
+        match self.outcome.take() {
+            Some(outcome) => outcome
+                .await
+                .unwrap_or_else(|_| Err("the invocation ended without an outcome".to_owned())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl hyper::body::Body for StreamedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(piece)) => {
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+            }
+            Poll::Ready(None) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+        let Some(outcome) = self.outcome.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let ended = match std::future::Future::poll(std::pin::Pin::new(outcome), cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Ok(()))) => None,
+            Poll::Ready(Ok(Err(message))) => Some(message),
+            Poll::Ready(Err(_)) => Some("the invocation ended without an outcome".to_owned()),
+        };
+        self.outcome = None;
+        match ended {
+            None => Poll::Ready(None),
+            Some(message) => Poll::Ready(Some(Err(format!(
+                "streamed response cut off: {message}"
+            )
+            .into()))),
+        }
     }
 }
 

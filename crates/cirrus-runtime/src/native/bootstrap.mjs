@@ -3,8 +3,11 @@
 // Runs inside the function's sandbox as `node /opt/cirrus/bootstrap.mjs`. It loads the
 // handler named by _HANDLER (file.export, the file found under LAMBDA_TASK_ROOT as .js,
 // .mjs or .cjs), then asks the Runtime API for one event at a time, calls the handler
-// (async, or with a callback) and posts the result or the error back.
+// (async, or with a callback) and posts the result or the error back. A handler wrapped
+// in awslambda.streamifyResponse streams its response (Lambda's streaming mode: the body
+// as it is written, an error in the trailers).
 import http from "node:http";
+import { Writable } from "node:stream";
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
@@ -94,6 +97,83 @@ function call(handler, event, ctx) {
   });
 }
 
+// Lambda's globals for response streaming, there before the handler's module loads.
+const STREAMING = Symbol.for("aws.lambda.runtime.handler.streaming");
+const PRELUDE_TYPE = "application/vnd.awslambda.http-integration-response";
+globalThis.awslambda = {
+  streamifyResponse(fn) {
+    fn[STREAMING] = "response";
+    return fn;
+  },
+  HttpResponseStream: {
+    // The HTTP head (statusCode, headers, cookies) as a prelude, then the body.
+    from(stream, prelude) {
+      stream.setContentType(PRELUDE_TYPE);
+      stream.write(JSON.stringify(prelude || {}));
+      stream.write(Buffer.alloc(8));
+      return stream;
+    },
+  },
+};
+
+// Calls a streaming handler, posting what it writes as it writes it.
+function streamResponse(handler, id, event, ctx) {
+  return new Promise((resolve) => {
+    let req;
+    let failure;
+    let contentType = "application/octet-stream";
+    const open = () => {
+      if (req) return req;
+      req = http.request({
+        host,
+        port: Number(port),
+        method: "POST",
+        path: `${BASE}/invocation/${id}/response`,
+        agent,
+        headers: {
+          "Lambda-Runtime-Function-Response-Mode": "streaming",
+          "Content-Type": contentType,
+          "Transfer-Encoding": "chunked",
+          Trailer: "Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body",
+        },
+      }, (res) => {
+        res.resume();
+        res.on("end", resolve);
+      });
+      req.on("error", resolve);
+      return req;
+    };
+    const responseStream = new Writable({
+      write(chunk, encoding, callback) {
+        open().write(chunk, encoding, callback);
+      },
+      // After every buffered write: an error goes in the trailers.
+      final(callback) {
+        const r = open();
+        if (failure) r.addTrailers(failure);
+        r.end();
+        callback();
+      },
+    });
+    responseStream.setContentType = (type) => {
+      if (!req) contentType = type;
+    };
+    const fail = (e) => {
+      failure = {
+        "Lambda-Runtime-Function-Error-Type": "Unhandled",
+        "Lambda-Runtime-Function-Error-Body": Buffer.from(errorDocument(e)).toString("base64"),
+      };
+      if (!responseStream.writableEnded) responseStream.end();
+      else if (!req) open().end();
+    };
+    Promise.resolve()
+      .then(() => handler(event, responseStream, ctx))
+      .then(() => {
+        if (!responseStream.writableEnded) responseStream.end();
+      }, fail);
+  });
+}
+
 let handler;
 try {
   handler = await loadHandler();
@@ -105,6 +185,18 @@ try {
 for (;;) {
   const next = await request("GET", "/invocation/next");
   const id = next.headers["lambda-runtime-aws-request-id"];
+  if (handler[STREAMING] === "response") {
+    const text = next.body.toString();
+    let event;
+    try {
+      event = text ? JSON.parse(text) : {};
+    } catch (e) {
+      await request("POST", `/invocation/${id}/error`, errorDocument(e), { "Lambda-Runtime-Function-Error-Type": "Unhandled" });
+      continue;
+    }
+    await streamResponse(handler, id, event, context(next.headers));
+    continue;
+  }
   let payload;
   try {
     const text = next.body.toString();

@@ -12,6 +12,7 @@ mod egress;
 mod runtime_api;
 mod sandbox;
 mod seccomp;
+mod streaming;
 
 use crate::executor::{BoxFuture, Code, Environment, EnvironmentSpec, Executor, StartFailure};
 use crate::{Invocation, InvokeOutput, LogEntry, VersionSpec};
@@ -408,6 +409,7 @@ impl Code for NativeCode {
                 ),
                 init_logs: true,
                 env_token: spec.token.clone(),
+                streamed: None,
             }) as Box<dyn Environment>)
         })
     }
@@ -515,6 +517,8 @@ struct NativeEnvironment {
     init_logs: bool,
     /// The stand-in `CIRRUS_TOKEN` the environment started with.
     env_token: Option<String>,
+    /// Body bytes the last invocation streamed to its caller.
+    streamed: Option<u64>,
 }
 
 impl NativeEnvironment {
@@ -525,7 +529,11 @@ impl NativeEnvironment {
         std::mem::take(&mut logs.0)
     }
 
-    async fn run(&mut self, invocation: Invocation) -> Result<hyper::Response<Bytes>, ApiError> {
+    async fn run(
+        &mut self,
+        mut invocation: Invocation,
+    ) -> Result<hyper::Response<Bytes>, ApiError> {
+        let stream = invocation.stream.take();
         let context = &invocation.context;
         let mut headers = vec![
             (
@@ -572,50 +580,91 @@ impl NativeEnvironment {
             return Err(ApiError::internal("the environment's Runtime API is gone"));
         }
         let timeout = invocation.limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || {
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "function did not finish within its timeout of {}; raise `timeout` or make it faster",
+                    cirrus_api::duration::format(timeout)
+                ),
+            )
+        };
         let cancelled = async {
             match invocation.cancelled {
                 Some(cancelled) => cancelled.await,
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            reply = answer => match reply {
-                Ok(Reply::Response(body)) if http => Ok(http_response(body)),
-                Ok(Reply::Response(body)) => {
-                    let mut response = hyper::Response::new(body);
-                    response.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
-                    Ok(response)
-                }
-                Ok(Reply::Error { document, kind }) => Err(ApiError::new(
-                    ErrorCode::FunctionError,
-                    error_document(&document, &kind),
-                )),
-                Err(_) => {
-                    self.broken = true;
-                    let status = self.child.wait().await.ok();
-                    Err(exited(status, &self.cgroup, "during the invocation"))
-                }
-            },
+        tokio::pin!(cancelled);
+        let reply = tokio::select! {
+            reply = answer => reply,
             status = self.child.wait() => {
                 self.broken = true;
-                Err(exited(status.ok(), &self.cgroup, "during the invocation"))
+                return Err(exited(status.ok(), &self.cgroup, "during the invocation"));
             }
-            () = tokio::time::sleep(timeout) => {
+            () = tokio::time::sleep_until(deadline) => {
                 self.broken = true;
-                Err(ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "function did not finish within its timeout of {}; raise `timeout` or make it faster",
-                        cirrus_api::duration::format(timeout)
-                    ),
-                ))
+                return Err(timed_out());
             }
-            () = cancelled => {
+            () = &mut cancelled => {
                 self.broken = true;
-                Err(ApiError::new(ErrorCode::Cancelled, "the caller went away"))
+                return Err(ApiError::new(ErrorCode::Cancelled, "the caller went away"));
+            }
+        };
+        match reply {
+            Ok(Reply::Response(body)) if http => Ok(http_response(body)),
+            Ok(Reply::Response(body)) => {
+                let mut response = hyper::Response::new(body);
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                Ok(response)
+            }
+            Ok(Reply::Error { document, kind }) => Err(ApiError::new(
+                ErrorCode::FunctionError,
+                error_document(&document, &kind),
+            )),
+            Ok(Reply::Stream {
+                content_type,
+                body,
+                done,
+            }) => {
+                let limit = invocation.limits.max_response_bytes;
+                let mut sent = None;
+                let forwarding =
+                    streaming::forward(content_type, body, stream, limit, http, &mut sent);
+                let result = tokio::select! {
+                    result = forwarding => result,
+                    status = self.child.wait() => {
+                        self.broken = true;
+                        Err(exited(status.ok(), &self.cgroup, "during the invocation"))
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.broken = true;
+                        Err(timed_out())
+                    }
+                    () = &mut cancelled => {
+                        self.broken = true;
+                        Err(ApiError::new(ErrorCode::Cancelled, "the caller went away"))
+                    }
+                };
+                if result
+                    .as_ref()
+                    .is_err_and(|e| e.code == ErrorCode::Cancelled)
+                {
+                    self.broken = true;
+                }
+                self.streamed = sent;
+                // The runtime's POST is answered now.
+                drop(done);
+                result
+            }
+            Err(_) => {
+                self.broken = true;
+                let status = self.child.wait().await.ok();
+                Err(exited(status, &self.cgroup, "during the invocation"))
             }
         }
     }
@@ -633,6 +682,7 @@ impl Environment for NativeEnvironment {
                 env_token: self.env_token.clone(),
             });
             self.cgroup.reset_peak();
+            self.streamed = None;
             let cpu_before = self.cgroup.cpu_ns();
             let result = self.run(invocation).await;
             // Output written just before the answer may still be on its way through the
@@ -646,6 +696,7 @@ impl Environment for NativeEnvironment {
                 peak_memory_bytes: self.cgroup.peak_memory(),
                 cpu_time: Duration::from_nanos(cpu),
                 logs: self.take_logs(),
+                streamed_bytes: self.streamed,
             }
         })
     }

@@ -33,6 +33,14 @@ pub enum Reply {
         document: Bytes,
         kind: String,
     },
+    /// A response posted in streaming mode (`Lambda-Runtime-Function-Response-Mode:
+    /// streaming`): its body as it arrives, an error in its trailers. The runtime's
+    /// request is answered once `done` is sent (or dropped).
+    Stream {
+        content_type: Option<String>,
+        body: Incoming,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// How far the runtime got while starting.
@@ -122,23 +130,40 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
                 .to_owned();
             let id = (*id).to_owned();
             let error = *outcome == "error";
+            let streaming = !error
+                && request
+                    .headers()
+                    .get("lambda-runtime-function-response-mode")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"streaming"));
+            if streaming {
+                let Some(reply) = take_waiting(shared, &id) else {
+                    return answer(
+                        StatusCode::BAD_REQUEST,
+                        "{\"errorMessage\":\"unknown request id\"}",
+                    );
+                };
+                let content_type = request
+                    .headers()
+                    .get(hyper::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let (done, finished) = oneshot::channel();
+                let _ = reply.send(Reply::Stream {
+                    content_type,
+                    body: request.into_body(),
+                    done,
+                });
+                // Answered when the invocation has read the whole stream.
+                let _ = finished.await;
+                return answer(StatusCode::ACCEPTED, "{\"status\":\"OK\"}");
+            }
             let Some(body) = read(request).await else {
                 return answer(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "{\"errorMessage\":\"too large\"}",
                 );
             };
-            let waiting = {
-                let mut current = lock(&shared.current);
-                match current.take() {
-                    Some((current_id, reply)) if current_id == id => Some(reply),
-                    other => {
-                        *current = other;
-                        None
-                    }
-                }
-            };
-            let Some(reply) = waiting else {
+            let Some(reply) = take_waiting(shared, &id) else {
                 return answer(
                     StatusCode::BAD_REQUEST,
                     "{\"errorMessage\":\"unknown request id\"}",
@@ -162,6 +187,18 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
             answer(StatusCode::ACCEPTED, "{\"status\":\"OK\"}")
         }
         _ => answer(StatusCode::NOT_FOUND, "{\"errorMessage\":\"unknown path\"}"),
+    }
+}
+
+/// The reply slot of the event handed out as `id`, if that is the one waiting.
+fn take_waiting(shared: &Shared, id: &str) -> Option<oneshot::Sender<Reply>> {
+    let mut current = lock(&shared.current);
+    match current.take() {
+        Some((current_id, reply)) if current_id == id => Some(reply),
+        other => {
+            *current = other;
+            None
+        }
     }
 }
 

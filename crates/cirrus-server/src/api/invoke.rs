@@ -80,7 +80,8 @@ pub(crate) async fn invoke_http(
         Trigger::Http,
         Request::from_parts(parts, body),
         authorized,
-    );
+    )
+    .streamed();
     let mut response = state.invoker.invoke(with_caller(call, caller)).await;
     if let Some(cors) = &cors {
         crate::cors::decorate(cors, origin.as_ref(), &mut response);

@@ -108,20 +108,7 @@ pub async fn invoke(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             Ok(response)
         }
         Kind::RequestResponse => {
-            let mut event = Request::new(Body::from(ctx.body.clone()));
-            *event.method_mut() = Method::POST;
-            *event.uri_mut() = Uri::from_static("/");
-            let headers = event.headers_mut();
-            headers.insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            if let Some(value) = ctx.headers.get("traceparent") {
-                headers.insert("traceparent", value.clone());
-            }
-            if let Some(context) = client_context {
-                headers.insert("cirrus-client-context", context);
-            }
+            let event = event_request(ctx, client_context);
             let call = Call {
                 keep_logs: tail,
                 ..Call::new(target.name.clone(), qualifier, Trigger::Invoke, event, true)
@@ -137,6 +124,186 @@ pub async fn invoke(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             answer(ctx, &target, invoked, tail)
         }
     }
+}
+
+/// InvokeWithResponseStream: the function's response as event-stream `PayloadChunk`s as
+/// it is written, then `InvokeComplete` (with the error, if the function failed). A
+/// component that finishes quickly, or a native handler that answers buffered, comes
+/// as one chunk.
+pub async fn invoke_with_response_stream(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
+    ctx.allow_query("InvokeWithResponseStream", &["Qualifier"])?;
+    let target = Target::from_request(ctx, name)?;
+    match ctx.header("x-amz-invocation-type") {
+        None | Some("RequestResponse") => {}
+        Some("DryRun") => {
+            ctx.state
+                .registry
+                .resolve(&target.name, &target.qualifier())
+                .map_err(|_| not_found(ctx, &target))?;
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        Some(other) => {
+            return Err(LambdaError::invalid(format!(
+                "X-Amz-Invocation-Type {other:?}: use RequestResponse or DryRun"
+            )))
+        }
+    }
+    match ctx.header("x-amz-log-type") {
+        None | Some("None") => {}
+        Some(other) => {
+            return Err(LambdaError::invalid(format!(
+                "X-Amz-Log-Type {other:?}: Cirrus returns no log tail on a response stream (use Invoke, or `cirrus logs`)"
+            )))
+        }
+    }
+    let client_context = client_context(ctx)?;
+    if !ctx.body.is_empty() {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&ctx.body).map_err(|e| {
+            LambdaError::bad_content(format!("Could not parse request body into json: {e}"))
+        })?;
+    }
+    let state = &ctx.state;
+    let call = Call::new(
+        target.name.clone(),
+        target.qualifier(),
+        Trigger::Invoke,
+        event_request(ctx, client_context),
+        true,
+    )
+    .streamed();
+    let mut headers = ctx.headers.clone();
+    let call = match crate::api::invoke::take_lineage(state, &mut headers) {
+        Some(caller) => call.from_caller(caller),
+        None => call,
+    };
+    let (mut response, version) = match state.invoker.invoke_streamed(call).await {
+        crate::invoker::Streamed::Streaming {
+            headers, mut body, ..
+        } => {
+            let version = headers
+                .get("cirrus-version")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            let request_id = headers.get("cirrus-request-id").cloned();
+            let frames = async_stream_frames(move |tx| async move {
+                while let Some(piece) = body.next().await {
+                    if tx
+                        .send(super::eventstream::payload_chunk(&piece))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                let done = match body.outcome().await {
+                    Ok(()) => super::eventstream::invoke_complete(None),
+                    Err(message) => {
+                        super::eventstream::invoke_complete(Some(("Unhandled", &message)))
+                    }
+                };
+                let _ = tx.send(done).await;
+            });
+            let mut response = Response::new(frames);
+            if let Some(id) = request_id {
+                response
+                    .headers_mut()
+                    .insert("x-amzn-requestid", id.clone());
+                response.headers_mut().insert("cirrus-request-id", id);
+            }
+            (response, version)
+        }
+        crate::invoker::Streamed::Done(invoked) => {
+            let invoked = (*invoked)?;
+            let version = invoked.version();
+            let frames = match &invoked.result {
+                Ok(guest) => vec![
+                    super::eventstream::payload_chunk(guest.body()),
+                    super::eventstream::invoke_complete(None),
+                ],
+                Err(e) => {
+                    match function_error(e, invoked.request_id(), timeout(ctx, &target, &invoked)) {
+                        Some(document) => {
+                            let kind = document["errorType"]
+                                .as_str()
+                                .unwrap_or("Unhandled")
+                                .to_owned();
+                            vec![super::eventstream::invoke_complete(Some((
+                                &kind,
+                                &document.to_string(),
+                            )))]
+                        }
+                        None => {
+                            let mut error = LambdaError::from(e.clone());
+                            if e.code == ErrorCode::NotFound {
+                                error = not_found(ctx, &target);
+                            }
+                            return Err(error);
+                        }
+                    }
+                }
+            };
+            let mut response = Response::new(Body::from(frames.concat()));
+            invoked.stamp(response.headers_mut());
+            if let Ok(value) = HeaderValue::from_str(invoked.request_id()) {
+                response.headers_mut().insert("x-amzn-requestid", value);
+            }
+            (response, version)
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    match (target.qualifier(), version) {
+        (Qualifier::Latest, Some(_)) => {
+            headers.insert(
+                "x-amz-executed-version",
+                HeaderValue::from_static("$LATEST"),
+            );
+        }
+        (_, Some(version)) => {
+            headers.insert("x-amz-executed-version", HeaderValue::from(version));
+        }
+        (_, None) => {}
+    }
+    Ok(response)
+}
+
+/// The event as the function gets it: a POST of the JSON payload.
+fn event_request(ctx: &Ctx, client_context: Option<HeaderValue>) -> Request<Body> {
+    let mut event = Request::new(Body::from(ctx.body.clone()));
+    *event.method_mut() = Method::POST;
+    *event.uri_mut() = Uri::from_static("/");
+    let headers = event.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(value) = ctx.headers.get("traceparent") {
+        headers.insert("traceparent", value.clone());
+    }
+    if let Some(context) = client_context {
+        headers.insert("cirrus-client-context", context);
+    }
+    event
+}
+
+/// A body whose frames a task produces into a small channel (so a slow reader holds the
+/// producer back).
+fn async_stream_frames<F, Fut>(produce: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<bytes::Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(produce(tx));
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
+    });
+    Body::from_stream(frames)
 }
 
 fn not_found(ctx: &Ctx, target: &Target) -> LambdaError {

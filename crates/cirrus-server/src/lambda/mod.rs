@@ -8,6 +8,7 @@
 //! queue. Operations Cirrus does not implement are refused by name, with no effect.
 
 mod error;
+mod eventstream;
 mod functions;
 mod invoke;
 mod package;
@@ -245,7 +246,9 @@ async fn serve(state: AppStateRef, request: Request) -> LambdaResult<Response> {
 /// changes `deploy`.
 fn need<'a>(method: &Method, path: &[&'a str]) -> Need<'a> {
     match path {
-        [_, "functions", name, "invocations"] => Need::Invoke(name),
+        [_, "functions", name, "invocations" | "response-streaming-invocations"] => {
+            Need::Invoke(name)
+        }
         _ if *method == Method::GET || *method == Method::HEAD => Need::Read,
         _ => Need::Deploy,
     }
@@ -284,6 +287,9 @@ async fn route(ctx: &Ctx, path: &[&str]) -> LambdaResult<Response> {
             f::delete_alias(ctx, name, alias).await
         }
         ["2015-03-31", "functions", name, "invocations"] if post => invoke::invoke(ctx, name).await,
+        ["2021-11-15", "functions", name, "response-streaming-invocations"] if post => {
+            invoke::invoke_with_response_stream(ctx, name).await
+        }
         ["2017-10-31", "functions", name, "concurrency"] if put => {
             f::put_concurrency(ctx, name).await
         }
@@ -334,7 +340,6 @@ fn unimplemented(method: &Method, path: &[&str]) -> LambdaError {
             Some("ProvisionedConcurrencyConfig operations (use min_loaded)")
         }
         (_, ["provisioned-concurrency", ..]) => Some("ListProvisionedConcurrencyConfigs"),
-        (_, ["functions", _, "response-streaming-invocations"]) => Some("InvokeWithResponseStream"),
         (_, ["functions", _, "invoke-async", ..]) => Some("InvokeAsync (use Invoke with Event)"),
         (_, ["functions", _, "code-signing-config"]) => Some("code signing"),
         (_, ["code-signing-configs", ..]) => Some("code signing"),
