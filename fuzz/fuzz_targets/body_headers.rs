@@ -4,7 +4,7 @@
 #![no_main]
 
 use cirrus_fuzz::{aws_example_time, Request};
-use cirrus_server::fuzzing::{body_headers, signing_key, Signing, Verified};
+use cirrus_server::fuzzing::{body_headers, signing_key, Principal, Signing, Verified};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
             seed: "0".repeat(64),
         },
         presigned: false,
+        principal: Principal::admin(),
     };
     let presigned = Verified {
         presigned: true,

@@ -8,6 +8,7 @@
 use axum::http::HeaderMap;
 
 pub use crate::cloudevents::{incoming as cloudevent, Incoming};
+pub use crate::keys::Principal;
 pub use crate::s3::body::ChunkedDecoder;
 pub use crate::s3::credentials::Credentials;
 pub use crate::s3::error::{S3Error, S3Result};

@@ -230,3 +230,39 @@ fn preflights_and_bad_cors_settings_get_precise_answers() {
     );
     assert!(answer.ends_with("\r\n\r\nx"), "{answer}");
 }
+
+#[test]
+fn the_dashboard_has_an_origin_of_its_own_that_serves_nothing_a_function_controls() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    up.cli_ok(&[
+        "deploy",
+        "page",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    let dashboard = up.dashboard.trim_end_matches("/ui").to_owned();
+    assert_ne!(
+        dashboard, up.url,
+        "the dashboard shares the functions' origin"
+    );
+    // The page is there, and the API it calls.
+    let page = up.curl(&[&up.dashboard]);
+    assert!(page.contains("<html"), "{page}");
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let listed = up.curl(&[
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("{dashboard}/v1/functions"),
+    ]);
+    assert!(listed.contains("\"page\""), "{listed}");
+    // No function, custom route or Lambda API answers there.
+    for path in ["/fn/page", "/2015-03-31/functions", "/anything"] {
+        let answer = up.curl(&["-w", "\n%{http_code}", &format!("{dashboard}{path}")]);
+        assert!(answer.ends_with("\n404"), "{path}: {answer}");
+        assert!(answer.contains("main listener"), "{path}: {answer}");
+    }
+    // The functions' listener points to it instead of serving it.
+    let answer = up.curl(&["-w", "\n%{http_code}", &format!("{}/ui", up.url)]);
+    assert!(answer.ends_with("\n404"), "{answer}");
+    assert!(answer.contains(&up.dashboard), "{answer}");
+}
