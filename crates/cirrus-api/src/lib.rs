@@ -22,6 +22,7 @@ pub mod model;
 pub mod pipeline;
 pub mod schedule;
 pub mod spec;
+pub mod suggest;
 pub mod trigger;
 pub mod usage;
 

@@ -99,21 +99,21 @@ impl Manifest {
                     .map_err(|e| format!("functions.{name}.triggers: {e}"))?;
             }
             // `runtime` and `handler` name a native Lambda runtime for a zip `source`.
-            let text = |key: &str, value: toml::Value| match value {
+            let string = |key: &str, value: toml::Value| match value {
                 toml::Value::String(s) => Ok(s),
                 _ => Err(format!("functions.{name}.{key}: must be a string")),
             };
             let runtime = table
                 .remove("runtime")
-                .map(|v| text("runtime", v))
+                .map(|v| string("runtime", v))
                 .transpose()?;
             let handler = table
                 .remove("handler")
-                .map(|v| text("handler", v))
+                .map(|v| string("handler", v))
                 .transpose()?;
             let mut config: FunctionConfig = table
                 .try_into()
-                .map_err(|e| format!("functions.{name}: {}", e.to_string().trim()))?;
+                .map_err(|e| config_error(text, &name, &e.to_string()))?;
             if runtime.is_some() || handler.is_some() {
                 config.lambda = Some(crate::spec::LambdaPackage {
                     runtime: runtime.unwrap_or_else(|| "wasi".to_owned()),
@@ -232,6 +232,61 @@ impl Manifest {
     }
 }
 
+/// Keys a function table takes besides the settings (`FunctionConfig`'s fields).
+const TABLE_KEYS: [&str; 4] = ["source", "runtime", "handler", "triggers"];
+
+/// A function table's settings that do not parse: for an unknown key, the key, its line,
+/// the closest valid key and all of them; otherwise serde's words.
+fn config_error(text: &str, function: &str, error: &str) -> String {
+    let error = error.trim();
+    let unknown = error
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'));
+    let Some((key, rest)) = unknown else {
+        return format!("functions.{function}: {error}");
+    };
+    let settings: Vec<&str> = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| *k != "lambda")
+        .collect();
+    let valid: Vec<&str> = TABLE_KEYS.iter().copied().chain(settings).collect();
+    let line = key_line(text, function, key)
+        .map(|n| format!(" (line {n})"))
+        .unwrap_or_default();
+    format!(
+        "functions.{function}.{key}{line}: unknown key{}. Valid keys: {}",
+        crate::suggest::did_you_mean(key, valid.iter().copied()),
+        valid.join(", ")
+    )
+}
+
+/// The line (from 1) where `key` is set in `function`'s table.
+fn key_line(text: &str, function: &str, key: &str) -> Option<usize> {
+    let header = format!("[functions.{function}]");
+    let sets = |line: &str| {
+        line.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            inside = trimmed == header;
+            continue;
+        }
+        if inside && sets(line) {
+            return Some(n + 1);
+        }
+    }
+    // Inline tables and dotted keys: the first line naming the function and the key.
+    text.lines()
+        .position(|l| l.contains(function) && l.contains(key))
+        .map(|n| n + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +332,25 @@ mod tests {
             Path::new("."),
         )
         .unwrap_err();
-        assert!(err.contains("memroy_mb"), "{err}");
+        assert!(
+            err.starts_with(
+                "functions.a.memroy_mb (line 3): unknown key; did you mean \"memory_mb\"?"
+            ),
+            "{err}"
+        );
+        // All the valid keys, the table's own and every setting.
+        for key in [
+            "source",
+            "triggers",
+            "runtime",
+            "handler",
+            "timeout",
+            "cors",
+            "on_failure",
+        ] {
+            assert!(err.contains(key), "{key} in {err}");
+        }
+        assert!(!err.contains("lambda"), "{err}");
         let err = Manifest::parse(
             "[functions.a]\nsource = \"a.wasm\"\nmemory_mb = 0\n",
             Path::new("."),

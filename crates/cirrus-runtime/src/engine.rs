@@ -323,8 +323,18 @@ impl Runtime {
             ))
         })?;
         ProxyPre::new(pre).map_err(|e| {
+            // A Rust `fn main` for wasm32-wasip2 (and any WASI 0.2 program) is a command.
+            let command = component
+                .component_type()
+                .exports(&self.engine)
+                .any(|(name, _)| name.starts_with("wasi:cli/run"));
+            if command {
+                return ArtifactError::Link(
+                    "this component is a WASI 0.2 command (it exports wasi:cli/run, as a Rust `fn main` built for wasm32-wasip2 does); Cirrus runs HTTP handlers: export wasi:http/incoming-handler instead, e.g. from the project `cirrus new NAME --lang rust` makes".to_owned(),
+                );
+            }
             ArtifactError::Link(format!(
-                "component does not export wasi:http/incoming-handler ({e:#}); build it for the wasi:http/proxy world"
+                "component does not export wasi:http/incoming-handler ({e:#}); build it for the wasi:http/proxy world (`cirrus new NAME --lang rust|python|js` makes a project that does)"
             ))
         })
     }

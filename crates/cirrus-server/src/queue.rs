@@ -781,9 +781,18 @@ pub(crate) fn cloud_event_request(event: &NewEvent) -> Request<Body> {
             .as_deref()
             .unwrap_or("application/octet-stream"),
     );
-    if let Some(traceparent) = &event.traceparent {
-        set("traceparent", traceparent);
-    }
+    // An event that came without a trace gets one of its own, derived from its id, so
+    // every attempt and redrive of it shares one trace id (`cirrus trace` shows them
+    // all) instead of starting a new trace each time.
+    let own;
+    let traceparent = match &event.traceparent {
+        Some(traceparent) => traceparent.as_str(),
+        None => {
+            own = crate::trace::event_traceparent(&event.id);
+            own.as_str()
+        }
+    };
+    set("traceparent", traceparent);
     set("host", "localhost");
     request
 }

@@ -51,6 +51,20 @@ pub fn valid_traceparent(header: Option<&str>) -> Option<String> {
         .map(|value| value.trim().to_owned())
 }
 
+/// The trace an event without one belongs to, the same for every attempt: its trace id
+/// from the event's id (a UUID: 32 hex digits), its parent span from a hash of it.
+pub fn event_traceparent(event_id: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(event_id.as_bytes());
+    let compact: String = event_id.chars().filter(char::is_ascii_hexdigit).collect();
+    let trace_id = if compact.len() == 32 && compact.chars().any(|c| c != '0') {
+        compact.to_ascii_lowercase()
+    } else {
+        hex::encode(&digest[..16])
+    };
+    format!("00-{trace_id}-{}-01", hex::encode(&digest[16..24]))
+}
+
 impl TraceContext {
     /// Continues the trace of a valid `traceparent` header, or starts a new one.
     /// Invalid headers are ignored, as the specification asks.
@@ -125,5 +139,19 @@ mod tests {
             )),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into())
         );
+    }
+
+    #[test]
+    fn an_event_without_a_trace_has_one_of_its_own_for_every_attempt() {
+        let id = "01a24d95-60ca-7609-8070-8d4d733662aa";
+        let first = event_traceparent(id);
+        assert_eq!(first, event_traceparent(id));
+        assert_eq!(valid_traceparent(Some(&first)), Some(first.clone()));
+        let t = TraceContext::from_header(Some(&first));
+        assert_eq!(t.trace_id, "01a24d9560ca760980708d4d733662aa");
+        // Not a UUID: hashed instead.
+        let other = event_traceparent("custom-id");
+        assert!(valid_traceparent(Some(&other)).is_some(), "{other}");
+        assert_ne!(other, first);
     }
 }

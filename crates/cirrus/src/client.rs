@@ -19,7 +19,7 @@ pub struct Target {
     /// Server URL [default: from <data-dir>/server.url, else http://127.0.0.1:8080]
     #[arg(long, env = "CIRRUS_URL", global = true)]
     pub url: Option<String>,
-    /// Admin token [default: from <data-dir>/admin.token]
+    /// Admin token or API key [default: from <data-dir>/admin.token]
     #[arg(long, env = "CIRRUS_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// Data directory of a local server
@@ -40,6 +40,8 @@ pub struct Client {
     http: reqwest::Client,
     pub base: String,
     token: Option<String>,
+    /// Where a token was looked for, for the message when none was found.
+    token_file: PathBuf,
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -49,8 +51,29 @@ fn read_trimmed(path: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The data dir a client reads the server's address and token from: as given, or for
+/// the default (`.cirrus`) missing here, the nearest one in a folder above, so commands
+/// work inside a project made next to where `cirrus up` runs.
+fn data_dir(given: &Path) -> PathBuf {
+    if given != Path::new(".cirrus") || given.exists() {
+        return given.to_path_buf();
+    }
+    let Ok(here) = std::env::current_dir() else {
+        return given.to_path_buf();
+    };
+    here.ancestors()
+        .skip(1)
+        .map(|dir| dir.join(".cirrus"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| given.to_path_buf())
+}
+
 impl Client {
     pub fn new(target: &Target) -> anyhow::Result<Self> {
+        let target = &Target {
+            data_dir: data_dir(&target.data_dir),
+            ..target.clone()
+        };
         let base = target
             .url
             .clone()
@@ -71,6 +94,7 @@ impl Client {
             http: http.build()?,
             base: base.trim_end_matches('/').to_owned(),
             token,
+            token_file: target.data_dir.join(cirrus_server::auth::TOKEN_FILE),
         })
     }
 
@@ -89,6 +113,14 @@ impl Client {
                 self.base
             )
         })?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
+            bail!(
+                "the server at {} needs a token, and none was found: not in --token, not in CIRRUS_TOKEN, and no {} ({}). Pass the admin token or an API key with --token or CIRRUS_TOKEN, or point --data-dir (CIRRUS_DATA_DIR) at the server's data directory",
+                self.base,
+                self.token_file.display(),
+                if self.token_file.exists() { "it is empty" } else { "it does not exist" }
+            );
+        }
         Ok(response)
     }
 

@@ -41,6 +41,27 @@ pub struct Cli {
 enum Command {
     /// Start the server with the embedded store
     Up(Box<UpArgs>),
+    /// Create a function project: a handler, its build script and a cirrus.toml
+    New {
+        /// The project's folder, and the function's name
+        name: String,
+        /// A WebAssembly function in this language
+        #[arg(long, value_enum, required_unless_present = "runtime")]
+        lang: Option<crate::project::Lang>,
+        /// A Lambda handler for this native runtime instead (python3.11, nodejs20.x)
+        #[arg(long, conflicts_with = "lang")]
+        runtime: Option<String>,
+    },
+    /// Build the project in this folder (runs its build.sh)
+    Build {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build, deploy and follow the logs; again on every save
+    Dev {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Deploy one function (NAME FILE) or every function of a cirrus.toml
     Deploy(Box<DeployArgs>),
     /// Invoke a function and print its response
@@ -72,7 +93,8 @@ enum Command {
     Object(ObjectCommand),
     /// Follow one request through retries and pipelines: every invocation of its trace
     Trace { request_id: String },
-    /// HTTP routes and topic subscriptions that fire functions
+    /// What fires functions: HTTP routes, topics, schedules, KV tables, buckets, MQTT,
+    /// NATS and PostgreSQL
     #[command(subcommand)]
     Trigger(TriggerCommand),
     /// Publish a message to a topic: every subscribed function gets it as an event
@@ -459,8 +481,8 @@ struct AddTrigger {
     /// A topic to subscribe to
     #[arg(long, group = "kind")]
     topic: Option<String>,
-    /// A schedule: 'rate(5 minutes)', a cron expression like '0 9 * * MON-FRI', or
-    /// 'TZ=Europe/Paris 0 9 * * *'
+    /// A schedule: 'rate(5 minutes)', a cron expression like '0 9 * * MON-FRI',
+    /// 'TZ=Europe/Paris 0 9 * * *', or AWS's 'cron(0 9 ? * MON-FRI *)'
     #[arg(long, group = "kind")]
     schedule: Option<String>,
     /// A KV table whose changes become events (with --postgres: the PostgreSQL table)
@@ -633,12 +655,52 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
-    if let Command::Up(args) = cli.command {
-        return up(&cli.target, *args).await;
+    match cli.command {
+        Command::Up(args) => return up(&cli.target, *args).await,
+        Command::New {
+            name,
+            lang,
+            runtime,
+        } => {
+            let dir = crate::project::new(&name, lang, runtime.as_deref(), Path::new("."))?;
+            println!(
+                "created {}/: cd {name} && cirrus build && cirrus deploy (or cirrus dev)",
+                dir.display()
+            );
+            return Ok(());
+        }
+        Command::Build { dir } => return crate::project::build(&dir),
+        Command::Dev { dir } => {
+            let target = cli.target.clone();
+            let data_dir = std::path::absolute(&target.data_dir)?;
+            return crate::project::dev(&dir, move || {
+                let mut command = tokio::process::Command::new(
+                    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cirrus")),
+                );
+                command.env("CIRRUS_DATA_DIR", &data_dir);
+                for (name, value) in [
+                    ("CIRRUS_URL", target.url.clone()),
+                    ("CIRRUS_TOKEN", target.token.clone()),
+                    (
+                        "CIRRUS_CACERT",
+                        target.cacert.as_ref().map(|p| p.display().to_string()),
+                    ),
+                ] {
+                    if let Some(value) = value {
+                        command.env(name, value);
+                    }
+                }
+                command
+            })
+            .await;
+        }
+        _ => {}
     }
     let client = Client::new(&cli.target)?;
     match cli.command {
-        Command::Up(_) => unreachable!("handled above"),
+        Command::Up(_) | Command::New { .. } | Command::Build { .. } | Command::Dev { .. } => {
+            unreachable!("handled above")
+        }
         Command::Deploy(args) => deploy(&client, *args, json).await,
         Command::Invoke(args) => invoke(&client, args, json).await,
         Command::Dlq(command) => dlq(&client, command, json).await,
@@ -810,6 +872,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     &format!("/v1/functions/{name}/invocations?limit={limit}"),
                 ))
                 .await?;
+            if page.items.is_empty() {
+                if let Some(missing) = no_such_function(&client, &name).await {
+                    return Err(missing);
+                }
+            }
             if json {
                 return output::json(&page);
             }
@@ -904,8 +971,10 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,cirrus_server=info,cirrus=info")
     });
+    // Colour codes only for a person at a terminal, never in a file or a log shipper.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match args.log_format {
         // One JSON object per line, with the fields of the enclosing span (request id,
@@ -1354,8 +1423,27 @@ async fn deploy_one(
     }
 }
 
+/// The error for a function that does not exist, naming the closest one that does
+/// (`None` when it exists, or the list cannot be read).
+async fn no_such_function(client: &Client, name: &str) -> Option<anyhow::Error> {
+    let functions: Vec<FunctionInfo> = client
+        .json(client.request(Method::GET, "/v1/functions"))
+        .await
+        .ok()?;
+    if functions.iter().any(|f| f.name == name) {
+        return None;
+    }
+    Some(anyhow::anyhow!(
+        "function {name:?} does not exist{}; `cirrus ls` lists the functions",
+        cirrus_api::suggest::did_you_mean(name, functions.iter().map(|f| f.name.as_str()))
+    ))
+}
+
 async fn invoke(client: &Client, args: InvokeArgs, json: bool) -> anyhow::Result<()> {
     let (name, qualifier) = Qualifier::split(&args.target).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(missing) = no_such_function(client, name).await {
+        return Err(missing);
+    }
     let body = match (&args.data, &args.file) {
         (Some(data), _) => data.clone().into_bytes(),
         (None, Some(path)) if path == Path::new("-") => {
@@ -1405,7 +1493,12 @@ async fn invoke(client: &Client, args: InvokeArgs, json: bool) -> anyhow::Result
     let response = client::ok(response).await?;
     let body = response.bytes().await?;
     use std::io::Write as _;
-    std::io::stdout().write_all(&body)?;
+    let mut stdout = std::io::stdout();
+    stdout.write_all(&body)?;
+    // At a terminal the prompt starts on a line of its own; piped, the body stays exact.
+    if stdout.is_terminal() && !body.is_empty() && !body.ends_with(b"\n") {
+        stdout.write_all(b"\n")?;
+    }
     Ok(())
 }
 
@@ -1492,10 +1585,19 @@ async fn logs(client: &Client, args: LogsArgs, json: bool) -> anyhow::Result<()>
     }
     if !args.follow {
         let page: Page<LogLine> = client.json(client.request(Method::GET, &path)).await?;
+        // A deleted function's history stays readable; a name with none is a mistake.
+        if page.items.is_empty() {
+            if let Some(missing) = no_such_function(client, &args.name).await {
+                return Err(missing);
+            }
+        }
         for line in &page.items {
             print_log(line, json)?;
         }
         return Ok(());
+    }
+    if let Some(missing) = no_such_function(client, &args.name).await {
+        return Err(missing);
     }
     path.push_str("&follow=true");
     let response = client::ok(client.send(client.request(Method::GET, &path)).await?).await?;

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod config_edits;
 mod output;
+mod project;
 
 use clap::Parser as _;
 

@@ -711,6 +711,17 @@ fn cli_invokes_asynchronously_and_manages_the_dead_letter_queue() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Every attempt, the redriven ones included, is in one trace.
+    let mut attempts = 0;
+    for _ in 0..100 {
+        let trace = up.cli_json(&["trace", &id]);
+        attempts = trace["invocations"].as_array().unwrap().len();
+        if attempts == 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(attempts, 4, "two attempts, then two more after the redrive");
     assert_eq!(
         up.cli_ok(&["dlq", "purge", "--all"]).trim(),
         "purged 2 event(s)"
