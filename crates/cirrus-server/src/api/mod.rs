@@ -183,6 +183,14 @@ pub fn dashboard_router(state: AppStateRef) -> Router {
         // The page is static and holds no data; it asks for the token and every API
         // call it makes carries it.
         .route("/ui", get(dashboard))
+        .route(
+            "/ui/uPlot.iife.min.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
+        )
+        .route(
+            "/ui/uPlot.min.css",
+            get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
+        )
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .merge(api_routes(state.clone()))
         .layer(DefaultBodyLimit::disable())
@@ -286,8 +294,24 @@ fn api_routes(state: AppStateRef) -> Router<AppStateRef> {
         .merge(storage)
 }
 
-/// The dashboard: one static page, embedded in the binary.
+/// The dashboard: one static page, embedded in the binary, with the chart library it
+/// draws with (uPlot, MIT; see ui/vendor/README.md).
 const DASHBOARD: &str = include_str!("../../ui/index.html");
+const UPLOT_JS: &str = include_str!("../../ui/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../ui/vendor/uPlot.min.css");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            // Versioned with the binary: a day is plenty, and a restart may change it.
+            (axum::http::header::CACHE_CONTROL, "public, max-age=86400"),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
 
 async fn dashboard() -> Response {
     (
@@ -297,7 +321,7 @@ async fn dashboard() -> Response {
             // The page talks only to this server and may not be framed.
             (
                 axum::http::header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
             ),
             (axum::http::header::X_FRAME_OPTIONS, "DENY"),
             (axum::http::header::REFERRER_POLICY, "no-referrer"),],
