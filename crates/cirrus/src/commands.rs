@@ -277,10 +277,10 @@ struct DeployArgs {
     /// storage, env, allowed_hosts, on_success, on_failure, max_concurrency, … or all
     #[arg(long, value_parser = config_edits::parse_reset, value_delimiter = ',')]
     reset: Vec<Reset>,
-    /// Memory limit in MiB [default: 128]
+    /// Memory limit in MiB [new functions: 128]
     #[arg(long)]
     memory: Option<u32>,
-    /// Timeout, e.g. 2s, 500ms, 5m [default: 30s]
+    /// Timeout, e.g. 2s, 500ms, 5m [new functions: 30s]
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
     /// Invocations in flight at once (--reset max_concurrency removes the cap)
@@ -299,14 +299,14 @@ struct DeployArgs {
     /// Warm environments kept ready from start-up (like provisioned concurrency)
     #[arg(long)]
     min_loaded: Option<u32>,
-    /// Retire an environment after this long without invocations [default: 5m]
+    /// Retire an environment after this long without invocations [new functions: 5m]
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
     /// Invocations one environment serves before it is replaced; 1 = a fresh sandbox
-    /// every call [default: 1000]
+    /// every call [new functions: 1000]
     #[arg(long)]
     reuse: Option<u32>,
-    /// Idle environments kept per version [default: 32]
+    /// Idle environments kept per version [new functions: 32]
     #[arg(long)]
     max_idle: Option<u32>,
     /// A native Lambda runtime for a zip artifact: python3.X, nodejsN.x, provided
@@ -335,13 +335,13 @@ struct DeployArgs {
     /// Remove a storage grant (repeatable)
     #[arg(long = "remove-storage", value_name = "GRANT")]
     remove_storage: Vec<cirrus_api::grant::Grant>,
-    /// Asynchronous events: attempts in total before the dead-letter queue [default: 3]
+    /// Asynchronous events: attempts in total before the dead-letter queue [new functions: 3]
     #[arg(long)]
     max_attempts: Option<u32>,
-    /// Asynchronous events: first retry delay, doubling [default: 1s]
+    /// Asynchronous events: first retry delay, doubling [new functions: 1s]
     #[arg(long, value_parser = parse_duration)]
     retry_delay: Option<Duration>,
-    /// Asynchronous events: not retried past this age [default: 6h]
+    /// Asynchronous events: not retried past this age [new functions: 6h]
     #[arg(long, value_parser = parse_duration)]
     max_event_age: Option<Duration>,
     /// Asynchronous events: add a destination for a successful run's output (repeatable):
@@ -1491,15 +1491,7 @@ async fn invoke(client: &Client, args: InvokeArgs, json: bool) -> anyhow::Result
         }
     }
     let response = client::ok(response).await?;
-    let body = response.bytes().await?;
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout();
-    stdout.write_all(&body)?;
-    // At a terminal the prompt starts on a line of its own; piped, the body stays exact.
-    if stdout.is_terminal() && !body.is_empty() && !body.ends_with(b"\n") {
-        stdout.write_all(b"\n")?;
-    }
-    Ok(())
+    output::body(&response.bytes().await?)
 }
 
 async fn alias(client: &Client, command: AliasCommand, json: bool) -> anyhow::Result<()> {
@@ -2033,9 +2025,7 @@ async fn kv(client: &Client, command: KvCommand, json: bool) -> anyhow::Result<(
                     .await?,
             )
             .await?;
-            use std::io::Write as _;
-            std::io::stdout().write_all(&response.bytes().await?)?;
-            return Ok(());
+            return output::body(&response.bytes().await?);
         }
         KvCommand::Put {
             table,
@@ -2211,10 +2201,7 @@ async fn object(client: &Client, command: ObjectCommand, json: bool) -> anyhow::
                 Some(file) => tokio::fs::write(&file, &bytes)
                     .await
                     .with_context(|| format!("writing {}", file.display()))?,
-                None => {
-                    use std::io::Write as _;
-                    std::io::stdout().write_all(&bytes)?;
-                }
+                None => output::body(&bytes)?,
             }
         }
         ObjectCommand::Rm { bucket, key } => {

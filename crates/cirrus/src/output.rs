@@ -40,3 +40,15 @@ pub fn csv_field(text: &str) -> String {
         text.to_owned()
     }
 }
+
+/// A body (a function's answer, a value, an object) on stdout as it is; at a terminal, a
+/// newline after it if it has none, so the prompt starts on a line of its own.
+pub fn body(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let mut stdout = std::io::stdout();
+    stdout.write_all(bytes)?;
+    if stdout.is_terminal() && !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        stdout.write_all(b"\n")?;
+    }
+    Ok(())
+}

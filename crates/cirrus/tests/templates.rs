@@ -103,3 +103,70 @@ fn cirrus_new_refuses_what_it_cannot_make() {
     assert!(run(&["new", "taken", "--lang", "c"]).contains("already exists"));
     assert!(run(&["build"]).contains("has no build.sh"));
 }
+
+#[test]
+fn cirrus_dev_rebuilds_redeploys_and_follows_the_logs_on_save() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("data"), &[]);
+    ok(
+        cli_in(&up, dir.path(), &["new", "live", "--lang", "c"]),
+        "cirrus new",
+    );
+    let project = dir.path().join("live");
+    let mut dev = Command::new(common::BIN)
+        .arg("dev")
+        .current_dir(&project)
+        .env("CIRRUS_DATA_DIR", &up.data_dir)
+        .env_remove("CIRRUS_URL")
+        .env_remove("CIRRUS_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(dev.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(dev.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &str, check: &dyn Fn(&str) -> bool| {
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(60) {
+            if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                let hit = check(&line);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("cirrus dev never said {what}: {seen:#?}");
+    };
+    wait_for("deployed", &|l| l.contains("cirrus dev: deployed"));
+    let url = format!("{}/fn/live", up.url);
+    assert!(up.curl(&["--data", "you", &url]).starts_with("Hello, you!"));
+    wait_for("the function's log line", &|l| l.contains("handled POST /"));
+    // A save: rebuilt and redeployed without anything else to do.
+    let handler = project.join("handler.c");
+    let source = std::fs::read_to_string(&handler).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(&handler, source.replace("Hello, %s!", "Howdy, %s!")).unwrap();
+    wait_for("redeployed", &|l| l.contains("cirrus dev: redeployed"));
+    assert!(up.curl(&["--data", "you", &url]).starts_with("Howdy, you!"));
+    let _ = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status();
+    let status = dev.wait().unwrap();
+    assert!(
+        status.success(),
+        "cirrus dev stops cleanly on Ctrl-C: {status}"
+    );
+}
