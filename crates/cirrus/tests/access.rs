@@ -181,45 +181,14 @@ fn the_secrets_key_can_live_elsewhere_and_a_wrong_one_is_named() {
     }
     // With another key (the default one, created anew) the server refuses to start and
     // says why.
-    let out = Command::new(common::BIN)
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--s3-listen",
-            "off",
-            "--dashboard-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::up_refused(&data, &[]);
     assert!(
         err.contains("was sealed with secrets key") && err.contains("secrets.key"),
         "{err}"
     );
     // A key file others can read is refused, naming the fix.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let out = Command::new(common::BIN)
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--s3-listen",
-            "off",
-            "--dashboard-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(["--secrets-key-file", key_arg])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::up_refused(&data, &[&"--secrets-key-file", &key_arg]);
     assert!(err.contains("chmod 600"), "{err}");
 }
 
@@ -449,18 +418,15 @@ print(json.dumps(out))
 "#;
 
 fn aws_with(up: &Up, key: &serde_json::Value) -> serde_json::Value {
-    let out = Command::new("python3")
-        .args(["-c", AWS_WITH_KEY, &up.s3, &up.url])
-        .arg(key["access_key_id"].as_str().unwrap())
-        .arg(key["secret_access_key"].as_str().unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::python_json(
+        AWS_WITH_KEY,
+        &[
+            &up.s3,
+            &up.url,
+            &key["access_key_id"].as_str().unwrap(),
+            &key["secret_access_key"].as_str().unwrap(),
+        ],
+    )
 }
 
 #[test]

@@ -175,7 +175,7 @@ fn cli_manages_and_invokes_functions() {
     let out = up.cli(&["invoke", "nope"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not_found") && err.contains("nope"), "{err}");
+    assert!(err.contains("function \"nope\" does not exist"), "{err}");
     let out = up.cli(&[
         "deploy",
         "bad",

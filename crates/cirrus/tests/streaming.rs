@@ -474,18 +474,8 @@ print(json.dumps({"status": r["StatusCode"], "version": r.get("ExecutedVersion")
 "#;
 
 fn stream_with_boto3(up: &Up, name: &str, payload: &str) -> serde_json::Value {
-    let out = std::process::Command::new("python3")
-        .args(["-c", STREAM_WITH_BOTO3, &up.url])
-        .arg(up.data_dir.join("s3-credentials"))
-        .args([name, payload])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let credentials = up.data_dir.join("s3-credentials");
+    common::python_json(STREAM_WITH_BOTO3, &[&up.url, &credentials, &name, &payload])
 }
 
 #[test]

@@ -216,18 +216,11 @@ s3.create_bucket(Bucket="tls")
 s3.put_object(Bucket="tls", Key="k", Body=b"secure")
 print(s3.get_object(Bucket="tls", Key="k")["Body"].read().decode())
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &up.s3])
-        .arg(up.data_dir.join("s3-credentials"))
-        .arg(ca)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let credentials = up.data_dir.join("s3-credentials");
+    assert_eq!(
+        common::python(script, &[&up.s3, &credentials, &ca]),
+        "secure"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "secure");
 
     // An open connection, then a new certificate: the connection keeps working, new
     // handshakes get the new certificate.
@@ -303,18 +296,10 @@ fn bad_certificate_files_stop_the_start_with_the_file_named() {
         (&cert, &garbage, "holds no PEM private key"),
         (&cert, &other_key, "does not belong to the certificate"),
     ] {
-        let out = Command::new(common::BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--s3-listen", "off"])
-            .args(["--dashboard-listen", "off", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{expected}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = common::up_refused(
+            &dir.path().join("data"),
+            &[&"--tls-cert", cert, &"--tls-key", key],
+        );
         assert!(err.contains(expected), "{expected}: {err}");
     }
     // One without the other is refused by the CLI.

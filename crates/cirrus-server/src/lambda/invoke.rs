@@ -45,19 +45,7 @@ pub async fn invoke(ctx: &Ctx, name: &str) -> LambdaResult<Response> {
             )))
         }
     };
-    for unsupported in ["x-amz-tenant-id", "x-amz-durable-execution-name"] {
-        if ctx.headers.contains_key(unsupported) {
-            return Err(LambdaError::invalid(format!(
-                "Cirrus does not support {unsupported} on Invoke"
-            )));
-        }
-    }
-    let client_context = client_context(ctx)?;
-    if !ctx.body.is_empty() {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&ctx.body).map_err(|e| {
-            LambdaError::bad_content(format!("Could not parse request body into json: {e}"))
-        })?;
-    }
+    let client_context = checked_payload(ctx, "Invoke")?;
     let state = &ctx.state;
     let qualifier = target.qualifier();
     match kind {
@@ -156,12 +144,7 @@ pub async fn invoke_with_response_stream(ctx: &Ctx, name: &str) -> LambdaResult<
             )))
         }
     }
-    let client_context = client_context(ctx)?;
-    if !ctx.body.is_empty() {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&ctx.body).map_err(|e| {
-            LambdaError::bad_content(format!("Could not parse request body into json: {e}"))
-        })?;
-    }
+    let client_context = checked_payload(ctx, "InvokeWithResponseStream")?;
     let state = &ctx.state;
     let call = Call::new(
         target.name.clone(),
@@ -311,6 +294,25 @@ fn not_found(ctx: &Ctx, target: &Target) -> LambdaError {
         "Function not found: {}",
         ctx.arn(&target.name, target.qualifier.as_deref())
     ))
+}
+
+/// What both invoke operations check of a request: headers Cirrus does not support are
+/// refused, the payload must be JSON; answers the client context to pass on.
+fn checked_payload(ctx: &Ctx, operation: &str) -> LambdaResult<Option<HeaderValue>> {
+    for unsupported in ["x-amz-tenant-id", "x-amz-durable-execution-name"] {
+        if ctx.headers.contains_key(unsupported) {
+            return Err(LambdaError::invalid(format!(
+                "Cirrus does not support {unsupported} on {operation}"
+            )));
+        }
+    }
+    let client_context = client_context(ctx)?;
+    if !ctx.body.is_empty() {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&ctx.body).map_err(|e| {
+            LambdaError::bad_content(format!("Could not parse request body into json: {e}"))
+        })?;
+    }
+    Ok(client_context)
 }
 
 /// `X-Amz-Client-Context`: base64 of a JSON object, handed to the guest unchanged as

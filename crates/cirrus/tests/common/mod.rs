@@ -230,3 +230,38 @@ pub fn package(dir: &Path, name: &str, source: &[u8]) -> PathBuf {
     assert!(status.success(), "zipping {name}");
     zip
 }
+
+/// Runs a Python `script` (boto3 and the like) with `args`, which must succeed; its
+/// stdout, trimmed.
+pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// [`python`] for a script that prints JSON.
+pub fn python_json(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
+    serde_json::from_str(&python(script, args)).expect("the script prints JSON")
+}
+
+/// `cirrus up` on ports of its own (no S3 or dashboard listener) over `data_dir`, with
+/// `extra` flags, for a start that must fail: its error output.
+pub fn up_refused(data_dir: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--s3-listen", "off"])
+        .args(["--dashboard-listen", "off", "--data-dir"])
+        .arg(data_dir)
+        .args(extra.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("cirrus runs");
+    assert!(!out.status.success(), "cirrus up started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
