@@ -30,6 +30,8 @@ pub struct RetentionSettings {
     /// Multipart uploads neither completed nor aborted this long after they started
     /// are aborted, and their parts' bytes deleted.
     pub incomplete_upload_max_age: Option<Duration>,
+    /// Audit log entries older than this are removed.
+    pub audit_max_age: Option<Duration>,
     /// How often a pass runs.
     pub interval: Duration,
 }
@@ -46,6 +48,8 @@ impl Default for RetentionSettings {
             dead_letter_max_age: Some(14 * DAY),
             // What S3's AbortIncompleteMultipartUpload lifecycle rule is usually set to.
             incomplete_upload_max_age: Some(7 * DAY),
+            // A year: what audits usually ask to see.
+            audit_max_age: Some(366 * DAY),
             interval: Duration::from_secs(60),
         }
     }
@@ -71,6 +75,7 @@ pub struct Pruned {
     pub log_lines: u64,
     pub dead_letters: u64,
     pub uploads: u64,
+    pub audit_entries: u64,
     pub free_pages_released: u64,
 }
 
@@ -117,6 +122,7 @@ impl Pruner {
             max_log_lines = %count(s.max_log_lines),
             dead_letters = %age(s.dead_letter_max_age),
             incomplete_uploads = %age(s.incomplete_upload_max_age),
+            audit = %age(s.audit_max_age),
             "retention"
         );
         let mut ticks = tokio::time::interval(self.settings.interval);
@@ -131,6 +137,7 @@ impl Pruner {
                             log_lines = pruned.log_lines,
                             dead_letters = pruned.dead_letters,
                             uploads = pruned.uploads,
+                            audit_entries = pruned.audit_entries,
                             free_pages_released = pruned.free_pages_released,
                             "retention: pruned"
                         );
@@ -159,6 +166,13 @@ impl Pruner {
                 })
                 .await
                 .unwrap_or_else(failed("dead letters"));
+        }
+        if let Some(age) = s.audit_max_age {
+            let cutoff = before(age);
+            pruned.audit_entries = self
+                .until_done(shutdown, move |store| store.prune_audit(cutoff, ROW_BATCH))
+                .await
+                .unwrap_or_else(failed("audit entries"));
         }
         if let Some(age) = s.incomplete_upload_max_age {
             let cutoff = before(age);

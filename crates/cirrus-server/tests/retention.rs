@@ -289,6 +289,42 @@ async fn dead_letters_go_after_their_retention() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn audit_entries_go_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |c| {
+        c.retention = retention(|r| r.audit_max_age = Some(30 * DAY))
+    })
+    .await;
+    let audit = || async {
+        let page: serde_json::Value = s.get_json("/v1/audit").await;
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    s.deploy("old", "echo.wat", FunctionConfig::default()).await;
+    eventually(&s, "the first entry", || async {
+        (audit().await == ["/v1/functions/old"]).then_some(())
+    })
+    .await;
+    s.clock.advance(20 * DAY);
+    s.deploy("new", "echo.wat", FunctionConfig::default()).await;
+    eventually(&s, "the second entry", || async {
+        (audit().await.len() == 2).then_some(())
+    })
+    .await;
+    // 31 and 11 days old: the first goes, the second stays.
+    s.clock.advance(11 * DAY);
+    until("the old entry to go", || async {
+        (audit().await == ["/v1/functions/new"]).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
 /// The harness's server, with the S3 listener too.
 async fn start_with_s3(data_dir: &Path, tune: impl FnOnce(&mut ServerConfig)) -> (Running, String) {
     let mut config = ServerConfig::new(data_dir);

@@ -235,6 +235,10 @@ struct UpArgs {
     /// started, and their parts deleted, or `off` [default: 7d]
     #[arg(long, value_parser = parse_age)]
     incomplete_upload_retention: Option<Keep<Duration>>,
+    /// Audit log entries are deleted this long after they were written, or `off`
+    /// [default: 366d]
+    #[arg(long, value_parser = parse_age)]
+    audit_retention: Option<Keep<Duration>>,
     /// OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318) to send a span
     /// per invocation to
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -1028,6 +1032,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     for (flag, setting) in [
         (args.record_retention, &mut keep.records_max_age),
         (args.dead_letter_retention, &mut keep.dead_letter_max_age),
+        (args.audit_retention, &mut keep.audit_max_age),
         (
             args.incomplete_upload_retention,
             &mut keep.incomplete_upload_max_age,

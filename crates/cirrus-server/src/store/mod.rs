@@ -132,6 +132,8 @@ pub trait RetentionStore: Send + Sync + 'static {
     fn prune_log_lines(&self, keep: u64, limit: usize) -> StoreResult<u64>;
     /// Removes up to `limit` dead-letter events that failed before `failed_before_ms`.
     fn prune_dead_letters(&self, failed_before_ms: u64, limit: usize) -> StoreResult<u64>;
+    /// Removes up to `limit` audit entries written before `before_ms`.
+    fn prune_audit(&self, before_ms: u64, limit: usize) -> StoreResult<u64>;
     /// Removes up to `limit` multipart uploads started before `created_before_ms` and
     /// never completed or aborted, with their parts; returns each upload's id and part
     /// blobs, which the caller deletes (as an abort does).

@@ -188,6 +188,16 @@ impl RetentionStore for SqliteStore {
         Ok(removed as u64)
     }
 
+    fn prune_audit(&self, before_ms: u64, limit: usize) -> StoreResult<u64> {
+        let removed = lock(&self.meta)
+            .prepare_cached(
+                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit
+                 WHERE time_ms < ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![before_ms as i64, limit as i64])?;
+        Ok(removed as u64)
+    }
+
     fn expire_uploads(
         &self,
         created_before_ms: u64,
