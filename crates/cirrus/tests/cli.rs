@@ -7,7 +7,6 @@ mod common;
 use common::browser::Browser;
 use common::{repo, Up, BIN};
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -353,31 +352,9 @@ const CHART_DRAWN: &str = "const c = window.cirrusCharts || {};
   return drawn('chart') && drawn('cost-chart');";
 
 /// Signs the browser in to the dashboard with `token`.
-async fn sign_in(browser: &Browser, session: &str, dashboard: &str, token: &str) {
-    use reqwest::Method;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/url"),
-            serde_json::json!({ "url": dashboard }),
-        )
-        .await;
-    let input = browser.element(session, "#token").await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{input}/value"),
-            serde_json::json!({ "text": token }),
-        )
-        .await;
-    let button = browser.element(session, "#login-button").await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{button}/click"),
-            serde_json::json!({}),
-        )
-        .await;
+async fn sign_in(browser: &Browser, session: &str, token: &str) {
+    browser.type_into(session, "#token", token).await;
+    browser.click(session, "#login-button").await;
     browser
         .wait_for(
             session,
@@ -389,7 +366,6 @@ async fn sign_in(browser: &Browser, session: &str, dashboard: &str, token: &str)
 
 #[tokio::test]
 async fn the_dashboard_fits_1024_and_1440_and_names_every_trigger_kind() {
-    use base64::Engine as _;
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(dir.path(), &[]);
@@ -428,7 +404,8 @@ async fn the_dashboard_fits_1024_and_1440_and_names_every_trigger_kind() {
     }
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let (browser, session) = Browser::start().await;
-    sign_in(&browser, &session, &up.dashboard, token.trim()).await;
+    browser.goto(&session, &up.dashboard).await;
+    sign_in(&browser, &session, token.trim()).await;
     browser
         .wait_for(&session, CHART_DRAWN, "drawn charts")
         .await;
@@ -483,20 +460,9 @@ async fn the_dashboard_fits_1024_and_1440_and_names_every_trigger_kind() {
                 &format!("no horizontal overflow at {width} px"),
             )
             .await;
-        let png = browser
-            .call(
-                Method::GET,
-                &format!("/session/{session}/screenshot"),
-                serde_json::Value::Null,
-            )
+        browser
+            .screenshot(&session, &format!("dashboard-{width}.png"))
             .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().unwrap())
-            .unwrap();
-        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
-        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dashboard-{width}.png"));
-        std::fs::write(&shot, &png).unwrap();
-        eprintln!("dashboard screenshot at {width} px: {}", shot.display());
     }
     // Moving an alias from the page (a rollback) reaches the server.
     up.cli_ok(&["deploy", f, echo.to_str().unwrap(), "--memory", "64"]);
@@ -535,8 +501,6 @@ async fn the_dashboard_fits_1024_and_1440_and_names_every_trigger_kind() {
 
 #[tokio::test]
 async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
-    use base64::Engine as _;
-    use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
     let manifest = repo("examples/cirrus.toml");
     let up = Up::start(dir.path(), &["--app", manifest.to_str().unwrap()]);
@@ -545,31 +509,11 @@ async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
         .trim()
         .to_owned();
     let (browser, session) = Browser::start().await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/url"),
-            serde_json::json!({"url": up.dashboard}),
-        )
-        .await;
+    browser.goto(&session, &up.dashboard).await;
 
     // A wrong token is refused, the right one signs in.
-    let input = browser.element(&session, "#token").await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{input}/value"),
-            serde_json::json!({"text": "wrong"}),
-        )
-        .await;
-    let button = browser.element(&session, "#login-button").await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{button}/click"),
-            serde_json::json!({}),
-        )
-        .await;
+    browser.type_into(&session, "#token", "wrong").await;
+    browser.click(&session, "#login-button").await;
     browser
         .wait_for(
             &session,
@@ -577,34 +521,7 @@ async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
             "the refusal",
         )
         .await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{input}/clear"),
-            serde_json::json!({}),
-        )
-        .await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{input}/value"),
-            serde_json::json!({"text": token}),
-        )
-        .await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{button}/click"),
-            serde_json::json!({}),
-        )
-        .await;
-    browser
-        .wait_for(
-            &session,
-            "return !document.getElementById('app').hidden",
-            "sign-in",
-        )
-        .await;
+    sign_in(&browser, &session, &token).await;
 
     // Invoke after signing in: the live page picks it up without a reload.
     assert_eq!(
@@ -625,14 +542,7 @@ async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
             "points in the invocations and cost charts",
         )
         .await;
-    let row = browser.element(&session, "#fn-hello").await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{row}/click"),
-            serde_json::json!({}),
-        )
-        .await;
+    browser.click(&session, "#fn-hello").await;
     browser
         .wait_for(
             &session,
@@ -640,16 +550,7 @@ async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
             "hello's invocation listed as a cold start",
         )
         .await;
-    let first = browser
-        .element(&session, "#invocations tr.invocation")
-        .await;
-    browser
-        .call(
-            Method::POST,
-            &format!("/session/{session}/element/{first}/click"),
-            serde_json::json!({}),
-        )
-        .await;
+    browser.click(&session, "#invocations tr.invocation").await;
     browser
         .wait_for(
             &session,
@@ -658,30 +559,8 @@ async fn dashboard_in_headless_chromium_shows_a_fresh_invocation() {
         )
         .await;
 
-    let png = browser
-        .call(
-            Method::GET,
-            &format!("/session/{session}/screenshot"),
-            serde_json::Value::Null,
-        )
-        .await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(png.as_str().unwrap())
-        .unwrap();
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
-        "a real screenshot"
-    );
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    std::fs::write(&shot, &png).unwrap();
-    eprintln!("dashboard screenshot: {}", shot.display());
-    browser
-        .call(
-            Method::DELETE,
-            &format!("/session/{session}"),
-            serde_json::Value::Null,
-        )
-        .await;
+    browser.screenshot(&session, "dashboard.png").await;
+    browser.close(&session).await;
 }
 
 /// Every invocation record of a function, all pages.

@@ -238,6 +238,13 @@ pub async fn invoke_with_response_stream(ctx: &Ctx, name: &str) -> LambdaResult<
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/vnd.amazon.eventstream"),
     );
+    executed_version(headers, &target, version);
+    Ok(response)
+}
+
+/// `X-Amz-Executed-Version`: Lambda names `$LATEST` when that is what was called, else
+/// the version that ran.
+fn executed_version(headers: &mut HeaderMap, target: &Target, version: Option<u32>) {
     match (target.qualifier(), version) {
         (Qualifier::Latest, Some(_)) => {
             headers.insert(
@@ -250,7 +257,6 @@ pub async fn invoke_with_response_stream(ctx: &Ctx, name: &str) -> LambdaResult<
         }
         (_, None) => {}
     }
-    Ok(response)
 }
 
 /// The event as the function gets it: a POST of the JSON payload.
@@ -384,19 +390,7 @@ fn answer(ctx: &Ctx, target: &Target, invoked: Invoked, tail: bool) -> LambdaRes
     if let Ok(value) = HeaderValue::from_str(invoked.request_id()) {
         headers.insert("x-amzn-requestid", value);
     }
-    // Lambda names `$LATEST` when that is what was called, else the version that ran.
-    match (target.qualifier(), invoked.version()) {
-        (Qualifier::Latest, Some(_)) => {
-            headers.insert(
-                "x-amz-executed-version",
-                HeaderValue::from_static("$LATEST"),
-            );
-        }
-        (_, Some(version)) => {
-            headers.insert("x-amz-executed-version", HeaderValue::from(version));
-        }
-        (_, None) => {}
-    }
+    executed_version(headers, target, invoked.version());
     if tail {
         let log = log_result(&invoked);
         if let Ok(value) = HeaderValue::from_str(&log) {

@@ -120,6 +120,75 @@ impl Browser {
     }
 }
 
+impl Browser {
+    pub async fn goto(&self, session: &str, url: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/session/{session}/url"),
+            serde_json::json!({ "url": url }),
+        )
+        .await;
+    }
+
+    pub async fn click(&self, session: &str, css: &str) {
+        let element = self.element(session, css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/session/{session}/element/{element}/click"),
+            serde_json::json!({}),
+        )
+        .await;
+    }
+
+    /// Replaces what the input `css` holds with `text`.
+    pub async fn type_into(&self, session: &str, css: &str, text: &str) {
+        let element = self.element(session, css).await;
+        for (action, body) in [
+            ("clear", serde_json::json!({})),
+            ("value", serde_json::json!({ "text": text })),
+        ] {
+            self.call(
+                reqwest::Method::POST,
+                &format!("/session/{session}/element/{element}/{action}"),
+                body,
+            )
+            .await;
+        }
+    }
+
+    /// A screenshot of the page, checked to be a real PNG and saved as `name` in the
+    /// test's temporary folder.
+    pub async fn screenshot(&self, session: &str, name: &str) {
+        use base64::Engine as _;
+        let png = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/session/{session}/screenshot"),
+                serde_json::Value::Null,
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("a base64 screenshot"))
+            .expect("valid base64");
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+            "a real screenshot"
+        );
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&shot, &png).expect("saving the screenshot");
+        eprintln!("screenshot: {}", shot.display());
+    }
+
+    pub async fn close(&self, session: &str) {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/session/{session}"),
+            serde_json::Value::Null,
+        )
+        .await;
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
