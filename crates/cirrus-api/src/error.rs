@@ -27,6 +27,8 @@ pub enum ErrorCode {
     MemoryLimitExceeded,
     Timeout,
     Unavailable,
+    /// What this server does not do (in this mode): refused before anything happens.
+    NotImplemented,
     Internal,
 }
 
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => 499,
             ErrorCode::FunctionError | ErrorCode::MemoryLimitExceeded => 502,
             ErrorCode::Unavailable => 503,
+            ErrorCode::NotImplemented => 501,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
             ErrorCode::LoopDetected => 508,
@@ -70,6 +73,7 @@ impl ErrorCode {
             ErrorCode::MemoryLimitExceeded => "memory_limit_exceeded",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Internal => "internal",
         }
     }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use axum::http::HeaderMap;
 use rand::RngCore as _;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 pub const TOKEN_FILE: &str = "admin.token";
@@ -43,6 +43,20 @@ pub fn create_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces a secret file (mode 0600) atomically: written beside it, then renamed over it.
+pub fn replace_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
+    std::fs::write(tmp.path(), contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
 /// The credentials of an `Authorization: Bearer <token>` header. The scheme is
 /// case-insensitive (RFC 9110 §11.1), and any run of spaces may follow it.
 pub fn bearer_token(value: &axum::http::HeaderValue) -> Option<&str> {
@@ -69,7 +83,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn token_is_created_once_with_private_mode() {

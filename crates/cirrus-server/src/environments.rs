@@ -6,7 +6,7 @@
 //! names wasmtime, so its tests run on a fake executor.
 
 use crate::clock::Clock;
-use crate::store::ArtifactStore;
+use crate::store::ArtifactCache;
 use cirrus_api::{ApiError, ErrorCode, VersionInfo};
 use cirrus_runtime::{
     Code, Environment, EnvironmentSpec, Executor, Invocation, InvokeOutput, MemoryBudget,
@@ -96,7 +96,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub struct Pools {
     executor: Arc<dyn Executor>,
-    artifacts: Arc<dyn ArtifactStore>,
+    artifacts: Arc<ArtifactCache>,
     clock: Arc<dyn Clock>,
     spec_for: SpecFor,
     budget: Option<MemoryBudget>,
@@ -202,7 +202,7 @@ impl Drop for Claim {
 impl Pools {
     pub fn new(
         executor: Arc<dyn Executor>,
-        artifacts: Arc<dyn ArtifactStore>,
+        artifacts: Arc<ArtifactCache>,
         clock: Arc<dyn Clock>,
         spec_for: SpecFor,
         budget: Option<MemoryBudget>,
@@ -266,7 +266,11 @@ impl Pools {
             version: version.version,
             sha256: version.sha256.clone(),
             kind: version.kind,
-            artifact_path: self.artifacts.path(&version.sha256),
+            artifact_path: self
+                .artifacts
+                .local(&version.sha256)
+                .await
+                .map_err(|e| ApiError::internal(format!("loading the artifact: {e:#}")))?,
             runtime: version.config.lambda.as_ref().map(|p| p.runtime.clone()),
             handler: version.config.lambda.as_ref().map(|p| p.handler.clone()),
         };
@@ -817,13 +821,16 @@ mod tests {
         started: Arc<AtomicUsize>,
     }
 
-    struct NoArtifacts;
-    impl ArtifactStore for NoArtifacts {
-        fn put(&self, _: &str, _: &[u8]) -> crate::store::StoreResult<()> {
+    /// Every test version's artifact: the empty one (its digest is `EMPTY_SHA256`).
+    struct EmptyArtifacts;
+    const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    #[async_trait::async_trait]
+    impl crate::store::ArtifactStore for EmptyArtifacts {
+        async fn put(&self, _: &str, _: bytes::Bytes) -> crate::store::StoreResult<()> {
             Ok(())
         }
-        fn path(&self, sha256: &str) -> std::path::PathBuf {
-            sha256.into()
+        async fn get(&self, _: &str) -> crate::store::StoreResult<Option<bytes::Bytes>> {
+            Ok(Some(bytes::Bytes::new()))
         }
     }
 
@@ -848,7 +855,13 @@ mod tests {
                 memory: 10 << 20,
                 budget: budget.clone(),
             }),
-            Arc::new(NoArtifacts),
+            Arc::new(
+                ArtifactCache::new(
+                    &tempfile::tempdir().unwrap().keep(),
+                    Arc::new(EmptyArtifacts),
+                )
+                .unwrap(),
+            ),
             clock.clone(),
             spec_for,
             budget,
@@ -865,7 +878,7 @@ mod tests {
         VersionInfo {
             function: name.into(),
             version: 1,
-            sha256: format!("sha-{name}"),
+            sha256: EMPTY_SHA256.into(),
             kind: ArtifactKind::HttpComponent,
             size_bytes: 1,
             config,

@@ -20,8 +20,10 @@
 //! - [`records`]: batched, off-request-path writing of invocation records and logs.
 //! - [`retention`]: background pruning of records, logs, dead letters and abandoned
 //!   uploads, with usage rolled up first.
-//! - [`store`]: the storage traits and their embedded (SQLite + files) implementations.
+//! - [`store`]: the storage traits, their embedded (SQLite + files) implementations and
+//!   the cluster ones (NATS JetStream).
 //! - [`trace`]: W3C trace context; [`otlp`]: optional span export.
+//! - [`cluster`]: what a node does differently in cluster mode (NATS JetStream).
 //! - [`auth`], [`clock`], [`error`]: the admin token, injectable time, error answers.
 
 pub mod admission;
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod cloudevents;
+pub mod cluster;
 pub mod connections;
 pub mod cors;
 pub mod environments;
@@ -56,6 +59,8 @@ pub mod server;
 pub mod sigv4;
 pub mod sources;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 pub mod trace;
 pub mod webhooks;

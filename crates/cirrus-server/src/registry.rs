@@ -3,7 +3,7 @@
 
 use crate::clock::{rfc3339, Clock};
 use crate::error::Failure;
-use crate::store::{ArtifactStore, FunctionStore};
+use crate::store::{ArtifactCache, FunctionStore, MetaChange, Revised, Revision, VersionTaken};
 use cirrus_api::pipeline::self_loop;
 use cirrus_api::spec::{find_cycle, next_functions, validate_alias, validate_name};
 use cirrus_api::trigger::RoutePattern;
@@ -65,10 +65,13 @@ pub struct DeployRequest {
 pub struct Registry {
     functions: RwLock<HashMap<String, FunctionEntry>>,
     store: Arc<dyn FunctionStore>,
-    artifacts: Arc<dyn ArtifactStore>,
+    artifacts: Arc<ArtifactCache>,
     runtime: Arc<Runtime>,
     clock: Arc<dyn Clock>,
     max_artifact_bytes: usize,
+    /// The newest revision applied per metadata key, so that the change feed's echo of
+    /// an older change (this node's own, or one overtaken since) never undoes a newer one.
+    revisions: std::sync::Mutex<HashMap<String, Revision>>,
     /// Deploys are rare and must number versions without gaps: one at a time.
     deploy_lock: tokio::sync::Mutex<()>,
     /// The server's invocation capacity, told each function's reservation (that of its
@@ -81,15 +84,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn load(
+    pub async fn load(
         store: Arc<dyn FunctionStore>,
-        artifacts: Arc<dyn ArtifactStore>,
+        artifacts: Arc<ArtifactCache>,
         runtime: Arc<Runtime>,
         clock: Arc<dyn Clock>,
         max_artifact_bytes: usize,
     ) -> anyhow::Result<Self> {
         let mut functions = HashMap::new();
-        for stored in store.load_all()? {
+        for stored in store.load_all().await? {
             let entry = FunctionEntry {
                 versions: stored
                     .versions
@@ -109,6 +112,7 @@ impl Registry {
             runtime,
             clock,
             max_artifact_bytes,
+            revisions: std::sync::Mutex::new(HashMap::new()),
             deploy_lock: tokio::sync::Mutex::new(()),
             secrets: std::sync::OnceLock::new(),
             capacity: std::sync::OnceLock::new(),
@@ -157,17 +161,14 @@ impl Registry {
         cirrus_runtime::native::check_package(runtimes, runtime, &bytes).map_err(|e| {
             ApiError::new(ErrorCode::InvalidArtifact, format!("invalid artifact: {e}"))
         })?;
-        let artifacts = self.artifacts.clone();
-        tokio::task::spawn_blocking(move || {
-            use sha2::Digest as _;
-            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-            artifacts
-                .put(&sha256, &bytes)
-                .map_err(|e| Failure::internal(format!("storing the package: {e:#}")))?;
-            Ok::<_, Failure>((sha256, ArtifactKind::Native, bytes.len() as u64, 0))
-        })
-        .await
-        .map_err(|e| Failure::internal(format!("storing task failed: {e}")))?
+        use sha2::Digest as _;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        self.artifacts
+            .put(&sha256, bytes.into())
+            .await
+            .map_err(|e| Failure::internal(format!("storing the package: {e:#}")))?;
+        Ok((sha256, ArtifactKind::Native, size, 0))
     }
 
     pub fn attach_secrets(&self, secrets: Arc<crate::secrets::Secrets>) {
@@ -245,7 +246,7 @@ impl Registry {
         &self.runtime
     }
 
-    pub fn artifacts(&self) -> &Arc<dyn ArtifactStore> {
+    pub fn artifacts(&self) -> &Arc<ArtifactCache> {
         &self.artifacts
     }
 
@@ -379,23 +380,18 @@ impl Registry {
             match artifact {
                 Some(artifact) => {
                     let runtime = self.runtime.clone();
-                    let artifacts = self.artifacts.clone();
-                    tokio::task::spawn_blocking(move || {
+                    let (artifact, compile_ms) = tokio::task::spawn_blocking(move || {
                         let prepared = runtime.prepare(&artifact).map_err(invalid_artifact)?;
-                        artifacts
-                            .put(&artifact.sha256, &artifact.binary)
-                            .map_err(|e| {
-                                Failure::internal(format!("storing the artifact: {e:#}"))
-                            })?;
-                        Ok::<_, Failure>((
-                            artifact.sha256,
-                            artifact.kind,
-                            artifact.binary.len() as u64,
-                            prepared.compile_ms,
-                        ))
+                        Ok::<_, Failure>((artifact, prepared.compile_ms))
                     })
                     .await
-                    .map_err(|e| Failure::internal(format!("compilation task failed: {e}")))??
+                    .map_err(|e| Failure::internal(format!("compilation task failed: {e}")))??;
+                    let size = artifact.binary.len() as u64;
+                    self.artifacts
+                        .put(&artifact.sha256, artifact.binary.into())
+                        .await
+                        .map_err(|e| Failure::internal(format!("storing the artifact: {e:#}")))?;
+                    (artifact.sha256, artifact.kind, size, compile_ms)
                 }
                 None => {
                     let latest = self.resolve(&name, &Qualifier::Latest).map_err(|_| {
@@ -487,13 +483,26 @@ impl Registry {
             created_at: rfc3339(self.clock.now_ms()),
         };
         let reserved = version.config.reserved_concurrency;
-        let store = self.store.clone();
-        let stored = version.clone();
-        tokio::task::spawn_blocking(move || store.insert_version(&stored))
+        let revision = match self
+            .store
+            .insert_version(&version)
             .await
-            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
-            .map_err(|e| Failure::internal(format!("recording the version: {e:#}")))?;
+            .map_err(|e| Failure::internal(format!("recording the version: {e:#}")))?
+        {
+            Ok(revision) => revision,
+            Err(VersionTaken) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "version {} of {name:?} was just created by another deploy (on another node); deploy again",
+                        version.version
+                    ),
+                )
+                .into())
+            }
+        };
         let number = version.version;
+        self.applied(crate::store::version_key(&name, number), revision);
         self.write()
             .entry(name.clone())
             .or_insert_with(FunctionEntry::new)
@@ -514,13 +523,16 @@ impl Registry {
     pub async fn delete(&self, name: &str) -> Result<FunctionInfo, Failure> {
         let _serial = self.deploy_lock.lock().await;
         let info = self.get(name)?;
-        let store = self.store.clone();
-        let owned = name.to_owned();
-        tokio::task::spawn_blocking(move || store.delete_function(&owned))
+        let revision = self
+            .store
+            .delete_function(name)
             .await
-            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
             .map_err(|e| Failure::internal(format!("deleting {name}: {e:#}")))?;
-        self.write().remove(name);
+        if let Some(entry) = self.write().remove(name) {
+            for key in entry_keys(name, &entry) {
+                self.applied(key, revision);
+            }
+        }
         if let Some(capacity) = self.capacity.get() {
             capacity.set_reservation(name, None);
         }
@@ -536,12 +548,12 @@ impl Registry {
         validate_alias(alias).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let _serial = self.deploy_lock.lock().await;
         self.resolve(name, &Qualifier::Version(version))?;
-        let store = self.store.clone();
-        let (f, a) = (name.to_owned(), alias.to_owned());
-        tokio::task::spawn_blocking(move || store.set_alias(&f, &a, version))
+        let revision = self
+            .store
+            .set_alias(name, alias, version)
             .await
-            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
             .map_err(|e| Failure::internal(format!("storing alias: {e:#}")))?;
+        self.applied(crate::store::alias_key(name, alias), revision);
         if let Some(entry) = self.write().get_mut(name) {
             entry.aliases.insert(alias.to_owned(), version);
         }
@@ -564,12 +576,12 @@ impl Registry {
             .ok_or_else(|| {
                 ApiError::not_found(format!("function {name:?} has no alias {alias:?}"))
             })?;
-        let store = self.store.clone();
-        let (f, a) = (name.to_owned(), alias.to_owned());
-        tokio::task::spawn_blocking(move || store.delete_alias(&f, &a))
+        let revision = self
+            .store
+            .delete_alias(name, alias)
             .await
-            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
             .map_err(|e| Failure::internal(format!("deleting alias: {e:#}")))?;
+        self.applied(crate::store::alias_key(name, alias), revision);
         if let Some(entry) = self.write().get_mut(name) {
             entry.aliases.remove(alias);
         }
@@ -644,11 +656,12 @@ impl Registry {
             created_at: rfc3339(self.clock.now_ms()),
             state: None,
         };
-        let (store, stored) = (self.store.clone(), trigger.clone());
-        tokio::task::spawn_blocking(move || store.insert_trigger(&stored))
+        let revision = self
+            .store
+            .insert_trigger(&trigger)
             .await
-            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
             .map_err(|e| Failure::internal(format!("storing trigger: {e:#}")))?;
+        self.applied(crate::store::trigger_key(function, &trigger.id), revision);
         if let Some(entry) = self.write().get_mut(function) {
             entry.triggers.push(trigger.clone());
         }
@@ -664,11 +677,12 @@ impl Registry {
             .find(|t| t.id == id)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no trigger {id:?}")))?;
-        let (store, key) = (self.store.clone(), id.to_owned());
-        tokio::task::spawn_blocking(move || store.delete_trigger(&key))
+        let revision = self
+            .store
+            .delete_trigger(&trigger.function, id)
             .await
-            .map_err(|e| Failure::internal(format!("store task failed: {e}")))?
             .map_err(|e| Failure::internal(format!("deleting trigger: {e:#}")))?;
+        self.applied(crate::store::trigger_key(&trigger.function, id), revision);
         if let Some(entry) = self.write().get_mut(&trigger.function) {
             entry.triggers.retain(|t| t.id != id);
         }
@@ -791,6 +805,183 @@ fn invalid_artifact(e: ArtifactError) -> Failure {
 }
 
 /// Random, never 0 (0 stands for no function in tokens minted during a delete).
+/// The metadata keys of a function as this registry holds it.
+fn entry_keys(name: &str, entry: &FunctionEntry) -> Vec<String> {
+    let versions = entry
+        .versions
+        .keys()
+        .map(|&v| crate::store::version_key(name, v));
+    let aliases = entry
+        .aliases
+        .keys()
+        .map(|a| crate::store::alias_key(name, a));
+    let triggers = entry
+        .triggers
+        .iter()
+        .map(|t| crate::store::trigger_key(name, &t.id));
+    versions.chain(aliases).chain(triggers).collect()
+}
+
 fn new_incarnation() -> u64 {
     rand::random::<u64>().max(1)
+}
+
+/// Following the store's change feed: what other nodes change reaches this registry.
+impl Registry {
+    /// Records that this registry holds `key` as of `revision`.
+    fn applied(&self, key: String, revision: Revision) {
+        let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        let known = revisions.entry(key).or_insert(0);
+        *known = (*known).max(revision);
+    }
+
+    /// Applies one change from the feed, unless this registry already holds its key at
+    /// that revision or a newer one. Whether it changed anything.
+    pub fn apply(&self, revised: Revised) -> bool {
+        {
+            let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+            let known = revisions.entry(revised.change.key()).or_insert(0);
+            if revised.revision <= *known {
+                return false;
+            }
+            *known = revised.revision;
+        }
+        let function = match &revised.change {
+            MetaChange::Version(v) => v.function.clone(),
+            MetaChange::VersionGone { function, .. }
+            | MetaChange::Alias { function, .. }
+            | MetaChange::AliasGone { function, .. }
+            | MetaChange::TriggerGone { function, .. } => function.clone(),
+            MetaChange::Trigger(t) => t.function.clone(),
+        };
+        let reserved = {
+            let mut functions = self.write();
+            match revised.change {
+                MetaChange::Version(v) => {
+                    functions
+                        .entry(function.clone())
+                        .or_insert_with(FunctionEntry::new)
+                        .versions
+                        .insert(v.version, Arc::new(*v));
+                }
+                MetaChange::VersionGone { version, .. } => {
+                    if let Some(entry) = functions.get_mut(&function) {
+                        entry.versions.remove(&version);
+                        if entry.versions.is_empty() {
+                            functions.remove(&function);
+                        }
+                    }
+                }
+                MetaChange::Alias { alias, version, .. } => {
+                    if let Some(entry) = functions.get_mut(&function) {
+                        entry.aliases.insert(alias, version);
+                    }
+                }
+                MetaChange::AliasGone { alias, .. } => {
+                    if let Some(entry) = functions.get_mut(&function) {
+                        entry.aliases.remove(&alias);
+                    }
+                }
+                MetaChange::Trigger(trigger) => {
+                    if let Some(entry) = functions.get_mut(&function) {
+                        entry.triggers.retain(|t| t.id != trigger.id);
+                        entry.triggers.push(*trigger);
+                    }
+                }
+                MetaChange::TriggerGone { id, .. } => {
+                    if let Some(entry) = functions.get_mut(&function) {
+                        entry.triggers.retain(|t| t.id != id);
+                    }
+                }
+            }
+            functions
+                .get(&function)
+                .and_then(|e| e.latest())
+                .and_then(|v| v.config.reserved_concurrency)
+        };
+        if let Some(capacity) = self.capacity.get() {
+            capacity.set_reservation(&function, reserved);
+        }
+        true
+    }
+
+    /// Reads every function again (after the feed dropped changes), keeping the
+    /// incarnation of those that are still there.
+    async fn reload(&self) -> anyhow::Result<()> {
+        let stored = self.store.load_all().await?;
+        let mut functions = self.write();
+        let mut fresh = HashMap::new();
+        for stored in stored {
+            let incarnation = functions
+                .get(&stored.name)
+                .map_or_else(new_incarnation, |e| e.incarnation);
+            fresh.insert(
+                stored.name,
+                FunctionEntry {
+                    versions: stored
+                        .versions
+                        .into_iter()
+                        .map(|v| (v.version, Arc::new(v)))
+                        .collect(),
+                    aliases: stored.aliases.into_iter().collect(),
+                    triggers: stored.triggers,
+                    incarnation,
+                },
+            );
+        }
+        *functions = fresh;
+        Ok(())
+    }
+
+    /// Applies the store's change feed until shutdown; a feed that drops changes or
+    /// breaks is opened again after everything is read afresh.
+    pub async fn follow(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        use futures_util::StreamExt as _;
+        // Read afresh once the feed is open: what changed between the start-up read and
+        // the watch is not lost.
+        let mut fresh = true;
+        loop {
+            let mut feed = match self.store.watch().await {
+                Ok(feed) => feed,
+                Err(e) => {
+                    tracing::warn!("watching function metadata failed: {e:#}; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            if fresh {
+                if let Err(e) = self.reload().await {
+                    tracing::warn!("reading function metadata again failed: {e:#}");
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    next = feed.next() => next,
+                    _ = shutdown.changed() => return,
+                };
+                match next {
+                    Some(Ok(revised)) => {
+                        let key = revised.change.key();
+                        if self.apply(revised) {
+                            tracing::debug!(%key, "applied a metadata change from the store");
+                        }
+                    }
+                    Some(Err(crate::store::Lagged)) => {
+                        tracing::warn!(
+                            "the metadata feed dropped changes; reading everything again"
+                        );
+                        fresh = true;
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("the metadata feed ended; watching again");
+                        fresh = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }

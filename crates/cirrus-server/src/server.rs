@@ -8,7 +8,8 @@ use crate::records::RecordSink;
 use crate::registry::{DeployRequest, Registry};
 use crate::scaler::{Scaler, ScalerSettings};
 use crate::store::{
-    ArtifactStore, EventQueue, FsArtifactStore, FunctionStore, RecordStore, SqliteStore,
+    ArtifactCache, ArtifactStore, EventQueue, FsArtifactStore, FunctionStore, RecordStore,
+    SqliteStore,
 };
 use anyhow::Context as _;
 use cirrus_api::{DeployResult, Manifest, Qualifier};
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub secrets_key_file: Option<PathBuf>,
     /// TLS on every listener; `None`: plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Cluster mode: shared state in NATS JetStream (see [`crate::cluster`]).
+    pub cluster: Option<crate::store::jetstream::ClusterOptions>,
 }
 
 /// Environments the instance pool must hold at once: every invocation in flight, plus
@@ -89,6 +92,7 @@ impl ServerConfig {
             cpu_lanes: None,
             secrets_key_file: None,
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct Server {
     /// The open-file limit in force (raised at start), which sizes the connection caps.
     fd_limit: Option<u64>,
     pruner: Arc<crate::retention::Pruner>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Server {
@@ -116,7 +121,40 @@ impl Server {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let token = crate::auth::load_or_create_token(&data_dir)?;
+        let mut token = crate::auth::load_or_create_token(&data_dir)?;
+        let cluster = match &config.cluster {
+            Some(options) => {
+                let store = crate::store::jetstream::JetStream::connect(options).await?;
+                let shared = store.shared_setting("admin-token", &token).await?;
+                if shared != token {
+                    crate::auth::replace_private_file(
+                        &data_dir.join(crate::auth::TOKEN_FILE),
+                        format!("{shared}\n").as_bytes(),
+                    )?;
+                    tracing::info!(
+                        "using the cluster's admin token (written to this node's token file)"
+                    );
+                    token = shared;
+                }
+                Some(Arc::new(crate::cluster::Cluster { store }))
+            }
+            None => None,
+        };
+        // One set of S3/Lambda keys for the whole cluster, in every node's credentials
+        // file (where clients on that machine read them).
+        if let Some(cluster) = &cluster {
+            let local = crate::s3::credentials::load_or_create_text(&data_dir)?;
+            let shared = cluster
+                .store
+                .shared_setting("s3-credentials", &local)
+                .await?;
+            if shared != local {
+                crate::auth::replace_private_file(
+                    &data_dir.join(crate::s3::credentials::CREDENTIALS_FILE),
+                    shared.as_bytes(),
+                )?;
+            }
+        }
         let fd_limit = crate::fd_limit::raise_fd_limit();
         let budget = MemoryBudget::new(
             config
@@ -142,7 +180,8 @@ impl Server {
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
                 store.set_lineage_budget(lineage_budget);
-                let artifacts = Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
+                let artifacts: Arc<dyn ArtifactStore> =
+                    Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
                 let runtime = Arc::new(Runtime::new(runtime_config)?);
                 let blobs = Arc::new(crate::s3::blobs::Blobs::open(&data_dir.join("objects"))?);
                 let leftovers = blobs.sweep(&crate::store::ObjectStore::live_blobs(&*store)?)?;
@@ -171,8 +210,18 @@ impl Server {
             })
             .await??;
         tracing::info!(pooling = runtime.pooling(), "runtime ready");
-        let artifacts: Arc<dyn ArtifactStore> = artifacts;
-        let function_store: Arc<dyn FunctionStore> = store.clone();
+        let (artifacts, function_store): (Arc<dyn ArtifactStore>, Arc<dyn FunctionStore>) =
+            match &cluster {
+                Some(cluster) => (
+                    Arc::new(cluster.store.clone()),
+                    Arc::new(cluster.store.clone()),
+                ),
+                None => (artifacts, store.clone()),
+            };
+        let artifacts = Arc::new(ArtifactCache::new(
+            &config.data_dir.join("artifacts"),
+            artifacts,
+        )?);
         let event_queue: Arc<dyn EventQueue> = store.clone();
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
@@ -187,13 +236,16 @@ impl Server {
                 "events interrupted by the last stop will be delivered again"
             );
         }
-        let registry = Arc::new(Registry::load(
-            function_store,
-            artifacts.clone(),
-            runtime.clone(),
-            clock.clone(),
-            config.max_artifact_bytes,
-        )?);
+        let registry = Arc::new(
+            Registry::load(
+                function_store,
+                artifacts.clone(),
+                runtime.clone(),
+                clock.clone(),
+                config.max_artifact_bytes,
+            )
+            .await?,
+        );
         let platform = Arc::new(crate::invoker::PlatformAccess {
             issuer: crate::function_token::TokenIssuer::new(&token),
             lineage: crate::lineage::LineageSigner::new(&token),
@@ -331,6 +383,7 @@ impl Server {
             shutdown_tx,
             fd_limit,
             pruner,
+            cluster,
         };
         server.compile_missing();
         Ok(server)
@@ -378,7 +431,23 @@ impl Server {
     }
 
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone())
+        self.guarded(api::router(self.state.clone()))
+    }
+
+    /// In cluster mode, `router` behind the cluster's guard (see [`crate::cluster`]).
+    fn guarded(&self, router: axum::Router) -> axum::Router {
+        match &self.cluster {
+            Some(cluster) => router.layer(axum::middleware::from_fn_with_state(
+                cluster.clone(),
+                crate::cluster::guard,
+            )),
+            None => router,
+        }
+    }
+
+    /// Whether this node keeps its shared state in NATS JetStream.
+    pub fn clustered(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Compiles, in the background, live versions whose code is not in the cache (after
@@ -396,9 +465,19 @@ impl Server {
         if missing.is_empty() {
             return;
         }
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             for v in missing {
-                match runtime.ensure_compiled(&v.sha256, &artifacts.path(&v.sha256)) {
+                let compiled = match artifacts.local(&v.sha256).await {
+                    Ok(path) => {
+                        let runtime = runtime.clone();
+                        let sha256 = v.sha256.clone();
+                        tokio::task::spawn_blocking(move || runtime.ensure_compiled(&sha256, &path))
+                            .await
+                            .unwrap_or_else(|e| Err(anyhow::anyhow!("compiling task failed: {e}")))
+                    }
+                    Err(e) => Err(e),
+                };
+                match compiled {
                     Ok(_) => {
                         tracing::info!(function = %v.function, version = v.version, "compiled into the code cache")
                     }
@@ -498,6 +577,7 @@ impl Server {
             drain: self.config.drain_timeout,
         });
         let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));
+        let following = tokio::spawn(state.registry.clone().follow(state.shutdown.clone()));
         let scheduler = crate::sources::schedule::Scheduler {
             registry: state.registry.clone(),
             store: state.registry.store().clone(),
@@ -533,10 +613,16 @@ impl Server {
             .tls
             .clone()
             .map(|tls| tokio::spawn(tls.watch(state.shutdown.clone())));
+        let s3_router = if self.cluster.is_some() {
+            axum::Router::new().fallback(crate::cluster::s3_refused)
+        } else {
+            crate::s3::router(self.s3.clone())
+        };
+        let dashboard_router = self.guarded(api::dashboard_router(state.clone()));
         let objects = self.s3_listener.map(|listener| {
             tokio::spawn(crate::connections::serve(
                 listener,
-                crate::s3::router(self.s3.clone()),
+                s3_router,
                 s3_limits,
                 self.tls.clone(),
                 state.shutdown.clone(),
@@ -545,7 +631,7 @@ impl Server {
         let dashboard = self.dashboard_listener.map(|listener| {
             tokio::spawn(crate::connections::serve(
                 listener,
-                api::dashboard_router(state.clone()),
+                dashboard_router,
                 main_limits,
                 self.tls.clone(),
                 state.shutdown.clone(),
@@ -582,6 +668,7 @@ impl Server {
             let _ = tokio::time::timeout(drain_timeout, dashboard).await;
         }
         scheduling.abort();
+        following.abort();
         subscriptions.abort();
         if let Some(objects) = objects {
             // Uploads in flight finish (or the drain timeout above has passed).

@@ -251,6 +251,71 @@ struct UpArgs {
     /// created on first start]
     #[arg(long, env = "CIRRUS_SECRETS_KEY_FILE")]
     secrets_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Cluster mode: shared state in NATS JetStream, every node serving every route.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Cluster mode")]
+struct ClusterArgs {
+    /// Keep the shared state in NATS JetStream at these servers
+    /// (`nats://HOST:PORT[,nats://HOST:PORT…]`): every node started with the same
+    /// servers serves the same functions
+    #[arg(long, env = "CIRRUS_CLUSTER", value_name = "NATS_URLS")]
+    cluster: Option<String>,
+    /// Copies JetStream keeps of each bucket: 1 on one NATS server, 3 on a NATS
+    /// cluster of three or more
+    #[arg(long, requires = "cluster", default_value_t = 1)]
+    cluster_replicas: usize,
+    /// NATS credentials file (JWT and NKey seed), as `nats --creds` takes it
+    #[arg(long, requires = "cluster", env = "CIRRUS_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password)
+    #[arg(long, requires_all = ["cluster", "nats_password"], env = "CIRRUS_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password (with --nats-user)
+    #[arg(
+        long,
+        requires = "nats_user",
+        env = "CIRRUS_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    nats_password: Option<String>,
+    /// NATS token
+    #[arg(
+        long,
+        requires = "cluster",
+        env = "CIRRUS_NATS_TOKEN",
+        hide_env_values = true
+    )]
+    nats_token: Option<String>,
+    /// CA certificate (PEM) to verify the NATS servers with; TLS is then required
+    #[arg(long, requires = "cluster")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients
+    #[arg(long, requires_all = ["cluster", "nats_tls_key"])]
+    nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for --nats-tls-cert
+    #[arg(long, requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn options(&self) -> Option<cirrus_server::store::jetstream::ClusterOptions> {
+        let servers = self.cluster.as_deref()?;
+        Some(cirrus_server::store::jetstream::ClusterOptions {
+            creds_file: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+            replicas: self.cluster_replicas,
+            ..cirrus_server::store::jetstream::ClusterOptions::new(servers)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -1017,6 +1082,7 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
     };
     config.otlp_endpoint = args.otlp_endpoint.clone();
     config.secrets_key_file = args.secrets_key_file.clone();
+    config.cluster = args.cluster.options();
     config.tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(cirrus_server::tls::TlsFiles {
             cert: cert.clone(),
@@ -1051,6 +1117,9 @@ async fn up(target: &Target, args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let server = Server::start(config, Arc::new(SystemClock)).await?;
+    if let Some(servers) = &args.cluster.cluster {
+        eprintln!("cluster mode: shared state in NATS JetStream at {servers}");
+    }
     if let Some(manifest) = &manifest {
         for result in server.deploy_manifest(manifest).await? {
             let state = if result.created {

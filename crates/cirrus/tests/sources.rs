@@ -567,46 +567,32 @@ fn iot_example_aggregates_readings_and_rolls_them_up() {
     assert!(rollup["devices"].get("garage").is_none(), "{rollup}");
 }
 
-/// A nats-server with JetStream on a free port, killed when dropped.
+/// A nats-server with JetStream on a free port (stopped when dropped), and a client.
 struct Nats {
-    child: Child,
-    port: u16,
+    server: cirrus_server::testing::NatsServer,
     runtime: tokio::runtime::Runtime,
     client: async_nats::Client,
 }
 
 impl Nats {
-    fn start(dir: &Path) -> Nats {
-        assert!(
-            Path::new("/usr/sbin/nats-server").exists(),
-            "nats-server is missing: scripts/test installs Debian's nats-server"
-        );
-        let port = free_port();
-        let child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        wait_listening(port, "nats-server");
+    fn start() -> Nats {
+        let server = cirrus_server::testing::NatsServer::start();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let client = runtime
-            .block_on(async_nats::connect(format!("127.0.0.1:{port}")))
+            .block_on(async_nats::connect(server.url()))
             .expect("the test connects to nats-server");
         Nats {
-            child,
-            port,
+            server,
             runtime,
             client,
         }
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// Publishes on a core subject (a stream holding it keeps it too), and waits until
@@ -647,18 +633,10 @@ impl Nats {
     }
 }
 
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn nats_subjects_and_jetstream_consumers_become_events() {
     let dir = tempfile::tempdir().unwrap();
-    let nats_dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(nats_dir.path());
+    let nats = Nats::start();
     nats.create_stream("ORDERS", &["orders.>"]);
     let mut up = Up::start(dir.path(), &[]);
     deploy(&up, "core", "env_log.wat");

@@ -108,6 +108,9 @@ impl From<ApiError> for LambdaError {
             ErrorCode::MethodNotAllowed => {
                 ("InvalidRequestContentException", StatusCode::BAD_REQUEST)
             }
+            ErrorCode::NotImplemented => {
+                ("UnsupportedOperationException", StatusCode::NOT_IMPLEMENTED)
+            }
             ErrorCode::Unavailable => ("ServiceException", StatusCode::SERVICE_UNAVAILABLE),
             ErrorCode::RangeNotSatisfiable
             | ErrorCode::Cancelled

@@ -129,11 +129,16 @@ fn random_string(alphabet: &[u8], len: usize) -> String {
 }
 
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Credentials> {
+    let text = load_or_create_text(data_dir)?;
+    Credentials::parse(&text)
+        .with_context(|| format!("reading {}", data_dir.join(CREDENTIALS_FILE).display()))
+}
+
+/// The credentials file's text, created with a new pair if there is none.
+pub fn load_or_create_text(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(CREDENTIALS_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            return Credentials::parse(&text).with_context(|| format!("reading {}", path.display()))
-        }
+        Ok(text) => return Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -149,7 +154,7 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Credentials> {
         "# Cirrus S3 API keys (AWS shared-credentials format). Every profile here is accepted.\n[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"
     );
     crate::auth::create_private_file(&path, text.as_bytes())?;
-    Credentials::parse(&text)
+    Ok(text)
 }
 
 #[cfg(test)]

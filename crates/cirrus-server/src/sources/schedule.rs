@@ -3,8 +3,10 @@
 //!
 //! When each schedule last fired is stored. A tick missed while the server was down
 //! fires once on start-up (not once per missed tick), with the first missed time as its
-//! `scheduled_time`. The event's idempotency key is the schedule and its time, so a crash
-//! between queueing an event and storing the mark cannot fire the same tick twice.
+//! `scheduled_time`. A tick is claimed in the store (compare-and-set on the mark) before
+//! its event is queued, so of several nodes exactly one fires it; a tick whose event
+//! could not be queued is given back and tried again. The event's idempotency key is
+//! the schedule and its time, so a tick claimed twice is still queued once.
 
 use crate::clock::{rfc3339, Clock};
 use crate::queue::EventSink;
@@ -37,22 +39,22 @@ fn created_ms(created_at: &str) -> u64 {
 
 impl Scheduler {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let store = self.store.clone();
-        let mut marks: HashMap<String, u64> =
-            match tokio::task::spawn_blocking(move || store.schedule_marks()).await {
-                Ok(Ok(marks)) => marks.into_iter().collect(),
-                other => {
-                    tracing::error!(
-                        "reading schedule state failed: {other:?}; schedules start afresh"
-                    );
-                    HashMap::new()
-                }
-            };
+        let mut marks = self.read_marks().await;
         let mut ticks = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 _ = ticks.tick() => self.fire_due(&mut marks).await,
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn read_marks(&self) -> HashMap<String, u64> {
+        match self.store.schedule_marks().await {
+            Ok(marks) => marks.into_iter().collect(),
+            Err(e) => {
+                tracing::error!("reading schedule state failed: {e:#}; schedules start afresh");
+                HashMap::new()
             }
         }
     }
@@ -67,16 +69,38 @@ impl Scheduler {
             let Ok(schedule) = Schedule::parse(expression) else {
                 continue;
             };
-            let last = marks
-                .get(&trigger.id)
-                .copied()
-                .unwrap_or_else(|| created_ms(&trigger.created_at));
+            let stored = marks.get(&trigger.id).copied();
+            let last = stored.unwrap_or_else(|| created_ms(&trigger.created_at));
             let Some(due) = schedule.next_after(last) else {
                 continue;
             };
             if due > now {
                 continue;
             }
+            // On time, the mark is the tick itself (no drift); after missed ticks it is
+            // now, so they collapse into this one.
+            let mark = if schedule.next_after(due).is_some_and(|n| n > now) {
+                due
+            } else {
+                now
+            };
+            match self
+                .store
+                .claim_schedule_tick(&trigger.id, stored, mark)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another node fired it: follow the store.
+                    *marks = self.read_marks().await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(trigger = %trigger.id, "claiming a schedule tick failed: {e:#}");
+                    continue;
+                }
+            }
+            marks.insert(trigger.id.clone(), mark);
             let event = NewEvent::fired(
                 trigger.function.clone(),
                 cirrus_api::Trigger::Schedule,
@@ -94,25 +118,14 @@ impl Scheduler {
             )
             .deduplicated_by(Some(format!("schedule:{}:{due}", trigger.id)));
             if let Err(e) = self.events.enqueue(event).await {
-                tracing::error!(trigger = %trigger.id, "queueing a schedule tick failed: {e}");
-                continue;
-            }
-            // On time, the mark is the tick itself (no drift); after missed ticks it is
-            // now, so they collapse into this one.
-            let mark = if schedule.next_after(due).is_some_and(|n| n > now) {
-                due
-            } else {
-                now
-            };
-            marks.insert(trigger.id.clone(), mark);
-            let (store, id) = (self.store.clone(), trigger.id.clone());
-            match tokio::task::spawn_blocking(move || store.set_schedule_mark(&id, mark)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(trigger = %trigger.id, "storing schedule state failed: {e:#}")
-                }
-                Err(e) => {
-                    tracing::error!(trigger = %trigger.id, "storing schedule state failed: {e}")
+                tracing::error!(trigger = %trigger.id, "queueing a schedule tick failed: {e}; giving it back");
+                // Back to where it was, so the tick is tried again (by any node).
+                if let Ok(true) = self
+                    .store
+                    .claim_schedule_tick(&trigger.id, Some(mark), last)
+                    .await
+                {
+                    marks.insert(trigger.id.clone(), last);
                 }
             }
         }

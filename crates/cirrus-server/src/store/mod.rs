@@ -1,15 +1,19 @@
 //! The storage seam. Each trait is one role; the embedded implementations
-//! ([`SqliteStore`], [`FsArtifactStore`]) sit beside them, and a cluster implementation
-//! (NATS JetStream) will arrive behind the same traits.
+//! ([`SqliteStore`], [`FsArtifactStore`]) and the cluster ones ([`jetstream`]) sit
+//! beside them. [`conformance`] holds the tests every backend must pass.
 
+mod artifact_cache;
+#[cfg(test)]
+mod conformance;
 mod fs_artifacts;
+pub mod jetstream;
 mod sqlite;
 
+pub use artifact_cache::ArtifactCache;
 pub use fs_artifacts::FsArtifactStore;
 pub use sqlite::SqliteStore;
 
 use cirrus_api::{DeadEvent, InvocationRecord, KvEntry, LogLine, Page, VersionInfo};
-use std::path::PathBuf;
 
 pub type StoreResult<T> = anyhow::Result<T>;
 
@@ -22,35 +26,129 @@ pub struct StoredFunction {
     pub triggers: Vec<cirrus_api::TriggerInfo>,
 }
 
-/// Function metadata. Read whole at start-up (the registry serves reads from memory);
-/// written on every management change, before the change is acknowledged.
-pub trait FunctionStore: Send + Sync + 'static {
-    /// Called once at start-up.
-    fn load_all(&self) -> StoreResult<Vec<StoredFunction>>;
-    /// Called when a deploy creates a version.
-    fn insert_version(&self, version: &VersionInfo) -> StoreResult<()>;
-    /// Called when a function is deleted: its versions and aliases go; its records stay.
-    fn delete_function(&self, name: &str) -> StoreResult<()>;
-    /// Called when an alias is created or moved.
-    fn set_alias(&self, function: &str, alias: &str, version: u32) -> StoreResult<()>;
-    /// Called when an alias is deleted.
-    fn delete_alias(&self, function: &str, alias: &str) -> StoreResult<()>;
-    /// Called when a trigger is added.
-    fn insert_trigger(&self, trigger: &cirrus_api::TriggerInfo) -> StoreResult<()>;
-    /// Called when a trigger is removed.
-    fn delete_trigger(&self, id: &str) -> StoreResult<()>;
-    /// When each schedule last fired (by trigger id); read at start-up.
-    fn schedule_marks(&self) -> StoreResult<Vec<(String, u64)>>;
-    /// Called after a schedule fired (its event is already durable).
-    fn set_schedule_mark(&self, trigger_id: &str, fired_ms: u64) -> StoreResult<()>;
+/// Where a metadata change stands in its store's history: every write's revision is
+/// higher than the revision of every write before it (in SQLite a counter, in JetStream
+/// the KV bucket's stream sequence), so a reader can tell an old change from a new one.
+pub type Revision = u64;
+
+/// One metadata key changed, as the change feed reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaChange {
+    Version(Box<VersionInfo>),
+    VersionGone {
+        function: String,
+        version: u32,
+    },
+    Alias {
+        function: String,
+        alias: String,
+        version: u32,
+    },
+    AliasGone {
+        function: String,
+        alias: String,
+    },
+    Trigger(Box<cirrus_api::TriggerInfo>),
+    TriggerGone {
+        function: String,
+        id: String,
+    },
 }
 
-/// Uploaded artifacts, content-addressed by sha256.
+impl MetaChange {
+    /// The key this change is about: revisions are compared per key.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Version(v) => version_key(&v.function, v.version),
+            Self::VersionGone { function, version } => version_key(function, *version),
+            Self::Alias {
+                function, alias, ..
+            }
+            | Self::AliasGone { function, alias } => alias_key(function, alias),
+            Self::Trigger(t) => trigger_key(&t.function, &t.id),
+            Self::TriggerGone { function, id } => trigger_key(function, id),
+        }
+    }
+}
+
+/// The key names both backends use (JetStream stores under exactly these).
+pub fn version_key(function: &str, version: u32) -> String {
+    format!("fn.{function}.v.{version}")
+}
+
+pub fn alias_key(function: &str, alias: &str) -> String {
+    format!("fn.{function}.alias.{alias}")
+}
+
+pub fn trigger_key(function: &str, id: &str) -> String {
+    format!("fn.{function}.trigger.{id}")
+}
+
+/// A change with its revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revised {
+    pub revision: Revision,
+    pub change: MetaChange,
+}
+
+/// The metadata change feed: every change any writer commits, in commit order. A
+/// receiver that fell behind gets [`Lagged`] and must read everything again.
+pub type MetaFeed = futures_util::stream::BoxStream<'static, Result<Revised, Lagged>>;
+
+/// The feed dropped changes this receiver had not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lagged;
+
+/// A deploy numbered a version another writer (another node) created first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionTaken;
+
+/// Function metadata. Read whole at start-up (the registry serves reads from memory);
+/// written on every management change, before the change is acknowledged; watched, so
+/// that a change one node makes reaches every node's registry.
+#[async_trait::async_trait]
+pub trait FunctionStore: Send + Sync + 'static {
+    /// Called once at start-up.
+    async fn load_all(&self) -> StoreResult<Vec<StoredFunction>>;
+    /// Changes committed from now on, by any writer.
+    async fn watch(&self) -> StoreResult<MetaFeed>;
+    /// Called when a deploy creates a version; refused if the version exists.
+    async fn insert_version(
+        &self,
+        version: &VersionInfo,
+    ) -> StoreResult<Result<Revision, VersionTaken>>;
+    /// Called when a function is deleted: its versions, aliases and triggers go; its
+    /// records stay. The revision of the last of its keys to go.
+    async fn delete_function(&self, name: &str) -> StoreResult<Revision>;
+    /// Called when an alias is created or moved.
+    async fn set_alias(&self, function: &str, alias: &str, version: u32) -> StoreResult<Revision>;
+    /// Called when an alias is deleted.
+    async fn delete_alias(&self, function: &str, alias: &str) -> StoreResult<Revision>;
+    /// Called when a trigger is added.
+    async fn insert_trigger(&self, trigger: &cirrus_api::TriggerInfo) -> StoreResult<Revision>;
+    /// Called when a trigger is removed.
+    async fn delete_trigger(&self, function: &str, id: &str) -> StoreResult<Revision>;
+    /// When each schedule last fired (by trigger id).
+    async fn schedule_marks(&self) -> StoreResult<Vec<(String, u64)>>;
+    /// Moves a schedule's mark from `previous` (what the caller read; `None`: never
+    /// fired) to `fired_ms`, only if it is still `previous`: of several nodes, exactly
+    /// one claims each tick. `false` when another writer moved it first.
+    async fn claim_schedule_tick(
+        &self,
+        trigger_id: &str,
+        previous: Option<u64>,
+        fired_ms: u64,
+    ) -> StoreResult<bool>;
+}
+
+/// Uploaded artifacts, content-addressed by sha256. Read through the store: a node
+/// keeps a local copy only as a cache ([`ArtifactCache`]).
+#[async_trait::async_trait]
 pub trait ArtifactStore: Send + Sync + 'static {
     /// Called at deploy, after validation; durable when it returns. Idempotent.
-    fn put(&self, sha256: &str, bytes: &[u8]) -> StoreResult<()>;
-    /// Where the runtime reads an artifact from when it must recompile.
-    fn path(&self, sha256: &str) -> PathBuf;
+    async fn put(&self, sha256: &str, bytes: bytes::Bytes) -> StoreResult<()>;
+    /// The artifact's bytes, `None` if the store has none under that digest.
+    async fn get(&self, sha256: &str) -> StoreResult<Option<bytes::Bytes>>;
 }
 
 /// Usage of one function in one hour (UTC), summed by the store in integers.

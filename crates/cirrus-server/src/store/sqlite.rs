@@ -1,18 +1,16 @@
 use super::{
-    Enqueued, EventQueue, FunctionStore, HourlyUsage, KvCondition, KvStore, KvWrite, NewEvent,
-    QueuedEvent, RecordStore, StoreResult, StoredFunction,
+    Enqueued, EventQueue, HourlyUsage, KvCondition, KvStore, KvWrite, NewEvent, QueuedEvent,
+    RecordStore, StoreResult,
 };
 use anyhow::Context as _;
-use cirrus_api::{
-    DeadEvent, FunctionConfig, InvocationRecord, KvEntry, LogLine, Outcome, Page, Trigger,
-    VersionInfo,
-};
+use cirrus_api::{DeadEvent, InvocationRecord, KvEntry, LogLine, Outcome, Page, Trigger};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 mod access;
+mod functions;
 mod objects;
 mod retention;
 
@@ -81,7 +79,11 @@ CREATE INDEX IF NOT EXISTS completed_uploads_by_age ON completed_uploads (comple
 /// The embedded store: one SQLite database in WAL mode. Metadata and records use separate
 /// connections so the batch writer never waits behind a management read.
 pub struct SqliteStore {
-    meta: Mutex<Connection>,
+    /// Shared with the blocking tasks the async metadata calls run on.
+    meta: Arc<Mutex<Connection>>,
+    /// Metadata changes, sent in commit order with their revisions (see `functions.rs`).
+    feed: tokio::sync::broadcast::Sender<super::Revised>,
+    revision: Arc<AtomicU64>,
     /// The record writer's connection.
     records: Mutex<Connection>,
     /// API reads of records, logs and usage: a long scan never holds up the writer.
@@ -212,7 +214,9 @@ impl SqliteStore {
         // queue's commits are fsynced (batched by the enqueue writer).
         queue.execute_batch("PRAGMA synchronous=FULL;")?;
         Ok(Self {
-            meta: Mutex::new(meta),
+            meta: Arc::new(Mutex::new(meta)),
+            feed: tokio::sync::broadcast::channel(functions::FEED_CAPACITY).0,
+            revision: Arc::new(AtomicU64::new(0)),
             records: Mutex::new(records),
             reads: Mutex::new(reads),
             queue: Mutex::new(queue),
@@ -227,180 +231,6 @@ impl SqliteStore {
 
     pub(crate) fn lineage_budget(&self) -> u64 {
         self.lineage_budget.load(Ordering::Relaxed)
-    }
-}
-
-fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(VersionInfo, i64)> {
-    let kind: String = row.get(3)?;
-    let config: String = row.get(6)?;
-    let bad = |e: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    };
-    let info = VersionInfo {
-        function: row.get(0)?,
-        version: row.get(1)?,
-        sha256: row.get(2)?,
-        kind: kind.parse().map_err(bad)?,
-        size_bytes: row.get(4)?,
-        config: serde_json::from_str::<FunctionConfig>(&config).map_err(|e| bad(e.to_string()))?,
-        created_at: row.get(7)?,
-    };
-    Ok((info, row.get(5)?))
-}
-
-impl FunctionStore for SqliteStore {
-    fn load_all(&self) -> StoreResult<Vec<StoredFunction>> {
-        let conn = lock(&self.meta);
-        let mut functions: Vec<StoredFunction> = Vec::new();
-        let mut stmt = conn.prepare(
-            "SELECT function, version, sha256, kind, size_bytes, spec_version, config, created_at
-             FROM versions ORDER BY function, version",
-        )?;
-        for row in stmt.query_map([], version_from_row)? {
-            let (info, spec_version) = row?;
-            anyhow::ensure!(
-                spec_version <= SPEC_VERSION,
-                "{} version {} was stored by a newer Cirrus (spec version {spec_version})",
-                info.function,
-                info.version
-            );
-            match functions.last_mut() {
-                Some(f) if f.name == info.function => f.versions.push(info),
-                _ => functions.push(StoredFunction {
-                    name: info.function.clone(),
-                    versions: vec![info],
-                    aliases: Vec::new(),
-                    triggers: Vec::new(),
-                }),
-            }
-        }
-        let mut stmt = conn.prepare("SELECT function, alias, version FROM aliases")?;
-        let aliases = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u32>(2)?,
-            ))
-        })?;
-        for alias in aliases {
-            let (function, alias, version) = alias?;
-            if let Some(f) = functions.iter_mut().find(|f| f.name == function) {
-                f.aliases.push((alias, version));
-            }
-        }
-        let mut stmt = conn.prepare(
-            "SELECT id, function, spec, created_at FROM triggers ORDER BY created_at, id",
-        )?;
-        let triggers = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        for trigger in triggers {
-            let (id, function, spec, created_at) = trigger?;
-            let spec = serde_json::from_str(&spec)
-                .with_context(|| format!("trigger {id} is unreadable"))?;
-            if let Some(f) = functions.iter_mut().find(|f| f.name == function) {
-                f.triggers.push(cirrus_api::TriggerInfo {
-                    id,
-                    function,
-                    spec,
-                    created_at,
-                    state: None,
-                });
-            }
-        }
-        Ok(functions)
-    }
-
-    fn insert_trigger(&self, t: &cirrus_api::TriggerInfo) -> StoreResult<()> {
-        lock(&self.meta).execute(
-            "INSERT INTO triggers (id, function, spec, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                t.id,
-                t.function,
-                serde_json::to_string(&t.spec)?,
-                t.created_at
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn delete_trigger(&self, id: &str) -> StoreResult<()> {
-        let conn = lock(&self.meta);
-        conn.execute("DELETE FROM triggers WHERE id = ?1", [id])?;
-        conn.execute("DELETE FROM schedule_marks WHERE trigger_id = ?1", [id])?;
-        Ok(())
-    }
-
-    fn schedule_marks(&self) -> StoreResult<Vec<(String, u64)>> {
-        let conn = lock(&self.meta);
-        let mut stmt = conn.prepare("SELECT trigger_id, fired_ms FROM schedule_marks")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn set_schedule_mark(&self, trigger_id: &str, fired_ms: u64) -> StoreResult<()> {
-        lock(&self.meta).execute(
-            "INSERT INTO schedule_marks (trigger_id, fired_ms) VALUES (?1, ?2)
-             ON CONFLICT (trigger_id) DO UPDATE SET fired_ms = excluded.fired_ms",
-            params![trigger_id, fired_ms],
-        )?;
-        Ok(())
-    }
-
-    fn insert_version(&self, v: &VersionInfo) -> StoreResult<()> {
-        lock(&self.meta).execute(
-            "INSERT INTO versions (function, version, sha256, kind, size_bytes, spec_version, config, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                v.function,
-                v.version,
-                v.sha256,
-                v.kind.as_str(),
-                v.size_bytes,
-                SPEC_VERSION,
-                serde_json::to_string(&v.config)?,
-                v.created_at
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn delete_function(&self, name: &str) -> StoreResult<()> {
-        let mut conn = lock(&self.meta);
-        // IMMEDIATE: take the write lock up front, so a concurrent commit on another
-        // connection makes us wait (busy_timeout) instead of failing a read-to-write upgrade.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM aliases WHERE function = ?1", [name])?;
-        tx.execute(
-            "DELETE FROM schedule_marks WHERE trigger_id IN (SELECT id FROM triggers WHERE function = ?1)",
-            [name],
-        )?;
-        tx.execute("DELETE FROM triggers WHERE function = ?1", [name])?;
-        tx.execute("DELETE FROM versions WHERE function = ?1", [name])?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn set_alias(&self, function: &str, alias: &str, version: u32) -> StoreResult<()> {
-        lock(&self.meta).execute(
-            "INSERT INTO aliases (function, alias, version) VALUES (?1, ?2, ?3)
-             ON CONFLICT (function, alias) DO UPDATE SET version = excluded.version",
-            params![function, alias, version],
-        )?;
-        Ok(())
-    }
-
-    fn delete_alias(&self, function: &str, alias: &str) -> StoreResult<()> {
-        lock(&self.meta).execute(
-            "DELETE FROM aliases WHERE function = ?1 AND alias = ?2",
-            [function, alias],
-        )?;
-        Ok(())
     }
 }
 

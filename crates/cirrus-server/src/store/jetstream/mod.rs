@@ -1,0 +1,236 @@
+//! The cluster backend: state in NATS JetStream, shared by every Cirrus node.
+//!
+//! - function metadata (versions, aliases, triggers) and schedule marks: the KV bucket
+//!   `cirrus_meta`, one key per item (the names in [`crate::store::version_key`] and its
+//!   siblings), watched by every node; a revision is the bucket's stream sequence;
+//! - artifacts: the object store `cirrus_artifacts`, named by sha256;
+//! - the cluster's credentials (admin token, S3/Lambda keys): `cirrus_meta` keys under
+//!   `cluster.`, created by whichever node starts first.
+
+mod functions;
+
+use crate::store::{ArtifactStore, StoreResult};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, object_store};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
+
+pub const META_BUCKET: &str = "cirrus_meta";
+pub const ARTIFACT_BUCKET: &str = "cirrus_artifacts";
+
+/// How a node reaches NATS: as NATS clients usually take it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// `nats://HOST:PORT`, one or more (any of them will do; the client fails over).
+    pub servers: Vec<String>,
+    /// A `.creds` file (JWT and NKey seed), as `nats --creds` takes.
+    pub creds_file: Option<PathBuf>,
+    /// User and password, or a token, when the server uses those instead.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// CA certificate to trust for TLS to the servers (`tls://` URLs, or required).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key, for servers that verify clients.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Copies JetStream keeps of each bucket: 1 on one NATS server, 3 on a cluster of
+    /// three or more (a bucket survives losing one server).
+    pub replicas: usize,
+}
+
+impl ClusterOptions {
+    pub fn new(servers: &str) -> Self {
+        Self {
+            servers: servers
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            replicas: 1,
+            ..Self::default()
+        }
+    }
+}
+
+/// One node's connection to the cluster's state.
+#[derive(Clone)]
+pub struct JetStream {
+    pub client: async_nats::Client,
+    pub context: jetstream::Context,
+    meta: kv::Store,
+    artifacts: object_store::ObjectStore,
+}
+
+impl JetStream {
+    /// Connects and opens (creating on first use) the buckets. Keeps retrying the
+    /// connection in the background once it has been made; the first one must succeed.
+    pub async fn connect(options: &ClusterOptions) -> StoreResult<Self> {
+        anyhow::ensure!(
+            !options.servers.is_empty(),
+            "--cluster needs at least one nats://HOST:PORT"
+        );
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("cirrus")
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("lost the connection to NATS; reconnecting")
+                    }
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    other => tracing::debug!("NATS: {other}"),
+                }
+            });
+        if let Some(creds) = &options.creds_file {
+            connect = connect
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+        }
+        if let (Some(user), Some(password)) = (&options.user, &options.password) {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &options.token {
+            connect = connect.token(token.clone());
+        }
+        if let Some(ca) = &options.tls_ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
+        let servers = options.servers.join(", ");
+        let client = connect
+            .connect(options.servers.as_slice())
+            .await
+            .with_context(|| format!("connecting to NATS at {servers}"))?;
+        let context = jetstream::new(client.clone());
+        // The KV bucket's stream, made the way the KV client makes it: the client's own
+        // `create_key_value` first asks for account details that Debian's NATS 2.9
+        // answers in a shape the client cannot read.
+        retry_while_forming(|| {
+            context.create_stream(jetstream::stream::Config {
+                name: format!("KV_{META_BUCKET}"),
+                description: Some("Cirrus function metadata".into()),
+                subjects: vec![format!("$KV.{META_BUCKET}.>")],
+                max_messages_per_subject: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: options.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "opening the JetStream KV bucket {META_BUCKET} (with {} replicas) on {servers}: is JetStream enabled (nats-server -js)?",
+                options.replicas
+            )
+        })?;
+        let meta = context
+            .get_key_value(META_BUCKET)
+            .await
+            .with_context(|| format!("opening the JetStream KV bucket {META_BUCKET}"))?;
+        let artifacts = retry_while_forming(|| {
+            context.create_object_store(object_store::Config {
+                bucket: ARTIFACT_BUCKET.into(),
+                description: Some("Cirrus artifacts, by sha256".into()),
+                num_replicas: options.replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+        })
+        .await
+        .with_context(|| format!("opening the JetStream object store {ARTIFACT_BUCKET}"))?;
+        Ok(Self {
+            client,
+            context,
+            meta,
+            artifacts,
+        })
+    }
+
+    /// Whether the connection to NATS is up now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The cluster-wide value of a setting: the one stored, or `candidate` if this node
+    /// is the first to store one.
+    pub async fn shared_setting(&self, name: &str, candidate: &str) -> StoreResult<String> {
+        let key = format!("cluster.{name}");
+        match self.meta.create(&key, candidate.to_owned().into()).await {
+            Ok(_) => Ok(candidate.to_owned()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let value = self
+                    .meta
+                    .get(&key)
+                    .await?
+                    .with_context(|| format!("{key} vanished while it was read"))?;
+                Ok(String::from_utf8(value.to_vec()).context("a shared setting is not UTF-8")?)
+            }
+            Err(e) => Err(e).with_context(|| format!("storing {key}")),
+        }
+    }
+}
+
+/// How long a starting node waits for JetStream to take its buckets: a NATS cluster that
+/// has just started needs a few seconds to elect the leader that creates streams.
+const FORMING: Duration = Duration::from_secs(30);
+
+async fn retry_while_forming<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + FORMING;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!("JetStream is not ready yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ArtifactStore for JetStream {
+    async fn put(&self, sha256: &str, bytes: bytes::Bytes) -> StoreResult<()> {
+        if self.artifacts.info(sha256).await.is_ok() {
+            return Ok(());
+        }
+        let mut reader: &[u8] = &bytes;
+        self.artifacts
+            .put(sha256, &mut reader)
+            .await
+            .with_context(|| format!("storing artifact {sha256} in JetStream"))?;
+        Ok(())
+    }
+
+    async fn get(&self, sha256: &str) -> StoreResult<Option<bytes::Bytes>> {
+        let mut object = match self.artifacts.get(sha256).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading artifact {sha256} from JetStream"))
+            }
+        };
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .with_context(|| format!("reading artifact {sha256} from JetStream"))?;
+        Ok(Some(bytes.into()))
+    }
+}
