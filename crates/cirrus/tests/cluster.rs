@@ -123,8 +123,9 @@ fn a_deploy_on_one_node_is_served_by_every_node() {
 fn concurrency_limits_are_per_node() {
     let nats = NatsServer::start();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &nats.url(), &[]);
-    let b = node(db.path(), &nats.url(), &[]);
+    // A call over the limit is refused at once instead of waiting for the slot.
+    let a = node(da.path(), &nats.url(), &["--queue-timeout", "50ms"]);
+    let b = node(db.path(), &nats.url(), &["--queue-timeout", "50ms"]);
     a.cli_ok(&[
         "deploy",
         "sleepy",
