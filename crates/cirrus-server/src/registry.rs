@@ -35,6 +35,21 @@ impl FunctionEntry {
         }
     }
 
+    /// A function as the store holds it.
+    fn stored(stored: crate::store::StoredFunction, incarnation: u64) -> (String, Self) {
+        let entry = Self {
+            versions: stored
+                .versions
+                .into_iter()
+                .map(|v| (v.version, Arc::new(v)))
+                .collect(),
+            aliases: stored.aliases.into_iter().collect(),
+            triggers: stored.triggers,
+            incarnation,
+        };
+        (stored.name, entry)
+    }
+
     fn latest(&self) -> Option<&Arc<VersionInfo>> {
         self.versions.values().next_back()
     }
@@ -93,17 +108,8 @@ impl Registry {
     ) -> anyhow::Result<Self> {
         let mut functions = HashMap::new();
         for stored in store.load_all().await? {
-            let entry = FunctionEntry {
-                versions: stored
-                    .versions
-                    .into_iter()
-                    .map(|v| (v.version, Arc::new(v)))
-                    .collect(),
-                aliases: stored.aliases.into_iter().collect(),
-                triggers: stored.triggers,
-                incarnation: new_incarnation(),
-            };
-            functions.insert(stored.name, entry);
+            let (name, entry) = FunctionEntry::stored(stored, new_incarnation());
+            functions.insert(name, entry);
         }
         Ok(Self {
             functions: RwLock::new(functions),
@@ -915,19 +921,8 @@ impl Registry {
             let incarnation = functions
                 .get(&stored.name)
                 .map_or_else(new_incarnation, |e| e.incarnation);
-            fresh.insert(
-                stored.name,
-                FunctionEntry {
-                    versions: stored
-                        .versions
-                        .into_iter()
-                        .map(|v| (v.version, Arc::new(v)))
-                        .collect(),
-                    aliases: stored.aliases.into_iter().collect(),
-                    triggers: stored.triggers,
-                    incarnation,
-                },
-            );
+            let (name, entry) = FunctionEntry::stored(stored, incarnation);
+            fresh.insert(name, entry);
         }
         *functions = fresh;
         Ok(())

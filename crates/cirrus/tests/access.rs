@@ -50,13 +50,6 @@ fn call(up: &Up, method: &str, path: &str, token: &str, body: Option<&str>) -> (
     (body.to_owned(), status.parse().unwrap())
 }
 
-fn admin_token(up: &Up) -> String {
-    std::fs::read_to_string(up.data_dir.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn secrets_are_resolved_at_start_rotated_without_redeploy_and_never_shown() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,7 +143,7 @@ fn secrets_are_resolved_at_start_rotated_without_redeploy_and_never_shown() {
     assert_eq!(up.cli_json(&["secret", "ls"]), serde_json::json!([]));
 
     // Bad input: names, sizes, encodings.
-    let token = admin_token(&up);
+    let token = up.admin_token();
     let (body, status) = call(&up, "PUT", "/v1/secrets/Bad%20Name", &token, Some("x"));
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not a valid secret name"), "{body}");
@@ -324,7 +317,7 @@ fn scoped_keys_open_only_what_their_scope_names_and_the_audit_log_says_who() {
     let out = up.cli(&["key", "create", "--scope", "root"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invoke:FUNCTION"));
-    let token = admin_token(&up);
+    let token = up.admin_token();
     let (body, status) = call(
         &up,
         "POST",
@@ -440,7 +433,7 @@ fn keys_aws_pairs_carry_the_same_scopes_to_s3_and_the_lambda_api() {
         "--private",
     ]);
     up.cli_ok(&["bucket", "mb", "shared"]);
-    let token = admin_token(&up);
+    let token = up.admin_token();
     let (_, status) = call(
         &up,
         "PUT",

@@ -121,6 +121,29 @@ impl Up {
         serde_json::from_str(&self.cli_ok(&all)).expect("--json output is JSON")
     }
 
+    /// The admin token, as the server wrote it into its data dir.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("the server wrote its admin token")
+            .trim()
+            .to_owned()
+    }
+
+    /// The `scheduled_time` of every schedule event a `fixtures/log_input.wat` function
+    /// logged (its logs hold each event's body).
+    pub fn scheduled_times(&self, function: &str) -> Vec<String> {
+        let logs = self.cli_ok(&["--json", "logs", function, "--limit", "1000"]);
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|l| {
+                // The body has no newline of its own: the guest's closing line follows it.
+                let line = l["line"].as_str()?;
+                serde_json::from_str::<serde_json::Value>(&line[..=line.rfind('}')?]).ok()
+            })
+            .filter_map(|event| event["scheduled_time"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     pub fn curl(&self, args: &[&str]) -> String {
         let out = Command::new("curl")
             .args(["-sS"])

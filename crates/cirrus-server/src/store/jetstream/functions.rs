@@ -74,7 +74,62 @@ fn change_of(entry: &kv::Entry) -> StoreResult<Option<MetaChange>> {
     Ok(Some(change))
 }
 
+/// How long a write keeps trying while JetStream fails over (a stream whose leader was
+/// on a lost server elects another within seconds): the caller waits instead of failing.
+const FAILOVER: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Runs an idempotent write until it succeeds or `FAILOVER` has passed.
+pub(super) async fn retried<T, E, F>(what: &str, mut write: impl FnMut() -> F) -> StoreResult<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    loop {
+        match write().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("{what}: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
+        }
+    }
+}
+
 impl JetStream {
+    /// Creates a key, retrying through a failover. A retry that finds the key holding
+    /// exactly this value finds its own earlier attempt, which had been stored.
+    async fn create_once(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+    ) -> StoreResult<Result<Revision, VersionTaken>> {
+        let deadline = tokio::time::Instant::now() + FAILOVER;
+        let mut retried = false;
+        loop {
+            match self.meta.create(key, value.clone()).await {
+                Ok(revision) => return Ok(Ok(revision)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    if retried {
+                        if let Some(entry) = self.meta.entry(key).await? {
+                            if entry.value == value {
+                                return Ok(Ok(entry.revision));
+                            }
+                        }
+                    }
+                    return Ok(Err(VersionTaken));
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("storing {key}: {e}; retrying");
+                    retried = true;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("storing {key}"))),
+            }
+        }
+    }
+
     /// Every live key of the bucket starting with `prefix`.
     async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
         let keys: Vec<String> = self
@@ -91,15 +146,15 @@ impl JetStream {
     /// Deletes a key, returning the revision of its delete marker (the KV client's own
     /// delete does not tell it).
     async fn delete_key(&self, key: &str) -> StoreResult<Revision> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("KV-Operation", "DEL");
-        let ack = self
-            .context
-            .publish_with_headers(format!("$KV.{META_BUCKET}.{key}"), headers, "".into())
-            .await
-            .with_context(|| format!("deleting {key}"))?
-            .await
-            .with_context(|| format!("deleting {key}"))?;
+        let ack = retried(&format!("deleting {key}"), || async {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("KV-Operation", "DEL");
+            self.context
+                .publish_with_headers(format!("$KV.{META_BUCKET}.{key}"), headers, "".into())
+                .await?
+                .await
+        })
+        .await?;
         Ok(ack.sequence)
     }
 }
@@ -169,7 +224,14 @@ impl FunctionStore for JetStream {
             .watch("fn.>")
             .await
             .context("watching function metadata")?;
+        let mut reconnects = self.reconnects.clone();
+        reconnects.mark_unchanged();
+        // Ends at the next reconnection: the reader watches again and reads afresh.
+        let reconnected = async move {
+            let _ = reconnects.changed().await;
+        };
         Ok(watch
+            .take_until(reconnected)
             .filter_map(|entry| async move {
                 match entry {
                     Ok(entry) => match change_of(&entry) {
@@ -196,11 +258,7 @@ impl FunctionStore for JetStream {
 
     async fn insert_version(&self, v: &VersionInfo) -> StoreResult<Result<Revision, VersionTaken>> {
         let key = version_key(&v.function, v.version);
-        match self.meta.create(&key, serde_json::to_vec(v)?.into()).await {
-            Ok(revision) => Ok(Ok(revision)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Err(VersionTaken)),
-            Err(e) => Err(e).with_context(|| format!("storing {key}")),
-        }
+        self.create_once(&key, serde_json::to_vec(v)?.into()).await
     }
 
     async fn delete_function(&self, name: &str) -> StoreResult<Revision> {
@@ -221,10 +279,11 @@ impl FunctionStore for JetStream {
 
     async fn set_alias(&self, function: &str, alias: &str, version: u32) -> StoreResult<Revision> {
         let key = alias_key(function, alias);
-        self.meta
-            .put(&key, version.to_string().into())
-            .await
-            .with_context(|| format!("storing {key}"))
+        let value = bytes::Bytes::from(version.to_string());
+        retried(&format!("storing {key}"), || {
+            self.meta.put(&key, value.clone())
+        })
+        .await
     }
 
     async fn delete_alias(&self, function: &str, alias: &str) -> StoreResult<Revision> {
@@ -233,10 +292,11 @@ impl FunctionStore for JetStream {
 
     async fn insert_trigger(&self, trigger: &TriggerInfo) -> StoreResult<Revision> {
         let key = trigger_key(&trigger.function, &trigger.id);
-        self.meta
-            .put(&key, serde_json::to_vec(trigger)?.into())
-            .await
-            .with_context(|| format!("storing {key}"))
+        let value = bytes::Bytes::from(serde_json::to_vec(trigger)?);
+        retried(&format!("storing {key}"), || {
+            self.meta.put(&key, value.clone())
+        })
+        .await
     }
 
     async fn delete_trigger(&self, function: &str, id: &str) -> StoreResult<Revision> {

@@ -62,6 +62,10 @@ pub struct JetStream {
     pub context: jetstream::Context,
     meta: kv::Store,
     artifacts: object_store::ObjectStore,
+    /// Counts the connections made after the first: a watch made on an earlier one ends,
+    /// so its reader watches again and reads what it missed (a consumer bound to a lost
+    /// server would otherwise take a heartbeat timeout or more to notice).
+    reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 impl JetStream {
@@ -72,16 +76,24 @@ impl JetStream {
             !options.servers.is_empty(),
             "--cluster needs at least one nats://HOST:PORT"
         );
+        let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
+        let reconnected = std::sync::Arc::new(reconnected);
         let mut connect = async_nats::ConnectOptions::new()
             .name("cirrus")
             .connection_timeout(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("lost the connection to NATS; reconnecting")
+            .event_callback(move |event| {
+                let reconnected = reconnected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("lost the connection to NATS; reconnecting")
+                        }
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            reconnected.send_modify(|n| *n += 1);
+                        }
+                        other => tracing::debug!("NATS: {other}"),
                     }
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    other => tracing::debug!("NATS: {other}"),
                 }
             });
         if let Some(creds) = &options.creds_file {
@@ -148,11 +160,14 @@ impl JetStream {
         })
         .await
         .with_context(|| format!("opening the JetStream object store {ARTIFACT_BUCKET}"))?;
+        let mut reconnects = reconnects;
+        reconnects.mark_unchanged();
         Ok(Self {
             client,
             context,
             meta,
             artifacts,
+            reconnects,
         })
     }
 
@@ -210,11 +225,14 @@ impl ArtifactStore for JetStream {
         if self.artifacts.info(sha256).await.is_ok() {
             return Ok(());
         }
-        let mut reader: &[u8] = &bytes;
-        self.artifacts
-            .put(sha256, &mut reader)
-            .await
-            .with_context(|| format!("storing artifact {sha256} in JetStream"))?;
+        functions::retried(
+            &format!("storing artifact {sha256} in JetStream"),
+            || async {
+                let mut reader: &[u8] = &bytes;
+                self.artifacts.put(sha256, &mut reader).await
+            },
+        )
+        .await?;
         Ok(())
     }
 
