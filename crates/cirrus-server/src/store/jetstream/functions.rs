@@ -130,38 +130,8 @@ impl JetStream {
         }
     }
 
-    /// Every live key of the bucket starting with `prefix`.
-    async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
-        let keys: Vec<String> = self
-            .meta
-            .keys()
-            .await
-            .context("listing function metadata")?
-            .try_collect()
-            .await
-            .context("listing function metadata")?;
-        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
-    }
-
-    /// Deletes a key, returning the revision of its delete marker (the KV client's own
-    /// delete does not tell it).
-    async fn delete_key(&self, key: &str) -> StoreResult<Revision> {
-        let ack = retried(&format!("deleting {key}"), || async {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("KV-Operation", "DEL");
-            self.context
-                .publish_with_headers(format!("$KV.{META_BUCKET}.{key}"), headers, "".into())
-                .await?
-                .await
-        })
-        .await?;
-        Ok(ack.sequence)
-    }
-}
-
-#[async_trait::async_trait]
-impl FunctionStore for JetStream {
-    async fn load_all(&self) -> StoreResult<Vec<StoredFunction>> {
+    /// Every function, read key by key.
+    async fn read_all(&self) -> StoreResult<Vec<StoredFunction>> {
         let mut functions: std::collections::BTreeMap<String, StoredFunction> =
             std::collections::BTreeMap::new();
         let mut entries = Vec::new();
@@ -216,6 +186,52 @@ impl FunctionStore for JetStream {
             f.aliases.sort();
         }
         Ok(functions)
+    }
+
+    /// Every live key of the bucket starting with `prefix`.
+    async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        let keys: Vec<String> = self
+            .meta
+            .keys()
+            .await
+            .context("listing function metadata")?
+            .try_collect()
+            .await
+            .context("listing function metadata")?;
+        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+    }
+
+    /// Deletes a key, returning the revision of its delete marker (the KV client's own
+    /// delete does not tell it).
+    async fn delete_key(&self, key: &str) -> StoreResult<Revision> {
+        let ack = retried(&format!("deleting {key}"), || async {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("KV-Operation", "DEL");
+            self.context
+                .publish_with_headers(format!("$KV.{META_BUCKET}.{key}"), headers, "".into())
+                .await?
+                .await
+        })
+        .await?;
+        Ok(ack.sequence)
+    }
+}
+
+#[async_trait::async_trait]
+impl FunctionStore for JetStream {
+    async fn load_all(&self) -> StoreResult<Vec<StoredFunction>> {
+        // Reads, too, wait out a failover rather than fail a starting node.
+        let deadline = tokio::time::Instant::now() + FAILOVER;
+        loop {
+            match self.read_all().await {
+                Ok(functions) => return Ok(functions),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("reading function metadata: {e:#}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn watch(&self) -> StoreResult<MetaFeed> {
