@@ -488,7 +488,6 @@ impl Registry {
             config,
             created_at: rfc3339(self.clock.now_ms()),
         };
-        let reserved = version.config.reserved_concurrency;
         let revision = match self
             .store
             .insert_version(&version)
@@ -508,15 +507,12 @@ impl Registry {
             }
         };
         let number = version.version;
-        self.applied(crate::store::version_key(&name, number), revision);
-        self.write()
-            .entry(name.clone())
-            .or_insert_with(FunctionEntry::new)
-            .versions
-            .insert(number, Arc::new(version));
-        if let Some(capacity) = self.capacity.get() {
-            capacity.set_reservation(&name, reserved);
-        }
+        // Through the feed's own door: if a newer change to the key arrived meanwhile,
+        // it stands. `apply` also sets the function's reservation.
+        self.apply(Revised {
+            revision,
+            change: MetaChange::Version(Box::new(version)),
+        });
         tracing::info!(function = %name, version = number, "deployed");
         Ok(DeployResult {
             function: self.get(&name)?,
@@ -534,10 +530,13 @@ impl Registry {
             .delete_function(name)
             .await
             .map_err(|e| Failure::internal(format!("deleting {name}: {e:#}")))?;
-        if let Some(entry) = self.write().remove(name) {
-            for key in entry_keys(name, &entry) {
-                self.applied(key, revision);
-            }
+        let gone = self
+            .read()
+            .get(name)
+            .map(|entry| entry_gone(name, entry))
+            .unwrap_or_default();
+        for change in gone {
+            self.apply(Revised { revision, change });
         }
         if let Some(capacity) = self.capacity.get() {
             capacity.set_reservation(name, None);
@@ -559,10 +558,14 @@ impl Registry {
             .set_alias(name, alias, version)
             .await
             .map_err(|e| Failure::internal(format!("storing alias: {e:#}")))?;
-        self.applied(crate::store::alias_key(name, alias), revision);
-        if let Some(entry) = self.write().get_mut(name) {
-            entry.aliases.insert(alias.to_owned(), version);
-        }
+        self.apply(Revised {
+            revision,
+            change: MetaChange::Alias {
+                function: name.to_owned(),
+                alias: alias.to_owned(),
+                version,
+            },
+        });
         Ok(AliasInfo {
             function: name.to_owned(),
             alias: alias.to_owned(),
@@ -587,10 +590,13 @@ impl Registry {
             .delete_alias(name, alias)
             .await
             .map_err(|e| Failure::internal(format!("deleting alias: {e:#}")))?;
-        self.applied(crate::store::alias_key(name, alias), revision);
-        if let Some(entry) = self.write().get_mut(name) {
-            entry.aliases.remove(alias);
-        }
+        self.apply(Revised {
+            revision,
+            change: MetaChange::AliasGone {
+                function: name.to_owned(),
+                alias: alias.to_owned(),
+            },
+        });
         Ok(AliasInfo {
             function: name.to_owned(),
             alias: alias.to_owned(),
@@ -667,10 +673,10 @@ impl Registry {
             .insert_trigger(&trigger)
             .await
             .map_err(|e| Failure::internal(format!("storing trigger: {e:#}")))?;
-        self.applied(crate::store::trigger_key(function, &trigger.id), revision);
-        if let Some(entry) = self.write().get_mut(function) {
-            entry.triggers.push(trigger.clone());
-        }
+        self.apply(Revised {
+            revision,
+            change: MetaChange::Trigger(Box::new(trigger.clone())),
+        });
         Ok(trigger)
     }
 
@@ -688,10 +694,13 @@ impl Registry {
             .delete_trigger(&trigger.function, id)
             .await
             .map_err(|e| Failure::internal(format!("deleting trigger: {e:#}")))?;
-        self.applied(crate::store::trigger_key(&trigger.function, id), revision);
-        if let Some(entry) = self.write().get_mut(&trigger.function) {
-            entry.triggers.retain(|t| t.id != id);
-        }
+        self.apply(Revised {
+            revision,
+            change: MetaChange::TriggerGone {
+                function: trigger.function.clone(),
+                id: id.to_owned(),
+            },
+        });
         Ok(trigger)
     }
 
@@ -811,21 +820,24 @@ fn invalid_artifact(e: ArtifactError) -> Failure {
 }
 
 /// Random, never 0 (0 stands for no function in tokens minted during a delete).
-/// The metadata keys of a function as this registry holds it.
-fn entry_keys(name: &str, entry: &FunctionEntry) -> Vec<String> {
+/// The changes that remove a function as this registry holds it, key by key.
+fn entry_gone(name: &str, entry: &FunctionEntry) -> Vec<MetaChange> {
+    let aliases = entry.aliases.keys().map(|alias| MetaChange::AliasGone {
+        function: name.to_owned(),
+        alias: alias.clone(),
+    });
+    let triggers = entry.triggers.iter().map(|t| MetaChange::TriggerGone {
+        function: name.to_owned(),
+        id: t.id.clone(),
+    });
     let versions = entry
         .versions
         .keys()
-        .map(|&v| crate::store::version_key(name, v));
-    let aliases = entry
-        .aliases
-        .keys()
-        .map(|a| crate::store::alias_key(name, a));
-    let triggers = entry
-        .triggers
-        .iter()
-        .map(|t| crate::store::trigger_key(name, &t.id));
-    versions.chain(aliases).chain(triggers).collect()
+        .map(|&version| MetaChange::VersionGone {
+            function: name.to_owned(),
+            version,
+        });
+    aliases.chain(triggers).chain(versions).collect()
 }
 
 fn new_incarnation() -> u64 {
@@ -834,15 +846,8 @@ fn new_incarnation() -> u64 {
 
 /// Following the store's change feed: what other nodes change reaches this registry.
 impl Registry {
-    /// Records that this registry holds `key` as of `revision`.
-    fn applied(&self, key: String, revision: Revision) {
-        let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
-        let known = revisions.entry(key).or_insert(0);
-        *known = (*known).max(revision);
-    }
-
-    /// Applies one change from the feed, unless this registry already holds its key at
-    /// that revision or a newer one. Whether it changed anything.
+    /// Applies one change (this node's own, or one from the feed), unless this registry
+    /// already holds its key at that revision or a newer one. Whether it changed anything.
     pub fn apply(&self, revised: Revised) -> bool {
         {
             let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
