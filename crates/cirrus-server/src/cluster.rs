@@ -2,8 +2,8 @@
 //! JetStream (`cirrus up --cluster`).
 //!
 //! Shared today: function metadata (deploys, aliases, triggers), artifacts, schedule
-//! ticks and the cluster's credentials. Still kept by each node: the event queue,
-//! invocation records and logs. Not yet shared, so refused here with 501 instead of
+//! ticks, the cluster's credentials, and invocation records and logs (every node keeps
+//! all of them). Still kept by each node: the event queue. Not yet shared, so refused here with 501 instead of
 //! answering from one node's disk: buckets and objects (the S3 API and `/v1/buckets`),
 //! KV tables, secrets and API keys.
 //!
@@ -20,6 +20,23 @@ use std::sync::Arc;
 
 pub struct Cluster {
     pub store: JetStream,
+    /// This node's name in the cluster (kept in `<data-dir>/node.id`).
+    pub node: String,
+}
+
+/// This node's name: made once, kept in the data dir, so that after a restart the node
+/// still recognises the records it published itself.
+pub fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    crate::auth::replace_private_file(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
 }
 
 /// Path prefixes whose state cluster mode does not share yet.

@@ -73,6 +73,15 @@ impl RecordSink {
         }
     }
 
+    /// Hands log lines written elsewhere (another cluster node's) to live followers.
+    pub fn publish_live(&self, lines: Vec<LogLine>) {
+        if self.live.receiver_count() > 0 {
+            for line in lines {
+                let _ = self.live.send(Arc::new(line));
+            }
+        }
+    }
+
     pub fn follow(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.live.subscribe()
     }

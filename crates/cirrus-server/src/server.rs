@@ -136,7 +136,15 @@ impl Server {
                     );
                     token = shared;
                 }
-                Some(Arc::new(crate::cluster::Cluster { store }))
+                let retention = config
+                    .retention
+                    .records_max_age
+                    .unwrap_or(Duration::from_secs(30 * 86_400));
+                store.records_stream(options.replicas, retention).await?;
+                Some(Arc::new(crate::cluster::Cluster {
+                    store,
+                    node: crate::cluster::node_id(&data_dir)?,
+                }))
             }
             None => None,
         };
@@ -227,7 +235,14 @@ impl Server {
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
         let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
         let access_store: Arc<dyn crate::store::AccessStore> = store.clone();
-        let record_store: Arc<dyn RecordStore> = store;
+        let record_store: Arc<dyn RecordStore> = match &cluster {
+            Some(cluster) => Arc::new(crate::store::jetstream::records::ReplicatedRecords::new(
+                store,
+                cluster.store.clone(),
+                cluster.node.clone(),
+            )),
+            None => store,
+        };
         let queue = event_queue.clone();
         let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
         if recovered > 0 {
@@ -578,6 +593,15 @@ impl Server {
         });
         let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));
         let following = tokio::spawn(state.registry.clone().follow(state.shutdown.clone()));
+        let replicating = self.cluster.as_ref().map(|cluster| {
+            tokio::spawn(crate::store::jetstream::records::replicate(
+                cluster.store.clone(),
+                state.record_store.clone(),
+                cluster.node.clone(),
+                state.records.clone(),
+                state.shutdown.clone(),
+            ))
+        });
         let scheduler = crate::sources::schedule::Scheduler {
             registry: state.registry.clone(),
             store: state.registry.store().clone(),
@@ -669,6 +693,9 @@ impl Server {
         }
         scheduling.abort();
         following.abort();
+        if let Some(replicating) = replicating {
+            replicating.abort();
+        }
         subscriptions.abort();
         if let Some(objects) = objects {
             // Uploads in flight finish (or the drain timeout above has passed).

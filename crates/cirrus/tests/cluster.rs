@@ -90,6 +90,34 @@ fn a_deploy_on_one_node_is_served_by_every_node() {
         call("POST", &format!("{}/shout", b.url), None, Some("r")) == (200, "r".into())
     });
 
+    // Records and logs: every node answers for the whole cluster.
+    let (status, _) = call("POST", &on_b, None, Some("counted"));
+    assert_eq!(status, 200);
+    let calls = |up: &Up| {
+        up.cli_json(&["invocations", "echo", "--limit", "100"])["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    eventually(Duration::from_secs(5), "A lists B's invocations", || {
+        calls(&a) == calls(&b)
+    });
+    assert!(calls(&a) >= 4, "both nodes' calls are listed");
+    let lines = |up: &Up| {
+        up.cli_ok(&["--json", "logs", "echo", "--limit", "1000"])
+            .lines()
+            .count()
+    };
+    eventually(Duration::from_secs(5), "A has B's log lines", || {
+        lines(&a) == lines(&b)
+    });
+    assert!(lines(&a) >= 4, "both nodes' log lines");
+    eventually(
+        Duration::from_secs(5),
+        "the same usage on both nodes",
+        || a.cli_json(&["usage"])["rows"] == b.cli_json(&["usage"])["rows"],
+    );
+
     // A delete on B ends the function everywhere.
     b.cli_ok(&["rm", "echo"]);
     eventually(Duration::from_secs(5), "A forgets the function", || {
@@ -163,9 +191,15 @@ fn schedules_fire_once_per_tick_across_nodes() {
     ]);
     a.cli_ok(&["trigger", "add", "tick", "--schedule", "rate(1 second)"]);
     std::thread::sleep(Duration::from_millis(4500));
-    // Each node keeps the records of what it ran: together, every tick once.
-    let mut times = a.scheduled_times("tick");
-    times.extend(b.scheduled_times("tick"));
+    // Every node has every node's logs: the same ticks on both, each tick once.
+    let mut times = Vec::new();
+    eventually(Duration::from_secs(5), "both nodes have every tick", || {
+        times = a.scheduled_times("tick");
+        let mut on_b = b.scheduled_times("tick");
+        times.sort();
+        on_b.sort();
+        times == on_b
+    });
     let fired = times.len();
     times.sort();
     times.dedup();

@@ -159,6 +159,36 @@ async fn artifacts_round_trip(store: &dyn ArtifactStore) {
     assert_eq!(store.get(&sha).await.unwrap(), Some(bytes));
 }
 
+/// A replica writes each batch of another node's records once, however often it is
+/// delivered (the mark moves with the batch, in one transaction).
+#[test]
+fn replicated_records_are_written_once() {
+    use super::RecordStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::SqliteStore::open(&dir.path().join("cirrus.db")).unwrap();
+    let line = |request: &str| cirrus_api::LogLine {
+        time: "2026-12-07T00:00:00.000Z".into(),
+        function: "f".into(),
+        version: 1,
+        request_id: request.into(),
+        stream: cirrus_api::LogStream::Stderr,
+        line: "hello".into(),
+    };
+    assert_eq!(store.replication_mark().unwrap(), 0);
+    assert!(store.write_replicated(5, &[], &[line("a")]).unwrap());
+    assert!(!store.write_replicated(5, &[], &[line("a")]).unwrap());
+    assert!(!store.write_replicated(3, &[], &[line("b")]).unwrap());
+    assert!(store.write_replicated(6, &[], &[line("c")]).unwrap());
+    assert_eq!(store.replication_mark().unwrap(), 6);
+    let lines: Vec<String> = store
+        .logs("f", None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.request_id)
+        .collect();
+    assert_eq!(lines, ["a", "c"]);
+}
+
 #[tokio::test]
 async fn sqlite_conforms() {
     let dir = tempfile::tempdir().unwrap();

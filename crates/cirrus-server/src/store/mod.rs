@@ -171,6 +171,18 @@ pub struct HourlyUsage {
 pub trait RecordStore: Send + Sync + 'static {
     /// Called by the record writer with everything that arrived since its last batch.
     fn write_batch(&self, records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<()>;
+    /// Cluster mode: the stream sequence of the last batch another node's records came
+    /// in (0: none yet); the replica resumes after it.
+    fn replication_mark(&self) -> StoreResult<u64>;
+    /// Cluster mode: writes another node's batch, which came as stream message `seq`,
+    /// and moves the mark to it in the same transaction; `false` (writing nothing) if
+    /// the mark is already there, so a batch delivered twice is written once.
+    fn write_replicated(
+        &self,
+        seq: u64,
+        records: &[InvocationRecord],
+        logs: &[LogLine],
+    ) -> StoreResult<bool>;
     /// Newest first; `before` is the `next` cursor of the previous page.
     fn invocations(
         &self,

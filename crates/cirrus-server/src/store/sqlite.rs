@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS invocations (
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function, seq);
 CREATE INDEX IF NOT EXISTS invocations_by_start ON invocations (started_at);
 CREATE INDEX IF NOT EXISTS invocations_by_request ON invocations (request_id);
+CREATE TABLE IF NOT EXISTS record_replication (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, function TEXT NOT NULL, version INTEGER NOT NULL,
     request_id TEXT NOT NULL, time TEXT NOT NULL, stream TEXT NOT NULL, line TEXT NOT NULL);
@@ -234,65 +235,111 @@ impl SqliteStore {
     }
 }
 
+/// Inserts a batch of records and log lines inside `tx`.
+fn insert_batch(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[InvocationRecord],
+    logs: &[LogLine],
+) -> StoreResult<()> {
+    {
+        let mut insert = tx.prepare_cached(
+                "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
+                 billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
+                                  error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt,
+                 parent_request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",)?;
+        for r in records {
+            insert.execute(params![
+                r.request_id,
+                r.function,
+                r.version,
+                r.trigger.as_str(),
+                r.started_at,
+                r.duration_ms,
+                r.billed_ms,
+                r.init_ms,
+                r.memory_mb,
+                r.peak_memory_bytes,
+                r.cold_start,
+                match r.outcome {
+                    Outcome::Success => "success",
+                    Outcome::Error => "error",
+                },
+                r.status,
+                r.error_code,
+                r.error_message,
+                (r.cpu_ms * 1000.0).round() as i64,
+                r.request_bytes,
+                r.response_bytes,
+                r.trace_id,
+                r.parent_span_id,
+                r.span_id,
+                r.attempt,
+                r.parent_request_id
+            ])?;
+        }
+        let mut insert = tx.prepare_cached(
+                "INSERT INTO logs (function, version, request_id, time, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+        for l in logs {
+            insert.execute(params![
+                l.function,
+                l.version,
+                l.request_id,
+                l.time,
+                l.stream.as_str(),
+                l.line
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 impl RecordStore for SqliteStore {
     fn write_batch(&self, records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<()> {
         let mut conn = lock(&self.records);
         // IMMEDIATE: take the write lock up front, so a concurrent commit on another
         // connection makes us wait (busy_timeout) instead of failing a read-to-write upgrade.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO invocations (request_id, function, version, trigger, started_at, duration_ms,
-                 billed_ms, init_ms, memory_mb, peak_memory_bytes, cold_start, outcome, status, error_code,
-                                  error_message, cpu_us, request_bytes, response_bytes, trace_id, parent_span_id, span_id, attempt,
-                 parent_request_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",)?;
-            for r in records {
-                insert.execute(params![
-                    r.request_id,
-                    r.function,
-                    r.version,
-                    r.trigger.as_str(),
-                    r.started_at,
-                    r.duration_ms,
-                    r.billed_ms,
-                    r.init_ms,
-                    r.memory_mb,
-                    r.peak_memory_bytes,
-                    r.cold_start,
-                    match r.outcome {
-                        Outcome::Success => "success",
-                        Outcome::Error => "error",
-                    },
-                    r.status,
-                    r.error_code,
-                    r.error_message,
-                    (r.cpu_ms * 1000.0).round() as i64,
-                    r.request_bytes,
-                    r.response_bytes,
-                    r.trace_id,
-                    r.parent_span_id,
-                    r.span_id,
-                    r.attempt,
-                    r.parent_request_id
-                ])?;
-            }
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO logs (function, version, request_id, time, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for l in logs {
-                insert.execute(params![
-                    l.function,
-                    l.version,
-                    l.request_id,
-                    l.time,
-                    l.stream.as_str(),
-                    l.line
-                ])?;
-            }
-        }
+        insert_batch(&tx, records, logs)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn replication_mark(&self) -> StoreResult<u64> {
+        let conn = lock(&self.reads);
+        let mark: Option<u64> = conn
+            .query_row("SELECT seq FROM record_replication WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(mark.unwrap_or(0))
+    }
+
+    fn write_replicated(
+        &self,
+        seq: u64,
+        records: &[InvocationRecord],
+        logs: &[LogLine],
+    ) -> StoreResult<bool> {
+        let mut conn = lock(&self.records);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mark: Option<u64> = tx
+            .query_row("SELECT seq FROM record_replication WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if mark.is_some_and(|mark| seq <= mark) {
+            return Ok(false);
+        }
+        insert_batch(&tx, records, logs)?;
+        tx.execute(
+            "INSERT INTO record_replication (id, seq) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+            [seq],
+        )?;
+        tx.commit()?;
+        Ok(true)
     }
 
     fn invocations(

@@ -76,7 +76,7 @@ fn change_of(entry: &kv::Entry) -> StoreResult<Option<MetaChange>> {
 
 /// How long a write keeps trying while JetStream fails over (a stream whose leader was
 /// on a lost server elects another within seconds): the caller waits instead of failing.
-const FAILOVER: std::time::Duration = std::time::Duration::from_secs(20);
+pub(super) const FAILOVER: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Runs an idempotent write until it succeeds or `FAILOVER` has passed.
 pub(super) async fn retried<T, E, F>(what: &str, mut write: impl FnMut() -> F) -> StoreResult<T>

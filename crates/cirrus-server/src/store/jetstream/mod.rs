@@ -5,9 +5,12 @@
 //!   siblings), watched by every node; a revision is the bucket's stream sequence;
 //! - artifacts: the object store `cirrus_artifacts`, named by sha256;
 //! - the cluster's credentials (admin token, S3/Lambda keys): `cirrus_meta` keys under
-//!   `cluster.`, created by whichever node starts first.
+//!   `cluster.`, created by whichever node starts first;
+//! - invocation records and logs: the stream `cirrus_records`, replayed by every node
+//!   into its own SQLite ([`records`]).
 
 mod functions;
+pub mod records;
 
 use crate::store::{ArtifactStore, StoreResult};
 use anyhow::Context as _;
@@ -237,6 +240,23 @@ impl ArtifactStore for JetStream {
     }
 
     async fn get(&self, sha256: &str) -> StoreResult<Option<bytes::Bytes>> {
+        // A read waits out a failover as a write does (see `functions::retried`).
+        let deadline = tokio::time::Instant::now() + functions::FAILOVER;
+        loop {
+            match self.read_artifact(sha256).await {
+                Ok(found) => return Ok(found),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("{e:#}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl JetStream {
+    async fn read_artifact(&self, sha256: &str) -> StoreResult<Option<bytes::Bytes>> {
         let mut object = match self.artifacts.get(sha256).await {
             Ok(object) => object,
             Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),

@@ -1,0 +1,275 @@
+//! Invocation records and logs in a cluster: every node keeps all of them.
+//!
+//! A node writes its own batches to its SQLite as a single node does (so what it ran is
+//! readable at once), and publishes each batch to the stream `cirrus_records`. Every
+//! node replays that stream into its own SQLite, skipping its own batches: `cirrus
+//! invocations`, `logs`, `trace` and `usage` give the same answers on any node, from a
+//! local database, and a record costs one stream message per batch, off the request
+//! path. The replica's position (the stream sequence of the last batch written) is
+//! stored with the batch in one transaction, so a batch delivered twice is written once.
+
+use super::JetStream;
+use crate::store::{HourlyUsage, RecordStore, StoreResult};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use cirrus_api::{InvocationRecord, LogLine, Page};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const RECORDS_STREAM: &str = "cirrus_records";
+const SUBJECT_PREFIX: &str = "cirrus.records";
+/// The header naming the node a batch came from.
+const NODE_HEADER: &str = "Cirrus-Node";
+/// Batches are cut below NATS's default 1 MiB payload limit.
+const MAX_MESSAGE_BYTES: usize = 768 << 10;
+
+#[derive(Serialize, Deserialize, Default)]
+struct Batch {
+    records: Vec<InvocationRecord>,
+    logs: Vec<LogLine>,
+}
+
+/// This node's records store: its SQLite, plus publishing what it writes.
+pub struct ReplicatedRecords {
+    local: Arc<dyn RecordStore>,
+    js: JetStream,
+    node: String,
+    /// The record writer is a plain thread: publishing runs on the server's runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+impl JetStream {
+    /// The records stream, made on first use. Kept `max_age`: a node that joins later
+    /// (or was away longer) gets the records of that period.
+    pub async fn records_stream(&self, replicas: usize, max_age: Duration) -> StoreResult<()> {
+        self.context
+            .create_stream(jetstream::stream::Config {
+                name: RECORDS_STREAM.into(),
+                description: Some("Cirrus invocation records and logs, by node".into()),
+                subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                max_age,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("opening the JetStream stream {RECORDS_STREAM}"))?;
+        Ok(())
+    }
+}
+
+impl ReplicatedRecords {
+    pub fn new(local: Arc<dyn RecordStore>, js: JetStream, node: String) -> Self {
+        Self {
+            local,
+            js,
+            node,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Publishes a batch in messages under the size limit, each acknowledged.
+    async fn publish(&self, records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<()> {
+        let subject = format!("{SUBJECT_PREFIX}.{}", self.node);
+        for chunk in chunks(records, logs)? {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(NODE_HEADER, self.node.as_str());
+            self.js
+                .context
+                .publish_with_headers(subject.clone(), headers, chunk.into())
+                .await?
+                .await
+                .context("publishing invocation records")?;
+        }
+        Ok(())
+    }
+}
+
+/// A batch as messages of at most `MAX_MESSAGE_BYTES` (a single record larger than that
+/// goes alone).
+fn chunks(records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut batch = Batch::default();
+    let mut size = 0;
+    let mut push = |batch: &mut Batch, size: &mut usize, bytes: usize| -> StoreResult<()> {
+        if *size + bytes > MAX_MESSAGE_BYTES
+            && (!batch.records.is_empty() || !batch.logs.is_empty())
+        {
+            out.push(serde_json::to_vec(&std::mem::take(batch))?);
+            *size = 0;
+        }
+        *size += bytes;
+        Ok(())
+    };
+    for record in records {
+        let bytes = serde_json::to_vec(record)?.len();
+        push(&mut batch, &mut size, bytes)?;
+        batch.records.push(record.clone());
+    }
+    for line in logs {
+        let bytes = line.line.len() + 200;
+        push(&mut batch, &mut size, bytes)?;
+        batch.logs.push(line.clone());
+    }
+    if !batch.records.is_empty() || !batch.logs.is_empty() {
+        out.push(serde_json::to_vec(&batch)?);
+    }
+    Ok(out)
+}
+
+impl RecordStore for ReplicatedRecords {
+    fn write_batch(&self, records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<()> {
+        self.local.write_batch(records, logs)?;
+        // Kept locally whatever happens; the other nodes get it if NATS takes it. Without
+        // NATS, waiting would hold up the record queue and, behind it, invocations.
+        if !self.js.connected() {
+            tracing::warn!(
+                records = records.len(),
+                "NATS is unreachable: these records stay on this node only"
+            );
+            return Ok(());
+        }
+        self.runtime.block_on(async {
+            for attempt in 1..=3 {
+                match self.publish(records, logs).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if attempt < 3 => {
+                        tracing::warn!("publishing records: {e:#}; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn replication_mark(&self) -> StoreResult<u64> {
+        self.local.replication_mark()
+    }
+
+    fn write_replicated(
+        &self,
+        seq: u64,
+        records: &[InvocationRecord],
+        logs: &[LogLine],
+    ) -> StoreResult<bool> {
+        self.local.write_replicated(seq, records, logs)
+    }
+
+    fn invocations(
+        &self,
+        function: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<InvocationRecord>> {
+        self.local.invocations(function, before, limit)
+    }
+
+    fn logs(
+        &self,
+        function: &str,
+        request_id: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<LogLine>> {
+        self.local.logs(function, request_id, limit)
+    }
+
+    fn trace(&self, trace_id: &str) -> StoreResult<Vec<InvocationRecord>> {
+        self.local.trace(trace_id)
+    }
+
+    fn trace_of(&self, request_id: &str) -> StoreResult<Option<String>> {
+        self.local.trace_of(request_id)
+    }
+
+    fn hourly_usage(&self, from: &str, to: &str) -> StoreResult<Vec<HourlyUsage>> {
+        self.local.hourly_usage(from, to)
+    }
+}
+
+/// Replays the other nodes' batches into this node's store until shutdown; their log
+/// lines also go to this node's live followers (`logs -f`).
+pub async fn replicate(
+    js: JetStream,
+    store: Arc<dyn RecordStore>,
+    node: String,
+    live: crate::records::RecordSink,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let result = tokio::select! {
+            result = replay(&js, &store, &node, &live) => result,
+            _ = shutdown.changed() => return,
+        };
+        if let Err(e) = result {
+            tracing::warn!("replaying other nodes' records: {e:#}; starting again");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn replay(
+    js: &JetStream,
+    store: &Arc<dyn RecordStore>,
+    node: &str,
+    live: &crate::records::RecordSink,
+) -> StoreResult<()> {
+    let mark = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.replication_mark()).await??
+    };
+    let stream = js
+        .context
+        .get_stream(RECORDS_STREAM)
+        .await
+        .context("opening the records stream")?;
+    let consumer = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: js.client.new_inbox(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: mark + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .context("following the records stream")?;
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message.context("reading the records stream")?;
+        let from = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(NODE_HEADER))
+            .map(|v| v.as_str().to_owned());
+        if from.as_deref() == Some(node) {
+            continue;
+        }
+        let seq = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        let batch: Batch = match serde_json::from_slice(&message.payload) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(seq, "skipping an unreadable records batch: {e}");
+                continue;
+            }
+        };
+        let lines = batch.logs.clone();
+        let writer = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            writer.write_replicated(seq, &batch.records, &batch.logs)
+        })
+        .await??;
+        if written {
+            live.publish_live(lines);
+        }
+    }
+    Ok(())
+}
