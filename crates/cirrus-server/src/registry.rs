@@ -844,6 +844,9 @@ fn new_incarnation() -> u64 {
     rand::random::<u64>().max(1)
 }
 
+/// How often a node reads all metadata again even though its feed seems well.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Following the store's change feed: what other nodes change reaches this registry.
 impl Registry {
     /// Applies one change (this node's own, or one from the feed), unless this registry
@@ -919,6 +922,9 @@ impl Registry {
     /// Reads every function again (after the feed dropped changes), keeping the
     /// incarnation of those that are still there.
     async fn reload(&self) -> anyhow::Result<()> {
+        // No local change in flight (they hold the lock from store write to apply), so
+        // none is read before it is written and then undone by this replacement.
+        let _serial = self.deploy_lock.lock().await;
         let stored = self.store.load_all().await?;
         let mut functions = self.write();
         let mut fresh = HashMap::new();
@@ -937,9 +943,8 @@ impl Registry {
     /// breaks is opened again after everything is read afresh.
     pub async fn follow(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         use futures_util::StreamExt as _;
-        // Read afresh once the feed is open: what changed between the start-up read and
-        // the watch is not lost.
-        let mut fresh = true;
+        // Each time the feed is (re)opened, everything is read afresh: what changed
+        // before the watch began (since start-up, or while the feed was down) is not lost.
         loop {
             let mut feed = match self.store.watch().await {
                 Ok(feed) => feed,
@@ -951,14 +956,30 @@ impl Registry {
                     }
                 }
             };
-            if fresh {
-                if let Err(e) = self.reload().await {
-                    tracing::warn!("reading function metadata again failed: {e:#}");
+            if let Err(e) = self.reload().await {
+                // Missed changes must not stay missed: watch again, then read again.
+                tracing::warn!("reading function metadata again failed: {e:#}; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
                 }
             }
+            let mut reconcile = tokio::time::interval_at(
+                tokio::time::Instant::now() + RECONCILE_EVERY,
+                RECONCILE_EVERY,
+            );
             loop {
                 let next = tokio::select! {
                     next = feed.next() => next,
+                    _ = reconcile.tick() => {
+                        // A watch can stall without failing (its consumer on a server
+                        // that went away, until heartbeats say so): this bounds how long
+                        // a node can serve a stale view.
+                        if let Err(e) = self.reload().await {
+                            tracing::debug!("reconciling function metadata failed: {e:#}");
+                        }
+                        continue;
+                    }
                     _ = shutdown.changed() => return,
                 };
                 match next {
@@ -972,12 +993,10 @@ impl Registry {
                         tracing::warn!(
                             "the metadata feed dropped changes; reading everything again"
                         );
-                        fresh = true;
                         break;
                     }
                     None => {
                         tracing::warn!("the metadata feed ended; watching again");
-                        fresh = true;
                         break;
                     }
                 }

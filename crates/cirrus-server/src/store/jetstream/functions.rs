@@ -188,17 +188,25 @@ impl JetStream {
         Ok(functions)
     }
 
-    /// Every live key of the bucket starting with `prefix`.
+    /// Every key of the bucket starting with `prefix` that holds a message (its value,
+    /// or the marker of its delete). Read from the stream's subject index: no consumer
+    /// to create, so it answers as soon as the stream has a leader, also mid-failover.
     async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
-        let keys: Vec<String> = self
+        let subjects = format!("$KV.{META_BUCKET}.{prefix}>");
+        let counted: Vec<(String, usize)> = self
             .meta
-            .keys()
+            .stream
+            .info_with_subjects(&subjects)
             .await
             .context("listing function metadata")?
             .try_collect()
             .await
             .context("listing function metadata")?;
-        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+        let strip = format!("$KV.{META_BUCKET}.");
+        Ok(counted
+            .into_iter()
+            .filter_map(|(subject, _)| subject.strip_prefix(&strip).map(str::to_owned))
+            .collect())
     }
 
     /// Deletes a key, returning the revision of its delete marker (the KV client's own
@@ -279,7 +287,13 @@ impl FunctionStore for JetStream {
 
     async fn delete_function(&self, name: &str) -> StoreResult<Revision> {
         let prefix = format!("fn.{name}.");
-        let mut keys = self.keys_under(&prefix).await?;
+        let mut keys = Vec::new();
+        for key in self.keys_under(&prefix).await? {
+            let live = self.meta.entry(&key).await.context("reading metadata")?;
+            if live.is_some_and(|e| matches!(e.operation, kv::Operation::Put)) {
+                keys.push(key);
+            }
+        }
         // Versions last: a node reading in between still sees a function, not stray
         // aliases or triggers.
         keys.sort_by_key(|k| matches!(parse_key(k), Some(MetaKey::Version(..))));

@@ -44,8 +44,8 @@ impl JetStream {
     /// The records stream, made on first use. Kept `max_age`: a node that joins later
     /// (or was away longer) gets the records of that period.
     pub async fn records_stream(&self, replicas: usize, max_age: Duration) -> StoreResult<()> {
-        self.context
-            .create_stream(jetstream::stream::Config {
+        super::retry_while_forming(|| {
+            self.context.create_stream(jetstream::stream::Config {
                 name: RECORDS_STREAM.into(),
                 description: Some("Cirrus invocation records and logs, by node".into()),
                 subjects: vec![format!("{SUBJECT_PREFIX}.>")],
@@ -54,8 +54,9 @@ impl JetStream {
                 max_age,
                 ..Default::default()
             })
-            .await
-            .with_context(|| format!("opening the JetStream stream {RECORDS_STREAM}"))?;
+        })
+        .await
+        .with_context(|| format!("opening the JetStream stream {RECORDS_STREAM}"))?;
         Ok(())
     }
 }
