@@ -2,10 +2,10 @@
 //! JetStream (`cirrus up --cluster`).
 //!
 //! Shared today: function metadata (deploys, aliases, triggers), artifacts, schedule
-//! ticks, the cluster's credentials, and invocation records and logs (every node keeps
-//! all of them). Still kept by each node: the event queue. Not yet shared, so refused here with 501 instead of
-//! answering from one node's disk: buckets and objects (the S3 API and `/v1/buckets`),
-//! KV tables, secrets and API keys.
+//! ticks, the cluster's credentials, invocation records and logs (every node keeps all
+//! of them), secrets, API keys and the audit log. Still kept by each node: the event
+//! queue. Not yet shared, so refused here with 501 instead of answering from one node's
+//! disk: buckets and objects (the S3 API and `/v1/buckets`) and KV tables.
 //!
 //! A node that has lost NATS refuses management writes with 503 (they could not be
 //! stored) and serves invocations of what it already knows; it reconnects by itself.
@@ -43,8 +43,6 @@ pub fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
 const NOT_SHARED: &[(&str, &str)] = &[
     ("/v1/buckets", "buckets and objects"),
     ("/v1/kv", "KV tables"),
-    ("/v1/secrets", "secrets"),
-    ("/v1/keys", "API keys"),
 ];
 
 fn not_shared(path: &str) -> Option<&'static str> {

@@ -53,31 +53,54 @@ impl std::fmt::Debug for ApiKeys {
     }
 }
 
+/// Keys by id, and key ids by AWS access key id.
+type KeyMaps = (HashMap<String, Loaded>, HashMap<String, String>);
+
+/// Every stored key, with its AWS secret opened.
+fn read_all(store: &dyn AccessStore, sealing: &SealingKey) -> anyhow::Result<KeyMaps> {
+    let mut keys = HashMap::new();
+    let mut by_access_key = HashMap::new();
+    for stored in store.keys()? {
+        let scope = stored
+            .scope
+            .parse()
+            .map_err(|e| anyhow::anyhow!("stored key {}: {e}", stored.id))?;
+        let aws_secret = String::from_utf8(sealing.open(&stored.sealed_aws_secret)?)?;
+        by_access_key.insert(stored.access_key_id.clone(), stored.id.clone());
+        keys.insert(
+            stored.id.clone(),
+            Loaded {
+                stored,
+                scope,
+                aws_secret,
+            },
+        );
+    }
+    Ok((keys, by_access_key))
+}
+
 impl ApiKeys {
+    /// Blocking: reads every key again (another cluster node created or revoked one).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let (keys, by_access_key) = read_all(&*self.store, &self.sealing)?;
+        // Both maps under their locks at once, so no lookup sees one new and one old.
+        let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut by = self
+            .by_access_key
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        *held = keys;
+        *by = by_access_key;
+        Ok(())
+    }
+
     /// Blocking: reads every key and opens their AWS secrets.
     pub fn load(
         store: Arc<dyn AccessStore>,
         sealing: Arc<SealingKey>,
         admin_token: String,
     ) -> anyhow::Result<Self> {
-        let mut keys = HashMap::new();
-        let mut by_access_key = HashMap::new();
-        for stored in store.keys()? {
-            let scope = stored
-                .scope
-                .parse()
-                .map_err(|e| anyhow::anyhow!("stored key {}: {e}", stored.id))?;
-            let aws_secret = String::from_utf8(sealing.open(&stored.sealed_aws_secret)?)?;
-            by_access_key.insert(stored.access_key_id.clone(), stored.id.clone());
-            keys.insert(
-                stored.id.clone(),
-                Loaded {
-                    stored,
-                    scope,
-                    aws_secret,
-                },
-            );
-        }
+        let (keys, by_access_key) = read_all(&*store, &sealing)?;
         Ok(Self {
             store,
             sealing,

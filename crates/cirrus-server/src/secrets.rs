@@ -146,27 +146,40 @@ pub struct Secrets {
     values: RwLock<BTreeMap<String, Entry>>,
 }
 
+/// Every stored secret, opened.
+fn open_all(key: &SealingKey, store: &dyn AccessStore) -> anyhow::Result<BTreeMap<String, Entry>> {
+    let mut values = BTreeMap::new();
+    for sealed in store.secrets()? {
+        let value = key.open(&sealed).context("opening the stored secrets")?;
+        let value = String::from_utf8(value).context("a stored secret is not UTF-8")?;
+        values.insert(
+            sealed.name.clone(),
+            Entry {
+                value: value.into(),
+                created_ms: sealed.created_ms,
+                updated_ms: sealed.updated_ms,
+            },
+        );
+    }
+    Ok(values)
+}
+
 impl Secrets {
     /// Blocking: reads and opens every stored secret.
     pub fn load(key: Arc<SealingKey>, store: Arc<dyn AccessStore>) -> anyhow::Result<Self> {
-        let mut values = BTreeMap::new();
-        for sealed in store.secrets()? {
-            let value = key.open(&sealed).context("opening the stored secrets")?;
-            let value = String::from_utf8(value).context("a stored secret is not UTF-8")?;
-            values.insert(
-                sealed.name.clone(),
-                Entry {
-                    value: value.into(),
-                    created_ms: sealed.created_ms,
-                    updated_ms: sealed.updated_ms,
-                },
-            );
-        }
+        let values = open_all(&key, &*store)?;
         Ok(Self {
             key,
             store,
             values: RwLock::new(values),
         })
+    }
+
+    /// Blocking: reads every secret again (another cluster node changed one).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = open_all(&self.key, &*self.store)?;
+        *self.values.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
     }
 
     pub fn key(&self) -> &Arc<SealingKey> {

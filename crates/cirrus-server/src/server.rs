@@ -141,6 +141,11 @@ impl Server {
                     .records_max_age
                     .unwrap_or(Duration::from_secs(30 * 86_400));
                 store.records_stream(options.replicas, retention).await?;
+                let audit_age = config
+                    .retention
+                    .audit_max_age
+                    .unwrap_or(Duration::from_secs(366 * 86_400));
+                store.audit_stream(options.replicas, audit_age).await?;
                 Some(Arc::new(crate::cluster::Cluster {
                     store,
                     node: crate::cluster::node_id(&data_dir)?,
@@ -184,6 +189,8 @@ impl Server {
         let lineage_budget = config.containment.max_lineage_events;
         let secrets_key_file = config.secrets_key_file.clone();
         let admin_token = token.clone();
+        // In a cluster, secrets and API keys are the cluster's (see `jetstream::access`).
+        let shared_access = cluster.as_ref().map(|c| c.store.clone());
         let (store, artifacts, runtime, blobs, credentials, secrets, keys) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
@@ -206,7 +213,10 @@ impl Server {
                         true,
                     )?,
                 });
-                let access: Arc<dyn crate::store::AccessStore> = store.clone();
+                let access: Arc<dyn crate::store::AccessStore> = match &shared_access {
+                    Some(js) => Arc::new(js.clone()),
+                    None => store.clone(),
+                };
                 let secrets = Arc::new(crate::secrets::Secrets::load(
                     sealing.clone(),
                     access.clone(),
@@ -234,7 +244,10 @@ impl Server {
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
         let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
-        let access_store: Arc<dyn crate::store::AccessStore> = store.clone();
+        let access_store: Arc<dyn crate::store::AccessStore> = match &cluster {
+            Some(cluster) => Arc::new(cluster.store.clone()),
+            None => store.clone(),
+        };
         let record_store: Arc<dyn RecordStore> = match &cluster {
             Some(cluster) => Arc::new(crate::store::jetstream::records::ReplicatedRecords::new(
                 store,
@@ -593,6 +606,14 @@ impl Server {
         });
         let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));
         let following = tokio::spawn(state.registry.clone().follow(state.shutdown.clone()));
+        let access_following = self.cluster.as_ref().map(|cluster| {
+            tokio::spawn(crate::store::jetstream::access::follow(
+                cluster.store.clone(),
+                state.secrets.clone(),
+                state.keys.clone(),
+                state.shutdown.clone(),
+            ))
+        });
         let replicating = self.cluster.as_ref().map(|cluster| {
             tokio::spawn(crate::store::jetstream::records::replicate(
                 cluster.store.clone(),
@@ -693,6 +714,9 @@ impl Server {
         }
         scheduling.abort();
         following.abort();
+        if let Some(task) = access_following {
+            task.abort();
+        }
         if let Some(replicating) = replicating {
             replicating.abort();
         }

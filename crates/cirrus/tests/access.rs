@@ -6,36 +6,7 @@
 mod common;
 
 use common::{repo, Up};
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// `cirrus secret set NAME` with `value` on stdin.
-fn set_secret(up: &Up, name: &str, value: &str) -> String {
-    let mut child = Command::new(common::BIN)
-        .args(["secret", "set", name])
-        .env("CIRRUS_DATA_DIR", &up.data_dir)
-        .env_remove("CIRRUS_URL")
-        .env_remove("CIRRUS_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "secret set: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// `curl` answering `BODY\nSTATUS`.
 fn call(up: &Up, method: &str, path: &str, token: &str, body: Option<&str>) -> (String, u16) {
@@ -73,7 +44,7 @@ fn secrets_are_resolved_at_start_rotated_without_redeploy_and_never_shown() {
         "{err}"
     );
 
-    let said = set_secret(&up, "db-password", "hunter2\n");
+    let said = up.set_secret("db-password", "hunter2\n");
     assert!(said.contains("secret db-password created"), "{said}");
     // No idle environments kept: each call starts a new one, which resolves anew.
     up.cli_ok(&[
@@ -120,7 +91,7 @@ fn secrets_are_resolved_at_start_rotated_without_redeploy_and_never_shown() {
     assert_eq!(mode & 0o777, 0o600);
 
     // Rotation: no redeploy, the next environment gets the new value.
-    let said = set_secret(&up, "db-password", "correct horse");
+    let said = up.set_secret("db-password", "correct horse");
     assert!(said.contains("rotated"), "{said}");
     let seen = up.cli_ok(&["invoke", "app"]);
     assert!(seen.contains("DB_PASSWORD=correct horse\n"), "{seen}");
@@ -164,7 +135,7 @@ fn the_secrets_key_can_live_elsewhere_and_a_wrong_one_is_named() {
     let key_arg = key.to_str().unwrap();
     {
         let up = Up::start(&data, &["--secrets-key-file", key_arg]);
-        set_secret(&up, "api-token", "s3cr3t");
+        up.set_secret("api-token", "s3cr3t");
         assert!(!data.join("secrets.key").exists());
     }
     // Restarted with the same key: the secret opens.

@@ -283,3 +283,76 @@ fn a_three_server_nats_cluster_loses_one_server_and_nothing_else() {
         (200, "c".into())
     );
 }
+
+#[test]
+fn secrets_keys_and_the_audit_log_are_the_clusters() {
+    let nats = NatsServer::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &nats.url(), &[]);
+    // Every node seals with the same key, which never goes into NATS: B is given A's.
+    let key_file = da.path().join("secrets.key");
+    let b = node(
+        db.path(),
+        &nats.url(),
+        &["--secrets-key-file", key_file.to_str().unwrap()],
+    );
+    let said = a.set_secret("db-password", "hunter2");
+    assert!(said.contains("created"), "{said}");
+    // B knows it at once: a deploy there may reference it, and A's environments
+    // resolve it.
+    eventually(Duration::from_secs(5), "B knows the secret", || {
+        b.cli_json(&["secret", "ls"]).as_array().map_or(0, Vec::len) == 1
+    });
+    b.cli_ok(&[
+        "deploy",
+        "app",
+        repo("fixtures/env.wat").to_str().unwrap(),
+        "--env",
+        "DB_PASSWORD=secret:db-password",
+    ]);
+    eventually(
+        Duration::from_secs(5),
+        "A runs B's deploy with the secret",
+        || {
+            let out = a.cli(&["invoke", "app"]);
+            String::from_utf8_lossy(&out.stdout).contains("DB_PASSWORD=hunter2")
+        },
+    );
+
+    // A key made on A opens B; revoked on B, A refuses it.
+    let key = a.cli_json(&["key", "create", "--scope", "read"]);
+    let token = key["token"].as_str().unwrap().to_owned();
+    let id = key["id"].as_str().unwrap().to_owned();
+    let list = |up: &Up| {
+        call(
+            "GET",
+            &format!("{}/v1/functions", up.url),
+            Some(&token),
+            None,
+        )
+        .0
+    };
+    eventually(Duration::from_secs(5), "B accepts A's key", || {
+        list(&b) == 200
+    });
+    b.cli_ok(&["key", "revoke", &id]);
+    eventually(Duration::from_secs(5), "A refuses the revoked key", || {
+        list(&a) == 401
+    });
+
+    // One audit log: B lists what was done on A.
+    let audit = b.cli_json(&["audit", "--limit", "100"]);
+    let entries = audit.as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["method"] == "PUT" && e["path"] == "/v1/secrets/db-password"),
+        "{audit:#}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["method"] == "DELETE" && e["path"] == format!("/v1/keys/{id}")),
+        "{audit:#}"
+    );
+}

@@ -596,7 +596,7 @@ pub struct NoSuchBucket;
 pub struct NoSuchUpload;
 
 /// A secret as stored: its value sealed with the secrets key (see `crate::secrets`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SealedSecret {
     pub name: String,
     /// Which key sealed it (a fingerprint), so a wrong key file is named at start-up.
@@ -609,7 +609,7 @@ pub struct SealedSecret {
 
 /// An API key as stored: the bearer secret only as a hash; the AWS secret access key
 /// sealed like a secret (SigV4 needs it back).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoredKey {
     pub id: String,
     pub name: String,

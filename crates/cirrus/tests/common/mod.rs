@@ -121,6 +121,33 @@ impl Up {
         serde_json::from_str(&self.cli_ok(&all)).expect("--json output is JSON")
     }
 
+    /// `cirrus secret set NAME` with `value` on stdin; what it printed.
+    pub fn set_secret(&self, name: &str, value: &str) -> String {
+        use std::io::Write as _;
+        let mut child = Command::new(BIN)
+            .args(["secret", "set", name])
+            .env("CIRRUS_DATA_DIR", &self.data_dir)
+            .env_remove("CIRRUS_URL")
+            .env_remove("CIRRUS_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cli runs");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(value.as_bytes())
+                .expect("the value is written");
+        }
+        let out = child.wait_with_output().expect("cli runs");
+        assert!(
+            out.status.success(),
+            "secret set: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The admin token, as the server wrote it into its data dir.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("admin.token"))

@@ -191,7 +191,7 @@ impl JetStream {
     /// Every key of the bucket starting with `prefix` that holds a message (its value,
     /// or the marker of its delete). Read from the stream's subject index: no consumer
     /// to create, so it answers as soon as the stream has a leader, also mid-failover.
-    async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
+    pub(super) async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
         let subjects = format!("$KV.{META_BUCKET}.{prefix}>");
         let counted: Vec<(String, usize)> = self
             .meta
@@ -211,7 +211,7 @@ impl JetStream {
 
     /// Deletes a key, returning the revision of its delete marker (the KV client's own
     /// delete does not tell it).
-    async fn delete_key(&self, key: &str) -> StoreResult<Revision> {
+    pub(super) async fn delete_key(&self, key: &str) -> StoreResult<Revision> {
         let ack = retried(&format!("deleting {key}"), || async {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("KV-Operation", "DEL");

@@ -9,6 +9,7 @@
 //! - invocation records and logs: the stream `cirrus_records`, replayed by every node
 //!   into its own SQLite ([`records`]).
 
+pub mod access;
 mod functions;
 pub mod records;
 
