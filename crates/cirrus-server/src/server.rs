@@ -376,6 +376,7 @@ impl Server {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(&token)?);
         let state = Arc::new(AppState {
+            cluster: cluster.clone(),
             registry,
             scaler,
             invoker,

@@ -217,6 +217,13 @@ fn a_node_that_loses_nats_refuses_writes_and_recovers() {
         "echo",
         repo("fixtures/echo.wat").to_str().unwrap(),
     ]);
+    let nats_state = || {
+        let (_, body) = call("GET", &format!("{}/v1/health", a.url), None, None);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["status"], "ok", "{health}");
+        health["cluster"]["nats"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(nats_state(), "connected");
     nats.stop();
     let deploy = || {
         a.cli(&[
@@ -231,6 +238,7 @@ fn a_node_that_loses_nats_refuses_writes_and_recovers() {
         let out = deploy();
         String::from_utf8_lossy(&out.stderr).contains("lost its connection to NATS")
     });
+    assert_eq!(nats_state(), "disconnected");
     // What it knows it still serves.
     assert_eq!(
         call("POST", &format!("{}/fn/echo", a.url), None, Some("up")),

@@ -120,6 +120,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
 
 /// Everything handlers reach.
 pub struct AppState {
+    /// Cluster mode's shared state, or `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub registry: Arc<Registry>,
     pub scaler: Arc<Scaler>,
     pub invoker: Arc<Invoker>,
@@ -358,8 +360,17 @@ async fn webhook_key(
     .into_response())
 }
 
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// `ok` while the node serves invocations; in a cluster also the node's name and its
+/// NATS connection (a node without NATS still serves, and refuses changes).
+async fn health(State(state): State<AppStateRef>) -> axum::Json<serde_json::Value> {
+    let mut health = serde_json::json!({ "status": "ok" });
+    if let Some(cluster) = &state.cluster {
+        health["cluster"] = serde_json::json!({
+            "node": cluster.node,
+            "nats": if cluster.store.connected() { "connected" } else { "disconnected" },
+        });
+    }
+    axum::Json(health)
 }
 
 async fn status(
