@@ -10,7 +10,7 @@
 //! [`AccessStore`] is synchronous and always called from blocking threads (start-up,
 //! `spawn_blocking`), so each call runs its NATS requests with `block_on`.
 
-use super::functions::retried;
+use super::retry::retried;
 use super::JetStream;
 use crate::store::{AccessStore, AuditEntry, SealedSecret, StoreResult, StoredKey};
 use anyhow::Context as _;
@@ -37,7 +37,7 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
 impl JetStream {
     /// The audit stream, made on first use, kept `max_age`.
     pub async fn audit_stream(&self, replicas: usize, max_age: Duration) -> StoreResult<()> {
-        super::retry_while_forming(|| {
+        super::retry::within(super::retry::FORMING, "JetStream is not ready yet", || {
             self.context.create_stream(jetstream::stream::Config {
                 name: AUDIT_STREAM.into(),
                 description: Some("Cirrus audit log".into()),

@@ -2,6 +2,7 @@
 //! trigger, so that two nodes changing different things never overwrite each other, and
 //! a version is created with `create` (refused if another node numbered it first).
 
+use super::retry::{retried, FAILOVER};
 use super::{JetStream, META_BUCKET};
 use crate::store::{
     alias_key, trigger_key, version_key, FunctionStore, Lagged, MetaChange, MetaFeed, Revised,
@@ -72,29 +73,6 @@ fn change_of(entry: &kv::Entry) -> StoreResult<Option<MetaChange>> {
         },
     };
     Ok(Some(change))
-}
-
-/// How long a write keeps trying while JetStream fails over (a stream whose leader was
-/// on a lost server elects another within seconds): the caller waits instead of failing.
-pub(super) const FAILOVER: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Runs an idempotent write until it succeeds or `FAILOVER` has passed.
-pub(super) async fn retried<T, E, F>(what: &str, mut write: impl FnMut() -> F) -> StoreResult<T>
-where
-    E: std::error::Error + Send + Sync + 'static,
-    F: std::future::Future<Output = Result<T, E>>,
-{
-    let deadline = tokio::time::Instant::now() + FAILOVER;
-    loop {
-        match write().await {
-            Ok(value) => return Ok(value),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!("{what}: {e}; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
-        }
-    }
 }
 
 impl JetStream {
@@ -229,17 +207,7 @@ impl JetStream {
 impl FunctionStore for JetStream {
     async fn load_all(&self) -> StoreResult<Vec<StoredFunction>> {
         // Reads, too, wait out a failover rather than fail a starting node.
-        let deadline = tokio::time::Instant::now() + FAILOVER;
-        loop {
-            match self.read_all().await {
-                Ok(functions) => return Ok(functions),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!("reading function metadata: {e:#}; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        super::retry::within(FAILOVER, "reading function metadata", || self.read_all()).await
     }
 
     async fn watch(&self) -> StoreResult<MetaFeed> {

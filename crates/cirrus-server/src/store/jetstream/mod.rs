@@ -12,6 +12,7 @@
 pub mod access;
 mod functions;
 pub mod records;
+mod retry;
 
 use crate::store::{ArtifactStore, StoreResult};
 use anyhow::Context as _;
@@ -127,7 +128,7 @@ impl JetStream {
         // The KV bucket's stream, made the way the KV client makes it: the client's own
         // `create_key_value` first asks for account details that Debian's NATS 2.9
         // answers in a shape the client cannot read.
-        retry_while_forming(|| {
+        retry::within(retry::FORMING, "JetStream is not ready yet", || {
             context.create_stream(jetstream::stream::Config {
                 name: format!("KV_{META_BUCKET}"),
                 description: Some("Cirrus function metadata".into()),
@@ -153,7 +154,7 @@ impl JetStream {
             .get_key_value(META_BUCKET)
             .await
             .with_context(|| format!("opening the JetStream KV bucket {META_BUCKET}"))?;
-        let artifacts = retry_while_forming(|| {
+        let artifacts = retry::within(retry::FORMING, "JetStream is not ready yet", || {
             context.create_object_store(object_store::Config {
                 bucket: ARTIFACT_BUCKET.into(),
                 description: Some("Cirrus artifacts, by sha256".into()),
@@ -199,37 +200,13 @@ impl JetStream {
     }
 }
 
-/// How long a starting node waits for JetStream to take its buckets: a NATS cluster that
-/// has just started needs a few seconds to elect the leader that creates streams.
-const FORMING: Duration = Duration::from_secs(30);
-
-async fn retry_while_forming<
-    T,
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
->(
-    mut attempt: impl FnMut() -> F,
-) -> Result<T, E> {
-    let deadline = tokio::time::Instant::now() + FORMING;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::info!("JetStream is not ready yet ({e}); retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl ArtifactStore for JetStream {
     async fn put(&self, sha256: &str, bytes: bytes::Bytes) -> StoreResult<()> {
         if self.artifacts.info(sha256).await.is_ok() {
             return Ok(());
         }
-        functions::retried(
+        retry::retried(
             &format!("storing artifact {sha256} in JetStream"),
             || async {
                 let mut reader: &[u8] = &bytes;
@@ -241,18 +218,11 @@ impl ArtifactStore for JetStream {
     }
 
     async fn get(&self, sha256: &str) -> StoreResult<Option<bytes::Bytes>> {
-        // A read waits out a failover as a write does (see `functions::retried`).
-        let deadline = tokio::time::Instant::now() + functions::FAILOVER;
-        loop {
-            match self.read_artifact(sha256).await {
-                Ok(found) => return Ok(found),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!("{e:#}; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // A read waits out a failover as a write does.
+        retry::within(retry::FAILOVER, "reading an artifact", || {
+            self.read_artifact(sha256)
+        })
+        .await
     }
 }
 

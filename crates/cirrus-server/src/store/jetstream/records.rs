@@ -44,7 +44,7 @@ impl JetStream {
     /// The records stream, made on first use. Kept `max_age`: a node that joins later
     /// (or was away longer) gets the records of that period.
     pub async fn records_stream(&self, replicas: usize, max_age: Duration) -> StoreResult<()> {
-        super::retry_while_forming(|| {
+        super::retry::within(super::retry::FORMING, "JetStream is not ready yet", || {
             self.context.create_stream(jetstream::stream::Config {
                 name: RECORDS_STREAM.into(),
                 description: Some("Cirrus invocation records and logs, by node".into()),
