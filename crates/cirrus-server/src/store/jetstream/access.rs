@@ -14,7 +14,7 @@ use super::retry::retried;
 use super::JetStream;
 use crate::store::{AccessStore, AuditEntry, SealedSecret, StoreResult, StoredKey};
 use anyhow::Context as _;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use futures_util::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,20 +37,14 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
 impl JetStream {
     /// The audit stream, made on first use, kept `max_age`.
     pub async fn audit_stream(&self, replicas: usize, max_age: Duration) -> StoreResult<()> {
-        super::retry::within(super::retry::FORMING, "JetStream is not ready yet", || {
-            self.context.create_stream(jetstream::stream::Config {
-                name: AUDIT_STREAM.into(),
-                description: Some("Cirrus audit log".into()),
-                subjects: vec![format!("{AUDIT_SUBJECT}.>")],
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                max_age,
-                ..Default::default()
-            })
-        })
+        self.kept_stream(
+            AUDIT_STREAM,
+            "Cirrus audit log",
+            AUDIT_SUBJECT,
+            replicas,
+            max_age,
+        )
         .await
-        .with_context(|| format!("opening the JetStream stream {AUDIT_STREAM}"))?;
-        Ok(())
     }
 
     /// Every live value under `prefix`, decoded.

@@ -176,6 +176,32 @@ impl JetStream {
         })
     }
 
+    /// A stream of `SUBJECTS.>` kept `max_age` (made on first use, the same by every
+    /// node), waiting for a NATS cluster that is still forming.
+    pub(crate) async fn kept_stream(
+        &self,
+        name: &str,
+        description: &str,
+        subjects: &str,
+        replicas: usize,
+        max_age: Duration,
+    ) -> StoreResult<()> {
+        retry::within(retry::FORMING, "JetStream is not ready yet", || {
+            self.context.create_stream(jetstream::stream::Config {
+                name: name.into(),
+                description: Some(description.into()),
+                subjects: vec![format!("{subjects}.>")],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                max_age,
+                ..Default::default()
+            })
+        })
+        .await
+        .with_context(|| format!("opening the JetStream stream {name}"))?;
+        Ok(())
+    }
+
     /// Whether the connection to NATS is up now.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

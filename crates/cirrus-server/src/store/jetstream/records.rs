@@ -11,7 +11,7 @@
 use super::JetStream;
 use crate::store::{HourlyUsage, RecordStore, StoreResult};
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::consumer;
 use cirrus_api::{InvocationRecord, LogLine, Page};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -44,20 +44,14 @@ impl JetStream {
     /// The records stream, made on first use. Kept `max_age`: a node that joins later
     /// (or was away longer) gets the records of that period.
     pub async fn records_stream(&self, replicas: usize, max_age: Duration) -> StoreResult<()> {
-        super::retry::within(super::retry::FORMING, "JetStream is not ready yet", || {
-            self.context.create_stream(jetstream::stream::Config {
-                name: RECORDS_STREAM.into(),
-                description: Some("Cirrus invocation records and logs, by node".into()),
-                subjects: vec![format!("{SUBJECT_PREFIX}.>")],
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                max_age,
-                ..Default::default()
-            })
-        })
+        self.kept_stream(
+            RECORDS_STREAM,
+            "Cirrus invocation records and logs, by node",
+            SUBJECT_PREFIX,
+            replicas,
+            max_age,
+        )
         .await
-        .with_context(|| format!("opening the JetStream stream {RECORDS_STREAM}"))?;
-        Ok(())
     }
 }
 
