@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::consumer;
 use cirrus_api::{InvocationRecord, LogLine, Page};
 use futures_util::StreamExt as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ const NODE_HEADER: &str = "Cirrus-Node";
 /// Batches are cut below NATS's default 1 MiB payload limit.
 const MAX_MESSAGE_BYTES: usize = 768 << 10;
 
-#[derive(Serialize, Deserialize, Default)]
+/// One message of the records stream (written by [`assemble`]).
+#[derive(Deserialize)]
 struct Batch {
     records: Vec<InvocationRecord>,
     logs: Vec<LogLine>,
@@ -83,35 +84,52 @@ impl ReplicatedRecords {
 }
 
 /// A batch as messages of at most `MAX_MESSAGE_BYTES` (a single record larger than that
-/// goes alone).
+/// goes alone), each a JSON [`Batch`]. Every record and line is serialized once, and the
+/// messages are assembled from those pieces.
 fn chunks(records: &[InvocationRecord], logs: &[LogLine]) -> StoreResult<Vec<Vec<u8>>> {
+    let records = records
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    let logs = logs
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
-    let mut batch = Batch::default();
+    let (mut held_records, mut held_logs): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
     let mut size = 0;
-    let mut push = |batch: &mut Batch, size: &mut usize, bytes: usize| -> StoreResult<()> {
-        if *size + bytes > MAX_MESSAGE_BYTES
-            && (!batch.records.is_empty() || !batch.logs.is_empty())
-        {
-            out.push(serde_json::to_vec(&std::mem::take(batch))?);
-            *size = 0;
+    let pieces = records
+        .iter()
+        .map(|r| (true, r.as_slice()))
+        .chain(logs.iter().map(|l| (false, l.as_slice())));
+    for (is_record, piece) in pieces {
+        if size + piece.len() > MAX_MESSAGE_BYTES && size > 0 {
+            out.push(assemble(&held_records, &held_logs));
+            held_records.clear();
+            held_logs.clear();
+            size = 0;
         }
-        *size += bytes;
-        Ok(())
-    };
-    for record in records {
-        let bytes = serde_json::to_vec(record)?.len();
-        push(&mut batch, &mut size, bytes)?;
-        batch.records.push(record.clone());
+        size += piece.len() + 1;
+        if is_record {
+            held_records.push(piece);
+        } else {
+            held_logs.push(piece);
+        }
     }
-    for line in logs {
-        let bytes = line.line.len() + 200;
-        push(&mut batch, &mut size, bytes)?;
-        batch.logs.push(line.clone());
-    }
-    if !batch.records.is_empty() || !batch.logs.is_empty() {
-        out.push(serde_json::to_vec(&batch)?);
+    if size > 0 {
+        out.push(assemble(&held_records, &held_logs));
     }
     Ok(out)
+}
+
+/// `{"records":[…],"logs":[…]}` from pieces already serialized.
+fn assemble(records: &[&[u8]], logs: &[&[u8]]) -> Vec<u8> {
+    let mut message = b"{\"records\":[".to_vec();
+    message.extend_from_slice(&records.join(&b","[..]));
+    message.extend_from_slice(b"],\"logs\":[");
+    message.extend_from_slice(&logs.join(&b","[..]));
+    message.extend_from_slice(b"]}");
+    message
 }
 
 impl RecordStore for ReplicatedRecords {
@@ -267,4 +285,34 @@ async fn replay(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_under_the_limit_and_reads_back_whole() {
+        let line = |i: usize| LogLine {
+            time: "2026-12-07T00:00:00.000Z".into(),
+            function: "f".into(),
+            version: 1,
+            request_id: format!("r{i}"),
+            stream: cirrus_api::LogStream::Stderr,
+            line: "x".repeat(100_000),
+        };
+        let logs: Vec<LogLine> = (0..20).map(line).collect();
+        let messages = chunks(&[], &logs).unwrap();
+        assert!(messages.len() > 1, "cut into several messages");
+        let mut read = Vec::new();
+        for message in &messages {
+            assert!(message.len() <= MAX_MESSAGE_BYTES + 200_000);
+            let batch: Batch = serde_json::from_slice(message).unwrap();
+            assert!(batch.records.is_empty());
+            read.extend(batch.logs);
+        }
+        assert_eq!(read, logs);
+        assert!(chunks(&[], &[]).unwrap().is_empty());
+    }
 }

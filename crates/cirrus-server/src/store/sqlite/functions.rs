@@ -83,13 +83,14 @@ impl SqliteStore {
     }
 }
 
-fn load_all(conn: &Connection) -> StoreResult<Vec<StoredFunction>> {
+/// Every stored function, or only `function`.
+fn load(conn: &Connection, function: Option<&str>) -> StoreResult<Vec<StoredFunction>> {
     let mut functions: Vec<StoredFunction> = Vec::new();
     let mut stmt = conn.prepare(
         "SELECT function, version, sha256, kind, size_bytes, spec_version, config, created_at
-         FROM versions ORDER BY function, version",
+         FROM versions WHERE ?1 IS NULL OR function = ?1 ORDER BY function, version",
     )?;
-    for row in stmt.query_map([], version_from_row)? {
+    for row in stmt.query_map([function], version_from_row)? {
         let (info, spec_version) = row?;
         anyhow::ensure!(
             spec_version <= SPEC_VERSION,
@@ -107,8 +108,11 @@ fn load_all(conn: &Connection) -> StoreResult<Vec<StoredFunction>> {
             }),
         }
     }
-    let mut stmt = conn.prepare("SELECT function, alias, version FROM aliases ORDER BY alias")?;
-    let aliases = stmt.query_map([], |r| {
+    let mut stmt = conn.prepare(
+        "SELECT function, alias, version FROM aliases WHERE ?1 IS NULL OR function = ?1
+         ORDER BY alias",
+    )?;
+    let aliases = stmt.query_map([function], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -121,7 +125,7 @@ fn load_all(conn: &Connection) -> StoreResult<Vec<StoredFunction>> {
             f.aliases.push((alias, version));
         }
     }
-    for trigger in triggers(conn, None)? {
+    for trigger in triggers(conn, function)? {
         if let Some(f) = functions.iter_mut().find(|f| f.name == trigger.function) {
             f.triggers.push(trigger);
         }
@@ -161,7 +165,7 @@ fn triggers(conn: &Connection, function: Option<&str>) -> StoreResult<Vec<Trigge
 #[async_trait::async_trait]
 impl FunctionStore for SqliteStore {
     async fn load_all(&self) -> StoreResult<Vec<StoredFunction>> {
-        self.on_meta(|meta| load_all(&lock(&meta.conn))).await
+        self.on_meta(|meta| load(&lock(&meta.conn), None)).await
     }
 
     async fn watch(&self) -> StoreResult<MetaFeed> {
@@ -204,7 +208,7 @@ impl FunctionStore for SqliteStore {
         let name = name.to_owned();
         self.on_meta(move |meta| {
             let ((), revision) = meta.write(|conn| {
-                let stored = load_all(conn)?.into_iter().find(|f| f.name == name);
+                let stored = load(conn, Some(&name))?.into_iter().next();
                 // IMMEDIATE: take the write lock up front, so a concurrent commit on
                 // another connection makes us wait (busy_timeout) instead of failing a
                 // read-to-write upgrade.
