@@ -22,6 +22,14 @@ pub const HEADER: &str = "cirrus-lineage";
 /// Events one lineage may create by default (see [`Containment::max_lineage_events`]).
 pub const DEFAULT_MAX_LINEAGE_EVENTS: u64 = 10_000;
 
+/// Why an event past its lineage's budget is dead instead of queued.
+pub fn budget_exhausted(root: &str, budget: u64) -> String {
+    format!(
+        "lineage budget exhausted: request {root} and what it led to have already created {budget} events \
+         (the server's --max-lineage-events); is a function triggering itself through a topic, table, bucket or destination?"
+    )
+}
+
 /// Nested calls one lineage may have running at once by default: enough for a straight
 /// chain to reach the depth limit, a quarter of the default global in-flight cap.
 pub const DEFAULT_MAX_LINEAGE_IN_FLIGHT: usize = MAX_PIPELINE_DEPTH as usize;

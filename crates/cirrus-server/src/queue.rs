@@ -32,7 +32,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// A lineage's event count is kept this long after its last event. Longer than any
 /// pause inside a live loop (backoff is capped at 15 minutes), so a loop never gets a
 /// fresh budget by waiting; short enough that the table stays small.
-const LINEAGE_MEMORY: Duration = Duration::from_secs(24 * 3600);
+pub const LINEAGE_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// How often lineages past their memory are forgotten.
 const LINEAGE_SWEEP: Duration = Duration::from_secs(3600);
 

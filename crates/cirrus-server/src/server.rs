@@ -240,7 +240,22 @@ impl Server {
             &config.data_dir.join("artifacts"),
             artifacts,
         )?);
-        let event_queue: Arc<dyn EventQueue> = store.clone();
+        let event_queue: Arc<dyn EventQueue> = match &cluster {
+            Some(cluster) => {
+                let replicas = config.cluster.as_ref().map_or(1, |o| o.replicas);
+                let queue = crate::store::jetstream::events::ClusterQueue::open(
+                    cluster.store.clone(),
+                    replicas,
+                    config.queue.idempotency_window,
+                    crate::queue::LINEAGE_MEMORY,
+                    store.clone(),
+                )
+                .await?;
+                queue.set_lineage_budget(lineage_budget);
+                queue
+            }
+            None => store.clone(),
+        };
         let kv: Arc<dyn crate::store::KvStore> = store.clone();
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
         let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();

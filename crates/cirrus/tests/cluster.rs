@@ -364,3 +364,233 @@ fn secrets_keys_and_the_audit_log_are_the_clusters() {
         "{audit:#}"
     );
 }
+
+/// Invocations of `function` this node ran, from its own `/metrics`.
+fn runs_here(up: &Up, function: &str) -> u64 {
+    let token = up.admin_token();
+    let (status, text) = call("GET", &format!("{}/metrics", up.url), Some(&token), None);
+    assert_eq!(status, 200, "{text}");
+    let label = format!("function=\"{function}\"");
+    text.lines()
+        .filter(|l| l.starts_with("cirrus_invocations_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Queues `count` asynchronous events for `function` on `url` (four connections), then
+/// prints the request ids in the order they were acknowledged.
+const ENQUEUE: &str = r#"
+import http.client, json, sys, threading
+from urllib.parse import urlparse
+url, token, function, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+host = urlparse(url)
+accepted, failed, lock, todo = [], [], threading.Lock(), iter(range(count))
+def send():
+    conn = http.client.HTTPConnection(host.hostname, host.port)
+    while True:
+        with lock:
+            i = next(todo, None)
+        if i is None or failed:
+            return
+        conn.request("POST", f"/v1/functions/{function}/invoke", body=str(i),
+                     headers={"X-Cirrus-Invocation-Type": "Event",
+                              "Authorization": f"Bearer {token}"})
+        r = conn.getresponse()
+        body = r.read()
+        with lock:
+            if r.status == 202:
+                accepted.append(json.loads(body)["request_id"])
+            else:
+                failed.append((r.status, body.decode()))
+threads = [threading.Thread(target=send) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert not failed, failed[:3]
+print(json.dumps(accepted))
+"#;
+
+/// Every record of `function` on `url`: `{request_id: [[started_at_s, outcome], …]}`.
+const RECORDS: &str = r#"
+import datetime, json, sys, urllib.request
+url, token, function = sys.argv[1:4]
+seen, before = {}, None
+while True:
+    q = f"{url}/v1/functions/{function}/invocations?limit=1000" + (f"&before={before}" if before else "")
+    req = urllib.request.Request(q, headers={"authorization": f"Bearer {token}"})
+    page = json.load(urllib.request.urlopen(req))
+    for r in page["items"]:
+        at = datetime.datetime.fromisoformat(r["started_at"].replace("Z", "+00:00")).timestamp()
+        seen.setdefault(r["request_id"], []).append([at, r["outcome"]])
+    before = page.get("next")
+    if not before or not page["items"]:
+        break
+print(json.dumps(seen))
+"#;
+
+#[test]
+fn a_node_killed_with_events_queued_loses_none_and_the_other_takes_over() {
+    const EVENTS: usize = 10_000;
+    let nats = NatsServer::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = node(da.path(), &nats.url(), &[]);
+    let b = node(db.path(), &nats.url(), &[]);
+    a.cli_ok(&["deploy", "nap", repo("fixtures/nap.wat").to_str().unwrap()]);
+    eventually(Duration::from_secs(5), "B has the function", || {
+        b.cli(&["get", "nap"]).status.success()
+    });
+
+    // Every event acknowledged by A, while both nodes deliver.
+    let token = a.admin_token();
+    let out = common::python(ENQUEUE, &[&a.url, &token, &"nap", &EVENTS.to_string()]);
+    let accepted: Vec<String> = serde_json::from_str(&out).unwrap();
+    assert_eq!(accepted.len(), EVENTS);
+    // Spread over the nodes: both have run some (each node's metrics are its own).
+    assert!(runs_here(&a, "nap") > 0, "A delivers events");
+    assert!(runs_here(&b, "nap") > 0, "B delivers events A accepted");
+    a.child.kill().unwrap(); // SIGKILL
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    a.child.wait().unwrap();
+
+    // The survivor delivers every event: none lost, none dead.
+    let records = || -> serde_json::Map<String, serde_json::Value> {
+        let out = common::python(RECORDS, &[&b.url, &token, &"nap"]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let delivered = |records: &serde_json::Map<String, serde_json::Value>, id: &String| {
+        records
+            .get(id)
+            .and_then(|r| r.as_array())
+            .is_some_and(|r| r.iter().any(|attempt| attempt[1] == "success"))
+    };
+    let mut all = records();
+    let started = Instant::now();
+    while accepted.iter().any(|id| !delivered(&all, id)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{} of {EVENTS} events still undelivered",
+            accepted.iter().filter(|id| !delivered(&all, id)).count()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        all = records();
+    }
+    let dead = b.cli_json(&["dlq", "ls"]);
+    assert_eq!(dead.as_array().map_or(0, Vec::len), 0, "{dead}");
+
+    // Takeover: the events A was running when it died are those left behind the point
+    // the queue had reached (events acknowledged later had started before the kill).
+    // The survivor starts each of them within 5 s of the kill.
+    let first_start = |id: &String| {
+        all[id]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|attempt| attempt[0].as_f64().unwrap())
+            .fold(f64::INFINITY, f64::min)
+    };
+    let reached = accepted
+        .iter()
+        .rposition(|id| first_start(id) < killed)
+        .expect("events were delivered before the kill");
+    assert!(
+        reached < EVENTS - 500,
+        "events were still queued when A was killed (reached {reached})"
+    );
+    let orphans: Vec<f64> = accepted[..reached]
+        .iter()
+        .map(first_start)
+        .filter(|&at| at > killed)
+        .map(|at| at - killed)
+        .collect();
+    assert!(!orphans.is_empty(), "A was delivering events when it died");
+    let takeover = orphans.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "killed with {} of {EVENTS} events delivered; {} were A's, taken over within {takeover:.2} s",
+        reached + 1,
+        orphans.len()
+    );
+    assert!(
+        takeover < 5.0,
+        "the survivor took {takeover:.2} s to take over {} events",
+        orphans.len()
+    );
+}
+
+#[test]
+fn failed_events_retry_and_dead_letter_once_for_the_whole_cluster() {
+    let nats = NatsServer::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &nats.url(), &[]);
+    let b = node(db.path(), &nats.url(), &[]);
+    let trap = repo("fixtures/trap.wat");
+    let trap = trap.to_str().unwrap();
+    a.cli_ok(&[
+        "deploy",
+        "trap",
+        trap,
+        "--max-attempts",
+        "2",
+        "--retry-delay",
+        "10ms",
+    ]);
+    eventually(Duration::from_secs(5), "B has the function", || {
+        b.cli(&["get", "trap"]).status.success()
+    });
+
+    // An idempotency key holds across nodes: B's repeat of A's event is A's event.
+    let first = a.cli_json(&[
+        "invoke",
+        "trap",
+        "--async",
+        "--idempotency-key",
+        "k1",
+        "-d",
+        "{\"x\":1}",
+    ]);
+    let again = b.cli_json(&["invoke", "trap", "--async", "--idempotency-key", "k1"]);
+    assert_eq!(again["request_id"], first["request_id"]);
+    assert_eq!(again["duplicate"], true);
+    let id = first["request_id"].as_str().unwrap().to_owned();
+
+    // Two attempts (on either node), then one dead event, listed by both nodes.
+    eventually(Duration::from_secs(20), "the event is dead", || {
+        b.cli_json(&["dlq", "ls"]).as_array().unwrap().len() == 1
+    });
+    let dead = a.cli_json(&["dlq", "ls", "--function", "trap"]);
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
+    assert_eq!(dead[0]["request_id"], id.as_str());
+    assert_eq!(dead[0]["attempts"], 2);
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("function_error"),
+        "{dead}"
+    );
+    assert_eq!(a.cli_json(&["dlq", "show", &id])["data"], "{\"x\":1}");
+    let trace_len = |up: &Up| {
+        up.cli_json(&["trace", &id])["invocations"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    eventually(Duration::from_secs(5), "both attempts recorded", || {
+        trace_len(&a) == 2 && trace_len(&b) == 2
+    });
+
+    // Redriven on B: two more attempts, dead again; purged on A.
+    assert_eq!(
+        b.cli_ok(&["dlq", "redrive", &id]).trim(),
+        "redrove 1 event(s)"
+    );
+    eventually(Duration::from_secs(20), "redriven and dead again", || {
+        trace_len(&a) == 4 && a.cli_json(&["dlq", "ls"]).as_array().unwrap().len() == 1
+    });
+    assert_eq!(
+        a.cli_ok(&["dlq", "purge", "--all"]).trim(),
+        "purged 1 event(s)"
+    );
+    assert!(b.cli_json(&["dlq", "ls"]).as_array().unwrap().is_empty());
+}

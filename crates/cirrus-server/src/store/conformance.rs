@@ -5,9 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::{ArtifactStore, FunctionStore, MetaChange, VersionTaken};
+use super::{
+    ArtifactStore, Enqueued, EventQueue, FunctionStore, MetaChange, NewEvent, QueuedEvent,
+    VersionTaken,
+};
+use crate::clock::Clock as _;
 use crate::testing::NatsServer;
-use cirrus_api::{ArtifactKind, FunctionConfig, TriggerInfo, TriggerSpec, VersionInfo};
+use cirrus_api::{ArtifactKind, FunctionConfig, Trigger, TriggerInfo, TriggerSpec, VersionInfo};
 use futures_util::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +193,153 @@ fn replicated_records_are_written_once() {
     assert_eq!(lines, ["a", "c"]);
 }
 
+fn event(function: &str, body: &str) -> NewEvent {
+    NewEvent::fired(function, Trigger::Async, None, None, now_ms()).with_json(body.into())
+}
+
+fn now_ms() -> u64 {
+    crate::clock::SystemClock.now_ms()
+}
+
+/// Runs a queue call on a blocking thread, as the dispatcher does.
+async fn on<T: Send + 'static>(
+    queue: &Arc<dyn EventQueue>,
+    call: impl FnOnce(&dyn EventQueue) -> anyhow::Result<T> + Send + 'static,
+) -> T {
+    let queue = queue.clone();
+    tokio::task::spawn_blocking(move || call(&*queue))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Claims until `n` events come (a queue shared over the network may hand them over in
+/// more than one pull), or a few seconds pass.
+async fn claim(queue: &Arc<dyn EventQueue>, n: usize) -> Vec<QueuedEvent> {
+    let mut claimed = Vec::new();
+    for _ in 0..50 {
+        claimed.extend(on(queue, |q| q.claim(now_ms(), 16)).await);
+        if claimed.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    claimed
+}
+
+/// Events accepted by one queue are delivered by another, once each; duplicates by
+/// idempotency key name the first event; a retry waits its time and counts an attempt
+/// (a busy one does not); a narrowed batch is retried narrowed; a dead event is listed,
+/// read, redriven with fresh attempts, and purged.
+async fn events_delivered_retried_and_dead_lettered(
+    a: Arc<dyn EventQueue>,
+    b: Arc<dyn EventQueue>,
+) {
+    let first = event("f", "1");
+    let keyed = NewEvent {
+        idempotency_key: Some("k".into()),
+        ..event("f", "2")
+    };
+    let again = NewEvent {
+        idempotency_key: Some("k".into()),
+        ..event("f", "3")
+    };
+    let batch = vec![first.clone(), keyed, again];
+    let results = on(&a, move |q| q.enqueue(&batch, now_ms(), 60_000)).await;
+    assert_eq!(results[..2], [Enqueued::New, Enqueued::New]);
+    let Enqueued::Duplicate(earlier) = &results[2] else {
+        panic!("{results:?}")
+    };
+    let claimed = claim(&b, 2).await;
+    let mut bodies: Vec<&[u8]> = claimed.iter().map(|c| c.event.data.as_slice()).collect();
+    bodies.sort();
+    assert_eq!(bodies, [b"1", b"2"], "the duplicate is not queued");
+    assert!(claimed.iter().all(|c| c.attempts == 1));
+    let keyed = claimed.iter().find(|c| c.event.data == b"2").unwrap();
+    assert_eq!(&keyed.event.id, earlier);
+    assert!(
+        on(&a, |q| q.claim(now_ms(), 16)).await.is_empty(),
+        "held by b"
+    );
+
+    // Retried: not before its time, then with the attempt counted; a busy retry gives
+    // its attempt back; a narrowed body is what comes next.
+    let (id, keyed_id) = (first.id.clone(), keyed.event.id.clone());
+    let later = now_ms() + 600;
+    on(&b, move |q| q.retry(&id, later, "boom", true)).await;
+    on(&b, move |q| q.complete(&keyed_id)).await;
+    assert!(
+        on(&a, |q| q.claim(now_ms(), 16)).await.is_empty(),
+        "not yet"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let again = claim(&a, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].event.id.as_str(), again[0].attempts),
+        (first.id.as_str(), 2)
+    );
+    let id = first.id.clone();
+    on(&a, move |q| {
+        q.set_data(&id, b"narrowed")?;
+        q.retry(&id, now_ms(), "busy", false)
+    })
+    .await;
+    let busy = claim(&b, 1).await;
+    assert_eq!(busy[0].attempts, 2, "a busy retry is not an attempt");
+    assert_eq!(busy[0].event.data, b"narrowed");
+
+    // Dead, listed, read, redriven, purged.
+    let id = first.id.clone();
+    on(&b, move |q| q.kill(&id, now_ms(), "gave up")).await;
+    let dead = on(&a, |q| q.dead(Some("f"), 10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].request_id, first.id);
+    assert_eq!(
+        (dead[0].attempts, dead[0].last_error.as_str()),
+        (2, "gave up")
+    );
+    assert!(on(&a, |q| q.dead(Some("g"), 10)).await.is_empty());
+    let id = first.id.clone();
+    let (_, data) = on(&a, move |q| q.dead_event(&id)).await.unwrap();
+    assert_eq!(data, b"narrowed");
+    assert_eq!(on(&b, |q| q.depth()).await, (0, 1));
+    let id = first.id.clone();
+    assert_eq!(
+        on(&a, move |q| q.redrive(Some(&id), None, now_ms())).await,
+        1
+    );
+    let redriven = claim(&b, 1).await;
+    assert_eq!(
+        (redriven[0].event.id.as_str(), redriven[0].attempts),
+        (first.id.as_str(), 1)
+    );
+    let id = first.id.clone();
+    on(&b, move |q| q.kill(&id, now_ms(), "again")).await;
+    assert_eq!(on(&a, |q| q.purge(None, Some("f"))).await, 1);
+    assert_eq!(on(&a, |q| q.depth()).await, (0, 0));
+}
+
+/// With a lineage budget of 2, the third event a lineage creates is dead, saying why,
+/// whichever queue takes it.
+async fn lineage_budget_holds(a: Arc<dyn EventQueue>, b: Arc<dyn EventQueue>) {
+    let caused = || NewEvent {
+        root_id: Some("root".into()),
+        ..event("h", "x")
+    };
+    let batch = vec![caused(), caused()];
+    on(&a, move |q| q.enqueue(&batch, now_ms(), 60_000)).await;
+    let batch = vec![caused()];
+    on(&b, move |q| q.enqueue(&batch, now_ms(), 60_000)).await;
+    let dead = on(&a, |q| q.dead(Some("h"), 10)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].last_error.starts_with("lineage budget exhausted"));
+    for claimed in claim(&b, 2).await {
+        on(&b, move |q| q.complete(&claimed.event.id)).await;
+    }
+    assert_eq!(on(&a, |q| q.purge(None, None)).await, 1);
+}
+
 #[tokio::test]
 async fn sqlite_conforms() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,6 +349,9 @@ async fn sqlite_conforms() {
     schedule_ticks_claimed_once(&*store, &*store).await;
     let artifacts = super::FsArtifactStore::open(&dir.path().join("artifacts")).unwrap();
     artifacts_round_trip(&artifacts).await;
+    store.set_lineage_budget(2);
+    events_delivered_retried_and_dead_lettered(store.clone(), store.clone()).await;
+    lineage_budget_holds(store.clone(), store.clone()).await;
 }
 
 #[tokio::test]
@@ -214,4 +368,24 @@ async fn jetstream_conforms() {
     feed_in_order(&a, &b).await;
     schedule_ticks_claimed_once(&a, &b).await;
     artifacts_round_trip(&a).await;
+
+    // Two nodes' queues over one stream, each with its own SQLite for ordered events.
+    let dir = tempfile::tempdir().unwrap();
+    let mut queues = Vec::new();
+    for (node, js) in [("a", a), ("b", b)] {
+        let local = Arc::new(super::SqliteStore::open(&dir.path().join(node)).unwrap());
+        let queue = super::jetstream::events::ClusterQueue::open(
+            js,
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            local,
+        )
+        .await
+        .unwrap();
+        queue.set_lineage_budget(2);
+        queues.push(queue as Arc<dyn EventQueue>);
+    }
+    events_delivered_retried_and_dead_lettered(queues[0].clone(), queues[1].clone()).await;
+    lineage_budget_holds(queues[0].clone(), queues[1].clone()).await;
 }

@@ -500,10 +500,7 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, e: &NewEvent, budget: u64) -> ru
             )?
             .query_row(params![root, e.created_ms], |r| r.get(0))?;
         if created > budget {
-            dead = Some(format!(
-                "lineage budget exhausted: request {root} and what it led to have already created {budget} events \
-                 (the server's --max-lineage-events); is a function triggering itself through a topic, table, bucket or destination?"
-            ));
+            dead = Some(crate::lineage::budget_exhausted(root, budget));
         }
     }
     tx.prepare_cached(

@@ -10,6 +10,7 @@
 //!   into its own SQLite ([`records`]).
 
 pub mod access;
+pub mod events;
 mod functions;
 pub mod records;
 mod retry;
@@ -125,35 +126,15 @@ impl JetStream {
             .await
             .with_context(|| format!("connecting to NATS at {servers}"))?;
         let context = jetstream::new(client.clone());
-        // The KV bucket's stream, made the way the KV client makes it: the client's own
-        // `create_key_value` first asks for account details that Debian's NATS 2.9
-        // answers in a shape the client cannot read.
-        retry::within(retry::FORMING, "JetStream is not ready yet", || {
-            context.create_stream(jetstream::stream::Config {
-                name: format!("KV_{META_BUCKET}"),
-                description: Some("Cirrus function metadata".into()),
-                subjects: vec![format!("$KV.{META_BUCKET}.>")],
-                max_messages_per_subject: 1,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: options.replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-        })
+        let meta = open_kv(
+            &context,
+            META_BUCKET,
+            "Cirrus function metadata",
+            options.replicas,
+            Duration::ZERO,
+        )
         .await
-        .with_context(|| {
-            format!(
-                "opening the JetStream KV bucket {META_BUCKET} (with {} replicas) on {servers}: is JetStream enabled (nats-server -js)?",
-                options.replicas
-            )
-        })?;
-        let meta = context
-            .get_key_value(META_BUCKET)
-            .await
-            .with_context(|| format!("opening the JetStream KV bucket {META_BUCKET}"))?;
+        .with_context(|| format!("on {servers}: is JetStream enabled (nats-server -js)?"))?;
         let artifacts = retry::within(retry::FORMING, "JetStream is not ready yet", || {
             context.create_object_store(object_store::Config {
                 bucket: ARTIFACT_BUCKET.into(),
@@ -224,6 +205,43 @@ impl JetStream {
             Err(e) => Err(e).with_context(|| format!("storing {key}")),
         }
     }
+}
+
+/// Opens (making on first use) the KV bucket `bucket`, its entries forgotten `max_age`
+/// after their last write (zero: kept). The bucket's stream is made the way the KV client
+/// makes it: the client's own `create_key_value` first asks for account details that
+/// Debian's NATS 2.9 answers in a shape the client cannot read.
+pub(crate) async fn open_kv(
+    context: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> StoreResult<kv::Store> {
+    retry::within(retry::FORMING, "JetStream is not ready yet", || {
+        context.create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(description.into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+    })
+    .await
+    .with_context(|| {
+        format!("opening the JetStream KV bucket {bucket} (with {replicas} replicas)")
+    })?;
+    context
+        .get_key_value(bucket)
+        .await
+        .with_context(|| format!("opening the JetStream KV bucket {bucket}"))
 }
 
 #[async_trait::async_trait]

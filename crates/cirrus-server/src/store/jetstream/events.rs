@@ -1,0 +1,747 @@
+//! Asynchronous events in a cluster: one JetStream work queue that every node delivers
+//! from, so an event accepted by one node is run by whichever node is free, and one a
+//! dead node was running goes to another.
+//!
+//! - The stream `cirrus_events` (work-queue retention) holds the waiting events; a
+//!   message is the event's head (JSON: who, what, attempts so far, not before) and its
+//!   body. Every node pulls from the one durable consumer `cirrus_dispatch`.
+//! - A node holds what it pulled until it has written the outcome: it confirms progress
+//!   several times within [`ACK_WAIT`], and a delivery it stops confirming (the node died, or lost NATS) is
+//!   given to another node [`ACK_WAIT`] later. At least once: the event leaves the
+//!   stream only when it is acknowledged, after its invocation record is stored and its
+//!   destinations are queued (the dispatcher's order, as on one node).
+//! - A retry is the event published again with its attempts and not-before time, then
+//!   the old message acknowledged (a crash in between delivers it twice, never not at
+//!   all). A message pulled before its time is handed back with a delay (`NAK`).
+//! - Dead events go to the stream `cirrus_dead`, one subject per event, so one is found
+//!   by its id; redriving publishes them again and deletes them there.
+//! - Idempotency keys are the stream's de-duplication (`Nats-Msg-Id`, its window the
+//!   server's `--idempotency-window`); the key's first event id is kept in the KV bucket
+//!   `cirrus_idempotency` for the duplicate's answer.
+//! - Lineage budgets are counts in the KV bucket `cirrus_lineages`, raised by
+//!   compare-and-set (exact across nodes) and forgotten a day after their last event.
+//! - Events with an ordering key (from a node's own event sources) stay in that node's
+//!   SQLite queue: one-at-a-time, in-order delivery needs one consumer per key, which
+//!   the node whose source produced them is.
+
+use super::{open_kv, retry, JetStream};
+use crate::store::{DeadEvent, Enqueued, EventQueue, NewEvent, QueuedEvent, StoreResult};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const EVENTS_STREAM: &str = "cirrus_events";
+pub const DEAD_STREAM: &str = "cirrus_dead";
+const EVENTS_SUBJECT: &str = "cirrus.events";
+const DEAD_PREFIX: &str = "cirrus.dead";
+const CONSUMER: &str = "cirrus_dispatch";
+const LINEAGE_BUCKET: &str = "cirrus_lineages";
+const IDEMPOTENCY_BUCKET: &str = "cirrus_idempotency";
+/// A delivery its node stops confirming goes to another node this long after the last
+/// confirmation.
+pub const ACK_WAIT: Duration = Duration::from_secs(3);
+/// How often a node confirms the deliveries it is still running (well within
+/// [`ACK_WAIT`], so a busy moment does not lose one).
+const PROGRESS_EVERY: Duration = Duration::from_millis(750);
+/// Dead events looked through at most by a listing (newest first).
+const DEAD_SCAN: u64 = 100_000;
+
+/// An event's head as it travels in a message, before its body.
+#[derive(Serialize, Deserialize)]
+struct Head {
+    id: String,
+    function: String,
+    qualifier: String,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    event_type: Option<String>,
+    source: Option<String>,
+    subject: Option<String>,
+    webhook: Option<String>,
+    parent_id: Option<String>,
+    root_id: Option<String>,
+    hops: u32,
+    trigger: String,
+    created_ms: u64,
+    /// Attempts made before this message.
+    attempts: u32,
+    not_before_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_ms: Option<u64>,
+}
+
+/// What a message says besides the event.
+#[derive(Default)]
+struct State {
+    attempts: u32,
+    not_before_ms: u64,
+    error: Option<String>,
+    failed_ms: Option<u64>,
+}
+
+/// A message: the head's length (4 bytes, big-endian), the head, the body.
+fn encode(event: &NewEvent, state: State) -> StoreResult<bytes::Bytes> {
+    let head = serde_json::to_vec(&Head {
+        id: event.id.clone(),
+        function: event.function.clone(),
+        qualifier: event.qualifier.clone(),
+        content_type: event.content_type.clone(),
+        traceparent: event.traceparent.clone(),
+        event_type: event.event_type.clone(),
+        source: event.source.clone(),
+        subject: event.subject.clone(),
+        webhook: event.webhook.clone(),
+        parent_id: event.parent_id.clone(),
+        root_id: event.root_id.clone(),
+        hops: event.hops,
+        trigger: event.trigger.as_str().to_owned(),
+        created_ms: event.created_ms,
+        attempts: state.attempts,
+        not_before_ms: state.not_before_ms,
+        error: state.error,
+        failed_ms: state.failed_ms,
+    })?;
+    let mut message = Vec::with_capacity(4 + head.len() + event.data.len());
+    message.extend_from_slice(&u32::try_from(head.len())?.to_be_bytes());
+    message.extend_from_slice(&head);
+    message.extend_from_slice(&event.data);
+    Ok(message.into())
+}
+
+fn decode(message: &[u8]) -> StoreResult<(NewEvent, State)> {
+    let (len, rest) = message
+        .split_first_chunk::<4>()
+        .context("an event message without its head")?;
+    let len = u32::from_be_bytes(*len) as usize;
+    anyhow::ensure!(rest.len() >= len, "an event message cut short");
+    let (head, data) = rest.split_at(len);
+    let head: Head = serde_json::from_slice(head).context("an event message's head")?;
+    let event = NewEvent {
+        id: head.id,
+        function: head.function,
+        qualifier: head.qualifier,
+        content_type: head.content_type,
+        traceparent: head.traceparent,
+        event_type: head.event_type,
+        source: head.source,
+        subject: head.subject,
+        webhook: head.webhook,
+        parent_id: head.parent_id,
+        root_id: head.root_id,
+        ordering_key: None,
+        hops: head.hops,
+        trigger: head.trigger.parse().unwrap_or(cirrus_api::Trigger::Async),
+        data: data.to_vec(),
+        created_ms: head.created_ms,
+        idempotency_key: None,
+    };
+    let state = State {
+        attempts: head.attempts,
+        not_before_ms: head.not_before_ms,
+        error: head.error,
+        failed_ms: head.failed_ms,
+    };
+    Ok((event, state))
+}
+
+/// A name made of any text that is safe as a subject token or KV key.
+fn token(text: &str) -> String {
+    crate::sigv4::sha256_hex(text.as_bytes())[..40].to_owned()
+}
+
+fn dead_subject(id: &str) -> String {
+    format!("{DEAD_PREFIX}.{}", token(id))
+}
+
+/// A delivery this node is running.
+struct Held {
+    message: jetstream::Message,
+    event: NewEvent,
+    /// Including the one running.
+    attempts: u32,
+}
+
+/// The cluster's event queue (see the module's documentation).
+pub struct ClusterQueue {
+    js: JetStream,
+    consumer: consumer::PullConsumer,
+    lineages: kv::Store,
+    idempotency: kv::Store,
+    /// Events with an ordering key (see the module's documentation).
+    local: Arc<dyn EventQueue>,
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    budget: AtomicU64,
+    /// The queue's callers are blocking threads: JetStream is reached on this runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+impl ClusterQueue {
+    /// Opens (making on first use) the streams, buckets and consumer, and starts
+    /// confirming this node's deliveries.
+    pub async fn open(
+        js: JetStream,
+        replicas: usize,
+        idempotency_window: Duration,
+        lineage_memory: Duration,
+        local: Arc<dyn EventQueue>,
+    ) -> StoreResult<Arc<Self>> {
+        let events = retry::within(retry::FORMING, "JetStream is not ready yet", || {
+            js.context.get_or_create_stream(stream::Config {
+                name: EVENTS_STREAM.into(),
+                description: Some("Cirrus asynchronous events waiting for delivery".into()),
+                subjects: vec![EVENTS_SUBJECT.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                duplicate_window: idempotency_window,
+                ..Default::default()
+            })
+        })
+        .await
+        .with_context(|| format!("opening the JetStream stream {EVENTS_STREAM}"))?;
+        retry::within(retry::FORMING, "JetStream is not ready yet", || {
+            js.context.get_or_create_stream(stream::Config {
+                name: DEAD_STREAM.into(),
+                description: Some("Cirrus dead-letter queue".into()),
+                subjects: vec![format!("{DEAD_PREFIX}.*")],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+        })
+        .await
+        .with_context(|| format!("opening the JetStream stream {DEAD_STREAM}"))?;
+        let consumer = retry::within(retry::FORMING, "JetStream is not ready yet", || {
+            events.get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    description: Some("Cirrus nodes delivering events".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    // Attempts are counted in the events themselves.
+                    max_deliver: -1,
+                    // Events handed back until their time count as pending.
+                    max_ack_pending: 1_000_000,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .with_context(|| format!("opening the JetStream consumer {CONSUMER}"))?;
+        let lineages = open_kv(
+            &js.context,
+            LINEAGE_BUCKET,
+            "Cirrus lineage event counts",
+            replicas,
+            lineage_memory,
+        )
+        .await?;
+        let idempotency = open_kv(
+            &js.context,
+            IDEMPOTENCY_BUCKET,
+            "Cirrus idempotency keys: the first event of each",
+            replicas,
+            idempotency_window,
+        )
+        .await?;
+        let queue = Arc::new(Self {
+            js,
+            consumer,
+            lineages,
+            idempotency,
+            local,
+            held: Arc::default(),
+            budget: AtomicU64::new(crate::lineage::DEFAULT_MAX_LINEAGE_EVENTS),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(confirm_progress(Arc::downgrade(&queue.held)));
+        Ok(queue)
+    }
+
+    /// Sets how many events one lineage may create before the rest are parked dead.
+    pub fn set_lineage_budget(&self, events: u64) {
+        self.budget.store(events, Ordering::Relaxed);
+    }
+
+    fn take(&self, id: &str) -> Option<Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id)
+    }
+
+    /// Publishes to the events stream, waiting for JetStream to have it.
+    async fn publish(
+        &self,
+        subject: &str,
+        payload: bytes::Bytes,
+        msg_id: Option<&str>,
+    ) -> StoreResult<jetstream::publish::PublishAck> {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = msg_id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
+        retry::retried("publishing an event", || async {
+            self.js
+                .context
+                .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
+                .await?
+                .await
+        })
+        .await
+    }
+
+    /// Counts `events` against `root`'s lineage; returns the count before them.
+    async fn count_lineage(&self, root: &str, events: u64) -> StoreResult<u64> {
+        let key = token(root);
+        for _ in 0..100 {
+            let entry = self.lineages.entry(&key).await?;
+            let before = entry
+                .as_ref()
+                .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            let value = bytes::Bytes::from((before + events).to_string());
+            let written = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    self.lineages.update(&key, value, e.revision).await.is_ok()
+                }
+                _ => self.lineages.create(&key, value).await.is_ok(),
+            };
+            if written {
+                return Ok(before);
+            }
+        }
+        anyhow::bail!("counting lineage {root}: too many concurrent writers")
+    }
+
+    /// Which events of a batch are past their lineage's budget (their reason, by index).
+    async fn over_budget(&self, events: &[&NewEvent]) -> StoreResult<HashMap<usize, String>> {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let mut by_root: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, event) in events.iter().enumerate() {
+            if let Some(root) = &event.root_id {
+                by_root.entry(root).or_default().push(index);
+            }
+        }
+        let mut over = HashMap::new();
+        for (root, indices) in by_root {
+            let before = self.count_lineage(root, indices.len() as u64).await?;
+            for (n, index) in indices.into_iter().enumerate() {
+                if before + n as u64 + 1 > budget {
+                    over.insert(index, crate::lineage::budget_exhausted(root, budget));
+                }
+            }
+        }
+        Ok(over)
+    }
+
+    async fn enqueue_shared(
+        &self,
+        events: &[&NewEvent],
+        now_ms: u64,
+    ) -> StoreResult<Vec<Enqueued>> {
+        let mut over = self.over_budget(events).await?;
+        let mut results = Vec::with_capacity(events.len());
+        // Plain events are sent one after another and their acknowledgements awaited
+        // together (one round trip for the batch, as SQLite's group commit); one whose
+        // acknowledgement fails is published again on its own.
+        let mut sent = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            if let Some(reason) = over.remove(&index) {
+                let dead = State {
+                    error: Some(reason),
+                    failed_ms: Some(now_ms),
+                    ..State::default()
+                };
+                self.publish(&dead_subject(&event.id), encode(event, dead)?, None)
+                    .await?;
+                results.push(Enqueued::New);
+                continue;
+            }
+            let payload = encode(event, State::default())?;
+            let Some(key) = &event.idempotency_key else {
+                let ack = self
+                    .js
+                    .context
+                    .publish(EVENTS_SUBJECT, payload.clone())
+                    .await;
+                sent.push((payload, ack));
+                results.push(Enqueued::New);
+                continue;
+            };
+            let key = token(&format!("{}\n{key}", event.function));
+            let ack = self.publish(EVENTS_SUBJECT, payload, Some(&key)).await?;
+            if ack.duplicate {
+                results.push(Enqueued::Duplicate(self.first_of(&key).await?));
+            } else {
+                self.idempotency
+                    .put(&key, event.id.clone().into())
+                    .await
+                    .context("remembering an idempotency key")?;
+                results.push(Enqueued::New);
+            }
+        }
+        for (payload, ack) in sent {
+            let stored = match ack {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored {
+                self.publish(EVENTS_SUBJECT, payload, None).await?;
+            }
+        }
+        Ok(results)
+    }
+
+    /// The event an idempotency key was first used for (its writer may be a moment
+    /// behind the stream's de-duplication).
+    async fn first_of(&self, key: &str) -> StoreResult<String> {
+        for _ in 0..50 {
+            if let Some(id) = self.idempotency.get(key).await? {
+                return Ok(String::from_utf8_lossy(&id).into_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("an idempotency key's first event is not recorded")
+    }
+
+    async fn claim_shared(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(limit)
+            .messages()
+            .await
+            .context("pulling events")?;
+        let mut claimed = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
+            let (event, state) = match decode(&message.payload) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    tracing::error!("dropping an unreadable event message: {e:#}");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            if state.not_before_ms > now_ms {
+                let wait = Duration::from_millis(state.not_before_ms - now_ms);
+                let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                continue;
+            }
+            let attempts = state.attempts + 1;
+            claimed.push(QueuedEvent {
+                event: event.clone(),
+                attempts,
+            });
+            self.held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    event.id.clone(),
+                    Held {
+                        message,
+                        event,
+                        attempts,
+                    },
+                );
+        }
+        Ok(claimed)
+    }
+
+    /// Ends a held delivery with `next` published first (a retry or the dead copy),
+    /// then the message acknowledged. If that fails the message is handed back, to be
+    /// delivered again.
+    async fn settle(&self, held: Held, next: Option<(String, bytes::Bytes)>) -> StoreResult<()> {
+        let result = async {
+            if let Some((subject, payload)) = next {
+                self.publish(&subject, payload, None).await?;
+            }
+            held.message
+                .double_ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("acknowledging event {}: {e}", held.event.id))
+        }
+        .await;
+        if result.is_err() {
+            let _ = held.message.ack_with(AckKind::Nak(None)).await;
+        }
+        result
+    }
+
+    /// The dead events matching `id` and/or `function`, newest first, with their
+    /// stream sequences.
+    async fn dead_matching(
+        &self,
+        id: Option<&str>,
+        function: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, NewEvent, State)>> {
+        let stream = self.js.context.get_stream(DEAD_STREAM).await?;
+        let mut found = Vec::new();
+        if let Some(id) = id {
+            match stream
+                .get_last_raw_message_by_subject(&dead_subject(id))
+                .await
+            {
+                Ok(message) => {
+                    let (event, state) = decode(&message.payload)?;
+                    if function.is_none_or(|f| f == event.function) {
+                        found.push((message.sequence, event, state));
+                    }
+                }
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(e).context("reading the dead-letter queue"),
+            }
+            return Ok(found);
+        }
+        let info = stream.get_info().await?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut seq = last;
+        while seq >= first.max(1) && last - seq < DEAD_SCAN && found.len() < limit {
+            match stream.get_raw_message(seq).await {
+                Ok(message) => {
+                    let (event, state) = decode(&message.payload)?;
+                    if function.is_none_or(|f| f == event.function) {
+                        found.push((seq, event, state));
+                    }
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(e).context("reading the dead-letter queue"),
+            }
+            seq -= 1;
+        }
+        Ok(found)
+    }
+
+    fn block_on<T>(
+        &self,
+        work: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        self.runtime.block_on(work)
+    }
+}
+
+/// Confirms, every [`PROGRESS_EVERY`], the deliveries this node is running, so that JetStream
+/// gives them to another node only when this one stops.
+async fn confirm_progress(held: std::sync::Weak<Mutex<HashMap<String, Held>>>) {
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let Some(held) = held.upgrade() else { return };
+        let running: Vec<jetstream::Message> = held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|h| h.message.clone())
+            .collect();
+        drop(held);
+        for message in running {
+            if let Err(e) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!("confirming an event's delivery: {e}");
+            }
+        }
+    }
+}
+
+fn dead_event(event: &NewEvent, state: &State) -> DeadEvent {
+    DeadEvent {
+        request_id: event.id.clone(),
+        function: event.function.clone(),
+        qualifier: event.qualifier.clone(),
+        attempts: state.attempts,
+        accepted_at: crate::clock::rfc3339(event.created_ms),
+        failed_at: crate::clock::rfc3339(state.failed_ms.unwrap_or(0)),
+        last_error: state.error.clone().unwrap_or_default(),
+        content_type: event.content_type.clone(),
+        size_bytes: event.data.len() as u64,
+        data: None,
+    }
+}
+
+impl EventQueue for ClusterQueue {
+    fn enqueue(
+        &self,
+        events: &[NewEvent],
+        now_ms: u64,
+        idempotency_window_ms: u64,
+    ) -> StoreResult<Vec<Enqueued>> {
+        let (ordered, shared): (Vec<_>, Vec<_>) = events
+            .iter()
+            .enumerate()
+            .partition(|(_, e)| e.ordering_key.is_some());
+        let mut results = vec![Enqueued::New; events.len()];
+        if !ordered.is_empty() {
+            let batch: Vec<NewEvent> = ordered.iter().map(|(_, e)| (*e).clone()).collect();
+            let local = self.local.enqueue(&batch, now_ms, idempotency_window_ms)?;
+            for ((index, _), result) in ordered.iter().zip(local) {
+                results[*index] = result;
+            }
+        }
+        if !shared.is_empty() {
+            let batch: Vec<&NewEvent> = shared.iter().map(|(_, e)| *e).collect();
+            let published = self.block_on(self.enqueue_shared(&batch, now_ms))?;
+            for ((index, _), result) in shared.iter().zip(published) {
+                results[*index] = result;
+            }
+        }
+        Ok(results)
+    }
+
+    fn recover(&self) -> StoreResult<u64> {
+        // The shared queue's deliveries come back by themselves after ACK_WAIT.
+        self.local.recover()
+    }
+
+    fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
+        let mut claimed = self.local.claim(now_ms, limit)?;
+        let room = limit - claimed.len();
+        if room > 0 {
+            claimed.extend(self.block_on(self.claim_shared(now_ms, room))?);
+        }
+        Ok(claimed)
+    }
+
+    fn complete(&self, id: &str) -> StoreResult<()> {
+        match self.take(id) {
+            Some(held) => self.block_on(self.settle(held, None)),
+            None => self.local.complete(id),
+        }
+    }
+
+    fn retry(
+        &self,
+        id: &str,
+        not_before_ms: u64,
+        error: &str,
+        count_attempt: bool,
+    ) -> StoreResult<()> {
+        let Some(held) = self.take(id) else {
+            return self.local.retry(id, not_before_ms, error, count_attempt);
+        };
+        let state = State {
+            attempts: held.attempts - u32::from(!count_attempt),
+            not_before_ms,
+            error: Some(error.to_owned()),
+            failed_ms: None,
+        };
+        let next = encode(&held.event, state)?;
+        self.block_on(self.settle(held, Some((EVENTS_SUBJECT.to_owned(), next))))
+    }
+
+    fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()> {
+        let Some(held) = self.take(id) else {
+            return self.local.kill(id, now_ms, error);
+        };
+        let state = State {
+            attempts: held.attempts,
+            not_before_ms: 0,
+            error: Some(error.to_owned()),
+            failed_ms: Some(now_ms),
+        };
+        let dead = encode(&held.event, state)?;
+        self.block_on(self.settle(held, Some((dead_subject(id), dead))))
+    }
+
+    fn set_data(&self, id: &str, data: &[u8]) -> StoreResult<()> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.get_mut(id) {
+            Some(h) => {
+                h.event.data = data.to_vec();
+                Ok(())
+            }
+            None => {
+                drop(held);
+                self.local.set_data(id, data)
+            }
+        }
+    }
+
+    fn next_ready_ms(&self) -> StoreResult<Option<u64>> {
+        self.local.next_ready_ms()
+    }
+
+    fn depth(&self) -> StoreResult<(u64, u64)> {
+        let (local_waiting, local_dead) = self.local.depth()?;
+        let (waiting, dead) = self.block_on(async {
+            let events = self.js.context.get_stream(EVENTS_STREAM).await?;
+            let dead = self.js.context.get_stream(DEAD_STREAM).await?;
+            Ok((
+                events.cached_info().state.messages,
+                dead.cached_info().state.messages,
+            ))
+        })?;
+        Ok((local_waiting + waiting, local_dead + dead))
+    }
+
+    fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>> {
+        let mut dead: Vec<DeadEvent> = self
+            .block_on(self.dead_matching(None, function, limit))?
+            .iter()
+            .map(|(_, event, state)| dead_event(event, state))
+            .collect();
+        dead.extend(self.local.dead(function, limit)?);
+        dead.sort_by(|a, b| b.failed_at.cmp(&a.failed_at));
+        dead.truncate(limit);
+        Ok(dead)
+    }
+
+    fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>> {
+        let shared = self.block_on(self.dead_matching(Some(id), None, 1))?;
+        match shared.into_iter().next() {
+            Some((_, event, state)) => Ok(Some((dead_event(&event, &state), event.data))),
+            None => self.local.dead_event(id),
+        }
+    }
+
+    fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64> {
+        let local = self.local.redrive(id, function, now_ms)?;
+        let shared = self.block_on(async {
+            let stream = self.js.context.get_stream(DEAD_STREAM).await?;
+            let mut count = 0;
+            for (seq, mut event, _) in self.dead_matching(id, function, usize::MAX).await? {
+                // The operator's "go on": fresh attempts and age, and a fresh budget
+                // for the lineage (a loop still there stops after another one).
+                if let Some(root) = &event.root_id {
+                    self.lineages.purge(token(root)).await?;
+                }
+                event.created_ms = now_ms;
+                self.publish(EVENTS_SUBJECT, encode(&event, State::default())?, None)
+                    .await?;
+                stream.delete_message(seq).await?;
+                count += 1;
+            }
+            Ok(count)
+        })?;
+        Ok(local + shared)
+    }
+
+    fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64> {
+        let local = self.local.purge(id, function)?;
+        let shared = self.block_on(async {
+            let stream = self.js.context.get_stream(DEAD_STREAM).await?;
+            let mut count = 0;
+            for (seq, ..) in self.dead_matching(id, function, usize::MAX).await? {
+                stream.delete_message(seq).await?;
+                count += 1;
+            }
+            Ok(count)
+        })?;
+        Ok(local + shared)
+    }
+
+    fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64> {
+        // The shared counts are forgotten by the bucket's age limit.
+        self.local.forget_lineages(idle_since_ms)
+    }
+}
