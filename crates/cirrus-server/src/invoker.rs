@@ -372,6 +372,7 @@ impl Invoker {
                 body: StreamedBody {
                     rx: body_rx,
                     outcome: Some(outcome_rx),
+                    cut: None,
                     // Dropping the body (the client went away) stops a nested call.
                     _cancel_on_drop: cancel_on_drop.take(),
                 },
@@ -890,6 +891,8 @@ pub enum Streamed {
 pub struct StreamedBody {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     outcome: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    /// The failure that cuts the body, held back for one turn (see `poll_frame`).
+    cut: Option<String>,
     _cancel_on_drop: Option<tokio_util::sync::DropGuard>,
 }
 
@@ -919,6 +922,11 @@ impl hyper::body::Body for StreamedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         use std::task::Poll;
+        if let Some(message) = self.cut.take() {
+            return Poll::Ready(Some(Err(
+                format!("streamed response cut off: {message}").into()
+            )));
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(piece)) => {
                 return Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
@@ -938,10 +946,14 @@ impl hyper::body::Body for StreamedBody {
         self.outcome = None;
         match ended {
             None => Poll::Ready(None),
-            Some(message) => Poll::Ready(Some(Err(format!(
-                "streamed response cut off: {message}"
-            )
-            .into()))),
+            // hyper drops what it has not yet flushed (the head, the last pieces) when a
+            // body fails: one `Pending` first lets it flush them, so the client gets
+            // everything sent before the cut.
+            Some(message) => {
+                self.cut = Some(message);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
         }
     }
 }
