@@ -248,7 +248,7 @@ impl Server {
                     replicas,
                     config.queue.idempotency_window,
                     crate::queue::LINEAGE_MEMORY,
-                    store.clone(),
+                    config.retention.dead_letter_max_age,
                 )
                 .await?;
                 queue.set_lineage_budget(lineage_budget);

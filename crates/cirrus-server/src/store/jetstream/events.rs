@@ -20,9 +20,17 @@
 //!   `cirrus_idempotency` for the duplicate's answer.
 //! - Lineage budgets are counts in the KV bucket `cirrus_lineages`, raised by
 //!   compare-and-set (exact across nodes) and forgotten a day after their last event.
-//! - Events with an ordering key (from a node's own event sources) stay in that node's
-//!   SQLite queue: one-at-a-time, in-order delivery needs one consumer per key, which
-//!   the node whose source produced them is.
+//! - Events with an ordering key (a KV table's changes to one key, a NATS or
+//!   PostgreSQL trigger's messages) go to one of [`ORDER_PARTITIONS`] subjects
+//!   `cirrus.ordered.N`, by a hash of the key, each pulled through its own durable
+//!   consumer that has at most one delivery outstanding (`max_ack_pending = 1`): a
+//!   partition's events run one at a time, in the order queued, on whichever node.
+//!   Every node follows every partition (a pull that stays open), so the head of each
+//!   goes to one node, which holds it until it is done: a retry (busy or failed) waits
+//!   on that node, still confirmed, so the events behind it wait too, as one node's
+//!   queue makes them. If the node dies, the head goes to another node, its attempts
+//!   counted from JetStream's delivery count. Keys that share a partition wait for each
+//!   other's retries: the price of a fixed number of consumers.
 
 use super::{open_kv, retry, JetStream};
 use crate::store::{DeadEvent, Enqueued, EventQueue, NewEvent, QueuedEvent, StoreResult};
@@ -38,6 +46,9 @@ use std::time::Duration;
 pub const EVENTS_STREAM: &str = "cirrus_events";
 pub const DEAD_STREAM: &str = "cirrus_dead";
 const EVENTS_SUBJECT: &str = "cirrus.events";
+const ORDERED_PREFIX: &str = "cirrus.ordered";
+/// Partitions of events with an ordering key (one consumer each).
+pub const ORDER_PARTITIONS: u32 = 16;
 const DEAD_PREFIX: &str = "cirrus.dead";
 const CONSUMER: &str = "cirrus_dispatch";
 const LINEAGE_BUCKET: &str = "cirrus_lineages";
@@ -48,6 +59,10 @@ pub const ACK_WAIT: Duration = Duration::from_secs(3);
 /// How often a node confirms the deliveries it is still running (well within
 /// [`ACK_WAIT`], so a busy moment does not lose one).
 const PROGRESS_EVERY: Duration = Duration::from_millis(750);
+/// A delivery held longer than this (longer than the longest timeout, 15 minutes, plus
+/// recording its outcome) is presumed lost by its task: it is no longer confirmed, so
+/// JetStream delivers it again, as SQLite's lease does.
+const HOLD_AT_MOST: Duration = Duration::from_secs(20 * 60);
 /// Dead events looked through at most by a listing (newest first).
 const DEAD_SCAN: u64 = 100_000;
 
@@ -65,6 +80,8 @@ struct Head {
     webhook: Option<String>,
     parent_id: Option<String>,
     root_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ordering_key: Option<String>,
     hops: u32,
     trigger: String,
     created_ms: u64,
@@ -100,6 +117,7 @@ fn encode(event: &NewEvent, state: State) -> StoreResult<bytes::Bytes> {
         webhook: event.webhook.clone(),
         parent_id: event.parent_id.clone(),
         root_id: event.root_id.clone(),
+        ordering_key: event.ordering_key.clone(),
         hops: event.hops,
         trigger: event.trigger.as_str().to_owned(),
         created_ms: event.created_ms,
@@ -135,7 +153,7 @@ fn decode(message: &[u8]) -> StoreResult<(NewEvent, State)> {
         webhook: head.webhook,
         parent_id: head.parent_id,
         root_id: head.root_id,
-        ordering_key: None,
+        ordering_key: head.ordering_key,
         hops: head.hops,
         trigger: head.trigger.parse().unwrap_or(cirrus_api::Trigger::Async),
         data: data.to_vec(),
@@ -156,6 +174,24 @@ fn token(text: &str) -> String {
     crate::sigv4::sha256_hex(text.as_bytes())[..40].to_owned()
 }
 
+/// Where an event waits: the shared subject, or its ordering key's partition.
+fn subject_of(event: &NewEvent) -> String {
+    match &event.ordering_key {
+        Some(key) => format!("{ORDERED_PREFIX}.{}", partition(key)),
+        None => EVENTS_SUBJECT.to_owned(),
+    }
+}
+
+/// The partition of an ordering key.
+pub fn partition(key: &str) -> u32 {
+    let hash = crate::sigv4::sha256_hex(key.as_bytes());
+    u32::from_str_radix(&hash[..8], 16).unwrap_or(0) % ORDER_PARTITIONS
+}
+
+fn ordered_consumer(partition: u32) -> String {
+    format!("cirrus_ordered_{partition}")
+}
+
 fn dead_subject(id: &str) -> String {
     format!("{DEAD_PREFIX}.{}", token(id))
 }
@@ -166,6 +202,11 @@ struct Held {
     event: NewEvent,
     /// Including the one running.
     attempts: u32,
+    since: std::time::Instant,
+    /// Pulled through an ordering key's partition.
+    ordered: bool,
+    /// For an ordered event this node holds and is not running: when to offer it.
+    again_at: Option<u64>,
 }
 
 /// The cluster's event queue (see the module's documentation).
@@ -174,8 +215,6 @@ pub struct ClusterQueue {
     consumer: consumer::PullConsumer,
     lineages: kv::Store,
     idempotency: kv::Store,
-    /// Events with an ordering key (see the module's documentation).
-    local: Arc<dyn EventQueue>,
     held: Arc<Mutex<HashMap<String, Held>>>,
     budget: AtomicU64,
     /// The queue's callers are blocking threads: JetStream is reached on this runtime.
@@ -190,13 +229,13 @@ impl ClusterQueue {
         replicas: usize,
         idempotency_window: Duration,
         lineage_memory: Duration,
-        local: Arc<dyn EventQueue>,
+        dead_max_age: Option<Duration>,
     ) -> StoreResult<Arc<Self>> {
         let events = retry::within(retry::FORMING, "JetStream is not ready yet", || {
             js.context.get_or_create_stream(stream::Config {
                 name: EVENTS_STREAM.into(),
                 description: Some("Cirrus asynchronous events waiting for delivery".into()),
-                subjects: vec![EVENTS_SUBJECT.into()],
+                subjects: vec![EVENTS_SUBJECT.into(), format!("{ORDERED_PREFIX}.*")],
                 retention: stream::RetentionPolicy::WorkQueue,
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
@@ -213,6 +252,9 @@ impl ClusterQueue {
                 subjects: vec![format!("{DEAD_PREFIX}.*")],
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
+                // Dead events are removed this long after they failed (the retention
+                // setting), as on one node.
+                max_age: dead_max_age.unwrap_or(Duration::ZERO),
                 ..Default::default()
             })
         })
@@ -224,6 +266,7 @@ impl ClusterQueue {
                 consumer::pull::Config {
                     durable_name: Some(CONSUMER.into()),
                     description: Some("Cirrus nodes delivering events".into()),
+                    filter_subject: EVENTS_SUBJECT.into(),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: ACK_WAIT,
                     // Attempts are counted in the events themselves.
@@ -236,6 +279,29 @@ impl ClusterQueue {
         })
         .await
         .with_context(|| format!("opening the JetStream consumer {CONSUMER}"))?;
+        let mut partitions = Vec::new();
+        for partition in 0..ORDER_PARTITIONS {
+            let name = ordered_consumer(partition);
+            let consumer = retry::within(retry::FORMING, "JetStream is not ready yet", || {
+                events.get_or_create_consumer(
+                    &name,
+                    consumer::pull::Config {
+                        durable_name: Some(name.clone()),
+                        description: Some("Cirrus nodes delivering ordered events".into()),
+                        filter_subject: format!("{ORDERED_PREFIX}.{partition}"),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: ACK_WAIT,
+                        max_deliver: -1,
+                        // One at a time: the partition's order.
+                        max_ack_pending: 1,
+                        ..Default::default()
+                    },
+                )
+            })
+            .await
+            .with_context(|| format!("opening the JetStream consumer {name}"))?;
+            partitions.push(consumer);
+        }
         let lineages = open_kv(
             &js.context,
             LINEAGE_BUCKET,
@@ -257,12 +323,14 @@ impl ClusterQueue {
             consumer,
             lineages,
             idempotency,
-            local,
             held: Arc::default(),
             budget: AtomicU64::new(crate::lineage::DEFAULT_MAX_LINEAGE_EVENTS),
             runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(confirm_progress(Arc::downgrade(&queue.held)));
+        for consumer in partitions {
+            tokio::spawn(follow_partition(Arc::downgrade(&queue), consumer));
+        }
         Ok(queue)
     }
 
@@ -272,10 +340,7 @@ impl ClusterQueue {
     }
 
     fn take(&self, id: &str) -> Option<Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id)
+        self.lock_held().remove(id)
     }
 
     /// Publishes to the events stream, waiting for JetStream to have it.
@@ -367,18 +432,19 @@ impl ClusterQueue {
                 continue;
             }
             let payload = encode(event, State::default())?;
+            let subject = subject_of(event);
             let Some(key) = &event.idempotency_key else {
                 let ack = self
                     .js
                     .context
-                    .publish(EVENTS_SUBJECT, payload.clone())
+                    .publish(subject.clone(), payload.clone())
                     .await;
-                sent.push((payload, ack));
+                sent.push((subject, payload, ack));
                 results.push(Enqueued::New);
                 continue;
             };
             let key = token(&format!("{}\n{key}", event.function));
-            let ack = self.publish(EVENTS_SUBJECT, payload, Some(&key)).await?;
+            let ack = self.publish(&subject, payload, Some(&key)).await?;
             if ack.duplicate {
                 results.push(Enqueued::Duplicate(self.first_of(&key).await?));
             } else {
@@ -389,13 +455,13 @@ impl ClusterQueue {
                 results.push(Enqueued::New);
             }
         }
-        for (payload, ack) in sent {
+        for (subject, payload, ack) in sent {
             let stored = match ack {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             };
             if !stored {
-                self.publish(EVENTS_SUBJECT, payload, None).await?;
+                self.publish(&subject, payload, None).await?;
             }
         }
         Ok(results)
@@ -413,7 +479,8 @@ impl ClusterQueue {
         anyhow::bail!("an idempotency key's first event is not recorded")
     }
 
-    async fn claim_shared(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
+    /// Pulls up to `limit` events from the shared consumer and holds them.
+    async fn pull(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
         let mut batch = self
             .consumer
             .fetch()
@@ -424,13 +491,8 @@ impl ClusterQueue {
         let mut claimed = Vec::new();
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
-            let (event, state) = match decode(&message.payload) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    tracing::error!("dropping an unreadable event message: {e:#}");
-                    let _ = message.ack_with(AckKind::Term).await;
-                    continue;
-                }
+            let Some((event, state)) = readable(&message).await else {
+                continue;
             };
             if state.not_before_ms > now_ms {
                 let wait = Duration::from_millis(state.not_before_ms - now_ms);
@@ -442,19 +504,57 @@ impl ClusterQueue {
                 event: event.clone(),
                 attempts,
             });
-            self.held
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(
-                    event.id.clone(),
-                    Held {
-                        message,
-                        event,
-                        attempts,
-                    },
-                );
+            self.hold(message, event, attempts, false, None);
         }
         Ok(claimed)
+    }
+
+    fn hold(
+        &self,
+        message: jetstream::Message,
+        event: NewEvent,
+        attempts: u32,
+        ordered: bool,
+        again_at: Option<u64>,
+    ) {
+        self.lock_held().insert(
+            event.id.clone(),
+            Held {
+                message,
+                event,
+                attempts,
+                since: std::time::Instant::now(),
+                ordered,
+                again_at,
+            },
+        );
+    }
+
+    /// Ordered events this node holds that are due (a partition's new head, or one
+    /// whose retry time has come).
+    fn offer_again(&self, now_ms: u64, limit: usize) -> Vec<QueuedEvent> {
+        let mut held = self.lock_held();
+        let mut due = Vec::new();
+        for h in held.values_mut() {
+            if due.len() >= limit {
+                break;
+            }
+            if h.again_at.is_some_and(|at| at <= now_ms) {
+                h.again_at = None;
+                h.since = std::time::Instant::now();
+                due.push(QueuedEvent {
+                    event: h.event.clone(),
+                    attempts: h.attempts,
+                });
+            }
+        }
+        due
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ends a held delivery with `next` published first (a retry or the dead copy),
@@ -530,18 +630,80 @@ impl ClusterQueue {
     }
 }
 
+/// An event message, or `None` for one that cannot be read (dropped, with a log line).
+async fn readable(message: &jetstream::Message) -> Option<(NewEvent, State)> {
+    match decode(&message.payload) {
+        Ok(decoded) => Some(decoded),
+        Err(e) => {
+            tracing::error!("dropping an unreadable event message: {e:#}");
+            let _ = message.ack_with(AckKind::Term).await;
+            None
+        }
+    }
+}
+
+/// Keeps a pull open on an ordering partition: its head, when this node gets it, is
+/// held and offered to the dispatcher when due.
+async fn follow_partition(queue: std::sync::Weak<ClusterQueue>, consumer: consumer::PullConsumer) {
+    loop {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        match messages {
+            Ok(mut messages) => {
+                while let Some(message) = messages.next().await {
+                    let Some(queue) = queue.upgrade() else { return };
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::debug!("following an ordered partition: {e}");
+                            break;
+                        }
+                    };
+                    let Some((event, state)) = readable(&message).await else {
+                        continue;
+                    };
+                    // Earlier deliveries of this message were attempts on a node that
+                    // stopped.
+                    let delivered = message.info().map_or(1, |i| i.delivered.max(1));
+                    let attempts = state.attempts + u32::try_from(delivered).unwrap_or(u32::MAX);
+                    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                    let due = state.not_before_ms.max(now);
+                    queue.hold(message, event, attempts, true, Some(due));
+                }
+            }
+            Err(e) => tracing::warn!("following an ordered partition: {e}"),
+        }
+        if queue.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Confirms, every [`PROGRESS_EVERY`], the deliveries this node is running, so that JetStream
 /// gives them to another node only when this one stops.
 async fn confirm_progress(held: std::sync::Weak<Mutex<HashMap<String, Held>>>) {
     loop {
         tokio::time::sleep(PROGRESS_EVERY).await;
         let Some(held) = held.upgrade() else { return };
-        let running: Vec<jetstream::Message> = held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .map(|h| h.message.clone())
-            .collect();
+        let running: Vec<jetstream::Message> = {
+            let mut held = held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.retain(|id, h| {
+                let lost = h.since.elapsed() > HOLD_AT_MOST;
+                if lost {
+                    tracing::warn!(request_id = %id, "an event's delivery outlived its lease; it will be delivered again");
+                }
+                !lost
+            });
+            held.values().map(|h| h.message.clone()).collect()
+        };
         drop(held);
         for message in running {
             if let Err(e) = message.ack_with(AckKind::Progress).await {
@@ -571,40 +733,24 @@ impl EventQueue for ClusterQueue {
         &self,
         events: &[NewEvent],
         now_ms: u64,
-        idempotency_window_ms: u64,
+        _idempotency_window_ms: u64,
     ) -> StoreResult<Vec<Enqueued>> {
-        let (ordered, shared): (Vec<_>, Vec<_>) = events
-            .iter()
-            .enumerate()
-            .partition(|(_, e)| e.ordering_key.is_some());
-        let mut results = vec![Enqueued::New; events.len()];
-        if !ordered.is_empty() {
-            let batch: Vec<NewEvent> = ordered.iter().map(|(_, e)| (*e).clone()).collect();
-            let local = self.local.enqueue(&batch, now_ms, idempotency_window_ms)?;
-            for ((index, _), result) in ordered.iter().zip(local) {
-                results[*index] = result;
-            }
-        }
-        if !shared.is_empty() {
-            let batch: Vec<&NewEvent> = shared.iter().map(|(_, e)| *e).collect();
-            let published = self.block_on(self.enqueue_shared(&batch, now_ms))?;
-            for ((index, _), result) in shared.iter().zip(published) {
-                results[*index] = result;
-            }
-        }
-        Ok(results)
+        // The window is the stream's de-duplication window and the idempotency bucket's
+        // age, both set when they were made.
+        let events: Vec<&NewEvent> = events.iter().collect();
+        self.block_on(self.enqueue_shared(&events, now_ms))
     }
 
     fn recover(&self) -> StoreResult<u64> {
-        // The shared queue's deliveries come back by themselves after ACK_WAIT.
-        self.local.recover()
+        // Deliveries a stopped node held come back by themselves after ACK_WAIT.
+        Ok(0)
     }
 
     fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
-        let mut claimed = self.local.claim(now_ms, limit)?;
-        let room = limit - claimed.len();
-        if room > 0 {
-            claimed.extend(self.block_on(self.claim_shared(now_ms, room))?);
+        let mut claimed = self.offer_again(now_ms, limit);
+        if claimed.len() < limit {
+            let room = limit - claimed.len();
+            claimed.extend(self.block_on(self.pull(now_ms, room))?);
         }
         Ok(claimed)
     }
@@ -612,7 +758,7 @@ impl EventQueue for ClusterQueue {
     fn complete(&self, id: &str) -> StoreResult<()> {
         match self.take(id) {
             Some(held) => self.block_on(self.settle(held, None)),
-            None => self.local.complete(id),
+            None => Ok(()),
         }
     }
 
@@ -623,22 +769,35 @@ impl EventQueue for ClusterQueue {
         error: &str,
         count_attempt: bool,
     ) -> StoreResult<()> {
-        let Some(held) = self.take(id) else {
-            return self.local.retry(id, not_before_ms, error, count_attempt);
+        let mut held = self.lock_held();
+        let Some(h) = held.get_mut(id) else {
+            return Ok(());
         };
+        if h.ordered {
+            // It keeps its partition's head: this node offers it again when due, still
+            // confirming it, so the events behind it wait.
+            h.again_at = Some(not_before_ms);
+            h.attempts += u32::from(count_attempt);
+            return Ok(());
+        }
+        let Some(h) = held.remove(id) else {
+            return Ok(());
+        };
+        drop(held);
         let state = State {
-            attempts: held.attempts - u32::from(!count_attempt),
+            attempts: h.attempts - u32::from(!count_attempt),
             not_before_ms,
             error: Some(error.to_owned()),
             failed_ms: None,
         };
-        let next = encode(&held.event, state)?;
-        self.block_on(self.settle(held, Some((EVENTS_SUBJECT.to_owned(), next))))
+        let next = encode(&h.event, state)?;
+        let subject = subject_of(&h.event);
+        self.block_on(self.settle(h, Some((subject, next))))
     }
 
     fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()> {
         let Some(held) = self.take(id) else {
-            return self.local.kill(id, now_ms, error);
+            return Ok(());
         };
         let state = State {
             attempts: held.attempts,
@@ -651,62 +810,46 @@ impl EventQueue for ClusterQueue {
     }
 
     fn set_data(&self, id: &str, data: &[u8]) -> StoreResult<()> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match held.get_mut(id) {
-            Some(h) => {
-                h.event.data = data.to_vec();
-                Ok(())
-            }
-            None => {
-                drop(held);
-                self.local.set_data(id, data)
-            }
+        if let Some(h) = self.lock_held().get_mut(id) {
+            h.event.data = data.to_vec();
         }
+        Ok(())
     }
 
     fn next_ready_ms(&self) -> StoreResult<Option<u64>> {
-        self.local.next_ready_ms()
+        // JetStream holds the waiting events' times; the dispatcher polls.
+        Ok(None)
     }
 
     fn depth(&self) -> StoreResult<(u64, u64)> {
-        let (local_waiting, local_dead) = self.local.depth()?;
-        let (waiting, dead) = self.block_on(async {
+        self.block_on(async {
             let events = self.js.context.get_stream(EVENTS_STREAM).await?;
             let dead = self.js.context.get_stream(DEAD_STREAM).await?;
             Ok((
                 events.cached_info().state.messages,
                 dead.cached_info().state.messages,
             ))
-        })?;
-        Ok((local_waiting + waiting, local_dead + dead))
+        })
     }
 
     fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>> {
-        let mut dead: Vec<DeadEvent> = self
+        Ok(self
             .block_on(self.dead_matching(None, function, limit))?
             .iter()
             .map(|(_, event, state)| dead_event(event, state))
-            .collect();
-        dead.extend(self.local.dead(function, limit)?);
-        dead.sort_by(|a, b| b.failed_at.cmp(&a.failed_at));
-        dead.truncate(limit);
-        Ok(dead)
+            .collect())
     }
 
     fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>> {
-        let shared = self.block_on(self.dead_matching(Some(id), None, 1))?;
-        match shared.into_iter().next() {
-            Some((_, event, state)) => Ok(Some((dead_event(&event, &state), event.data))),
-            None => self.local.dead_event(id),
-        }
+        let found = self.block_on(self.dead_matching(Some(id), None, 1))?;
+        Ok(found
+            .into_iter()
+            .next()
+            .map(|(_, event, state)| (dead_event(&event, &state), event.data)))
     }
 
     fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64> {
-        let local = self.local.redrive(id, function, now_ms)?;
-        let shared = self.block_on(async {
+        self.block_on(async {
             let stream = self.js.context.get_stream(DEAD_STREAM).await?;
             let mut count = 0;
             for (seq, mut event, _) in self.dead_matching(id, function, usize::MAX).await? {
@@ -716,19 +859,18 @@ impl EventQueue for ClusterQueue {
                     self.lineages.purge(token(root)).await?;
                 }
                 event.created_ms = now_ms;
-                self.publish(EVENTS_SUBJECT, encode(&event, State::default())?, None)
+                let subject = subject_of(&event);
+                self.publish(&subject, encode(&event, State::default())?, None)
                     .await?;
                 stream.delete_message(seq).await?;
                 count += 1;
             }
             Ok(count)
-        })?;
-        Ok(local + shared)
+        })
     }
 
     fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64> {
-        let local = self.local.purge(id, function)?;
-        let shared = self.block_on(async {
+        self.block_on(async {
             let stream = self.js.context.get_stream(DEAD_STREAM).await?;
             let mut count = 0;
             for (seq, ..) in self.dead_matching(id, function, usize::MAX).await? {
@@ -736,12 +878,11 @@ impl EventQueue for ClusterQueue {
                 count += 1;
             }
             Ok(count)
-        })?;
-        Ok(local + shared)
+        })
     }
 
-    fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64> {
-        // The shared counts are forgotten by the bucket's age limit.
-        self.local.forget_lineages(idle_since_ms)
+    fn forget_lineages(&self, _idle_since_ms: u64) -> StoreResult<u64> {
+        // The bucket's age limit forgets them.
+        Ok(0)
     }
 }
