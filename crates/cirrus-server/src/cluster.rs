@@ -3,9 +3,9 @@
 //!
 //! Shared today: function metadata (deploys, aliases, triggers), artifacts, schedule
 //! ticks, the cluster's credentials, invocation records and logs (every node keeps all
-//! of them), secrets, API keys and the audit log. Still kept by each node: the event
-//! queue. Not yet shared, so refused here with 501 instead of answering from one node's
-//! disk: buckets and objects (the S3 API and `/v1/buckets`) and KV tables.
+//! of them), secrets, API keys, the audit log, the event queue and KV tables. Not yet
+//! shared, so refused here with 501 instead of answering from one node's disk: buckets
+//! and objects (the S3 API and `/v1/buckets`).
 //!
 //! A node that has lost NATS refuses management writes with 503 (they could not be
 //! stored) and serves invocations of what it already knows; it reconnects by itself.
@@ -40,10 +40,7 @@ pub fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// Path prefixes whose state cluster mode does not share yet.
-const NOT_SHARED: &[(&str, &str)] = &[
-    ("/v1/buckets", "buckets and objects"),
-    ("/v1/kv", "KV tables"),
-];
+const NOT_SHARED: &[(&str, &str)] = &[("/v1/buckets", "buckets and objects")];
 
 fn not_shared(path: &str) -> Option<&'static str> {
     NOT_SHARED
@@ -63,6 +60,8 @@ fn writes_shared_state(method: &Method, path: &str) -> bool {
         && !path.ends_with("invocations")
         && (path.starts_with("/v1/functions")
             || path.starts_with("/v1/triggers")
+            || path.starts_with("/v1/kv")
+            || path.starts_with("/v1/dlq")
             || path.starts_with("/20"))
 }
 
@@ -102,9 +101,12 @@ mod tests {
 
     #[test]
     fn unshared_state_is_named_by_whole_path_segments() {
-        assert_eq!(not_shared("/v1/kv/orders/a"), Some("KV tables"));
-        assert_eq!(not_shared("/v1/kv"), Some("KV tables"));
-        assert_eq!(not_shared("/v1/kvx"), None);
+        assert_eq!(not_shared("/v1/buckets/b/k"), Some("buckets and objects"));
+        assert_eq!(not_shared("/v1/buckets"), Some("buckets and objects"));
+        assert_eq!(not_shared("/v1/bucketsx"), None);
+        assert_eq!(not_shared("/v1/kv/orders/a"), None);
+        assert!(writes_shared_state(&Method::PUT, "/v1/kv/orders/a"));
+        assert!(!writes_shared_state(&Method::GET, "/v1/kv/orders/a"));
         assert_eq!(not_shared("/v1/functions/f"), None);
         assert!(writes_shared_state(&Method::PUT, "/v1/functions/f"));
         assert!(!writes_shared_state(

@@ -475,7 +475,8 @@ impl Dispatcher {
                 }
                 Destination::Kv(table) => {
                     // Keyed by the step's request id: a repeated step rewrites its own row.
-                    self.kv
+                    let written = self
+                        .kv
                         .write(
                             table,
                             &event.id,
@@ -490,6 +491,11 @@ impl Dispatcher {
                                 format!("writing {table}/{}: {e:#}", event.id),
                             )
                         })?;
+                    if let crate::store::KvWrite::TooLarge(limit) = written {
+                        return Err(ApiError::bad_request(format!(
+                            "the result is larger than the {limit} bytes a row of {table} holds"
+                        )));
+                    }
                     wrote_rows = true;
                 }
                 Destination::Bucket { bucket, key } => {

@@ -256,7 +256,17 @@ impl Server {
             }
             None => store.clone(),
         };
-        let kv: Arc<dyn crate::store::KvStore> = store.clone();
+        let kv: Arc<dyn crate::store::KvStore> = match &cluster {
+            Some(cluster) => Arc::new(
+                crate::store::jetstream::tables::ClusterTables::open(
+                    &cluster.store,
+                    config.cluster.as_ref().map_or(1, |o| o.replicas),
+                    event_queue.clone(),
+                )
+                .await?,
+            ),
+            None => store.clone(),
+        };
         let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
         let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
         let access_store: Arc<dyn crate::store::AccessStore> = match &cluster {

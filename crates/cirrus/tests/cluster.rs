@@ -126,20 +126,13 @@ fn a_deploy_on_one_node_is_served_by_every_node() {
 
     // What is not shared yet is refused on every node, with nothing done.
     let (status, body) = call(
-        "GET",
-        &format!("{}/v1/kv/t", a.url),
-        Some(&a.admin_token()),
-        None,
-    );
-    assert_eq!(status, 501, "{body}");
-    assert!(body.contains("not shared between cluster nodes"), "{body}");
-    let (status, body) = call(
         "PUT",
         &format!("{}/v1/buckets/photos", b.url),
         Some(&b.admin_token()),
         None,
     );
     assert_eq!(status, 501, "{body}");
+    assert!(body.contains("not shared between cluster nodes"), "{body}");
     let (status, body) = call("PUT", &format!("{}/photos", a.s3), None, None);
     assert_eq!(status, 501, "{body}");
     assert!(body.contains("<Code>NotImplemented</Code>"), "{body}");
@@ -593,4 +586,113 @@ fn failed_events_retry_and_dead_letter_once_for_the_whole_cluster() {
         "purged 1 event(s)"
     );
     assert!(b.cli_json(&["dlq", "ls"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
+    let nats = NatsServer::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &nats.url(), &[]);
+    let b = node(db.path(), &nats.url(), &[]);
+    let token = a.admin_token();
+    a.cli_ok(&[
+        "deploy",
+        "watcher",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    a.cli_ok(&["trigger", "add", "watcher", "--table", "orders"]);
+    eventually(Duration::from_secs(5), "B has the trigger", || {
+        b.cli_json(&["trigger", "ls", "watcher"])
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+    });
+    let row = |up: &Up, key: &str| format!("{}/v1/kv/orders/{key}", up.url);
+
+    // Rows written on B are read and listed on A.
+    const ROWS: usize = 40;
+    for i in 0..ROWS {
+        let (status, body) = call(
+            "PUT",
+            &row(&b, &format!("k{i}")),
+            Some(&token),
+            Some(&format!("{{\"n\":{i}}}")),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        call("GET", &row(&a, "k7"), Some(&token), None),
+        (200, "{\"n\":7}".into())
+    );
+    let listed = a.cli_json(&["kv", "ls", "orders", "--limit", "100"]);
+    assert_eq!(listed["items"].as_array().unwrap().len(), ROWS, "{listed}");
+
+    // Conditional writes hold across nodes: version 1 is taken once.
+    let out = a.cli_ok(&[
+        "kv",
+        "put",
+        "orders",
+        "k0",
+        "{\"n\":100}",
+        "--if-version",
+        "1",
+    ]);
+    assert_eq!(out.trim(), "orders/k0 version 2");
+    let refused = b.cli(&[
+        "kv",
+        "put",
+        "orders",
+        "k0",
+        "{\"n\":200}",
+        "--if-version",
+        "1",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("conflict"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        call("GET", &row(&b, "k0"), Some(&token), None).1,
+        "{\"n\":100}"
+    );
+
+    // A value larger than a NATS message holds is refused whole, saying why.
+    let big = da.path().join("big");
+    std::fs::write(&big, vec![b'x'; (1 << 20) - 100]).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "PUT", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", big.display()))
+        .arg(row(&a, "big"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n413"), "{text}");
+    assert!(text.contains("max_payload"), "{text}");
+    assert_eq!(call("GET", &row(&b, "big"), Some(&token), None).0, 404);
+
+    // A delete on A is gone on B.
+    a.cli_ok(&["kv", "rm", "orders", "k39"]);
+    assert_eq!(call("GET", &row(&b, "k39"), Some(&token), None).0, 404);
+    let listed = b.cli_json(&["kv", "ls", "orders", "--limit", "100"]);
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        ROWS - 1,
+        "{listed}"
+    );
+
+    // Every change ran the trigger once, on either node: B's writes ran on A too.
+    let changes = ROWS + 2;
+    eventually(Duration::from_secs(30), "every change delivered", || {
+        let records = b.cli_json(&["invocations", "watcher", "--limit", "1000"]);
+        let items = records["items"].as_array().unwrap();
+        items.len() == changes && items.iter().all(|r| r["outcome"] == "success")
+    });
+    let (on_a, on_b) = (runs_here(&a, "watcher"), runs_here(&b, "watcher"));
+    assert_eq!(on_a + on_b, changes as u64);
+    assert!(
+        on_a > 0 && on_b > 0,
+        "changes written on B ran on A ({on_a}) and B ({on_b})"
+    );
 }

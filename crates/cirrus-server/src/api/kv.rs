@@ -73,6 +73,11 @@ async fn write(
         )
         .into()),
         KvWrite::Missing => Err(ApiError::not_found(format!("{table}/{key} does not exist")).into()),
+        KvWrite::TooLarge(limit) => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the value exceeds the {limit} bytes a row holds in cluster mode (the NATS server's max_payload, less the row's head); nothing was written"),
+        )
+        .into()),
     }
 }
 

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::{
-    ArtifactStore, Enqueued, EventQueue, FunctionStore, MetaChange, NewEvent, QueuedEvent,
-    VersionTaken,
+    ArtifactStore, Enqueued, EventQueue, FunctionStore, KvCondition, KvStore, KvWrite, MetaChange,
+    NewEvent, QueuedEvent, VersionTaken,
 };
 use crate::clock::Clock as _;
 use crate::testing::NatsServer;
@@ -325,7 +325,7 @@ async fn events_delivered_retried_and_dead_lettered(
 async fn claim_either(queues: [&Arc<dyn EventQueue>; 2]) -> (QueuedEvent, Arc<dyn EventQueue>) {
     for _ in 0..50 {
         for queue in queues {
-            if let Some(first) = on(queue, |q| q.claim(now_ms(), 16)).await.pop() {
+            if let Some(first) = on(queue, |q| q.claim(now_ms(), 1)).await.pop() {
                 return (first, queue.clone());
             }
         }
@@ -386,6 +386,151 @@ async fn ordered_events_one_at_a_time(a: Arc<dyn EventQueue>, b: Arc<dyn EventQu
     assert_eq!(on(&b, |q| q.depth()).await, (0, 0));
 }
 
+/// A write to `t/key` whose change event says `op:old→new` (versions), ordered by key.
+fn put(
+    kv: &Arc<dyn KvStore>,
+    key: &str,
+    value: Option<&str>,
+    condition: KvCondition,
+) -> impl std::future::Future<Output = KvWrite> {
+    let (kv, key, value) = (kv.clone(), key.to_owned(), value.map(str::to_owned));
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let change = |old: Option<(&cirrus_api::KvEntry, &[u8])>,
+                          new: Option<(&cirrus_api::KvEntry, &[u8])>| {
+                let v = |e: Option<(&cirrus_api::KvEntry, &[u8])>| {
+                    e.map_or("-".to_owned(), |(e, _)| e.version.to_string())
+                };
+                let body = format!("{key}:{}>{}", v(old), v(new));
+                vec![event("watcher", &body).ordered_by(format!("kv:t:{key}"))]
+            };
+            let value = value.as_deref().map(|v| (v.as_bytes(), Some("text/plain")));
+            kv.kv_write("t", &key, value, condition, now_ms(), &change)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+}
+
+fn version_of(written: KvWrite) -> u64 {
+    match written {
+        KvWrite::Done(entry) => entry.version,
+        other => panic!("not written: {other:?}"),
+    }
+}
+
+/// Rows written through either store are read through the other; versions count from
+/// 1 per key; conditions hold (also for writers racing on two stores); deleted rows
+/// leave listings; each write's change event is queued, in order.
+async fn kv_tables_round_trip(
+    a: Arc<dyn KvStore>,
+    b: Arc<dyn KvStore>,
+    queues: [Arc<dyn EventQueue>; 2],
+) {
+    assert_eq!(
+        version_of(put(&a, "k1", Some("one"), KvCondition::Absent).await),
+        1
+    );
+    assert!(matches!(
+        put(&b, "k1", Some("again"), KvCondition::Absent).await,
+        KvWrite::Conflict(Some(1))
+    ));
+    assert_eq!(
+        version_of(put(&b, "k1", Some("two"), KvCondition::Version(1)).await),
+        2
+    );
+    assert!(matches!(
+        put(&a, "k1", Some("late"), KvCondition::Version(1)).await,
+        KvWrite::Conflict(Some(2))
+    ));
+    let read = |kv: &Arc<dyn KvStore>, key: &str| {
+        let (kv, key) = (kv.clone(), key.to_owned());
+        async move {
+            tokio::task::spawn_blocking(move || kv.kv_get("t", &key))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let (entry, value) = read(&a, "k1").await.unwrap();
+    assert_eq!((entry.version, value.as_slice()), (2, &b"two"[..]));
+    assert_eq!(entry.content_type.as_deref(), Some("text/plain"));
+
+    for key in ["k2", "x/ü 1", "x/2"] {
+        put(&a, key, Some(key), KvCondition::Any).await;
+    }
+    let list = |kv: &Arc<dyn KvStore>, prefix: &str, after: Option<&str>, limit: usize| {
+        let (kv, prefix, after) = (kv.clone(), prefix.to_owned(), after.map(str::to_owned));
+        async move {
+            tokio::task::spawn_blocking(move || kv.kv_list("t", &prefix, after.as_deref(), limit))
+                .await
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(&b, "", None, 10).await, ["k1", "k2", "x/2", "x/ü 1"]);
+    assert_eq!(list(&b, "x/", None, 10).await, ["x/2", "x/ü 1"]);
+    assert_eq!(list(&b, "", Some("k2"), 1).await, ["x/2"]);
+
+    assert!(matches!(
+        put(&b, "k1", None, KvCondition::Version(1)).await,
+        KvWrite::Conflict(Some(2))
+    ));
+    assert_eq!(
+        version_of(put(&b, "k1", None, KvCondition::Version(2)).await),
+        2
+    );
+    assert!(read(&a, "k1").await.is_none());
+    assert_eq!(list(&a, "k", None, 10).await, ["k2"]);
+    assert!(matches!(
+        put(&a, "k1", None, KvCondition::Any).await,
+        KvWrite::Missing
+    ));
+    assert_eq!(
+        version_of(put(&a, "k1", Some("new"), KvCondition::Absent).await),
+        1
+    );
+
+    // Each write's change event, in the order of the writes, one at a time.
+    let [qa, qb] = &queues;
+    let mut changes = Vec::new();
+    for _ in 0..7 {
+        let (next, holder) = claim_either([qa, qb]).await;
+        changes.push(String::from_utf8(next.event.data.clone()).unwrap());
+        on(&holder, move |q| q.complete(&next.event.id)).await;
+    }
+    changes.retain(|c| c.starts_with("k1:"));
+    assert_eq!(changes, ["k1:->1", "k1:1>2", "k1:2>-", "k1:->1"]);
+
+    // Writers on both stores racing on one row: every increment lands once.
+    let increment = |kv: Arc<dyn KvStore>| async move {
+        for _ in 0..10 {
+            loop {
+                let (entry, value) = read(&kv, "counter").await.unwrap();
+                let n: u64 = String::from_utf8(value).unwrap().parse().unwrap();
+                let next = (n + 1).to_string();
+                let cond = KvCondition::Version(entry.version);
+                if let KvWrite::Done(_) = put(&kv, "counter", Some(&next), cond).await {
+                    break;
+                }
+            }
+        }
+    };
+    put(&a, "counter", Some("0"), KvCondition::Any).await;
+    tokio::join!(increment(a.clone()), increment(b.clone()));
+    let (entry, value) = read(&b, "counter").await.unwrap();
+    assert_eq!((entry.version, value.as_slice()), (21, &b"20"[..]));
+    for _ in 0..21 {
+        let (next, holder) = claim_either([qa, qb]).await;
+        on(&holder, move |q| q.complete(&next.event.id)).await;
+    }
+    assert_eq!(on(qa, |q| q.depth()).await, (0, 0));
+}
+
 /// With a lineage budget of 2, the third event a lineage creates is dead, saying why,
 /// whichever queue takes it.
 async fn lineage_budget_holds(a: Arc<dyn EventQueue>, b: Arc<dyn EventQueue>) {
@@ -419,6 +564,7 @@ async fn sqlite_conforms() {
     events_delivered_retried_and_dead_lettered(store.clone(), store.clone()).await;
     ordered_events_one_at_a_time(store.clone(), store.clone()).await;
     lineage_budget_holds(store.clone(), store.clone()).await;
+    kv_tables_round_trip(store.clone(), store.clone(), [store.clone(), store.clone()]).await;
 }
 
 #[tokio::test]
@@ -436,11 +582,12 @@ async fn jetstream_conforms() {
     schedule_ticks_claimed_once(&a, &b).await;
     artifacts_round_trip(&a).await;
 
-    // Two nodes' queues over one stream.
+    // Two nodes' queues over one stream, and their tables.
     let mut queues = Vec::new();
+    let mut tables = Vec::new();
     for js in [a, b] {
         let queue = super::jetstream::events::ClusterQueue::open(
-            js,
+            js.clone(),
             1,
             Duration::from_secs(60),
             Duration::from_secs(3600),
@@ -449,9 +596,20 @@ async fn jetstream_conforms() {
         .await
         .unwrap();
         queue.set_lineage_budget(2);
-        queues.push(queue as Arc<dyn EventQueue>);
+        let queue = queue as Arc<dyn EventQueue>;
+        let kv = super::jetstream::tables::ClusterTables::open(&js, 1, queue.clone())
+            .await
+            .unwrap();
+        tables.push(Arc::new(kv) as Arc<dyn KvStore>);
+        queues.push(queue);
     }
     events_delivered_retried_and_dead_lettered(queues[0].clone(), queues[1].clone()).await;
     ordered_events_one_at_a_time(queues[0].clone(), queues[1].clone()).await;
     lineage_budget_holds(queues[0].clone(), queues[1].clone()).await;
+    kv_tables_round_trip(
+        tables[0].clone(),
+        tables[1].clone(),
+        [queues[0].clone(), queues[1].clone()],
+    )
+    .await;
 }

@@ -381,6 +381,8 @@ pub enum KvWrite {
     Conflict(Option<u64>),
     /// Delete of a missing key.
     Missing,
+    /// The value is larger than this store holds (bytes): nothing was written.
+    TooLarge(usize),
 }
 
 /// KV tables, in the same database as the event queue so that a change and the events

@@ -14,6 +14,7 @@ pub mod events;
 mod functions;
 pub mod records;
 mod retry;
+pub mod tables;
 
 use crate::store::{ArtifactStore, StoreResult};
 use anyhow::Context as _;
