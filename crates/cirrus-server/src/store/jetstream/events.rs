@@ -63,6 +63,13 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(750);
 /// recording its outcome) is presumed lost by its task: it is no longer confirmed, so
 /// JetStream delivers it again, as SQLite's lease does.
 const HOLD_AT_MOST: Duration = Duration::from_secs(20 * 60);
+/// How long a pull of waiting events may take (it answers at once when it can).
+const PULL_AT_MOST: Duration = Duration::from_secs(5);
+/// How long an ordered partition's head may go unconfirmed before another node gets
+/// it: longer than an unordered event's wait, so that a NATS hiccup (a reconnection, a
+/// leader election) does not start the next node on a head its holder is still
+/// running, and the key's order holds; a dead node's ordered events wait this long.
+pub const ORDERED_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Dead events looked through at most by a listing (newest first).
 const DEAD_SCAN: u64 = 100_000;
 
@@ -250,6 +257,8 @@ impl ClusterQueue {
                 name: DEAD_STREAM.into(),
                 description: Some("Cirrus dead-letter queue".into()),
                 subjects: vec![format!("{DEAD_PREFIX}.*")],
+                // An event killed again (after a redrive) replaces its earlier copy.
+                max_messages_per_subject: 1,
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 // Dead events are removed this long after they failed (the retention
@@ -290,7 +299,7 @@ impl ClusterQueue {
                         description: Some("Cirrus nodes delivering ordered events".into()),
                         filter_subject: format!("{ORDERED_PREFIX}.{partition}"),
                         ack_policy: consumer::AckPolicy::Explicit,
-                        ack_wait: ACK_WAIT,
+                        ack_wait: ORDERED_ACK_WAIT,
                         max_deliver: -1,
                         // One at a time: the partition's order.
                         max_ack_pending: 1,
@@ -308,6 +317,7 @@ impl ClusterQueue {
             "Cirrus lineage event counts",
             replicas,
             lineage_memory,
+            false,
         )
         .await?;
         let idempotency = open_kv(
@@ -316,6 +326,7 @@ impl ClusterQueue {
             "Cirrus idempotency keys: the first event of each",
             replicas,
             idempotency_window,
+            false,
         )
         .await?;
         let queue = Arc::new(Self {
@@ -350,18 +361,35 @@ impl ClusterQueue {
         payload: bytes::Bytes,
         msg_id: Option<&str>,
     ) -> StoreResult<jetstream::publish::PublishAck> {
+        Ok(self.publish_counted(subject, payload, msg_id).await?.0)
+    }
+
+    /// [`Self::publish`], also saying whether it took more than one try (an earlier
+    /// try may have been stored, its answer lost).
+    async fn publish_counted(
+        &self,
+        subject: &str,
+        payload: bytes::Bytes,
+        msg_id: Option<&str>,
+    ) -> StoreResult<(jetstream::publish::PublishAck, bool)> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = msg_id {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         }
-        retry::retried("publishing an event", || async {
-            self.js
-                .context
-                .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
-                .await?
-                .await
+        let mut tries = 0;
+        let ack = retry::retried("publishing an event", || {
+            tries += 1;
+            let (headers, payload) = (headers.clone(), payload.clone());
+            async move {
+                self.js
+                    .context
+                    .publish_with_headers(subject.to_owned(), headers, payload)
+                    .await?
+                    .await
+            }
         })
-        .await
+        .await?;
+        Ok((ack, tries > 1))
     }
 
     /// Counts `events` against `root`'s lineage; returns the count before them.
@@ -434,6 +462,13 @@ impl ClusterQueue {
             let payload = encode(event, State::default())?;
             let subject = subject_of(event);
             let Some(key) = &event.idempotency_key else {
+                if event.ordering_key.is_some() {
+                    // Stored before the next one is sent: a failed send retried later
+                    // must not land behind its key's later events.
+                    self.publish(&subject, payload, None).await?;
+                    results.push(Enqueued::New);
+                    continue;
+                }
                 let ack = self
                     .js
                     .context
@@ -444,9 +479,12 @@ impl ClusterQueue {
                 continue;
             };
             let key = token(&format!("{}\n{key}", event.function));
-            let ack = self.publish(&subject, payload, Some(&key)).await?;
-            if ack.duplicate {
-                results.push(Enqueued::Duplicate(self.first_of(&key).await?));
+            let (ack, retried) = self.publish_counted(&subject, payload, Some(&key)).await?;
+            // A duplicate of our own earlier try (stored, its answer lost) is this event.
+            if ack.duplicate && !retried {
+                results.push(Enqueued::Duplicate(
+                    self.first_of(&key, ack.sequence).await?,
+                ));
             } else {
                 self.idempotency
                     .put(&key, event.id.clone().into())
@@ -467,19 +505,31 @@ impl ClusterQueue {
         Ok(results)
     }
 
-    /// The event an idempotency key was first used for (its writer may be a moment
-    /// behind the stream's de-duplication).
-    async fn first_of(&self, key: &str) -> StoreResult<String> {
+    /// The event an idempotency key was first used for: recorded by its writer (who
+    /// may be a moment behind the stream's de-duplication), or, if that writer died
+    /// before recording it, read from the stream while it still waits there.
+    async fn first_of(&self, key: &str, sequence: u64) -> StoreResult<String> {
         for _ in 0..50 {
             if let Some(id) = self.idempotency.get(key).await? {
                 return Ok(String::from_utf8_lossy(&id).into_owned());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        anyhow::bail!("an idempotency key's first event is not recorded")
+        let events = self.js.context.get_stream(EVENTS_STREAM).await?;
+        let message = events
+            .get_raw_message(sequence)
+            .await
+            .context("an idempotency key's first event is neither recorded nor waiting")?;
+        let (first, _) = decode(&message.payload)?;
+        self.idempotency
+            .put(key, first.id.clone().into())
+            .await
+            .context("remembering an idempotency key")?;
+        Ok(first.id)
     }
 
-    /// Pulls up to `limit` events from the shared consumer and holds them.
+    /// Pulls up to `limit` events from the shared consumer and holds them. A pull that
+    /// fails or takes too long (its end lost in a reconnection) ends with what came.
     async fn pull(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
         let mut batch = self
             .consumer
@@ -488,9 +538,21 @@ impl ClusterQueue {
             .messages()
             .await
             .context("pulling events")?;
+        let deadline = tokio::time::Instant::now() + PULL_AT_MOST;
         let mut claimed = Vec::new();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!("pulling events: {e}");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!("pulling events: no answer within {PULL_AT_MOST:?}");
+                    break;
+                }
+            };
             let Some((event, state)) = readable(&message).await else {
                 continue;
             };
@@ -500,11 +562,13 @@ impl ClusterQueue {
                 continue;
             }
             let attempts = state.attempts + 1;
-            claimed.push(QueuedEvent {
+            let queued = QueuedEvent {
                 event: event.clone(),
                 attempts,
-            });
-            self.hold(message, event, attempts, false, None);
+            };
+            if self.hold(message, event, attempts, false, None) {
+                claimed.push(queued);
+            }
         }
         Ok(claimed)
     }
@@ -516,8 +580,15 @@ impl ClusterQueue {
         attempts: u32,
         ordered: bool,
         again_at: Option<u64>,
-    ) {
-        self.lock_held().insert(
+    ) -> bool {
+        let mut held = self.lock_held();
+        if let Some(h) = held.get_mut(&event.id) {
+            // Delivered again while this node still runs it (its confirmations were
+            // late): confirm the new delivery, run it once.
+            h.message = message;
+            return false;
+        }
+        held.insert(
             event.id.clone(),
             Held {
                 message,
@@ -528,6 +599,7 @@ impl ClusterQueue {
                 again_at,
             },
         );
+        true
     }
 
     /// Ordered events this node holds that are due (a partition's new head, or one
@@ -561,20 +633,19 @@ impl ClusterQueue {
     /// then the message acknowledged. If that fails the message is handed back, to be
     /// delivered again.
     async fn settle(&self, held: Held, next: Option<(String, bytes::Bytes)>) -> StoreResult<()> {
-        let result = async {
-            if let Some((subject, payload)) = next {
-                self.publish(&subject, payload, None).await?;
+        if let Some((subject, payload)) = next {
+            if let Err(e) = self.publish(&subject, payload, None).await {
+                // Nothing took its place: delivered again.
+                let _ = held.message.ack_with(AckKind::Nak(None)).await;
+                return Err(e);
             }
-            held.message
-                .double_ack()
-                .await
-                .map_err(|e| anyhow::anyhow!("acknowledging event {}: {e}", held.event.id))
         }
-        .await;
-        if result.is_err() {
-            let _ = held.message.ack_with(AckKind::Nak(None)).await;
-        }
-        result
+        // If this fails, JetStream delivers the old message again after its wait: a
+        // repeat, never a loss.
+        held.message
+            .double_ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("acknowledging event {}: {e}", held.event.id))
     }
 
     /// The dead events matching `id` and/or `function`, newest first, with their
@@ -750,7 +821,12 @@ impl EventQueue for ClusterQueue {
         let mut claimed = self.offer_again(now_ms, limit);
         if claimed.len() < limit {
             let room = limit - claimed.len();
-            claimed.extend(self.block_on(self.pull(now_ms, room))?);
+            match self.block_on(self.pull(now_ms, room)) {
+                Ok(pulled) => claimed.extend(pulled),
+                // What was offered is held: hand it out, or it would wait for its lease.
+                Err(e) if !claimed.is_empty() => tracing::warn!("pulling events: {e:#}"),
+                Err(e) => return Err(e),
+            }
         }
         Ok(claimed)
     }
@@ -778,6 +854,7 @@ impl EventQueue for ClusterQueue {
             // confirming it, so the events behind it wait.
             h.again_at = Some(not_before_ms);
             h.attempts += u32::from(count_attempt);
+            h.since = std::time::Instant::now();
             return Ok(());
         }
         let Some(h) = held.remove(id) else {

@@ -133,6 +133,7 @@ impl JetStream {
             "Cirrus function metadata",
             options.replicas,
             Duration::ZERO,
+            true,
         )
         .await
         .with_context(|| format!("on {servers}: is JetStream enabled (nats-server -js)?"))?;
@@ -209,31 +210,48 @@ impl JetStream {
 }
 
 /// Opens (making on first use) the KV bucket `bucket`, its entries forgotten `max_age`
-/// after their last write (zero: kept). The bucket's stream is made the way the KV client
-/// makes it: the client's own `create_key_value` first asks for account details that
-/// Debian's NATS 2.9 answers in a shape the client cannot read.
+/// after their last write (zero: kept). `direct` lets any replica answer a read (fast,
+/// possibly a moment behind the leader); without it reads go to the leader, so a reader
+/// sees every write acknowledged before it. The bucket's stream is made the way the KV
+/// client makes it: the client's own `create_key_value` first asks for account details
+/// that Debian's NATS 2.9 answers in a shape the client cannot read. A bucket made
+/// earlier with other settings is used as it is (the first node's settings hold).
 pub(crate) async fn open_kv(
     context: &jetstream::Context,
     bucket: &str,
     description: &str,
     replicas: usize,
     max_age: Duration,
+    direct: bool,
 ) -> StoreResult<kv::Store> {
-    retry::within(retry::FORMING, "JetStream is not ready yet", || {
-        context.create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(description.into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age,
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
+    let name = format!("KV_{bucket}");
+    let config = jetstream::stream::Config {
+        name: name.clone(),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: direct,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    retry::within(retry::FORMING, "JetStream is not ready yet", || async {
+        match context.create_stream(config.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => match context.get_stream(&name).await {
+                Ok(_) => {
+                    tracing::warn!(
+                        "KV bucket {bucket} is used with the settings it was made with: {e}"
+                    );
+                    Ok(())
+                }
+                Err(_) => Err(e),
+            },
+        }
     })
     .await
     .with_context(|| {

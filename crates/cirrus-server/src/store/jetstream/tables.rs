@@ -10,11 +10,14 @@
 //! - A delete writes a delete marker by compare-and-set, then removes the row's
 //!   messages up to that marker, so listing (the stream's subject index) sees only
 //!   live rows and a write that came after the delete survives it.
-//! - Change events are queued on the cluster's event queue right after the row is
-//!   written, with the key as ordering key: each function sees one key's changes in
-//!   the order they were written, whichever node wrote them. The write answers only
-//!   once they are queued; a node that dies between the two (milliseconds) loses that
-//!   change's events, the one way this differs from SQLite's single transaction.
+//! - Change events are made before the row is written (one too large for a message
+//!   refuses the write) and queued on the cluster's event queue right after it, with
+//!   the key as ordering key: each function sees one key's changes one at a time, in
+//!   the order they were queued. The write answers only once they are queued. Two
+//!   ways this differs from SQLite's single transaction: a node that dies between the
+//!   write and the queueing (milliseconds) loses that change's events; and two writers
+//!   of one key within those milliseconds may queue their events in the other order
+//!   than their writes (each event names its version, so a handler can tell).
 
 use super::{open_kv, retry, JetStream};
 use crate::store::{EventQueue, KvCondition, KvStore, KvWrite, NewEvent, StoreResult};
@@ -82,11 +85,15 @@ pub struct ClusterTables {
     stream: stream::Stream,
     /// Where change events go.
     queue: Arc<dyn EventQueue>,
-    /// The largest value a row can hold: the NATS server's message limit less the head.
-    max_value: usize,
+    /// The NATS server's message limit: a row, and each change event, must fit in one.
+    max_payload: usize,
     /// The table's callers are blocking threads: JetStream is reached on this runtime.
     runtime: tokio::runtime::Handle,
 }
+
+/// What a write's change events are made by, from the `(old, new)` rows.
+type Events<'a> =
+    dyn Fn(Option<(&KvEntry, &[u8])>, Option<(&KvEntry, &[u8])>) -> Vec<NewEvent> + 'a;
 
 /// A row as read, with the revision a write must name.
 struct Current {
@@ -106,6 +113,8 @@ impl ClusterTables {
             "Cirrus KV tables",
             replicas,
             Duration::ZERO,
+            // Read-your-writes: a client reads the row it just wrote, on any node.
+            false,
         )
         .await?;
         let stream = js
@@ -118,9 +127,15 @@ impl ClusterTables {
             bucket,
             stream,
             queue,
-            max_value: max_payload.saturating_sub(HEAD_ROOM),
+            max_payload,
             runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// The largest value whose change event (old and new value inline, base64 at
+    /// worst) fits a message.
+    fn max_event_value(&self) -> usize {
+        self.max_payload.saturating_sub(2 * HEAD_ROOM) * 3 / 8
     }
 
     async fn current(&self, table: &str, key: &str) -> StoreResult<Current> {
@@ -142,7 +157,8 @@ impl ClusterTables {
         })
     }
 
-    /// One attempt at a write: `None` if another writer got in between (read again).
+    /// One attempt at a write, with the change events it causes: `None` if another
+    /// writer got in between (read again).
     async fn try_write(
         &self,
         table: &str,
@@ -150,7 +166,8 @@ impl ClusterTables {
         value: Option<(&[u8], Option<&str>)>,
         condition: &KvCondition,
         now_ms: u64,
-    ) -> StoreResult<Option<(KvWrite, Option<(KvEntry, Vec<u8>)>, Option<Vec<u8>>)>> {
+        events: &Events<'_>,
+    ) -> StoreResult<Option<(KvWrite, Vec<NewEvent>)>> {
         let current = self.current(table, key).await?;
         let version = current.row.as_ref().map(|(e, _)| e.version);
         let allowed = match condition {
@@ -159,58 +176,63 @@ impl ClusterTables {
             KvCondition::Version(v) => version == Some(*v),
         };
         if !allowed {
-            return Ok(Some((KvWrite::Conflict(version), None, None)));
+            return Ok(Some((KvWrite::Conflict(version), Vec::new())));
         }
+        let old = current.row.as_ref().map(|(e, v)| (e, v.as_slice()));
         let name = row_key(table, key);
-        match value {
-            Some((bytes, content_type)) => {
-                let head = Head {
-                    version: version.unwrap_or(0) + 1,
-                    content_type: content_type.map(str::to_owned),
-                    updated_ms: now_ms,
-                };
-                let message = encode(&head, bytes)?;
-                if self
-                    .bucket
-                    .update(&name, message, current.revision)
-                    .await
-                    .is_err()
-                {
-                    return Ok(None);
-                }
-                let written = entry(table, key, &head, bytes.len());
-                Ok(Some((
-                    KvWrite::Done(written),
-                    current.row,
-                    Some(bytes.to_vec()),
-                )))
+        let Some((bytes, content_type)) = value else {
+            let Some((deleted, _)) = &current.row else {
+                return Ok(Some((KvWrite::Missing, Vec::new())));
+            };
+            let queued = events(old, None);
+            match self
+                .bucket
+                .delete_expect_revision(&name, Some(current.revision))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("deleting {table}/{key}")),
             }
-            None => {
-                let Some((old, _)) = &current.row else {
-                    return Ok(Some((KvWrite::Missing, None, None)));
-                };
-                let old = old.clone();
-                if self
-                    .bucket
-                    .delete_expect_revision(&name, Some(current.revision))
+            // Gone from the subject index too, up to the marker: a write that came
+            // after it stays.
+            let marker = self.current(table, key).await?;
+            if marker.row.is_none() {
+                self.stream
+                    .purge()
+                    .filter(format!("$KV.{TABLES_BUCKET}.{name}"))
+                    .sequence(marker.revision + 1)
                     .await
-                    .is_err()
-                {
-                    return Ok(None);
-                }
-                // Gone from the subject index too, up to the marker: a write that came
-                // after it stays.
-                let marker = self.current(table, key).await?;
-                if marker.row.is_none() {
-                    self.stream
-                        .purge()
-                        .filter(format!("$KV.{TABLES_BUCKET}.{name}"))
-                        .sequence(marker.revision + 1)
-                        .await
-                        .context("removing a deleted row")?;
-                }
-                Ok(Some((KvWrite::Done(old), current.row, None)))
+                    .context("removing a deleted row")?;
             }
+            return Ok(Some((KvWrite::Done(deleted.clone()), queued)));
+        };
+        let head = Head {
+            version: version.unwrap_or(0) + 1,
+            content_type: content_type.map(str::to_owned),
+            updated_ms: now_ms,
+        };
+        let written = entry(table, key, &head, bytes.len());
+        // The change events are made before the row is written, so that one too large
+        // for a message refuses the write instead of failing after it.
+        let queued = events(old, Some((&written, bytes)));
+        if queued
+            .iter()
+            .any(|e| e.data.len() + HEAD_ROOM > self.max_payload)
+        {
+            return Ok(Some((
+                KvWrite::TooLarge(self.max_event_value()),
+                Vec::new(),
+            )));
+        }
+        match self
+            .bucket
+            .update(&name, encode(&head, bytes)?, current.revision)
+            .await
+        {
+            Ok(_) => Ok(Some((KvWrite::Done(written), queued))),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("writing {table}/{key}")),
         }
     }
 
@@ -267,29 +289,27 @@ impl KvStore for ClusterTables {
         value: Option<(&[u8], Option<&str>)>,
         condition: KvCondition,
         now_ms: u64,
-        events: &dyn Fn(Option<(&KvEntry, &[u8])>, Option<(&KvEntry, &[u8])>) -> Vec<NewEvent>,
+        events: &Events<'_>,
     ) -> StoreResult<KvWrite> {
         if let Some((bytes, _)) = value {
-            if bytes.len() > self.max_value {
-                return Ok(KvWrite::TooLarge(self.max_value));
+            if bytes.len() + HEAD_ROOM > self.max_payload {
+                return Ok(KvWrite::TooLarge(self.max_payload - HEAD_ROOM));
             }
         }
-        let (written, old, new) = self.runtime.block_on(async {
+        let (written, queued) = self.runtime.block_on(async {
             for _ in 0..100 {
                 if let Some(done) = self
-                    .try_write(table, key, value, &condition, now_ms)
+                    .try_write(table, key, value, &condition, now_ms, events)
                     .await?
                 {
                     return Ok(done);
                 }
+                // Lost a race for the row: let the other writer finish.
+                let pause = rand::random_range(1..20);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             anyhow::bail!("writing {table}/{key}: too many concurrent writers")
         })?;
-        let KvWrite::Done(entry) = &written else {
-            return Ok(written);
-        };
-        let old = old.as_ref().map(|(e, v)| (e, v.as_slice()));
-        let queued = events(old, new.as_deref().map(|v| (entry, v)));
         if !queued.is_empty() {
             self.queue.enqueue(&queued, now_ms, 0)?;
         }
