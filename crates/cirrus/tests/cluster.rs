@@ -696,3 +696,57 @@ fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
         "changes written on B ran on A ({on_a}) and B ({on_b})"
     );
 }
+
+#[test]
+fn a_nats_subject_trigger_turns_each_message_into_one_event_across_nodes() {
+    let nats = NatsServer::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &nats.url(), &[]);
+    let b = node(db.path(), &nats.url(), &[]);
+    a.cli_ok(&[
+        "deploy",
+        "sensor",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    a.cli_ok(&[
+        "trigger",
+        "add",
+        "sensor",
+        "--nats",
+        "sensors.*",
+        "--broker",
+        &nats.url(),
+    ]);
+    // Every node subscribes (each reports its own connection).
+    for up in [&a, &b] {
+        eventually(Duration::from_secs(10), "the node subscribes", || {
+            up.cli_json(&["trigger", "ls", "sensor"])[0]["state"]["connected"] == true
+        });
+    }
+    const MESSAGES: usize = 20;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        for i in 0..MESSAGES {
+            client
+                .publish("sensors.kitchen", format!("{i}").into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+    let runs = || {
+        b.cli_json(&["invocations", "sensor", "--limit", "1000"])["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    eventually(Duration::from_secs(10), "every message ran", || {
+        runs() >= MESSAGES
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(runs(), MESSAGES, "one event per message, not one per node");
+}

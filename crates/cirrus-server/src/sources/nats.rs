@@ -113,7 +113,9 @@ async fn connect(
         .map_err(|e| e.to_string())
 }
 
-/// A core subscription: messages become events as they come (at most once).
+/// A core subscription: messages become events as they come (at most once). Every
+/// node of a cluster subscribes in one queue group per trigger, so NATS gives each
+/// message to one of them: one event per message, not one per node.
 async fn subscribe(
     context: &Context,
     trigger: &TriggerInfo,
@@ -122,7 +124,7 @@ async fn subscribe(
     reporter: &Reporter,
 ) -> Result<(), Ended> {
     let mut messages = client
-        .subscribe(spec.subject.clone())
+        .queue_subscribe(spec.subject.clone(), format!("cirrus.{}", trigger.id))
         .await
         .map_err(|e| Ended::Before(format!("subscribing to {:?}: {e}", spec.subject)))?;
     reporter.connected();
