@@ -9,6 +9,23 @@ use common::{repo, Up};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Two nodes on a nats-server of the test's own (dropped in this order: the nodes, their
+/// data dirs, NATS).
+struct Pair {
+    a: Up,
+    b: Up,
+    dirs: [tempfile::TempDir; 2],
+    nats: NatsServer,
+}
+
+fn pair() -> Pair {
+    let nats = NatsServer::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = node(dirs[0].path(), &nats.url(), &[]);
+    let b = node(dirs[1].path(), &nats.url(), &[]);
+    Pair { a, b, dirs, nats }
+}
+
 fn node(dir: &std::path::Path, cluster: &str, extra: &[&str]) -> Up {
     let mut args = vec!["--cluster", cluster];
     args.extend_from_slice(extra);
@@ -43,10 +60,9 @@ fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> D
 
 #[test]
 fn a_deploy_on_one_node_is_served_by_every_node() {
-    let nats = NatsServer::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &nats.url(), &[]);
-    let b = node(db.path(), &nats.url(), &[]);
+    let p = pair();
+    let (a, b) = (&p.a, &p.b);
+    let [da, db] = &p.dirs;
     // One admin token and one set of S3/Lambda keys for the cluster: the first node's.
     assert_eq!(a.admin_token(), b.admin_token());
     assert_eq!(
@@ -100,18 +116,18 @@ fn a_deploy_on_one_node_is_served_by_every_node() {
             .len()
     };
     eventually(Duration::from_secs(5), "A lists B's invocations", || {
-        calls(&a) == calls(&b)
+        calls(a) == calls(b)
     });
-    assert!(calls(&a) >= 4, "both nodes' calls are listed");
+    assert!(calls(a) >= 4, "both nodes' calls are listed");
     let lines = |up: &Up| {
         up.cli_ok(&["--json", "logs", "echo", "--limit", "1000"])
             .lines()
             .count()
     };
     eventually(Duration::from_secs(5), "A has B's log lines", || {
-        lines(&a) == lines(&b)
+        lines(a) == lines(b)
     });
-    assert!(lines(&a) >= 4, "both nodes' log lines");
+    assert!(lines(a) >= 4, "both nodes' log lines");
     eventually(
         Duration::from_secs(5),
         "the same usage on both nodes",
@@ -173,10 +189,8 @@ fn concurrency_limits_are_per_node() {
 
 #[test]
 fn schedules_fire_once_per_tick_across_nodes() {
-    let nats = NatsServer::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &nats.url(), &[]);
-    let b = node(db.path(), &nats.url(), &[]);
+    let p = pair();
+    let (a, b) = (&p.a, &p.b);
     a.cli_ok(&[
         "deploy",
         "tick",
@@ -423,10 +437,8 @@ print(json.dumps(seen))
 #[test]
 fn a_node_killed_with_events_queued_loses_none_and_the_other_takes_over() {
     const EVENTS: usize = 10_000;
-    let nats = NatsServer::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = node(da.path(), &nats.url(), &[]);
-    let b = node(db.path(), &nats.url(), &[]);
+    let mut p = pair();
+    let (a, b) = (&mut p.a, &p.b);
     a.cli_ok(&["deploy", "nap", repo("fixtures/nap.wat").to_str().unwrap()]);
     eventually(Duration::from_secs(5), "B has the function", || {
         b.cli(&["get", "nap"]).status.success()
@@ -438,8 +450,8 @@ fn a_node_killed_with_events_queued_loses_none_and_the_other_takes_over() {
     let accepted: Vec<String> = serde_json::from_str(&out).unwrap();
     assert_eq!(accepted.len(), EVENTS);
     // Spread over the nodes: both have run some (each node's metrics are its own).
-    assert!(runs_here(&a, "nap") > 0, "A delivers events");
-    assert!(runs_here(&b, "nap") > 0, "B delivers events A accepted");
+    assert!(runs_here(a, "nap") > 0, "A delivers events");
+    assert!(runs_here(b, "nap") > 0, "B delivers events A accepted");
     a.child.kill().unwrap(); // SIGKILL
     let killed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -513,10 +525,8 @@ fn a_node_killed_with_events_queued_loses_none_and_the_other_takes_over() {
 
 #[test]
 fn failed_events_retry_and_dead_letter_once_for_the_whole_cluster() {
-    let nats = NatsServer::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &nats.url(), &[]);
-    let b = node(db.path(), &nats.url(), &[]);
+    let p = pair();
+    let (a, b) = (&p.a, &p.b);
     let trap = repo("fixtures/trap.wat");
     let trap = trap.to_str().unwrap();
     a.cli_ok(&[
@@ -570,7 +580,7 @@ fn failed_events_retry_and_dead_letter_once_for_the_whole_cluster() {
             .len()
     };
     eventually(Duration::from_secs(5), "both attempts recorded", || {
-        trace_len(&a) == 2 && trace_len(&b) == 2
+        trace_len(a) == 2 && trace_len(b) == 2
     });
 
     // Redriven on B: two more attempts, dead again; purged on A.
@@ -579,7 +589,7 @@ fn failed_events_retry_and_dead_letter_once_for_the_whole_cluster() {
         "redrove 1 event(s)"
     );
     eventually(Duration::from_secs(20), "redriven and dead again", || {
-        trace_len(&a) == 4 && a.cli_json(&["dlq", "ls"]).as_array().unwrap().len() == 1
+        trace_len(a) == 4 && a.cli_json(&["dlq", "ls"]).as_array().unwrap().len() == 1
     });
     assert_eq!(
         a.cli_ok(&["dlq", "purge", "--all"]).trim(),
@@ -590,10 +600,9 @@ fn failed_events_retry_and_dead_letter_once_for_the_whole_cluster() {
 
 #[test]
 fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
-    let nats = NatsServer::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &nats.url(), &[]);
-    let b = node(db.path(), &nats.url(), &[]);
+    let p = pair();
+    let (a, b) = (&p.a, &p.b);
+    let [da, _] = &p.dirs;
     let token = a.admin_token();
     a.cli_ok(&[
         "deploy",
@@ -613,14 +622,14 @@ fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
     for i in 0..ROWS {
         let (status, body) = call(
             "PUT",
-            &row(&b, &format!("k{i}")),
+            &row(b, &format!("k{i}")),
             Some(&token),
             Some(&format!("{{\"n\":{i}}}")),
         );
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(
-        call("GET", &row(&a, "k7"), Some(&token), None),
+        call("GET", &row(a, "k7"), Some(&token), None),
         (200, "{\"n\":7}".into())
     );
     let listed = a.cli_json(&["kv", "ls", "orders", "--limit", "100"]);
@@ -652,7 +661,7 @@ fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
         "{refused:?}"
     );
     assert_eq!(
-        call("GET", &row(&b, "k0"), Some(&token), None).1,
+        call("GET", &row(b, "k0"), Some(&token), None).1,
         "{\"n\":100}"
     );
 
@@ -664,17 +673,17 @@ fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
         .arg(format!("authorization: Bearer {token}"))
         .arg("--data-binary")
         .arg(format!("@{}", big.display()))
-        .arg(row(&a, "big"))
+        .arg(row(a, "big"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("\n413"), "{text}");
     assert!(text.contains("max_payload"), "{text}");
-    assert_eq!(call("GET", &row(&b, "big"), Some(&token), None).0, 404);
+    assert_eq!(call("GET", &row(b, "big"), Some(&token), None).0, 404);
 
     // A delete on A is gone on B.
     a.cli_ok(&["kv", "rm", "orders", "k39"]);
-    assert_eq!(call("GET", &row(&b, "k39"), Some(&token), None).0, 404);
+    assert_eq!(call("GET", &row(b, "k39"), Some(&token), None).0, 404);
     let listed = b.cli_json(&["kv", "ls", "orders", "--limit", "100"]);
     assert_eq!(
         listed["items"].as_array().unwrap().len(),
@@ -689,7 +698,7 @@ fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
         let items = records["items"].as_array().unwrap();
         items.len() == changes && items.iter().all(|r| r["outcome"] == "success")
     });
-    let (on_a, on_b) = (runs_here(&a, "watcher"), runs_here(&b, "watcher"));
+    let (on_a, on_b) = (runs_here(a, "watcher"), runs_here(b, "watcher"));
     assert_eq!(on_a + on_b, changes as u64);
     assert!(
         on_a > 0 && on_b > 0,
@@ -699,10 +708,8 @@ fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
 
 #[test]
 fn a_nats_subject_trigger_turns_each_message_into_one_event_across_nodes() {
-    let nats = NatsServer::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &nats.url(), &[]);
-    let b = node(db.path(), &nats.url(), &[]);
+    let p = pair();
+    let (nats, a, b) = (&p.nats, &p.a, &p.b);
     a.cli_ok(&[
         "deploy",
         "sensor",

@@ -32,7 +32,7 @@
 //!   counted from JetStream's delivery count. Keys that share a partition wait for each
 //!   other's retries: the price of a fixed number of consumers.
 
-use super::{open_kv, retry, JetStream};
+use super::{frame, open_kv, retry, unframe, JetStream};
 use crate::store::{DeadEvent, Enqueued, EventQueue, NewEvent, QueuedEvent, StoreResult};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
@@ -110,9 +110,9 @@ struct State {
     failed_ms: Option<u64>,
 }
 
-/// A message: the head's length (4 bytes, big-endian), the head, the body.
+/// An event as a message: its head, then its body (see [`frame`]).
 fn encode(event: &NewEvent, state: State) -> StoreResult<bytes::Bytes> {
-    let head = serde_json::to_vec(&Head {
+    let head = Head {
         id: event.id.clone(),
         function: event.function.clone(),
         qualifier: event.qualifier.clone(),
@@ -132,22 +132,12 @@ fn encode(event: &NewEvent, state: State) -> StoreResult<bytes::Bytes> {
         not_before_ms: state.not_before_ms,
         error: state.error,
         failed_ms: state.failed_ms,
-    })?;
-    let mut message = Vec::with_capacity(4 + head.len() + event.data.len());
-    message.extend_from_slice(&u32::try_from(head.len())?.to_be_bytes());
-    message.extend_from_slice(&head);
-    message.extend_from_slice(&event.data);
-    Ok(message.into())
+    };
+    frame(&head, &event.data)
 }
 
 fn decode(message: &[u8]) -> StoreResult<(NewEvent, State)> {
-    let (len, rest) = message
-        .split_first_chunk::<4>()
-        .context("an event message without its head")?;
-    let len = u32::from_be_bytes(*len) as usize;
-    anyhow::ensure!(rest.len() >= len, "an event message cut short");
-    let (head, data) = rest.split_at(len);
-    let head: Head = serde_json::from_slice(head).context("an event message's head")?;
+    let (head, data) = unframe::<Head>(message, "an event message")?;
     let event = NewEvent {
         id: head.id,
         function: head.function,

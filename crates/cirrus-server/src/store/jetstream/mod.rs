@@ -209,6 +209,32 @@ impl JetStream {
     }
 }
 
+/// A message of a head (JSON) and a body: the head's length (4 bytes, big-endian), the
+/// head, the body. Events and table rows travel so, their bytes never re-encoded.
+pub(crate) fn frame(head: &impl serde::Serialize, body: &[u8]) -> StoreResult<bytes::Bytes> {
+    let head = serde_json::to_vec(head)?;
+    let mut message = Vec::with_capacity(4 + head.len() + body.len());
+    message.extend_from_slice(&u32::try_from(head.len())?.to_be_bytes());
+    message.extend_from_slice(&head);
+    message.extend_from_slice(body);
+    Ok(message.into())
+}
+
+/// The head and body of a [`frame`]d message; `what` names it in errors.
+pub(crate) fn unframe<'a, H: serde::de::DeserializeOwned>(
+    message: &'a [u8],
+    what: &str,
+) -> StoreResult<(H, &'a [u8])> {
+    let (len, rest) = message
+        .split_first_chunk::<4>()
+        .with_context(|| format!("{what} without its head"))?;
+    let len = u32::from_be_bytes(*len) as usize;
+    anyhow::ensure!(rest.len() >= len, "{what} cut short");
+    let (head, body) = rest.split_at(len);
+    let head = serde_json::from_slice(head).with_context(|| format!("{what}'s head"))?;
+    Ok((head, body))
+}
+
 /// Opens (making on first use) the KV bucket `bucket`, its entries forgotten `max_age`
 /// after their last write (zero: kept). `direct` lets any replica answer a read (fast,
 /// possibly a moment behind the leader); without it reads go to the leader, so a reader

@@ -19,7 +19,7 @@
 //!   of one key within those milliseconds may queue their events in the other order
 //!   than their writes (each event names its version, so a handler can tell).
 
-use super::{open_kv, retry, JetStream};
+use super::{frame, open_kv, retry, unframe, JetStream};
 use crate::store::{EventQueue, KvCondition, KvStore, KvWrite, NewEvent, StoreResult};
 use anyhow::Context as _;
 use async_nats::jetstream::{kv, stream};
@@ -48,23 +48,8 @@ fn row_key(table: &str, key: &str) -> String {
     )
 }
 
-fn encode(head: &Head, value: &[u8]) -> StoreResult<bytes::Bytes> {
-    let head = serde_json::to_vec(head)?;
-    let mut message = Vec::with_capacity(4 + head.len() + value.len());
-    message.extend_from_slice(&u32::try_from(head.len())?.to_be_bytes());
-    message.extend_from_slice(&head);
-    message.extend_from_slice(value);
-    Ok(message.into())
-}
-
 fn decode(table: &str, key: &str, message: &[u8]) -> StoreResult<(KvEntry, Vec<u8>)> {
-    let (len, rest) = message
-        .split_first_chunk::<4>()
-        .context("a row without its head")?;
-    let len = u32::from_be_bytes(*len) as usize;
-    anyhow::ensure!(rest.len() >= len, "a row cut short");
-    let (head, value) = rest.split_at(len);
-    let head: Head = serde_json::from_slice(head).context("a row's head")?;
+    let (head, value) = unframe::<Head>(message, "a row")?;
     Ok((entry(table, key, &head, value.len()), value.to_vec()))
 }
 
@@ -227,7 +212,7 @@ impl ClusterTables {
         }
         match self
             .bucket
-            .update(&name, encode(&head, bytes)?, current.revision)
+            .update(&name, frame(&head, bytes)?, current.revision)
             .await
         {
             Ok(_) => Ok(Some((KvWrite::Done(written), queued))),
