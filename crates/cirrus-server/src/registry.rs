@@ -852,14 +852,6 @@ impl Registry {
     /// Applies one change (this node's own, or one from the feed), unless this registry
     /// already holds its key at that revision or a newer one. Whether it changed anything.
     pub fn apply(&self, revised: Revised) -> bool {
-        {
-            let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
-            let known = revisions.entry(revised.change.key()).or_insert(0);
-            if revised.revision <= *known {
-                return false;
-            }
-            *known = revised.revision;
-        }
         let function = match &revised.change {
             MetaChange::Version(v) => v.function.clone(),
             MetaChange::VersionGone { function, .. }
@@ -869,7 +861,18 @@ impl Registry {
             MetaChange::Trigger(t) => t.function.clone(),
         };
         let reserved = {
+            // The revision is checked and the change made under the one write lock: a
+            // caller whose change was found already applied (the feed's echo got there
+            // first) must then see it in the map, not a moment before it lands.
             let mut functions = self.write();
+            {
+                let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+                let known = revisions.entry(revised.change.key()).or_insert(0);
+                if revised.revision <= *known {
+                    return false;
+                }
+                *known = revised.revision;
+            }
             match revised.change {
                 MetaChange::Version(v) => {
                     functions
