@@ -11,7 +11,7 @@ use crate::store::{
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
 use cirrus_api::{TriggerInfo, VersionInfo};
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 
 fn schedule_key(trigger_id: &str) -> String {
     format!("schedule.{trigger_id}")
@@ -166,25 +166,9 @@ impl JetStream {
         Ok(functions)
     }
 
-    /// Every key of the bucket starting with `prefix` that holds a message (its value,
-    /// or the marker of its delete). Read from the stream's subject index: no consumer
-    /// to create, so it answers as soon as the stream has a leader, also mid-failover.
+    /// Every key of the metadata bucket starting with `prefix` (see [`super::kv_keys`]).
     pub(super) async fn keys_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
-        let subjects = format!("$KV.{META_BUCKET}.{prefix}>");
-        let counted: Vec<(String, usize)> = self
-            .meta
-            .stream
-            .info_with_subjects(&subjects)
-            .await
-            .context("listing function metadata")?
-            .try_collect()
-            .await
-            .context("listing function metadata")?;
-        let strip = format!("$KV.{META_BUCKET}.");
-        Ok(counted
-            .into_iter()
-            .filter_map(|(subject, _)| subject.strip_prefix(&strip).map(str::to_owned))
-            .collect())
+        super::kv_keys(&self.meta, prefix).await
     }
 
     /// Deletes a key, returning the revision of its delete marker (the KV client's own

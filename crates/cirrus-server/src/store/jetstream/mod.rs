@@ -209,6 +209,27 @@ impl JetStream {
     }
 }
 
+/// Every key of a KV bucket starting with `prefix` that holds a message (its value, or
+/// the marker of its delete). Read from the bucket stream's subject index: no consumer
+/// to create, so it answers as soon as the stream has a leader, also mid-failover.
+pub(crate) async fn kv_keys(store: &kv::Store, prefix: &str) -> StoreResult<Vec<String>> {
+    use futures_util::TryStreamExt as _;
+    let bucket = &store.name;
+    let counted: Vec<(String, usize)> = store
+        .stream
+        .info_with_subjects(format!("$KV.{bucket}.{prefix}>"))
+        .await
+        .with_context(|| format!("listing the keys of {bucket}"))?
+        .try_collect()
+        .await
+        .with_context(|| format!("listing the keys of {bucket}"))?;
+    let strip = format!("$KV.{bucket}.");
+    Ok(counted
+        .into_iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(&strip).map(str::to_owned))
+        .collect())
+}
+
 /// A message of a head (JSON) and a body: the head's length (4 bytes, big-endian), the
 /// head, the body. Events and table rows travel so, their bytes never re-encoded.
 pub(crate) fn frame(head: &impl serde::Serialize, body: &[u8]) -> StoreResult<bytes::Bytes> {

@@ -22,10 +22,9 @@
 use super::{frame, open_kv, retry, unframe, JetStream};
 use crate::store::{EventQueue, KvCondition, KvStore, KvWrite, NewEvent, StoreResult};
 use anyhow::Context as _;
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::kv;
 use base64::Engine as _;
 use cirrus_api::KvEntry;
-use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +66,6 @@ fn entry(table: &str, key: &str, head: &Head, size: usize) -> KvEntry {
 /// The cluster's KV tables (see the module's documentation).
 pub struct ClusterTables {
     bucket: kv::Store,
-    stream: stream::Stream,
     /// Where change events go.
     queue: Arc<dyn EventQueue>,
     /// The NATS server's message limit: a row, and each change event, must fit in one.
@@ -102,15 +100,9 @@ impl ClusterTables {
             false,
         )
         .await?;
-        let stream = js
-            .context
-            .get_stream(format!("KV_{TABLES_BUCKET}"))
-            .await
-            .context("opening the KV tables' stream")?;
         let max_payload = js.client.server_info().max_payload;
         Ok(Self {
             bucket,
-            stream,
             queue,
             max_payload,
             runtime: tokio::runtime::Handle::current(),
@@ -183,7 +175,8 @@ impl ClusterTables {
             // after it stays.
             let marker = self.current(table, key).await?;
             if marker.row.is_none() {
-                self.stream
+                self.bucket
+                    .stream
                     .purge()
                     .filter(format!("$KV.{TABLES_BUCKET}.{name}"))
                     .sequence(marker.revision + 1)
@@ -228,17 +221,10 @@ impl ClusterTables {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<KvEntry>> {
-        let filter = format!("$KV.{TABLES_BUCKET}.{table}.*");
-        let mut subjects = self
-            .stream
-            .info_with_subjects(&filter)
-            .await
-            .context("listing a table")?;
-        let cut = format!("$KV.{TABLES_BUCKET}.{table}.");
+        let under = format!("{table}.");
         let mut keys = Vec::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, _) = entry.context("listing a table")?;
-            let Some(encoded) = subject.strip_prefix(&cut) else {
+        for name in super::kv_keys(&self.bucket, &under).await? {
+            let Some(encoded) = name.strip_prefix(&under) else {
                 continue;
             };
             let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
