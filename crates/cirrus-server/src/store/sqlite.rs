@@ -646,13 +646,30 @@ impl EventQueue for SqliteStore {
 
     fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
         let conn = lock(&self.queue);
+        let lease = now_ms + DELIVERY_LEASE_MS;
+        // Two selects, each walking `events_ready` in order and stopping at its limit: one
+        // query ORing them made SQLite sort every waiting event on each claim (25 ms
+        // with 84,000 waiting, against 0.01 ms).
         // A running event whose lease ran out was lost by its delivery (the queue update
         // after it failed): it is claimed again, like one interrupted by a restart.
+        let mut claimed = conn
+            .prepare_cached(&format!(
+                "UPDATE events SET attempts = attempts + 1, lease_until_ms = ?3
+                 WHERE seq IN (SELECT seq FROM events
+                               WHERE state = 'running' AND lease_until_ms <= ?1
+                               ORDER BY seq LIMIT ?2)
+                 RETURNING {EVENT_COLUMNS}"
+            ))?
+            .query_map(params![now_ms, limit as i64, lease], queued_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let room = limit.saturating_sub(claimed.len());
+        if room == 0 {
+            return Ok(claimed);
+        }
         let mut stmt = conn.prepare_cached(&format!(
             "UPDATE events SET state = 'running', attempts = attempts + 1, lease_until_ms = ?3
              WHERE seq IN (SELECT seq FROM events
-                           WHERE ((state = 'pending' AND not_before_ms <= ?1)
-                                  OR (state = 'running' AND lease_until_ms <= ?1))
+                           WHERE state = 'pending' AND not_before_ms <= ?1
                              -- per ordering key, one at a time and oldest first
                              AND (ordering_key IS NULL OR NOT EXISTS (
                                   SELECT 1 FROM events AS earlier
@@ -661,9 +678,11 @@ impl EventQueue for SqliteStore {
                            ORDER BY not_before_ms, seq LIMIT ?2)
              RETURNING {EVENT_COLUMNS}"
         ))?;
-        let lease = now_ms + DELIVERY_LEASE_MS;
-        let rows = stmt.query_map(params![now_ms, limit as i64, lease], queued_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map(params![now_ms, room as i64, lease], queued_from_row)?;
+        for row in rows {
+            claimed.push(row?);
+        }
+        Ok(claimed)
     }
 
     fn set_data(&self, id: &str, data: &[u8]) -> StoreResult<()> {
