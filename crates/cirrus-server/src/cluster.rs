@@ -1,13 +1,12 @@
 //! Cluster mode: what a node does differently when its shared state is in NATS
 //! JetStream (`cirrus up --cluster`).
 //!
-//! Shared today: function metadata (deploys, aliases, triggers), artifacts, schedule
-//! ticks, the cluster's credentials, invocation records and logs (every node keeps all
-//! of them), secrets, API keys, the audit log, the event queue and KV tables. Not yet
-//! shared, so refused here with 501 instead of answering from one node's disk: buckets
-//! and objects (the S3 API and `/v1/buckets`).
+//! Shared: function metadata (deploys, aliases, triggers), artifacts, schedule ticks,
+//! the cluster's credentials, invocation records and logs (every node keeps all of
+//! them), secrets, API keys, the audit log, the event queue, KV tables, buckets and
+//! objects.
 //!
-//! A node that has lost NATS refuses management writes with 503 (they could not be
+//! A node that has lost NATS refuses writes of shared state with 503 (they could not be
 //! stored) and serves invocations of what it already knows; it reconnects by itself.
 
 use crate::store::jetstream::JetStream;
@@ -39,19 +38,6 @@ pub fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// Path prefixes whose state cluster mode does not share yet.
-const NOT_SHARED: &[(&str, &str)] = &[("/v1/buckets", "buckets and objects")];
-
-fn not_shared(path: &str) -> Option<&'static str> {
-    NOT_SHARED
-        .iter()
-        .find(|(prefix, _)| {
-            path.strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
-        .map(|(_, what)| *what)
-}
-
 /// A request that changes state stored in NATS.
 fn writes_shared_state(method: &Method, path: &str) -> bool {
     let reads = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -62,37 +48,34 @@ fn writes_shared_state(method: &Method, path: &str) -> bool {
             || path.starts_with("/v1/triggers")
             || path.starts_with("/v1/kv")
             || path.starts_with("/v1/dlq")
+            || path.starts_with("/v1/buckets")
             || path.starts_with("/20"))
 }
+
+/// The answer to a write while NATS is unreachable.
+const NATS_LOST: &str = "this node has lost its connection to NATS, where the cluster's state is kept: changes are refused until it reconnects (it does so by itself); invocations of deployed functions go on";
 
 /// The main and dashboard listeners' guard in cluster mode.
 pub async fn guard(State(cluster): State<Arc<Cluster>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if let Some(what) = not_shared(path) {
-        return crate::error::Failure::from(ApiError::new(
-            ErrorCode::NotImplemented,
-            format!("{what} are not shared between cluster nodes yet: cluster mode refuses them rather than answer from one node's disk; run a single node (without --cluster) to use them"),
-        ))
-        .into_response();
-    }
     if writes_shared_state(request.method(), path) && !cluster.store.connected() {
-        return crate::error::Failure::from(ApiError::new(
-            ErrorCode::Unavailable,
-            "this node has lost its connection to NATS, where the cluster's state is kept: changes are refused until it reconnects (it does so by itself); invocations of deployed functions go on",
-        ))
-        .into_response();
+        return crate::error::Failure::from(ApiError::new(ErrorCode::Unavailable, NATS_LOST))
+            .into_response();
     }
     next.run(request).await
 }
 
-/// The S3 listener's answer in cluster mode: objects are not shared yet.
-pub async fn s3_refused(request: Request) -> Response {
-    crate::s3::error::S3Error::not_implemented(&format!(
-        "{} {}: the S3 API in cluster mode (objects are not shared between nodes yet)",
-        request.method(),
-        request.uri().path()
-    ))
-    .into_response()
+/// The S3 listener's guard in cluster mode: every write is of shared state.
+pub async fn s3_guard(
+    State(cluster): State<Arc<Cluster>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads && !cluster.store.connected() {
+        return crate::s3::error::S3Error::unavailable(NATS_LOST).into_response();
+    }
+    next.run(request).await
 }
 
 #[cfg(test)]
@@ -100,14 +83,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unshared_state_is_named_by_whole_path_segments() {
-        assert_eq!(not_shared("/v1/buckets/b/k"), Some("buckets and objects"));
-        assert_eq!(not_shared("/v1/buckets"), Some("buckets and objects"));
-        assert_eq!(not_shared("/v1/bucketsx"), None);
-        assert_eq!(not_shared("/v1/kv/orders/a"), None);
+    fn shared_state_writes_are_told_from_reads_and_invocations() {
+        assert!(writes_shared_state(&Method::PUT, "/v1/buckets/b"));
         assert!(writes_shared_state(&Method::PUT, "/v1/kv/orders/a"));
         assert!(!writes_shared_state(&Method::GET, "/v1/kv/orders/a"));
-        assert_eq!(not_shared("/v1/functions/f"), None);
         assert!(writes_shared_state(&Method::PUT, "/v1/functions/f"));
         assert!(!writes_shared_state(
             &Method::POST,

@@ -191,6 +191,7 @@ impl Server {
         let admin_token = token.clone();
         // In a cluster, secrets and API keys are the cluster's (see `jetstream::access`).
         let shared_access = cluster.as_ref().map(|c| c.store.clone());
+        let clustered = cluster.is_some();
         let (store, artifacts, runtime, blobs, credentials, secrets, keys) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
@@ -198,14 +199,21 @@ impl Server {
                 let artifacts: Arc<dyn ArtifactStore> =
                     Arc::new(FsArtifactStore::open(&data_dir.join("artifacts"))?);
                 let runtime = Arc::new(Runtime::new(runtime_config)?);
-                let blobs = Arc::new(crate::s3::blobs::Blobs::open(&data_dir.join("objects"))?);
-                let leftovers = blobs.sweep(&crate::store::ObjectStore::live_blobs(&*store)?)?;
-                if leftovers > 0 {
-                    tracing::info!(
-                        blobs = leftovers,
-                        "removed object data of uploads interrupted by the last stop"
-                    );
-                }
+                // In a cluster the object bytes are the cluster's: opened below.
+                let blobs = if clustered {
+                    None
+                } else {
+                    let blobs = crate::s3::blobs::Blobs::open(&data_dir.join("objects"))?;
+                    let live = crate::store::ObjectStore::live_blobs(&*store)?;
+                    let leftovers = blobs.sweep(&live, 0)?;
+                    if leftovers > 0 {
+                        tracing::info!(
+                            blobs = leftovers,
+                            "removed object data of uploads interrupted by the last stop"
+                        );
+                    }
+                    Some(Arc::new(blobs))
+                };
                 let sealing = Arc::new(match &secrets_key_file {
                     Some(path) => crate::secrets::SealingKey::load(path, false)?,
                     None => crate::secrets::SealingKey::load(
@@ -267,8 +275,44 @@ impl Server {
             ),
             None => store.clone(),
         };
-        let objects: Arc<dyn crate::store::ObjectStore> = store.clone();
-        let retention_store: Arc<dyn crate::store::RetentionStore> = store.clone();
+        let (objects, blobs, retention_store): (
+            Arc<dyn crate::store::ObjectStore>,
+            Arc<crate::s3::blobs::Blobs>,
+            Arc<dyn crate::store::RetentionStore>,
+        ) = match (&cluster, blobs) {
+            (Some(cluster), _) => {
+                let options = config.cluster.clone().unwrap_or_default();
+                let objects = Arc::new(
+                    crate::store::jetstream::objects::ClusterObjects::open(
+                        &cluster.store,
+                        options.replicas,
+                        event_queue.clone(),
+                    )
+                    .await?,
+                );
+                let root = config.data_dir.join("objects");
+                let shared = objects.clone();
+                let blobs = tokio::task::spawn_blocking(move || {
+                    crate::s3::blobs::Blobs::open_shared(&root, shared, options.object_cache_bytes)
+                })
+                .await??;
+                let blobs = Arc::new(blobs);
+                tokio::task::spawn_blocking({
+                    let (objects, blobs, clock) = (objects.clone(), blobs.clone(), clock.clone());
+                    move || sweep_shared_blobs(&*objects, &blobs, clock.now_ms())
+                });
+                let retention = Arc::new(crate::store::jetstream::objects::ClusterRetention {
+                    local: store.clone(),
+                    objects: objects.clone(),
+                });
+                (objects, blobs, retention)
+            }
+            (None, blobs) => (
+                store.clone(),
+                blobs.context("the blob directory was not opened")?,
+                store.clone(),
+            ),
+        };
         let access_store: Arc<dyn crate::store::AccessStore> = match &cluster {
             Some(cluster) => Arc::new(cluster.store.clone()),
             None => store.clone(),
@@ -656,6 +700,17 @@ impl Server {
             clock: self.clock.clone(),
         };
         let scheduling = tokio::spawn(scheduler.run(state.shutdown.clone()));
+        let leases = match &self.cluster {
+            Some(cluster) => Some(Arc::new(
+                crate::store::jetstream::leases::Leases::open(
+                    &cluster.store,
+                    self.config.cluster.as_ref().map_or(1, |o| o.replicas),
+                    cluster.node.clone(),
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let subscriptions = tokio::spawn(crate::sources::subscriptions::run(
             Arc::new(crate::sources::subscriptions::Context {
                 registry: state.registry.clone(),
@@ -664,6 +719,7 @@ impl Server {
                 states: state.sources.clone(),
                 metrics: state.invoker.metrics.clone(),
                 max_event_bytes: state.max_event_bytes,
+                leases,
             }),
             state.shutdown.clone(),
         ));
@@ -684,10 +740,11 @@ impl Server {
             .tls
             .clone()
             .map(|tls| tokio::spawn(tls.watch(state.shutdown.clone())));
-        let s3_router = if self.cluster.is_some() {
-            axum::Router::new().fallback(crate::cluster::s3_refused)
-        } else {
-            crate::s3::router(self.s3.clone())
+        let s3_router = match &self.cluster {
+            Some(cluster) => crate::s3::router(self.s3.clone()).layer(
+                axum::middleware::from_fn_with_state(cluster.clone(), crate::cluster::s3_guard),
+            ),
+            None => crate::s3::router(self.s3.clone()),
         };
         let dashboard_router = self.guarded(api::dashboard_router(state.clone()));
         let objects = self.s3_listener.map(|listener| {
@@ -760,6 +817,23 @@ impl Server {
 
 /// Unloads versions idle past their function's `idle_timeout`, once. The background
 /// sweeper calls this periodically; tests and benchmarks call it with a manual clock.
+/// Removes the cluster's object bytes that no object or part names: what writes cut off
+/// by a node's stop left (see [`crate::s3::blobs::Blobs::sweep`]).
+fn sweep_shared_blobs(
+    objects: &dyn crate::store::ObjectStore,
+    blobs: &crate::s3::blobs::Blobs,
+    now_ms: u64,
+) {
+    let swept = objects
+        .live_blobs()
+        .and_then(|live| blobs.sweep(&live, now_ms));
+    match swept {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(blobs = n, "removed object data of interrupted uploads"),
+        Err(e) => tracing::warn!("sweeping the cluster's object data failed: {e:#}"),
+    }
+}
+
 pub fn sweep_idle(state: &AppState) -> usize {
     let registry = &state.registry;
     state.scaler.sweep(|function, version| {

@@ -357,6 +357,54 @@ async fn boto3_operations_errors_and_durability() {
     again.stop().await;
 }
 
+/// Cluster mode keeps buckets and objects in JetStream: the same suites hold there,
+/// run against one node, and what they stored is read through a second node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suites_hold_with_objects_in_jetstream() {
+    python_has_boto3();
+    let dir = tempfile::tempdir().unwrap();
+    // Each suite on a cluster of its own, as each has a server of its own above.
+    let nats = cirrus_server::testing::NatsServer::start();
+    let first = cirrus_server::testing::NatsServer::start();
+    let in_cluster = |nats: &cirrus_server::testing::NatsServer| {
+        let url = nats.url();
+        move |c: &mut ServerConfig| {
+            c.s3.min_part_bytes = 1024;
+            c.cluster = Some(cirrus_server::store::jetstream::ClusterOptions::new(&url));
+        }
+    };
+    let data = dir.path().join("c");
+    let server = start(&data, in_cluster(&first)).await;
+    python_suite(&server, "conformance.py", &data).await;
+    server.stop().await;
+
+    let a_data = dir.path().join("a");
+    let a = start(&a_data, in_cluster(&nats)).await;
+    python_suite(&a, "boto3_suite.py", &a_data).await;
+    let b_data = dir.path().join("b");
+    let b = start(&b_data, in_cluster(&nats)).await;
+    let home = dir.path();
+    let got = home.join("a.txt");
+    aws_ok(
+        &b,
+        home,
+        &["s3", "cp", "s3://box/a.txt", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), b"hello world");
+    // A's copies of the bytes are a cache: without them A reads them from JetStream.
+    a.stop().await;
+    let a = start(&a_data, in_cluster(&nats)).await;
+    std::fs::remove_file(&got).unwrap();
+    aws_ok(
+        &a,
+        home,
+        &["s3", "cp", "s3://box/a.txt", got.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), b"hello world");
+    a.stop().await;
+    b.stop().await;
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -268,6 +268,10 @@ struct ClusterArgs {
     /// cluster of three or more
     #[arg(long, requires = "cluster", default_value_t = 1)]
     cluster_replicas: usize,
+    /// Disk this node may use for copies of stored objects, in MiB: the bytes are in
+    /// JetStream, the copies spare reading them from there again
+    #[arg(long, requires = "cluster", default_value_t = 2048)]
+    cluster_object_cache_mb: u64,
     /// NATS credentials file (JWT and NKey seed), as `nats --creds` takes it
     #[arg(long, requires = "cluster", env = "CIRRUS_NATS_CREDS")]
     nats_creds: Option<PathBuf>,
@@ -313,6 +317,7 @@ impl ClusterArgs {
             tls_cert: self.nats_tls_cert.clone(),
             tls_key: self.nats_tls_key.clone(),
             replicas: self.cluster_replicas,
+            object_cache_bytes: self.cluster_object_cache_mb << 20,
             ..cirrus_server::store::jetstream::ClusterOptions::new(servers)
         })
     }

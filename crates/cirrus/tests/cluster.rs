@@ -5,7 +5,7 @@
 mod common;
 
 use cirrus_server::testing::{NatsCluster, NatsServer};
-use common::{repo, Up};
+use common::{aws, aws_ok, repo, Up};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -139,19 +139,6 @@ fn a_deploy_on_one_node_is_served_by_every_node() {
     eventually(Duration::from_secs(5), "A forgets the function", || {
         call("POST", &format!("{}/fn/echo", a.url), None, Some("x")).0 == 404
     });
-
-    // What is not shared yet is refused on every node, with nothing done.
-    let (status, body) = call(
-        "PUT",
-        &format!("{}/v1/buckets/photos", b.url),
-        Some(&b.admin_token()),
-        None,
-    );
-    assert_eq!(status, 501, "{body}");
-    assert!(body.contains("not shared between cluster nodes"), "{body}");
-    let (status, body) = call("PUT", &format!("{}/photos", a.s3), None, None);
-    assert_eq!(status, 501, "{body}");
-    assert!(body.contains("<Code>NotImplemented</Code>"), "{body}");
 }
 
 #[test]
@@ -246,6 +233,10 @@ fn a_node_that_loses_nats_refuses_writes_and_recovers() {
         String::from_utf8_lossy(&out.stderr).contains("lost its connection to NATS")
     });
     assert_eq!(nats_state(), "disconnected");
+    // S3 writes too, as S3 says so (clients retry it), before anything is read.
+    let (status, body) = call("PUT", &format!("{}/photos", a.s3), None, None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("<Code>ServiceUnavailable</Code>"), "{body}");
     // What it knows it still serves.
     assert_eq!(
         call("POST", &format!("{}/fn/echo", a.url), None, Some("up")),
@@ -756,4 +747,327 @@ fn a_nats_subject_trigger_turns_each_message_into_one_event_across_nodes() {
     });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(runs(), MESSAGES, "one event per message, not one per node");
+}
+
+/// Bytes that are not all alike, so that a chunk out of place shows.
+fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+fn aws_json(up: &Up, home: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&aws_ok(up, home, args)).unwrap()
+}
+
+/// Buckets and objects are the cluster's, with the aws CLI on both nodes: an object put
+/// through A is read (whole and a range), listed, conditionally overwritten and deleted
+/// through B; a multipart upload's parts go through both; bucket notifications of puts
+/// through either node run the function on some node.
+#[test]
+fn objects_are_the_clusters_through_any_node() {
+    let p = pair();
+    let (a, b) = (&p.a, &p.b);
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    aws_ok(a, home, &["s3", "mb", "s3://photos"]);
+    a.cli_ok(&[
+        "deploy",
+        "echo",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    a.cli_ok(&[
+        "trigger", "add", "echo", "--bucket", "photos", "--events", "created",
+    ]);
+
+    let bytes = pseudo_random(3 << 20, 7);
+    let file = home.join("big.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    aws_ok(
+        a,
+        home,
+        &["s3", "cp", file.to_str().unwrap(), "s3://photos/big.bin"],
+    );
+    assert!(aws_ok(b, home, &["s3", "cp", "s3://photos/big.bin", "-"]) == bytes);
+    let part = home.join("range.bin");
+    aws_ok(
+        b,
+        home,
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "big.bin",
+            "--range",
+            "bytes=1000000-1000999",
+            part.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&part).unwrap() == bytes[1_000_000..1_001_000]);
+    let listed = String::from_utf8(aws_ok(b, home, &["s3", "ls", "s3://photos/"])).unwrap();
+    assert!(listed.contains("3145728 big.bin"), "{listed}");
+
+    // If-None-Match: * through B sees A's object; If-Match with its ETag replaces it.
+    let small = home.join("small.txt");
+    std::fs::write(&small, "small").unwrap();
+    let refused = aws(
+        b,
+        home,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "big.bin",
+            "--body",
+            small.to_str().unwrap(),
+            "--if-none-match",
+            "*",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("PreconditionFailed"),
+        "{refused:?}"
+    );
+    let etag = aws_json(
+        a,
+        home,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "big.bin",
+        ],
+    )["ETag"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    aws_ok(
+        b,
+        home,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "big.bin",
+            "--body",
+            small.to_str().unwrap(),
+            "--if-match",
+            &etag,
+        ],
+    );
+    assert_eq!(
+        aws_ok(a, home, &["s3", "cp", "s3://photos/big.bin", "-"]),
+        b"small"
+    );
+
+    // A multipart upload started on A, its parts put through B and A, completed on B.
+    let id = aws_json(
+        a,
+        home,
+        &[
+            "s3api",
+            "create-multipart-upload",
+            "--bucket",
+            "photos",
+            "--key",
+            "multi.bin",
+        ],
+    )["UploadId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = home.join("part1");
+    let first_bytes = pseudo_random(5 << 20, 11);
+    std::fs::write(&first, &first_bytes).unwrap();
+    let upload_part = |up: &Up, number: &str, path: &std::path::Path| {
+        aws_json(
+            up,
+            home,
+            &[
+                "s3api",
+                "upload-part",
+                "--bucket",
+                "photos",
+                "--key",
+                "multi.bin",
+                "--upload-id",
+                &id,
+                "--part-number",
+                number,
+                "--body",
+                path.to_str().unwrap(),
+            ],
+        )["ETag"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let e1 = upload_part(b, "1", &first);
+    let e2 = upload_part(a, "2", &small);
+    let listed = aws_json(
+        a,
+        home,
+        &[
+            "s3api",
+            "list-parts",
+            "--bucket",
+            "photos",
+            "--key",
+            "multi.bin",
+            "--upload-id",
+            &id,
+        ],
+    );
+    assert_eq!(listed["Parts"].as_array().unwrap().len(), 2, "{listed}");
+    let parts = serde_json::json!({"Parts": [
+        {"ETag": e1, "PartNumber": 1}, {"ETag": e2, "PartNumber": 2},
+    ]})
+    .to_string();
+    aws_ok(
+        b,
+        home,
+        &[
+            "s3api",
+            "complete-multipart-upload",
+            "--bucket",
+            "photos",
+            "--key",
+            "multi.bin",
+            "--upload-id",
+            &id,
+            "--multipart-upload",
+            &parts,
+        ],
+    );
+    let mut whole = first_bytes.clone();
+    whole.extend_from_slice(b"small");
+    assert!(aws_ok(a, home, &["s3", "cp", "s3://photos/multi.bin", "-"]) == whole);
+
+    // Deleted through B: gone on A, and the bucket can go once it is empty.
+    aws_ok(b, home, &["s3", "rm", "s3://photos/big.bin"]);
+    let head = aws(
+        a,
+        home,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "photos",
+            "--key",
+            "big.bin",
+        ],
+    );
+    assert!(!head.status.success());
+    let refused = aws(a, home, &["s3", "rb", "s3://photos"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("BucketNotEmpty"),
+        "{refused:?}"
+    );
+
+    // Three puts (A's, B's replacement, the completed upload), each notified once.
+    eventually(Duration::from_secs(20), "three notifications ran", || {
+        runs_here(a, "echo") + runs_here(b, "echo") >= 3
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(runs_here(a, "echo") + runs_here(b, "echo"), 3);
+    aws_ok(b, home, &["s3", "rm", "s3://photos/multi.bin"]);
+    aws_ok(a, home, &["s3", "rb", "s3://photos"]);
+    let gone = aws(b, home, &["s3", "ls", "s3://photos/"]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NoSuchBucket"),
+        "{gone:?}"
+    );
+}
+
+/// Whether this node holds the trigger's connection now.
+fn holds_trigger(up: &Up, function: &str) -> bool {
+    up.cli_json(&["trigger", "ls", function])[0]["state"]["connected"] == true
+}
+
+/// An MQTT trigger's session is held by one node at a time (a broker keeps one session
+/// per client id): each message becomes one event however many nodes run, and when the
+/// holder is killed another node takes the session over, with the messages the broker
+/// kept for it meanwhile.
+#[test]
+fn an_mqtt_trigger_is_held_by_one_node_and_taken_over() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = common::mosquitto::Mosquitto::start(broker_dir.path());
+    let mut p = pair();
+    p.a.cli_ok(&[
+        "deploy",
+        "echo",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    p.a.cli_ok(&[
+        "trigger",
+        "add",
+        "echo",
+        "--mqtt",
+        "sensors/#",
+        "--broker",
+        &broker.url(),
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "one node holds the session",
+        || holds_trigger(&p.a, "echo") || holds_trigger(&p.b, "echo"),
+    );
+    // The other stands by, saying so.
+    std::thread::sleep(Duration::from_secs(3));
+    let a_holds = holds_trigger(&p.a, "echo");
+    let (holder, standby) = if a_holds {
+        (&mut p.a, &p.b)
+    } else {
+        (&mut p.b, &p.a)
+    };
+    assert!(
+        !holds_trigger(standby, "echo"),
+        "both nodes hold the session"
+    );
+    let state = &standby.cli_json(&["trigger", "ls", "echo"])[0]["state"];
+    assert!(
+        state["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("standing by"),
+        "{state}"
+    );
+
+    for i in 0..10 {
+        broker.publish(&format!("sensors/{i}"), b"reading", &[]);
+    }
+    let total = |a: &Up, b: &Up| runs_here(a, "echo") + runs_here(b, "echo");
+    eventually(Duration::from_secs(20), "ten events ran", || {
+        total(holder, standby) >= 10
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(total(holder, standby), 10, "one event per message");
+
+    // The holder dies; what is published meanwhile waits in the broker's session.
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    let before = runs_here(standby, "echo");
+    for i in 0..10 {
+        broker.publish(&format!("sensors/{i}"), b"later", &[]);
+    }
+    let took = eventually(Duration::from_secs(30), "the other node takes over", || {
+        runs_here(standby, "echo") >= before + 10
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(runs_here(standby, "echo"), before + 10, "each message once");
+    assert!(holds_trigger(standby, "echo"));
+    eprintln!("took the MQTT session over in {took:?}");
 }

@@ -6,42 +6,9 @@
 
 mod common;
 
-use common::{repo, Up};
-use std::path::Path;
-use std::process::{Command, Output};
+use common::{aws, aws_ok, repo, Up};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn aws(up: &Up, home: &Path, args: &[&str]) -> Output {
-    let config = home.join("aws-config");
-    if !config.exists() {
-        std::fs::write(
-            &config,
-            "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n",
-        )
-        .unwrap();
-    }
-    Command::new("aws")
-        .args(["--endpoint-url", &up.s3])
-        .args(args)
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            up.data_dir.join("s3-credentials"),
-        )
-        .env("AWS_CONFIG_FILE", &config)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("the aws CLI runs (scripts/test installs it)")
-}
-
-fn aws_ok(up: &Up, home: &Path, args: &[&str]) -> Vec<u8> {
-    let out = aws(up, home, args);
-    assert!(
-        out.status.success(),
-        "aws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(90);

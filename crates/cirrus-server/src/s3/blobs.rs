@@ -2,17 +2,39 @@
 //! `objects/tmp/` and fsynced and renamed into place before the object is recorded, so
 //! a crash never exposes a partial object. Keys never become paths: a blob is named by
 //! the server, whatever the key.
+//!
+//! In a cluster the bytes are the cluster's ([`SharedBlobs`]): a finished blob is stored
+//! there before it is recorded, and the blob directory keeps copies only as a cache of
+//! bounded size (least recently used go first), filled on a read that misses.
 
+use crate::store::SharedBlobs;
 use anyhow::Context as _;
 use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub struct Blobs {
     dir: PathBuf,
     tmp: PathBuf,
     dir_sync: DirSync,
+    shared: Option<Shared>,
 }
+
+/// Cluster mode: where the bytes are, and the cache's bounds.
+struct Shared {
+    store: Arc<dyn SharedBlobs>,
+    /// Bytes the cached copies may take.
+    cache_bytes: u64,
+    /// Bytes cached, as last counted plus what came since.
+    cached: AtomicU64,
+    trimming: std::sync::Mutex<()>,
+}
+
+/// A shared blob that no object or part names is removed by the sweep only once it is
+/// this old: younger, it may be a write in progress on another node.
+const SWEEP_GRACE_MS: u64 = 3600 * 1000;
 
 /// Group commit for the blob directory's fsync: a rename is durable once the directory
 /// is synced after it, so concurrent writers share one sync instead of queueing a sync
@@ -81,11 +103,109 @@ impl Blobs {
             dir,
             tmp,
             dir_sync: DirSync::default(),
+            shared: None,
         })
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    /// Cluster mode: the bytes are in `store`, and the blob directory (emptied here: it
+    /// is a cache) keeps at most about `cache_bytes` of copies.
+    pub fn open_shared(
+        root: &Path,
+        store: Arc<dyn SharedBlobs>,
+        cache_bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let dir = root.join("blobs");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        let mut blobs = Self::open(root)?;
+        blobs.shared = Some(Shared {
+            store,
+            cache_bytes,
+            cached: AtomicU64::new(0),
+            trimming: std::sync::Mutex::new(()),
+        });
+        Ok(blobs)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Opens a blob for reading. In a cluster, a blob not cached yet is read from the
+    /// shared store first. `NotFound` when there is no such blob (any more).
+    pub fn read(&self, name: &str) -> std::io::Result<std::fs::File> {
+        let path = self.path(name);
+        let missing = match std::fs::File::open(&path) {
+            Ok(file) => {
+                if self.shared.is_some() {
+                    // Recently used: the cache's trim keeps it longer.
+                    let _ = file.set_modified(std::time::SystemTime::now());
+                }
+                return Ok(file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => e,
+            Err(e) => return Err(e),
+        };
+        let Some(shared) = &self.shared else {
+            return Err(missing);
+        };
+        let mut copy = tempfile::NamedTempFile::new_in(&self.tmp)?;
+        if !shared
+            .store
+            .download(name, copy.as_file_mut())
+            .map_err(std::io::Error::other)?
+        {
+            return Err(missing);
+        }
+        // A handle of its own: the cache's trim may remove the file at any time.
+        let mut file = copy.reopen()?;
+        let size = copy.as_file().metadata()?.len();
+        copy.persist(&path).map_err(|e| e.error)?;
+        self.cached(size);
+        std::io::Seek::rewind(&mut file)?;
+        Ok(file)
+    }
+
+    /// Counts `size` more bytes in the cache, trimming it when over its bound.
+    fn cached(&self, size: u64) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if shared.cached.fetch_add(size, Ordering::Relaxed) + size <= shared.cache_bytes {
+            return;
+        }
+        let Ok(_one) = shared.trimming.try_lock() else {
+            return; // another thread is trimming
+        };
+        match self.trim(shared.cache_bytes / 4 * 3) {
+            Ok(left) => shared.cached.store(left, Ordering::Relaxed),
+            Err(e) => tracing::warn!("trimming the object cache failed: {e}"),
+        }
+    }
+
+    /// Removes the least recently used cached copies until at most `keep` bytes are
+    /// left; returns the bytes left.
+    fn trim(&self, keep: u64) -> std::io::Result<u64> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Ok(meta) = entry.metadata() else {
+                continue; // removed meanwhile
+            };
+            files.push((meta.modified()?, meta.len(), entry.path()));
+        }
+        files.sort();
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        for (_, len, path) in files {
+            if total <= keep {
+                break;
+            }
+            // An open reader keeps its copy until it is done with it.
+            let _ = std::fs::remove_file(path);
+            total -= len;
+        }
+        Ok(total)
     }
 
     pub fn writer(&self) -> std::io::Result<BlobWriter> {
@@ -106,11 +226,30 @@ impl Blobs {
                 tracing::warn!(blob = name, "removing a blob failed: {e}");
             }
         }
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared.store.remove(name) {
+                tracing::warn!(blob = name, "removing a shared blob failed: {e:#}");
+            }
+        }
     }
 
     /// Removes blobs that nothing refers to: leftovers of writes interrupted between the
-    /// rename and the commit. Called at start-up, before any write.
-    pub fn sweep(&self, live: &HashSet<String>) -> anyhow::Result<usize> {
+    /// rename and the commit. On one node it is called at start-up, before any write; in
+    /// a cluster, where other nodes write meanwhile, it removes only shared blobs older
+    /// than [`SWEEP_GRACE_MS`] at `now_ms`.
+    pub fn sweep(&self, live: &HashSet<String>, now_ms: u64) -> anyhow::Result<usize> {
+        if let Some(shared) = &self.shared {
+            let mut removed = 0;
+            for name in shared.store.stored()? {
+                if !live.contains(&name)
+                    && written_ms(&name).is_some_and(|ms| ms + SWEEP_GRACE_MS < now_ms)
+                {
+                    self.remove(&name);
+                    removed += 1;
+                }
+            }
+            return Ok(removed);
+        }
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -122,6 +261,13 @@ impl Blobs {
         }
         Ok(removed)
     }
+}
+
+/// When a blob was written: its name is a UUIDv7, which starts with that time. `None`
+/// for a name not made here.
+fn written_ms(name: &str) -> Option<u64> {
+    let (seconds, nanos) = uuid::Uuid::try_parse(name).ok()?.get_timestamp()?.to_unix();
+    Some(seconds * 1000 + u64::from(nanos) / 1_000_000)
 }
 
 impl BlobWriter {
@@ -147,23 +293,38 @@ impl BlobWriter {
         }
     }
 
-    /// Appends a stored blob (completing a multipart upload; copying an object).
-    pub fn append_file(&mut self, path: &Path) -> std::io::Result<u64> {
+    /// Appends a stored blob (completing a multipart upload; copying an object), as
+    /// [`Blobs::read`] opened it.
+    pub fn append(&mut self, mut from: std::fs::File) -> std::io::Result<u64> {
         self.file.flush()?;
-        let mut from = std::fs::File::open(path)?;
         // std::io::copy between files uses copy_file_range on Linux: no user-space copy.
         std::io::copy(&mut from, self.file.get_mut().as_file_mut())
     }
 
-    /// Makes the blob durable and gives it its final name.
+    /// Makes the blob durable and gives it its final name; in a cluster, stores it in
+    /// the shared store too.
     pub fn finish(mut self, blobs: &Blobs) -> std::io::Result<String> {
         self.wait_for_flush()?;
         let file = self.file.into_inner().map_err(|e| e.into_error())?;
-        file.as_file().sync_all()?;
+        let size = file.as_file().metadata()?.len();
         let name = uuid::Uuid::now_v7().simple().to_string();
-        file.persist(blobs.path(&name)).map_err(|e| e.error)?;
-        // The rename itself is durable once the directory is synced.
-        blobs.dir_sync.sync(&blobs.dir)?;
+        let path = blobs.path(&name);
+        let Some(shared) = &blobs.shared else {
+            file.as_file().sync_all()?;
+            file.persist(&path).map_err(|e| e.error)?;
+            // The rename itself is durable once the directory is synced.
+            blobs.dir_sync.sync(&blobs.dir)?;
+            return Ok(name);
+        };
+        // In a cluster the local file is a cache: the shared store makes it durable.
+        file.persist(&path).map_err(|e| e.error)?;
+        {
+            if let Err(e) = shared.store.upload(&name, &path) {
+                let _ = std::fs::remove_file(&path);
+                return Err(std::io::Error::other(format!("{e:#}")));
+            }
+            blobs.cached(size);
+        }
         Ok(name)
     }
 }
@@ -198,5 +359,90 @@ mod tests {
         let state = blobs.dir_sync.state.lock().unwrap();
         assert_eq!(state.0, 16);
         assert_eq!(state.1, 16, "every rename is covered by a finished sync");
+    }
+
+    /// A shared store in memory: the unit tests' stand-in for JetStream (the real one
+    /// is tested in `tests/s3.rs` and `tests/cluster.rs`).
+    #[derive(Default)]
+    struct InMemory(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+
+    impl SharedBlobs for InMemory {
+        fn upload(&self, name: &str, file: &Path) -> anyhow::Result<()> {
+            let bytes = std::fs::read(file)?;
+            self.0.lock().unwrap().insert(name.to_owned(), bytes);
+            Ok(())
+        }
+
+        fn download(&self, name: &str, into: &mut std::fs::File) -> anyhow::Result<bool> {
+            let Some(bytes) = self.0.lock().unwrap().get(name).cloned() else {
+                return Ok(false);
+            };
+            into.write_all(&bytes)?;
+            Ok(true)
+        }
+
+        fn remove(&self, name: &str) -> anyhow::Result<()> {
+            self.0.lock().unwrap().remove(name);
+            Ok(())
+        }
+
+        fn stored(&self) -> anyhow::Result<Vec<String>> {
+            Ok(self.0.lock().unwrap().keys().cloned().collect())
+        }
+    }
+
+    fn cached_bytes(root: &Path) -> u64 {
+        std::fs::read_dir(root.join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn shared_blobs_are_stored_before_they_are_named_and_cached_within_bounds() {
+        use std::io::Read as _;
+        let root = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::default());
+        let blobs = Blobs::open_shared(root.path(), store.clone(), 10_000).unwrap();
+        let names: Vec<String> = (0..8u8)
+            .map(|i| {
+                let mut w = blobs.writer().unwrap();
+                w.write(&[i; 4000]).unwrap();
+                w.finish(&blobs).unwrap()
+            })
+            .collect();
+        assert_eq!(store.stored().unwrap().len(), 8, "every blob is shared");
+        assert!(
+            cached_bytes(root.path()) <= 10_000,
+            "the cache keeps its bound"
+        );
+        // Every blob reads back, from the cache or fetched again.
+        for (i, name) in names.iter().enumerate() {
+            let mut bytes = Vec::new();
+            blobs.read(name).unwrap().read_to_end(&mut bytes).unwrap();
+            assert_eq!(bytes, vec![i as u8; 4000]);
+        }
+        assert!(cached_bytes(root.path()) <= 10_000);
+        let missing = blobs.read("0190a5c1e0b07d4b8c3f2a1b0c9d8e7f").unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+
+        // Removing a blob removes the shared copy; the sweep spares young blobs.
+        blobs.remove(&names[0]);
+        assert_eq!(store.stored().unwrap().len(), 7);
+        let live: HashSet<String> = names[1..4].iter().cloned().collect();
+        let now = written_ms(&names[7]).unwrap();
+        assert_eq!(
+            blobs.sweep(&live, now).unwrap(),
+            0,
+            "written within the hour"
+        );
+        assert_eq!(blobs.sweep(&live, now + 2 * SWEEP_GRACE_MS).unwrap(), 4);
+        let mut left = store.stored().unwrap();
+        left.sort();
+        assert_eq!(left, names[1..4]);
+        // A node starting again starts with an empty cache.
+        drop(blobs);
+        let _again = Blobs::open_shared(root.path(), store, 10_000).unwrap();
+        assert_eq!(cached_bytes(root.path()), 0);
     }
 }

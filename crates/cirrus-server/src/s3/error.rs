@@ -84,6 +84,15 @@ impl S3Error {
         Self::bad_request("InvalidArgument", message)
     }
 
+    /// S3's answer when it cannot take a request now (clients retry it).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            "ServiceUnavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        )
+    }
+
     pub fn not_implemented(what: &str) -> Self {
         Self::new(
             "NotImplemented",

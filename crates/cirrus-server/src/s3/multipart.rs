@@ -279,7 +279,7 @@ pub async fn upload_part_copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> 
     let (blobs, source) = (s3.blobs.clone(), from.blob.clone());
     let copied = tokio::task::spawn_blocking(move || -> std::io::Result<(String, [u8; 16])> {
         use std::io::{Read as _, Seek as _};
-        let mut file = std::fs::File::open(blobs.path(&source))?;
+        let mut file = blobs.read(&source)?;
         file.seek(std::io::SeekFrom::Start(start))?;
         let mut reader = file.take(len);
         let mut writer = blobs.writer()?;
@@ -570,14 +570,14 @@ fn join_parts(
     let mut writer = blobs.writer()?;
     let Some(algorithm) = full_object else {
         for b in parts {
-            writer.append_file(&blobs.path(b))?;
+            writer.append(blobs.read(b)?)?;
         }
         return Ok((writer.finish(blobs)?, None));
     };
     let mut hasher = algorithm.hasher();
     let mut buf = vec![0u8; 1 << 20];
     for b in parts {
-        let mut file = std::fs::File::open(blobs.path(b))?;
+        let mut file = blobs.read(b)?;
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {

@@ -324,10 +324,10 @@ pub async fn get(
 
 async fn open_body(s3: &Arc<S3>, blob: &str, start: u64, length: u64) -> std::io::Result<Body> {
     use std::io::{Read as _, Seek as _};
-    let path = s3.blobs.path(blob);
+    let (blobs, blob) = (s3.blobs.clone(), blob.to_owned());
     if length <= READ_WHOLE_BYTES {
         let bytes = tokio::task::spawn_blocking(move || {
-            let mut file = std::fs::File::open(path)?;
+            let mut file = blobs.read(&blob)?;
             file.seek(std::io::SeekFrom::Start(start))?;
             let mut buf = Vec::with_capacity(length as usize);
             file.take(length).read_to_end(&mut buf)?;
@@ -337,9 +337,16 @@ async fn open_body(s3: &Arc<S3>, blob: &str, start: u64, length: u64) -> std::io
         .map_err(std::io::Error::other)??;
         return Ok(Body::from(bytes));
     }
-    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(start)).await?;
+    use tokio::io::AsyncReadExt as _;
+    // Opened (in a cluster, perhaps fetched) and positioned off the async runtime.
+    let file = tokio::task::spawn_blocking(move || {
+        let mut file = blobs.read(&blob)?;
+        file.seek(std::io::SeekFrom::Start(start))?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let file = tokio::fs::File::from_std(file);
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), STREAM_CHUNK);
     Ok(Body::from_stream(stream))
 }
@@ -518,7 +525,7 @@ pub async fn copy(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<Res
     let (blobs, from_blob) = (s3.blobs.clone(), from.blob.clone());
     let blob = tokio::task::spawn_blocking(move || {
         let mut writer = blobs.writer()?;
-        writer.append_file(&blobs.path(&from_blob))?;
+        writer.append(blobs.read(&from_blob)?)?;
         writer.finish(&blobs)
     })
     .await

@@ -6,6 +6,11 @@
 //! the subscription QoS 1, and a message is acknowledged to the broker only once its
 //! event is committed to the queue. If Cirrus stops in between, the broker delivers the
 //! message again; delivery is at least once.
+//!
+//! In a cluster one node at a time holds a trigger's session (a broker keeps one session
+//! per client id): the node that holds the trigger's lease
+//! ([`crate::store::jetstream::leases`]). The others stand by and one takes the
+//! session over, with the messages the broker kept for it, when the holder stops.
 
 use super::subscriptions::{commit, Backoff, Context, Reporter};
 use super::MQTT_EVENT_TYPE;
@@ -31,8 +36,32 @@ const RECEIVE_MAXIMUM: u16 = 64;
 /// v3.1.1 connection fails on it (reported as the trigger's error).
 const MAX_PACKET: usize = 64 << 20;
 
-/// Holds the subscription until the task is stopped.
+/// Holds the subscription until the task is stopped; in a cluster, while this node
+/// holds the trigger's lease.
 pub async fn run(
+    context: Arc<Context>,
+    trigger: TriggerInfo,
+    spec: MqttTrigger,
+    reporter: Arc<Reporter>,
+) {
+    let Some(leases) = context.leases.clone() else {
+        return subscribe(context, trigger, spec, reporter).await;
+    };
+    let lease = format!("mqtt.{}", trigger.id);
+    loop {
+        reporter.disconnected(
+            "standing by: another node of the cluster holds this trigger's MQTT session",
+        );
+        let revision = leases.take(&lease).await;
+        tokio::select! {
+            () = subscribe(context.clone(), trigger.clone(), spec.clone(), reporter.clone()) => {}
+            () = leases.hold(&lease, revision) => {}
+        }
+    }
+}
+
+/// Holds the subscription until the task is stopped.
+async fn subscribe(
     context: Arc<Context>,
     trigger: TriggerInfo,
     spec: MqttTrigger,

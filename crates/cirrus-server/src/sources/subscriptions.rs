@@ -33,6 +33,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The largest event body the queue takes.
     pub max_event_bytes: usize,
+    /// Cluster mode: what only one node at a time may hold (an MQTT session).
+    pub leases: Option<Arc<crate::store::jetstream::leases::Leases>>,
 }
 
 /// The state of every connection-holding trigger, by trigger id.

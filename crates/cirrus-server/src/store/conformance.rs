@@ -6,8 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::{
-    ArtifactStore, Enqueued, EventQueue, FunctionStore, KvCondition, KvStore, KvWrite, MetaChange,
-    NewEvent, QueuedEvent, VersionTaken,
+    ArtifactStore, BucketDelete, CompleteConflict, CompletedUpload, Enqueued, EventQueue,
+    FunctionStore, KvCondition, KvStore, KvWrite, MetaChange, NewEvent, ObjectMeta, ObjectStore,
+    Part, PutCondition, PutRefused, QueuedEvent, Upload, VersionTaken,
 };
 use crate::clock::Clock as _;
 use crate::testing::NatsServer;
@@ -201,13 +202,13 @@ fn now_ms() -> u64 {
     crate::clock::SystemClock.now_ms()
 }
 
-/// Runs a queue call on a blocking thread, as the dispatcher does.
-async fn on<T: Send + 'static>(
-    queue: &Arc<dyn EventQueue>,
-    call: impl FnOnce(&dyn EventQueue) -> anyhow::Result<T> + Send + 'static,
+/// Runs a store call on a blocking thread, as the server does.
+async fn on<S: ?Sized + Send + Sync + 'static, T: Send + 'static>(
+    store: &Arc<S>,
+    call: impl FnOnce(&S) -> anyhow::Result<T> + Send + 'static,
 ) -> T {
-    let queue = queue.clone();
-    tokio::task::spawn_blocking(move || call(&*queue))
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(&*store))
         .await
         .unwrap()
         .unwrap()
@@ -531,6 +532,298 @@ async fn kv_tables_round_trip(
     assert_eq!(on(qa, |q| q.depth()).await, (0, 0));
 }
 
+fn object(bucket: &str, key: &str, etag: &str, blob: &str) -> ObjectMeta {
+    ObjectMeta {
+        bucket: bucket.into(),
+        key: key.into(),
+        size: 3,
+        etag: etag.into(),
+        content_type: Some("text/plain".into()),
+        metadata: vec![("colour".into(), "blue".into())],
+        checksum: None,
+        modified_ms: now_ms(),
+        blob: blob.into(),
+        parts: Vec::new(),
+    }
+}
+
+/// An object change's notification: `bucket/key`.
+fn notified(o: &ObjectMeta) -> Vec<NewEvent> {
+    vec![event("notified", &format!("{}/{}", o.bucket, o.key))]
+}
+
+fn put_object(
+    store: &Arc<dyn ObjectStore>,
+    o: ObjectMeta,
+    condition: PutCondition,
+) -> impl std::future::Future<Output = Result<Option<ObjectMeta>, PutRefused>> {
+    let store = store.clone();
+    async move { on(&store, move |s| s.put_object(&o, &condition, &notified)).await }
+}
+
+/// Buckets and objects written through either store are read through the other;
+/// conditional writes hold for writers racing on both; listings are in key order;
+/// multipart uploads complete only with the parts they hold, once; each change's
+/// notification is queued.
+async fn objects_round_trip(
+    a: Arc<dyn ObjectStore>,
+    b: Arc<dyn ObjectStore>,
+    queue: Arc<dyn EventQueue>,
+) {
+    assert!(on(&a, |s| s.create_bucket("photos", 1)).await);
+    assert!(!on(&b, |s| s.create_bucket("photos", 2)).await);
+    assert!(on(&b, |s| s.bucket_exists("photos")).await);
+    assert!(!on(&b, |s| s.bucket_exists("photo")).await);
+    assert_eq!(
+        on(&b, |s| s.list_buckets()).await,
+        [("photos".to_owned(), 1)]
+    );
+
+    assert_eq!(
+        put_object(&a, object("nowhere", "k", "e", "b0"), PutCondition::Any).await,
+        Err(PutRefused::NoSuchBucket)
+    );
+    assert_eq!(
+        put_object(
+            &a,
+            object("photos", "cat.jpg", "e1", "b1"),
+            PutCondition::Absent
+        )
+        .await,
+        Ok(None)
+    );
+    assert_eq!(
+        put_object(
+            &b,
+            object("photos", "cat.jpg", "e2", "b2"),
+            PutCondition::Absent
+        )
+        .await,
+        Err(PutRefused::PreconditionFailed { missing: false })
+    );
+    assert_eq!(
+        put_object(
+            &b,
+            object("photos", "dog.jpg", "e2", "b2"),
+            PutCondition::Etag("e1".into())
+        )
+        .await,
+        Err(PutRefused::PreconditionFailed { missing: true })
+    );
+    let replaced = put_object(
+        &b,
+        object("photos", "cat.jpg", "e2", "b2"),
+        PutCondition::Etag("e1".into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(replaced.blob, "b1");
+    let read = on(&a, |s| s.get_object("photos", "cat.jpg")).await.unwrap();
+    assert_eq!((read.etag.as_str(), read.blob.as_str()), ("e2", "b2"));
+    assert_eq!(read.metadata, [("colour".to_owned(), "blue".to_owned())]);
+
+    // Two writers racing to create one key: exactly one wins.
+    let racers = (0..8).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        put_object(
+            &store,
+            object("photos", "race", &format!("r{i}"), &format!("r{i}")),
+            PutCondition::Absent,
+        )
+    });
+    let won = futures_util::future::join_all(racers)
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(won, 1, "one of the racing creates wins");
+
+    for key in ["a/1", "a/2", "b/ü 1", "z"] {
+        put_object(&a, object("photos", key, "e", key), PutCondition::Any)
+            .await
+            .unwrap();
+    }
+    let keys = |store: &Arc<dyn ObjectStore>, from: &str, after: Option<&str>, limit: usize| {
+        let (store, from, after) = (store.clone(), from.to_owned(), after.map(str::to_owned));
+        async move {
+            on(&store, move |s| {
+                s.list_objects("photos", &from, after.as_deref(), limit)
+            })
+            .await
+            .into_iter()
+            .map(|o| o.key)
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        keys(&b, "", None, 10).await,
+        ["a/1", "a/2", "b/ü 1", "cat.jpg", "race", "z"]
+    );
+    assert_eq!(keys(&b, "b", None, 2).await, ["b/ü 1", "cat.jpg"]);
+    assert_eq!(keys(&b, "", Some("cat.jpg"), 10).await, ["race", "z"]);
+    assert_eq!(
+        on(&a, |s| s.delete_bucket("photos")).await,
+        BucketDelete::NotEmpty
+    );
+
+    let removed = on(&b, |s| s.delete_object("photos", "z", &notified))
+        .await
+        .unwrap();
+    assert_eq!(removed.blob, "z");
+    assert!(on(&a, |s| s.delete_object("photos", "z", &notified))
+        .await
+        .is_none());
+    assert!(on(&a, |s| s.get_object("photos", "z")).await.is_none());
+    assert_eq!(keys(&a, "y", None, 10).await, Vec::<String>::new());
+
+    // A multipart upload started on one store, its parts recorded through both.
+    let upload = Upload {
+        id: "u1".into(),
+        bucket: "photos".into(),
+        key: "big".into(),
+        content_type: None,
+        metadata: Vec::new(),
+        checksum_algorithm: None,
+        checksum_type: None,
+        created_ms: 10,
+    };
+    let u = upload.clone();
+    on(&a, move |s| s.create_upload(&u)).await.unwrap();
+    let part = |number: u32, blob: &str| Part {
+        number,
+        size: 5,
+        etag: format!("p{number}"),
+        checksum: None,
+        modified_ms: now_ms(),
+        blob: blob.into(),
+    };
+    let p = part(1, "p1a");
+    assert_eq!(on(&b, move |s| s.put_part("u1", &p)).await, Ok(None));
+    let p = part(1, "p1b");
+    assert_eq!(
+        on(&a, move |s| s.put_part("u1", &p))
+            .await
+            .unwrap()
+            .unwrap()
+            .blob,
+        "p1a"
+    );
+    let p = part(2, "p2");
+    on(&b, move |s| s.put_part("u1", &p)).await.unwrap();
+    let p = part(1, "x");
+    assert!(on(&b, move |s| s.put_part("nope", &p)).await.is_err());
+    assert_eq!(on(&a, |s| s.get_upload("u1")).await, Some(upload.clone()));
+    assert_eq!(
+        on(&b, |s| s.list_uploads("photos", "b")).await,
+        [upload.clone()]
+    );
+    assert!(on(&b, |s| s.list_uploads("photos", "c")).await.is_empty());
+    let numbers: Vec<u32> = on(&a, |s| s.parts("u1"))
+        .await
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    assert_eq!(numbers, [1, 2]);
+    let live = on(&a, |s| s.live_blobs()).await;
+    assert!(
+        live.contains("p1b") && live.contains("p2") && live.contains("b2"),
+        "{live:?}"
+    );
+    assert!(!live.contains("p1a") && !live.contains("z"), "{live:?}");
+
+    let receipt = CompletedUpload {
+        bucket: "photos".into(),
+        key: "big".into(),
+        parts: "1:p1,2:p2".into(),
+        etag: "m-2".into(),
+        checksum: None,
+    };
+    let complete = |store: &Arc<dyn ObjectStore>, parts: Vec<(u32, String)>| {
+        let (store, receipt) = (store.clone(), receipt.clone());
+        async move {
+            on(&store, move |s| {
+                s.complete_upload(
+                    "u1",
+                    &parts,
+                    &object("photos", "big", "m-2", "joined"),
+                    &PutCondition::Any,
+                    &receipt,
+                    &notified,
+                )
+            })
+            .await
+        }
+    };
+    assert_eq!(
+        complete(&b, vec![(1, "p1a".into()), (2, "p2".into())]).await,
+        Err(CompleteConflict::PartChanged(1))
+    );
+    let done = complete(&b, vec![(1, "p1b".into()), (2, "p2".into())])
+        .await
+        .unwrap();
+    let mut blobs = done.part_blobs.clone();
+    blobs.sort();
+    assert_eq!(blobs, ["p1b", "p2"]);
+    assert_eq!(
+        complete(&a, vec![(1, "p1b".into()), (2, "p2".into())]).await,
+        Err(CompleteConflict::NoSuchUpload)
+    );
+    assert_eq!(
+        on(&a, |s| s.completed_upload("u1")).await,
+        Some(receipt.clone())
+    );
+    assert!(on(&a, |s| s.get_upload("u1")).await.is_none());
+    assert!(on(&a, |s| s.parts("u1")).await.is_empty());
+    assert_eq!(
+        on(&b, |s| s.get_object("photos", "big"))
+            .await
+            .unwrap()
+            .blob,
+        "joined"
+    );
+
+    // An abandoned upload goes with its bucket once the objects are gone.
+    let u = Upload {
+        id: "u2".into(),
+        ..upload.clone()
+    };
+    on(&a, move |s| s.create_upload(&u)).await.unwrap();
+    let p = part(1, "left");
+    on(&a, move |s| s.put_part("u2", &p)).await.unwrap();
+    for key in ["a/1", "a/2", "b/ü 1", "cat.jpg", "race", "big"] {
+        on(&a, move |s| s.delete_object("photos", key, &notified))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        on(&b, |s| s.delete_bucket("photos")).await,
+        BucketDelete::Deleted(vec!["left".into()])
+    );
+    assert!(on(&a, |s| s.get_upload("u2")).await.is_none());
+    assert_eq!(
+        on(&a, |s| s.delete_bucket("photos")).await,
+        BucketDelete::Missing
+    );
+    assert!(on(&a, |s| s.list_buckets()).await.is_empty());
+
+    // Every write above that changed an object queued its notification.
+    let mut notes = 0;
+    while notes < 15 {
+        let claimed = claim(&queue, 1).await;
+        assert!(
+            !claimed.is_empty(),
+            "{notes} notifications came, 15 expected"
+        );
+        for c in claimed {
+            assert_eq!(c.event.function, "notified");
+            notes += 1;
+            on(&queue, move |q| q.complete(&c.event.id)).await;
+        }
+    }
+    assert_eq!(on(&queue, |q| q.depth()).await, (0, 0));
+}
+
 /// With a lineage budget of 2, the third event a lineage creates is dead, saying why,
 /// whichever queue takes it.
 async fn lineage_budget_holds(a: Arc<dyn EventQueue>, b: Arc<dyn EventQueue>) {
@@ -565,6 +858,7 @@ async fn sqlite_conforms() {
     ordered_events_one_at_a_time(store.clone(), store.clone()).await;
     lineage_budget_holds(store.clone(), store.clone()).await;
     kv_tables_round_trip(store.clone(), store.clone(), [store.clone(), store.clone()]).await;
+    objects_round_trip(store.clone(), store.clone(), store.clone()).await;
 }
 
 #[tokio::test]
@@ -585,6 +879,7 @@ async fn jetstream_conforms() {
     // Two nodes' queues over one stream, and their tables.
     let mut queues = Vec::new();
     let mut tables = Vec::new();
+    let mut buckets = Vec::new();
     for js in [a, b] {
         let queue = super::jetstream::events::ClusterQueue::open(
             js.clone(),
@@ -601,6 +896,10 @@ async fn jetstream_conforms() {
             .await
             .unwrap();
         tables.push(Arc::new(kv) as Arc<dyn KvStore>);
+        let objects = super::jetstream::objects::ClusterObjects::open(&js, 1, queue.clone())
+            .await
+            .unwrap();
+        buckets.push(Arc::new(objects) as Arc<dyn ObjectStore>);
         queues.push(queue);
     }
     events_delivered_retried_and_dead_lettered(queues[0].clone(), queues[1].clone()).await;
@@ -612,4 +911,5 @@ async fn jetstream_conforms() {
         [queues[0].clone(), queues[1].clone()],
     )
     .await;
+    objects_round_trip(buckets[0].clone(), buckets[1].clone(), queues[1].clone()).await;
 }

@@ -411,7 +411,7 @@ pub trait KvStore: Send + Sync + 'static {
 }
 
 /// An object's metadata as stored; its bytes are in the blob file `blob`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectMeta {
     pub bucket: String,
     pub key: String,
@@ -431,7 +431,7 @@ pub struct ObjectMeta {
 }
 
 /// A multipart upload in progress.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Upload {
     pub id: String,
     pub bucket: String,
@@ -446,7 +446,7 @@ pub struct Upload {
 
 /// What a completed multipart upload answered, kept for a day so that a client retrying
 /// CompleteMultipartUpload after a lost response gets the same answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CompletedUpload {
     pub bucket: String,
     pub key: String,
@@ -457,7 +457,7 @@ pub struct CompletedUpload {
 }
 
 /// One uploaded part of a multipart upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Part {
     pub number: u32,
     pub size: u64,
@@ -546,6 +546,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>>;
     /// Every blob an object or part refers to; the rest are leftovers of interrupted writes.
     fn live_blobs(&self) -> StoreResult<std::collections::HashSet<String>>;
+}
+
+/// Object bytes shared by every node (cluster mode). A blob is written to the local
+/// blob directory, then stored here before the object that names it is recorded; a
+/// node that lacks a blob reads it from here into that directory, which is then only a
+/// cache. Blob names are never reused, so a cached copy is never stale. Called from
+/// blocking threads.
+pub trait SharedBlobs: Send + Sync + 'static {
+    /// Stores the file as blob `name`; durable when it returns.
+    fn upload(&self, name: &str, file: &std::path::Path) -> StoreResult<()>;
+    /// Writes blob `name` into `into`; `false` when there is no such blob.
+    fn download(&self, name: &str, into: &mut std::fs::File) -> StoreResult<bool>;
+    /// Removes blob `name` (a missing blob is fine).
+    fn remove(&self, name: &str) -> StoreResult<()>;
+    /// Every stored blob's name, for the sweep of blobs no object or part names.
+    fn stored(&self) -> StoreResult<Vec<String>>;
 }
 
 /// A completed upload: every part blob it held (the caller removes them) and the object

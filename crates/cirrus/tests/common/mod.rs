@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 pub mod browser;
+pub mod mosquitto;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -314,4 +315,39 @@ pub fn up_refused(data_dir: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> Str
         .expect("cirrus runs");
     assert!(!out.status.success(), "cirrus up started");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The aws CLI against a node's S3 listener: its own config in `home` (path-style), the
+/// node's keys file.
+pub fn aws(up: &Up, home: &Path, args: &[&str]) -> Output {
+    let config = home.join("aws-config");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n",
+        )
+        .unwrap();
+    }
+    Command::new("aws")
+        .args(["--endpoint-url", &up.s3])
+        .args(args)
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            up.data_dir.join("s3-credentials"),
+        )
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("the aws CLI runs (scripts/test installs it)")
+}
+
+/// [`aws`], which must succeed; its standard output.
+pub fn aws_ok(up: &Up, home: &Path, args: &[&str]) -> Vec<u8> {
+    let out = aws(up, home, args);
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

@@ -12,6 +12,8 @@
 pub mod access;
 pub mod events;
 mod functions;
+pub mod leases;
+pub mod objects;
 pub mod records;
 mod retry;
 pub mod tables;
@@ -45,6 +47,8 @@ pub struct ClusterOptions {
     /// Copies JetStream keeps of each bucket: 1 on one NATS server, 3 on a cluster of
     /// three or more (a bucket survives losing one server).
     pub replicas: usize,
+    /// Disk a node may use for copies of stored objects (see [`crate::s3::blobs`]).
+    pub object_cache_bytes: u64,
 }
 
 impl ClusterOptions {
@@ -57,6 +61,7 @@ impl ClusterOptions {
                 .map(str::to_owned)
                 .collect(),
             replicas: 1,
+            object_cache_bytes: 2 << 30,
             ..Self::default()
         }
     }
@@ -228,6 +233,29 @@ pub(crate) async fn kv_keys(store: &kv::Store, prefix: &str) -> StoreResult<Vec<
         .into_iter()
         .filter_map(|(subject, _)| subject.strip_prefix(&strip).map(str::to_owned))
         .collect())
+}
+
+/// Deletes `key` if it is still at `revision` (0: holds no message), then removes its
+/// messages up to the delete marker, so the subject index (which listings read) no
+/// longer has it while a write that came after the delete stays. `false` when another
+/// writer changed the key first.
+pub(crate) async fn remove_key(store: &kv::Store, key: &str, revision: u64) -> StoreResult<bool> {
+    match store.delete_expect_revision(key, Some(revision)).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("deleting {key} from {}", store.name)),
+    }
+    let marker = retry::retried("reading a delete marker", || store.entry(key.to_owned())).await?;
+    if let Some(marker) = marker.filter(|m| m.operation != kv::Operation::Put) {
+        store
+            .stream
+            .purge()
+            .filter(format!("$KV.{}.{key}", store.name))
+            .sequence(marker.revision + 1)
+            .await
+            .with_context(|| format!("removing the deleted {key} from {}", store.name))?;
+    }
+    Ok(true)
 }
 
 /// A message of a head (JSON) and a body: the head's length (4 bytes, big-endian), the

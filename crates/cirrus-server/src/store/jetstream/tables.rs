@@ -162,26 +162,8 @@ impl ClusterTables {
                 return Ok(Some((KvWrite::Missing, Vec::new())));
             };
             let queued = events(old, None);
-            match self
-                .bucket
-                .delete_expect_revision(&name, Some(current.revision))
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(None),
-                Err(e) => return Err(e).with_context(|| format!("deleting {table}/{key}")),
-            }
-            // Gone from the subject index too, up to the marker: a write that came
-            // after it stays.
-            let marker = self.current(table, key).await?;
-            if marker.row.is_none() {
-                self.bucket
-                    .stream
-                    .purge()
-                    .filter(format!("$KV.{TABLES_BUCKET}.{name}"))
-                    .sequence(marker.revision + 1)
-                    .await
-                    .context("removing a deleted row")?;
+            if !super::remove_key(&self.bucket, &name, current.revision).await? {
+                return Ok(None);
             }
             return Ok(Some((KvWrite::Done(deleted.clone()), queued)));
         };

@@ -1,0 +1,777 @@
+//! Buckets and objects in a cluster. Metadata is in the JetStream KV bucket
+//! `cirrus_objects`; object bytes in the object store `cirrus_blobs` (one JetStream
+//! object per blob, named as the blob directory names it, see [`crate::s3::blobs`]).
+//!
+//! Keys of `cirrus_objects` (names and keys in unpadded URL-safe base64, so that any
+//! of them is one subject token):
+//! - `bucket.NAME`: a bucket, with its creation time;
+//! - `object.BUCKET.KEY`: an object's metadata, naming its blob;
+//! - `upload.ID`, `part.ID.NUMBER`: a multipart upload in progress and its parts;
+//! - `done.ID`: a completed upload's receipt, for a day.
+//!
+//! What one SQLite transaction does on a single node is here a compare-and-set on the
+//! key's revision: two nodes writing one object at once cannot both pass a condition
+//! (`If-None-Match: *`, `If-Match`) that only one of them should. What spans several
+//! keys is ordered so that a crash part-way leaves nothing a client can see wrong:
+//! - a completed upload's object is written first, then its upload and parts are
+//!   removed (a part record left by a crash is removed by retention with its blob);
+//! - a bucket is removed once it holds no object; a put racing that removal on another
+//!   node can leave an object under a removed bucket, seen again if the bucket is made
+//!   again;
+//! - bucket notifications are queued right after the write they report (as KV table
+//!   changes are, see [`super::tables`]): a node dying in between loses them.
+
+use super::{open_kv, retry, JetStream};
+use crate::store::{
+    BucketDelete, CompleteConflict, Completed, CompletedUpload, EventQueue, NewEvent, NoSuchBucket,
+    NoSuchUpload, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused, SharedBlobs,
+    StoreResult, Upload,
+};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, object_store};
+use base64::Engine as _;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const OBJECTS_BUCKET: &str = "cirrus_objects";
+pub const BLOBS_BUCKET: &str = "cirrus_blobs";
+
+/// How long a completed upload's receipt is kept for retries of its completion.
+const RECEIPT_MS: u64 = 24 * 3600 * 1000;
+
+fn token(text: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn untoken(token: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn bucket_key(name: &str) -> String {
+    format!("bucket.{}", token(name))
+}
+
+fn objects_of(bucket: &str) -> String {
+    format!("object.{}.", token(bucket))
+}
+
+fn object_key(bucket: &str, key: &str) -> String {
+    format!("{}{}", objects_of(bucket), token(key))
+}
+
+fn upload_key(id: &str) -> String {
+    format!("upload.{}", token(id))
+}
+
+fn parts_of(id: &str) -> String {
+    format!("part.{}.", token(id))
+}
+
+fn part_key(id: &str, number: u32) -> String {
+    format!("{}{number}", parts_of(id))
+}
+
+fn receipt_key(id: &str) -> String {
+    format!("done.{}", token(id))
+}
+
+#[derive(Serialize, Deserialize)]
+struct BucketRecord {
+    created_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Receipt {
+    receipt: CompletedUpload,
+    completed_ms: u64,
+}
+
+/// A key's value as read, with the revision a write must name (0: never written or
+/// removed).
+struct Read<T> {
+    revision: u64,
+    value: Option<T>,
+}
+
+fn condition_holds(condition: &PutCondition, current: Option<&ObjectMeta>) -> bool {
+    match (condition, current) {
+        (PutCondition::Any, _) => true,
+        (PutCondition::Absent, current) => current.is_none(),
+        (PutCondition::Etag(etag), Some(current)) => current.etag == *etag,
+        (PutCondition::Etag(_), None) => false,
+    }
+}
+
+/// The cluster's buckets and objects (see the module's documentation), and the shared
+/// store of their bytes.
+pub struct ClusterObjects {
+    meta: kv::Store,
+    blobs: object_store::ObjectStore,
+    /// Where bucket notifications go.
+    queue: Arc<dyn EventQueue>,
+    /// The largest chunk a blob is stored in: fewer round trips than the client's
+    /// default, and within the server's message limit.
+    chunk: usize,
+    /// The store's callers are blocking threads: JetStream is reached on this runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+impl ClusterObjects {
+    pub async fn open(
+        js: &JetStream,
+        replicas: usize,
+        queue: Arc<dyn EventQueue>,
+    ) -> StoreResult<Self> {
+        let meta = open_kv(
+            &js.context,
+            OBJECTS_BUCKET,
+            "Cirrus buckets, objects and multipart uploads",
+            replicas,
+            Duration::ZERO,
+            // Read-your-writes: a client reads the object it just wrote, on any node.
+            false,
+        )
+        .await?;
+        let blobs = retry::within(retry::FORMING, "JetStream is not ready yet", || {
+            js.context.create_object_store(object_store::Config {
+                bucket: BLOBS_BUCKET.into(),
+                description: Some("Cirrus object bytes, one object per blob".into()),
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+        })
+        .await
+        .with_context(|| format!("opening the JetStream object store {BLOBS_BUCKET}"))?;
+        let max_payload = js.client.server_info().max_payload;
+        Ok(Self {
+            meta,
+            blobs,
+            queue,
+            chunk: (max_payload / 2).clamp(64 << 10, 4 << 20),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    async fn read<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Read<T>> {
+        let found = retry::retried("reading object metadata", || {
+            self.meta.entry(key.to_owned())
+        })
+        .await?;
+        Ok(match found {
+            Some(e) if e.operation == kv::Operation::Put => Read {
+                revision: e.revision,
+                value: Some(
+                    serde_json::from_slice(&e.value)
+                        .with_context(|| format!("{OBJECTS_BUCKET} {key} is not readable"))?,
+                ),
+            },
+            Some(e) => Read {
+                revision: e.revision,
+                value: None,
+            },
+            None => Read {
+                revision: 0,
+                value: None,
+            },
+        })
+    }
+
+    /// Writes `value` if `key` is still at `revision`; `false` when another writer got
+    /// in between.
+    async fn write_at(
+        &self,
+        key: &str,
+        value: &impl Serialize,
+        revision: u64,
+    ) -> StoreResult<bool> {
+        match self
+            .meta
+            .update(key, serde_json::to_vec(value)?.into(), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("writing {key} to {OBJECTS_BUCKET}")),
+        }
+    }
+
+    /// Removes `key` whatever it holds (a key already gone is fine).
+    async fn remove(&self, key: &str) -> StoreResult<()> {
+        for _ in 0..100 {
+            let current = self.read::<serde_json::Value>(key).await?;
+            if current.value.is_none()
+                || super::remove_key(&self.meta, key, current.revision).await?
+            {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("removing {key}: too many concurrent writers")
+    }
+
+    /// Keys under `prefix` that hold a value, without the prefix.
+    async fn keys(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        Ok(super::kv_keys(&self.meta, prefix)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(prefix).map(str::to_owned))
+            .collect())
+    }
+
+    /// Every value under `prefix` (keys removed meanwhile are skipped).
+    async fn values<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<T>> {
+        let mut values = Vec::new();
+        for rest in self.keys(prefix).await? {
+            if let Some(v) = self.read(&format!("{prefix}{rest}")).await?.value {
+                values.push(v);
+            }
+        }
+        Ok(values)
+    }
+
+    /// Runs `attempt` until it is not beaten by another writer (`None`), pausing a
+    /// random moment between tries so that racing writers spread out.
+    async fn until_won<T, F>(&self, what: &str, mut attempt: impl FnMut() -> F) -> StoreResult<T>
+    where
+        F: std::future::Future<Output = StoreResult<Option<T>>>,
+    {
+        for _ in 0..100 {
+            if let Some(done) = attempt().await? {
+                return Ok(done);
+            }
+            let pause = rand::random_range(1..20);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        anyhow::bail!("{what}: too many concurrent writers")
+    }
+
+    fn queue(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let now = events.iter().map(|e| e.created_ms).max().unwrap_or(0);
+        self.queue.enqueue(&events, now, 0)?;
+        Ok(())
+    }
+
+    async fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
+        Ok(self
+            .read::<BucketRecord>(&bucket_key(name))
+            .await?
+            .value
+            .is_some())
+    }
+
+    async fn try_put(
+        &self,
+        object: &ObjectMeta,
+        condition: &PutCondition,
+    ) -> StoreResult<Option<Result<Option<ObjectMeta>, PutRefused>>> {
+        if !self.bucket_exists(&object.bucket).await? {
+            return Ok(Some(Err(PutRefused::NoSuchBucket)));
+        }
+        let key = object_key(&object.bucket, &object.key);
+        let old = self.read::<ObjectMeta>(&key).await?;
+        if !condition_holds(condition, old.value.as_ref()) {
+            return Ok(Some(Err(PutRefused::PreconditionFailed {
+                missing: old.value.is_none(),
+            })));
+        }
+        Ok(self
+            .write_at(&key, object, old.revision)
+            .await?
+            .then_some(Ok(old.value)))
+    }
+
+    async fn try_complete(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        object: &ObjectMeta,
+        condition: &PutCondition,
+    ) -> StoreResult<Option<Result<Completed, CompleteConflict>>> {
+        if self
+            .read::<Upload>(&upload_key(upload_id))
+            .await?
+            .value
+            .is_none()
+        {
+            return Ok(Some(Err(CompleteConflict::NoSuchUpload)));
+        }
+        if !self.bucket_exists(&object.bucket).await? {
+            return Ok(Some(Err(CompleteConflict::NoSuchBucket)));
+        }
+        let held: Vec<Part> = self.values(&parts_of(upload_id)).await?;
+        if let Some((number, _)) = parts
+            .iter()
+            .find(|(n, b)| !held.iter().any(|p| p.number == *n && p.blob == *b))
+        {
+            return Ok(Some(Err(CompleteConflict::PartChanged(*number))));
+        }
+        let key = object_key(&object.bucket, &object.key);
+        let replaced = self.read::<ObjectMeta>(&key).await?;
+        if !condition_holds(condition, replaced.value.as_ref()) {
+            return Ok(Some(Err(CompleteConflict::PreconditionFailed {
+                missing: replaced.value.is_none(),
+            })));
+        }
+        if !self.write_at(&key, object, replaced.revision).await? {
+            return Ok(None);
+        }
+        Ok(Some(Ok(Completed {
+            part_blobs: held.into_iter().map(|p| p.blob).collect(),
+            replaced: replaced.value,
+        })))
+    }
+
+    /// Removes an upload and its parts; the parts removed.
+    async fn drop_upload(&self, id: &str) -> StoreResult<Vec<Part>> {
+        self.remove(&upload_key(id)).await?;
+        let parts: Vec<Part> = self.values(&parts_of(id)).await?;
+        for part in &parts {
+            self.remove(&part_key(id, part.number)).await?;
+        }
+        Ok(parts)
+    }
+
+    /// Removes up to `limit` uploads started before `created_before_ms`, with their
+    /// parts (and parts left without an upload by a crash), and receipts older than a
+    /// day: the cluster's share of [`crate::store::RetentionStore::expire_uploads`].
+    pub fn expire_uploads(
+        &self,
+        created_before_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<String>)>> {
+        self.runtime.block_on(async {
+            let mut expired = Vec::new();
+            let uploads: Vec<Upload> = self.values("upload.").await?;
+            let open: HashSet<String> = uploads.iter().map(|u| token(&u.id)).collect();
+            for upload in uploads {
+                if expired.len() >= limit {
+                    return Ok(expired);
+                }
+                if upload.created_ms < created_before_ms {
+                    let parts = self.drop_upload(&upload.id).await?;
+                    expired.push((upload.id, parts.into_iter().map(|p| p.blob).collect()));
+                }
+            }
+            // Parts whose upload is gone: a completion or abort that crashed part-way,
+            // or a part recorded while its upload was being completed.
+            for rest in self.keys("part.").await? {
+                let Some((id, _)) = rest.split_once('.') else {
+                    continue;
+                };
+                if open.contains(id) || expired.len() >= limit {
+                    continue;
+                }
+                let key = format!("part.{rest}");
+                let part = self.read::<Part>(&key).await?;
+                if let Some(value) = part.value {
+                    if super::remove_key(&self.meta, &key, part.revision).await? {
+                        expired.push((untoken(id).unwrap_or_default(), vec![value.blob]));
+                    }
+                }
+            }
+            let now =
+                created_before_ms.max(crate::clock::Clock::now_ms(&crate::clock::SystemClock));
+            for rest in self.keys("done.").await? {
+                let key = format!("done.{rest}");
+                if let Some(r) = self.read::<Receipt>(&key).await?.value {
+                    if r.completed_ms + RECEIPT_MS < now {
+                        self.remove(&key).await?;
+                    }
+                }
+            }
+            Ok(expired)
+        })
+    }
+}
+
+impl ObjectStore for ClusterObjects {
+    fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool> {
+        self.runtime.block_on(async {
+            let record = serde_json::to_vec(&BucketRecord { created_ms: now_ms })?;
+            let key = bucket_key(name);
+            let current = self.read::<BucketRecord>(&key).await?;
+            if current.value.is_some() {
+                return Ok(false);
+            }
+            match self
+                .meta
+                .update(&key, record.into(), current.revision)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) => Err(e).with_context(|| format!("creating bucket {name}")),
+            }
+        })
+    }
+
+    fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete> {
+        self.runtime.block_on(async {
+            let key = bucket_key(name);
+            let current = self.read::<BucketRecord>(&key).await?;
+            if current.value.is_none() {
+                return Ok(BucketDelete::Missing);
+            }
+            let objects = objects_of(name);
+            for rest in self.keys(&objects).await? {
+                let object = self.read::<ObjectMeta>(&format!("{objects}{rest}")).await?;
+                if object.value.is_some() {
+                    return Ok(BucketDelete::NotEmpty);
+                }
+            }
+            // Uploads still in progress go with the bucket, as in S3.
+            let mut part_blobs = Vec::new();
+            for upload in self.values::<Upload>("upload.").await? {
+                if upload.bucket == name {
+                    let parts = self.drop_upload(&upload.id).await?;
+                    part_blobs.extend(parts.into_iter().map(|p| p.blob));
+                }
+            }
+            // Lost to another node's delete (or re-creation) of the bucket: either way
+            // it was deleted, and the uploads removed here are gone.
+            super::remove_key(&self.meta, &key, current.revision).await?;
+            Ok(BucketDelete::Deleted(part_blobs))
+        })
+    }
+
+    fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.runtime.block_on(async {
+            let mut buckets = Vec::new();
+            for rest in self.keys("bucket.").await? {
+                let (Some(name), Some(record)) = (
+                    untoken(&rest),
+                    self.read::<BucketRecord>(&format!("bucket.{rest}"))
+                        .await?
+                        .value,
+                ) else {
+                    continue;
+                };
+                buckets.push((name, record.created_ms));
+            }
+            buckets.sort();
+            Ok(buckets)
+        })
+    }
+
+    fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
+        self.runtime.block_on(self.bucket_exists(name))
+    }
+
+    fn put_object(
+        &self,
+        object: &ObjectMeta,
+        condition: &PutCondition,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Result<Option<ObjectMeta>, PutRefused>> {
+        let put = self
+            .runtime
+            .block_on(self.until_won("storing an object", || self.try_put(object, condition)))?;
+        if put.is_ok() {
+            self.queue(events(object))?;
+        }
+        Ok(put)
+    }
+
+    fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        Ok(self
+            .runtime
+            .block_on(self.read(&object_key(bucket, key)))?
+            .value)
+    }
+
+    fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Option<ObjectMeta>> {
+        let name = object_key(bucket, key);
+        let removed = self
+            .runtime
+            .block_on(self.until_won("removing an object", || async {
+                let current = self.read::<ObjectMeta>(&name).await?;
+                let Some(old) = current.value else {
+                    return Ok(Some(None));
+                };
+                Ok(super::remove_key(&self.meta, &name, current.revision)
+                    .await?
+                    .then_some(Some(old)))
+            }))?;
+        if let Some(old) = &removed {
+            self.queue(events(old))?;
+        }
+        Ok(removed)
+    }
+
+    fn list_objects(
+        &self,
+        bucket: &str,
+        from: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ObjectMeta>> {
+        self.runtime.block_on(async {
+            let objects = objects_of(bucket);
+            let mut keys: Vec<String> = self
+                .keys(&objects)
+                .await?
+                .iter()
+                .filter_map(|t| untoken(t))
+                .filter(|k| k.as_str() >= from && after.is_none_or(|a| k.as_str() > a))
+                .collect();
+            keys.sort();
+            let mut listed = Vec::new();
+            for key in keys {
+                if listed.len() >= limit {
+                    break;
+                }
+                // An object removed since the index was read is skipped.
+                if let Some(object) = self.read(&object_key(bucket, &key)).await?.value {
+                    listed.push(object);
+                }
+            }
+            Ok(listed)
+        })
+    }
+
+    fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>> {
+        self.runtime.block_on(async {
+            if !self.bucket_exists(&upload.bucket).await? {
+                return Ok(Err(NoSuchBucket));
+            }
+            anyhow::ensure!(
+                self.write_at(&upload_key(&upload.id), upload, 0).await?,
+                "upload id {} is taken",
+                upload.id
+            );
+            Ok(Ok(()))
+        })
+    }
+
+    fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>> {
+        Ok(self.runtime.block_on(self.read(&upload_key(id)))?.value)
+    }
+
+    fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>> {
+        let mut uploads: Vec<Upload> = self
+            .runtime
+            .block_on(self.values("upload."))?
+            .into_iter()
+            .filter(|u: &Upload| u.bucket == bucket && u.key.starts_with(prefix))
+            .collect();
+        uploads.sort_by(|a, b| (&a.key, a.created_ms, &a.id).cmp(&(&b.key, b.created_ms, &b.id)));
+        Ok(uploads)
+    }
+
+    fn put_part(
+        &self,
+        upload_id: &str,
+        part: &Part,
+    ) -> StoreResult<Result<Option<Part>, NoSuchUpload>> {
+        let key = part_key(upload_id, part.number);
+        self.runtime
+            .block_on(self.until_won("recording a part", || async {
+                if self
+                    .read::<Upload>(&upload_key(upload_id))
+                    .await?
+                    .value
+                    .is_none()
+                {
+                    return Ok(Some(Err(NoSuchUpload)));
+                }
+                let old = self.read::<Part>(&key).await?;
+                Ok(self
+                    .write_at(&key, part, old.revision)
+                    .await?
+                    .then_some(Ok(old.value)))
+            }))
+    }
+
+    fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>> {
+        let mut parts: Vec<Part> = self.runtime.block_on(self.values(&parts_of(upload_id)))?;
+        parts.sort_by_key(|p| p.number);
+        Ok(parts)
+    }
+
+    fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>> {
+        self.runtime.block_on(async {
+            let key = upload_key(upload_id);
+            let current = self.read::<Upload>(&key).await?;
+            if current.value.is_none()
+                || !super::remove_key(&self.meta, &key, current.revision).await?
+            {
+                return Ok(None);
+            }
+            let mut parts = self.drop_upload(upload_id).await?;
+            parts.sort_by_key(|p| p.number);
+            Ok(Some(parts))
+        })
+    }
+
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        object: &ObjectMeta,
+        condition: &PutCondition,
+        receipt: &CompletedUpload,
+        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+    ) -> StoreResult<Result<Completed, CompleteConflict>> {
+        let outcome = self.runtime.block_on(async {
+            let outcome = self
+                .until_won("completing an upload", || {
+                    self.try_complete(upload_id, parts, object, condition)
+                })
+                .await?;
+            if outcome.is_ok() {
+                let receipt = Receipt {
+                    receipt: receipt.clone(),
+                    completed_ms: object.modified_ms,
+                };
+                let key = receipt_key(upload_id);
+                let current = self.read::<Receipt>(&key).await?;
+                self.write_at(&key, &receipt, current.revision).await?;
+                self.drop_upload(upload_id).await?;
+            }
+            anyhow::Ok(outcome)
+        })?;
+        if outcome.is_ok() {
+            self.queue(events(object))?;
+        }
+        Ok(outcome)
+    }
+
+    fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>> {
+        let found = self
+            .runtime
+            .block_on(self.read::<Receipt>(&receipt_key(upload_id)))?;
+        Ok(found.value.map(|r| r.receipt))
+    }
+
+    fn live_blobs(&self) -> StoreResult<HashSet<String>> {
+        self.runtime.block_on(async {
+            let mut live = HashSet::new();
+            for object in self.values::<ObjectMeta>("object.").await? {
+                live.insert(object.blob);
+            }
+            for part in self.values::<Part>("part.").await? {
+                live.insert(part.blob);
+            }
+            Ok(live)
+        })
+    }
+}
+
+impl SharedBlobs for ClusterObjects {
+    fn upload(&self, name: &str, file: &std::path::Path) -> StoreResult<()> {
+        let what = format!("storing blob {name} in JetStream");
+        self.runtime
+            .block_on(retry::within(retry::FAILOVER, &what, || async {
+                let mut file = tokio::fs::File::open(file).await?;
+                let meta = object_store::ObjectMetadata {
+                    name: name.to_owned(),
+                    chunk_size: Some(self.chunk),
+                    ..Default::default()
+                };
+                self.blobs.put(meta, &mut file).await?;
+                anyhow::Ok(())
+            }))
+            .context(what)
+    }
+
+    fn download(&self, name: &str, into: &mut std::fs::File) -> StoreResult<bool> {
+        self.runtime.block_on(async {
+            use tokio::io::AsyncReadExt as _;
+            let mut object = match self.blobs.get(name).await {
+                Ok(object) => object,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e).with_context(|| format!("reading blob {name}")),
+            };
+            let mut buf = vec![0u8; self.chunk];
+            loop {
+                let n = object
+                    .read(&mut buf)
+                    .await
+                    .with_context(|| format!("reading blob {name}"))?;
+                if n == 0 {
+                    return Ok(true);
+                }
+                std::io::Write::write_all(into, &buf[..n])?;
+            }
+        })
+    }
+
+    fn remove(&self, name: &str) -> StoreResult<()> {
+        self.runtime.block_on(async {
+            match self.blobs.delete(name).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("removing blob {name}")),
+            }
+        })
+    }
+
+    fn stored(&self) -> StoreResult<Vec<String>> {
+        use futures_util::TryStreamExt as _;
+        self.runtime.block_on(async {
+            let list = self.blobs.list().await.context("listing blobs")?;
+            let infos: Vec<object_store::ObjectInfo> =
+                list.try_collect().await.context("listing blobs")?;
+            Ok(infos
+                .into_iter()
+                .filter(|i| !i.deleted)
+                .map(|i| i.name)
+                .collect())
+        })
+    }
+}
+
+/// What the pruner removes on a cluster node: records and logs from the node's own
+/// replica (`local`), incomplete uploads from the cluster's store. Dead letters and the
+/// audit log are streams with a maximum age, which JetStream prunes itself.
+pub struct ClusterRetention {
+    pub local: Arc<dyn crate::store::RetentionStore>,
+    pub objects: Arc<ClusterObjects>,
+}
+
+impl crate::store::RetentionStore for ClusterRetention {
+    fn prune_records(
+        &self,
+        rule: &crate::store::RecordRule,
+        limit: usize,
+    ) -> StoreResult<crate::store::PrunedRecords> {
+        self.local.prune_records(rule, limit)
+    }
+
+    fn prune_log_lines(&self, keep: u64, limit: usize) -> StoreResult<u64> {
+        self.local.prune_log_lines(keep, limit)
+    }
+
+    fn prune_dead_letters(&self, _failed_before_ms: u64, _limit: usize) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    fn prune_audit(&self, _before_ms: u64, _limit: usize) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    fn expire_uploads(
+        &self,
+        created_before_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<String>)>> {
+        self.objects.expire_uploads(created_before_ms, limit)
+    }
+
+    fn release_free_pages(&self, max_pages: u64) -> StoreResult<u64> {
+        self.local.release_free_pages(max_pages)
+    }
+}
