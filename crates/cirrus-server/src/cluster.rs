@@ -71,7 +71,10 @@ pub async fn s3_guard(
     request: Request,
     next: Next,
 ) -> Response {
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let reads = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
     if !reads && !cluster.store.connected() {
         return crate::s3::error::S3Error::unavailable(NATS_LOST).into_response();
     }

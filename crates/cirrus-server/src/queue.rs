@@ -87,7 +87,8 @@ impl EventSink {
     }
 }
 
-/// Starts the enqueue writer thread (group commit) and returns its sink.
+/// Starts the enqueue writer (group commit: what arrived while the last batch was
+/// committed goes in the next one) and returns its sink.
 pub fn start_sink(
     queue: Arc<dyn EventQueue>,
     clock: Arc<dyn Clock>,
@@ -96,37 +97,32 @@ pub fn start_sink(
 ) -> EventSink {
     let (tx, mut rx) = mpsc::channel::<(NewEvent, Reply)>(ENQUEUE_BACKLOG);
     let window = settings.idempotency_window.as_millis() as u64;
-    let spawned = std::thread::Builder::new()
-        .name("cirrus-enqueue".into())
-        .spawn(move || {
-            let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH);
-            while let Some(first) = rx.blocking_recv() {
-                batch.push(first);
-                while batch.len() < MAX_COMMIT_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_COMMIT_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.drain(..).unzip();
+            match queue.enqueue(events, clock.now_ms(), window).await {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok(result));
                     }
                 }
-                let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.drain(..).unzip();
-                match queue.enqueue(&events, clock.now_ms(), window) {
-                    Ok(results) => {
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Err(e) => {
-                        let message = format!("{e:#}");
-                        for reply in replies {
-                            let _ = reply.send(Err(message.clone()));
-                        }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    for reply in replies {
+                        let _ = reply.send(Err(message.clone()));
                     }
                 }
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the enqueue writer: {e}");
-    }
+        }
+    });
     EventSink { tx, wake }
 }
 
@@ -148,12 +144,6 @@ pub struct Dispatcher {
     pub prefetch: usize,
     /// At shutdown, how long deliveries under way may take to finish.
     pub drain: Duration,
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f).await?
 }
 
 impl Dispatcher {
@@ -191,8 +181,7 @@ impl Dispatcher {
             let free = slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
-                let (queue, now) = (self.queue.clone(), self.clock.now_ms());
-                match blocking(move || queue.claim(now, free)).await {
+                match self.queue.claim(self.clock.now_ms(), free).await {
                     Ok(events) => {
                         claimed = events.len();
                         for event in events {
@@ -226,7 +215,7 @@ impl Dispatcher {
         let (queue, now) = (self.queue.clone(), self.clock.now_ms());
         let idle_since = now.saturating_sub(LINEAGE_MEMORY.as_millis() as u64);
         tokio::spawn(async move {
-            match blocking(move || queue.forget_lineages(idle_since)).await {
+            match queue.forget_lineages(idle_since).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(lineages = n, "forgot idle lineages"),
                 Err(e) => tracing::warn!("forgetting idle lineages failed: {e:#}"),
@@ -241,15 +230,13 @@ impl Dispatcher {
             Some(url) => self.post(&event, &url, attempts).await,
             None => self.invoke(&event, attempts).await,
         };
-        let update = Arc::new(update);
         // A failed update is tried again; if it keeps failing, the event's lease runs out
         // and it is claimed again (at-least-once).
         for pause_ms in [0, 100, 1_000] {
             if pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(pause_ms)).await;
             }
-            let (queue, key, update) = (self.queue.clone(), id.clone(), update.clone());
-            match blocking(move || update.apply(queue.as_ref(), &key)).await {
+            match update.apply(self.queue.as_ref(), &id).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::error!(request_id = %id, "updating the event queue failed: {e:#}")
@@ -711,15 +698,19 @@ enum Update {
 }
 
 impl Update {
-    fn apply(&self, queue: &dyn EventQueue, id: &str) -> anyhow::Result<()> {
-        match self {
-            Update::Complete => queue.complete(id),
-            Update::Retry { at, error, counted } => queue.retry(id, *at, error, *counted),
-            Update::Kill { at, error } => queue.kill(id, *at, error),
-            Update::Narrow { data, then } => {
-                queue.set_data(id, data)?;
-                then.apply(queue, id)
-            }
+    async fn apply(&self, queue: &dyn EventQueue, id: &str) -> anyhow::Result<()> {
+        let mut update = self;
+        loop {
+            return match update {
+                Update::Complete => queue.complete(id).await,
+                Update::Retry { at, error, counted } => queue.retry(id, *at, error, *counted).await,
+                Update::Kill { at, error } => queue.kill(id, *at, error).await,
+                Update::Narrow { data, then } => {
+                    queue.set_data(id, data.clone()).await?;
+                    update = then;
+                    continue;
+                }
+            };
         }
     }
 }

@@ -204,7 +204,7 @@ impl Server {
                     None
                 } else {
                     let blobs = crate::s3::blobs::Blobs::open(&data_dir.join("objects"))?;
-                    let live = crate::store::ObjectStore::live_blobs(&*store)?;
+                    let live = store.live_blobs_blocking()?;
                     let leftovers = blobs.sweep(&live, 0)?;
                     if leftovers > 0 {
                         tracing::info!(
@@ -262,7 +262,7 @@ impl Server {
                 queue.set_lineage_budget(lineage_budget);
                 queue
             }
-            None => store.clone(),
+            None => Arc::new(store.clone()),
         };
         let kv: Arc<dyn crate::store::KvStore> = match &cluster {
             Some(cluster) => Arc::new(
@@ -273,7 +273,7 @@ impl Server {
                 )
                 .await?,
             ),
-            None => store.clone(),
+            None => Arc::new(store.clone()),
         };
         let (objects, blobs, retention_store): (
             Arc<dyn crate::store::ObjectStore>,
@@ -297,10 +297,6 @@ impl Server {
                 })
                 .await??;
                 let blobs = Arc::new(blobs);
-                tokio::task::spawn_blocking({
-                    let (objects, blobs, clock) = (objects.clone(), blobs.clone(), clock.clone());
-                    move || sweep_shared_blobs(&*objects, &blobs, clock.now_ms())
-                });
                 let retention = Arc::new(crate::store::jetstream::objects::ClusterRetention {
                     local: store.clone(),
                     objects: objects.clone(),
@@ -308,7 +304,7 @@ impl Server {
                 (objects, blobs, retention)
             }
             (None, blobs) => (
-                store.clone(),
+                Arc::new(store.clone()),
                 blobs.context("the blob directory was not opened")?,
                 store.clone(),
             ),
@@ -325,8 +321,7 @@ impl Server {
             )),
             None => store,
         };
-        let queue = event_queue.clone();
-        let recovered = tokio::task::spawn_blocking(move || queue.recover()).await??;
+        let recovered = event_queue.recover().await?;
         if recovered > 0 {
             tracing::warn!(
                 events = recovered,
@@ -736,6 +731,13 @@ impl Server {
             "connection caps"
         );
         let pruning = tokio::spawn(self.pruner.clone().run(state.shutdown.clone()));
+        let sweeping_blobs = self.cluster.as_ref().map(|_| {
+            tokio::spawn(sweep_shared_blobs(
+                self.s3.clone(),
+                self.clock.clone(),
+                state.shutdown.clone(),
+            ))
+        });
         let reloading = self
             .tls
             .clone()
@@ -789,6 +791,9 @@ impl Server {
         }
         sweeper.abort();
         pruning.abort();
+        if let Some(sweeping) = sweeping_blobs {
+            sweeping.abort();
+        }
         if let Some(reloading) = reloading {
             reloading.abort();
         }
@@ -815,25 +820,39 @@ impl Server {
     }
 }
 
-/// Unloads versions idle past their function's `idle_timeout`, once. The background
-/// sweeper calls this periodically; tests and benchmarks call it with a manual clock.
-/// Removes the cluster's object bytes that no object or part names: what writes cut off
-/// by a node's stop left (see [`crate::s3::blobs::Blobs::sweep`]).
-fn sweep_shared_blobs(
-    objects: &dyn crate::store::ObjectStore,
-    blobs: &crate::s3::blobs::Blobs,
-    now_ms: u64,
+/// How often a cluster node sweeps the cluster's object bytes.
+const SHARED_BLOB_SWEEP: Duration = Duration::from_secs(3600);
+
+/// Removes the cluster's object bytes that no object or part names (what writes cut off
+/// by a node's stop left, see [`crate::s3::blobs::Blobs::sweep`]): at start, then every
+/// [`SHARED_BLOB_SWEEP`] until shutdown.
+async fn sweep_shared_blobs(
+    s3: Arc<crate::s3::S3>,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    let swept = objects
-        .live_blobs()
-        .and_then(|live| blobs.sweep(&live, now_ms));
-    match swept {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(blobs = n, "removed object data of interrupted uploads"),
-        Err(e) => tracing::warn!("sweeping the cluster's object data failed: {e:#}"),
+    loop {
+        let (blobs, now) = (s3.blobs.clone(), clock.now_ms());
+        let swept = match s3.store.live_blobs().await {
+            Ok(live) => tokio::task::spawn_blocking(move || blobs.sweep(&live, now))
+                .await
+                .unwrap_or_else(|e| Err(e.into())),
+            Err(e) => Err(e),
+        };
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(blobs = n, "removed object data of interrupted uploads"),
+            Err(e) => tracing::warn!("sweeping the cluster's object data failed: {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SHARED_BLOB_SWEEP) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
+/// Unloads versions idle past their function's `idle_timeout`, once. The background
+/// sweeper calls this periodically; tests and benchmarks call it with a manual clock.
 pub fn sweep_idle(state: &AppState) -> usize {
     let registry = &state.registry;
     state.scaler.sweep(|function, version| {

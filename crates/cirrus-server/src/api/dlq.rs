@@ -23,23 +23,17 @@ fn query(q: QueryResult<DlqQuery>) -> Result<DlqQuery, Failure> {
         .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())).into())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, Failure> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(Failure::internal)?
-        .map_err(Failure::internal)
-}
-
 pub async fn list(
     State(state): State<AppStateRef>,
     q: QueryResult<DlqQuery>,
 ) -> Result<Response, Failure> {
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let queue = state.event_queue.clone();
-    let items = blocking(move || queue.dead(q.function.as_deref(), limit)).await?;
+    let items = state
+        .event_queue
+        .dead(q.function.as_deref(), limit)
+        .await
+        .map_err(Failure::internal)?;
     Ok(Json(Page { items, next: None }).into_response())
 }
 
@@ -47,10 +41,11 @@ pub async fn show(
     State(state): State<AppStateRef>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let queue = state.event_queue.clone();
-    let key = id.clone();
-    let (mut event, data) = blocking(move || queue.dead_event(&key))
-        .await?
+    let (mut event, data) = state
+        .event_queue
+        .dead_event(&id)
+        .await
+        .map_err(Failure::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no event {id:?} in the dead-letter queue")))?;
     event.data = String::from_utf8(data).ok();
     Ok(Json(event).into_response())
@@ -69,12 +64,12 @@ pub async fn redrive_one(
     State(state): State<AppStateRef>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let (queue, now, key) = (
-        state.event_queue.clone(),
-        state.invoker.clock.now_ms(),
-        id.clone(),
-    );
-    let count = blocking(move || queue.redrive(Some(&key), None, now)).await?;
+    let now = state.invoker.clock.now_ms();
+    let count = state
+        .event_queue
+        .redrive(Some(&id), None, now)
+        .await
+        .map_err(Failure::internal)?;
     state.wake.notify_one();
     found(count, &id)
 }
@@ -84,8 +79,12 @@ pub async fn redrive_all(
     q: QueryResult<DlqQuery>,
 ) -> Result<Response, Failure> {
     let q = query(q)?;
-    let (queue, now) = (state.event_queue.clone(), state.invoker.clock.now_ms());
-    let count = blocking(move || queue.redrive(None, q.function.as_deref(), now)).await?;
+    let now = state.invoker.clock.now_ms();
+    let count = state
+        .event_queue
+        .redrive(None, q.function.as_deref(), now)
+        .await
+        .map_err(Failure::internal)?;
     state.wake.notify_one();
     Ok(Json(Affected { count }).into_response())
 }
@@ -94,8 +93,11 @@ pub async fn purge_one(
     State(state): State<AppStateRef>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let (queue, key) = (state.event_queue.clone(), id.clone());
-    let count = blocking(move || queue.purge(Some(&key), None)).await?;
+    let count = state
+        .event_queue
+        .purge(Some(&id), None)
+        .await
+        .map_err(Failure::internal)?;
     found(count, &id)
 }
 
@@ -104,7 +106,10 @@ pub async fn purge_all(
     q: QueryResult<DlqQuery>,
 ) -> Result<Response, Failure> {
     let q = query(q)?;
-    let queue = state.event_queue.clone();
-    let count = blocking(move || queue.purge(None, q.function.as_deref())).await?;
+    let count = state
+        .event_queue
+        .purge(None, q.function.as_deref())
+        .await
+        .map_err(Failure::internal)?;
     Ok(Json(Affected { count }).into_response())
 }

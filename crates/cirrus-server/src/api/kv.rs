@@ -13,7 +13,6 @@ use axum::Json;
 use cirrus_api::spec::validate_name;
 use cirrus_api::{ApiError, ErrorCode, Page};
 use serde::Deserialize;
-use std::sync::Arc;
 
 /// Values are documents, not objects: at most 1 MiB.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
@@ -128,11 +127,10 @@ pub async fn get(
     Path((table, key)): Path<(String, String)>,
 ) -> Result<Response, Failure> {
     check(&table, Some(&key))?;
-    let kv: Arc<dyn crate::store::KvStore> = state.kv.clone();
-    let (t, k) = (table.clone(), key.clone());
-    let (entry, value) = tokio::task::spawn_blocking(move || kv.kv_get(&t, &k))
+    let (entry, value) = state
+        .kv
+        .kv_get(&table, &key)
         .await
-        .map_err(Failure::internal)?
         .map_err(Failure::internal)?
         .ok_or_else(|| ApiError::not_found(format!("{table}/{key} does not exist")))?;
     let mut response = (StatusCode::OK, Body::from(value)).into_response();
@@ -171,18 +169,16 @@ pub async fn list(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit must be between 1 and 1000").into());
     }
-    let kv = state.kv.clone();
-    let items = tokio::task::spawn_blocking(move || {
-        kv.kv_list(
+    let items = state
+        .kv
+        .kv_list(
             &table,
             q.prefix.as_deref().unwrap_or(""),
             q.after.as_deref(),
             limit,
         )
-    })
-    .await
-    .map_err(Failure::internal)?
-    .map_err(Failure::internal)?;
+        .await
+        .map_err(Failure::internal)?;
     let next = (items.len() == limit)
         .then(|| items.last().map(|e| e.key.clone()))
         .flatten();

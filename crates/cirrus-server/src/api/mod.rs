@@ -376,11 +376,8 @@ async fn health(State(state): State<AppStateRef>) -> axum::Json<serde_json::Valu
 async fn status(
     State(state): State<AppStateRef>,
 ) -> Result<axum::Json<cirrus_api::ServerStatus>, Failure> {
-    let queue = state.event_queue.clone();
-    let (queued_events, dead_events) = tokio::task::spawn_blocking(move || queue.depth())
-        .await
-        .map_err(Failure::internal)?
-        .map_err(Failure::internal)?;
+    let (queued_events, dead_events) =
+        state.event_queue.depth().await.map_err(Failure::internal)?;
     let mut live = state.scaler.function_states();
     let functions = state
         .registry
@@ -423,11 +420,7 @@ async fn runtimes(State(state): State<AppStateRef>) -> axum::Json<cirrus_api::Ru
 }
 
 async fn metrics(State(state): State<AppStateRef>) -> Result<Response, Failure> {
-    let queue = state.event_queue.clone();
-    let depth = tokio::task::spawn_blocking(move || queue.depth())
-        .await
-        .map_err(Failure::internal)?
-        .map_err(Failure::internal)?;
+    let depth = state.event_queue.depth().await.map_err(Failure::internal)?;
     let text = state.invoker.metrics.render(&state.scaler.live(), depth);
     Ok((
         [(

@@ -8,7 +8,7 @@ use super::AppStateRef;
 use crate::error::Failure;
 use crate::function_token::Claims;
 use crate::s3::error::S3Error;
-use crate::s3::{blocking, objects, Target};
+use crate::s3::{objects, Target};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -56,8 +56,10 @@ pub async fn list(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let store = state.s3.store.clone();
     let (b, prefix, after) = (bucket.clone(), q.prefix.clone(), q.after.clone());
-    let mut found = blocking(move || store.list_objects(&b, &prefix, after.as_deref(), limit + 1))
+    let mut found = store
+        .list_objects(&b, &prefix, after.as_deref(), limit + 1)
         .await
+        .map_err(S3Error::internal)
         .map_err(failure)?;
     found.retain(|o| o.key.starts_with(&q.prefix));
     let more = found.len() > limit;
@@ -166,8 +168,10 @@ pub async fn list_buckets(
     State(state): State<AppStateRef>,
 ) -> Result<Json<Page<BucketInfo>>, Failure> {
     let store = state.s3.store.clone();
-    let buckets = blocking(move || store.list_buckets())
+    let buckets = store
+        .list_buckets()
         .await
+        .map_err(S3Error::internal)
         .map_err(failure)?;
     Ok(Json(Page {
         items: buckets
@@ -195,8 +199,10 @@ pub async fn create_bucket(
         bucket.clone(),
         state.s3.clock.now_ms(),
     );
-    if !blocking(move || store.create_bucket(&name, now))
+    if !store
+        .create_bucket(&name, now)
         .await
+        .map_err(S3Error::internal)
         .map_err(failure)?
     {
         return Err(Failure(ApiError::new(
@@ -219,8 +225,10 @@ pub async fn delete_bucket(
     Path(bucket): Path<String>,
 ) -> Result<Response, Failure> {
     let (store, name) = (state.s3.store.clone(), bucket.clone());
-    match blocking(move || store.delete_bucket(&name))
+    match store
+        .delete_bucket(&name)
         .await
+        .map_err(S3Error::internal)
         .map_err(failure)?
     {
         crate::store::BucketDelete::Deleted(blobs) => {

@@ -107,18 +107,21 @@ impl Blobs {
         })
     }
 
-    /// Cluster mode: the bytes are in `store`, and the blob directory (emptied here: it
-    /// is a cache) keeps at most about `cache_bytes` of copies.
+    /// Cluster mode: the bytes are in `store`, and `<root>/cache` (emptied here) keeps
+    /// at most about `cache_bytes` of copies. `<root>/blobs`, where a single node keeps
+    /// its objects, is left as it is.
     pub fn open_shared(
         root: &Path,
         store: Arc<dyn SharedBlobs>,
         cache_bytes: u64,
     ) -> anyhow::Result<Self> {
-        let dir = root.join("blobs");
+        let dir = root.join("cache");
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut blobs = Self::open(root)?;
+        blobs.dir = dir;
         blobs.shared = Some(Shared {
             store,
             cache_bytes,
@@ -316,15 +319,14 @@ impl BlobWriter {
             blobs.dir_sync.sync(&blobs.dir)?;
             return Ok(name);
         };
-        // In a cluster the local file is a cache: the shared store makes it durable.
+        // In a cluster the shared store makes it durable, stored from the temporary file
+        // (which the cache's trim never touches); the local copy is then a cache.
+        shared
+            .store
+            .upload(&name, file.path())
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         file.persist(&path).map_err(|e| e.error)?;
-        {
-            if let Err(e) = shared.store.upload(&name, &path) {
-                let _ = std::fs::remove_file(&path);
-                return Err(std::io::Error::other(format!("{e:#}")));
-            }
-            blobs.cached(size);
-        }
+        blobs.cached(size);
         Ok(name)
     }
 }
@@ -392,7 +394,7 @@ mod tests {
     }
 
     fn cached_bytes(root: &Path) -> u64 {
-        std::fs::read_dir(root.join("blobs"))
+        std::fs::read_dir(root.join("cache"))
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().len())
             .sum()

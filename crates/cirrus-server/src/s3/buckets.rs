@@ -2,7 +2,7 @@
 
 use super::error::{S3Error, S3Result};
 use super::xml::{self, NAMESPACE, OWNER};
-use super::{blocking, iso_time, quoted, url_encode, valid_bucket_name, xml_response, Target, S3};
+use super::{iso_time, quoted, url_encode, valid_bucket_name, xml_response, Target, S3};
 use crate::store::BucketDelete;
 use axum::body::Body;
 use axum::http::{header, StatusCode};
@@ -39,8 +39,10 @@ pub async fn list_buckets(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     let prefix = t.param("prefix").unwrap_or("").to_owned();
     let other_region = t.param("bucket-region").is_some_and(|r| r != super::REGION);
     let store = s3.store.clone();
-    let mut buckets: Vec<(String, u64)> = blocking(move || store.list_buckets())
-        .await?
+    let mut buckets: Vec<(String, u64)> = store
+        .list_buckets()
+        .await
+        .map_err(S3Error::internal)?
         .into_iter()
         .filter(|(name, _)| {
             !other_region && name.starts_with(&prefix) && after.as_ref().is_none_or(|a| name > a)
@@ -101,7 +103,11 @@ pub async fn create(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response> 
         }
     }
     let (store, name, now) = (s3.store.clone(), t.bucket.clone(), s3.clock.now_ms());
-    if !blocking(move || store.create_bucket(&name, now)).await? {
+    if !store
+        .create_bucket(&name, now)
+        .await
+        .map_err(S3Error::internal)?
+    {
         return Err(S3Error::new(
             "BucketAlreadyOwnedByYou",
             StatusCode::CONFLICT,
@@ -118,7 +124,11 @@ pub async fn create(s3: &Arc<S3>, t: &Target, body: Body) -> S3Result<Response> 
 
 pub async fn delete(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     let (store, name) = (s3.store.clone(), t.bucket.clone());
-    match blocking(move || store.delete_bucket(&name)).await? {
+    match store
+        .delete_bucket(&name)
+        .await
+        .map_err(S3Error::internal)?
+    {
         BucketDelete::Deleted(blobs) => {
             super::remove_blobs(s3, blobs);
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -135,7 +145,11 @@ pub async fn delete(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
 
 pub async fn exists(s3: &Arc<S3>, bucket: &str) -> S3Result<()> {
     let (store, name) = (s3.store.clone(), bucket.to_owned());
-    if blocking(move || store.bucket_exists(&name)).await? {
+    if store
+        .bucket_exists(&name)
+        .await
+        .map_err(S3Error::internal)?
+    {
         Ok(())
     } else {
         Err(S3Error::no_such_bucket(bucket))
@@ -295,8 +309,10 @@ pub async fn list_objects(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
             None => (prefix.clone(), None),
         };
         let (store, bucket) = (s3.store.clone(), t.bucket.clone());
-        let found =
-            blocking(move || store.list_objects(&bucket, &from, after.as_deref(), batch)).await?;
+        let found = store
+            .list_objects(&bucket, &from, after.as_deref(), batch)
+            .await
+            .map_err(S3Error::internal)?;
         if found.is_empty() {
             break;
         }

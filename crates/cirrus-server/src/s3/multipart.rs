@@ -8,7 +8,7 @@ use super::error::{S3Error, S3Result};
 use super::sigv4::Verified;
 use super::xml::{self, NAMESPACE};
 use super::{
-    blocking, content_type, iso_time, quoted, remove_blobs, user_metadata, xml_response, Target, S3,
+    content_type, iso_time, quoted, remove_blobs, user_metadata, xml_response, Target, S3,
 };
 use crate::store::{CompleteConflict, CompletedUpload, ObjectMeta, Part, Upload};
 use axum::body::Body;
@@ -68,7 +68,12 @@ pub async fn create(s3: &Arc<S3>, t: &Target, headers: &HeaderMap) -> S3Result<R
         created_ms: s3.clock.now_ms(),
     };
     let (store, u) = (s3.store.clone(), upload.clone());
-    if blocking(move || store.create_upload(&u)).await?.is_err() {
+    if store
+        .create_upload(&u)
+        .await
+        .map_err(S3Error::internal)?
+        .is_err()
+    {
         return Err(S3Error::no_such_bucket(&t.bucket));
     }
     let doc = xml::document(
@@ -107,8 +112,10 @@ async fn upload_of(s3: &Arc<S3>, t: &Target) -> S3Result<Upload> {
 async fn find_upload(s3: &Arc<S3>, t: &Target) -> S3Result<Option<Upload>> {
     let id = t.param("uploadId").unwrap_or("").to_owned();
     let store = s3.store.clone();
-    Ok(blocking(move || store.get_upload(&id))
-        .await?
+    Ok(store
+        .get_upload(&id)
+        .await
+        .map_err(S3Error::internal)?
         .filter(|u| u.bucket == t.bucket && u.key == t.key))
 }
 
@@ -207,7 +214,7 @@ fn part_checksum_headers(upload: &Upload, headers: &HeaderMap) -> S3Result<Heade
 /// blob goes instead.
 async fn record_part(s3: &Arc<S3>, upload: &Upload, part: Part) -> S3Result<()> {
     let (store, id, blob) = (s3.store.clone(), upload.id.clone(), part.blob.clone());
-    match blocking(move || store.put_part(&id, &part)).await {
+    match store.put_part(&id, &part).await.map_err(S3Error::internal) {
         Ok(Ok(replaced)) => {
             if let Some(old) = replaced {
                 remove_blobs(s3, vec![old.blob]);
@@ -366,7 +373,7 @@ pub async fn complete(
         return retried_completion(s3, t, &receipt_parts).await;
     };
     let (store, id) = (s3.store.clone(), upload.id.clone());
-    let stored = blocking(move || store.parts(&id)).await?;
+    let stored = store.parts(&id).await.map_err(S3Error::internal)?;
     let mut chosen: Vec<Part> = Vec::with_capacity(request.parts.len());
     for wanted in &request.parts {
         match stored.iter().find(|p| p.number == wanted.number) {
@@ -484,10 +491,17 @@ pub async fn complete(
         receipt.clone(),
     );
     let parts: Vec<(u32, String)> = chosen.iter().map(|p| (p.number, p.blob.clone())).collect();
-    let outcome = blocking(move || {
-        store.complete_upload(&id, &parts, &object, &condition, &r, &|o| p.events(o))
-    })
-    .await;
+    let outcome = store
+        .complete_upload(
+            &id,
+            &parts,
+            &object,
+            &condition,
+            &r,
+            Box::new(move |o| p.events(o)),
+        )
+        .await
+        .map_err(S3Error::internal);
     match outcome {
         Ok(Ok(done)) => {
             s3.notifier.committed(&pending);
@@ -523,7 +537,11 @@ pub async fn complete(
 async fn retried_completion(s3: &Arc<S3>, t: &Target, parts: &str) -> S3Result<Response> {
     let id = t.param("uploadId").unwrap_or("").to_owned();
     let (store, i) = (s3.store.clone(), id.clone());
-    if let Some(receipt) = blocking(move || store.completed_upload(&i)).await? {
+    if let Some(receipt) = store
+        .completed_upload(&i)
+        .await
+        .map_err(S3Error::internal)?
+    {
         if receipt.bucket == t.bucket && receipt.key == t.key && receipt.parts == parts {
             return completion_answer(&receipt);
         }
@@ -612,7 +630,7 @@ fn composite_checksum(upload: &Upload, parts: &[Part]) -> Option<(String, String
 pub async fn abort(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
     let upload = upload_of(s3, t).await?;
     let (store, id) = (s3.store.clone(), upload.id.clone());
-    match blocking(move || store.finish_upload(&id)).await? {
+    match store.finish_upload(&id).await.map_err(S3Error::internal)? {
         Some(parts) => {
             remove_blobs(s3, parts.into_iter().map(|p| p.blob).collect());
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -641,8 +659,10 @@ pub async fn list_parts(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
         .unwrap_or(1000)
         .min(1000);
     let (store, id) = (s3.store.clone(), upload.id.clone());
-    let parts: Vec<Part> = blocking(move || store.parts(&id))
-        .await?
+    let parts: Vec<Part> = store
+        .parts(&id)
+        .await
+        .map_err(S3Error::internal)?
         .into_iter()
         .filter(|p| p.number > marker)
         .collect();
@@ -694,7 +714,10 @@ pub async fn list_uploads(s3: &Arc<S3>, t: &Target) -> S3Result<Response> {
         .filter(|m| !m.is_empty())
         .map(str::to_owned);
     let (store, bucket, p) = (s3.store.clone(), t.bucket.clone(), prefix.clone());
-    let all = blocking(move || store.list_uploads(&bucket, &p)).await?;
+    let all = store
+        .list_uploads(&bucket, &p)
+        .await
+        .map_err(S3Error::internal)?;
     // Uploads come by key, then start: resume after the marker's key (and, with an
     // upload-id marker, after that upload of the key).
     let start = if key_marker.is_empty() {

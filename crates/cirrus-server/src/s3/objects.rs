@@ -7,8 +7,8 @@ use super::error::{S3Error, S3Result};
 use super::sigv4::Verified;
 use super::xml::{self, NAMESPACE};
 use super::{
-    blocking, content_type, iso_time, object_headers, quoted, remove_blobs, user_metadata,
-    xml_response, Target, S3,
+    content_type, iso_time, object_headers, quoted, remove_blobs, user_metadata, xml_response,
+    Target, S3,
 };
 use crate::store::{ObjectMeta, PutCondition, PutRefused};
 use axum::body::Body;
@@ -40,7 +40,10 @@ pub async fn record(
     let blob = object.blob.clone();
     let (bucket, key) = (object.bucket.clone(), object.key.clone());
     let if_match = matches!(condition, PutCondition::Etag(_));
-    let outcome = blocking(move || store.put_object(&object, &condition, &|o| p.events(o))).await;
+    let outcome = store
+        .put_object(&object, &condition, Box::new(move |o| p.events(o)))
+        .await
+        .map_err(S3Error::internal);
     match outcome {
         Ok(Ok(replaced)) => {
             s3.notifier.committed(&pending);
@@ -154,7 +157,7 @@ pub async fn put(
 
 pub async fn lookup(s3: &Arc<S3>, bucket: &str, key: &str) -> S3Result<ObjectMeta> {
     let (store, b, k) = (s3.store.clone(), bucket.to_owned(), key.to_owned());
-    match blocking(move || store.get_object(&b, &k)).await? {
+    match store.get_object(&b, &k).await.map_err(S3Error::internal)? {
         Some(o) => Ok(o),
         None => {
             exists(s3, bucket).await?;
@@ -372,7 +375,11 @@ pub async fn remove(
         key.to_owned(),
         pending.clone(),
     );
-    match blocking(move || store.delete_object(&b, &k, &|o| p.events(o))).await? {
+    match store
+        .delete_object(&b, &k, Box::new(move |o| p.events(o)))
+        .await
+        .map_err(S3Error::internal)?
+    {
         Some(old) => {
             s3.notifier.committed(&pending);
             remove_blobs(s3, vec![old.blob]);

@@ -32,38 +32,39 @@ impl KvWriter {
     ) -> anyhow::Result<KvWrite> {
         let subscribers = self.registry.table_subscribers(table);
         let now = self.clock.now_ms();
-        let kv = self.kv.clone();
         let (t, k) = (table.to_owned(), key.to_owned());
-        let written = tokio::task::spawn_blocking(move || {
-            let events =
-                |old: Option<(&KvEntry, &[u8])>, new: Option<(&KvEntry, &[u8])>| -> Vec<NewEvent> {
-                    let op = match (old, new) {
-                        (None, Some(_)) => "insert",
-                        (Some(_), Some(_)) => "update",
-                        _ => "delete",
-                    };
-                    let data = change(op, old, new, &t, &k);
-                    subscribers
-                        .iter()
-                        .map(|function| {
-                            NewEvent::fired(
-                                function.clone(),
-                                Trigger::Table,
-                                Some(TABLE_EVENT_TYPE.into()),
-                                Some(format!("/kv/{t}")),
-                                now,
-                            )
-                            .with_json(data.clone())
-                            .caused_by(lineage.as_ref())
-                            // Changes of one key reach each function in commit order.
-                            .ordered_by(format!("kv:{t}:{k}:{function}"))
-                        })
-                        .collect()
+        let events: crate::store::KvEvents = Box::new(
+            move |old: Option<(&KvEntry, &[u8])>,
+                  new: Option<(&KvEntry, &[u8])>|
+                  -> Vec<NewEvent> {
+                let op = match (old, new) {
+                    (None, Some(_)) => "insert",
+                    (Some(_), Some(_)) => "update",
+                    _ => "delete",
                 };
-            let value = value.as_ref().map(|(v, ct)| (v.as_slice(), ct.as_deref()));
-            kv.kv_write(&t, &k, value, cond, now, &events)
-        })
-        .await??;
+                let data = change(op, old, new, &t, &k);
+                subscribers
+                    .iter()
+                    .map(|function| {
+                        NewEvent::fired(
+                            function.clone(),
+                            Trigger::Table,
+                            Some(TABLE_EVENT_TYPE.into()),
+                            Some(format!("/kv/{t}")),
+                            now,
+                        )
+                        .with_json(data.clone())
+                        .caused_by(lineage.as_ref())
+                        // Changes of one key reach each function in commit order.
+                        .ordered_by(format!("kv:{t}:{k}:{function}"))
+                    })
+                    .collect()
+            },
+        );
+        let written = self
+            .kv
+            .kv_write(table, key, value, cond, now, events)
+            .await?;
         self.wake.notify_one();
         Ok(written)
     }

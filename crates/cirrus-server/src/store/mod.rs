@@ -309,30 +309,32 @@ pub enum Enqueued {
 }
 
 /// The durable queue of asynchronous events. Writes are committed before they return:
-/// an event is acknowledged only once it is on disk.
+/// an event is acknowledged only once it is stored. Each backend owns its blocking
+/// (SQLite runs its calls on blocking threads; JetStream's are network requests).
+#[async_trait::async_trait]
 pub trait EventQueue: Send + Sync + 'static {
-    /// Called by the enqueue writer with a batch, committed in one transaction; keys
-    /// seen within `idempotency_window_ms` are duplicates. Every way of queueing events
-    /// (this, KV writes, object changes) counts an event with a `root_id` against that
-    /// lineage in the same transaction; past the store's lineage budget the event is
-    /// recorded dead, with the reason, instead of pending.
-    fn enqueue(
+    /// Called by the enqueue writer with a batch, committed together; keys seen within
+    /// `idempotency_window_ms` are duplicates. Every way of queueing events (this, KV
+    /// writes, object changes) counts an event with a `root_id` against that lineage
+    /// in the same commit; past the store's lineage budget the event is recorded dead,
+    /// with the reason, instead of pending.
+    async fn enqueue(
         &self,
-        events: &[NewEvent],
+        events: Vec<NewEvent>,
         now_ms: u64,
         idempotency_window_ms: u64,
     ) -> StoreResult<Vec<Enqueued>>;
     /// Called once at start-up: events that were running when the server stopped are
     /// ready again (at-least-once delivery). Returns how many.
-    fn recover(&self) -> StoreResult<u64>;
+    async fn recover(&self) -> StoreResult<u64>;
     /// Called by the dispatcher: marks up to `limit` events ready at `now_ms` as running,
     /// counting an attempt, oldest first.
-    fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>>;
+    async fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>>;
     /// The event was delivered: it leaves the queue (its records remain).
-    fn complete(&self, id: &str) -> StoreResult<()>;
+    async fn complete(&self, id: &str) -> StoreResult<()>;
     /// Try again at `not_before_ms`; `count_attempt = false` gives back the attempt
     /// (the function was only busy).
-    fn retry(
+    async fn retry(
         &self,
         id: &str,
         not_before_ms: u64,
@@ -340,25 +342,30 @@ pub trait EventQueue: Send + Sync + 'static {
         count_attempt: bool,
     ) -> StoreResult<()>;
     /// Attempts are exhausted or the event expired: park it in the dead-letter queue.
-    fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()>;
+    async fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()>;
     /// Replaces an event's body (a batch narrowed to its failed records).
-    fn set_data(&self, id: &str, data: &[u8]) -> StoreResult<()>;
+    async fn set_data(&self, id: &str, data: Vec<u8>) -> StoreResult<()>;
     /// When the earliest waiting event becomes ready, if any is waiting.
-    fn next_ready_ms(&self) -> StoreResult<Option<u64>>;
+    async fn next_ready_ms(&self) -> StoreResult<Option<u64>>;
     /// Events waiting or running, and events in the dead-letter queue.
-    fn depth(&self) -> StoreResult<(u64, u64)>;
+    async fn depth(&self) -> StoreResult<(u64, u64)>;
     /// Dead-letter queue, newest failure first.
-    fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>>;
+    async fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>>;
     /// One dead event with its body.
-    fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>>;
+    async fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>>;
     /// Dead events (one, or all of a function, or all) go back to the queue with fresh
     /// attempts and age, and their lineages with a fresh event budget.
-    fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64>;
+    async fn redrive(
+        &self,
+        id: Option<&str>,
+        function: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<u64>;
     /// Dead events (one, or all of a function, or all) are deleted.
-    fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64>;
+    async fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64>;
     /// Called periodically: forgets the event counts of lineages that created nothing
     /// since `idle_since_ms`. Returns how many.
-    fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64>;
+    async fn forget_lineages(&self, idle_since_ms: u64) -> StoreResult<u64>;
 }
 
 /// A KV write: the precondition it needs and what it does.
@@ -385,23 +392,30 @@ pub enum KvWrite {
     TooLarge(usize),
 }
 
+/// What a KV write's change events are made from: the row before and after it (each
+/// `None` when there is none), called by the store with the rows it read and wrote.
+pub type KvEvents = Box<KvEventsFn>;
+pub type KvEventsFn =
+    dyn Fn(Option<(&KvEntry, &[u8])>, Option<(&KvEntry, &[u8])>) -> Vec<NewEvent> + Send + Sync;
+
 /// KV tables, in the same database as the event queue so that a change and the events
 /// it causes commit together.
+#[async_trait::async_trait]
 pub trait KvStore: Send + Sync + 'static {
-    /// Writes (or deletes, with `value = None`) and queues `events(old, new)` atomically.
-    #[allow(clippy::type_complexity)]
-    fn kv_write(
+    /// Writes `(value, content type)` (or deletes, with `None`) and queues
+    /// `events(old, new)` with it.
+    async fn kv_write(
         &self,
         table: &str,
         key: &str,
-        value: Option<(&[u8], Option<&str>)>,
+        value: Option<(Vec<u8>, Option<String>)>,
         condition: KvCondition,
         now_ms: u64,
-        events: &dyn Fn(Option<(&KvEntry, &[u8])>, Option<(&KvEntry, &[u8])>) -> Vec<NewEvent>,
+        events: KvEvents,
     ) -> StoreResult<KvWrite>;
-    fn kv_get(&self, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>>;
+    async fn kv_get(&self, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>>;
     /// Keys in order, after `after`, starting with `prefix`.
-    fn kv_list(
+    async fn kv_list(
         &self,
         table: &str,
         prefix: &str,
@@ -477,75 +491,79 @@ pub enum BucketDelete {
     NotEmpty,
 }
 
+/// What an object change's notifications are made from: the object written or removed.
+pub type ObjectEvents = Box<dyn Fn(&ObjectMeta) -> Vec<NewEvent> + Send + Sync>;
+
 /// Bucket and object metadata, in the same database as the event queue so an object
 /// change and its notifications commit together. Object bytes live in blob files the
 /// caller has made durable before it records them here.
+#[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// `false` when the bucket already exists.
-    fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool>;
-    fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete>;
+    async fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool>;
+    async fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete>;
     /// Every bucket with its creation time, by name.
-    fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>>;
-    fn bucket_exists(&self, name: &str) -> StoreResult<bool>;
+    async fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>>;
+    async fn bucket_exists(&self, name: &str) -> StoreResult<bool>;
     /// Records an object (replacing any under its key) if `condition` holds, and queues
     /// `events(new)`, in one transaction. Returns the replaced object, whose blob the
     /// caller removes.
-    fn put_object(
+    async fn put_object(
         &self,
         object: &ObjectMeta,
         condition: &PutCondition,
-        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+        events: ObjectEvents,
     ) -> StoreResult<Result<Option<ObjectMeta>, PutRefused>>;
-    fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>>;
+    async fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>>;
     /// Removes an object and queues `events(old)` in one transaction; the removed object
     /// (whose blob the caller removes), if there was one.
-    fn delete_object(
+    async fn delete_object(
         &self,
         bucket: &str,
         key: &str,
-        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+        events: ObjectEvents,
     ) -> StoreResult<Option<ObjectMeta>>;
     /// Objects in key order with keys after `after` (when given) and at or after `from`.
-    fn list_objects(
+    async fn list_objects(
         &self,
         bucket: &str,
         from: &str,
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ObjectMeta>>;
-    fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>>;
-    fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>>;
+    async fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>>;
+    async fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>>;
     /// Uploads of a bucket in progress, by key then start.
-    fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>>;
+    async fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>>;
     /// Records a part; the part it replaced (same number), whose blob the caller removes.
     /// `NoSuchUpload` when the upload is gone (completed or aborted meanwhile).
-    fn put_part(
+    async fn put_part(
         &self,
         upload_id: &str,
         part: &Part,
     ) -> StoreResult<Result<Option<Part>, NoSuchUpload>>;
     /// Parts by number.
-    fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>>;
+    async fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>>;
     /// Removes the upload and its parts; returns the parts (whose blobs the caller
     /// removes once it no longer needs them), or `None` when it was gone already.
-    fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>>;
+    async fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>>;
     /// Completes a multipart upload in one transaction: if the upload still exists and
     /// each `(number, blob)` is still the part recorded under that number, records the
     /// object (queueing `events(object)`) and removes the upload and its parts, keeping
     /// `receipt` (see [`CompletedUpload`]).
-    fn complete_upload(
+    async fn complete_upload(
         &self,
         upload_id: &str,
         parts: &[(u32, String)],
         object: &ObjectMeta,
         condition: &PutCondition,
         receipt: &CompletedUpload,
-        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+        events: ObjectEvents,
     ) -> StoreResult<Result<Completed, CompleteConflict>>;
     /// The receipt of an upload completed in the last day.
-    fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>>;
+    async fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>>;
     /// Every blob an object or part refers to; the rest are leftovers of interrupted writes.
-    fn live_blobs(&self) -> StoreResult<std::collections::HashSet<String>>;
+    async fn live_blobs(&self) -> StoreResult<std::collections::HashSet<String>>;
 }
 
 /// Object bytes shared by every node (cluster mode). A blob is written to the local

@@ -214,8 +214,6 @@ pub struct ClusterQueue {
     idempotency: kv::Store,
     held: Arc<Mutex<HashMap<String, Held>>>,
     budget: AtomicU64,
-    /// The queue's callers are blocking threads: JetStream is reached on this runtime.
-    runtime: tokio::runtime::Handle,
 }
 
 impl ClusterQueue {
@@ -326,7 +324,6 @@ impl ClusterQueue {
             idempotency,
             held: Arc::default(),
             budget: AtomicU64::new(crate::lineage::DEFAULT_MAX_LINEAGE_EVENTS),
-            runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(confirm_progress(Arc::downgrade(&queue.held)));
         for consumer in partitions {
@@ -682,13 +679,6 @@ impl ClusterQueue {
         }
         Ok(found)
     }
-
-    fn block_on<T>(
-        &self,
-        work: impl std::future::Future<Output = StoreResult<T>>,
-    ) -> StoreResult<T> {
-        self.runtime.block_on(work)
-    }
 }
 
 /// An event message, or `None` for one that cannot be read (dropped, with a log line).
@@ -789,29 +779,30 @@ fn dead_event(event: &NewEvent, state: &State) -> DeadEvent {
     }
 }
 
+#[async_trait::async_trait]
 impl EventQueue for ClusterQueue {
-    fn enqueue(
+    async fn enqueue(
         &self,
-        events: &[NewEvent],
+        events: Vec<NewEvent>,
         now_ms: u64,
         _idempotency_window_ms: u64,
     ) -> StoreResult<Vec<Enqueued>> {
         // The window is the stream's de-duplication window and the idempotency bucket's
         // age, both set when they were made.
         let events: Vec<&NewEvent> = events.iter().collect();
-        self.block_on(self.enqueue_shared(&events, now_ms))
+        self.enqueue_shared(&events, now_ms).await
     }
 
-    fn recover(&self) -> StoreResult<u64> {
+    async fn recover(&self) -> StoreResult<u64> {
         // Deliveries a stopped node held come back by themselves after ACK_WAIT.
         Ok(0)
     }
 
-    fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
+    async fn claim(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<QueuedEvent>> {
         let mut claimed = self.offer_again(now_ms, limit);
         if claimed.len() < limit {
             let room = limit - claimed.len();
-            match self.block_on(self.pull(now_ms, room)) {
+            match self.pull(now_ms, room).await {
                 Ok(pulled) => claimed.extend(pulled),
                 // What was offered is held: hand it out, or it would wait for its lease.
                 Err(e) if !claimed.is_empty() => tracing::warn!("pulling events: {e:#}"),
@@ -821,36 +812,38 @@ impl EventQueue for ClusterQueue {
         Ok(claimed)
     }
 
-    fn complete(&self, id: &str) -> StoreResult<()> {
+    async fn complete(&self, id: &str) -> StoreResult<()> {
         match self.take(id) {
-            Some(held) => self.block_on(self.settle(held, None)),
+            Some(held) => self.settle(held, None).await,
             None => Ok(()),
         }
     }
 
-    fn retry(
+    async fn retry(
         &self,
         id: &str,
         not_before_ms: u64,
         error: &str,
         count_attempt: bool,
     ) -> StoreResult<()> {
-        let mut held = self.lock_held();
-        let Some(h) = held.get_mut(id) else {
+        let taken = {
+            let mut held = self.lock_held();
+            let Some(h) = held.get_mut(id) else {
+                return Ok(());
+            };
+            if h.ordered {
+                // It keeps its partition's head: this node offers it again when due,
+                // still confirming it, so the events behind it wait.
+                h.again_at = Some(not_before_ms);
+                h.attempts += u32::from(count_attempt);
+                h.since = std::time::Instant::now();
+                return Ok(());
+            }
+            held.remove(id)
+        };
+        let Some(h) = taken else {
             return Ok(());
         };
-        if h.ordered {
-            // It keeps its partition's head: this node offers it again when due, still
-            // confirming it, so the events behind it wait.
-            h.again_at = Some(not_before_ms);
-            h.attempts += u32::from(count_attempt);
-            h.since = std::time::Instant::now();
-            return Ok(());
-        }
-        let Some(h) = held.remove(id) else {
-            return Ok(());
-        };
-        drop(held);
         let state = State {
             attempts: h.attempts - u32::from(!count_attempt),
             not_before_ms,
@@ -859,10 +852,10 @@ impl EventQueue for ClusterQueue {
         };
         let next = encode(&h.event, state)?;
         let subject = subject_of(&h.event);
-        self.block_on(self.settle(h, Some((subject, next))))
+        self.settle(h, Some((subject, next))).await
     }
 
-    fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()> {
+    async fn kill(&self, id: &str, now_ms: u64, error: &str) -> StoreResult<()> {
         let Some(held) = self.take(id) else {
             return Ok(());
         };
@@ -873,50 +866,56 @@ impl EventQueue for ClusterQueue {
             failed_ms: Some(now_ms),
         };
         let dead = encode(&held.event, state)?;
-        self.block_on(self.settle(held, Some((dead_subject(id), dead))))
+        self.settle(held, Some((dead_subject(id), dead))).await
     }
 
-    fn set_data(&self, id: &str, data: &[u8]) -> StoreResult<()> {
+    async fn set_data(&self, id: &str, data: Vec<u8>) -> StoreResult<()> {
         if let Some(h) = self.lock_held().get_mut(id) {
-            h.event.data = data.to_vec();
+            h.event.data = data;
         }
         Ok(())
     }
 
-    fn next_ready_ms(&self) -> StoreResult<Option<u64>> {
+    async fn next_ready_ms(&self) -> StoreResult<Option<u64>> {
         // JetStream holds the waiting events' times; the dispatcher polls.
         Ok(None)
     }
 
-    fn depth(&self) -> StoreResult<(u64, u64)> {
-        self.block_on(async {
+    async fn depth(&self) -> StoreResult<(u64, u64)> {
+        {
             let events = self.js.context.get_stream(EVENTS_STREAM).await?;
             let dead = self.js.context.get_stream(DEAD_STREAM).await?;
             Ok((
                 events.cached_info().state.messages,
                 dead.cached_info().state.messages,
             ))
-        })
+        }
     }
 
-    fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>> {
+    async fn dead(&self, function: Option<&str>, limit: usize) -> StoreResult<Vec<DeadEvent>> {
         Ok(self
-            .block_on(self.dead_matching(None, function, limit))?
+            .dead_matching(None, function, limit)
+            .await?
             .iter()
             .map(|(_, event, state)| dead_event(event, state))
             .collect())
     }
 
-    fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>> {
-        let found = self.block_on(self.dead_matching(Some(id), None, 1))?;
+    async fn dead_event(&self, id: &str) -> StoreResult<Option<(DeadEvent, Vec<u8>)>> {
+        let found = self.dead_matching(Some(id), None, 1).await?;
         Ok(found
             .into_iter()
             .next()
             .map(|(_, event, state)| (dead_event(&event, &state), event.data)))
     }
 
-    fn redrive(&self, id: Option<&str>, function: Option<&str>, now_ms: u64) -> StoreResult<u64> {
-        self.block_on(async {
+    async fn redrive(
+        &self,
+        id: Option<&str>,
+        function: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<u64> {
+        {
             let stream = self.js.context.get_stream(DEAD_STREAM).await?;
             let mut count = 0;
             for (seq, mut event, _) in self.dead_matching(id, function, usize::MAX).await? {
@@ -933,11 +932,11 @@ impl EventQueue for ClusterQueue {
                 count += 1;
             }
             Ok(count)
-        })
+        }
     }
 
-    fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64> {
-        self.block_on(async {
+    async fn purge(&self, id: Option<&str>, function: Option<&str>) -> StoreResult<u64> {
+        {
             let stream = self.js.context.get_stream(DEAD_STREAM).await?;
             let mut count = 0;
             for (seq, ..) in self.dead_matching(id, function, usize::MAX).await? {
@@ -945,10 +944,10 @@ impl EventQueue for ClusterQueue {
                 count += 1;
             }
             Ok(count)
-        })
+        }
     }
 
-    fn forget_lineages(&self, _idle_since_ms: u64) -> StoreResult<u64> {
+    async fn forget_lineages(&self, _idle_since_ms: u64) -> StoreResult<u64> {
         // The bucket's age limit forgets them.
         Ok(0)
     }

@@ -3,8 +3,10 @@
 //! `cirrus_leases`, whose entries expire [`TERM`] after their last write: the holder
 //! writes it again every [`RENEW_EVERY`] by compare-and-set on the revision it wrote, so
 //! a holder that stops (killed, cut off from NATS) loses the lease at most `TERM` after
-//! its last renewal, and a holder whose renewal fails stops at once, well before
-//! another node can take the lease.
+//! its last renewal. A holder whose renewals keep failing for half a term stops, well
+//! before another node can take the lease. The value names the holding process (node
+//! id and a per-process nonce), so two nodes started from one copied data directory
+//! cannot both hold it.
 
 use super::{open_kv, JetStream};
 use crate::store::StoreResult;
@@ -14,15 +16,18 @@ use std::time::Duration;
 pub const LEASES_BUCKET: &str = "cirrus_leases";
 /// How long a lease lasts without renewal.
 pub const TERM: Duration = Duration::from_secs(10);
-/// How often a holder renews: a renewal may fail twice (and be retried) within a term.
+/// How often a holder renews.
 const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How long a holder goes on retrying failed renewals (a failover) before it gives
+/// the lease up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
 /// How often a node that wants a lease held elsewhere looks again.
 const WAIT_BETWEEN_TRIES: Duration = Duration::from_secs(1);
 
 pub struct Leases {
     bucket: kv::Store,
-    /// This node's name, the value of the leases it holds.
-    node: String,
+    /// This process's name: its node's id and a nonce, the value of the leases it holds.
+    holder: String,
 }
 
 impl Leases {
@@ -36,18 +41,19 @@ impl Leases {
             false,
         )
         .await?;
-        Ok(Self { bucket, node })
+        let holder = format!("{node}/{}", uuid::Uuid::new_v4().simple());
+        Ok(Self { bucket, holder })
     }
 
-    /// One try at taking `name`: the revision written, or `None` while another node
-    /// holds it. A lease this node held before a restart is taken again at once.
+    /// One try at taking `name`: the revision written, or `None` while another process
+    /// holds it.
     async fn try_take(&self, name: &str) -> StoreResult<Option<u64>> {
         let key = format!("lease.{name}");
         let current = self.bucket.entry(key.clone()).await?;
         let revision = match current {
             Some(e)
                 if e.operation == kv::Operation::Put
-                    && e.value.as_ref() != self.node.as_bytes() =>
+                    && e.value.as_ref() != self.holder.as_bytes() =>
             {
                 return Ok(None)
             }
@@ -56,7 +62,7 @@ impl Leases {
         };
         match self
             .bucket
-            .update(&key, self.node.clone().into(), revision)
+            .update(&key, self.holder.clone().into(), revision)
             .await
         {
             Ok(written) => Ok(Some(written)),
@@ -77,28 +83,39 @@ impl Leases {
         }
     }
 
-    /// Renews `name` (taken at `revision`) until a renewal fails; then it is lost, and
-    /// this returns (the holder stops what the lease was for).
+    /// Renews `name` (taken at `revision`) until it is lost: another process wrote it,
+    /// or renewals failed for [`GIVE_UP_AFTER`]. Then this returns (the holder stops
+    /// what the lease was for).
     pub async fn hold(&self, name: &str, mut revision: u64) {
         let key = format!("lease.{name}");
+        let mut renewed_at = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(RENEW_EVERY).await;
-            let renewed = tokio::time::timeout(
+            tokio::time::sleep(RENEW_EVERY.saturating_sub(renewed_at.elapsed())).await;
+            let renewal = tokio::time::timeout(
                 RENEW_EVERY,
-                self.bucket.update(&key, self.node.clone().into(), revision),
+                self.bucket
+                    .update(&key, self.holder.clone().into(), revision),
             )
             .await;
-            match renewed {
-                Ok(Ok(written)) => revision = written,
-                Ok(Err(e)) => {
-                    tracing::warn!(lease = name, "lost a lease: {e}");
+            let error = match renewal {
+                Ok(Ok(written)) => {
+                    revision = written;
+                    renewed_at = tokio::time::Instant::now();
+                    continue;
+                }
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!(lease = name, "lost a lease: another node holds it");
                     return;
                 }
-                Err(_) => {
-                    tracing::warn!(lease = name, "lost a lease: NATS did not answer in time");
-                    return;
-                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "NATS did not answer in time".to_owned(),
+            };
+            if renewed_at.elapsed() >= GIVE_UP_AFTER {
+                tracing::warn!(lease = name, "lost a lease: {error}");
+                return;
             }
+            tracing::debug!(lease = name, "renewing a lease failed, retrying: {error}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }

@@ -24,8 +24,8 @@
 use super::{open_kv, retry, JetStream};
 use crate::store::{
     BucketDelete, CompleteConflict, Completed, CompletedUpload, EventQueue, NewEvent, NoSuchBucket,
-    NoSuchUpload, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused, SharedBlobs,
-    StoreResult, Upload,
+    NoSuchUpload, ObjectEvents, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused,
+    SharedBlobs, StoreResult, Upload,
 };
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, object_store};
@@ -40,6 +40,9 @@ pub const BLOBS_BUCKET: &str = "cirrus_blobs";
 
 /// How long a completed upload's receipt is kept for retries of its completion.
 const RECEIPT_MS: u64 = 24 * 3600 * 1000;
+/// How long a blob's reader waits for its next chunk before it asks whether the blob
+/// is still there.
+const CHUNK_WAIT: Duration = Duration::from_secs(10);
 
 fn token(text: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
@@ -112,6 +115,8 @@ fn condition_holds(condition: &PutCondition, current: Option<&ObjectMeta>) -> bo
 pub struct ClusterObjects {
     meta: kv::Store,
     blobs: object_store::ObjectStore,
+    /// The object store's stream, to remove deleted blobs' markers.
+    blob_stream: jetstream::stream::Stream,
     /// Where bucket notifications go.
     queue: Arc<dyn EventQueue>,
     /// The largest chunk a blob is stored in: fewer round trips than the client's
@@ -148,10 +153,16 @@ impl ClusterObjects {
         })
         .await
         .with_context(|| format!("opening the JetStream object store {BLOBS_BUCKET}"))?;
+        let blob_stream = js
+            .context
+            .get_stream(format!("OBJ_{BLOBS_BUCKET}"))
+            .await
+            .with_context(|| format!("opening the stream of {BLOBS_BUCKET}"))?;
         let max_payload = js.client.server_info().max_payload;
         Ok(Self {
             meta,
             blobs,
+            blob_stream,
             queue,
             chunk: (max_payload / 2).clamp(64 << 10, 4 << 20),
             runtime: tokio::runtime::Handle::current(),
@@ -250,16 +261,31 @@ impl ClusterObjects {
         anyhow::bail!("{what}: too many concurrent writers")
     }
 
-    fn queue(&self, events: Vec<NewEvent>) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
+    /// Puts back an upload a completion claimed but could not complete.
+    async fn restore(&self, key: &str, upload: &Upload) {
+        if let Err(e) = self.write_at(key, upload, 0).await {
+            tracing::error!(upload = upload.id, "restoring an upload failed: {e:#}");
         }
-        let now = events.iter().map(|e| e.created_ms).max().unwrap_or(0);
-        self.queue.enqueue(&events, now, 0)?;
-        Ok(())
     }
 
-    async fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
+    /// Queues a change's notifications. The change is stored already, so a failure here
+    /// must not fail it (its caller would remove the bytes the object names): it is
+    /// logged, and those notifications are lost (see the module's documentation).
+    async fn notify(&self, events: Vec<NewEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let now = events.iter().map(|e| e.created_ms).max().unwrap_or(0);
+        let count = events.len();
+        if let Err(e) = self.queue.enqueue(events, now, 0).await {
+            tracing::error!(
+                events = count,
+                "queueing bucket notifications failed: {e:#}"
+            );
+        }
+    }
+
+    async fn has_bucket(&self, name: &str) -> StoreResult<bool> {
         Ok(self
             .read::<BucketRecord>(&bucket_key(name))
             .await?
@@ -267,12 +293,30 @@ impl ClusterObjects {
             .is_some())
     }
 
+    /// [`Self::write_at`] for an object. A write whose answer was lost (a timeout, a
+    /// failover) is read back: an object that was stored must never be reported as not
+    /// stored, since the caller would then remove the bytes it names.
+    async fn write_object(
+        &self,
+        key: &str,
+        object: &ObjectMeta,
+        revision: u64,
+    ) -> StoreResult<bool> {
+        match self.write_at(key, object, revision).await {
+            Err(e) => match self.read::<ObjectMeta>(key).await?.value {
+                Some(stored) if stored.blob == object.blob => Ok(true),
+                _ => Err(e),
+            },
+            written => written,
+        }
+    }
+
     async fn try_put(
         &self,
         object: &ObjectMeta,
         condition: &PutCondition,
     ) -> StoreResult<Option<Result<Option<ObjectMeta>, PutRefused>>> {
-        if !self.bucket_exists(&object.bucket).await? {
+        if !self.has_bucket(&object.bucket).await? {
             return Ok(Some(Err(PutRefused::NoSuchBucket)));
         }
         let key = object_key(&object.bucket, &object.key);
@@ -283,11 +327,13 @@ impl ClusterObjects {
             })));
         }
         Ok(self
-            .write_at(&key, object, old.revision)
+            .write_object(&key, object, old.revision)
             .await?
             .then_some(Ok(old.value)))
     }
 
+    /// One attempt at completing an upload; `None` when another writer changed the
+    /// upload first (read again).
     async fn try_complete(
         &self,
         upload_id: &str,
@@ -295,15 +341,12 @@ impl ClusterObjects {
         object: &ObjectMeta,
         condition: &PutCondition,
     ) -> StoreResult<Option<Result<Completed, CompleteConflict>>> {
-        if self
-            .read::<Upload>(&upload_key(upload_id))
-            .await?
-            .value
-            .is_none()
-        {
+        let claimed = upload_key(upload_id);
+        let upload = self.read::<Upload>(&claimed).await?;
+        let Some(record) = upload.value else {
             return Ok(Some(Err(CompleteConflict::NoSuchUpload)));
-        }
-        if !self.bucket_exists(&object.bucket).await? {
+        };
+        if !self.has_bucket(&object.bucket).await? {
             return Ok(Some(Err(CompleteConflict::NoSuchBucket)));
         }
         let held: Vec<Part> = self.values(&parts_of(upload_id)).await?;
@@ -314,19 +357,42 @@ impl ClusterObjects {
             return Ok(Some(Err(CompleteConflict::PartChanged(*number))));
         }
         let key = object_key(&object.bucket, &object.key);
-        let replaced = self.read::<ObjectMeta>(&key).await?;
+        let mut replaced = self.read::<ObjectMeta>(&key).await?;
         if !condition_holds(condition, replaced.value.as_ref()) {
             return Ok(Some(Err(CompleteConflict::PreconditionFailed {
                 missing: replaced.value.is_none(),
             })));
         }
-        if !self.write_at(&key, object, replaced.revision).await? {
+        // The upload is claimed by removing it: of two completions (or a completion and
+        // an abort) racing on different nodes, one wins, and no part is recorded after.
+        if !super::remove_key(&self.meta, &claimed, upload.revision).await? {
             return Ok(None);
         }
-        Ok(Some(Ok(Completed {
-            part_blobs: held.into_iter().map(|p| p.blob).collect(),
-            replaced: replaced.value,
-        })))
+        for _ in 0..100 {
+            match self.write_object(&key, object, replaced.revision).await {
+                Ok(true) => {
+                    return Ok(Some(Ok(Completed {
+                        part_blobs: held.into_iter().map(|p| p.blob).collect(),
+                        replaced: replaced.value,
+                    })))
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.restore(&claimed, &record).await;
+                    return Err(e);
+                }
+            }
+            // Another writer of the key got in between: its object decides the condition.
+            replaced = self.read::<ObjectMeta>(&key).await?;
+            if !condition_holds(condition, replaced.value.as_ref()) {
+                self.restore(&claimed, &record).await;
+                return Ok(Some(Err(CompleteConflict::PreconditionFailed {
+                    missing: replaced.value.is_none(),
+                })));
+            }
+        }
+        self.restore(&claimed, &record).await;
+        anyhow::bail!("completing upload {upload_id}: too many concurrent writers of its key")
     }
 
     /// Removes an upload and its parts; the parts removed.
@@ -361,7 +427,9 @@ impl ClusterObjects {
                 }
             }
             // Parts whose upload is gone: a completion or abort that crashed part-way,
-            // or a part recorded while its upload was being completed.
+            // or a part recorded while its upload was being completed. Only parts as old
+            // as an expired upload, whose upload is still gone when read again: an
+            // upload made since the listing above is not taken for gone.
             for rest in self.keys("part.").await? {
                 let Some((id, _)) = rest.split_once('.') else {
                     continue;
@@ -371,10 +439,15 @@ impl ClusterObjects {
                 }
                 let key = format!("part.{rest}");
                 let part = self.read::<Part>(&key).await?;
-                if let Some(value) = part.value {
-                    if super::remove_key(&self.meta, &key, part.revision).await? {
-                        expired.push((untoken(id).unwrap_or_default(), vec![value.blob]));
-                    }
+                let Some(value) = part.value else {
+                    continue;
+                };
+                let upload = self.read::<Upload>(&format!("upload.{id}")).await?;
+                if value.modified_ms >= created_before_ms || upload.value.is_some() {
+                    continue;
+                }
+                if super::remove_key(&self.meta, &key, part.revision).await? {
+                    expired.push((untoken(id).unwrap_or_default(), vec![value.blob]));
                 }
             }
             let now =
@@ -392,111 +465,102 @@ impl ClusterObjects {
     }
 }
 
+#[async_trait::async_trait]
 impl ObjectStore for ClusterObjects {
-    fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool> {
-        self.runtime.block_on(async {
-            let record = serde_json::to_vec(&BucketRecord { created_ms: now_ms })?;
-            let key = bucket_key(name);
-            let current = self.read::<BucketRecord>(&key).await?;
-            if current.value.is_some() {
-                return Ok(false);
-            }
-            match self
-                .meta
-                .update(&key, record.into(), current.revision)
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-                Err(e) => Err(e).with_context(|| format!("creating bucket {name}")),
-            }
-        })
+    async fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool> {
+        let record = serde_json::to_vec(&BucketRecord { created_ms: now_ms })?;
+        let key = bucket_key(name);
+        let current = self.read::<BucketRecord>(&key).await?;
+        if current.value.is_some() {
+            return Ok(false);
+        }
+        match self
+            .meta
+            .update(&key, record.into(), current.revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("creating bucket {name}")),
+        }
     }
 
-    fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete> {
-        self.runtime.block_on(async {
-            let key = bucket_key(name);
-            let current = self.read::<BucketRecord>(&key).await?;
-            if current.value.is_none() {
-                return Ok(BucketDelete::Missing);
+    async fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete> {
+        let key = bucket_key(name);
+        let current = self.read::<BucketRecord>(&key).await?;
+        if current.value.is_none() {
+            return Ok(BucketDelete::Missing);
+        }
+        let objects = objects_of(name);
+        for rest in self.keys(&objects).await? {
+            let object = self.read::<ObjectMeta>(&format!("{objects}{rest}")).await?;
+            if object.value.is_some() {
+                return Ok(BucketDelete::NotEmpty);
             }
-            let objects = objects_of(name);
-            for rest in self.keys(&objects).await? {
-                let object = self.read::<ObjectMeta>(&format!("{objects}{rest}")).await?;
-                if object.value.is_some() {
-                    return Ok(BucketDelete::NotEmpty);
-                }
+        }
+        // Uploads still in progress go with the bucket, as in S3.
+        let mut part_blobs = Vec::new();
+        for upload in self.values::<Upload>("upload.").await? {
+            if upload.bucket == name {
+                let parts = self.drop_upload(&upload.id).await?;
+                part_blobs.extend(parts.into_iter().map(|p| p.blob));
             }
-            // Uploads still in progress go with the bucket, as in S3.
-            let mut part_blobs = Vec::new();
-            for upload in self.values::<Upload>("upload.").await? {
-                if upload.bucket == name {
-                    let parts = self.drop_upload(&upload.id).await?;
-                    part_blobs.extend(parts.into_iter().map(|p| p.blob));
-                }
-            }
-            // Lost to another node's delete (or re-creation) of the bucket: either way
-            // it was deleted, and the uploads removed here are gone.
-            super::remove_key(&self.meta, &key, current.revision).await?;
-            Ok(BucketDelete::Deleted(part_blobs))
-        })
+        }
+        // Lost to another node's delete (or re-creation) of the bucket: either way
+        // it was deleted, and the uploads removed here are gone.
+        super::remove_key(&self.meta, &key, current.revision).await?;
+        Ok(BucketDelete::Deleted(part_blobs))
     }
 
-    fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>> {
-        self.runtime.block_on(async {
-            let mut buckets = Vec::new();
-            for rest in self.keys("bucket.").await? {
-                let (Some(name), Some(record)) = (
-                    untoken(&rest),
-                    self.read::<BucketRecord>(&format!("bucket.{rest}"))
-                        .await?
-                        .value,
-                ) else {
-                    continue;
-                };
-                buckets.push((name, record.created_ms));
-            }
-            buckets.sort();
-            Ok(buckets)
-        })
+    async fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>> {
+        let mut buckets = Vec::new();
+        for rest in self.keys("bucket.").await? {
+            let (Some(name), Some(record)) = (
+                untoken(&rest),
+                self.read::<BucketRecord>(&format!("bucket.{rest}"))
+                    .await?
+                    .value,
+            ) else {
+                continue;
+            };
+            buckets.push((name, record.created_ms));
+        }
+        buckets.sort();
+        Ok(buckets)
     }
 
-    fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
-        self.runtime.block_on(self.bucket_exists(name))
+    async fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
+        self.has_bucket(name).await
     }
 
-    fn put_object(
+    async fn put_object(
         &self,
         object: &ObjectMeta,
         condition: &PutCondition,
-        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+        events: ObjectEvents,
     ) -> StoreResult<Result<Option<ObjectMeta>, PutRefused>> {
         let put = self
-            .runtime
-            .block_on(self.until_won("storing an object", || self.try_put(object, condition)))?;
+            .until_won("storing an object", || self.try_put(object, condition))
+            .await?;
         if put.is_ok() {
-            self.queue(events(object))?;
+            self.notify(events(object)).await;
         }
         Ok(put)
     }
 
-    fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>> {
-        Ok(self
-            .runtime
-            .block_on(self.read(&object_key(bucket, key)))?
-            .value)
+    async fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        Ok(self.read(&object_key(bucket, key)).await?.value)
     }
 
-    fn delete_object(
+    async fn delete_object(
         &self,
         bucket: &str,
         key: &str,
-        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+        events: ObjectEvents,
     ) -> StoreResult<Option<ObjectMeta>> {
         let name = object_key(bucket, key);
         let removed = self
-            .runtime
-            .block_on(self.until_won("removing an object", || async {
+            .until_won("removing an object", || async {
                 let current = self.read::<ObjectMeta>(&name).await?;
                 let Some(old) = current.value else {
                     return Ok(Some(None));
@@ -504,66 +568,63 @@ impl ObjectStore for ClusterObjects {
                 Ok(super::remove_key(&self.meta, &name, current.revision)
                     .await?
                     .then_some(Some(old)))
-            }))?;
+            })
+            .await?;
         if let Some(old) = &removed {
-            self.queue(events(old))?;
+            self.notify(events(old)).await;
         }
         Ok(removed)
     }
 
-    fn list_objects(
+    async fn list_objects(
         &self,
         bucket: &str,
         from: &str,
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ObjectMeta>> {
-        self.runtime.block_on(async {
-            let objects = objects_of(bucket);
-            let mut keys: Vec<String> = self
-                .keys(&objects)
-                .await?
-                .iter()
-                .filter_map(|t| untoken(t))
-                .filter(|k| k.as_str() >= from && after.is_none_or(|a| k.as_str() > a))
-                .collect();
-            keys.sort();
-            let mut listed = Vec::new();
-            for key in keys {
-                if listed.len() >= limit {
-                    break;
-                }
-                // An object removed since the index was read is skipped.
-                if let Some(object) = self.read(&object_key(bucket, &key)).await?.value {
-                    listed.push(object);
-                }
+        let objects = objects_of(bucket);
+        let mut keys: Vec<String> = self
+            .keys(&objects)
+            .await?
+            .iter()
+            .filter_map(|t| untoken(t))
+            .filter(|k| k.as_str() >= from && after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        keys.sort();
+        let mut listed = Vec::new();
+        for key in keys {
+            if listed.len() >= limit {
+                break;
             }
-            Ok(listed)
-        })
-    }
-
-    fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>> {
-        self.runtime.block_on(async {
-            if !self.bucket_exists(&upload.bucket).await? {
-                return Ok(Err(NoSuchBucket));
+            // An object removed since the index was read is skipped.
+            if let Some(object) = self.read(&object_key(bucket, &key)).await?.value {
+                listed.push(object);
             }
-            anyhow::ensure!(
-                self.write_at(&upload_key(&upload.id), upload, 0).await?,
-                "upload id {} is taken",
-                upload.id
-            );
-            Ok(Ok(()))
-        })
+        }
+        Ok(listed)
     }
 
-    fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>> {
-        Ok(self.runtime.block_on(self.read(&upload_key(id)))?.value)
+    async fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>> {
+        if !self.has_bucket(&upload.bucket).await? {
+            return Ok(Err(NoSuchBucket));
+        }
+        anyhow::ensure!(
+            self.write_at(&upload_key(&upload.id), upload, 0).await?,
+            "upload id {} is taken",
+            upload.id
+        );
+        Ok(Ok(()))
     }
 
-    fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>> {
+    async fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>> {
+        Ok(self.read(&upload_key(id)).await?.value)
+    }
+
+    async fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>> {
         let mut uploads: Vec<Upload> = self
-            .runtime
-            .block_on(self.values("upload."))?
+            .values("upload.")
+            .await?
             .into_iter()
             .filter(|u: &Upload| u.bucket == bucket && u.key.starts_with(prefix))
             .collect();
@@ -571,102 +632,114 @@ impl ObjectStore for ClusterObjects {
         Ok(uploads)
     }
 
-    fn put_part(
+    async fn put_part(
         &self,
         upload_id: &str,
         part: &Part,
     ) -> StoreResult<Result<Option<Part>, NoSuchUpload>> {
         let key = part_key(upload_id, part.number);
-        self.runtime
-            .block_on(self.until_won("recording a part", || async {
-                if self
-                    .read::<Upload>(&upload_key(upload_id))
-                    .await?
-                    .value
-                    .is_none()
-                {
-                    return Ok(Some(Err(NoSuchUpload)));
-                }
-                let old = self.read::<Part>(&key).await?;
-                Ok(self
-                    .write_at(&key, part, old.revision)
-                    .await?
-                    .then_some(Ok(old.value)))
-            }))
+        self.until_won("recording a part", || async {
+            if self
+                .read::<Upload>(&upload_key(upload_id))
+                .await?
+                .value
+                .is_none()
+            {
+                return Ok(Some(Err(NoSuchUpload)));
+            }
+            let old = self.read::<Part>(&key).await?;
+            Ok(self
+                .write_at(&key, part, old.revision)
+                .await?
+                .then_some(Ok(old.value)))
+        })
+        .await
     }
 
-    fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>> {
-        let mut parts: Vec<Part> = self.runtime.block_on(self.values(&parts_of(upload_id)))?;
+    async fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>> {
+        let mut parts: Vec<Part> = self.values(&parts_of(upload_id)).await?;
         parts.sort_by_key(|p| p.number);
         Ok(parts)
     }
 
-    fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>> {
-        self.runtime.block_on(async {
-            let key = upload_key(upload_id);
-            let current = self.read::<Upload>(&key).await?;
-            if current.value.is_none()
-                || !super::remove_key(&self.meta, &key, current.revision).await?
-            {
-                return Ok(None);
-            }
-            let mut parts = self.drop_upload(upload_id).await?;
-            parts.sort_by_key(|p| p.number);
-            Ok(Some(parts))
-        })
+    async fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>> {
+        let key = upload_key(upload_id);
+        let current = self.read::<Upload>(&key).await?;
+        if current.value.is_none() || !super::remove_key(&self.meta, &key, current.revision).await?
+        {
+            return Ok(None);
+        }
+        let mut parts = self.drop_upload(upload_id).await?;
+        parts.sort_by_key(|p| p.number);
+        Ok(Some(parts))
     }
 
-    fn complete_upload(
+    async fn complete_upload(
         &self,
         upload_id: &str,
         parts: &[(u32, String)],
         object: &ObjectMeta,
         condition: &PutCondition,
         receipt: &CompletedUpload,
-        events: &dyn Fn(&ObjectMeta) -> Vec<NewEvent>,
+        events: ObjectEvents,
     ) -> StoreResult<Result<Completed, CompleteConflict>> {
-        let outcome = self.runtime.block_on(async {
-            let outcome = self
+        let outcome: Result<Completed, CompleteConflict> = {
+            let mut outcome = self
                 .until_won("completing an upload", || {
                     self.try_complete(upload_id, parts, object, condition)
                 })
                 .await?;
-            if outcome.is_ok() {
+            if let Ok(done) = &mut outcome {
+                // The object is stored: what follows tidies up, and a failure of it
+                // is logged rather than fail the completion (retention removes what
+                // is left).
                 let receipt = Receipt {
                     receipt: receipt.clone(),
                     completed_ms: object.modified_ms,
                 };
                 let key = receipt_key(upload_id);
-                let current = self.read::<Receipt>(&key).await?;
-                self.write_at(&key, &receipt, current.revision).await?;
-                self.drop_upload(upload_id).await?;
+                if let Err(e) = self.write_at(&key, &receipt, 0).await {
+                    tracing::warn!(
+                        upload = upload_id,
+                        "keeping a completion's receipt failed: {e:#}"
+                    );
+                }
+                match self.drop_upload(upload_id).await {
+                    Ok(dropped) => {
+                        for part in dropped {
+                            if !done.part_blobs.contains(&part.blob) {
+                                done.part_blobs.push(part.blob);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        upload = upload_id,
+                        "removing a completed upload's parts failed: {e:#}"
+                    ),
+                }
             }
-            anyhow::Ok(outcome)
-        })?;
+            outcome
+        };
         if outcome.is_ok() {
-            self.queue(events(object))?;
+            self.notify(events(object)).await;
         }
         Ok(outcome)
     }
 
-    fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>> {
-        let found = self
-            .runtime
-            .block_on(self.read::<Receipt>(&receipt_key(upload_id)))?;
+    async fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>> {
+        let found = self.read::<Receipt>(&receipt_key(upload_id)).await?;
         Ok(found.value.map(|r| r.receipt))
     }
 
-    fn live_blobs(&self) -> StoreResult<HashSet<String>> {
-        self.runtime.block_on(async {
-            let mut live = HashSet::new();
-            for object in self.values::<ObjectMeta>("object.").await? {
-                live.insert(object.blob);
-            }
-            for part in self.values::<Part>("part.").await? {
-                live.insert(part.blob);
-            }
-            Ok(live)
-        })
+    async fn live_blobs(&self) -> StoreResult<HashSet<String>> {
+        let mut live = HashSet::new();
+        for object in self.values::<ObjectMeta>("object.").await? {
+            live.insert(object.blob);
+        }
+        for part in self.values::<Part>("part.").await? {
+            live.insert(part.blob);
+        }
+        Ok(live)
     }
 }
 
@@ -697,10 +770,17 @@ impl SharedBlobs for ClusterObjects {
             };
             let mut buf = vec![0u8; self.chunk];
             loop {
-                let n = object
-                    .read(&mut buf)
-                    .await
-                    .with_context(|| format!("reading blob {name}"))?;
+                let Ok(read) = tokio::time::timeout(CHUNK_WAIT, object.read(&mut buf)).await else {
+                    // A blob removed while it is read leaves its reader waiting for
+                    // chunks that are gone.
+                    return match self.blobs.info(name).await {
+                        Ok(info) if !info.deleted => {
+                            anyhow::bail!("reading blob {name}: no data for {CHUNK_WAIT:?}")
+                        }
+                        _ => Ok(false),
+                    };
+                };
+                let n = read.with_context(|| format!("reading blob {name}"))?;
                 if n == 0 {
                     return Ok(true);
                 }
@@ -712,10 +792,22 @@ impl SharedBlobs for ClusterObjects {
     fn remove(&self, name: &str) -> StoreResult<()> {
         self.runtime.block_on(async {
             match self.blobs.delete(name).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e).with_context(|| format!("removing blob {name}")),
+                Ok(()) => {}
+                Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing blob {name}")),
             }
+            // The delete leaves a marker per blob; blob names are never reused, so it
+            // goes too and the store does not grow with every blob ever written.
+            let marker = format!(
+                "$O.{BLOBS_BUCKET}.M.{}",
+                base64::engine::general_purpose::URL_SAFE.encode(name)
+            );
+            self.blob_stream
+                .purge()
+                .filter(marker)
+                .await
+                .with_context(|| format!("removing blob {name}'s marker"))?;
+            Ok(())
         })
     }
 

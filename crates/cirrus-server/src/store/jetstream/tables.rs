@@ -70,13 +70,7 @@ pub struct ClusterTables {
     queue: Arc<dyn EventQueue>,
     /// The NATS server's message limit: a row, and each change event, must fit in one.
     max_payload: usize,
-    /// The table's callers are blocking threads: JetStream is reached on this runtime.
-    runtime: tokio::runtime::Handle,
 }
-
-/// What a write's change events are made by, from the `(old, new)` rows.
-type Events<'a> =
-    dyn Fn(Option<(&KvEntry, &[u8])>, Option<(&KvEntry, &[u8])>) -> Vec<NewEvent> + 'a;
 
 /// A row as read, with the revision a write must name.
 struct Current {
@@ -105,7 +99,6 @@ impl ClusterTables {
             bucket,
             queue,
             max_payload,
-            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -143,7 +136,7 @@ impl ClusterTables {
         value: Option<(&[u8], Option<&str>)>,
         condition: &KvCondition,
         now_ms: u64,
-        events: &Events<'_>,
+        events: &crate::store::KvEventsFn,
     ) -> StoreResult<Option<(KvWrite, Vec<NewEvent>)>> {
         let current = self.current(table, key).await?;
         let version = current.row.as_ref().map(|(e, _)| e.version);
@@ -234,53 +227,55 @@ impl ClusterTables {
     }
 }
 
+#[async_trait::async_trait]
 impl KvStore for ClusterTables {
-    fn kv_write(
+    async fn kv_write(
         &self,
         table: &str,
         key: &str,
-        value: Option<(&[u8], Option<&str>)>,
+        value: Option<(Vec<u8>, Option<String>)>,
         condition: KvCondition,
         now_ms: u64,
-        events: &Events<'_>,
+        events: crate::store::KvEvents,
     ) -> StoreResult<KvWrite> {
+        let value = value.as_ref().map(|(v, ct)| (v.as_slice(), ct.as_deref()));
         if let Some((bytes, _)) = value {
             if bytes.len() + HEAD_ROOM > self.max_payload {
                 return Ok(KvWrite::TooLarge(self.max_payload - HEAD_ROOM));
             }
         }
-        let (written, queued) = self.runtime.block_on(async {
-            for _ in 0..100 {
-                if let Some(done) = self
-                    .try_write(table, key, value, &condition, now_ms, events)
-                    .await?
-                {
-                    return Ok(done);
-                }
-                // Lost a race for the row: let the other writer finish.
-                let pause = rand::random_range(1..20);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+        let mut done = None;
+        for _ in 0..100 {
+            done = self
+                .try_write(table, key, value, &condition, now_ms, &*events)
+                .await?;
+            if done.is_some() {
+                break;
             }
+            // Lost a race for the row: let the other writer finish.
+            let pause = rand::random_range(1..20);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let Some((written, queued)) = done else {
             anyhow::bail!("writing {table}/{key}: too many concurrent writers")
-        })?;
+        };
         if !queued.is_empty() {
-            self.queue.enqueue(&queued, now_ms, 0)?;
+            self.queue.enqueue(queued, now_ms, 0).await?;
         }
         Ok(written)
     }
 
-    fn kv_get(&self, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>> {
-        Ok(self.runtime.block_on(self.current(table, key))?.row)
+    async fn kv_get(&self, table: &str, key: &str) -> StoreResult<Option<(KvEntry, Vec<u8>)>> {
+        Ok(self.current(table, key).await?.row)
     }
 
-    fn kv_list(
+    async fn kv_list(
         &self,
         table: &str,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<KvEntry>> {
-        self.runtime
-            .block_on(self.list(table, prefix, after, limit))
+        self.list(table, prefix, after, limit).await
     }
 }

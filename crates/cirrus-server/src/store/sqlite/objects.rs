@@ -1,12 +1,14 @@
 //! Buckets, objects and multipart uploads in the embedded store.
 
-use super::{insert_event, lock, SqliteStore};
+use super::{insert_event, lock, off, SqliteStore};
 use crate::store::{
     BucketDelete, CompleteConflict, Completed, CompletedUpload, NewEvent, NoSuchBucket,
-    NoSuchUpload, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused, StoreResult, Upload,
+    NoSuchUpload, ObjectEvents, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused,
+    StoreResult, Upload,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 const OBJECT_COLUMNS: &str =
     "bucket, key, size, etag, content_type, metadata, checksum, modified_ms, blob, parts";
@@ -134,8 +136,10 @@ fn read_object(conn: &Connection, bucket: &str, key: &str) -> rusqlite::Result<O
     .optional()
 }
 
-impl ObjectStore for SqliteStore {
-    fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool> {
+/// Buckets' and objects' calls, run on the calling thread (see the async
+/// [`ObjectStore`] below).
+impl SqliteStore {
+    pub(crate) fn create_bucket_blocking(&self, name: &str, now_ms: u64) -> StoreResult<bool> {
         let conn = lock(&self.queue);
         let added = conn.execute(
             "INSERT INTO buckets (name, created_ms) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
@@ -144,7 +148,7 @@ impl ObjectStore for SqliteStore {
         Ok(added == 1)
     }
 
-    fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete> {
+    pub(crate) fn delete_bucket_blocking(&self, name: &str) -> StoreResult<BucketDelete> {
         let mut conn = lock(&self.queue);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !bucket_exists(&tx, name)? {
@@ -175,18 +179,18 @@ impl ObjectStore for SqliteStore {
         Ok(BucketDelete::Deleted(part_blobs))
     }
 
-    fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>> {
+    pub(crate) fn list_buckets_blocking(&self) -> StoreResult<Vec<(String, u64)>> {
         let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached("SELECT name, created_ms FROM buckets ORDER BY name")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
+    pub(crate) fn bucket_exists_blocking(&self, name: &str) -> StoreResult<bool> {
         Ok(bucket_exists(&lock(&self.reads), name)?)
     }
 
-    fn put_object(
+    pub(crate) fn put_object_blocking(
         &self,
         object: &ObjectMeta,
         condition: &PutCondition,
@@ -211,11 +215,15 @@ impl ObjectStore for SqliteStore {
         Ok(Ok(old))
     }
 
-    fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>> {
+    pub(crate) fn get_object_blocking(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> StoreResult<Option<ObjectMeta>> {
         Ok(read_object(&lock(&self.reads), bucket, key)?)
     }
 
-    fn delete_object(
+    pub(crate) fn delete_object_blocking(
         &self,
         bucket: &str,
         key: &str,
@@ -237,7 +245,7 @@ impl ObjectStore for SqliteStore {
         Ok(Some(old))
     }
 
-    fn list_objects(
+    pub(crate) fn list_objects_blocking(
         &self,
         bucket: &str,
         from: &str,
@@ -253,7 +261,10 @@ impl ObjectStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>> {
+    pub(crate) fn create_upload_blocking(
+        &self,
+        upload: &Upload,
+    ) -> StoreResult<Result<(), NoSuchBucket>> {
         let mut conn = lock(&self.queue);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !bucket_exists(&tx, &upload.bucket)? {
@@ -278,7 +289,7 @@ impl ObjectStore for SqliteStore {
         Ok(Ok(()))
     }
 
-    fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>> {
+    pub(crate) fn get_upload_blocking(&self, id: &str) -> StoreResult<Option<Upload>> {
         let conn = lock(&self.reads);
         let upload = conn
             .prepare_cached(&format!(
@@ -289,7 +300,11 @@ impl ObjectStore for SqliteStore {
         Ok(upload)
     }
 
-    fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>> {
+    pub(crate) fn list_uploads_blocking(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<Upload>> {
         let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE bucket = ?1 AND key >= ?2 ORDER BY key, created_ms, id"
@@ -306,7 +321,7 @@ impl ObjectStore for SqliteStore {
         Ok(uploads)
     }
 
-    fn put_part(
+    pub(crate) fn put_part_blocking(
         &self,
         upload_id: &str,
         part: &Part,
@@ -345,7 +360,7 @@ impl ObjectStore for SqliteStore {
         Ok(Ok(old))
     }
 
-    fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>> {
+    pub(crate) fn parts_blocking(&self, upload_id: &str) -> StoreResult<Vec<Part>> {
         let conn = lock(&self.reads);
         let mut stmt = conn.prepare_cached(
             "SELECT number, size, etag, checksum, modified_ms, blob FROM upload_parts
@@ -355,7 +370,7 @@ impl ObjectStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>> {
+    pub(crate) fn finish_upload_blocking(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>> {
         let mut conn = lock(&self.queue);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let parts: Vec<Part> = {
@@ -378,7 +393,7 @@ impl ObjectStore for SqliteStore {
         Ok(Some(parts))
     }
 
-    fn complete_upload(
+    pub(crate) fn complete_upload_blocking(
         &self,
         upload_id: &str,
         parts: &[(u32, String)],
@@ -447,7 +462,10 @@ impl ObjectStore for SqliteStore {
         }))
     }
 
-    fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>> {
+    pub(crate) fn completed_upload_blocking(
+        &self,
+        upload_id: &str,
+    ) -> StoreResult<Option<CompletedUpload>> {
         let conn = lock(&self.reads);
         let receipt = conn
             .prepare_cached(
@@ -466,7 +484,7 @@ impl ObjectStore for SqliteStore {
         Ok(receipt)
     }
 
-    fn live_blobs(&self) -> StoreResult<HashSet<String>> {
+    pub(crate) fn live_blobs_blocking(&self) -> StoreResult<HashSet<String>> {
         let conn = lock(&self.reads);
         let mut blobs = HashSet::new();
         for sql in ["SELECT blob FROM objects", "SELECT blob FROM upload_parts"] {
@@ -476,5 +494,132 @@ impl ObjectStore for SqliteStore {
             }
         }
         Ok(blobs)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Arc<SqliteStore> {
+    async fn create_bucket(&self, name: &str, now_ms: u64) -> StoreResult<bool> {
+        let name = name.to_owned();
+        off(self, move |s| s.create_bucket_blocking(&name, now_ms)).await
+    }
+
+    async fn delete_bucket(&self, name: &str) -> StoreResult<BucketDelete> {
+        let name = name.to_owned();
+        off(self, move |s| s.delete_bucket_blocking(&name)).await
+    }
+
+    async fn list_buckets(&self) -> StoreResult<Vec<(String, u64)>> {
+        off(self, |s| s.list_buckets_blocking()).await
+    }
+
+    async fn bucket_exists(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        off(self, move |s| s.bucket_exists_blocking(&name)).await
+    }
+
+    async fn put_object(
+        &self,
+        object: &ObjectMeta,
+        condition: &PutCondition,
+        events: ObjectEvents,
+    ) -> StoreResult<Result<Option<ObjectMeta>, PutRefused>> {
+        let (object, condition) = (object.clone(), condition.clone());
+        off(self, move |s| {
+            s.put_object_blocking(&object, &condition, &*events)
+        })
+        .await
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        off(self, move |s| s.get_object_blocking(&bucket, &key)).await
+    }
+
+    async fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        events: ObjectEvents,
+    ) -> StoreResult<Option<ObjectMeta>> {
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        off(self, move |s| {
+            s.delete_object_blocking(&bucket, &key, &*events)
+        })
+        .await
+    }
+
+    async fn list_objects(
+        &self,
+        bucket: &str,
+        from: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ObjectMeta>> {
+        let (bucket, from, after) = (bucket.to_owned(), from.to_owned(), after.map(str::to_owned));
+        off(self, move |s| {
+            s.list_objects_blocking(&bucket, &from, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn create_upload(&self, upload: &Upload) -> StoreResult<Result<(), NoSuchBucket>> {
+        let upload = upload.clone();
+        off(self, move |s| s.create_upload_blocking(&upload)).await
+    }
+
+    async fn get_upload(&self, id: &str) -> StoreResult<Option<Upload>> {
+        let id = id.to_owned();
+        off(self, move |s| s.get_upload_blocking(&id)).await
+    }
+
+    async fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<Upload>> {
+        let (bucket, prefix) = (bucket.to_owned(), prefix.to_owned());
+        off(self, move |s| s.list_uploads_blocking(&bucket, &prefix)).await
+    }
+
+    async fn put_part(
+        &self,
+        upload_id: &str,
+        part: &Part,
+    ) -> StoreResult<Result<Option<Part>, NoSuchUpload>> {
+        let (id, part) = (upload_id.to_owned(), part.clone());
+        off(self, move |s| s.put_part_blocking(&id, &part)).await
+    }
+
+    async fn parts(&self, upload_id: &str) -> StoreResult<Vec<Part>> {
+        let id = upload_id.to_owned();
+        off(self, move |s| s.parts_blocking(&id)).await
+    }
+
+    async fn finish_upload(&self, upload_id: &str) -> StoreResult<Option<Vec<Part>>> {
+        let id = upload_id.to_owned();
+        off(self, move |s| s.finish_upload_blocking(&id)).await
+    }
+
+    async fn complete_upload(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        object: &ObjectMeta,
+        condition: &PutCondition,
+        receipt: &CompletedUpload,
+        events: ObjectEvents,
+    ) -> StoreResult<Result<Completed, CompleteConflict>> {
+        let (id, parts, object) = (upload_id.to_owned(), parts.to_vec(), object.clone());
+        let (condition, receipt) = (condition.clone(), receipt.clone());
+        off(self, move |s| {
+            s.complete_upload_blocking(&id, &parts, &object, &condition, &receipt, &*events)
+        })
+        .await
+    }
+
+    async fn completed_upload(&self, upload_id: &str) -> StoreResult<Option<CompletedUpload>> {
+        let id = upload_id.to_owned();
+        off(self, move |s| s.completed_upload_blocking(&id)).await
+    }
+
+    async fn live_blobs(&self) -> StoreResult<HashSet<String>> {
+        off(self, |s| s.live_blobs_blocking()).await
     }
 }
