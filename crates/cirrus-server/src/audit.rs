@@ -35,8 +35,8 @@ impl Audit {
             status,
         };
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.append_audit(&entry) {
+        tokio::spawn(async move {
+            if let Err(e) = store.append_audit(&entry).await {
                 tracing::error!(
                     actor = %entry.actor,
                     method = %entry.method,
@@ -47,15 +47,16 @@ impl Audit {
         });
     }
 
-    /// The newest entries first. Blocking.
-    pub fn list(
+    /// The newest entries first.
+    pub async fn list(
         &self,
         before: Option<u64>,
         limit: usize,
     ) -> anyhow::Result<Vec<cirrus_api::access::AuditRecord>> {
         Ok(self
             .store
-            .audit(before, limit)?
+            .audit(before, limit)
+            .await?
             .into_iter()
             .map(|e| cirrus_api::access::AuditRecord {
                 seq: e.seq,

@@ -45,6 +45,8 @@ pub struct ApiKeys {
     keys: RwLock<HashMap<String, Loaded>>,
     /// AWS access key id → key id.
     by_access_key: RwLock<HashMap<String, String>>,
+    /// One change (or re-read) at a time keeps memory and store in the same order.
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -57,10 +59,10 @@ impl std::fmt::Debug for ApiKeys {
 type KeyMaps = (HashMap<String, Loaded>, HashMap<String, String>);
 
 /// Every stored key, with its AWS secret opened.
-fn read_all(store: &dyn AccessStore, sealing: &SealingKey) -> anyhow::Result<KeyMaps> {
+async fn read_all(store: &dyn AccessStore, sealing: &SealingKey) -> anyhow::Result<KeyMaps> {
     let mut keys = HashMap::new();
     let mut by_access_key = HashMap::new();
-    for stored in store.keys()? {
+    for stored in store.keys().await? {
         let scope = stored
             .scope
             .parse()
@@ -80,9 +82,10 @@ fn read_all(store: &dyn AccessStore, sealing: &SealingKey) -> anyhow::Result<Key
 }
 
 impl ApiKeys {
-    /// Blocking: reads every key again (another cluster node created or revoked one).
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let (keys, by_access_key) = read_all(&*self.store, &self.sealing)?;
+    /// Reads every key again (another cluster node created or revoked one).
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let _one = self.writer.lock().await;
+        let (keys, by_access_key) = read_all(&*self.store, &self.sealing).await?;
         // Both maps under their locks at once, so no lookup sees one new and one old.
         let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
         let mut by = self
@@ -94,19 +97,20 @@ impl ApiKeys {
         Ok(())
     }
 
-    /// Blocking: reads every key and opens their AWS secrets.
-    pub fn load(
+    /// Reads every key and opens their AWS secrets.
+    pub async fn load(
         store: Arc<dyn AccessStore>,
         sealing: Arc<SealingKey>,
         admin_token: String,
     ) -> anyhow::Result<Self> {
-        let (keys, by_access_key) = read_all(&*store, &sealing)?;
+        let (keys, by_access_key) = read_all(&*store, &sealing).await?;
         Ok(Self {
             store,
             sealing,
             admin_token,
             keys: RwLock::new(keys),
             by_access_key: RwLock::new(by_access_key),
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -177,8 +181,8 @@ impl ApiKeys {
         }))
     }
 
-    /// Creates a key. Blocking (one store write).
-    pub fn create(&self, request: NewKey, now_ms: u64) -> Result<CreatedKey, ApiError> {
+    /// Creates a key (one store write).
+    pub async fn create(&self, request: NewKey, now_ms: u64) -> Result<CreatedKey, ApiError> {
         if request.name.len() > 200 || request.name.contains(char::is_control) {
             return Err(ApiError::bad_request(
                 "a key's name is at most 200 printable characters",
@@ -216,8 +220,10 @@ impl ApiKeys {
             expires_ms,
             revoked_ms: None,
         };
+        let _one = self.writer.lock().await;
         self.store
             .insert_key(&stored)
+            .await
             .map_err(|e| ApiError::internal(format!("storing the key failed: {e:#}")))?;
         let key = info(&stored, &request.scope);
         self.by_access_key
@@ -249,19 +255,28 @@ impl ApiKeys {
         keys
     }
 
-    /// Revokes a key: from this moment neither its token nor its AWS pair is accepted.
-    /// Blocking (one store write).
-    pub fn revoke(&self, id: &str, now_ms: u64) -> Result<KeyInfo, ApiError> {
+    /// Revokes a key: from this moment neither its token nor its AWS pair is accepted
+    /// (one store write).
+    pub async fn revoke(&self, id: &str, now_ms: u64) -> Result<KeyInfo, ApiError> {
+        let _one = self.writer.lock().await;
+        let revoked = {
+            let keys = self.read();
+            let loaded = keys.get(id).ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("API key {id:?} not found"))
+            })?;
+            loaded.stored.revoked_ms.is_some()
+        };
+        if !revoked {
+            self.store
+                .revoke_key(id, now_ms)
+                .await
+                .map_err(|e| ApiError::internal(format!("revoking the key failed: {e:#}")))?;
+        }
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         let loaded = keys.get_mut(id).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("API key {id:?} not found"))
         })?;
-        if loaded.stored.revoked_ms.is_none() {
-            self.store
-                .revoke_key(id, now_ms)
-                .map_err(|e| ApiError::internal(format!("revoking the key failed: {e:#}")))?;
-            loaded.stored.revoked_ms = Some(now_ms);
-        }
+        loaded.stored.revoked_ms.get_or_insert(now_ms);
         Ok(info(&loaded.stored, &loaded.scope))
     }
 

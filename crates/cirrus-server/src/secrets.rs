@@ -144,12 +144,17 @@ pub struct Secrets {
     key: Arc<SealingKey>,
     store: Arc<dyn AccessStore>,
     values: RwLock<BTreeMap<String, Entry>>,
+    /// One change (or re-read) at a time keeps memory and store in the same order.
+    writer: tokio::sync::Mutex<()>,
 }
 
 /// Every stored secret, opened.
-fn open_all(key: &SealingKey, store: &dyn AccessStore) -> anyhow::Result<BTreeMap<String, Entry>> {
+async fn open_all(
+    key: &SealingKey,
+    store: &dyn AccessStore,
+) -> anyhow::Result<BTreeMap<String, Entry>> {
     let mut values = BTreeMap::new();
-    for sealed in store.secrets()? {
+    for sealed in store.secrets().await? {
         let value = key.open(&sealed).context("opening the stored secrets")?;
         let value = String::from_utf8(value).context("a stored secret is not UTF-8")?;
         values.insert(
@@ -165,19 +170,21 @@ fn open_all(key: &SealingKey, store: &dyn AccessStore) -> anyhow::Result<BTreeMa
 }
 
 impl Secrets {
-    /// Blocking: reads and opens every stored secret.
-    pub fn load(key: Arc<SealingKey>, store: Arc<dyn AccessStore>) -> anyhow::Result<Self> {
-        let values = open_all(&key, &*store)?;
+    /// Reads and opens every stored secret.
+    pub async fn load(key: Arc<SealingKey>, store: Arc<dyn AccessStore>) -> anyhow::Result<Self> {
+        let values = open_all(&key, &*store).await?;
         Ok(Self {
             key,
             store,
             values: RwLock::new(values),
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Blocking: reads every secret again (another cluster node changed one).
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let fresh = open_all(&self.key, &*self.store)?;
+    /// Reads every secret again (another cluster node changed one).
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let _one = self.writer.lock().await;
+        let fresh = open_all(&self.key, &*self.store).await?;
         *self.values.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
@@ -199,9 +206,9 @@ impl Secrets {
         self.read().iter().map(|(name, e)| info(name, e)).collect()
     }
 
-    /// Creates or rotates a secret. Blocking (one store write). Returns the secret's
-    /// listing and whether it is new.
-    pub fn set(
+    /// Creates or rotates a secret (one store write). Returns the secret's listing and
+    /// whether it is new.
+    pub async fn set(
         &self,
         name: &str,
         value: Vec<u8>,
@@ -227,12 +234,12 @@ impl Secrets {
                 "a secret's value may not contain NUL (it becomes an environment variable)",
             ));
         }
-        // One writer at a time keeps memory and store in the same order.
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        let created_ms = values.get(name).map_or(now_ms, |e| e.created_ms);
+        let _one = self.writer.lock().await;
+        let created_ms = self.read().get(name).map_or(now_ms, |e| e.created_ms);
         let sealed = self.key.seal(name, value.as_bytes(), created_ms, now_ms);
         self.store
             .put_secret(&sealed)
+            .await
             .map_err(|e| ApiError::internal(format!("storing the secret failed: {e:#}")))?;
         let entry = Entry {
             value: value.into(),
@@ -240,14 +247,19 @@ impl Secrets {
             updated_ms: now_ms,
         };
         let listed = info(name, &entry);
-        let new = values.insert(name.to_owned(), entry).is_none();
+        let new = self
+            .values
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), entry)
+            .is_none();
         Ok((listed, new))
     }
 
     /// Deletes a secret no function references (`used_by`: those that do).
-    pub fn delete(&self, name: &str, used_by: &[String]) -> Result<SecretInfo, ApiError> {
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = values.get(name) else {
+    pub async fn delete(&self, name: &str, used_by: &[String]) -> Result<SecretInfo, ApiError> {
+        let _one = self.writer.lock().await;
+        let Some(listed) = self.read().get(name).map(|entry| info(name, entry)) else {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("secret {name:?} not found"),
@@ -262,11 +274,14 @@ impl Secrets {
                 ),
             ));
         }
-        let listed = info(name, entry);
         self.store
             .delete_secret(name)
+            .await
             .map_err(|e| ApiError::internal(format!("deleting the secret failed: {e:#}")))?;
-        values.remove(name);
+        self.values
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         Ok(listed)
     }
 

@@ -192,7 +192,7 @@ impl Server {
         // In a cluster, secrets and API keys are the cluster's (see `jetstream::access`).
         let shared_access = cluster.as_ref().map(|c| c.store.clone());
         let clustered = cluster.is_some();
-        let (store, artifacts, runtime, blobs, credentials, secrets, keys) =
+        let (store, artifacts, runtime, blobs, credentials, sealing) =
             tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SqliteStore::open(&data_dir.join("cirrus.db"))?);
                 store.set_lineage_budget(lineage_budget);
@@ -221,20 +221,19 @@ impl Server {
                         true,
                     )?,
                 });
-                let access: Arc<dyn crate::store::AccessStore> = match &shared_access {
-                    Some(js) => Arc::new(js.clone()),
-                    None => store.clone(),
-                };
-                let secrets = Arc::new(crate::secrets::Secrets::load(
-                    sealing.clone(),
-                    access.clone(),
-                )?);
-                let keys = Arc::new(crate::keys::ApiKeys::load(access, sealing, admin_token)?);
-                let credentials =
-                    crate::s3::credentials::load_or_create(&data_dir)?.with_issued(keys.clone());
-                anyhow::Ok((store, artifacts, runtime, blobs, credentials, secrets, keys))
+                let credentials = crate::s3::credentials::load_or_create(&data_dir)?;
+                anyhow::Ok((store, artifacts, runtime, blobs, credentials, sealing))
             })
             .await??;
+        let access: Arc<dyn crate::store::AccessStore> = match shared_access {
+            Some(js) => Arc::new(js),
+            None => Arc::new(store.clone()),
+        };
+        let secrets =
+            Arc::new(crate::secrets::Secrets::load(sealing.clone(), access.clone()).await?);
+        let keys =
+            Arc::new(crate::keys::ApiKeys::load(access.clone(), sealing, admin_token).await?);
+        let credentials = credentials.with_issued(keys.clone());
         tracing::info!(pooling = runtime.pooling(), "runtime ready");
         let (artifacts, function_store): (Arc<dyn ArtifactStore>, Arc<dyn FunctionStore>) =
             match &cluster {
@@ -308,10 +307,6 @@ impl Server {
                 blobs.context("the blob directory was not opened")?,
                 store.clone(),
             ),
-        };
-        let access_store: Arc<dyn crate::store::AccessStore> = match &cluster {
-            Some(cluster) => Arc::new(cluster.store.clone()),
-            None => store.clone(),
         };
         let record_store: Arc<dyn RecordStore> = match &cluster {
             Some(cluster) => Arc::new(crate::store::jetstream::records::ReplicatedRecords::new(
@@ -461,7 +456,7 @@ impl Server {
             shutdown,
             keys,
             secrets,
-            audit: Arc::new(crate::audit::Audit::new(access_store, clock.clone())),
+            audit: Arc::new(crate::audit::Audit::new(access, clock.clone())),
             dashboard_url: std::sync::OnceLock::new(),
         });
         let tls = config.tls.clone().map(crate::tls::Tls::new).transpose()?;

@@ -11,15 +11,6 @@ use cirrus_api::access::{secret_reference, NewKey};
 use cirrus_api::{ApiError, Page};
 use std::collections::BTreeMap;
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, Failure> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(Failure::internal)?
-        .map_err(Failure)
-}
-
 pub async fn create_key(
     State(state): State<AppStateRef>,
     request: Request,
@@ -28,9 +19,8 @@ pub async fn create_key(
         .await
         .map_err(|e| body_error(e, 64 << 10, "request body"))?;
     let new: NewKey = super::parse_json(&body, "key request")?;
-    let keys = state.keys.clone();
     let now = state.invoker.clock.now_ms();
-    let created = blocking(move || keys.create(new, now)).await?;
+    let created = state.keys.create(new, now).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -47,9 +37,8 @@ pub async fn revoke_key(
     State(state): State<AppStateRef>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let keys = state.keys.clone();
     let now = state.invoker.clock.now_ms();
-    let revoked = blocking(move || keys.revoke(&id, now)).await?;
+    let revoked = state.keys.revoke(&id, now).await?;
     Ok(Json(revoked).into_response())
 }
 
@@ -67,10 +56,10 @@ pub async fn audit(
     let Query(q) =
         q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let audit = state.audit.clone();
-    let items = tokio::task::spawn_blocking(move || audit.list(q.before, limit))
+    let items = state
+        .audit
+        .list(q.before, limit)
         .await
-        .map_err(Failure::internal)?
         .map_err(Failure::internal)?;
     let next = (items.len() == limit)
         .then(|| items.last().map(|e| e.seq.to_string()))
@@ -125,9 +114,8 @@ pub async fn set_secret(
     let body = axum::body::to_bytes(request.into_body(), limit + 1)
         .await
         .map_err(|e| body_error(e, limit, "secret"))?;
-    let secrets = state.secrets.clone();
     let now = state.invoker.clock.now_ms();
-    let (mut info, created) = blocking(move || secrets.set(&name, body.to_vec(), now)).await?;
+    let (mut info, created) = state.secrets.set(&name, body.to_vec(), now).await?;
     info.used_by = secret_users(&state.registry)
         .remove(&info.name)
         .unwrap_or_default();
@@ -149,7 +137,6 @@ pub async fn delete_secret(
     let used_by = secret_users(&state.registry)
         .remove(&name)
         .unwrap_or_default();
-    let secrets = state.secrets.clone();
-    let deleted = blocking(move || secrets.delete(&name, &used_by)).await?;
+    let deleted = state.secrets.delete(&name, &used_by).await?;
     Ok(Json(deleted).into_response())
 }

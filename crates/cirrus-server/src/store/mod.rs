@@ -671,17 +671,18 @@ pub struct AuditEntry {
 }
 
 /// Secrets, API keys and the audit log.
+#[async_trait::async_trait]
 pub trait AccessStore: Send + Sync + 'static {
-    fn secrets(&self) -> StoreResult<Vec<SealedSecret>>;
+    async fn secrets(&self) -> StoreResult<Vec<SealedSecret>>;
     /// Creates or replaces a secret.
-    fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()>;
+    async fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()>;
     /// Whether it existed.
-    fn delete_secret(&self, name: &str) -> StoreResult<bool>;
-    fn keys(&self) -> StoreResult<Vec<StoredKey>>;
-    fn insert_key(&self, key: &StoredKey) -> StoreResult<()>;
+    async fn delete_secret(&self, name: &str) -> StoreResult<bool>;
+    async fn keys(&self) -> StoreResult<Vec<StoredKey>>;
+    async fn insert_key(&self, key: &StoredKey) -> StoreResult<()>;
     /// Whether the key existed and was not revoked before.
-    fn revoke_key(&self, id: &str, now_ms: u64) -> StoreResult<bool>;
-    fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+    async fn revoke_key(&self, id: &str, now_ms: u64) -> StoreResult<bool>;
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
     /// The newest entries first, below `before` (a `seq`) when given.
-    fn audit(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+    async fn audit(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEntry>>;
 }

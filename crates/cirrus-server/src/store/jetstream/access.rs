@@ -6,9 +6,6 @@
 //! [`crate::keys::ApiKeys`]) and reads them again when the watch ([`follow`]) says one
 //! changed, and every 15 s regardless. The audit log is the stream `cirrus_audit`; an
 //! entry's `seq` is its stream sequence.
-//!
-//! [`AccessStore`] is synchronous and always called from blocking threads (start-up,
-//! `spawn_blocking`), so each call runs its NATS requests with `block_on`.
 
 use super::retry::retried;
 use super::JetStream;
@@ -28,10 +25,6 @@ fn secret_key(name: &str) -> String {
 
 fn api_key(id: &str) -> String {
     format!("apikey.{id}")
-}
-
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Handle::current().block_on(future)
 }
 
 impl JetStream {
@@ -65,114 +58,112 @@ impl JetStream {
     }
 }
 
+#[async_trait::async_trait]
 impl AccessStore for JetStream {
-    fn secrets(&self) -> StoreResult<Vec<SealedSecret>> {
-        block_on(self.values_under("secret."))
+    async fn secrets(&self) -> StoreResult<Vec<SealedSecret>> {
+        self.values_under("secret.").await
     }
 
-    fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()> {
+    async fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()> {
         let key = secret_key(&secret.name);
         let value = bytes::Bytes::from(serde_json::to_vec(secret)?);
-        block_on(retried(&format!("storing {key}"), || {
+        retried(&format!("storing {key}"), || {
             self.meta.put(&key, value.clone())
-        }))?;
+        })
+        .await?;
         Ok(())
     }
 
-    fn delete_secret(&self, name: &str) -> StoreResult<bool> {
+    async fn delete_secret(&self, name: &str) -> StoreResult<bool> {
         let key = secret_key(name);
-        block_on(async {
-            if self
-                .meta
-                .get(&key)
-                .await
-                .context("reading a secret")?
-                .is_none()
-            {
-                return Ok(false);
-            }
-            self.delete_key(&key).await?;
-            Ok(true)
-        })
+        if self
+            .meta
+            .get(&key)
+            .await
+            .context("reading a secret")?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.delete_key(&key).await?;
+        Ok(true)
     }
 
-    fn keys(&self) -> StoreResult<Vec<StoredKey>> {
-        block_on(self.values_under("apikey."))
+    async fn keys(&self) -> StoreResult<Vec<StoredKey>> {
+        self.values_under("apikey.").await
     }
 
-    fn insert_key(&self, stored: &StoredKey) -> StoreResult<()> {
+    async fn insert_key(&self, stored: &StoredKey) -> StoreResult<()> {
         let key = api_key(&stored.id);
         let value = bytes::Bytes::from(serde_json::to_vec(stored)?);
-        block_on(retried(&format!("storing {key}"), || {
+        retried(&format!("storing {key}"), || {
             self.meta.put(&key, value.clone())
-        }))?;
+        })
+        .await?;
         Ok(())
     }
 
-    fn revoke_key(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
+    async fn revoke_key(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
         let key = api_key(id);
-        block_on(async {
-            // Compare-and-set: of two nodes revoking at once, one records the time.
-            loop {
-                let Some(entry) = self.meta.entry(&key).await.context("reading a key")? else {
-                    return Ok(false);
-                };
-                if !matches!(entry.operation, kv::Operation::Put) {
-                    return Ok(false);
-                }
-                let mut stored: StoredKey = serde_json::from_slice(&entry.value)
-                    .with_context(|| format!("{key} is unreadable"))?;
-                if stored.revoked_ms.is_some() {
-                    return Ok(false);
-                }
-                stored.revoked_ms = Some(now_ms);
-                match self
-                    .meta
-                    .update(&key, serde_json::to_vec(&stored)?.into(), entry.revision)
-                    .await
-                {
-                    Ok(_) => return Ok(true),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                    Err(e) => return Err(anyhow::Error::new(e).context(format!("revoking {id}"))),
-                }
+        // Compare-and-set: of two nodes revoking at once, one records the time.
+        loop {
+            let Some(entry) = self.meta.entry(&key).await.context("reading a key")? else {
+                return Ok(false);
+            };
+            if !matches!(entry.operation, kv::Operation::Put) {
+                return Ok(false);
             }
-        })
+            let mut stored: StoredKey = serde_json::from_slice(&entry.value)
+                .with_context(|| format!("{key} is unreadable"))?;
+            if stored.revoked_ms.is_some() {
+                return Ok(false);
+            }
+            stored.revoked_ms = Some(now_ms);
+            match self
+                .meta
+                .update(&key, serde_json::to_vec(&stored)?.into(), entry.revision)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("revoking {id}"))),
+            }
+        }
     }
 
-    fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
         let payload = bytes::Bytes::from(serde_json::to_vec(entry)?);
-        block_on(retried("writing the audit log", || async {
+        retried("writing the audit log", || async {
             self.context
                 .publish(format!("{AUDIT_SUBJECT}.entry"), payload.clone())
                 .await?
                 .await
-        }))?;
+        })
+        .await?;
         Ok(())
     }
 
-    fn audit(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEntry>> {
-        block_on(async {
-            let mut stream = self
-                .context
-                .get_stream(AUDIT_STREAM)
-                .await
-                .context("opening the audit stream")?;
-            let info = stream.info().await.context("reading the audit stream")?;
-            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-            let mut seq = before.map_or(last, |b| b.saturating_sub(1).min(last));
-            let mut entries = Vec::new();
-            while seq >= first.max(1) && entries.len() < limit {
-                // A message removed by age is simply absent.
-                if let Ok(message) = stream.get_raw_message(seq).await {
-                    let mut entry: AuditEntry = serde_json::from_slice(&message.payload)
-                        .context("an audit entry is unreadable")?;
-                    entry.seq = seq;
-                    entries.push(entry);
-                }
-                seq -= 1;
+    async fn audit(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let mut stream = self
+            .context
+            .get_stream(AUDIT_STREAM)
+            .await
+            .context("opening the audit stream")?;
+        let info = stream.info().await.context("reading the audit stream")?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut seq = before.map_or(last, |b| b.saturating_sub(1).min(last));
+        let mut entries = Vec::new();
+        while seq >= first.max(1) && entries.len() < limit {
+            // A message removed by age is simply absent.
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                let mut entry: AuditEntry = serde_json::from_slice(&message.payload)
+                    .context("an audit entry is unreadable")?;
+                entry.seq = seq;
+                entries.push(entry);
             }
-            Ok(entries)
-        })
+            seq -= 1;
+        }
+        Ok(entries)
     }
 }
 
@@ -187,15 +178,12 @@ pub async fn follow(
     let reload = || {
         let (secrets, keys) = (secrets.clone(), keys.clone());
         async move {
-            let done = tokio::task::spawn_blocking(move || {
-                secrets.reload()?;
-                keys.reload()
-            })
-            .await;
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("reading secrets and keys again failed: {e:#}"),
-                Err(e) => tracing::warn!("reading secrets and keys again failed: {e}"),
+            let done = match secrets.reload().await {
+                Ok(()) => keys.reload().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                tracing::warn!("reading secrets and keys again failed: {e:#}");
             }
         }
     };

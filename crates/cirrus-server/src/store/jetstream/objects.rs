@@ -153,11 +153,11 @@ impl ClusterObjects {
         })
         .await
         .with_context(|| format!("opening the JetStream object store {BLOBS_BUCKET}"))?;
-        let blob_stream = js
-            .context
-            .get_stream(format!("OBJ_{BLOBS_BUCKET}"))
-            .await
-            .with_context(|| format!("opening the stream of {BLOBS_BUCKET}"))?;
+        let blob_stream = retry::within(retry::FORMING, "JetStream is not ready yet", || {
+            js.context.get_stream(format!("OBJ_{BLOBS_BUCKET}"))
+        })
+        .await
+        .with_context(|| format!("opening the stream of {BLOBS_BUCKET}"))?;
         let max_payload = js.client.server_info().max_payload;
         Ok(Self {
             meta,

@@ -1,8 +1,9 @@
 //! Secrets, API keys and the audit log in the embedded store.
 
-use super::{lock, SqliteStore};
+use super::{lock, off, SqliteStore};
 use crate::store::{AccessStore, AuditEntry, SealedSecret, StoreResult, StoredKey};
 use rusqlite::{params, Row};
+use std::sync::Arc;
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS secrets (
@@ -29,8 +30,10 @@ fn secret_from_row(row: &Row<'_>) -> rusqlite::Result<SealedSecret> {
     })
 }
 
-impl AccessStore for SqliteStore {
-    fn secrets(&self) -> StoreResult<Vec<SealedSecret>> {
+/// Secrets', keys' and the audit log's calls, run on the calling thread (see the
+/// async [`AccessStore`] below).
+impl SqliteStore {
+    pub(crate) fn secrets_blocking(&self) -> StoreResult<Vec<SealedSecret>> {
         let conn = lock(&self.meta);
         let mut stmt = conn.prepare(
             "SELECT name, key_id, nonce, ciphertext, created_ms, updated_ms FROM secrets ORDER BY name",
@@ -39,7 +42,7 @@ impl AccessStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put_secret(&self, s: &SealedSecret) -> StoreResult<()> {
+    pub(crate) fn put_secret_blocking(&self, s: &SealedSecret) -> StoreResult<()> {
         lock(&self.meta).execute(
             "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_ms, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -49,11 +52,11 @@ impl AccessStore for SqliteStore {
         Ok(())
     }
 
-    fn delete_secret(&self, name: &str) -> StoreResult<bool> {
+    pub(crate) fn delete_secret_blocking(&self, name: &str) -> StoreResult<bool> {
         Ok(lock(&self.meta).execute("DELETE FROM secrets WHERE name = ?1", [name])? > 0)
     }
 
-    fn keys(&self) -> StoreResult<Vec<StoredKey>> {
+    pub(crate) fn keys_blocking(&self) -> StoreResult<Vec<StoredKey>> {
         let conn = lock(&self.meta);
         let mut stmt = conn.prepare(
             "SELECT id, name, scope, token_sha256, access_key_id, aws_key_id, aws_nonce, aws_ciphertext,
@@ -85,7 +88,7 @@ impl AccessStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn insert_key(&self, k: &StoredKey) -> StoreResult<()> {
+    pub(crate) fn insert_key_blocking(&self, k: &StoredKey) -> StoreResult<()> {
         let s = &k.sealed_aws_secret;
         lock(&self.meta).execute(
             "INSERT INTO api_keys (id, name, scope, token_sha256, access_key_id, aws_key_id, aws_nonce,
@@ -107,14 +110,14 @@ impl AccessStore for SqliteStore {
         Ok(())
     }
 
-    fn revoke_key(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
+    pub(crate) fn revoke_key_blocking(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
         Ok(lock(&self.meta).execute(
             "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
             params![id, now_ms],
         )? > 0)
     }
 
-    fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
+    pub(crate) fn append_audit_blocking(&self, e: &AuditEntry) -> StoreResult<()> {
         lock(&self.meta).execute(
             "INSERT INTO audit (time_ms, actor, method, path, status) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![e.time_ms, e.actor, e.method, e.path, e.status],
@@ -122,7 +125,11 @@ impl AccessStore for SqliteStore {
         Ok(())
     }
 
-    fn audit(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+    pub(crate) fn audit_blocking(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEntry>> {
         let conn = lock(&self.reads);
         let mut stmt = conn.prepare(
             "SELECT seq, time_ms, actor, method, path, status FROM audit
@@ -142,5 +149,45 @@ impl AccessStore for SqliteStore {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[async_trait::async_trait]
+impl AccessStore for Arc<SqliteStore> {
+    async fn secrets(&self) -> StoreResult<Vec<SealedSecret>> {
+        off(self, |s| s.secrets_blocking()).await
+    }
+
+    async fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()> {
+        let secret = secret.clone();
+        off(self, move |s| s.put_secret_blocking(&secret)).await
+    }
+
+    async fn delete_secret(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        off(self, move |s| s.delete_secret_blocking(&name)).await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<StoredKey>> {
+        off(self, |s| s.keys_blocking()).await
+    }
+
+    async fn insert_key(&self, key: &StoredKey) -> StoreResult<()> {
+        let key = key.clone();
+        off(self, move |s| s.insert_key_blocking(&key)).await
+    }
+
+    async fn revoke_key(&self, id: &str, now_ms: u64) -> StoreResult<bool> {
+        let id = id.to_owned();
+        off(self, move |s| s.revoke_key_blocking(&id, now_ms)).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+        let entry = entry.clone();
+        off(self, move |s| s.append_audit_blocking(&entry)).await
+    }
+
+    async fn audit(&self, before: Option<u64>, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        off(self, move |s| s.audit_blocking(before, limit)).await
     }
 }
