@@ -97,32 +97,45 @@ pub fn start_sink(
 ) -> EventSink {
     let (tx, mut rx) = mpsc::channel::<(NewEvent, Reply)>(ENQUEUE_BACKLOG);
     let window = settings.idempotency_window.as_millis() as u64;
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_COMMIT_BATCH {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.drain(..).unzip();
-            match queue.enqueue(events, clock.now_ms(), window).await {
-                Ok(results) => {
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(result));
+    // A thread of its own, committing on it where the store can
+    // (`enqueue_on_this_thread`), else waiting here for the async commit.
+    let runtime = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name("cirrus-enqueue".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH);
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first);
+                while batch.len() < MAX_COMMIT_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
                     }
                 }
-                Err(e) => {
-                    let message = format!("{e:#}");
-                    for reply in replies {
-                        let _ = reply.send(Err(message.clone()));
+                let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.drain(..).unzip();
+                let now = clock.now_ms();
+                let committed = match queue.enqueue_on_this_thread(&events, now, window) {
+                    Some(committed) => committed,
+                    None => runtime.block_on(queue.enqueue(events, now, window)),
+                };
+                match committed {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        let message = format!("{e:#}");
+                        for reply in replies {
+                            let _ = reply.send(Err(message.clone()));
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the enqueue writer: {e}");
+    }
     EventSink { tx, wake }
 }
 
