@@ -287,11 +287,7 @@ async fn events(state: &cirrus_server::api::AppStateRef, client: &reqwest::Clien
         );
         // Let the dispatcher drain before the next round.
         loop {
-            let queue = state.event_queue.clone();
-            let (queued, _) = tokio::task::spawn_blocking(move || queue.depth())
-                .await
-                .unwrap()
-                .unwrap();
+            let (queued, _) = state.event_queue.depth().await.unwrap();
             if queued == 0 {
                 break;
             }
