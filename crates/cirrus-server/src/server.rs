@@ -803,7 +803,14 @@ impl Server {
         if let Some(replicating) = replicating {
             replicating.abort();
         }
-        subscriptions.abort();
+        // It closes its connections and hands its leases back (bounded: a lease not
+        // handed back expires).
+        if tokio::time::timeout(Duration::from_secs(5), subscriptions)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the triggers' connections did not stop in time");
+        }
         if let Some(objects) = objects {
             // Uploads in flight finish (or the drain timeout above has passed).
             let _ = tokio::time::timeout(drain_timeout, objects).await;

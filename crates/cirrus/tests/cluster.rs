@@ -997,15 +997,11 @@ fn holds_trigger(up: &Up, function: &str) -> bool {
     up.cli_json(&["trigger", "ls", function])[0]["state"]["connected"] == true
 }
 
-/// An MQTT trigger's session is held by one node at a time (a broker keeps one session
-/// per client id): each message becomes one event however many nodes run, and when the
-/// holder is killed another node takes the session over, with the messages the broker
-/// kept for it meanwhile.
-#[test]
-fn an_mqtt_trigger_is_held_by_one_node_and_taken_over() {
-    let broker_dir = tempfile::tempdir().unwrap();
-    let broker = common::mosquitto::Mosquitto::start(broker_dir.path());
-    let mut p = pair();
+/// A pair with `echo` triggered by `sensors/#` on `broker`, its session held by one
+/// node (the other standing by, saying so), ten messages run once each. Whether A holds
+/// it.
+fn held_mqtt_trigger(broker: &common::mosquitto::Mosquitto) -> (Pair, bool) {
+    let p = pair();
     p.a.cli_ok(&[
         "deploy",
         "echo",
@@ -1028,11 +1024,7 @@ fn an_mqtt_trigger_is_held_by_one_node_and_taken_over() {
     // The other stands by, saying so.
     std::thread::sleep(Duration::from_secs(3));
     let a_holds = holds_trigger(&p.a, "echo");
-    let (holder, standby) = if a_holds {
-        (&mut p.a, &p.b)
-    } else {
-        (&mut p.b, &p.a)
-    };
+    let standby = if a_holds { &p.b } else { &p.a };
     assert!(
         !holds_trigger(standby, "echo"),
         "both nodes hold the session"
@@ -1049,25 +1041,77 @@ fn an_mqtt_trigger_is_held_by_one_node_and_taken_over() {
     for i in 0..10 {
         broker.publish(&format!("sensors/{i}"), b"reading", &[]);
     }
-    let total = |a: &Up, b: &Up| runs_here(a, "echo") + runs_here(b, "echo");
-    eventually(Duration::from_secs(20), "ten events ran", || {
-        total(holder, standby) >= 10
-    });
+    let total = || runs_here(&p.a, "echo") + runs_here(&p.b, "echo");
+    eventually(Duration::from_secs(20), "ten events ran", || total() >= 10);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(total(holder, standby), 10, "one event per message");
+    assert_eq!(total(), 10, "one event per message");
+    (p, a_holds)
+}
 
-    // The holder dies; what is published meanwhile waits in the broker's session.
-    holder.child.kill().unwrap();
-    holder.child.wait().unwrap();
+/// Publishes ten messages while `holder` is stopped (by `stop`), then waits for the
+/// standby to take the session over and run each once: how long after `stop` began.
+fn taken_over(
+    broker: &common::mosquitto::Mosquitto,
+    holder: &mut Up,
+    standby: &Up,
+    stop: impl FnOnce(&mut std::process::Child),
+) -> Duration {
     let before = runs_here(standby, "echo");
+    let stopping = Instant::now();
+    stop(&mut holder.child);
+    holder.child.wait().unwrap();
+    // What is published meanwhile waits in the broker's session.
     for i in 0..10 {
         broker.publish(&format!("sensors/{i}"), b"later", &[]);
     }
-    let took = eventually(Duration::from_secs(30), "the other node takes over", || {
+    eventually(Duration::from_secs(30), "the other node takes over", || {
         runs_here(standby, "echo") >= before + 10
     });
+    let took = stopping.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(runs_here(standby, "echo"), before + 10, "each message once");
     assert!(holds_trigger(standby, "echo"));
-    eprintln!("took the MQTT session over in {took:?}");
+    took
+}
+
+/// An MQTT trigger's session is held by one node at a time (a broker keeps one session
+/// per client id): each message becomes one event however many nodes run, and when the
+/// holder is killed another node takes the session over, with the messages the broker
+/// kept for it meanwhile.
+#[test]
+fn an_mqtt_trigger_is_held_by_one_node_and_taken_over() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = common::mosquitto::Mosquitto::start(broker_dir.path());
+    let (mut p, a_holds) = held_mqtt_trigger(&broker);
+    let (holder, standby) = if a_holds {
+        (&mut p.a, &p.b)
+    } else {
+        (&mut p.b, &p.a)
+    };
+    let took = taken_over(&broker, holder, standby, |child| child.kill().unwrap());
+    eprintln!("took the MQTT session over from a killed node in {took:?}");
+}
+
+/// A holder stopping gracefully hands the session back: the other node takes it over
+/// well before the lease would have expired (its 10 s term runs from the last renewal,
+/// at most 2 s before the stop, so an expired lease is taken 8 s after it at the
+/// soonest).
+#[test]
+fn a_graceful_stop_hands_the_mqtt_session_over_at_once() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = common::mosquitto::Mosquitto::start(broker_dir.path());
+    let (mut p, a_holds) = held_mqtt_trigger(&broker);
+    let (holder, standby) = if a_holds {
+        (&mut p.a, &p.b)
+    } else {
+        (&mut p.b, &p.a)
+    };
+    let took = taken_over(&broker, holder, standby, |child| {
+        common::mosquitto::terminate(child)
+    });
+    eprintln!("took the MQTT session over from a stopped node in {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "the session was not handed back: taken over {took:?} after the stop"
+    );
 }

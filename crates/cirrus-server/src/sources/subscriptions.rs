@@ -256,8 +256,14 @@ pub async fn run(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             );
         }
     }
+    // Every connection is closed before the leases are handed back, so the node that
+    // takes a trigger over never shares its session with this one.
     for run in running.into_values() {
         run.task.abort();
+        let _ = run.task.await;
+    }
+    if let Some(leases) = &context.leases {
+        leases.release_all().await;
     }
 }
 
