@@ -79,6 +79,9 @@ CREATE INDEX IF NOT EXISTS completed_uploads_by_age ON completed_uploads (comple
 
 /// The embedded store: one SQLite database in WAL mode. Metadata and records use separate
 /// connections so the batch writer never waits behind a management read.
+/// Tells a delivered event's waiter that it left the queue (or why not).
+type Completion = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 pub struct SqliteStore {
     /// Shared with the blocking tasks the async metadata calls run on.
     meta: Arc<Mutex<Connection>>,
@@ -90,6 +93,9 @@ pub struct SqliteStore {
     /// API reads of records, logs and usage: a long scan never holds up the writer.
     reads: Mutex<Connection>,
     queue: Mutex<Connection>,
+    /// Delivered events waiting to leave the queue, with who waits for it: whichever
+    /// call takes the queue's lock first removes them all in one transaction.
+    completions: Mutex<Vec<(String, Completion)>>,
     /// Events one lineage may create (see [`EventQueue::enqueue`]).
     lineage_budget: AtomicU64,
 }
@@ -247,6 +253,7 @@ impl SqliteStore {
             records: Mutex::new(records),
             reads: Mutex::new(reads),
             queue: Mutex::new(queue),
+            completions: Mutex::new(Vec::new()),
             lineage_budget: AtomicU64::new(crate::lineage::DEFAULT_MAX_LINEAGE_EVENTS),
         })
     }
@@ -728,9 +735,35 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(crate) fn complete_blocking(&self, id: &str) -> StoreResult<()> {
-        lock(&self.queue).execute("DELETE FROM events WHERE id = ?1", [id])?;
-        Ok(())
+    fn waiting_completions(&self) -> MutexGuard<'_, Vec<(String, Completion)>> {
+        self.completions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes every delivered event waiting in `completions` in one transaction (a
+    /// group commit: one transaction per delivery held SQLite's deliveries to about
+    /// 4,500 a second, most of it the transactions' own cost), and tells each waiter.
+    /// Nothing to do when another call took them first.
+    fn complete_waiting_blocking(&self) {
+        let mut conn = lock(&self.queue);
+        let waiting = std::mem::take(&mut *self.waiting_completions());
+        if waiting.is_empty() {
+            return;
+        }
+        let removed = (|| -> StoreResult<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+                for (id, _) in &waiting {
+                    delete.execute([id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })()
+        .map_err(|e| format!("{e:#}"));
+        for (_, done) in waiting {
+            let _ = done.send(removed.clone());
+        }
     }
 
     pub(crate) fn retry_blocking(
@@ -925,8 +958,17 @@ impl EventQueue for Arc<SqliteStore> {
     }
 
     async fn complete(&self, id: &str) -> StoreResult<()> {
-        let id = id.to_owned();
-        off(self, move |s| s.complete_blocking(&id)).await
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.waiting_completions().push((id.to_owned(), done));
+        off(self, |s| {
+            s.complete_waiting_blocking();
+            Ok(())
+        })
+        .await?;
+        finished
+            .await
+            .map_err(|_| anyhow::anyhow!("the event's completion was dropped"))?
+            .map_err(anyhow::Error::msg)
     }
 
     async fn retry(
@@ -1189,6 +1231,30 @@ mod tests {
             .unwrap();
         assert_eq!(synchronous(&lock(&store.queue)), normal);
         assert_eq!(store.depth_blocking().unwrap(), (1, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_completions_share_transactions_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("cirrus.db")).unwrap());
+        let events: Vec<NewEvent> = (0..300)
+            .map(|i| event(&format!("e{i}"), None, 10))
+            .collect();
+        store.enqueue_blocking(&events, 10, 1000).unwrap();
+        let claimed = EventQueue::claim(&store, 10, 300).await.unwrap();
+        assert_eq!(claimed.len(), 300);
+        let completing: Vec<_> = claimed
+            .into_iter()
+            .map(|q| {
+                let store = store.clone();
+                tokio::spawn(async move { store.complete(&q.event.id).await })
+            })
+            .collect();
+        for done in completing {
+            done.await.unwrap().unwrap();
+        }
+        assert_eq!(store.depth_blocking().unwrap(), (0, 0));
+        assert!(store.waiting_completions().is_empty());
     }
 
     #[test]
