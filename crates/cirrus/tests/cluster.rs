@@ -1048,14 +1048,20 @@ fn held_mqtt_trigger(broker: &common::mosquitto::Mosquitto) -> (Pair, bool) {
     (p, a_holds)
 }
 
-/// Publishes ten messages while `holder` is stopped (by `stop`), then waits for the
-/// standby to take the session over and run each once: how long after `stop` began.
+/// Publishes ten messages while the holder (A if `a_holds`) is stopped (by `stop`),
+/// then waits for the standby to take the session over and run each once: how long
+/// after `stop` began.
 fn taken_over(
     broker: &common::mosquitto::Mosquitto,
-    holder: &mut Up,
-    standby: &Up,
+    p: &mut Pair,
+    a_holds: bool,
     stop: impl FnOnce(&mut std::process::Child),
 ) -> Duration {
+    let (holder, standby) = if a_holds {
+        (&mut p.a, &p.b)
+    } else {
+        (&mut p.b, &p.a)
+    };
     let before = runs_here(standby, "echo");
     let stopping = Instant::now();
     stop(&mut holder.child);
@@ -1083,12 +1089,7 @@ fn an_mqtt_trigger_is_held_by_one_node_and_taken_over() {
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = common::mosquitto::Mosquitto::start(broker_dir.path());
     let (mut p, a_holds) = held_mqtt_trigger(&broker);
-    let (holder, standby) = if a_holds {
-        (&mut p.a, &p.b)
-    } else {
-        (&mut p.b, &p.a)
-    };
-    let took = taken_over(&broker, holder, standby, |child| child.kill().unwrap());
+    let took = taken_over(&broker, &mut p, a_holds, |child| child.kill().unwrap());
     eprintln!("took the MQTT session over from a killed node in {took:?}");
 }
 
@@ -1101,12 +1102,7 @@ fn a_graceful_stop_hands_the_mqtt_session_over_at_once() {
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = common::mosquitto::Mosquitto::start(broker_dir.path());
     let (mut p, a_holds) = held_mqtt_trigger(&broker);
-    let (holder, standby) = if a_holds {
-        (&mut p.a, &p.b)
-    } else {
-        (&mut p.b, &p.a)
-    };
-    let took = taken_over(&broker, holder, standby, |child| {
+    let took = taken_over(&broker, &mut p, a_holds, |child| {
         common::mosquitto::terminate(child)
     });
     eprintln!("took the MQTT session over from a stopped node in {took:?}");
