@@ -111,6 +111,8 @@ pub struct Server {
     fd_limit: Option<u64>,
     pruner: Arc<crate::retention::Pruner>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The cluster's event queue, which the outbox relays publish to.
+    cluster_queue: Option<Arc<crate::store::jetstream::events::ClusterQueue>>,
 }
 
 impl Server {
@@ -247,7 +249,7 @@ impl Server {
             &config.data_dir.join("artifacts"),
             artifacts,
         )?);
-        let event_queue: Arc<dyn EventQueue> = match &cluster {
+        let cluster_queue = match &cluster {
             Some(cluster) => {
                 let replicas = config.cluster.as_ref().map_or(1, |o| o.replicas);
                 let queue = crate::store::jetstream::events::ClusterQueue::open(
@@ -259,33 +261,37 @@ impl Server {
                 )
                 .await?;
                 queue.set_lineage_budget(lineage_budget);
-                queue
+                Some(queue)
             }
+            None => None,
+        };
+        let event_queue: Arc<dyn EventQueue> = match &cluster_queue {
+            Some(queue) => queue.clone(),
             None => Arc::new(store.clone()),
         };
-        let kv: Arc<dyn crate::store::KvStore> = match &cluster {
-            Some(cluster) => Arc::new(
+        let kv: Arc<dyn crate::store::KvStore> = match (&cluster, &cluster_queue) {
+            (Some(cluster), Some(queue)) => Arc::new(
                 crate::store::jetstream::tables::ClusterTables::open(
                     &cluster.store,
                     config.cluster.as_ref().map_or(1, |o| o.replicas),
-                    event_queue.clone(),
+                    queue.clone(),
                 )
                 .await?,
             ),
-            None => Arc::new(store.clone()),
+            _ => Arc::new(store.clone()),
         };
         let (objects, blobs, retention_store): (
             Arc<dyn crate::store::ObjectStore>,
             Arc<crate::s3::blobs::Blobs>,
             Arc<dyn crate::store::RetentionStore>,
-        ) = match (&cluster, blobs) {
-            (Some(cluster), _) => {
+        ) = match (&cluster, &cluster_queue, blobs) {
+            (Some(cluster), Some(queue), _) => {
                 let options = config.cluster.clone().unwrap_or_default();
                 let objects = Arc::new(
                     crate::store::jetstream::objects::ClusterObjects::open(
                         &cluster.store,
                         options.replicas,
-                        event_queue.clone(),
+                        queue.clone(),
                     )
                     .await?,
                 );
@@ -302,7 +308,7 @@ impl Server {
                 });
                 (objects, blobs, retention)
             }
-            (None, blobs) => (
+            (_, _, blobs) => (
                 Arc::new(store.clone()),
                 blobs.context("the blob directory was not opened")?,
                 store.clone(),
@@ -472,6 +478,7 @@ impl Server {
             fd_limit,
             pruner,
             cluster,
+            cluster_queue,
         };
         server.compile_missing();
         Ok(server)
@@ -701,6 +708,29 @@ impl Server {
             )),
             None => None,
         };
+        // One node at a time relays the events that table rows and objects carry (see
+        // `outbox`).
+        let mut relaying = Vec::new();
+        if let (Some(cluster), Some(queue), Some(leases)) =
+            (&self.cluster, &self.cluster_queue, &leases)
+        {
+            use crate::store::jetstream::{objects, outbox, tables};
+            let carriers: [(&'static str, outbox::CarriedFn); 2] = [
+                (tables::TABLES_BUCKET, tables::carried),
+                (objects::OBJECTS_BUCKET, objects::carried),
+            ];
+            for (bucket, carried) in carriers {
+                relaying.push(tokio::spawn(outbox::relay(
+                    cluster.store.clone(),
+                    self.config.cluster.as_ref().map_or(1, |o| o.replicas),
+                    bucket,
+                    carried,
+                    queue.clone(),
+                    leases.clone(),
+                    state.shutdown.clone(),
+                )));
+            }
+        }
         let subscriptions = tokio::spawn(crate::sources::subscriptions::run(
             Arc::new(crate::sources::subscriptions::Context {
                 registry: state.registry.clone(),
@@ -802,6 +832,9 @@ impl Server {
         }
         if let Some(replicating) = replicating {
             replicating.abort();
+        }
+        for relay in relaying {
+            relay.abort();
         }
         // It closes its connections and hands its leases back (bounded: a lease not
         // handed back expires).

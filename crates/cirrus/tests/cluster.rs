@@ -697,6 +697,159 @@ fn kv_tables_are_the_clusters_and_their_changes_run_on_any_node() {
     );
 }
 
+/// Makes the cluster's event stream refuse every event (`true`: as if each node died
+/// right after writing what causes one, before queueing it) or take them again.
+fn refuse_events(nats: &NatsServer, refuse: bool) {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut events = js.get_stream("cirrus_events").await.unwrap();
+        let mut config = events.info().await.unwrap().config.clone();
+        (config.max_bytes, config.discard) = match refuse {
+            true => (1, DiscardPolicy::New),
+            false => (-1, DiscardPolicy::Old),
+        };
+        js.update_stream(config).await.unwrap();
+    });
+}
+
+/// The change events the watcher logged (fixtures/log_then_nap.wat), in the order they
+/// ran: (key, op, version).
+fn changes(up: &Up, token: &str) -> Vec<(String, String, u64)> {
+    let url = format!("{}/v1/functions/watcher/logs?limit=1000", up.url);
+    let (status, body) = call("GET", &url, Some(token), None);
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut lines: Vec<(String, serde_json::Value)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| {
+            let line = l["line"].as_str()?;
+            let change = serde_json::from_str(&line[..=line.rfind('}')?]).ok()?;
+            Some((l["time"].as_str()?.to_owned(), change))
+        })
+        .collect();
+    lines.sort_by(|x, y| x.0.cmp(&y.0));
+    lines
+        .into_iter()
+        .map(|(_, c)| {
+            (
+                c["key"].as_str().unwrap().to_owned(),
+                c["op"].as_str().unwrap().to_owned(),
+                c["version"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn changes_and_notifications_survive_a_node_killed_before_it_queued_them() {
+    let mut p = pair();
+    let token = p.a.admin_token();
+    let watcher = repo("fixtures/log_then_nap.wat");
+    p.a.cli_ok(&["deploy", "watcher", watcher.to_str().unwrap()]);
+    p.a.cli_ok(&["trigger", "add", "watcher", "--table", "orders"]);
+    eventually(Duration::from_secs(5), "B has the trigger", || {
+        p.b.cli_json(&["trigger", "ls", "watcher"])
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+    });
+    let row = |up: &Up, key: &str| format!("{}/v1/kv/orders/{key}", up.url);
+    let write = |up: &Up, method: &str, key: &str, body: Option<&str>| {
+        let (status, answer) = call(method, &row(up, key), Some(&token), body);
+        assert_eq!(status, 200, "{method} {key}: {answer}");
+    };
+    // Bucket notifications travel with objects the same way.
+    p.a.cli_ok(&[
+        "deploy",
+        "dropwatch",
+        repo("fixtures/echo.wat").to_str().unwrap(),
+    ]);
+    let objects = |up: &Up| format!("{}/v1/buckets/drops", up.url);
+    let (status, answer) = call("PUT", &objects(&p.a), Some(&token), None);
+    assert!((200..300).contains(&status), "{answer}");
+    p.a.cli_ok(&["trigger", "add", "dropwatch", "--bucket", "drops"]);
+    let store = |up: &Up, method: &str, key: &str, body: Option<&str>| {
+        let url = format!("{}/objects/{key}", objects(up));
+        let (status, answer) = call(method, &url, Some(&token), body);
+        assert!((200..300).contains(&status), "{method} {key}: {answer}");
+    };
+    let notified = |up: &Up| {
+        up.cli_json(&["invocations", "dropwatch", "--limit", "100"])["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    eventually(Duration::from_secs(5), "B has the triggers", || {
+        p.b.cli_json(&["trigger", "ls", "dropwatch"])
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+    });
+    write(&p.a, "PUT", "gone", Some("{}"));
+    store(&p.a, "PUT", "old", Some("x"));
+    eventually(Duration::from_secs(10), "the first changes ran", || {
+        changes(&p.b, &token).len() == 1 && notified(&p.b) == 1
+    });
+
+    // Rows written, and one deleted, on A, whose events the queue refuses: the writes
+    // are answered (the events are stored with the rows), then A is killed.
+    refuse_events(&p.nats, true);
+    write(&p.a, "PUT", "k", Some("{\"n\":1}"));
+    write(&p.a, "PUT", "lone", Some("{}"));
+    write(&p.a, "DELETE", "gone", None);
+    store(&p.a, "PUT", "new", Some("y"));
+    store(&p.a, "DELETE", "old", None);
+    p.a.child.kill().unwrap(); // SIGKILL
+    p.a.child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        (changes(&p.b, &token).len(), notified(&p.b)),
+        (1, 1),
+        "nothing else could be queued"
+    );
+
+    // The queue takes events again; B writes k again at once. Its write queues A's
+    // change to k before its own; the relay (B's, once A's lease has run out) queues
+    // the other two.
+    refuse_events(&p.nats, false);
+    write(&p.b, "PUT", "k", Some("{\"n\":2}"));
+    let started = Instant::now();
+    while changes(&p.b, &token).len() != 5 {
+        if started.elapsed() > Duration::from_secs(40) {
+            let log: Vec<String> = p.b.stderr.try_iter().collect();
+            panic!(
+                "not every change ran: {:?}\n{}",
+                changes(&p.b, &token),
+                log.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eventually(Duration::from_secs(10), "every notification ran", || {
+        notified(&p.b) == 3
+    });
+    // Past the relay's delay: whoever queued an event again, it ran once.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(notified(&p.b), 3, "each notification once");
+    let ran = changes(&p.b, &token);
+    assert_eq!(ran.len(), 5, "{ran:?}");
+    let of = |key: &str| -> Vec<(String, u64)> {
+        ran.iter()
+            .filter(|c| c.0 == key)
+            .map(|c| (c.1.clone(), c.2))
+            .collect()
+    };
+    let change = |op: &str, version: u64| (op.to_owned(), version);
+    assert_eq!(of("k"), [change("insert", 1), change("update", 2)]);
+    assert_eq!(of("lone"), [change("insert", 1)]);
+    assert_eq!(of("gone"), [change("insert", 1), change("delete", 1)]);
+}
+
 #[test]
 fn a_nats_subject_trigger_turns_each_message_into_one_event_across_nodes() {
     let p = pair();

@@ -882,7 +882,6 @@ async fn jetstream_conforms() {
         .await
         .unwrap();
         queue.set_lineage_budget(2);
-        let queue = queue as Arc<dyn EventQueue>;
         let kv = super::jetstream::tables::ClusterTables::open(&js, 1, queue.clone())
             .await
             .unwrap();
@@ -891,7 +890,7 @@ async fn jetstream_conforms() {
             .await
             .unwrap();
         buckets.push(Arc::new(objects) as Arc<dyn ObjectStore>);
-        queues.push(queue);
+        queues.push(queue as Arc<dyn EventQueue>);
     }
     events_delivered_retried_and_dead_lettered(queues[0].clone(), queues[1].clone()).await;
     ordered_events_one_at_a_time(queues[0].clone(), queues[1].clone()).await;

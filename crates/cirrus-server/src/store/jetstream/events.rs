@@ -379,6 +379,70 @@ impl ClusterQueue {
         Ok((ack, tries > 1))
     }
 
+    /// `events` as a write carries them until they are queued (see [`super::outbox`]):
+    /// encoded as they will be published, lineage budgets counted now, so that an event
+    /// past its budget goes to the dead-letter stream instead. Events with an
+    /// idempotency key are not carried so (their key is their message id).
+    pub(crate) async fn outgoing(
+        &self,
+        events: &[NewEvent],
+        now_ms: u64,
+    ) -> StoreResult<Vec<super::outbox::Outgoing>> {
+        anyhow::ensure!(
+            events.iter().all(|e| e.idempotency_key.is_none()),
+            "an event with an idempotency key cannot travel with a write"
+        );
+        let refs: Vec<&NewEvent> = events.iter().collect();
+        let mut over = self.over_budget(&refs).await?;
+        let mut outgoing = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let (subject, state) = match over.remove(&index) {
+                Some(reason) => (
+                    dead_subject(&event.id),
+                    State {
+                        error: Some(reason),
+                        failed_ms: Some(now_ms),
+                        ..State::default()
+                    },
+                ),
+                None => (subject_of(event), State::default()),
+            };
+            outgoing.push(super::outbox::Outgoing {
+                subject,
+                id: event.id.clone(),
+                payload: encode(event, state)?,
+            });
+        }
+        Ok(outgoing)
+    }
+
+    /// Publishes events a write carried, one after another (their order is their key's),
+    /// each with its id as message id, so the stream keeps one copy however many nodes
+    /// publish it. `through_failover`: keep trying while a stream fails over (otherwise
+    /// one try: the outbox's other publishers cover a failure).
+    pub(crate) async fn publish_outgoing(
+        &self,
+        outgoing: &[super::outbox::Outgoing],
+        through_failover: bool,
+    ) -> StoreResult<()> {
+        for event in outgoing {
+            if through_failover {
+                self.publish(&event.subject, event.payload.clone(), Some(&event.id))
+                    .await?;
+            } else {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+                self.js
+                    .context
+                    .publish_with_headers(event.subject.clone(), headers, event.payload.clone())
+                    .await?
+                    .await
+                    .context("publishing an event")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Counts `events` against `root`'s lineage; returns the count before them.
     async fn count_lineage(&self, root: &str, events: u64) -> StoreResult<u64> {
         let key = token(root);

@@ -14,6 +14,7 @@ pub mod events;
 mod functions;
 pub mod leases;
 pub mod objects;
+pub mod outbox;
 pub mod records;
 mod retry;
 pub mod tables;
@@ -245,6 +246,56 @@ pub(crate) async fn remove_key(store: &kv::Store, key: &str, revision: u64) -> S
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
         Err(e) => return Err(e).with_context(|| format!("deleting {key} from {}", store.name)),
     }
+    purge_below_marker(store, key).await?;
+    Ok(true)
+}
+
+/// [`remove_key`] with a delete marker that carries `payload` (the events of the
+/// delete, see [`outbox`]; the KV client's delete sends none), published on `context`.
+pub(crate) async fn remove_key_carrying(
+    context: &jetstream::Context,
+    store: &kv::Store,
+    key: &str,
+    revision: u64,
+    payload: bytes::Bytes,
+) -> StoreResult<bool> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("KV-Operation", "DEL");
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        revision.to_string().as_str(),
+    );
+    let subject = format!("$KV.{}.{key}", store.name);
+    let carries = !payload.is_empty();
+    let deleted = async {
+        context
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await?
+            .await
+    };
+    let marker = match deleted.await {
+        Ok(ack) => ack.sequence,
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("deleting {key} from {}", store.name)),
+    };
+    if !carries {
+        purge_below_marker(store, key).await?;
+        return Ok(true);
+    }
+    // The marker stays until the relay has read what it carries (and removes it then).
+    store
+        .stream
+        .purge()
+        .filter(subject)
+        .sequence(marker)
+        .await
+        .with_context(|| format!("removing the deleted {key} from {}", store.name))?;
+    Ok(true)
+}
+
+/// Removes the messages of a deleted `key` below its delete marker.
+async fn purge_below_marker(store: &kv::Store, key: &str) -> StoreResult<()> {
     let marker = retry::retried("reading a delete marker", || store.entry(key.to_owned())).await?;
     if let Some(marker) = marker.filter(|m| m.operation != kv::Operation::Put) {
         store
@@ -255,7 +306,7 @@ pub(crate) async fn remove_key(store: &kv::Store, key: &str, revision: u64) -> S
             .await
             .with_context(|| format!("removing the deleted {key} from {}", store.name))?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A message of a head (JSON) and a body: the head's length (4 bytes, big-endian), the

@@ -18,14 +18,20 @@
 //! - a bucket is removed once it holds no object; a put racing that removal on another
 //!   node can leave an object under a removed bucket, seen again if the bucket is made
 //!   again;
-//! - bucket notifications are queued right after the write they report (as KV table
-//!   changes are, see [`super::tables`]): a node dying in between loses them.
+//! - bucket notifications travel in the message of the object's key (its metadata, or
+//!   its delete marker), as a KV table row's change events do (see [`super::outbox`]):
+//!   queued by the writer right after its compare-and-set, again by the key's next
+//!   writer before its own, and by the relay for keys nobody writes again; a node
+//!   dying in between loses none.
 
+use super::events::ClusterQueue;
+use super::outbox::{self, Outgoing};
 use super::{open_kv, retry, JetStream};
+use crate::clock::Clock as _;
 use crate::store::{
-    BucketDelete, CompleteConflict, Completed, CompletedUpload, EventQueue, NewEvent, NoSuchBucket,
-    NoSuchUpload, ObjectEvents, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused,
-    SharedBlobs, StoreResult, Upload,
+    BucketDelete, CompleteConflict, Completed, CompletedUpload, NoSuchBucket, NoSuchUpload,
+    ObjectEvents, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused, SharedBlobs,
+    StoreResult, Upload,
 };
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, object_store};
@@ -99,6 +105,41 @@ struct Receipt {
 struct Read<T> {
     revision: u64,
     value: Option<T>,
+    /// The notifications its message carries, if it was written recently enough that
+    /// they may not be queued yet (see [`outbox::REPUBLISH_WITHIN`]).
+    pending: Vec<Outgoing>,
+}
+
+/// An object's metadata as stored: with the notifications its write caused.
+#[derive(Serialize)]
+struct Carrying<'a> {
+    #[serde(flatten)]
+    object: Option<&'a ObjectMeta>,
+    /// Sealed (see [`outbox::seal`]), in standard base64.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    events: String,
+}
+
+#[derive(Deserialize)]
+struct Carried {
+    #[serde(default)]
+    events: String,
+}
+
+/// The notifications a message of `cirrus_objects` carries (an object's metadata or
+/// its delete marker; other keys carry none), for the outbox's relay.
+pub fn carried(message: &[u8]) -> StoreResult<Vec<Outgoing>> {
+    // Most messages carry none: they are not parsed again.
+    const FIELD: &[u8] = b"\"events\":";
+    if !message.windows(FIELD.len()).any(|w| w == FIELD) {
+        return Ok(Vec::new());
+    }
+    let carried: Carried =
+        serde_json::from_slice(message).context("a message of cirrus_objects")?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(carried.events)
+        .context("the notifications an object carries")?;
+    outbox::unseal(&sealed)
 }
 
 fn condition_holds(condition: &PutCondition, current: Option<&ObjectMeta>) -> bool {
@@ -114,11 +155,13 @@ fn condition_holds(condition: &PutCondition, current: Option<&ObjectMeta>) -> bo
 /// store of their bytes.
 pub struct ClusterObjects {
     meta: kv::Store,
+    /// For delete markers that carry notifications.
+    context: jetstream::Context,
     blobs: object_store::ObjectStore,
     /// The object store's stream, to remove deleted blobs' markers.
     blob_stream: jetstream::stream::Stream,
     /// Where bucket notifications go.
-    queue: Arc<dyn EventQueue>,
+    queue: Arc<ClusterQueue>,
     /// The largest chunk a blob is stored in: fewer round trips than the client's
     /// default, and within the server's message limit.
     chunk: usize,
@@ -130,7 +173,7 @@ impl ClusterObjects {
     pub async fn open(
         js: &JetStream,
         replicas: usize,
-        queue: Arc<dyn EventQueue>,
+        queue: Arc<ClusterQueue>,
     ) -> StoreResult<Self> {
         let meta = open_kv(
             &js.context,
@@ -161,6 +204,7 @@ impl ClusterObjects {
         let max_payload = js.client.server_info().max_payload;
         Ok(Self {
             meta,
+            context: js.context.clone(),
             blobs,
             blob_stream,
             queue,
@@ -174,23 +218,54 @@ impl ClusterObjects {
             self.meta.entry(key.to_owned())
         })
         .await?;
-        Ok(match found {
-            Some(e) if e.operation == kv::Operation::Put => Read {
-                revision: e.revision,
-                value: Some(
-                    serde_json::from_slice(&e.value)
-                        .with_context(|| format!("{OBJECTS_BUCKET} {key} is not readable"))?,
-                ),
-            },
-            Some(e) => Read {
-                revision: e.revision,
-                value: None,
-            },
-            None => Read {
+        let Some(found) = found else {
+            return Ok(Read {
                 revision: 0,
                 value: None,
-            },
+                pending: Vec::new(),
+            });
+        };
+        let recent = crate::clock::SystemClock.now_ms()
+            < outbox::unix_ms(found.created) + outbox::REPUBLISH_WITHIN.as_millis() as u64;
+        let pending = match recent {
+            true => carried(&found.value)?,
+            false => Vec::new(),
+        };
+        let value = match found.operation {
+            kv::Operation::Put => Some(
+                serde_json::from_slice(&found.value)
+                    .with_context(|| format!("{OBJECTS_BUCKET} {key} is not readable"))?,
+            ),
+            _ => None,
+        };
+        Ok(Read {
+            revision: found.revision,
+            value,
+            pending,
         })
+    }
+
+    /// Queues the notifications of the key's message about to be replaced (again: its
+    /// writer has, unless it died first), so that they are not lost with it.
+    async fn queue_replaced<T>(&self, current: &Read<T>) -> StoreResult<()> {
+        if !current.pending.is_empty() {
+            self.queue.publish_outgoing(&current.pending, true).await?;
+        }
+        Ok(())
+    }
+
+    /// `events` as an object's key carries them.
+    async fn seal(
+        &self,
+        events: Vec<crate::store::NewEvent>,
+    ) -> StoreResult<(Vec<Outgoing>, String)> {
+        if events.is_empty() {
+            return Ok((Vec::new(), String::new()));
+        }
+        let now = events.iter().map(|e| e.created_ms).max().unwrap_or(0);
+        let outgoing = self.queue.outgoing(&events, now).await?;
+        let sealed = base64::engine::general_purpose::STANDARD.encode(outbox::seal(&outgoing)?);
+        Ok((outgoing, sealed))
     }
 
     /// Writes `value` if `key` is still at `revision`; `false` when another writer got
@@ -268,19 +343,14 @@ impl ClusterObjects {
         }
     }
 
-    /// Queues a change's notifications. The change is stored already, so a failure here
-    /// must not fail it (its caller would remove the bytes the object names): it is
-    /// logged, and those notifications are lost (see the module's documentation).
-    async fn notify(&self, events: Vec<NewEvent>) {
-        if events.is_empty() {
-            return;
-        }
-        let now = events.iter().map(|e| e.created_ms).max().unwrap_or(0);
-        let count = events.len();
-        if let Err(e) = self.queue.enqueue(events, now, 0).await {
-            tracing::error!(
-                events = count,
-                "queueing bucket notifications failed: {e:#}"
+    /// Queues a change's notifications. The change is stored already, with them, so a
+    /// failure here must not fail it (its caller would remove the bytes the object
+    /// names): it is logged, and the key's next writer or the relay queues them.
+    async fn notify(&self, outgoing: &[Outgoing]) {
+        if let Err(e) = self.queue.publish_outgoing(outgoing, false).await {
+            tracing::warn!(
+                events = outgoing.len(),
+                "queueing bucket notifications failed (they are kept with the object and queued later): {e:#}"
             );
         }
     }
@@ -301,8 +371,13 @@ impl ClusterObjects {
         key: &str,
         object: &ObjectMeta,
         revision: u64,
+        events: &str,
     ) -> StoreResult<bool> {
-        match self.write_at(key, object, revision).await {
+        let carrying = Carrying {
+            object: Some(object),
+            events: events.to_owned(),
+        };
+        match self.write_at(key, &carrying, revision).await {
             Err(e) => match self.read::<ObjectMeta>(key).await?.value {
                 Some(stored) if stored.blob == object.blob => Ok(true),
                 _ => Err(e),
@@ -315,6 +390,7 @@ impl ClusterObjects {
         &self,
         object: &ObjectMeta,
         condition: &PutCondition,
+        events: &str,
     ) -> StoreResult<Option<Result<Option<ObjectMeta>, PutRefused>>> {
         if !self.has_bucket(&object.bucket).await? {
             return Ok(Some(Err(PutRefused::NoSuchBucket)));
@@ -326,8 +402,9 @@ impl ClusterObjects {
                 missing: old.value.is_none(),
             })));
         }
+        self.queue_replaced(&old).await?;
         Ok(self
-            .write_object(&key, object, old.revision)
+            .write_object(&key, object, old.revision, events)
             .await?
             .then_some(Ok(old.value)))
     }
@@ -340,6 +417,7 @@ impl ClusterObjects {
         parts: &[(u32, String)],
         object: &ObjectMeta,
         condition: &PutCondition,
+        events: &str,
     ) -> StoreResult<Option<Result<Completed, CompleteConflict>>> {
         let claimed = upload_key(upload_id);
         let upload = self.read::<Upload>(&claimed).await?;
@@ -369,7 +447,14 @@ impl ClusterObjects {
             return Ok(None);
         }
         for _ in 0..100 {
-            match self.write_object(&key, object, replaced.revision).await {
+            if let Err(e) = self.queue_replaced(&replaced).await {
+                self.restore(&claimed, &record).await;
+                return Err(e);
+            }
+            match self
+                .write_object(&key, object, replaced.revision, events)
+                .await
+            {
                 Ok(true) => {
                     return Ok(Some(Ok(Completed {
                         part_blobs: held.into_iter().map(|p| p.blob).collect(),
@@ -539,11 +624,14 @@ impl ObjectStore for ClusterObjects {
         condition: &PutCondition,
         events: ObjectEvents,
     ) -> StoreResult<Result<Option<ObjectMeta>, PutRefused>> {
+        let (outgoing, sealed) = self.seal(events(object)).await?;
         let put = self
-            .until_won("storing an object", || self.try_put(object, condition))
+            .until_won("storing an object", || {
+                self.try_put(object, condition, &sealed)
+            })
             .await?;
         if put.is_ok() {
-            self.notify(events(object)).await;
+            self.notify(&outgoing).await;
         }
         Ok(put)
     }
@@ -562,18 +650,37 @@ impl ObjectStore for ClusterObjects {
         let removed = self
             .until_won("removing an object", || async {
                 let current = self.read::<ObjectMeta>(&name).await?;
-                let Some(old) = current.value else {
+                let Some(old) = current.value.clone() else {
                     return Ok(Some(None));
                 };
-                Ok(super::remove_key(&self.meta, &name, current.revision)
-                    .await?
-                    .then_some(Some(old)))
+                let (outgoing, sealed) = self.seal(events(&old)).await?;
+                let marker = match sealed.is_empty() {
+                    true => bytes::Bytes::new(),
+                    false => serde_json::to_vec(&Carrying {
+                        object: None,
+                        events: sealed,
+                    })?
+                    .into(),
+                };
+                self.queue_replaced(&current).await?;
+                Ok(super::remove_key_carrying(
+                    &self.context,
+                    &self.meta,
+                    &name,
+                    current.revision,
+                    marker,
+                )
+                .await?
+                .then_some(Some((old, outgoing))))
             })
             .await?;
-        if let Some(old) = &removed {
-            self.notify(events(old)).await;
-        }
-        Ok(removed)
+        Ok(match removed {
+            Some((old, outgoing)) => {
+                self.notify(&outgoing).await;
+                Some(old)
+            }
+            None => None,
+        })
     }
 
     async fn list_objects(
@@ -683,10 +790,11 @@ impl ObjectStore for ClusterObjects {
         receipt: &CompletedUpload,
         events: ObjectEvents,
     ) -> StoreResult<Result<Completed, CompleteConflict>> {
+        let (outgoing, sealed) = self.seal(events(object)).await?;
         let outcome: Result<Completed, CompleteConflict> = {
             let mut outcome = self
                 .until_won("completing an upload", || {
-                    self.try_complete(upload_id, parts, object, condition)
+                    self.try_complete(upload_id, parts, object, condition, &sealed)
                 })
                 .await?;
             if let Ok(done) = &mut outcome {
@@ -721,7 +829,7 @@ impl ObjectStore for ClusterObjects {
             outcome
         };
         if outcome.is_ok() {
-            self.notify(events(object)).await;
+            self.notify(&outgoing).await;
         }
         Ok(outcome)
     }

@@ -10,17 +10,19 @@
 //! - A delete writes a delete marker by compare-and-set, then removes the row's
 //!   messages up to that marker, so listing (the stream's subject index) sees only
 //!   live rows and a write that came after the delete survives it.
-//! - Change events are made before the row is written (one too large for a message
-//!   refuses the write) and queued on the cluster's event queue right after it, with
-//!   the key as ordering key: each function sees one key's changes one at a time, in
-//!   the order they were queued. The write answers only once they are queued. Two
-//!   ways this differs from SQLite's single transaction: a node that dies between the
-//!   write and the queueing (milliseconds) loses that change's events; and two writers
-//!   of one key within those milliseconds may queue their events in the other order
-//!   than their writes (each event names its version, so a handler can tell).
+//! - Change events travel in the row's message (or the delete marker), after the
+//!   value, so a row is never stored without its events (see [`super::outbox`]): the
+//!   writer queues them right after its compare-and-set, the key's next writer queues
+//!   them again before its own (which keeps one key's events in write order), and the
+//!   relay queues those of rows nobody writes again; each is kept once, its id being
+//!   its message id. Each function then sees one key's changes one at a time, in the
+//!   order of the writes, on any node.
 
+use super::events::ClusterQueue;
+use super::outbox::{self, Outgoing};
 use super::{frame, open_kv, retry, unframe, JetStream};
-use crate::store::{EventQueue, KvCondition, KvStore, KvWrite, NewEvent, StoreResult};
+use crate::clock::Clock as _;
+use crate::store::{KvCondition, KvStore, KvWrite, StoreResult};
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
 use base64::Engine as _;
@@ -38,6 +40,13 @@ struct Head {
     version: u64,
     content_type: Option<String>,
     updated_ms: u64,
+    /// Bytes of sealed change events after the value (see [`super::outbox`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    events: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn row_key(table: &str, key: &str) -> String {
@@ -47,9 +56,27 @@ fn row_key(table: &str, key: &str) -> String {
     )
 }
 
+/// A row's head, its value and the change events it carries.
+fn split(message: &[u8]) -> StoreResult<(Head, &[u8], &[u8])> {
+    let (head, body) = unframe::<Head>(message, "a row")?;
+    anyhow::ensure!(body.len() >= head.events, "a row cut short");
+    let (value, events) = body.split_at(body.len() - head.events);
+    Ok((head, value, events))
+}
+
 fn decode(table: &str, key: &str, message: &[u8]) -> StoreResult<(KvEntry, Vec<u8>)> {
-    let (head, value) = unframe::<Head>(message, "a row")?;
+    let (head, value, _) = split(message)?;
     Ok((entry(table, key, &head, value.len()), value.to_vec()))
+}
+
+/// The change events a message of the bucket carries (a row's or a delete marker's),
+/// for the outbox's relay.
+pub fn carried(message: &[u8]) -> StoreResult<Vec<Outgoing>> {
+    if message.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (_, _, events) = split(message)?;
+    outbox::unseal(events)
 }
 
 fn entry(table: &str, key: &str, head: &Head, size: usize) -> KvEntry {
@@ -66,8 +93,10 @@ fn entry(table: &str, key: &str, head: &Head, size: usize) -> KvEntry {
 /// The cluster's KV tables (see the module's documentation).
 pub struct ClusterTables {
     bucket: kv::Store,
+    /// For delete markers that carry events.
+    context: async_nats::jetstream::Context,
     /// Where change events go.
-    queue: Arc<dyn EventQueue>,
+    queue: Arc<ClusterQueue>,
     /// The NATS server's message limit: a row, and each change event, must fit in one.
     max_payload: usize,
 }
@@ -76,13 +105,16 @@ pub struct ClusterTables {
 struct Current {
     revision: u64,
     row: Option<(KvEntry, Vec<u8>)>,
+    /// The change events its message carries, if it was written recently enough that
+    /// they may not be queued yet (see [`outbox::REPUBLISH_WITHIN`]).
+    pending: Vec<Outgoing>,
 }
 
 impl ClusterTables {
     pub async fn open(
         js: &JetStream,
         replicas: usize,
-        queue: Arc<dyn EventQueue>,
+        queue: Arc<ClusterQueue>,
     ) -> StoreResult<Self> {
         let bucket = open_kv(
             &js.context,
@@ -97,37 +129,47 @@ impl ClusterTables {
         let max_payload = js.client.server_info().max_payload;
         Ok(Self {
             bucket,
+            context: js.context.clone(),
             queue,
             max_payload,
         })
     }
 
-    /// The largest value whose change event (old and new value inline, base64 at
-    /// worst) fits a message.
-    fn max_event_value(&self) -> usize {
-        self.max_payload.saturating_sub(2 * HEAD_ROOM) * 3 / 8
+    /// The largest value that fits a message with `events` change events (old and new
+    /// value inline, base64 at worst).
+    fn max_value(&self, events: usize) -> usize {
+        let room = self.max_payload.saturating_sub((events + 1) * HEAD_ROOM);
+        room * 3 / (3 + 8 * events)
     }
 
     async fn current(&self, table: &str, key: &str) -> StoreResult<Current> {
         let name = row_key(table, key);
         let found = retry::retried("reading a row", || self.bucket.entry(name.clone())).await?;
-        Ok(match found {
-            Some(e) if e.operation == kv::Operation::Put => Current {
-                revision: e.revision,
-                row: Some(decode(table, key, &e.value)?),
-            },
-            Some(e) => Current {
-                revision: e.revision,
-                row: None,
-            },
-            None => Current {
+        let Some(found) = found else {
+            return Ok(Current {
                 revision: 0,
                 row: None,
-            },
+                pending: Vec::new(),
+            });
+        };
+        let recent = crate::clock::SystemClock.now_ms()
+            < outbox::unix_ms(found.created) + outbox::REPUBLISH_WITHIN.as_millis() as u64;
+        let pending = match recent {
+            true => carried(&found.value)?,
+            false => Vec::new(),
+        };
+        let row = match found.operation {
+            kv::Operation::Put => Some(decode(table, key, &found.value)?),
+            _ => None,
+        };
+        Ok(Current {
+            revision: found.revision,
+            row,
+            pending,
         })
     }
 
-    /// One attempt at a write, with the change events it causes: `None` if another
+    /// One attempt at a write, with the change events it carries: `None` if another
     /// writer got in between (read again).
     async fn try_write(
         &self,
@@ -137,7 +179,7 @@ impl ClusterTables {
         condition: &KvCondition,
         now_ms: u64,
         events: &crate::store::KvEventsFn,
-    ) -> StoreResult<Option<(KvWrite, Vec<NewEvent>)>> {
+    ) -> StoreResult<Option<(KvWrite, Vec<Outgoing>)>> {
         let current = self.current(table, key).await?;
         let version = current.row.as_ref().map(|(e, _)| e.version);
         let allowed = match condition {
@@ -154,39 +196,78 @@ impl ClusterTables {
             let Some((deleted, _)) = &current.row else {
                 return Ok(Some((KvWrite::Missing, Vec::new())));
             };
-            let queued = events(old, None);
-            if !super::remove_key(&self.bucket, &name, current.revision).await? {
+            let outgoing = self.queue.outgoing(&events(old, None), now_ms).await?;
+            let sealed = outbox::seal(&outgoing)?;
+            let head = Head {
+                version: deleted.version,
+                content_type: deleted.content_type.clone(),
+                updated_ms: now_ms,
+                events: sealed.len(),
+            };
+            let marker = frame(&head, &sealed)?;
+            if marker.len() > self.max_payload {
+                return Ok(Some((
+                    KvWrite::TooLarge(self.max_value(outgoing.len())),
+                    Vec::new(),
+                )));
+            }
+            self.queue_replaced(&current).await?;
+            if !super::remove_key_carrying(
+                &self.context,
+                &self.bucket,
+                &name,
+                current.revision,
+                marker,
+            )
+            .await?
+            {
                 return Ok(None);
             }
-            return Ok(Some((KvWrite::Done(deleted.clone()), queued)));
+            return Ok(Some((KvWrite::Done(deleted.clone()), outgoing)));
         };
         let head = Head {
             version: version.unwrap_or(0) + 1,
             content_type: content_type.map(str::to_owned),
             updated_ms: now_ms,
+            events: 0,
         };
         let written = entry(table, key, &head, bytes.len());
-        // The change events are made before the row is written, so that one too large
-        // for a message refuses the write instead of failing after it.
-        let queued = events(old, Some((&written, bytes)));
-        if queued
-            .iter()
-            .any(|e| e.data.len() + HEAD_ROOM > self.max_payload)
-        {
+        let outgoing = self
+            .queue
+            .outgoing(&events(old, Some((&written, bytes))), now_ms)
+            .await?;
+        let sealed = outbox::seal(&outgoing)?;
+        let head = Head {
+            events: sealed.len(),
+            ..head
+        };
+        let mut body = Vec::with_capacity(bytes.len() + sealed.len());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(&sealed);
+        let message = frame(&head, &body)?;
+        // The row and its events are one message: refused whole if they do not fit.
+        if message.len() > self.max_payload {
             return Ok(Some((
-                KvWrite::TooLarge(self.max_event_value()),
+                KvWrite::TooLarge(self.max_value(outgoing.len())),
                 Vec::new(),
             )));
         }
-        match self
-            .bucket
-            .update(&name, frame(&head, bytes)?, current.revision)
-            .await
-        {
-            Ok(_) => Ok(Some((KvWrite::Done(written), queued))),
+        self.queue_replaced(&current).await?;
+        match self.bucket.update(&name, message, current.revision).await {
+            Ok(_) => Ok(Some((KvWrite::Done(written), outgoing))),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(e).with_context(|| format!("writing {table}/{key}")),
         }
+    }
+
+    /// Queues the events of the row about to be replaced (again: its writer has, unless
+    /// it died first), so that they are queued before the replacing write's, and not
+    /// lost with the row's message.
+    async fn queue_replaced(&self, current: &Current) -> StoreResult<()> {
+        if !current.pending.is_empty() {
+            self.queue.publish_outgoing(&current.pending, true).await?;
+        }
+        Ok(())
     }
 
     async fn list(
@@ -240,8 +321,8 @@ impl KvStore for ClusterTables {
     ) -> StoreResult<KvWrite> {
         let value = value.as_ref().map(|(v, ct)| (v.as_slice(), ct.as_deref()));
         if let Some((bytes, _)) = value {
-            if bytes.len() + HEAD_ROOM > self.max_payload {
-                return Ok(KvWrite::TooLarge(self.max_payload - HEAD_ROOM));
+            if bytes.len() > self.max_value(0) {
+                return Ok(KvWrite::TooLarge(self.max_value(0)));
             }
         }
         let mut done = None;
@@ -256,11 +337,17 @@ impl KvStore for ClusterTables {
             let pause = rand::random_range(1..20);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
-        let Some((written, queued)) = done else {
+        let Some((written, outgoing)) = done else {
             anyhow::bail!("writing {table}/{key}: too many concurrent writers")
         };
-        if !queued.is_empty() {
-            self.queue.enqueue(queued, now_ms, 0).await?;
+        // The events are stored with the row: one that is not queued now is queued by
+        // the key's next writer or the relay.
+        if let Err(e) = self.queue.publish_outgoing(&outgoing, false).await {
+            tracing::warn!(
+                table,
+                key,
+                "queueing change events failed (they are kept with the row and queued later): {e:#}"
+            );
         }
         Ok(written)
     }
