@@ -27,7 +27,6 @@
 use super::events::ClusterQueue;
 use super::outbox::{self, Outgoing};
 use super::{open_kv, retry, JetStream};
-use crate::clock::Clock as _;
 use crate::store::{
     BucketDelete, CompleteConflict, Completed, CompletedUpload, NoSuchBucket, NoSuchUpload,
     ObjectEvents, ObjectMeta, ObjectStore, Part, PutCondition, PutRefused, SharedBlobs,
@@ -225,12 +224,7 @@ impl ClusterObjects {
                 pending: Vec::new(),
             });
         };
-        let recent = crate::clock::SystemClock.now_ms()
-            < outbox::unix_ms(found.created) + outbox::REPUBLISH_WITHIN.as_millis() as u64;
-        let pending = match recent {
-            true => carried(&found.value)?,
-            false => Vec::new(),
-        };
+        let pending = outbox::pending(&found, carried)?;
         let value = match found.operation {
             kv::Operation::Put => Some(
                 serde_json::from_slice(&found.value)
@@ -243,15 +237,6 @@ impl ClusterObjects {
             value,
             pending,
         })
-    }
-
-    /// Queues the notifications of the key's message about to be replaced (again: its
-    /// writer has, unless it died first), so that they are not lost with it.
-    async fn queue_replaced<T>(&self, current: &Read<T>) -> StoreResult<()> {
-        if !current.pending.is_empty() {
-            self.queue.publish_outgoing(&current.pending, true).await?;
-        }
-        Ok(())
     }
 
     /// `events` as an object's key carries them.
@@ -402,7 +387,9 @@ impl ClusterObjects {
                 missing: old.value.is_none(),
             })));
         }
-        self.queue_replaced(&old).await?;
+        // The replaced key's notifications go first: not lost with its message if its
+        // writer died before queueing them.
+        self.queue.publish_outgoing(&old.pending, true).await?;
         Ok(self
             .write_object(&key, object, old.revision, events)
             .await?
@@ -447,7 +434,7 @@ impl ClusterObjects {
             return Ok(None);
         }
         for _ in 0..100 {
-            if let Err(e) = self.queue_replaced(&replaced).await {
+            if let Err(e) = self.queue.publish_outgoing(&replaced.pending, true).await {
                 self.restore(&claimed, &record).await;
                 return Err(e);
             }
@@ -662,7 +649,7 @@ impl ObjectStore for ClusterObjects {
                     })?
                     .into(),
                 };
-                self.queue_replaced(&current).await?;
+                self.queue.publish_outgoing(&current.pending, true).await?;
                 Ok(super::remove_key_carrying(
                     &self.context,
                     &self.meta,

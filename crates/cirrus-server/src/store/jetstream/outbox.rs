@@ -106,6 +106,17 @@ pub fn unix_ms(time: async_nats::datetime::DateTime) -> u64 {
 /// Reads the events a message of a followed bucket carries.
 pub type CarriedFn = fn(&[u8]) -> StoreResult<Vec<Outgoing>>;
 
+/// The events a key's current message carries, if it was written recently enough that
+/// they may not be queued yet: what its next writer queues before replacing it (older
+/// ones the relay has queued, see [`REPUBLISH_WITHIN`]).
+pub fn pending(entry: &kv::Entry, carried: CarriedFn) -> StoreResult<Vec<Outgoing>> {
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    if now >= unix_ms(entry.created) + REPUBLISH_WITHIN.as_millis() as u64 {
+        return Ok(Vec::new());
+    }
+    carried(&entry.value)
+}
+
 /// Relays the events carried by the messages of KV bucket `bucket` while this node
 /// holds the relay's lease (see the module's documentation), until shutdown.
 pub async fn relay(

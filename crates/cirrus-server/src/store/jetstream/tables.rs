@@ -21,7 +21,6 @@
 use super::events::ClusterQueue;
 use super::outbox::{self, Outgoing};
 use super::{frame, open_kv, retry, unframe, JetStream};
-use crate::clock::Clock as _;
 use crate::store::{KvCondition, KvStore, KvWrite, StoreResult};
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
@@ -152,12 +151,7 @@ impl ClusterTables {
                 pending: Vec::new(),
             });
         };
-        let recent = crate::clock::SystemClock.now_ms()
-            < outbox::unix_ms(found.created) + outbox::REPUBLISH_WITHIN.as_millis() as u64;
-        let pending = match recent {
-            true => carried(&found.value)?,
-            false => Vec::new(),
-        };
+        let pending = outbox::pending(&found, carried)?;
         let row = match found.operation {
             kv::Operation::Put => Some(decode(table, key, &found.value)?),
             _ => None,
@@ -211,7 +205,8 @@ impl ClusterTables {
                     Vec::new(),
                 )));
             }
-            self.queue_replaced(&current).await?;
+            // The replaced row's events go first (see the module's documentation).
+            self.queue.publish_outgoing(&current.pending, true).await?;
             if !super::remove_key_carrying(
                 &self.context,
                 &self.bucket,
@@ -252,22 +247,14 @@ impl ClusterTables {
                 Vec::new(),
             )));
         }
-        self.queue_replaced(&current).await?;
+        // The replaced row's events go first: queued before this write's, and not lost
+        // with the row's message if its writer died before queueing them.
+        self.queue.publish_outgoing(&current.pending, true).await?;
         match self.bucket.update(&name, message, current.revision).await {
             Ok(_) => Ok(Some((KvWrite::Done(written), outgoing))),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(e).with_context(|| format!("writing {table}/{key}")),
         }
-    }
-
-    /// Queues the events of the row about to be replaced (again: its writer has, unless
-    /// it died first), so that they are queued before the replacing write's, and not
-    /// lost with the row's message.
-    async fn queue_replaced(&self, current: &Current) -> StoreResult<()> {
-        if !current.pending.is_empty() {
-            self.queue.publish_outgoing(&current.pending, true).await?;
-        }
-        Ok(())
     }
 
     async fn list(
