@@ -207,7 +207,10 @@ async fn follow(
         let due = unix_ms(info.published) + SETTLE.as_millis() as u64;
         let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
         if due > now {
-            tokio::time::sleep(Duration::from_millis(due - now)).await;
+            // The time is the NATS server's: a node whose clock runs behind it waits
+            // at most SETTLE, not the difference.
+            let wait = Duration::from_millis(due - now).min(SETTLE);
+            tokio::time::sleep(wait).await;
         }
         match carried(&message.payload) {
             Ok(outgoing) if !outgoing.is_empty() => {
