@@ -279,16 +279,14 @@ pub(crate) async fn remove_key_carrying(
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Ok(false),
         Err(e) => return Err(e).with_context(|| format!("deleting {key} from {}", store.name)),
     };
-    if !carries {
-        purge_below_marker(store, key).await?;
-        return Ok(true);
-    }
-    // The marker stays until the relay has read what it carries (and removes it then).
+    // A marker that carries events stays until the relay has read them (and removes it
+    // then); one without goes with the rest. A later write of the key stays.
+    let keep_from = if carries { marker } else { marker + 1 };
     store
         .stream
         .purge()
         .filter(subject)
-        .sequence(marker)
+        .sequence(keep_from)
         .await
         .with_context(|| format!("removing the deleted {key} from {}", store.name))?;
     Ok(true)

@@ -104,9 +104,15 @@ struct Receipt {
 struct Read<T> {
     revision: u64,
     value: Option<T>,
-    /// The notifications its message carries, if it was written recently enough that
-    /// they may not be queued yet (see [`outbox::REPUBLISH_WITHIN`]).
-    pending: Vec<Outgoing>,
+    /// Its message, whose notifications a writer replacing it queues first.
+    message: Option<kv::Entry>,
+}
+
+impl<T> Read<T> {
+    /// The notifications the key's message carries that may not be queued yet.
+    fn pending(&self) -> StoreResult<Vec<Outgoing>> {
+        outbox::pending(self.message.as_ref(), carried)
+    }
 }
 
 /// An object's metadata as stored: with the notifications its write caused.
@@ -221,10 +227,9 @@ impl ClusterObjects {
             return Ok(Read {
                 revision: 0,
                 value: None,
-                pending: Vec::new(),
+                message: None,
             });
         };
-        let pending = outbox::pending(&found, carried)?;
         let value = match found.operation {
             kv::Operation::Put => Some(
                 serde_json::from_slice(&found.value)
@@ -235,7 +240,7 @@ impl ClusterObjects {
         Ok(Read {
             revision: found.revision,
             value,
-            pending,
+            message: Some(found),
         })
     }
 
@@ -389,7 +394,7 @@ impl ClusterObjects {
         }
         // The replaced key's notifications go first: not lost with its message if its
         // writer died before queueing them.
-        self.queue.publish_outgoing(&old.pending, true).await?;
+        self.queue.publish_outgoing(&old.pending()?, true).await?;
         Ok(self
             .write_object(&key, object, old.revision, events)
             .await?
@@ -434,7 +439,11 @@ impl ClusterObjects {
             return Ok(None);
         }
         for _ in 0..100 {
-            if let Err(e) = self.queue.publish_outgoing(&replaced.pending, true).await {
+            let queued = match replaced.pending() {
+                Ok(pending) => self.queue.publish_outgoing(&pending, true).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = queued {
                 self.restore(&claimed, &record).await;
                 return Err(e);
             }
@@ -649,7 +658,9 @@ impl ObjectStore for ClusterObjects {
                     })?
                     .into(),
                 };
-                self.queue.publish_outgoing(&current.pending, true).await?;
+                self.queue
+                    .publish_outgoing(&current.pending()?, true)
+                    .await?;
                 Ok(super::remove_key_carrying(
                     &self.context,
                     &self.meta,

@@ -109,7 +109,11 @@ pub type CarriedFn = fn(&[u8]) -> StoreResult<Vec<Outgoing>>;
 /// The events a key's current message carries, if it was written recently enough that
 /// they may not be queued yet: what its next writer queues before replacing it (older
 /// ones the relay has queued, see [`REPUBLISH_WITHIN`]).
-pub fn pending(entry: &kv::Entry, carried: CarriedFn) -> StoreResult<Vec<Outgoing>> {
+/// Read only by a writer about to replace the key, never on the read path.
+pub fn pending(entry: Option<&kv::Entry>, carried: CarriedFn) -> StoreResult<Vec<Outgoing>> {
+    let Some(entry) = entry else {
+        return Ok(Vec::new());
+    };
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     if now >= unix_ms(entry.created) + REPUBLISH_WITHIN.as_millis() as u64 {
         return Ok(Vec::new());

@@ -9,7 +9,8 @@
 //!   checks its condition against the winner's row.
 //! - A delete writes a delete marker by compare-and-set, then removes the row's
 //!   messages up to that marker, so listing (the stream's subject index) sees only
-//!   live rows and a write that came after the delete survives it.
+//!   live rows and a write that came after the delete survives it. A marker carrying
+//!   change events stays until the relay has queued them.
 //! - Change events travel in the row's message (or the delete marker), after the
 //!   value, so a row is never stored without its events (see [`super::outbox`]): the
 //!   writer queues them right after its compare-and-set, the key's next writer queues
@@ -96,7 +97,7 @@ pub struct ClusterTables {
     context: async_nats::jetstream::Context,
     /// Where change events go.
     queue: Arc<ClusterQueue>,
-    /// The NATS server's message limit: a row, and each change event, must fit in one.
+    /// The NATS server's message limit: a row and its change events must fit in one.
     max_payload: usize,
 }
 
@@ -104,9 +105,15 @@ pub struct ClusterTables {
 struct Current {
     revision: u64,
     row: Option<(KvEntry, Vec<u8>)>,
-    /// The change events its message carries, if it was written recently enough that
-    /// they may not be queued yet (see [`outbox::REPUBLISH_WITHIN`]).
-    pending: Vec<Outgoing>,
+    /// Its message, whose change events a writer replacing it queues first.
+    message: Option<kv::Entry>,
+}
+
+impl Current {
+    /// The events the row's message carries that may not be queued yet.
+    fn pending(&self) -> StoreResult<Vec<Outgoing>> {
+        outbox::pending(self.message.as_ref(), carried)
+    }
 }
 
 impl ClusterTables {
@@ -148,10 +155,9 @@ impl ClusterTables {
             return Ok(Current {
                 revision: 0,
                 row: None,
-                pending: Vec::new(),
+                message: None,
             });
         };
-        let pending = outbox::pending(&found, carried)?;
         let row = match found.operation {
             kv::Operation::Put => Some(decode(table, key, &found.value)?),
             _ => None,
@@ -159,7 +165,7 @@ impl ClusterTables {
         Ok(Current {
             revision: found.revision,
             row,
-            pending,
+            message: Some(found),
         })
     }
 
@@ -198,7 +204,11 @@ impl ClusterTables {
                 updated_ms: now_ms,
                 events: sealed.len(),
             };
-            let marker = frame(&head, &sealed)?;
+            // A delete without events leaves a plain marker, removed at once.
+            let marker = match sealed.is_empty() {
+                true => bytes::Bytes::new(),
+                false => frame(&head, &sealed)?,
+            };
             if marker.len() > self.max_payload {
                 return Ok(Some((
                     KvWrite::TooLarge(self.max_value(outgoing.len())),
@@ -206,7 +216,9 @@ impl ClusterTables {
                 )));
             }
             // The replaced row's events go first (see the module's documentation).
-            self.queue.publish_outgoing(&current.pending, true).await?;
+            self.queue
+                .publish_outgoing(&current.pending()?, true)
+                .await?;
             if !super::remove_key_carrying(
                 &self.context,
                 &self.bucket,
@@ -249,7 +261,9 @@ impl ClusterTables {
         }
         // The replaced row's events go first: queued before this write's, and not lost
         // with the row's message if its writer died before queueing them.
-        self.queue.publish_outgoing(&current.pending, true).await?;
+        self.queue
+            .publish_outgoing(&current.pending()?, true)
+            .await?;
         match self.bucket.update(&name, message, current.revision).await {
             Ok(_) => Ok(Some((KvWrite::Done(written), outgoing))),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
