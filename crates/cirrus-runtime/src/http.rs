@@ -23,6 +23,13 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 /// Resources one invocation may hold at once; real handlers use a few dozen.
 const MAX_RESOURCES: usize = 10_000;
 
+/// The per-invocation request headers a component gets (named once: a `&str` name is
+/// parsed again on every insert).
+const REQUEST_ID: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("cirrus-request-id");
+const DEADLINE_MS: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("cirrus-deadline-ms");
+
 /// Per-invocation host state of a component.
 pub struct HttpState {
     wasi: WasiCtx,
@@ -325,14 +332,13 @@ impl HttpEnvironment {
         }
         // Per-invocation facts travel with the request: a warm environment's variables
         // are those it started with.
-        for (name, value) in [
-            ("cirrus-request-id", context.request_id.clone()),
-            ("cirrus-deadline-ms", context.deadline_ms.to_string()),
-        ] {
-            if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&context.request_id) {
+            headers.insert(REQUEST_ID, value);
         }
+        headers.insert(
+            DEADLINE_MS,
+            hyper::header::HeaderValue::from(context.deadline_ms),
+        );
         let (response_tx, response_rx) = tokio::sync::oneshot::channel();
         let incoming = match body {
             // The guest reads the body as it arrives.

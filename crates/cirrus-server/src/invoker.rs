@@ -600,9 +600,10 @@ impl Invoker {
         meta.cold = lease.cold;
 
         let mut request = request;
+        let traceparent = meta.trace.traceparent();
         // The guest's outgoing calls are children of this invocation's span.
-        if let Ok(value) = HeaderValue::from_str(&meta.trace.traceparent()) {
-            request.headers_mut().insert("traceparent", value);
+        if let Ok(value) = HeaderValue::from_str(&traceparent) {
+            request.headers_mut().insert(header::TRACEPARENT, value);
         }
         let incarnation = self.registry.incarnation(&version.function).unwrap_or(0);
         let now_ms = self.clock.now_ms();
@@ -647,7 +648,7 @@ impl Invoker {
                 version: version.version,
                 event_type: trigger.as_str(),
                 attempt: meta.attempt,
-                traceparent: meta.trace.traceparent(),
+                traceparent,
                 deadline_ms: now_ms + version.config.timeout.as_millis() as u64,
             },
             request,
@@ -687,7 +688,11 @@ impl Invoker {
         let init = lease.init;
         drop(lease);
 
-        let now = rfc3339(self.clock.now_ms());
+        let now = if output.logs.is_empty() {
+            String::new()
+        } else {
+            rfc3339(self.clock.now_ms())
+        };
         let logs: Vec<LogLine> = output
             .logs
             .into_iter()
@@ -860,16 +865,13 @@ struct HeadStamp {
 
 impl HeadStamp {
     fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in [
-            ("cirrus-request-id", self.request_id.clone()),
-            ("cirrus-trace-id", self.trace_id.clone()),
-            ("cirrus-cold-start", self.cold.to_string()),
-            ("cirrus-version", self.version.to_string()),
-        ] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
-        }
+        stamp_known(
+            headers,
+            &self.request_id,
+            &self.trace_id,
+            self.cold,
+            Some(self.version),
+        );
     }
 }
 
@@ -984,27 +986,83 @@ fn hidden_function(function: &str) -> ApiError {
 }
 
 fn stamp(headers: &mut HeaderMap, meta: &Meta) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    stamp_known(
+        headers,
+        &meta.request_id,
+        &meta.trace.trace_id,
+        meta.cold,
+        meta.version,
+    );
+    headers.insert(header::DURATION_MS, duration_ms(meta.duration));
+    headers.insert(header::BILLED_MS, HeaderValue::from(meta.billed_ms()));
+}
+
+/// The headers a response carries from the moment its invocation has an environment.
+fn stamp_known(
+    headers: &mut HeaderMap,
+    request_id: &str,
+    trace_id: &str,
+    cold: bool,
+    version: Option<u32>,
+) {
+    for (name, value) in [
+        (header::REQUEST_ID, request_id),
+        (header::TRACE_ID, trace_id),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
-    };
-    set("cirrus-request-id", meta.request_id.clone());
-    set("cirrus-trace-id", meta.trace.trace_id.clone());
-    set("cirrus-cold-start", meta.cold.to_string());
-    set(
-        "cirrus-duration-ms",
-        format!("{:.3}", millis(meta.duration)),
-    );
-    set("cirrus-billed-ms", meta.billed_ms().to_string());
-    if let Some(v) = meta.version {
-        set("cirrus-version", v.to_string());
     }
+    headers.insert(
+        header::COLD_START,
+        HeaderValue::from_static(if cold { "true" } else { "false" }),
+    );
+    if let Some(version) = version {
+        headers.insert(header::VERSION, HeaderValue::from(version));
+    }
+}
+
+/// `cirrus-duration-ms`: milliseconds with three decimals, written without a heap
+/// `String` (this is on every response).
+fn duration_ms(d: Duration) -> HeaderValue {
+    use std::io::Write as _;
+    let micros = (d.as_nanos() + 500) / 1000;
+    let mut buf = [0u8; 48];
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{}.{:03}", micros / 1000, micros % 1000);
+    let len = 48 - rest.len();
+    HeaderValue::from_bytes(&buf[..len]).expect("digits and a dot are a valid header value")
+}
+
+/// The headers the invoker sets. Named once: a `&str` name is parsed again on every
+/// insert, and these go on every response.
+mod header {
+    use axum::http::HeaderName;
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("cirrus-request-id");
+    pub const TRACE_ID: HeaderName = HeaderName::from_static("cirrus-trace-id");
+    pub const COLD_START: HeaderName = HeaderName::from_static("cirrus-cold-start");
+    pub const DURATION_MS: HeaderName = HeaderName::from_static("cirrus-duration-ms");
+    pub const BILLED_MS: HeaderName = HeaderName::from_static("cirrus-billed-ms");
+    pub const VERSION: HeaderName = HeaderName::from_static("cirrus-version");
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_header_has_three_decimals() {
+        for (d, text) in [
+            (Duration::from_nanos(151_499), "0.151"),
+            (Duration::from_nanos(151_500), "0.152"),
+            (Duration::from_micros(12_345_678), "12345.678"),
+            (Duration::ZERO, "0.000"),
+            (Duration::from_secs(900), "900000.000"),
+        ] {
+            assert_eq!(duration_ms(d), text);
+        }
+    }
 
     #[test]
     fn billing_rounds_up_to_whole_milliseconds() {

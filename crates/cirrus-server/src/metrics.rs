@@ -75,6 +75,18 @@ pub struct Metrics {
     retries: Family<FunctionLabels, Counter>,
     source_messages: Family<TriggerLabels, Counter>,
     source_connected: Family<TriggerLabels, Gauge>,
+    /// Each function's handles into the families above for its commonest invocation.
+    warm: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<WarmHandles>>>,
+}
+
+/// A function's metrics as a warm, successful invocation moves them: clones of the
+/// families' own counters and histograms, so that invocation hashes no label set and
+/// clones no label string (a family lookup does both, on every invocation).
+struct WarmHandles {
+    invocations: Counter,
+    duration: Histogram,
+    cpu: Counter<f64, AtomicU64>,
+    peak_memory: Histogram,
 }
 
 /// 50 µs to ~26 s, doubling.
@@ -237,6 +249,7 @@ impl Metrics {
             retries,
             source_messages,
             source_connected,
+            warm: Default::default(),
         }
     }
 
@@ -259,6 +272,14 @@ impl Metrics {
 
     /// Called once per recorded invocation.
     pub fn observe(&self, r: &InvocationRecord) {
+        if matches!(r.outcome, Outcome::Success) && !r.cold_start {
+            let warm = self.warm_handles(&r.function);
+            warm.invocations.inc();
+            warm.duration.observe(r.duration_ms / 1000.0);
+            warm.cpu.inc_by(r.cpu_ms / 1000.0);
+            warm.peak_memory.observe(r.peak_memory_bytes as f64);
+            return;
+        }
         let function = FunctionLabels {
             function: r.function.clone(),
         };
@@ -284,6 +305,42 @@ impl Metrics {
         self.peak_memory
             .get_or_create(&function)
             .observe(r.peak_memory_bytes as f64);
+    }
+
+    /// Created on a function's first warm success: its series exist by then (or are
+    /// being moved), so no series appears before it has a sample.
+    fn warm_handles(&self, function: &str) -> std::sync::Arc<WarmHandles> {
+        let cached = self
+            .warm
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(function)
+            .cloned();
+        if let Some(warm) = cached {
+            return warm;
+        }
+        let labels = FunctionLabels {
+            function: function.to_owned(),
+        };
+        let warm = std::sync::Arc::new(WarmHandles {
+            invocations: self
+                .invocations
+                .get_or_create(&InvocationLabels {
+                    function: function.to_owned(),
+                    outcome: "success".into(),
+                    start: "warm".into(),
+                })
+                .clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            cpu: self.cpu.get_or_create(&labels).clone(),
+            peak_memory: self.peak_memory.get_or_create(&labels).clone(),
+        });
+        self.warm
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(function.to_owned())
+            .or_insert(warm)
+            .clone()
     }
 
     pub fn retried(&self, function: &str) {
@@ -349,4 +406,105 @@ fn resident_bytes() -> i64 {
         })
         .unwrap_or(0);
     pages * 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cirrus_api::Trigger;
+
+    fn record(function: &str, outcome: Outcome, cold: bool) -> InvocationRecord {
+        InvocationRecord {
+            request_id: "r".into(),
+            function: function.into(),
+            version: 1,
+            trigger: Trigger::Http,
+            attempt: 1,
+            parent_request_id: None,
+            started_at: "2026-12-07T00:00:00.000Z".into(),
+            duration_ms: 2.0,
+            billed_ms: 2,
+            init_ms: cold.then_some(1.0),
+            memory_mb: 128,
+            peak_memory_bytes: 1 << 20,
+            cpu_ms: 1.5,
+            request_bytes: 0,
+            response_bytes: 0,
+            cold_start: cold,
+            trace_id: "t".into(),
+            span_id: "s".into(),
+            parent_span_id: None,
+            outcome,
+            status: 200,
+            error_code: (outcome == Outcome::Error).then(|| "timeout".into()),
+            error_message: None,
+        }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    /// Warm successes go through cached handles, the rest through the families: both
+    /// must land in the same series.
+    #[test]
+    fn warm_and_other_invocations_count_in_the_same_series() {
+        let metrics = Metrics::new();
+        metrics.observe(&record("f", Outcome::Success, true));
+        let text = metrics.render(&Live::default(), (0, 0));
+        assert!(
+            line(
+                &text,
+                "cirrus_invocations_total{function=\"f\",outcome=\"success\",start=\"warm\"}"
+            )
+            .is_none(),
+            "no warm series before a warm call: {text}"
+        );
+        for _ in 0..3 {
+            metrics.observe(&record("f", Outcome::Success, false));
+        }
+        metrics.observe(&record("f", Outcome::Error, false));
+        metrics.observe(&record("g", Outcome::Success, false));
+        let text = metrics.render(&Live::default(), (0, 0));
+        let value = |prefix: &str| {
+            line(&text, prefix)
+                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            value("cirrus_invocations_total{function=\"f\",outcome=\"success\",start=\"warm\"}"),
+            "3"
+        );
+        assert_eq!(
+            value("cirrus_invocations_total{function=\"f\",outcome=\"success\",start=\"cold\"}"),
+            "1"
+        );
+        assert_eq!(
+            value("cirrus_invocations_total{function=\"f\",outcome=\"timeout\",start=\"warm\"}"),
+            "1"
+        );
+        assert_eq!(
+            value("cirrus_invocations_total{function=\"g\",outcome=\"success\",start=\"warm\"}"),
+            "1"
+        );
+        assert_eq!(
+            value("cirrus_invocation_duration_seconds_count{function=\"f\"}"),
+            "5"
+        );
+        assert_eq!(
+            value("cirrus_invocation_peak_memory_bytes_count{function=\"f\"}"),
+            "5"
+        );
+        assert_eq!(
+            value("cirrus_cold_start_seconds_count{function=\"f\"}"),
+            "1"
+        );
+        assert_eq!(
+            value("cirrus_invocation_cpu_seconds_total{function=\"f\"}"),
+            "0.0075"
+        );
+    }
 }
