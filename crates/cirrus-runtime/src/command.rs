@@ -113,14 +113,14 @@ impl CommandEnvironment {
             start.call_async(&mut *store, ()).await
         };
         let mut cpu_time = std::time::Duration::ZERO;
-        let finished = unless_cancelled(
-            tokio::time::timeout(
+        let finished = {
+            let run = std::pin::pin!(run);
+            let timed = std::pin::pin!(tokio::time::timeout(
                 limits.timeout + TIMEOUT_GRACE,
                 metered(run, &mut cpu_time, Some(&lane)),
-            ),
-            cancelled,
-        )
-        .await;
+            ));
+            unless_cancelled(timed, cancelled).await
+        };
 
         let mut logs = Vec::new();
         let result = match finished {

@@ -395,18 +395,14 @@ impl HttpEnvironment {
         let max_body = limits.max_response_bytes;
         let sent = Streamed::default();
         let mut cpu_time = Duration::ZERO;
-        let outcome = unless_cancelled(
-            tokio::time::timeout(
+        let outcome = {
+            let exchanged = std::pin::pin!(exchange(guest, response_rx, max_body, stream, &sent));
+            let timed = std::pin::pin!(tokio::time::timeout(
                 limits.timeout + TIMEOUT_GRACE,
-                metered(
-                    exchange(guest, response_rx, max_body, stream, &sent),
-                    &mut cpu_time,
-                    Some(&lane),
-                ),
-            ),
-            cancelled,
-        )
-        .await;
+                metered(exchanged, &mut cpu_time, Some(&lane)),
+            ));
+            unless_cancelled(timed, cancelled).await
+        };
 
         let result = match outcome {
             None => Err(caller_gone(&mut logs)),

@@ -166,10 +166,15 @@ pub(crate) fn cancelled_error() -> ApiError {
 }
 
 /// Runs `run` until it finishes or `cancelled` resolves (then `None`).
-pub(crate) async fn unless_cancelled<T>(
-    run: impl std::future::Future<Output = T>,
+///
+/// This and [`metered`] take the future pinned where the caller keeps it: an `async fn`
+/// holding a future by value keeps room for it twice (as its argument and as its pinned
+/// local), and each such wrapper doubled the invocation's state, which is copied to the
+/// heap on every call.
+pub(crate) async fn unless_cancelled<F: std::future::Future>(
+    run: std::pin::Pin<&mut F>,
     cancelled: Option<crate::Cancelled>,
-) -> Option<T> {
+) -> Option<F::Output> {
     match cancelled {
         None => Some(run.await),
         Some(cancelled) => tokio::select! {
@@ -303,11 +308,10 @@ const SHORT_POLL: Duration = Duration::from_micros(200);
 /// worker threads at every yield, so each poll is measured on the thread running it.
 /// With a lane guard, a guest that waits gives up its CPU lane.
 pub(crate) async fn metered<F: std::future::Future>(
-    future: F,
+    mut future: std::pin::Pin<&mut F>,
     cpu: &mut Duration,
     lane: Option<&LaneGuard>,
 ) -> F::Output {
-    let mut future = std::pin::pin!(future);
     std::future::poll_fn(|cx| {
         let (start, started) = (thread_cpu_time(), std::time::Instant::now());
         let poll = future.as_mut().poll(cx);
@@ -358,7 +362,7 @@ mod tests {
     async fn metering_counts_cpu_spent_in_polls_but_not_sleep() {
         let mut cpu = Duration::ZERO;
         metered(
-            async {
+            std::pin::pin!(async {
                 // Spin for 20 ms of this thread's CPU time (not wall time: on a loaded
                 // machine the thread may wait for a core much longer than it runs).
                 let start = thread_cpu_time();
@@ -366,7 +370,7 @@ mod tests {
                     std::hint::black_box(0u64);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
-            },
+            }),
             &mut cpu,
             None,
         )

@@ -8,6 +8,7 @@
 use crate::clock::Clock;
 use crate::store::ArtifactCache;
 use cirrus_api::{ApiError, ErrorCode, VersionInfo};
+use cirrus_runtime::executor::BoxFuture;
 use cirrus_runtime::{
     Code, Environment, EnvironmentSpec, Executor, Invocation, InvokeOutput, MemoryBudget,
     VersionSpec,
@@ -125,10 +126,12 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub async fn invoke(&mut self, invocation: Invocation) -> InvokeOutput {
+    /// The environment's own (boxed) future, not wrapped in another: an invocation's
+    /// state is moved to the heap once.
+    pub fn invoke(&mut self, invocation: Invocation) -> BoxFuture<'_, InvokeOutput> {
         self.served += 1;
         let env = self.env.as_mut().expect("a lease holds its environment");
-        env.invoke(invocation).await
+        env.invoke(invocation)
     }
 }
 
@@ -726,7 +729,6 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use cirrus_api::{ArtifactKind, FunctionConfig};
-    use cirrus_runtime::executor::BoxFuture;
     use cirrus_runtime::{InvocationContext, Limits, StartFailure};
 
     struct FakeExecutor {

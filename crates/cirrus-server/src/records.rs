@@ -44,7 +44,13 @@ impl RecordSink {
     }
 
     /// Hands a record and its log lines to the writer; waits only if the queue is full.
-    pub async fn record(&self, record: InvocationRecord, logs: Vec<LogLine>) {
+    /// The record is boxed before the future is made, so the future (part of every
+    /// invocation's state) holds a pointer, not the record.
+    pub fn record(
+        &self,
+        record: InvocationRecord,
+        logs: Vec<LogLine>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
         // Followers subscribe before reading history; queueing before broadcasting means
         // a line is always in one or the other for them.
         let live: Vec<Arc<LogLine>> = if self.live.receiver_count() > 0 {
@@ -52,16 +58,14 @@ impl RecordSink {
         } else {
             Vec::new()
         };
-        if self
-            .tx
-            .send(Message::Record(Box::new(record), logs))
-            .await
-            .is_err()
-        {
-            tracing::error!("record writer has stopped; an invocation record was dropped");
-        }
-        for line in live {
-            let _ = self.live.send(line);
+        let message = Message::Record(Box::new(record), logs);
+        async move {
+            if self.tx.send(message).await.is_err() {
+                tracing::error!("record writer has stopped; an invocation record was dropped");
+            }
+            for line in live {
+                let _ = self.live.send(line);
+            }
         }
     }
 
