@@ -75,15 +75,17 @@ pub struct Metrics {
     retries: Family<FunctionLabels, Counter>,
     source_messages: Family<TriggerLabels, Counter>,
     source_connected: Family<TriggerLabels, Gauge>,
-    /// Each function's handles into the families above for its commonest invocation.
-    warm: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<WarmHandles>>>,
+    /// Each function's handles into the families above.
+    handles: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<FunctionHandles>>>,
 }
 
-/// A function's metrics as a warm, successful invocation moves them: clones of the
-/// families' own counters and histograms, so that invocation hashes no label set and
-/// clones no label string (a family lookup does both, on every invocation).
-struct WarmHandles {
-    invocations: Counter,
+/// Clones of one function's own counters and histograms in the families, so that an
+/// invocation hashes no label set and clones no label string (a family lookup does
+/// both). Made on the function's first invocation, which moves all but the warm-success
+/// counter; that one is made on the first warm success, so no series appears before it
+/// has a sample.
+struct FunctionHandles {
+    warm_successes: std::sync::OnceLock<Counter>,
     duration: Histogram,
     cpu: Counter<f64, AtomicU64>,
     peak_memory: Histogram,
@@ -249,7 +251,7 @@ impl Metrics {
             retries,
             source_messages,
             source_connected,
-            warm: Default::default(),
+            handles: Default::default(),
         }
     }
 
@@ -272,74 +274,64 @@ impl Metrics {
 
     /// Called once per recorded invocation.
     pub fn observe(&self, r: &InvocationRecord) {
-        if matches!(r.outcome, Outcome::Success) && !r.cold_start {
-            let warm = self.warm_handles(&r.function);
-            warm.invocations.inc();
-            warm.duration.observe(r.duration_ms / 1000.0);
-            warm.cpu.inc_by(r.cpu_ms / 1000.0);
-            warm.peak_memory.observe(r.peak_memory_bytes as f64);
-            return;
-        }
-        let function = FunctionLabels {
-            function: r.function.clone(),
+        let handles = self.handles(&r.function);
+        let invocations = |outcome: &str, start: &str| {
+            self.invocations
+                .get_or_create(&InvocationLabels {
+                    function: r.function.clone(),
+                    outcome: outcome.into(),
+                    start: start.into(),
+                })
+                .clone()
         };
-        self.invocations
-            .get_or_create(&InvocationLabels {
-                function: r.function.clone(),
-                outcome: match r.outcome {
-                    Outcome::Success => "success".into(),
-                    Outcome::Error => r.error_code.clone().unwrap_or_else(|| "error".into()),
-                },
-                start: if r.cold_start { "cold" } else { "warm" }.into(),
-            })
-            .inc();
-        self.duration
-            .get_or_create(&function)
-            .observe(r.duration_ms / 1000.0);
+        match (&r.outcome, r.cold_start) {
+            (Outcome::Success, false) => handles
+                .warm_successes
+                .get_or_init(|| invocations("success", "warm"))
+                .inc(),
+            (Outcome::Success, true) => invocations("success", "cold").inc(),
+            (Outcome::Error, cold) => invocations(
+                r.error_code.as_deref().unwrap_or("error"),
+                if cold { "cold" } else { "warm" },
+            )
+            .inc(),
+        };
+        handles.duration.observe(r.duration_ms / 1000.0);
         if let Some(init) = r.init_ms {
             self.cold_start
-                .get_or_create(&function)
+                .get_or_create(&FunctionLabels {
+                    function: r.function.clone(),
+                })
                 .observe(init / 1000.0);
         }
-        self.cpu.get_or_create(&function).inc_by(r.cpu_ms / 1000.0);
-        self.peak_memory
-            .get_or_create(&function)
-            .observe(r.peak_memory_bytes as f64);
+        handles.cpu.inc_by(r.cpu_ms / 1000.0);
+        handles.peak_memory.observe(r.peak_memory_bytes as f64);
     }
 
-    /// Created on a function's first warm success: its series exist by then (or are
-    /// being moved), so no series appears before it has a sample.
-    fn warm_handles(&self, function: &str) -> std::sync::Arc<WarmHandles> {
+    fn handles(&self, function: &str) -> std::sync::Arc<FunctionHandles> {
         let cached = self
-            .warm
+            .handles
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(function)
             .cloned();
-        if let Some(warm) = cached {
-            return warm;
+        if let Some(handles) = cached {
+            return handles;
         }
         let labels = FunctionLabels {
             function: function.to_owned(),
         };
-        let warm = std::sync::Arc::new(WarmHandles {
-            invocations: self
-                .invocations
-                .get_or_create(&InvocationLabels {
-                    function: function.to_owned(),
-                    outcome: "success".into(),
-                    start: "warm".into(),
-                })
-                .clone(),
+        let handles = std::sync::Arc::new(FunctionHandles {
+            warm_successes: std::sync::OnceLock::new(),
             duration: self.duration.get_or_create(&labels).clone(),
             cpu: self.cpu.get_or_create(&labels).clone(),
             peak_memory: self.peak_memory.get_or_create(&labels).clone(),
         });
-        self.warm
+        self.handles
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(function.to_owned())
-            .or_insert(warm)
+            .or_insert(handles)
             .clone()
     }
 
@@ -445,7 +437,7 @@ mod tests {
         text.lines().find(|l| l.starts_with(prefix))
     }
 
-    /// Warm successes go through cached handles, the rest through the families: both
+    /// Warm successes count through a cached handle, the rest through the family: both
     /// must land in the same series.
     #[test]
     fn warm_and_other_invocations_count_in_the_same_series() {
