@@ -139,7 +139,7 @@ impl JetStream {
             "Cirrus function metadata",
             options.replicas,
             Duration::ZERO,
-            true,
+            false,
         )
         .await
         .with_context(|| format!("on {servers}: is JetStream enabled (nats-server -js)?"))?;
