@@ -367,10 +367,11 @@ pub(crate) async fn open_kv(
         match context.create_stream(config.clone()).await {
             Ok(_) => Ok(()),
             Err(e) => match context.get_stream(&name).await {
-                Ok(_) => {
+                Ok(stream) => {
                     tracing::warn!(
                         "KV bucket {bucket} is used with the settings it was made with: {e}"
                     );
+                    read_from_leader_if_asked(context, stream.cached_info(), direct).await;
                     Ok(())
                 }
                 Err(_) => Err(e),
@@ -385,6 +386,33 @@ pub(crate) async fn open_kv(
         .get_key_value(bucket)
         .await
         .with_context(|| format!("opening the JetStream KV bucket {bucket}"))
+}
+
+/// An existing bucket keeps the settings it was made with (replicas and ages are the
+/// operator's to change), except direct reads: a bucket the code reads from its leader
+/// for correctness (a watch started after a stale read misses the newer value) is made
+/// so, as a bucket made by an older version may allow any replica to answer.
+async fn read_from_leader_if_asked(
+    context: &jetstream::Context,
+    info: &jetstream::stream::Info,
+    direct: bool,
+) {
+    if direct || !info.config.allow_direct {
+        return;
+    }
+    let mut config = info.config.clone();
+    config.allow_direct = false;
+    match context.update_stream(config).await {
+        Ok(_) => tracing::info!(
+            "stream {}: reads now go to its leader (allow_direct off)",
+            info.config.name
+        ),
+        Err(e) => tracing::warn!(
+            "stream {} still allows direct reads, and a node may read a stale value \
+             from a replica: {e}",
+            info.config.name
+        ),
+    }
 }
 
 #[async_trait::async_trait]
@@ -428,5 +456,52 @@ impl JetStream {
             .await
             .with_context(|| format!("reading artifact {sha256} from JetStream"))?;
         Ok(Some(bytes.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::testing::NatsServer;
+
+    async fn allows_direct(context: &jetstream::Context, bucket: &str) -> bool {
+        let stream = context.get_stream(format!("KV_{bucket}")).await.unwrap();
+        stream.cached_info().config.allow_direct
+    }
+
+    /// A bucket an older version made with direct reads is switched to leader reads
+    /// where the code asks for them, never the other way; its values and other
+    /// settings survive.
+    #[tokio::test]
+    async fn an_existing_bucket_gets_leader_reads_when_asked() {
+        let nats = NatsServer::start();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let context = jetstream::new(client);
+        let day = Duration::from_secs(86_400);
+
+        let old = open_kv(&context, "b", "a bucket", 1, day, true)
+            .await
+            .unwrap();
+        old.put("k", "v1".into()).await.unwrap();
+        assert!(allows_direct(&context, "b").await);
+
+        let reopened = open_kv(&context, "b", "a bucket", 1, day, false)
+            .await
+            .unwrap();
+        assert!(!allows_direct(&context, "b").await);
+        let value = reopened.get("k").await.unwrap().unwrap();
+        assert_eq!(&value[..], b"v1");
+        let info = context.get_stream("KV_b").await.unwrap();
+        assert_eq!(info.cached_info().config.max_age, day, "ages are kept");
+
+        open_kv(&context, "b", "a bucket", 1, day, true)
+            .await
+            .unwrap();
+        assert!(
+            !allows_direct(&context, "b").await,
+            "leader reads are never switched off by a node"
+        );
     }
 }
