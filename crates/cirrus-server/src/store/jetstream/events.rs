@@ -359,24 +359,31 @@ impl ClusterQueue {
         payload: bytes::Bytes,
         msg_id: Option<&str>,
     ) -> StoreResult<(jetstream::publish::PublishAck, bool)> {
+        let mut tries = 0;
+        let ack = retry::retried("publishing an event", || {
+            tries += 1;
+            self.publish_once(subject, msg_id, payload.clone())
+        })
+        .await?;
+        Ok((ack, tries > 1))
+    }
+
+    /// One try at publishing to the events stream, waiting for JetStream's answer.
+    async fn publish_once(
+        &self,
+        subject: &str,
+        msg_id: Option<&str>,
+        payload: bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = msg_id {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         }
-        let mut tries = 0;
-        let ack = retry::retried("publishing an event", || {
-            tries += 1;
-            let (headers, payload) = (headers.clone(), payload.clone());
-            async move {
-                self.js
-                    .context
-                    .publish_with_headers(subject.to_owned(), headers, payload)
-                    .await?
-                    .await
-            }
-        })
-        .await?;
-        Ok((ack, tries > 1))
+        self.js
+            .context
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await?
+            .await
     }
 
     /// `events` as a write carries them until they are queued (see [`super::outbox`]):
@@ -430,12 +437,7 @@ impl ClusterQueue {
                 self.publish(&event.subject, event.payload.clone(), Some(&event.id))
                     .await?;
             } else {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
-                self.js
-                    .context
-                    .publish_with_headers(event.subject.clone(), headers, event.payload.clone())
-                    .await?
+                self.publish_once(&event.subject, Some(&event.id), event.payload.clone())
                     .await
                     .context("publishing an event")?;
             }
