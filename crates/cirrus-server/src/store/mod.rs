@@ -593,6 +593,9 @@ pub trait SharedBlobs: Send + Sync + 'static {
     fn remove(&self, name: &str) -> StoreResult<()>;
     /// Every stored blob's name, for the sweep of blobs no object or part names.
     fn stored(&self) -> StoreResult<Vec<String>>;
+    /// Removes stored bytes that belong to no blob (an upload cut off before the blob
+    /// was named) and were last written before `before_ms`; returns how many pieces.
+    fn sweep_unnamed(&self, before_ms: u64) -> StoreResult<usize>;
 }
 
 /// A completed upload: every part blob it held (the caller removes them) and the object

@@ -930,6 +930,72 @@ impl SharedBlobs for ClusterObjects {
                 .collect())
         })
     }
+
+    fn sweep_unnamed(&self, before_ms: u64) -> StoreResult<usize> {
+        self.runtime.block_on(self.sweep_unnamed_chunks(before_ms))
+    }
+}
+
+impl ClusterObjects {
+    /// [`SharedBlobs::sweep_unnamed`]: an object store writes a blob's chunks under a
+    /// subject of their own (`$O.BUCKET.C.NUID`) and then the metadata naming that NUID,
+    /// so an upload cut off part-way leaves chunks no metadata names. The chunk
+    /// subjects are listed before the metadata, so a blob finished meanwhile is seen
+    /// named; one still being written has a chunk newer than `before_ms`.
+    async fn sweep_unnamed_chunks(&self, before_ms: u64) -> StoreResult<usize> {
+        use futures_util::TryStreamExt as _;
+        let prefix = format!("$O.{BLOBS_BUCKET}.C.");
+        let subjects: Vec<(String, usize)> = self
+            .blob_stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .context("listing blob chunks")?
+            .try_collect()
+            .await
+            .context("listing blob chunks")?;
+        let named: HashSet<String> = self
+            .blobs
+            .list()
+            .await
+            .context("listing blobs")?
+            .map_ok(|info| info.nuid)
+            .try_collect()
+            .await
+            .context("listing blobs")?;
+        let mut removed = 0;
+        for (subject, _) in subjects {
+            let Some(nuid) = subject.strip_prefix(&prefix) else {
+                continue;
+            };
+            if named.contains(nuid) {
+                continue;
+            }
+            let last = match self
+                .blob_stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
+                Ok(last) => last,
+                // Purged meanwhile (the blob was replaced or removed).
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e).context("reading a blob chunk"),
+            };
+            if outbox::unix_ms(last.time) >= before_ms {
+                continue;
+            }
+            self.blob_stream
+                .purge()
+                .filter(&subject)
+                .await
+                .with_context(|| format!("removing the unnamed chunks {subject}"))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
 }
 
 /// What the pruner removes on a cluster node: records and logs from the node's own
@@ -971,5 +1037,100 @@ impl crate::store::RetentionStore for ClusterRetention {
 
     fn release_free_pages(&self, max_pages: u64) -> StoreResult<u64> {
         self.local.release_free_pages(max_pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::testing::NatsServer;
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    /// Chunks an upload cut off part-way left (no metadata names them) are removed
+    /// once they are older than the cut-off, never while they are newer; a named
+    /// blob's chunks are never touched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_no_blob_names_are_swept_once_old() {
+        let nats = NatsServer::start();
+        let js = JetStream::connect(&super::super::ClusterOptions::new(&nats.url()))
+            .await
+            .unwrap();
+        let queue = ClusterQueue::open(
+            js.clone(),
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            None,
+        )
+        .await
+        .unwrap();
+        let objects = Arc::new(ClusterObjects::open(&js, 1, queue).await.unwrap());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blob");
+        std::fs::write(&file, vec![7u8; 300 << 10]).unwrap();
+        let uploader = objects.clone();
+        tokio::task::spawn_blocking(move || uploader.upload("named", &file))
+            .await
+            .unwrap()
+            .unwrap();
+        let orphan = format!("$O.{BLOBS_BUCKET}.C.cut0ff");
+        for _ in 0..3 {
+            js.context
+                .publish(orphan.clone(), vec![1u8; 1024].into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let chunks = |objects: Arc<ClusterObjects>| async move {
+            use futures_util::TryStreamExt as _;
+            objects
+                .blob_stream
+                .info_with_subjects(format!("$O.{BLOBS_BUCKET}.C.>"))
+                .await
+                .unwrap()
+                .try_collect::<Vec<(String, usize)>>()
+                .await
+                .unwrap()
+                .len()
+        };
+        assert_eq!(
+            chunks(objects.clone()).await,
+            2,
+            "the named blob's and the orphan's"
+        );
+
+        let an_hour_ago = now_ms() - 3_600_000;
+        assert_eq!(objects.sweep_unnamed_chunks(an_hour_ago).await.unwrap(), 0);
+        assert_eq!(
+            chunks(objects.clone()).await,
+            2,
+            "a fresh upload may be in progress"
+        );
+
+        let later = now_ms() + 60_000;
+        assert_eq!(objects.sweep_unnamed_chunks(later).await.unwrap(), 1);
+        assert_eq!(chunks(objects.clone()).await, 1);
+        let reader = objects.clone();
+        let copy = dir.path().join("copy");
+        let into = copy.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            reader.download("named", &mut std::fs::File::create(into).unwrap())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(found);
+        assert_eq!(std::fs::read(copy).unwrap(), vec![7u8; 300 << 10]);
+        assert_eq!(objects.sweep_unnamed_chunks(later).await.unwrap(), 0);
     }
 }
