@@ -4,6 +4,7 @@ use super::{
 };
 use anyhow::Context as _;
 use cirrus_api::{DeadEvent, InvocationRecord, KvEntry, LogLine, Outcome, Page, Trigger};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +109,10 @@ fn open(path: &Path) -> StoreResult<Connection> {
     // WAL: readers never block the writer. NORMAL sync is durable across process crashes
     // (the WAL is fsynced at checkpoints); busy_timeout covers the two connections meeting.
     conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
+    // Plans that do not depend on bound values. Otherwise a statement whose plan looked
+    // at one (SQLite's planner reads a bound `LIMIT ?`) is compiled again on every run:
+    // every claim of the queue was, 6 % of the CPU while a backlog drained.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 
@@ -1204,6 +1209,35 @@ mod tests {
             data: Vec::new(),
             created_ms: now_ms,
             idempotency_key: None,
+        }
+    }
+
+    /// Without the planner's stability guarantee SQLite compiled every claim (and
+    /// every statement with a `LIMIT ?`) again on each run, because the planner had
+    /// looked at the bound limit: 6 % of the server's CPU while the queue drained.
+    #[test]
+    fn statements_with_bound_limits_are_compiled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("cirrus.db")).unwrap();
+        let events: Vec<NewEvent> = (0..50).map(|i| event(&format!("e{i}"), None, 10)).collect();
+        store.enqueue_blocking(&events, 10, 1000).unwrap();
+        for connection in [&store.meta, &store.records, &store.reads, &store.queue] {
+            let conn = lock(connection);
+            let mut stmt = conn
+                .prepare("SELECT seq FROM events WHERE state = 'pending' AND not_before_ms <= ?1 ORDER BY not_before_ms, seq LIMIT ?2")
+                .unwrap();
+            for run in 0..10i64 {
+                let seqs: Vec<i64> = stmt
+                    .query_map(params![100 + run, run + 1], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(seqs.len() as i64, run + 1);
+            }
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        }
+        for claimed in 0..5u64 {
+            assert_eq!(store.claim_blocking(100 + claimed, 3).unwrap().len(), 3);
         }
     }
 
