@@ -872,15 +872,7 @@ async fn jetstream_conforms() {
     let mut tables = Vec::new();
     let mut buckets = Vec::new();
     for js in [a, b] {
-        let queue = super::jetstream::events::ClusterQueue::open(
-            js.clone(),
-            1,
-            Duration::from_secs(60),
-            Duration::from_secs(3600),
-            None,
-        )
-        .await
-        .unwrap();
+        let queue = super::jetstream::events::ClusterQueue::open_for_test(js.clone()).await;
         queue.set_lineage_budget(2);
         let kv = super::jetstream::tables::ClusterTables::open(&js, 1, queue.clone())
             .await

@@ -219,6 +219,21 @@ pub struct ClusterQueue {
 impl ClusterQueue {
     /// Opens (making on first use) the streams, buckets and consumer, and starts
     /// confirming this node's deliveries.
+    /// A node's queue as the tests open it: one replica, a minute's idempotency window,
+    /// an hour's lineage memory.
+    #[cfg(test)]
+    pub(crate) async fn open_for_test(js: JetStream) -> Arc<Self> {
+        Self::open(
+            js,
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            None,
+        )
+        .await
+        .expect("opening the events stream")
+    }
+
     pub async fn open(
         js: JetStream,
         replicas: usize,

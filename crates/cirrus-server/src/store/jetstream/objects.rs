@@ -1063,15 +1063,7 @@ mod tests {
         let js = JetStream::connect(&super::super::ClusterOptions::new(&nats.url()))
             .await
             .unwrap();
-        let queue = ClusterQueue::open(
-            js.clone(),
-            1,
-            Duration::from_secs(60),
-            Duration::from_secs(3600),
-            None,
-        )
-        .await
-        .unwrap();
+        let queue = ClusterQueue::open_for_test(js.clone()).await;
         let objects = Arc::new(ClusterObjects::open(&js, 1, queue).await.unwrap());
 
         let dir = tempfile::tempdir().unwrap();
