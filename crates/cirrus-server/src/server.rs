@@ -668,7 +668,10 @@ impl Server {
             kv: state.kv_writer.clone(),
             s3: state.s3.clone(),
             webhooks: state.webhooks.clone(),
-            prefetch: self.config.queue.prefetch,
+            prefetch: self
+                .config
+                .queue
+                .prefetch(self.config.scaler.global_concurrency),
             drain: self.config.drain_timeout,
         });
         let dispatching = tokio::spawn(dispatcher.run(state.shutdown.clone()));

@@ -2429,3 +2429,39 @@ async fn kv_destinations_write_results_as_rows_and_their_triggers_fire() {
     );
     s.stop().await;
 }
+
+/// Asynchronous events run as many at once as the server lets one function run, not a
+/// fixed 64: 100 events of a function that sleeps 500 ms reach more than 64 deliveries
+/// in flight, and never more than its fair share of the default `--max-in-flight`.
+#[tokio::test]
+async fn events_are_delivered_as_wide_as_the_servers_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.deploy("slow", "sleep.wat", FunctionConfig::default())
+        .await;
+    let sends = (0..100).map(|_| invoke_async(&s, "slow", "{}", None));
+    for response in futures_util::future::join_all(sends).await {
+        assert_eq!(response.status(), 202);
+    }
+    let fair_share =
+        cirrus_server::admission::fair_share(ScalerSettings::default().global_concurrency);
+    let mut widest = 0;
+    for _ in 0..400 {
+        let status: cirrus_api::ServerStatus = s.get_json("/v1/status").await;
+        let running = status
+            .functions
+            .iter()
+            .find(|f| f.name == "slow")
+            .map_or(0, |f| f.in_flight);
+        widest = widest.max(running);
+        if status.queued_events == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        widest > 64 && widest <= fair_share,
+        "{widest} deliveries at once (fair share {fair_share})"
+    );
+    s.stop().await;
+}
