@@ -150,6 +150,50 @@ async fn a_flooded_function_does_not_starve_another() {
     s.stop().await;
 }
 
+/// Events are delivered as wide as the server's capacity, so a backlog of one
+/// function's events is held to that function's fair share like synchronous callers:
+/// 300 queued events of a slow function fill 12 of 16 invocations, and a healthy
+/// function's calls meanwhile all answer 200.
+#[tokio::test]
+async fn a_backlog_of_events_does_not_starve_another_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), settings(16, 4)).await;
+    s.deploy("slow", "sleep.wat", FunctionConfig::default())
+        .await;
+    s.deploy("healthy", "echo.wat", FunctionConfig::default())
+        .await;
+    let sends = (0..300).map(|_| common::invoke_async(&s, "slow", "{}", None));
+    for response in futures_util::future::join_all(sends).await {
+        assert_eq!(response.status(), 202);
+    }
+    saturated(&s, 12).await;
+    let mut healthy = Vec::new();
+    let mut widest = 0;
+    for i in 0..30 {
+        let r = s
+            .http
+            .post(format!("{}/fn/healthy", s.url))
+            .body(format!("call {i}"))
+            .send()
+            .await
+            .unwrap();
+        healthy.push(r.status().as_u16());
+        let status: ServerStatus = s.get_json("/v1/status").await;
+        widest = widest.max(status.in_flight);
+    }
+    assert!(healthy.iter().all(|&s| s == 200), "healthy: {healthy:?}");
+    assert!(
+        widest <= 13,
+        "{widest} in flight: the events' 12 and a healthy call"
+    );
+    let status: ServerStatus = s.get_json("/v1/status").await;
+    assert!(
+        status.queued_events > 0,
+        "the backlog was still there meanwhile"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_reservation_is_kept_for_its_function_and_caps_it() {
     let dir = tempfile::tempdir().unwrap();
