@@ -35,11 +35,14 @@ const POOL_TABLE_ELEMENTS: usize = 100_000;
 const POOL_TABLES_PER_MODULE: u32 = 4;
 /// Largest linear memory (wasm32's 4 GiB), also the cap of `memory_mb`.
 const POOL_MAX_MEMORY: usize = 1 << 32;
-/// Memory and table pages below these sizes are zeroed in place instead of returned to
-/// the kernel on instance teardown: cheaper than `madvise` + page faults for the small,
-/// frequently reused slots of short invocations. Measured on the examples: 1 MiB spent
-/// more on `memset` than it saved (a 15 KB Rust component: 8.9k → 11–12k req/s at 128 KiB),
-/// and 0 made small command modules pay `madvise` on every call (21k → 12k req/s).
+/// On instance teardown, up to this much of a slot's written memory is reset in place
+/// instead of returned to the kernel (`madvise`, then page faults on the next use); on
+/// Linux 6.7+ wasmtime finds those pages with `PAGEMAP_SCAN` wherever they lie. Which
+/// size pays depends on the guest. Measured with `scripts/bench-ab` (BENCHMARKS.md, "The
+/// fresh path and the pool's resident memory"), CPU per call against 0: 128 KiB saves a
+/// C command module 25 % and a WAT one 5 %, and costs a Rust component with `--reuse 1`
+/// 6 %, and 2 MiB another 14–27 %. Command modules are always fresh, components rarely:
+/// so 128 KiB.
 const POOL_MEMORY_KEEP_RESIDENT: usize = 128 << 10;
 const POOL_TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// Returning slots to the kernel in batches amortises TLB shootdowns across instances.
