@@ -152,3 +152,19 @@ impl NatsCluster {
             .join(",")
     }
 }
+
+/// A successful invocation record of function `f`, numbered `i` (request id `r{i}`,
+/// started `i` seconds after a fixed moment).
+pub fn invocation_record(i: usize) -> cirrus_api::InvocationRecord {
+    serde_json::from_value(serde_json::json!({
+        "request_id": format!("r{i}"), "function": "f", "version": 1, "trigger": "http",
+        "attempt": 1, "parent_request_id": null,
+        "started_at": crate::clock::rfc3339(1_700_000_000_000 + i as u64 * 1000),
+        "duration_ms": 1.5, "billed_ms": 2, "init_ms": null, "memory_mb": 128,
+        "peak_memory_bytes": 65536, "cpu_ms": 0.25, "request_bytes": 10,
+        "response_bytes": 20, "cold_start": false, "trace_id": "t", "span_id": "s",
+        "parent_span_id": null, "outcome": "success", "status": 200,
+        "error_code": null, "error_message": null
+    }))
+    .expect("a valid invocation record")
+}

@@ -271,28 +271,17 @@ impl RetentionStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::store::RecordStore;
-    use cirrus_api::{InvocationRecord, LogLine};
-
-    pub(super) fn record(i: usize) -> InvocationRecord {
-        serde_json::from_value(serde_json::json!({
-            "request_id": format!("r{i}"), "function": "f", "version": 1, "trigger": "http",
-            "attempt": 1, "parent_request_id": null,
-            "started_at": crate::clock::rfc3339(1_700_000_000_000 + i as u64 * 1000),
-            "duration_ms": 1.5, "billed_ms": 2, "init_ms": null, "memory_mb": 128,
-            "peak_memory_bytes": 65536, "cpu_ms": 0.25, "request_bytes": 10,
-            "response_bytes": 20, "cold_start": false, "trace_id": "t", "span_id": "s",
-            "parent_span_id": null, "outcome": "success", "status": 200,
-            "error_code": null, "error_message": null
-        }))
-        .unwrap()
-    }
+    use cirrus_api::LogLine;
 
     #[test]
     fn pruned_pages_go_back_to_the_file_system() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("cirrus.db")).unwrap();
         for chunk in (0..20_000).collect::<Vec<_>>().chunks(1000) {
-            let records: Vec<_> = chunk.iter().map(|&i| record(i)).collect();
+            let records: Vec<_> = chunk
+                .iter()
+                .map(|&i| crate::testing::invocation_record(i))
+                .collect();
             let logs: Vec<LogLine> = Vec::new();
             store.write_batch(&records, &logs).unwrap();
         }
