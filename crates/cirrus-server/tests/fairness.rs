@@ -98,6 +98,26 @@ async fn saturated(s: &Running, n: usize) {
     panic!("the flood never had {n} invocations in flight");
 }
 
+/// `slow` (sleeps) and `healthy` (echoes), for the tests where one starves the other.
+async fn deploy_slow_and_healthy(s: &Running) {
+    s.deploy("slow", "sleep.wat", FunctionConfig::default())
+        .await;
+    s.deploy("healthy", "echo.wat", FunctionConfig::default())
+        .await;
+}
+
+/// The status of `healthy`'s call number `i`.
+async fn call_healthy(s: &Running, i: usize) -> u16 {
+    s.http
+        .post(format!("{}/fn/healthy", s.url))
+        .body(format!("call {i}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn reserved(n: u32) -> FunctionConfig {
     FunctionConfig {
         reserved_concurrency: Some(n),
@@ -112,10 +132,7 @@ fn reserved(n: u32) -> FunctionConfig {
 async fn a_flooded_function_does_not_starve_another() {
     let dir = tempfile::tempdir().unwrap();
     let s = start_with(dir.path(), settings(16, 4)).await;
-    s.deploy("slow", "sleep.wat", FunctionConfig::default())
-        .await;
-    s.deploy("healthy", "echo.wat", FunctionConfig::default())
-        .await;
+    deploy_slow_and_healthy(&s).await;
     assert_eq!(s.call("/fn/slow").await.status(), 200);
     assert_eq!(s.call("/fn/healthy").await.status(), 200);
 
@@ -123,14 +140,7 @@ async fn a_flooded_function_does_not_starve_another() {
     saturated(&s, 12).await;
     let mut healthy = Vec::new();
     for i in 0..30 {
-        let r = s
-            .http
-            .post(format!("{}/fn/healthy", s.url))
-            .body(format!("call {i}"))
-            .send()
-            .await
-            .unwrap();
-        healthy.push(r.status().as_u16());
+        healthy.push(call_healthy(&s, i).await);
     }
     let flood = flood.stop().await;
 
@@ -158,10 +168,7 @@ async fn a_flooded_function_does_not_starve_another() {
 async fn a_backlog_of_events_does_not_starve_another_function() {
     let dir = tempfile::tempdir().unwrap();
     let s = start_with(dir.path(), settings(16, 4)).await;
-    s.deploy("slow", "sleep.wat", FunctionConfig::default())
-        .await;
-    s.deploy("healthy", "echo.wat", FunctionConfig::default())
-        .await;
+    deploy_slow_and_healthy(&s).await;
     let sends = (0..300).map(|_| common::invoke_async(&s, "slow", "{}", None));
     for response in futures_util::future::join_all(sends).await {
         assert_eq!(response.status(), 202);
@@ -170,14 +177,7 @@ async fn a_backlog_of_events_does_not_starve_another_function() {
     let mut healthy = Vec::new();
     let mut widest = 0;
     for i in 0..30 {
-        let r = s
-            .http
-            .post(format!("{}/fn/healthy", s.url))
-            .body(format!("call {i}"))
-            .send()
-            .await
-            .unwrap();
-        healthy.push(r.status().as_u16());
+        healthy.push(call_healthy(&s, i).await);
         let status: ServerStatus = s.get_json("/v1/status").await;
         widest = widest.max(status.in_flight);
     }
